@@ -1,0 +1,904 @@
+//! The engine: one Stateline state (clock, store, log, filters, pools) driven by its adapter.
+//!
+//! Owns the order of effects. Inputs arrive through [`Engine::execute`] (typed operations),
+//! [`Engine::handle_timeout`] (TTL expiry) and the HTTP function in [`crate::http`]; each returns
+//! the [`Change`]s it applied. The adapter makes them durable if it has a disk, then calls
+//! [`Engine::publish`] to get one frame per affected pool, or [`Engine::revert`] if the commit
+//! failed. Time enters as a [`Tick`]; nothing here blocks, sleeps or touches a socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::clock::{Clock, Tick};
+use crate::error::Error;
+use crate::filter::{Filters, Need, WriteOp};
+use crate::json::{self, JsonError};
+use crate::key::{self, Pattern};
+use crate::log::{Log, Missed, TooOld};
+use crate::pool::{Encoding, Frame, Join, PoolId, Pools};
+use crate::store::{Change, Entry, Store, Ttl};
+
+/// Limits and knobs. Defaults follow ooo where it has one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest request body in bytes (ooo: 10 MiB).
+    pub max_body: usize,
+    /// Deepest JSON nesting accepted in a value.
+    pub max_depth: usize,
+    /// Changes kept in the log for resume.
+    pub log_entries: usize,
+    /// Bytes of keys and values kept in the log for resume.
+    pub log_bytes: usize,
+    /// Origins allowed by CORS; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Largest page of the keys API (ooo: 500).
+    pub max_keys_page: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_body: 10 << 20,
+            max_depth: 64,
+            log_entries: 100_000,
+            log_bytes: 64 << 20,
+            cors_origins: vec!["*".into()],
+            max_keys_page: 500,
+        }
+    }
+}
+
+/// A write's precondition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cond {
+    /// None.
+    #[default]
+    Always,
+    /// AtomKV `PUT` + `X-Revision: n`: `n` must be the current revision plus one (0 creates).
+    NextRevision(u64),
+    /// `If-Match`: the current entity tag must be one of these (`*`: the key must exist).
+    IfMatch(Vec<String>),
+    /// `If-None-Match: *`: the key must not exist.
+    IfAbsent,
+}
+
+/// How a `PATCH` body is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchKind {
+    /// ooo's deep merge (the default for `application/json`).
+    Merge(Value),
+    /// RFC 7396 merge patch (`application/merge-patch+json`).
+    MergePatch(Value),
+    /// RFC 6902 JSON Patch (`application/json-patch+json`).
+    JsonPatch(json_patch::Patch),
+}
+
+/// A typed operation: what HTTP routes, `/_ws` messages and the Rust API all become.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Create or replace a key.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Value,
+        /// TTL change.
+        ttl: Ttl,
+        /// Precondition.
+        cond: Cond,
+    },
+    /// Add a value under `prefix/*` with a new time-ordered key.
+    Push {
+        /// The glob `prefix/*`.
+        target: String,
+        /// The value.
+        value: Value,
+        /// TTL change.
+        ttl: Ttl,
+    },
+    /// Patch an existing key.
+    Patch {
+        /// The key.
+        key: String,
+        /// The patch.
+        patch: PatchKind,
+        /// Precondition.
+        cond: Cond,
+    },
+    /// Delete a key, or every key matching a glob.
+    Delete {
+        /// Key or glob.
+        target: String,
+        /// Precondition (keys only).
+        cond: Cond,
+    },
+    /// Add `by` to an integer, creating it when missing.
+    Incr {
+        /// The key.
+        key: String,
+        /// The amount (may be negative).
+        by: i64,
+        /// TTL change.
+        ttl: Ttl,
+    },
+    /// Read and delete in one step.
+    Take {
+        /// The key.
+        key: String,
+    },
+    /// Move a key atomically.
+    Rename {
+        /// Source key.
+        from: String,
+        /// Target key.
+        to: String,
+        /// Replace the target if it exists.
+        overwrite: bool,
+    },
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A key now holds this entry.
+    Written(Arc<str>, Entry),
+    /// Keys were deleted (how many).
+    Deleted(usize),
+    /// A key was read and deleted; its last entry.
+    Taken(Arc<str>, Entry),
+}
+
+/// An applied operation: its outcome and the changes to persist and publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The changes, in sequence order.
+    pub changes: Vec<Change>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Operations applied.
+    pub writes: u64,
+    /// Operations refused.
+    pub refused: u64,
+    /// Frames produced for pools.
+    pub frames: u64,
+    /// Bytes of frames produced (each sent to every subscriber of its pool).
+    pub frame_bytes: u64,
+    /// Keys expired by TTL.
+    pub expired: u64,
+}
+
+/// The state machine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    clock: Clock,
+    store: Store,
+    log: Log,
+    filters: Filters,
+    pools: Pools,
+    config: Config,
+    started: i64,
+    stats: Stats,
+    frames: VecDeque<Frame>,
+}
+
+impl Engine {
+    /// A fresh, empty state. The first sequence number is the clock's time at start, so versions
+    /// a client kept from an earlier in-memory run are never mistaken for this run's.
+    pub fn new(tick: Tick, config: Config, filters: Filters) -> Engine {
+        let mut clock = Clock::new(tick);
+        let started = clock.now(tick);
+        let first = started.max(0) as u64;
+        Engine::with_store(clock, Store::new(first), config, filters, started)
+    }
+
+    /// A state over an existing store (loaded from disk), continuing its sequence.
+    pub fn from_store(tick: Tick, store: Store, config: Config, filters: Filters) -> Engine {
+        let mut clock = Clock::new(tick);
+        let started = clock.now(tick);
+        Engine::with_store(clock, store, config, filters, started)
+    }
+
+    fn with_store(
+        clock: Clock,
+        store: Store,
+        config: Config,
+        filters: Filters,
+        started: i64,
+    ) -> Engine {
+        let log = Log::new(store.last_seq(), config.log_entries, config.log_bytes);
+        Engine {
+            clock,
+            store,
+            log,
+            filters,
+            pools: Pools::new(),
+            config,
+            started,
+            stats: Stats::default(),
+            frames: VecDeque::new(),
+        }
+    }
+
+    /// The store (read-only).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// The change log (read-only).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    /// The filters.
+    pub fn filters(&self) -> &Filters {
+        &self.filters
+    }
+    /// The filters, to register more.
+    pub fn filters_mut(&mut self) -> &mut Filters {
+        &mut self.filters
+    }
+    /// The pools (read-only).
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Clock time at start.
+    pub fn started(&self) -> i64 {
+        self.started
+    }
+
+    /// The next clock timestamp (strictly increasing).
+    pub fn now(&mut self, tick: Tick) -> i64 {
+        self.clock.now(tick)
+    }
+
+    /// Slews the clock towards the wall clock; call about once a second.
+    pub fn correct_clock(&mut self, tick: Tick) {
+        self.clock.correct(tick);
+    }
+
+    /// The clock stream's frame (ooo `ws://host/`): the time as a decimal string.
+    pub fn clock_frame(&mut self, tick: Tick) -> bytes::Bytes {
+        self.clock.now(tick).to_string().into()
+    }
+
+    /// Applies an operation, all or nothing. The changes are applied to memory and logged but
+    /// not yet published: call [`Engine::publish`] after making them durable, or
+    /// [`Engine::revert`] if that failed.
+    pub fn execute(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
+        let r = self.execute_inner(tick, op);
+        match &r {
+            Ok(a) => {
+                self.stats.writes += 1;
+                for c in &a.changes {
+                    self.log.push(c);
+                }
+            }
+            Err(_) => self.stats.refused += 1,
+        }
+        r
+    }
+
+    fn check_cond(&self, key: &str, cond: &Cond) -> Result<(), Error> {
+        let cur = self.store.get(key);
+        match cond {
+            Cond::Always => Ok(()),
+            Cond::NextRevision(n) => {
+                let current = cur.map_or(-1, |e| e.revision as i128);
+                if *n as i128 == current + 1 {
+                    Ok(())
+                } else {
+                    Err(Error::RevisionConflict)
+                }
+            }
+            Cond::IfMatch(tags) => match cur {
+                Some(e) if tags.iter().any(|t| t == "*" || *t == e.etag()) => Ok(()),
+                _ => Err(Error::Precondition(
+                    "If-Match does not match the current version",
+                )),
+            },
+            Cond::IfAbsent => match cur {
+                None => Ok(()),
+                Some(_) => Err(Error::Precondition("the key exists (If-None-Match: *)")),
+            },
+        }
+    }
+
+    fn check_value(&self, v: &Value) -> Result<(), Error> {
+        let d = json::depth(v);
+        if d > self.config.max_depth {
+            return Err(JsonError::TooDeep {
+                depth: d,
+                max: self.config.max_depth,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    // Deletes that a limit filter asks for before `key` is written (oldest beyond the count).
+    fn limit_victims(&self, key: &str) -> (Vec<Arc<str>>, Option<i64>) {
+        let Some((pattern, limit)) = self.filters.limit_for(key) else {
+            return (Vec::new(), None);
+        };
+        let mut victims = Vec::new();
+        if let Some(count) = limit.count {
+            let exists = self.store.get(key).is_some();
+            let keep = if exists {
+                count
+            } else {
+                count.saturating_sub(1)
+            };
+            let others: Vec<_> = self
+                .store
+                .list(pattern)
+                .into_iter()
+                .filter(|(k, _)| &**k != key)
+                .collect();
+            let keep = if exists { keep.saturating_sub(1) } else { keep };
+            victims = others.into_iter().skip(keep).map(|(k, _)| k).collect();
+        }
+        (victims, limit.max_age_ns)
+    }
+
+    fn write_value(
+        &mut self,
+        key: &str,
+        value: Value,
+        now: i64,
+        ttl: Ttl,
+        patch: Option<Arc<json_patch::Patch>>,
+    ) -> Vec<Change> {
+        let (victims, max_age) = self.limit_victims(key);
+        let mut changes: Vec<Change> = victims
+            .iter()
+            .filter_map(|k| self.store.remove(k))
+            .collect();
+        let ttl = match (max_age, self.store.get(key), ttl) {
+            (Some(age), None, Ttl::Clear | Ttl::Keep) => Ttl::After(age),
+            (Some(_), Some(_), Ttl::Clear) => Ttl::Keep,
+            _ => ttl,
+        };
+        changes.push(self.store.put(key, Entry::value(value), now, ttl, patch));
+        changes
+    }
+
+    fn execute_inner(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
+        match op {
+            Op::Set {
+                key,
+                value,
+                ttl,
+                cond,
+            } => {
+                key::validate_key(&key)?;
+                self.filters.check(Need::Write, &key)?;
+                self.check_cond(&key, &cond)?;
+                let value = self.filters.apply_write(&key, value)?;
+                self.check_value(&value)?;
+                let now = self.clock.now(tick);
+                let changes = self.write_value(&key, value, now, ttl, None);
+                Ok(self.written(changes))
+            }
+            Op::Push { target, value, ttl } => {
+                let prefix = key::validate_push(&target)?.to_string();
+                self.filters.check(Need::Write, &target)?;
+                let value = self.filters.apply_write(&target, value)?;
+                self.check_value(&value)?;
+                let index = format!("{:x}", self.clock.now(tick));
+                let key = if prefix.is_empty() {
+                    index
+                } else {
+                    format!("{prefix}/{index}")
+                };
+                let now = self.clock.now(tick);
+                let changes = self.write_value(&key, value, now, ttl, None);
+                Ok(self.written(changes))
+            }
+            Op::Patch { key, patch, cond } => {
+                key::validate_key(&key)?;
+                self.filters.check(Need::Write, &key)?;
+                let cur = self.store.get(&key).ok_or(Error::NotFound)?;
+                self.check_cond(&key, &cond)?;
+                let (value, used) = match patch {
+                    PatchKind::Merge(p) => (json::ooo_merge(&cur.data, &p)?, None),
+                    PatchKind::MergePatch(p) => (json::merge_patch(&cur.data, &p), None),
+                    PatchKind::JsonPatch(p) => (json::json_patch(&cur.data, &p)?, Some(p)),
+                };
+                let filtered = self.filters.apply_write(&key, value.clone())?;
+                self.check_value(&filtered)?;
+                // The write's own patch goes to subscribers only if filters left the value alone.
+                let used = used.filter(|_| filtered == value).map(Arc::new);
+                let now = self.clock.now(tick);
+                let changes = self.write_value(&key, filtered, now, Ttl::Keep, used);
+                Ok(self.written(changes))
+            }
+            Op::Delete { target, cond } => {
+                let pattern = Pattern::parse(&target)?;
+                self.filters.check(Need::Delete, &target)?;
+                self.filters.check_delete(&target)?;
+                match pattern {
+                    Pattern::Key(_) => {
+                        if self.store.get(&target).is_none() {
+                            return Err(Error::NotFound);
+                        }
+                        self.check_cond(&target, &cond)?;
+                        let c = self.store.remove(&target).into_iter().collect::<Vec<_>>();
+                        self.after(&c);
+                        Ok(Applied {
+                            outcome: Outcome::Deleted(1),
+                            changes: c,
+                        })
+                    }
+                    p => {
+                        if cond != Cond::Always {
+                            return Err(Error::BadRequest(
+                                "preconditions apply to single keys, not globs".into(),
+                            ));
+                        }
+                        let keys: Vec<Arc<str>> =
+                            self.store.scan(&p).map(|(k, _)| k.clone()).collect();
+                        let changes: Vec<Change> =
+                            keys.iter().filter_map(|k| self.store.remove(k)).collect();
+                        self.after(&changes);
+                        Ok(Applied {
+                            outcome: Outcome::Deleted(changes.len()),
+                            changes,
+                        })
+                    }
+                }
+            }
+            Op::Incr { key, by, ttl } => {
+                key::validate_key(&key)?;
+                self.filters.check(Need::Write, &key)?;
+                let value = match self.store.get(&key) {
+                    None => by,
+                    Some(e) => {
+                        let n = e.data.as_i64().ok_or_else(|| {
+                            Error::Counter(format!("{key} does not hold an integer"))
+                        })?;
+                        n.checked_add(by)
+                            .ok_or_else(|| Error::Counter(format!("{key} would overflow")))?
+                    }
+                };
+                let value = self.filters.apply_write(&key, Value::from(value))?;
+                let now = self.clock.now(tick);
+                let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
+                let changes = self.write_value(&key, value, now, ttl, None);
+                Ok(self.written(changes))
+            }
+            Op::Take { key } => {
+                key::validate_key(&key)?;
+                self.filters.check(Need::Read, &key)?;
+                self.filters.check(Need::Delete, &key)?;
+                self.filters.check_delete(&key)?;
+                let c = self.store.remove(&key).ok_or(Error::NotFound)?;
+                let entry = c.prev.clone().expect("a delete has a previous entry");
+                let k = c.key.clone();
+                let changes = vec![c];
+                self.after(&changes);
+                Ok(Applied {
+                    outcome: Outcome::Taken(k, entry),
+                    changes,
+                })
+            }
+            Op::Rename {
+                from,
+                to,
+                overwrite,
+            } => {
+                key::validate_key(&from)?;
+                key::validate_key(&to)?;
+                if from == to {
+                    return Err(Error::BadRequest(
+                        "rename: source and target are the same key".into(),
+                    ));
+                }
+                self.filters.check(Need::Delete, &from)?;
+                self.filters.check(Need::Write, &to)?;
+                self.filters.check_delete(&from)?;
+                let src = self.store.get(&from).ok_or(Error::NotFound)?.clone();
+                let target = self.store.get(&to).cloned();
+                if target.is_some() && !overwrite {
+                    return Err(Error::Exists(to));
+                }
+                let value = self.filters.apply_write(&to, (*src.data).clone())?;
+                let now = self.clock.now(tick);
+                let mut changes = vec![self.store.remove(&from).expect("checked above")];
+                let (data, json) = if value == *src.data {
+                    (src.data.clone(), src.json.clone())
+                } else {
+                    Entry::value(value)
+                };
+                let entry = Entry {
+                    created: src.created,
+                    updated: now,
+                    revision: target.map_or(0, |t| t.revision + 1),
+                    seq: 0,
+                    expires: src.expires,
+                    data,
+                    json,
+                };
+                changes.push(self.store.put_entry(&to, entry));
+                Ok(self.written(changes))
+            }
+        }
+    }
+
+    fn written(&mut self, changes: Vec<Change>) -> Applied {
+        self.after(&changes);
+        let last = changes.last().expect("a write has a change");
+        let outcome = Outcome::Written(last.key.clone(), last.entry.clone().expect("a write sets"));
+        Applied { outcome, changes }
+    }
+
+    fn after(&self, changes: &[Change]) {
+        for c in changes {
+            self.filters.notify_write(
+                &c.key,
+                if c.is_delete() {
+                    WriteOp::Delete
+                } else {
+                    WriteOp::Set
+                },
+            );
+        }
+    }
+
+    /// Deletes every key whose TTL has passed and returns those changes (to persist and publish).
+    pub fn handle_timeout(&mut self, tick: Tick) -> Vec<Change> {
+        let now = self.clock.peek(tick);
+        let keys = self.store.expired(now);
+        let changes: Vec<Change> = keys.iter().filter_map(|k| self.store.remove(k)).collect();
+        for c in &changes {
+            self.log.push(c);
+        }
+        self.stats.expired += changes.len() as u64;
+        self.after(&changes);
+        changes
+    }
+
+    /// The clock time of the next TTL deadline, if any.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        self.store.next_deadline()
+    }
+
+    /// How many ns from `tick` until the next TTL deadline (0 if due).
+    pub fn timeout_in(&self, tick: Tick) -> Option<u64> {
+        self.poll_timeout()
+            .map(|d| d.saturating_sub(self.clock.peek(tick)).max(0) as u64)
+    }
+
+    /// Publishes applied changes: queues one frame per affected pool (drain with
+    /// [`Engine::poll_frame`]).
+    pub fn publish(&mut self, changes: &[Change]) {
+        if changes.is_empty() || self.pools.is_empty() {
+            return;
+        }
+        for f in self.pools.publish(changes, &self.filters) {
+            self.stats.frames += 1;
+            self.stats.frame_bytes += f.bytes.len() as u64;
+            self.frames.push_back(f);
+        }
+    }
+
+    /// The next frame to send to every subscriber of its pool.
+    pub fn poll_frame(&mut self) -> Option<Frame> {
+        self.frames.pop_front()
+    }
+
+    /// Rolls back applied-but-unpublished changes (their durable commit failed). They must be the
+    /// latest changes applied.
+    pub fn revert(&mut self, changes: &[Change]) {
+        if let Some(first) = changes.first() {
+            self.store.undo(changes);
+            self.log.truncate_from(first.seq);
+        }
+    }
+
+    /// Joins a pool; see [`Pools::join`]. Refused by static mode without a read filter.
+    pub fn join(
+        &mut self,
+        pattern: Pattern,
+        enc: Encoding,
+        version: Option<u64>,
+        initial: bool,
+    ) -> Result<(PoolId, Join), Error> {
+        self.filters.check(Need::Read, &pattern.as_str())?;
+        Ok(self.pools.join(
+            pattern,
+            enc,
+            version,
+            initial,
+            &self.store,
+            &self.log,
+            &self.filters,
+        ))
+    }
+
+    /// Leaves a pool.
+    pub fn leave(&mut self, id: PoolId) {
+        self.pools.leave(id);
+    }
+
+    /// What keys matching `pattern` went through since `version`.
+    pub fn missed(&self, version: u64, pattern: &Pattern) -> Result<Vec<Missed>, TooOld> {
+        self.log.since(version, self.store.last_seq(), pattern)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn engine() -> Engine {
+        Engine::new(Tick::from_wall(1_000), Config::default(), Filters::new())
+    }
+
+    fn t(n: i64) -> Tick {
+        Tick::from_wall(1_000 + n)
+    }
+
+    fn set(e: &mut Engine, k: &str, v: Value) -> Result<Applied, Error> {
+        e.execute(
+            t(1),
+            Op::Set {
+                key: k.into(),
+                value: v,
+                ttl: Ttl::Clear,
+                cond: Cond::Always,
+            },
+        )
+    }
+
+    #[test]
+    fn failed_operations_change_nothing() {
+        let mut e = engine();
+        set(&mut e, "a", json!({"nest":{"x":1}})).unwrap();
+        let seq = e.store().last_seq();
+        let bad = [
+            Op::Set {
+                key: "a/".into(),
+                value: json!(1),
+                ttl: Ttl::Clear,
+                cond: Cond::Always,
+            },
+            Op::Set {
+                key: "a".into(),
+                value: json!(1),
+                ttl: Ttl::Clear,
+                cond: Cond::NextRevision(5),
+            },
+            Op::Patch {
+                key: "a".into(),
+                patch: PatchKind::Merge(json!({"nest":"x"})),
+                cond: Cond::Always,
+            },
+            Op::Patch {
+                key: "a".into(),
+                patch: PatchKind::JsonPatch(
+                    serde_json::from_value(
+                        json!([{"op":"add","path":"/y","value":1},{"op":"remove","path":"/zz"}]),
+                    )
+                    .unwrap(),
+                ),
+                cond: Cond::Always,
+            },
+            Op::Patch {
+                key: "missing".into(),
+                patch: PatchKind::Merge(json!({})),
+                cond: Cond::Always,
+            },
+            Op::Delete {
+                target: "missing".into(),
+                cond: Cond::Always,
+            },
+            Op::Incr {
+                key: "a".into(),
+                by: 1,
+                ttl: Ttl::Keep,
+            },
+            Op::Rename {
+                from: "missing".into(),
+                to: "b".into(),
+                overwrite: false,
+            },
+            Op::Push {
+                target: "a/*/b".into(),
+                value: json!(1),
+                ttl: Ttl::Clear,
+            },
+        ];
+        for op in bad {
+            assert!(e.execute(t(2), op.clone()).is_err(), "{op:?}");
+        }
+        assert_eq!(e.store().last_seq(), seq);
+        assert_eq!(*e.store().get("a").unwrap().data, json!({"nest":{"x":1}}));
+        assert_eq!(e.stats().refused, 9);
+    }
+
+    #[test]
+    fn counters_take_rename_ttl() {
+        let mut e = engine();
+        let incr = |e: &mut Engine, by| {
+            e.execute(
+                t(1),
+                Op::Incr {
+                    key: "c".into(),
+                    by,
+                    ttl: Ttl::Keep,
+                },
+            )
+        };
+        incr(&mut e, 5).unwrap();
+        incr(&mut e, 2).unwrap();
+        incr(&mut e, -10).unwrap();
+        assert_eq!(*e.store().get("c").unwrap().data, json!(-3));
+        assert_eq!(e.store().get("c").unwrap().revision, 2);
+        set(&mut e, "big", json!(i64::MAX)).unwrap();
+        assert!(matches!(
+            e.execute(
+                t(1),
+                Op::Incr {
+                    key: "big".into(),
+                    by: 1,
+                    ttl: Ttl::Keep
+                }
+            ),
+            Err(Error::Counter(_))
+        ));
+
+        let a = e.execute(t(2), Op::Take { key: "c".into() }).unwrap();
+        assert!(matches!(a.outcome, Outcome::Taken(_, ref en) if *en.data == json!(-3)));
+        assert!(e.store().get("c").is_none());
+        assert_eq!(
+            e.execute(t(2), Op::Take { key: "c".into() }),
+            Err(Error::NotFound)
+        );
+
+        set(&mut e, "x", json!(1)).unwrap();
+        set(&mut e, "y", json!(2)).unwrap();
+        let created = e.store().get("x").unwrap().created;
+        assert_eq!(
+            e.execute(
+                t(3),
+                Op::Rename {
+                    from: "x".into(),
+                    to: "y".into(),
+                    overwrite: false
+                }
+            ),
+            Err(Error::Exists("y".into()))
+        );
+        let r = e
+            .execute(
+                t(3),
+                Op::Rename {
+                    from: "x".into(),
+                    to: "y".into(),
+                    overwrite: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(r.changes.len(), 2);
+        assert!(e.store().get("x").is_none());
+        let y = e.store().get("y").unwrap();
+        assert_eq!(
+            ((*y.data).clone(), y.created, y.revision),
+            (json!(1), created, 1)
+        );
+
+        e.execute(
+            t(4),
+            Op::Set {
+                key: "tmp".into(),
+                value: json!(1),
+                ttl: Ttl::After(100),
+                cond: Cond::Always,
+            },
+        )
+        .unwrap();
+        assert!(e.handle_timeout(t(50)).is_empty());
+        assert!(e.timeout_in(t(50)).is_some());
+        let expired = e.handle_timeout(t(200));
+        assert_eq!(expired.len(), 1);
+        assert!(e.store().get("tmp").is_none() && e.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn limit_keeps_the_newest() {
+        let mut f = Filters::new();
+        f.limit(
+            "limited/*",
+            crate::filter::Limit {
+                count: Some(3),
+                max_age_ns: None,
+            },
+        )
+        .unwrap();
+        let mut e = Engine::new(Tick::from_wall(0), Config::default(), f);
+        for i in 0..8 {
+            e.execute(
+                t(i),
+                Op::Push {
+                    target: "limited/*".into(),
+                    value: json!(i),
+                    ttl: Ttl::Clear,
+                },
+            )
+            .unwrap();
+        }
+        let list = e.store().list(&Pattern::parse("limited/*").unwrap());
+        let vals: Vec<_> = list.iter().map(|(_, en)| (*en.data).clone()).collect();
+        assert_eq!(vals, [json!(7), json!(6), json!(5)]);
+    }
+
+    #[test]
+    fn revert_undoes_a_write_and_its_log() {
+        let mut e = engine();
+        set(&mut e, "a", json!(1)).unwrap();
+        let seq = e.store().last_seq();
+        let a = set(&mut e, "a", json!(2)).unwrap();
+        e.revert(&a.changes);
+        assert_eq!(e.store().last_seq(), seq);
+        assert_eq!(*e.store().get("a").unwrap().data, json!(1));
+        assert_eq!(
+            e.missed(seq, &Pattern::parse("a").unwrap()).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn atomkv_revisions() {
+        let mut e = engine();
+        let put = |e: &mut Engine, n| {
+            e.execute(
+                t(1),
+                Op::Set {
+                    key: "x".into(),
+                    value: json!(n),
+                    ttl: Ttl::Clear,
+                    cond: Cond::NextRevision(n),
+                },
+            )
+        };
+        put(&mut e, 0).unwrap();
+        assert_eq!(put(&mut e, 0), Err(Error::RevisionConflict));
+        put(&mut e, 1).unwrap();
+        let tag = e.store().get("x").unwrap().etag();
+        let ifm = |tags: Vec<String>| Op::Set {
+            key: "x".into(),
+            value: json!(9),
+            ttl: Ttl::Clear,
+            cond: Cond::IfMatch(tags),
+        };
+        assert!(matches!(
+            e.execute(t(1), ifm(vec!["\"nope\"".into()])),
+            Err(Error::Precondition(_))
+        ));
+        e.execute(t(1), ifm(vec![tag])).unwrap();
+        let absent = Op::Set {
+            key: "x".into(),
+            value: json!(1),
+            ttl: Ttl::Clear,
+            cond: Cond::IfAbsent,
+        };
+        assert!(matches!(
+            e.execute(t(1), absent),
+            Err(Error::Precondition(_))
+        ));
+    }
+}

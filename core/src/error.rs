@@ -1,0 +1,102 @@
+//! The core's one error type, and the one place each kind maps to an HTTP status.
+
+use http::StatusCode;
+
+use crate::filter::FilterError;
+use crate::json::JsonError;
+use crate::key::KeyError;
+
+/// Everything an operation can be refused for. Nothing is changed when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The key or pattern is malformed.
+    #[error("key is not valid: {0}")]
+    Key(#[from] KeyError),
+    /// The body is not acceptable JSON, or a patch failed.
+    #[error("{0}")]
+    Json(#[from] JsonError),
+    /// A filter refused, or static mode has no route.
+    #[error("{0}")]
+    Filter(#[from] FilterError),
+    /// The key does not exist.
+    #[error("not found")]
+    NotFound,
+    /// `PUT` without `X-Revision` (AtomKV's text).
+    #[error("missing revision")]
+    MissingRevision,
+    /// `X-Revision` is not an integer (AtomKV's text).
+    #[error("invalid revision")]
+    InvalidRevision,
+    /// `X-Revision` is not the next revision (AtomKV's text).
+    #[error("revision conflict")]
+    RevisionConflict,
+    /// `If-Match` / `If-None-Match` did not hold.
+    #[error("precondition failed: {0}")]
+    Precondition(&'static str),
+    /// The target of a rename exists and overwriting was not asked for.
+    #[error("key {0} already exists")]
+    Exists(String),
+    /// A counter operation on a value that is not an integer, or one that would overflow.
+    #[error("counter: {0}")]
+    Counter(String),
+    /// The body is larger than the configured limit.
+    #[error("Request Entity Too Large")]
+    TooLarge,
+    /// A query parameter or header has a bad value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such route.
+    #[error("404 page not found")]
+    NoRoute,
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A patch content type the server does not know.
+    #[error("unsupported content type {0:?}")]
+    UnsupportedMediaType(String),
+    /// The adapter failed to make the change durable; nothing was applied.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// The HTTP status for this error (the only place statuses are chosen for errors).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Key(_) | Error::Json(_) | Error::Filter(_) => StatusCode::BAD_REQUEST,
+            Error::MissingRevision | Error::InvalidRevision | Error::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::NotFound | Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::RevisionConflict | Error::Exists(_) | Error::Counter(_) => StatusCode::CONFLICT,
+            Error::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+            Error::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short machine-readable name, used as the `type` of problem documents and in `/_ws` errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Key(_) => "invalid-key",
+            Error::Json(_) => "invalid-json",
+            Error::Filter(FilterError::RouteNotDefined(_)) => "route-not-defined",
+            Error::Filter(_) => "filter",
+            Error::NotFound => "not-found",
+            Error::MissingRevision => "missing-revision",
+            Error::InvalidRevision => "invalid-revision",
+            Error::RevisionConflict => "revision-conflict",
+            Error::Precondition(_) => "precondition-failed",
+            Error::Exists(_) => "exists",
+            Error::Counter(_) => "counter",
+            Error::TooLarge => "too-large",
+            Error::BadRequest(_) => "bad-request",
+            Error::NoRoute => "no-route",
+            Error::MethodNotAllowed => "method-not-allowed",
+            Error::UnsupportedMediaType(_) => "unsupported-media-type",
+            Error::Storage(_) => "storage",
+        }
+    }
+}

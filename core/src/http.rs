@@ -1,0 +1,784 @@
+//! HTTP semantics as a pure function: request + tick → response + changes.
+//!
+//! Owns the routes of ooo (§1.4) and AtomKV (§2), the extended routes (`ETag`, `If-Match`,
+//! `If-None-Match`, RFC 6902/7396 `PATCH`, counters, TTL, take, rename, health), their status
+//! codes and error texts, and CORS. ooo's routes keep ooo's plain-text errors; the routes new in
+//! Stateline answer with problem documents (`application/problem+json`). It also tells an
+//! adapter what a request wants when it is not plain HTTP ([`classify`]: a WebSocket
+//! subscription, the clock stream, `/_ws`, SSE, or the UI/client script at `/`). The adapters
+//! (native server, edge worker) call exactly this; they own only sockets and disks.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::clock::Tick;
+use crate::engine::{Applied, Cond, Engine, Op, Outcome, PatchKind};
+use crate::error::Error;
+use crate::filter::Need;
+use crate::json;
+use crate::key::{KeyError, Pattern};
+use crate::meta;
+use crate::store::{Change, Entry, Ttl};
+
+/// The response to send and the changes to persist and publish (in that order) before sending it.
+#[derive(Debug)]
+pub struct HttpOutcome {
+    /// The response.
+    pub response: Response<Bytes>,
+    /// Changes applied to memory, not yet published.
+    pub changes: Vec<Change>,
+}
+
+/// A subscription asked for over HTTP (WebSocket upgrade or SSE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// What to watch.
+    pub pattern: Pattern,
+    /// The client's version, if it sent one it can resume from.
+    pub version: Option<u64>,
+    /// SSE: send the current values first (`?initial=1`).
+    pub initial: bool,
+}
+
+/// What a request wants from the adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A plain request: call [`handle`].
+    Http,
+    /// `GET /` without `?api=`: the UI for browsers (`wants_html`), the client script otherwise.
+    Root {
+        /// The `Accept` header prefers HTML.
+        wants_html: bool,
+    },
+    /// WebSocket upgrade on `/`: ooo's clock stream.
+    Clock,
+    /// WebSocket upgrade on `/_ws`: the multiplexed protocol.
+    Mux,
+    /// WebSocket upgrade on a key, glob or subtree: ooo's per-path subscription.
+    Subscribe(Subscription),
+    /// `Accept: text/event-stream` on a key, glob or subtree: SSE.
+    Events(Subscription),
+}
+
+/// Whether the request asks for a WebSocket (`Upgrade` compared case-insensitively, unlike ooo).
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    })
+}
+
+/// Whether `Accept` lists `text/event-stream` (other types may be listed too, unlike AtomKV).
+pub fn wants_events(headers: &HeaderMap) -> bool {
+    header_str(headers, header::ACCEPT).is_some_and(|a| {
+        a.split(',').any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+    })
+}
+
+fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decodes `application/x-www-form-urlencoded` query pairs.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_get<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("" | "1" | "true" | "yes"))
+}
+
+/// Parses a version as clients send it (lowercase hex, ooo's `?v=`). Anything else is no version.
+pub fn parse_version(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Tells the adapter what a request wants. An invalid subscription path is answered with the
+/// error response to send.
+pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<Bytes>> {
+    let path = req.uri().path();
+    let q = query_pairs(req.uri().query().unwrap_or(""));
+    let ws = is_websocket(req.headers());
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if !get {
+        return Ok(Kind::Http);
+    }
+    if path == "/" {
+        if ws {
+            return Ok(Kind::Clock);
+        }
+        if query_get(&q, "api").is_some() {
+            return Ok(Kind::Http);
+        }
+        if !wants_events(req.headers()) {
+            let html =
+                header_str(req.headers(), header::ACCEPT).is_some_and(|a| a.contains("text/html"));
+            return Ok(Kind::Root { wants_html: html });
+        }
+    }
+    if path == "/_ws" && ws {
+        return Ok(Kind::Mux);
+    }
+    let sse = wants_events(req.headers());
+    if !(ws || sse) || (path.starts_with("/_") && path != "/") {
+        return Ok(Kind::Http);
+    }
+    let err = |e: Error| Err(plain_error(engine, req.headers(), &e, "GET"));
+    let pattern = match Pattern::from_http_path(path, true) {
+        Ok(p) => p,
+        Err(e) => return err(e.into()),
+    };
+    if let Err(e) = engine.filters().check(Need::Read, &pattern.as_str()) {
+        return err(e.into());
+    }
+    let mut version = query_get(&q, "v").and_then(parse_version);
+    if sse {
+        // AtomKV's event id is `/<key>:<revision>`; find that change's sequence number in the log.
+        if let Some(id) = header_str(req.headers(), "last-event-id") {
+            if let Some((k, rev)) = id.rsplit_once(':') {
+                let k = k.strip_prefix('/').unwrap_or(k);
+                version = rev
+                    .parse()
+                    .ok()
+                    .and_then(|r| engine.log().find(k, r))
+                    .or(Some(0));
+            }
+        }
+        let initial = truthy(query_get(&q, "initial"));
+        return Ok(Kind::Events(Subscription {
+            pattern,
+            version,
+            initial,
+        }));
+    }
+    Ok(Kind::Subscribe(Subscription {
+        pattern,
+        version,
+        initial: true,
+    }))
+}
+
+/// Headers every response carries: AtomKV's CORS set, narrowed to the configured origins.
+pub fn cors_headers(engine: &Engine, req: &HeaderMap, out: &mut HeaderMap) {
+    let origins = &engine.config().cors_origins;
+    let allow = if origins.iter().any(|o| o == "*") {
+        Some("*".to_string())
+    } else {
+        header_str(req, header::ORIGIN)
+            .filter(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
+            .map(str::to_string)
+    };
+    if let Some(a) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        if a != "*" {
+            out.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, a);
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("*"),
+        );
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("*"),
+        );
+        out.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("X-Revision, ETag, X-Version"),
+        );
+    }
+}
+
+fn respond(
+    engine: &Engine,
+    req: &HeaderMap,
+    status: StatusCode,
+    ctype: Option<&'static str>,
+    body: Bytes,
+) -> Response<Bytes> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Some(c) = ctype {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(c));
+    }
+    cors_headers(engine, req, r.headers_mut());
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+const PROBLEM: &str = "application/problem+json";
+
+/// ooo's (and AtomKV's) plain-text error: the message and a newline, as Go's `http.Error` writes.
+fn plain_error(engine: &Engine, req: &HeaderMap, e: &Error, method: &str) -> Response<Bytes> {
+    let text = match (e, method) {
+        (Error::Key(KeyError::GlobNotAllowed), "PATCH") => {
+            "ooo: glob pattern not allowed for this operation".into()
+        }
+        (Error::Key(k), "PUT") => format!("invalid key: {k}"),
+        (Error::Key(k), _) => format!("ooo: key is not valid: {k}"),
+        (Error::NotFound, "GET" | "HEAD") => "ooo: empty key".into(),
+        (Error::NotFound, "DELETE") => "storage: not found".into(),
+        (Error::NotFound, _) => "ooo: not found".into(),
+        (e, _) => e.to_string(),
+    };
+    respond(
+        engine,
+        req,
+        e.status(),
+        Some(TEXT),
+        format!("{text}\n").into(),
+    )
+}
+
+/// A problem document (RFC 9457) for the routes new in Stateline.
+fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
+    let status = e.status();
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "code": e.code(),
+        "detail": e.to_string(),
+    });
+    respond(
+        engine,
+        req,
+        status,
+        Some(PROBLEM),
+        json::encode(&body).into(),
+    )
+}
+
+fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
+    let h = r.headers_mut();
+    h.insert("x-revision", HeaderValue::from(e.revision));
+    if let Ok(v) = HeaderValue::from_str(&e.etag()) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+fn parse_ttl(q: &[(String, String)], h: &HeaderMap) -> Result<Ttl, Error> {
+    let raw = query_get(q, "ttl").or_else(|| header_str(h, "x-ttl"));
+    let Some(raw) = raw else {
+        return Ok(Ttl::Clear);
+    };
+    let secs: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| Error::BadRequest(format!("invalid ttl {raw:?}: seconds expected")))?;
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(Error::BadRequest(format!(
+            "invalid ttl {raw:?}: must be more than 0 and less than 1e9 seconds"
+        )));
+    }
+    Ok(Ttl::After((secs * 1e9) as i64))
+}
+
+fn conditions(h: &HeaderMap) -> Result<Cond, Error> {
+    if let Some(m) = header_str(h, header::IF_MATCH) {
+        return Ok(Cond::IfMatch(
+            m.split(',')
+                .map(|t| t.trim().trim_start_matches("W/").to_string())
+                .collect(),
+        ));
+    }
+    if let Some(m) = header_str(h, header::IF_NONE_MATCH) {
+        if m.trim() == "*" {
+            return Ok(Cond::IfAbsent);
+        }
+        return Err(Error::BadRequest(
+            "If-None-Match on a write must be \"*\"".into(),
+        ));
+    }
+    Ok(Cond::Always)
+}
+
+fn body_json(engine: &Engine, body: &[u8]) -> Result<Value, Error> {
+    Ok(json::parse(body, engine.config().max_depth)?)
+}
+
+/// Answers a plain HTTP request. Changes in the outcome are applied to memory but not published.
+pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutcome {
+    let h = req.headers().clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let q = query_pairs(req.uri().query().unwrap_or(""));
+    let plain = |e: &Engine, err: Error| HttpOutcome {
+        response: plain_error(e, &h, &err, method.as_str()),
+        changes: vec![],
+    };
+
+    if method == Method::OPTIONS {
+        return HttpOutcome {
+            response: respond(engine, &h, StatusCode::NO_CONTENT, None, Bytes::new()),
+            changes: vec![],
+        };
+    }
+    if req.body().len() > engine.config().max_body {
+        let e = Error::TooLarge;
+        return if path.starts_with("/_") {
+            HttpOutcome {
+                response: problem(engine, &h, &e),
+                changes: vec![],
+            }
+        } else {
+            plain(engine, e)
+        };
+    }
+    if path == "/" {
+        return match (method.as_str(), query_get(&q, "api")) {
+            ("GET" | "HEAD", Some(api)) => match api_route(engine, &q, api) {
+                Ok(v) => HttpOutcome {
+                    response: respond(
+                        engine,
+                        &h,
+                        StatusCode::OK,
+                        Some(JSON),
+                        json::encode(&v).into(),
+                    ),
+                    changes: vec![],
+                },
+                Err(e) => plain(engine, e),
+            },
+            ("GET" | "HEAD", None) => plain(engine, Error::NoRoute),
+            _ => plain(engine, Error::MethodNotAllowed),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/_") {
+        let r = extended(engine, tick, &method, rest, &q, &h, req.body());
+        return match r {
+            Ok((response, changes)) => HttpOutcome { response, changes },
+            Err(e) => HttpOutcome {
+                response: problem(engine, &h, &e),
+                changes: vec![],
+            },
+        };
+    }
+    match data_route(engine, tick, &method, &path, &q, &h, req.body()) {
+        Ok((response, changes)) => {
+            let mut response = response;
+            if method == Method::HEAD {
+                *response.body_mut() = Bytes::new();
+            }
+            HttpOutcome { response, changes }
+        }
+        Err(e) => plain(engine, e),
+    }
+}
+
+type Routed = Result<(Response<Bytes>, Vec<Change>), Error>;
+
+fn index_body(key: &str) -> Bytes {
+    json::encode(&json!({ "index": crate::key::last_segment(key) })).into()
+}
+
+fn written(
+    engine: &Engine,
+    h: &HeaderMap,
+    a: Applied,
+    body: Option<Bytes>,
+    status: StatusCode,
+) -> Routed {
+    let (key, entry) = match &a.outcome {
+        Outcome::Written(k, e) | Outcome::Taken(k, e) => (k.clone(), e.clone()),
+        Outcome::Deleted(_) => {
+            return Ok((
+                respond(engine, h, StatusCode::NO_CONTENT, None, Bytes::new()),
+                a.changes,
+            ))
+        }
+    };
+    let body = body.unwrap_or_else(|| index_body(&key));
+    let mut r = respond(engine, h, status, Some(JSON), body);
+    entry_headers(&mut r, &entry);
+    Ok((r, a.changes))
+}
+
+fn data_route(
+    engine: &mut Engine,
+    tick: Tick,
+    method: &Method,
+    path: &str,
+    q: &[(String, String)],
+    h: &HeaderMap,
+    body: &[u8],
+) -> Routed {
+    match method.as_str() {
+        "GET" | "HEAD" => {
+            let pattern = Pattern::from_http_path(path, false)?;
+            engine.filters().check(Need::Read, &pattern.as_str())?;
+            read(engine, h, &pattern)
+        }
+        "POST" => {
+            let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
+            let pattern = Pattern::from_http_path(path, false)?;
+            let ttl = parse_ttl(q, h)?;
+            let value = body_json(engine, body)?;
+            let op = match pattern {
+                Pattern::Key(_) => Op::Set {
+                    key: target.into(),
+                    value,
+                    ttl,
+                    cond: conditions(h)?,
+                },
+                _ => Op::Push {
+                    target: target.into(),
+                    value,
+                    ttl,
+                },
+            };
+            let a = engine.execute(tick, op)?;
+            written(engine, h, a, None, StatusCode::OK)
+        }
+        "PUT" => {
+            // AtomKV's compare-and-swap, with its order of checks; If-Match works too.
+            let key = match Pattern::from_http_path(path, false)? {
+                Pattern::Key(k) => k,
+                _ => return Err(KeyError::GlobNotAllowed.into()),
+            };
+            let cond = match header_str(h, "x-revision") {
+                Some(r) => {
+                    Cond::NextRevision(r.trim().parse().map_err(|_| Error::InvalidRevision)?)
+                }
+                None => match conditions(h)? {
+                    Cond::Always => return Err(Error::MissingRevision),
+                    c => c,
+                },
+            };
+            let value = body_json(engine, body).map_err(|e| match e {
+                Error::Json(json::JsonError::Syntax(_)) => {
+                    Error::Json(json::JsonError::Syntax("not a JSON value".into()))
+                }
+                e => e,
+            })?;
+            let ttl = parse_ttl(q, h)?;
+            let a = engine.execute(
+                tick,
+                Op::Set {
+                    key: key.to_string(),
+                    value,
+                    ttl,
+                    cond,
+                },
+            )?;
+            written(engine, h, a, Some(Bytes::new()), StatusCode::OK)
+        }
+        "PATCH" => {
+            let key = match Pattern::from_http_path(path, false)? {
+                Pattern::Key(k) => k,
+                _ => return Err(KeyError::GlobNotAllowed.into()),
+            };
+            let v = body_json(engine, body)?;
+            let ctype = header_str(h, header::CONTENT_TYPE)
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let patch = match ctype.as_str() {
+                "application/json-patch+json" => PatchKind::JsonPatch(json::parse_patch(v)?),
+                "application/merge-patch+json" => PatchKind::MergePatch(v),
+                _ => PatchKind::Merge(v),
+            };
+            let a = engine.execute(
+                tick,
+                Op::Patch {
+                    key: key.to_string(),
+                    patch,
+                    cond: conditions(h)?,
+                },
+            )?;
+            written(engine, h, a, None, StatusCode::OK)
+        }
+        "DELETE" => {
+            let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
+            Pattern::from_http_path(path, false)?;
+            let a = engine.execute(
+                tick,
+                Op::Delete {
+                    target: target.into(),
+                    cond: conditions(h)?,
+                },
+            )?;
+            written(engine, h, a, None, StatusCode::NO_CONTENT)
+        }
+        _ => Err(Error::MethodNotAllowed),
+    }
+}
+
+fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern) -> Routed {
+    let filters = engine.filters();
+    let version = format!("{:x}", engine.store().last_seq());
+    let mut r = match pattern {
+        Pattern::Key(k) => {
+            let e = engine.store().get(k).ok_or(Error::NotFound)?;
+            if let Some(inm) = header_str(h, header::IF_NONE_MATCH) {
+                if inm
+                    .split(',')
+                    .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == e.etag())
+                {
+                    let mut r = respond(engine, h, StatusCode::NOT_MODIFIED, None, Bytes::new());
+                    entry_headers(&mut r, e);
+                    return Ok((r, vec![]));
+                }
+            }
+            let body = if filters.has_read_filters(k) {
+                let m = filters.read_object_value(k, meta::value(k, e))?;
+                if m.get("created") == Some(&json!(0)) && m.get("index") == Some(&json!("")) {
+                    return Err(Error::NotFound);
+                }
+                json::encode(&m).into()
+            } else {
+                meta::bytes(k, e)
+            };
+            let mut r = respond(engine, h, StatusCode::OK, Some(JSON), body);
+            entry_headers(&mut r, e);
+            r
+        }
+        p => {
+            let items = engine.store().list(p);
+            let p_str = p.as_str();
+            let body: Bytes = if filters.has_read_filters(&p_str)
+                || items.iter().any(|(k, _)| filters.has_read_filters(k))
+            {
+                let list = items
+                    .iter()
+                    .filter_map(|(k, e)| filters.read_object_value(k, meta::value(k, e)).ok())
+                    .collect();
+                json::encode(&Value::Array(filters.read_list_values(&p_str, list)?)).into()
+            } else {
+                let mut out = Vec::new();
+                meta::write_list(&mut out, items.iter().map(|(k, e)| (&**k, e)));
+                out.into()
+            };
+            respond(engine, h, StatusCode::OK, Some(JSON), body)
+        }
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&version) {
+        r.headers_mut().insert("x-version", v);
+    }
+    Ok((r, vec![]))
+}
+
+fn extended(
+    engine: &mut Engine,
+    tick: Tick,
+    method: &Method,
+    rest: &str,
+    q: &[(String, String)],
+    h: &HeaderMap,
+    body: &[u8],
+) -> Routed {
+    let (route, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let post_only = |m: &Method| {
+        if m == Method::POST {
+            Ok(())
+        } else {
+            Err(Error::MethodNotAllowed)
+        }
+    };
+    match route {
+        "health" => {
+            let v = json!({"status": "ok", "keys": engine.store().len(), "seq": format!("{:x}", engine.store().last_seq())});
+            Ok((
+                respond(
+                    engine,
+                    h,
+                    StatusCode::OK,
+                    Some(JSON),
+                    json::encode(&v).into(),
+                ),
+                vec![],
+            ))
+        }
+        "incr" => {
+            post_only(method)?;
+            let by = if body.iter().all(u8::is_ascii_whitespace) {
+                1
+            } else {
+                body_json(engine, body)?
+                    .as_i64()
+                    .ok_or_else(|| Error::BadRequest("incr: body must be an integer".into()))?
+            };
+            let ttl = match parse_ttl(q, h)? {
+                Ttl::Clear => Ttl::Keep,
+                t => t,
+            };
+            let a = engine.execute(
+                tick,
+                Op::Incr {
+                    key: key.into(),
+                    by,
+                    ttl,
+                },
+            )?;
+            let Outcome::Written(k, e) = &a.outcome else {
+                unreachable!("incr writes")
+            };
+            let body =
+                json::encode(&json!({"key": &**k, "value": *e.data, "revision": e.revision}));
+            written(engine, h, a.clone(), Some(body.into()), StatusCode::OK)
+        }
+        "take" => {
+            post_only(method)?;
+            let a = engine.execute(tick, Op::Take { key: key.into() })?;
+            let Outcome::Taken(k, e) = &a.outcome else {
+                unreachable!("take takes")
+            };
+            let body = meta::bytes(k, e);
+            written(engine, h, a.clone(), Some(body), StatusCode::OK)
+        }
+        "rename" => {
+            post_only(method)?;
+            let v = body_json(engine, body)?;
+            let to = v.get("to").and_then(Value::as_str).ok_or_else(|| {
+                Error::BadRequest("rename: body must be {\"to\": \"<key>\"}".into())
+            })?;
+            let overwrite = v.get("overwrite").and_then(Value::as_bool).unwrap_or(false);
+            let a = engine.execute(
+                tick,
+                Op::Rename {
+                    from: key.into(),
+                    to: to.into(),
+                    overwrite,
+                },
+            )?;
+            let Outcome::Written(k, e) = &a.outcome else {
+                unreachable!("rename writes")
+            };
+            let body = json::encode(&json!({"from": key, "to": &**k, "revision": e.revision}));
+            written(engine, h, a.clone(), Some(body.into()), StatusCode::OK)
+        }
+        _ => Err(Error::NoRoute),
+    }
+}
+
+fn api_route(engine: &Engine, q: &[(String, String)], api: &str) -> Result<Value, Error> {
+    match api {
+        "keys" => {
+            let page: usize = match query_get(q, "page") {
+                Some(p) => p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| Error::BadRequest("page must be a number from 1".into()))?,
+                None => 1,
+            };
+            let max = engine.config().max_keys_page;
+            let limit: usize = match query_get(q, "limit") {
+                Some(l) => l
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=max).contains(l))
+                    .ok_or_else(|| Error::BadRequest(format!("limit must be from 1 to {max}")))?,
+                None => 50,
+            };
+            let filter = query_get(q, "filter").unwrap_or("");
+            let glob = if filter.contains('*') {
+                Some(Pattern::parse(filter)?)
+            } else {
+                None
+            };
+            let keys: Vec<&str> = engine
+                .store()
+                .keys()
+                .map(|k| &**k)
+                .filter(|k| match &glob {
+                    Some(g) => g.matches(k),
+                    None => k.starts_with(filter),
+                })
+                .collect();
+            let page_keys: Vec<&str> = keys
+                .iter()
+                .skip((page - 1) * limit)
+                .take(limit)
+                .copied()
+                .collect();
+            Ok(
+                json!({"keys": page_keys, "total": keys.len(), "page": page, "limit": limit, "filter": filter}),
+            )
+        }
+        "info" => Ok(json!({
+            "name": "stateline",
+            "version": env!("CARGO_PKG_VERSION"),
+            "keys": engine.store().len(),
+            "valueBytes": engine.store().value_bytes(),
+            "pools": engine.pools().len(),
+            "subscribers": engine.pools().subscribers(),
+            "static": engine.filters().is_static(),
+            "seq": format!("{:x}", engine.store().last_seq()),
+            "logEntries": engine.log().len(),
+            "logFloor": format!("{:x}", engine.log().floor()),
+            "started": engine.started(),
+        })),
+        "filters" => Ok(json!({
+            "static": engine.filters().is_static(),
+            "filters": engine.filters().describe().into_iter().map(|(p, k)| json!({"path": p, "kind": k})).collect::<Vec<_>>(),
+        })),
+        "state" => {
+            let pools = engine.pools().info();
+            Ok(json!({
+                "pools": pools.iter().map(|p| json!({
+                    "key": p.pattern,
+                    "connections": p.subscribers,
+                    "encoding": format!("{:?}", p.encoding).to_lowercase(),
+                    "version": format!("{:x}", p.version),
+                })).collect::<Vec<_>>(),
+                "totalConnections": engine.pools().subscribers(),
+            }))
+        }
+        other => Err(Error::BadRequest(format!(
+            "unknown api {other:?}; known: keys, info, filters, state"
+        ))),
+    }
+}
+
+/// Parses an HTTP method name for adapters that receive it as text.
+pub fn method(s: &str) -> Option<Method> {
+    Method::from_bytes(s.as_bytes()).ok()
+}

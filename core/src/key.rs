@@ -1,0 +1,378 @@
+//! Keys and patterns.
+//!
+//! Owns the key syntax (ooo's rules: segments of `[A-Za-z0-9_.-]` joined by `/`, first and last
+//! character alphanumeric), the `*` glob (one whole segment), AtomKV's HTTP spelling (leading `/`,
+//! trailing `/` for a whole subtree) and matching a key against a pattern. It knows nothing about
+//! storage or the wire beyond the spelling of a path.
+
+use std::fmt;
+
+/// Longest key accepted, in bytes. Keys travel in URLs, SSE ids and index files; a cap keeps a
+/// single request from making every later scan expensive.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Why a key or pattern was refused. Each case has its own message so a client can fix its input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key is empty.
+    #[error("key is empty")]
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`].
+    #[error("key is {0} bytes long, the limit is {MAX_KEY_LEN}")]
+    TooLong(usize),
+    /// A character outside `[A-Za-z0-9_.-/*]`.
+    #[error(
+        "key contains {0:?} at byte {1}; allowed are letters, digits, '_', '.', '-', '/' and '*'"
+    )]
+    InvalidChar(char, usize),
+    /// The first character is not a letter or digit.
+    #[error("key must start with a letter or digit, not {0:?}")]
+    BadStart(char),
+    /// The last character is not a letter or digit.
+    #[error("key must end with a letter or digit, not {0:?}")]
+    BadEnd(char),
+    /// Two slashes in a row.
+    #[error("key contains an empty segment ('//')")]
+    EmptySegment,
+    /// A `.` or `..` segment, which HTTP clients rewrite before it reaches the server.
+    #[error("key contains a '.' or '..' segment")]
+    DotSegment,
+    /// `*` mixed with other characters in one segment.
+    #[error("'*' must be a whole segment (like 'books/*'), not part of one")]
+    PartialGlob,
+    /// A glob where a single key is required.
+    #[error("glob pattern not allowed for this operation")]
+    GlobNotAllowed,
+    /// A push pattern with `*` before its end.
+    #[error("glob pattern must be at the end of the path")]
+    GlobNotLast,
+    /// A push pattern with more than one `*`.
+    #[error("key contains more than one glob pattern")]
+    MultipleGlobs,
+    /// A trailing `/` (subtree) where it is not allowed.
+    #[error("a trailing '/' (whole subtree) is only allowed for subscriptions")]
+    SubtreeNotAllowed,
+    /// The HTTP path does not start with `/`.
+    #[error("path must start with '/'")]
+    NoLeadingSlash,
+}
+
+/// One segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Segment {
+    /// Matches exactly this text.
+    Lit(Box<str>),
+    /// `*`: matches any one segment.
+    Star,
+}
+
+/// What a subscription, list, or delete addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pattern {
+    /// One key.
+    Key(Box<str>),
+    /// Segments with at least one `*`; matches keys with the same number of segments.
+    Glob(Box<str>, Vec<Segment>),
+    /// Every key strictly below a prefix (`prefix/...` at any depth); the empty prefix is every key.
+    Subtree(Box<str>),
+}
+
+fn check_chars(s: &str, allow_star: bool) -> Result<(), KeyError> {
+    if s.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if s.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong(s.len()));
+    }
+    for (i, c) in s.char_indices() {
+        let ok = c.is_ascii_alphanumeric()
+            || matches!(c, '_' | '.' | '-' | '/')
+            || (allow_star && c == '*');
+        if !ok {
+            return Err(KeyError::InvalidChar(c, i));
+        }
+    }
+    let first = s.chars().next().unwrap_or('/');
+    if !(first.is_ascii_alphanumeric() || (allow_star && first == '*')) {
+        return Err(KeyError::BadStart(first));
+    }
+    let last = s.chars().next_back().unwrap_or('/');
+    if !(last.is_ascii_alphanumeric() || (allow_star && last == '*')) {
+        return Err(KeyError::BadEnd(last));
+    }
+    for seg in s.split('/') {
+        if seg.is_empty() {
+            return Err(KeyError::EmptySegment);
+        }
+        if seg == "." || seg == ".." {
+            return Err(KeyError::DotSegment);
+        }
+        if seg.len() > 1 && seg.contains('*') {
+            return Err(KeyError::PartialGlob);
+        }
+    }
+    Ok(())
+}
+
+/// Checks a plain key (no glob).
+pub fn validate_key(s: &str) -> Result<(), KeyError> {
+    check_chars(s, true)?;
+    if s.split('/').any(|seg| seg == "*") {
+        return Err(KeyError::GlobNotAllowed);
+    }
+    Ok(())
+}
+
+/// Checks a push target `prefix/*` (or a bare `*`) and returns the prefix (`""` for `*`).
+pub fn validate_push(s: &str) -> Result<&str, KeyError> {
+    check_chars(s, true)?;
+    let stars = s.split('/').filter(|seg| *seg == "*").count();
+    if stars > 1 {
+        return Err(KeyError::MultipleGlobs);
+    }
+    if stars == 0 {
+        return Err(KeyError::GlobNotLast);
+    }
+    if !(s == "*" || s.ends_with("/*")) {
+        return Err(KeyError::GlobNotLast);
+    }
+    Ok(s.strip_suffix("/*").unwrap_or(""))
+}
+
+/// The last segment of a key: ooo's `index`.
+pub fn last_segment(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+impl Pattern {
+    /// Parses a key or a glob (any number of `*` segments).
+    pub fn parse(s: &str) -> Result<Pattern, KeyError> {
+        check_chars(s, true)?;
+        if !s.split('/').any(|seg| seg == "*") {
+            return Ok(Pattern::Key(s.into()));
+        }
+        let segs = s
+            .split('/')
+            .map(|seg| {
+                if seg == "*" {
+                    Segment::Star
+                } else {
+                    Segment::Lit(seg.into())
+                }
+            })
+            .collect();
+        Ok(Pattern::Glob(s.into(), segs))
+    }
+
+    /// Parses the path part of an HTTP URL (`/books/*`). A trailing `/` means the whole subtree and
+    /// is accepted only when `allow_subtree`; `/` alone is then every key.
+    pub fn from_http_path(path: &str, allow_subtree: bool) -> Result<Pattern, KeyError> {
+        let rest = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
+        if rest.is_empty() || rest.ends_with('/') {
+            if !allow_subtree {
+                return Err(if rest.is_empty() {
+                    KeyError::Empty
+                } else {
+                    KeyError::SubtreeNotAllowed
+                });
+            }
+            let prefix = rest.strip_suffix('/').unwrap_or(rest);
+            if !prefix.is_empty() {
+                validate_key(prefix)?;
+            }
+            return Ok(Pattern::Subtree(prefix.into()));
+        }
+        Pattern::parse(rest)
+    }
+
+    /// The text of the pattern as a client spells it (subtrees end with `/`).
+    pub fn as_str(&self) -> String {
+        match self {
+            Pattern::Key(k) => k.to_string(),
+            Pattern::Glob(s, _) => s.to_string(),
+            Pattern::Subtree(p) if p.is_empty() => "/".to_string(),
+            Pattern::Subtree(p) => format!("{p}/"),
+        }
+    }
+
+    /// Whether the pattern names more than one key (a glob or a subtree).
+    pub fn is_multi(&self) -> bool {
+        !matches!(self, Pattern::Key(_))
+    }
+
+    /// The longest literal prefix every matching key starts with, used to bound scans.
+    pub fn scan_prefix(&self) -> &str {
+        match self {
+            Pattern::Key(k) => k,
+            Pattern::Glob(s, _) => match s.find('*') {
+                Some(i) => &s[..i],
+                None => s,
+            },
+            Pattern::Subtree(p) => p,
+        }
+    }
+
+    /// Whether `key` (a plain key) is addressed by this pattern.
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            Pattern::Key(k) => &**k == key,
+            Pattern::Glob(_, segs) => {
+                let mut parts = key.split('/');
+                for seg in segs {
+                    match (seg, parts.next()) {
+                        (_, None) => return false,
+                        (Segment::Star, Some(_)) => {}
+                        (Segment::Lit(l), Some(p)) if &**l == p => {}
+                        _ => return false,
+                    }
+                }
+                parts.next().is_none()
+            }
+            Pattern::Subtree(p) => {
+                p.is_empty()
+                    || (key.len() > p.len()
+                        && key.starts_with(&**p)
+                        && key.as_bytes()[p.len()] == b'/')
+            }
+        }
+    }
+
+    /// Whether every key matched by `other` is also matched by `self` (used to tell whether a glob
+    /// delete empties a list subscription).
+    pub fn covers(&self, other: &Pattern) -> bool {
+        match (self, other) {
+            (a, b) if a == b => true,
+            (Pattern::Glob(_, a), Pattern::Glob(_, b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| matches!(x, Segment::Star) || x == y)
+            }
+            (_, Pattern::Key(k)) => self.matches(k),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_keys() {
+        for k in [
+            "users/john-doe",
+            "logs/2026-05-08",
+            "data/report.json",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "a",
+            "a/b/c",
+            "a/-b/c",
+            "A_b",
+        ] {
+            assert_eq!(validate_key(k), Ok(()), "{k}");
+        }
+    }
+
+    #[test]
+    fn invalid_keys_each_with_their_reason() {
+        let cases: &[(&str, KeyError)] = &[
+            ("", KeyError::Empty),
+            ("/a/b/c", KeyError::BadStart('/')),
+            ("a/b/c/", KeyError::BadEnd('/')),
+            ("a:b", KeyError::InvalidChar(':', 1)),
+            ("a b", KeyError::InvalidChar(' ', 1)),
+            ("a@b", KeyError::InvalidChar('@', 1)),
+            ("a%b", KeyError::InvalidChar('%', 1)),
+            ("a+b", KeyError::InvalidChar('+', 1)),
+            ("-leading", KeyError::BadStart('-')),
+            ("trailing.", KeyError::BadEnd('.')),
+            ("a//b", KeyError::EmptySegment),
+            ("a/../b", KeyError::DotSegment),
+            ("a/*", KeyError::GlobNotAllowed),
+            ("a**", KeyError::PartialGlob),
+            ("a/b*", KeyError::PartialGlob),
+            ("été", KeyError::InvalidChar('é', 0)),
+        ];
+        for (k, e) in cases {
+            assert_eq!(validate_key(k).as_ref(), Err(e), "{k}");
+        }
+        assert_eq!(
+            validate_key(&"a".repeat(MAX_KEY_LEN + 1)),
+            Err(KeyError::TooLong(MAX_KEY_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn push_targets() {
+        assert_eq!(validate_push("books/*"), Ok("books"));
+        assert_eq!(validate_push("*"), Ok(""));
+        assert_eq!(validate_push("a/*/b"), Err(KeyError::GlobNotLast));
+        assert_eq!(validate_push("a/*/*"), Err(KeyError::MultipleGlobs));
+        assert_eq!(validate_push("a/b"), Err(KeyError::GlobNotLast));
+    }
+
+    #[test]
+    fn matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("books/*", "books/1", true),
+            ("books/*", "books", false),
+            ("books/*", "books/1/2", false),
+            ("*", "top", true),
+            ("*", "a/b", false),
+            ("box/*/things/*", "box/1/things/1", true),
+            ("box/*/things/*", "box/1/thing/1", false),
+            ("a", "a", true),
+            ("a", "ab", false),
+        ];
+        for (p, k, want) in cases {
+            assert_eq!(Pattern::parse(p).unwrap().matches(k), *want, "{p} ~ {k}");
+        }
+        let s = Pattern::from_http_path("/s/", true).unwrap();
+        assert_eq!(s, Pattern::Subtree("s".into()));
+        assert!(s.matches("s/k") && s.matches("s/kk/x") && !s.matches("sx") && !s.matches("s"));
+        let all = Pattern::from_http_path("/", true).unwrap();
+        assert!(all.matches("anything/at/all"));
+    }
+
+    #[test]
+    fn http_paths() {
+        assert_eq!(
+            Pattern::from_http_path("/a/", false),
+            Err(KeyError::SubtreeNotAllowed)
+        );
+        assert_eq!(Pattern::from_http_path("/", false), Err(KeyError::Empty));
+        assert_eq!(
+            Pattern::from_http_path("a", false),
+            Err(KeyError::NoLeadingSlash)
+        );
+        assert_eq!(
+            Pattern::from_http_path("//b", true),
+            Err(KeyError::BadStart('/'))
+        );
+        assert_eq!(
+            Pattern::from_http_path("/a/b", false),
+            Ok(Pattern::Key("a/b".into()))
+        );
+        assert_eq!(Pattern::parse("a/*").unwrap().scan_prefix(), "a/");
+        assert_eq!(Pattern::parse("a/*").unwrap().as_str(), "a/*");
+        assert_eq!(Pattern::Subtree("".into()).as_str(), "/");
+    }
+
+    #[test]
+    fn coverage() {
+        let p = |s| Pattern::parse(s).unwrap();
+        assert!(p("a/*").covers(&p("a/*")));
+        assert!(p("*/*").covers(&p("a/*")));
+        assert!(!p("a/*").covers(&p("*/*")));
+        assert!(p("a/*").covers(&p("a/b")));
+        assert_eq!(last_segment("books/abc"), "abc");
+        assert_eq!(last_segment("settings"), "settings");
+    }
+}

@@ -1,0 +1,34 @@
+//! # stateline-core
+//!
+//! Stateline's semantics as sans-IO state machines: keys and globs, the store with revisions and
+//! sequence numbers, the monotonic clock, JSON merge and patch, filters, the change log, the
+//! subscription pools and their frames, and HTTP as a pure function. Time, input and randomness
+//! enter as arguments; effects (changes to persist, frames to send, deadlines) leave as return
+//! values. The native server, the edge worker and the browser client drive the same code.
+//!
+//! **Architecture invariant:** this crate does no IO. It names no async runtime, no socket, no
+//! file and no system clock (`clippy.toml` forbids `SystemTime::now`/`Instant::now`), and it
+//! builds for `wasm32-unknown-unknown` unchanged.
+
+#![deny(clippy::disallowed_methods)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod filter;
+pub mod http;
+pub mod json;
+pub mod key;
+pub mod log;
+pub mod meta;
+pub mod pool;
+pub mod store;
+
+pub use clock::{Clock, Tick};
+pub use engine::{Applied, Cond, Config, Engine, Op, Outcome, PatchKind};
+pub use error::Error;
+pub use filter::Filters;
+pub use key::Pattern;
+pub use pool::{Encoding, Frame, Join, PoolId};
+pub use store::{Change, Entry, Store, Ttl};

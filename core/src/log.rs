@@ -1,0 +1,297 @@
+//! The change log: recent changes, so a client that was away gets exactly what it missed.
+//!
+//! Owns a window of the latest changes, bounded in entries and in bytes, and the squashing of
+//! that window per key (gobi's rules, §5). A version is a store sequence number: a client at
+//! version `v` has seen every change up to `v`. The log covers `v` when every change after `v` is
+//! still in the window; otherwise the client must take a snapshot. It holds entries, not frames.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::key::Pattern;
+use crate::store::{Change, Entry};
+
+#[derive(Debug, Clone)]
+struct Record {
+    seq: u64,
+    key: Arc<str>,
+    revision: u64,
+    existed: bool,
+    entry: Option<Entry>,
+    cost: usize,
+}
+
+/// What a key went through since a version, squashed to one step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Missed {
+    /// The key did not exist at the version and exists now.
+    Create(Arc<str>, Entry),
+    /// The key existed at the version and exists now (changed, or deleted and created again).
+    Update(Arc<str>, Entry),
+    /// The key existed at the version and is gone; the revision of the delete.
+    Delete(Arc<str>, u64, u64),
+}
+
+impl Missed {
+    /// The key concerned.
+    pub fn key(&self) -> &Arc<str> {
+        match self {
+            Missed::Create(k, _) | Missed::Update(k, _) | Missed::Delete(k, _, _) => k,
+        }
+    }
+
+    /// The sequence number of the last change folded into this step.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Missed::Create(_, e) | Missed::Update(_, e) => e.seq,
+            Missed::Delete(_, _, seq) => *seq,
+        }
+    }
+}
+
+/// The log could not answer: the version is older than the window (or from another history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("version is too old for the change log; take a snapshot")]
+pub struct TooOld;
+
+/// The change log. See the module docs.
+#[derive(Debug)]
+pub struct Log {
+    records: VecDeque<Record>,
+    // Every version >= floor is covered (the change right after floor is the oldest kept).
+    floor: u64,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// Bookkeeping bytes charged per record on top of its key and value.
+const RECORD_OVERHEAD: usize = 96;
+
+impl Log {
+    /// An empty log starting after `last_seq`, keeping at most `max_entries` changes and about
+    /// `max_bytes` bytes of keys and values.
+    pub fn new(last_seq: u64, max_entries: usize, max_bytes: usize) -> Log {
+        Log {
+            records: VecDeque::new(),
+            floor: last_seq,
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Oldest covered version.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Number of changes kept.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes charged to the kept changes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Appends a change, dropping the oldest ones beyond the bounds.
+    pub fn push(&mut self, c: &Change) {
+        let cost = RECORD_OVERHEAD + c.key.len() + c.entry.as_ref().map_or(0, |e| e.json.len());
+        self.records.push_back(Record {
+            seq: c.seq,
+            key: c.key.clone(),
+            revision: c.revision,
+            existed: c.prev.is_some(),
+            entry: c.entry.clone(),
+            cost,
+        });
+        self.bytes += cost;
+        while self.records.len() > self.max_entries
+            || (self.bytes > self.max_bytes && self.records.len() > 1)
+        {
+            if let Some(r) = self.records.pop_front() {
+                self.bytes -= r.cost;
+                self.floor = r.seq;
+            }
+        }
+        if self.max_entries == 0 {
+            self.floor = c.seq;
+        }
+    }
+
+    /// Forgets changes from `seq` on (their write was rolled back).
+    pub fn truncate_from(&mut self, seq: u64) {
+        while self.records.back().is_some_and(|r| r.seq >= seq) {
+            if let Some(r) = self.records.pop_back() {
+                self.bytes -= r.cost;
+            }
+        }
+    }
+
+    /// Whether every change after `version` up to `last_seq` is in the window.
+    pub fn covers(&self, version: u64, last_seq: u64) -> bool {
+        version >= self.floor && version <= last_seq
+    }
+
+    /// The sequence number of the change that gave `key` revision `revision`, if still kept (used to
+    /// resume an SSE stream from AtomKV's `key:revision` event id).
+    pub fn find(&self, key: &str, revision: u64) -> Option<u64> {
+        self.records
+            .iter()
+            .rev()
+            .find(|r| &*r.key == key && r.revision == revision)
+            .map(|r| r.seq)
+    }
+
+    /// What keys matching `pattern` went through after `version`, one step per key, ordered by the
+    /// last change of each key. Squashing: create+delete → nothing; create+update → create;
+    /// update+delete → delete; delete+create → update; update+update → update.
+    pub fn since(
+        &self,
+        version: u64,
+        last_seq: u64,
+        pattern: &Pattern,
+    ) -> Result<Vec<Missed>, TooOld> {
+        if !self.covers(version, last_seq) {
+            return Err(TooOld);
+        }
+        let start = self.records.partition_point(|r| r.seq <= version);
+        // key -> (existed at version, index of the last record)
+        let mut seen: HashMap<&str, (bool, usize)> = HashMap::new();
+        for (i, r) in self.records.iter().enumerate().skip(start) {
+            if pattern.matches(&r.key) {
+                seen.entry(&r.key)
+                    .and_modify(|s| s.1 = i)
+                    .or_insert((r.existed, i));
+            }
+        }
+        let mut steps: Vec<(usize, Missed)> = seen
+            .into_values()
+            .filter_map(|(existed, i)| {
+                let r = &self.records[i];
+                match (&r.entry, existed) {
+                    (None, false) => None,
+                    (None, true) => Some(Missed::Delete(r.key.clone(), r.revision, r.seq)),
+                    (Some(e), false) => Some(Missed::Create(r.key.clone(), e.clone())),
+                    (Some(e), true) => Some(Missed::Update(r.key.clone(), e.clone())),
+                }
+                .map(|m| (i, m))
+            })
+            .collect();
+        steps.sort_by_key(|(i, _)| *i);
+        Ok(steps.into_iter().map(|(_, m)| m).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, Ttl};
+    use serde_json::json;
+
+    fn setup() -> (Store, Log) {
+        (Store::new(10), Log::new(10, 1000, 1 << 20))
+    }
+
+    fn put(s: &mut Store, l: &mut Log, k: &str, v: i64) {
+        let c = s.put(k, Entry::value(json!(v)), v, Ttl::Clear, None);
+        l.push(&c);
+    }
+
+    fn del(s: &mut Store, l: &mut Log, k: &str) {
+        let c = s.remove(k).unwrap();
+        l.push(&c);
+    }
+
+    fn steps(l: &Log, s: &Store, v: u64, p: &str) -> Vec<String> {
+        l.since(v, s.last_seq(), &Pattern::parse(p).unwrap())
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                Missed::Create(k, e) => format!("create {k}={}", e.data),
+                Missed::Update(k, e) => format!("update {k}={}", e.data),
+                Missed::Delete(k, _, _) => format!("delete {k}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn squashing_rules() {
+        let (mut s, mut l) = setup();
+        put(&mut s, &mut l, "x/upd", 1); // 11
+        put(&mut s, &mut l, "x/del", 1); // 12
+        put(&mut s, &mut l, "x/re", 1); // 13
+        let v = s.last_seq();
+        put(&mut s, &mut l, "x/cd", 1); // create then delete: nothing
+        del(&mut s, &mut l, "x/cd");
+        put(&mut s, &mut l, "x/cu", 1); // create then update: create
+        put(&mut s, &mut l, "x/cu", 2);
+        put(&mut s, &mut l, "x/upd", 2); // update then update: update (latest)
+        put(&mut s, &mut l, "x/upd", 3);
+        put(&mut s, &mut l, "x/del", 2); // update then delete: delete
+        del(&mut s, &mut l, "x/del");
+        del(&mut s, &mut l, "x/re"); // delete then create: update
+        put(&mut s, &mut l, "x/re", 5);
+        put(&mut s, &mut l, "other", 1);
+        assert_eq!(
+            steps(&l, &s, v, "x/*"),
+            [
+                "create x/cu=2",
+                "update x/upd=3",
+                "delete x/del",
+                "update x/re=5"
+            ]
+        );
+        assert_eq!(steps(&l, &s, s.last_seq(), "x/*"), Vec::<String>::new());
+        assert_eq!(steps(&l, &s, v, "other"), ["create other=1"]);
+    }
+
+    #[test]
+    fn bounded_and_too_old() {
+        let mut s = Store::new(0);
+        let mut l = Log::new(0, 3, 1 << 20);
+        for i in 0..5 {
+            put(&mut s, &mut l, "k", i);
+        }
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.floor(), 2);
+        let p = Pattern::parse("k").unwrap();
+        assert_eq!(l.since(1, 5, &p), Err(TooOld));
+        assert!(l.since(2, 5, &p).is_ok());
+        assert_eq!(
+            l.since(6, 5, &p),
+            Err(TooOld),
+            "a version from the future is another history"
+        );
+        let mut small = Log::new(0, 100, 400);
+        for i in 0..10 {
+            let c = s.put(
+                "big",
+                Entry::value(json!("x".repeat(150 + i))),
+                1,
+                Ttl::Clear,
+                None,
+            );
+            small.push(&c);
+        }
+        assert!(small.bytes() <= 400 && small.len() >= 1);
+    }
+
+    #[test]
+    fn find_and_truncate() {
+        let (mut s, mut l) = setup();
+        put(&mut s, &mut l, "a", 1);
+        put(&mut s, &mut l, "a", 2);
+        assert_eq!(l.find("a", 1), Some(12));
+        l.truncate_from(12);
+        assert_eq!(l.find("a", 1), None);
+        assert_eq!(l.len(), 1);
+    }
+}

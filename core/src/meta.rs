@@ -1,0 +1,112 @@
+//! ooo's meta object on the wire: `{"created","updated","index","path","data"}` (§1.3).
+//!
+//! Owns the exact bytes of a stored object as readers see it, built by concatenation from the
+//! entry's already-serialized value (serialize once per change, never per reader). Keys need no
+//! escaping: their alphabet has no character JSON would escape.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::key::last_segment;
+use crate::store::Entry;
+
+/// ooo's empty object, what an absent key reads as on a subscription.
+pub const EMPTY_OBJECT: &[u8] = br#"{"created":0,"updated":0,"index":"","data":{}}"#;
+
+/// Appends the meta object of `key` to `out`.
+pub fn write(out: &mut Vec<u8>, key: &str, e: &Entry) {
+    out.extend_from_slice(b"{\"created\":");
+    out.extend_from_slice(itoa(e.created).as_bytes());
+    out.extend_from_slice(b",\"updated\":");
+    out.extend_from_slice(itoa(e.updated).as_bytes());
+    out.extend_from_slice(b",\"index\":\"");
+    out.extend_from_slice(last_segment(key).as_bytes());
+    out.extend_from_slice(b"\",\"path\":\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(&e.json);
+    out.push(b'}');
+}
+
+fn itoa(n: i64) -> String {
+    n.to_string()
+}
+
+/// The meta object of `key` as bytes.
+pub fn bytes(key: &str, e: &Entry) -> Bytes {
+    let mut out = Vec::with_capacity(e.json.len() + key.len() * 2 + 80);
+    write(&mut out, key, e);
+    out.into()
+}
+
+/// Appends a JSON array of meta objects.
+pub fn write_list<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = (&'a str, &'a Entry)>) {
+    out.push(b'[');
+    for (i, (k, e)) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, k, e);
+    }
+    out.push(b']');
+}
+
+/// The meta object as a JSON value (for filters, which work on values).
+pub fn value(key: &str, e: &Entry) -> Value {
+    serde_json::json!({
+        "created": e.created,
+        "updated": e.updated,
+        "index": last_segment(key),
+        "path": key,
+        "data": (*e.data).clone(),
+    })
+}
+
+/// The empty object as a value.
+pub fn empty_value() -> Value {
+    serde_json::json!({"created": 0, "updated": 0, "index": "", "data": {}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn exact_field_order() {
+        let (data, json) = Entry::value(serde_json::json!({"b":1,"a":2}));
+        let e = Entry {
+            created: 5,
+            updated: 0,
+            revision: 0,
+            seq: 1,
+            expires: None,
+            data,
+            json,
+        };
+        assert_eq!(
+            &bytes("books/abc", &e)[..],
+            br#"{"created":5,"updated":0,"index":"abc","path":"books/abc","data":{"b":1,"a":2}}"#
+        );
+        let parsed: Value = serde_json::from_slice(&bytes("books/abc", &e)).unwrap();
+        assert_eq!(parsed, value("books/abc", &e));
+        let mut out = Vec::new();
+        write_list(
+            &mut out,
+            [("x", &e), ("y", &e)].iter().map(|(k, e)| (*k, *e)),
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(EMPTY_OBJECT).unwrap(),
+            empty_value()
+        );
+        let _ = Arc::new(());
+    }
+}

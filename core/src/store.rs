@@ -1,0 +1,388 @@
+//! The store: every key's current entry, revisions, sequence numbers and TTL deadlines.
+//!
+//! Owns the in-memory map and the rules for what a write does to an entry (created/updated,
+//! revision, sequence, expiry). Every mutation returns a [`Change`] that carries enough to undo it,
+//! so the engine can make multi-key operations all-or-nothing and roll back a write whose durable
+//! commit failed. It knows nothing of HTTP, filters or subscribers, and never reads a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::key::Pattern;
+
+/// One stored value with its metadata. Cheap to clone: the value and its bytes are shared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Clock time of creation (ns).
+    pub created: i64,
+    /// Clock time of the last write, 0 if never updated (ooo's rule).
+    pub updated: i64,
+    /// Per-key revision: 0 on create, +1 per write (AtomKV).
+    pub revision: u64,
+    /// Store sequence number of the change that produced this entry.
+    pub seq: u64,
+    /// Clock time at which the key expires, if it has a TTL.
+    pub expires: Option<i64>,
+    /// The parsed value.
+    pub data: Arc<Value>,
+    /// The value's compact JSON, serialized once per write.
+    pub json: Bytes,
+}
+
+impl Entry {
+    /// Builds an entry's value part from a parsed value.
+    pub fn value(data: Value) -> (Arc<Value>, Bytes) {
+        let json = Bytes::from(crate::json::encode(&data));
+        (Arc::new(data), json)
+    }
+
+    /// The entity tag of this representation: the sequence number that wrote it, quoted.
+    pub fn etag(&self) -> String {
+        format!("\"{:x}\"", self.seq)
+    }
+}
+
+/// One effect of an operation on one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Store-wide sequence number, strictly increasing.
+    pub seq: u64,
+    /// The key.
+    pub key: Arc<str>,
+    /// The revision this change gives the key (for a delete: the previous revision plus one).
+    pub revision: u64,
+    /// The new entry, or `None` when the key was deleted.
+    pub entry: Option<Entry>,
+    /// The entry before the change, or `None` when the key did not exist.
+    pub prev: Option<Entry>,
+    /// When the write was itself an RFC 6902 patch of the value, that patch, so subscribers get it
+    /// instead of a diff of whole documents.
+    pub patch: Option<Arc<json_patch::Patch>>,
+}
+
+impl Change {
+    /// Whether the change deleted the key.
+    pub fn is_delete(&self) -> bool {
+        self.entry.is_none()
+    }
+}
+
+/// What a write does to a key's TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// Remove any TTL (a plain set, like Redis `SET`).
+    Clear,
+    /// Keep the key's current deadline (patches, counters).
+    Keep,
+    /// Expire this many ns after the write.
+    After(i64),
+}
+
+/// The map of keys. See the module docs.
+#[derive(Debug, Default)]
+pub struct Store {
+    map: BTreeMap<Arc<str>, Entry>,
+    // Ordered by deadline so the next expiry is the first element.
+    deadlines: BTreeSet<(i64, Arc<str>)>,
+    last_seq: u64,
+    bytes: usize,
+}
+
+impl Store {
+    /// An empty store whose first change will get `last_seq + 1`.
+    pub fn new(last_seq: u64) -> Store {
+        Store {
+            last_seq,
+            ..Store::default()
+        }
+    }
+
+    /// The sequence number of the latest change.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of stored JSON values (a memory gauge).
+    pub fn value_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The entry of a key.
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.map.get(key)
+    }
+
+    /// The interned key, when present.
+    pub fn key_arc(&self, key: &str) -> Option<Arc<str>> {
+        self.map.get_key_value(key).map(|(k, _)| k.clone())
+    }
+
+    /// Every (key, entry) matching a pattern, in key order.
+    pub fn scan<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Entry)> + 'a {
+        let prefix = pattern.scan_prefix();
+        self.map
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter(move |(k, _)| pattern.matches(k))
+    }
+
+    /// Every (key, entry) matching a pattern, newest first (created descending, then key descending
+    /// so that the order is total and the same everywhere).
+    pub fn list(&self, pattern: &Pattern) -> Vec<(Arc<str>, Entry)> {
+        let mut v: Vec<_> = self
+            .scan(pattern)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        v.sort_by(|a, b| newest_first(&a.0, &a.1, &b.0, &b.1));
+        v
+    }
+
+    /// All keys in order, for paging.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.map.keys()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// Writes a value. `created`/`updated` follow ooo: a new key gets `created = now, updated = 0`;
+    /// an existing key keeps `created` and gets `updated = now`.
+    pub fn put(
+        &mut self,
+        key: &str,
+        data: (Arc<Value>, Bytes),
+        now: i64,
+        ttl: Ttl,
+        patch: Option<Arc<json_patch::Patch>>,
+    ) -> Change {
+        let key: Arc<str> = self.key_arc(key).unwrap_or_else(|| key.into());
+        let prev = self.map.get(&key).cloned();
+        let seq = self.next_seq();
+        let (created, updated, revision) = match &prev {
+            None => (now, 0, 0),
+            Some(p) => (p.created, now, p.revision + 1),
+        };
+        let expires = match ttl {
+            Ttl::Clear => None,
+            Ttl::Keep => prev.as_ref().and_then(|p| p.expires),
+            Ttl::After(ns) => Some(now.saturating_add(ns)),
+        };
+        let entry = Entry {
+            created,
+            updated,
+            revision,
+            seq,
+            expires,
+            data: data.0,
+            json: data.1,
+        };
+        self.install(&key, Some(entry.clone()));
+        Change {
+            seq,
+            key,
+            revision,
+            entry: Some(entry),
+            prev,
+            patch,
+        }
+    }
+
+    /// Writes an entry exactly as given (rename keeps `created`; replication and loading keep all).
+    pub fn put_entry(&mut self, key: &str, mut entry: Entry) -> Change {
+        let key: Arc<str> = self.key_arc(key).unwrap_or_else(|| key.into());
+        let prev = self.map.get(&key).cloned();
+        entry.seq = self.next_seq();
+        let (seq, revision) = (entry.seq, entry.revision);
+        self.install(&key, Some(entry.clone()));
+        Change {
+            seq,
+            key,
+            revision,
+            entry: Some(entry),
+            prev,
+            patch: None,
+        }
+    }
+
+    /// Deletes a key; `None` when it does not exist.
+    pub fn remove(&mut self, key: &str) -> Option<Change> {
+        let key = self.key_arc(key)?;
+        let prev = self.map.get(&key).cloned()?;
+        let seq = self.next_seq();
+        self.install(&key, None);
+        Some(Change {
+            seq,
+            key,
+            revision: prev.revision + 1,
+            entry: None,
+            prev: Some(prev),
+            patch: None,
+        })
+    }
+
+    fn install(&mut self, key: &Arc<str>, entry: Option<Entry>) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= old.json.len();
+            if let Some(d) = old.expires {
+                self.deadlines.remove(&(d, key.clone()));
+            }
+        }
+        if let Some(e) = entry {
+            self.bytes += e.json.len();
+            if let Some(d) = e.expires {
+                self.deadlines.insert((d, key.clone()));
+            }
+            self.map.insert(key.clone(), e);
+        }
+    }
+
+    /// Applies a change made elsewhere (another node, a replica log, the disk at startup) with its
+    /// own sequence number, which must be larger than every sequence number seen so far.
+    pub fn apply_external(&mut self, change: &Change) -> bool {
+        if change.seq <= self.last_seq {
+            return false;
+        }
+        self.last_seq = change.seq;
+        self.install(&change.key, change.entry.clone());
+        true
+    }
+
+    /// Undoes changes, newest first. They must be the latest changes of this store.
+    pub fn undo(&mut self, changes: &[Change]) {
+        for c in changes.iter().rev() {
+            self.install(&c.key, c.prev.clone());
+            debug_assert_eq!(c.seq, self.last_seq, "undo out of order");
+            self.last_seq = c.seq - 1;
+        }
+    }
+
+    /// The earliest TTL deadline.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.deadlines.iter().next().map(|(d, _)| *d)
+    }
+
+    /// Keys whose deadline is at or before `now`, earliest first.
+    pub fn expired(&self, now: i64) -> Vec<Arc<str>> {
+        self.deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+/// The list order: newest first, ties broken by key, descending.
+pub fn newest_first(ka: &str, a: &Entry, kb: &str, b: &Entry) -> std::cmp::Ordering {
+    b.created.cmp(&a.created).then_with(|| kb.cmp(ka))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn v(x: Value) -> (Arc<Value>, Bytes) {
+        Entry::value(x)
+    }
+
+    #[test]
+    fn created_updated_revision_seq() {
+        let mut s = Store::new(100);
+        let c1 = s.put("a", v(json!(1)), 10, Ttl::Clear, None);
+        assert_eq!((c1.seq, c1.revision), (101, 0));
+        let e = s.get("a").unwrap();
+        assert_eq!((e.created, e.updated, e.revision), (10, 0, 0));
+        let c2 = s.put("a", v(json!(2)), 20, Ttl::Clear, None);
+        assert_eq!((c2.seq, c2.revision), (102, 1));
+        let e = s.get("a").unwrap();
+        assert_eq!(
+            (e.created, e.updated, e.revision, &*e.json),
+            (10, 20, 1, &b"2"[..])
+        );
+        let d = s.remove("a").unwrap();
+        assert_eq!((d.seq, d.revision), (103, 2));
+        assert!(s.remove("a").is_none());
+        assert_eq!(s.last_seq(), 103);
+    }
+
+    #[test]
+    fn undo_restores_everything() {
+        let mut s = Store::new(0);
+        s.put("a", v(json!(1)), 1, Ttl::After(100), None);
+        let before_bytes = s.value_bytes();
+        let c = vec![
+            s.put("a", v(json!("long value")), 2, Ttl::Clear, None),
+            s.put("b", v(json!(2)), 3, Ttl::Clear, None),
+            s.remove("a").unwrap(),
+        ];
+        s.undo(&c);
+        assert_eq!(s.last_seq(), 1);
+        assert_eq!(s.len(), 1);
+        assert_eq!(*s.get("a").unwrap().data, json!(1));
+        assert_eq!(s.next_deadline(), Some(101));
+        assert_eq!(s.value_bytes(), before_bytes);
+    }
+
+    #[test]
+    fn ttl_index() {
+        let mut s = Store::new(0);
+        s.put("a", v(json!(1)), 0, Ttl::After(50), None);
+        s.put("b", v(json!(1)), 0, Ttl::After(10), None);
+        s.put("c", v(json!(1)), 0, Ttl::Clear, None);
+        assert_eq!(s.next_deadline(), Some(10));
+        assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
+        s.put("b", v(json!(2)), 5, Ttl::Keep, None);
+        assert_eq!(s.get("b").unwrap().expires, Some(10));
+        s.put("b", v(json!(2)), 6, Ttl::Clear, None);
+        assert_eq!(s.next_deadline(), Some(50));
+    }
+
+    #[test]
+    fn list_is_newest_first_and_scans_by_prefix() {
+        let mut s = Store::new(0);
+        for (k, t) in [
+            ("books/a", 3),
+            ("books/b", 1),
+            ("books/c", 2),
+            ("booksx", 9),
+            ("books/a/x", 9),
+        ] {
+            s.put(k, v(json!(t)), t, Ttl::Clear, None);
+        }
+        let p = Pattern::parse("books/*").unwrap();
+        let keys: Vec<_> = s.list(&p).into_iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(keys, ["books/a", "books/c", "books/b"]);
+    }
+
+    #[test]
+    fn external_changes_keep_their_sequence() {
+        let mut a = Store::new(0);
+        let mut b = Store::new(0);
+        let c = a.put("k", v(json!(1)), 1, Ttl::Clear, None);
+        assert!(b.apply_external(&c));
+        assert!(!b.apply_external(&c), "replayed change is ignored");
+        assert_eq!(b.get("k"), a.get("k"));
+        assert_eq!(b.last_seq(), 1);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test there is. Installs what it needs (idempotently) and says what it does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-unknown-unknown target"
+if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
+  rustup target add wasm32-unknown-unknown
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (native, all targets, -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo clippy (wasm32: the core)"
+cargo clippy -p stateline-core --target wasm32-unknown-unknown -- -D warnings
+
+step "core builds for wasm32 and imports nothing from env"
+cargo build -p stateline-core --target wasm32-unknown-unknown --release
+bash scripts/check-wasm-imports.sh
+
+step "cargo test (workspace)"
+cargo test --workspace
