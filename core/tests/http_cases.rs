@@ -1,0 +1,527 @@
+//! The data-semantics cases of the seeds digest (§6.3: ooo 1–11, AtomKV 21–23 and 25, OVO 26–29 in
+//! spirit) run on the pure HTTP function, no sockets.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde_json::{json, Value};
+use stateline_core::filter::{Filters, Limit};
+use stateline_core::http::handle;
+use stateline_core::{Config, Engine, Tick};
+
+struct T {
+    e: Engine,
+    now: i64,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+    fn header(&self, h: &str) -> Option<&str> {
+        self.headers.get(h).map(|v| v.to_str().unwrap())
+    }
+}
+
+impl T {
+    fn new() -> T {
+        T::with(Filters::new())
+    }
+    fn with(f: Filters) -> T {
+        T {
+            e: Engine::new(
+                Tick::from_wall(1_700_000_000_000_000_000),
+                Config {
+                    max_body: 1024,
+                    ..Config::default()
+                },
+                f,
+            ),
+            now: 1_700_000_000_000_000_000,
+        }
+    }
+    fn req(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        self.now += 1_000;
+        let mut b = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Bytes::from(body.to_string())).unwrap();
+        let out = handle(&mut self.e, Tick::from_wall(self.now), &req);
+        self.e.publish(&out.changes);
+        let (parts, body) = out.response.into_parts();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+    fn get(&mut self, path: &str) -> Resp {
+        self.req("GET", path, &[], "")
+    }
+    fn post(&mut self, path: &str, body: &str) -> Resp {
+        self.req("POST", path, &[], body)
+    }
+}
+
+#[test]
+fn case_01_02_upsert_and_meta() {
+    let mut t = T::new();
+    let r = t.post("/settings", r#"{"a":1}"#);
+    assert_eq!(
+        (r.status, r.json()),
+        (StatusCode::OK, json!({"index":"settings"}))
+    );
+    let g = t.get("/settings");
+    assert_eq!(g.status, StatusCode::OK);
+    let m = g.json();
+    let created = m["created"].as_i64().unwrap();
+    assert!(created > 0);
+    assert_eq!(
+        m,
+        json!({"created":created,"updated":0,"index":"settings","path":"settings","data":{"a":1}})
+    );
+    assert!(
+        g.text().starts_with(r#"{"created":"#)
+            && g.text()
+                .contains(r#""index":"settings","path":"settings","data":"#)
+    );
+    t.post("/settings", r#"{"a":2}"#);
+    let m = t.get("/settings").json();
+    assert_eq!(m["created"].as_i64(), Some(created));
+    assert!(m["updated"].as_i64().unwrap() >= created);
+}
+
+#[test]
+fn case_03_04_push_and_list() {
+    let mut t = T::new();
+    let r = t.post("/books/*", r#"{"t":"x"}"#);
+    let h = r.json()["index"].as_str().unwrap().to_string();
+    assert!(h
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    let ns = i64::from_str_radix(&h, 16).unwrap();
+    assert!((ns - t.now).abs() < 1_000_000_000);
+    let m = t.get(&format!("/books/{h}")).json();
+    assert_eq!(
+        (m["path"].clone(), m["updated"].clone()),
+        (json!(format!("books/{h}")), json!(0))
+    );
+    t.post("/books/*", "2");
+    t.post("/books/*", "3");
+    let list = t.get("/books/*").json();
+    let created: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["created"].as_i64().unwrap())
+        .collect();
+    assert_eq!(created.len(), 3);
+    assert!(created.windows(2).all(|w| w[0] > w[1]), "newest first");
+    assert_eq!(t.get("/nothing/*").json(), json!([]));
+}
+
+#[test]
+fn case_05_06_missing_and_delete() {
+    let mut t = T::new();
+    let r = t.get("/missing");
+    assert_eq!(
+        (r.status, r.text()),
+        (StatusCode::NOT_FOUND, "ooo: empty key\n")
+    );
+    t.post("/settings", "1");
+    let d = t.req("DELETE", "/settings", &[], "");
+    assert_eq!((d.status, d.body.len()), (StatusCode::NO_CONTENT, 0));
+    assert_eq!(
+        t.req("DELETE", "/settings", &[], "").status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        t.req("DELETE", "/books/*", &[], "").status,
+        StatusCode::NO_CONTENT
+    );
+    t.post("/books/*", "1");
+    assert_eq!(
+        t.req("DELETE", "/books/*", &[], "").status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(t.get("/books/*").json(), json!([]));
+}
+
+#[test]
+fn case_07_invalid_input() {
+    let mut t = T::new();
+    let seq = t.e.store().last_seq();
+    for (m, p, b, want) in [
+        ("POST", "/k", "oops", 400),
+        ("POST", "/k", "", 400),
+        ("POST", "/a/*/b", "1", 400),
+        ("POST", "/a/*/*", "1", 400),
+        ("PATCH", "/a/*", "{}", 400),
+        ("POST", "/a/", "1", 400),
+        ("GET", "/a/", "", 400),
+        ("POST", "/a:b", "1", 400),
+        ("POST", "/a//b", "1", 400),
+        ("POST", "/k", &"1".repeat(2000), 413),
+        (
+            "POST",
+            "/k",
+            &format!("{}{}", "[".repeat(100), "]".repeat(100)),
+            400,
+        ),
+        ("POST", "/k", "{\"a\":1} trailing", 400),
+    ] {
+        let r = t.req(m, p, &[], b);
+        assert_eq!(r.status.as_u16(), want, "{m} {p} -> {}", r.text());
+        assert!(!r.body.is_empty(), "errors say why");
+    }
+    assert_eq!(t.e.store().last_seq(), seq, "nothing stored");
+    assert_eq!(
+        t.req("PATCH", "/a/*", &[], "{}").text(),
+        "ooo: glob pattern not allowed for this operation\n"
+    );
+}
+
+#[test]
+fn case_08_patch_merge() {
+    let mut t = T::new();
+    t.post("/p", r#"{"a":1,"nest":{"x":1}}"#);
+    let r = t.req("PATCH", "/p", &[], r#"{"b":2}"#);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        t.get("/p").json()["data"],
+        json!({"a":1,"b":2,"nest":{"x":1}})
+    );
+    assert_eq!(
+        t.req("PATCH", "/absent", &[], "{}").status,
+        StatusCode::NOT_FOUND
+    );
+    let r = t.req("PATCH", "/p", &[], r#"{"nest":"x"}"#);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        t.get("/p").json()["data"],
+        json!({"a":1,"b":2,"nest":{"x":1}})
+    );
+    // RFC 7396 and RFC 6902 by content type.
+    t.req(
+        "PATCH",
+        "/p",
+        &[("content-type", "application/merge-patch+json")],
+        r#"{"a":null}"#,
+    );
+    assert_eq!(t.get("/p").json()["data"], json!({"b":2,"nest":{"x":1}}));
+    let ok = t.req(
+        "PATCH",
+        "/p",
+        &[("content-type", "application/json-patch+json")],
+        r#"[{"op":"add","path":"/c","value":3}]"#,
+    );
+    assert_eq!(ok.status, StatusCode::OK);
+    let bad = t.req(
+        "PATCH",
+        "/p",
+        &[("content-type", "application/json-patch+json")],
+        r#"[{"op":"add","path":"/d","value":4},{"op":"test","path":"/c","value":99}]"#,
+    );
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        t.get("/p").json()["data"],
+        json!({"b":2,"nest":{"x":1},"c":3})
+    );
+    let unknown = t.req(
+        "PATCH",
+        "/p",
+        &[("content-type", "application/json-patch+json")],
+        r#"[{"op":"frob","path":"/c"}]"#,
+    );
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn case_09_globs() {
+    let mut t = T::new();
+    for k in [
+        "top",
+        "box/1/things/1",
+        "box/2/things/0",
+        "box/2/other/0",
+        "a/b",
+    ] {
+        t.post(&format!("/{k}"), "1");
+    }
+    let top: Vec<Value> = t
+        .get("/*")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].clone())
+        .collect();
+    assert_eq!(top, [json!("top")]);
+    let l: Vec<Value> = t
+        .get("/box/*/things/*")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].clone())
+        .collect();
+    assert_eq!(l, [json!("box/2/things/0"), json!("box/1/things/1")]);
+}
+
+#[test]
+fn case_10_static_mode() {
+    let mut f = Filters::new();
+    f.set_static(true);
+    f.open("things/*").unwrap();
+    let mut t = T::with(f);
+    let r = t.post("/other", "1");
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            StatusCode::BAD_REQUEST,
+            "filters: route not defined, key:other\n"
+        )
+    );
+    assert_eq!(t.get("/other").status, StatusCode::BAD_REQUEST);
+    let req = Request::get("/other")
+        .header("upgrade", "WebSocket")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        stateline_core::http::classify(&t.e, &req)
+            .unwrap_err()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let id = t.post("/things/*", "1").json()["index"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(t.get(&format!("/things/{id}")).status, StatusCode::OK);
+}
+
+#[test]
+fn case_11_limit() {
+    let mut f = Filters::new();
+    f.limit(
+        "limited/*",
+        Limit {
+            count: Some(3),
+            max_age_ns: None,
+        },
+    )
+    .unwrap();
+    let mut t = T::with(f);
+    for i in 0..8 {
+        t.post("/limited/*", &i.to_string());
+    }
+    let data: Vec<Value> = t
+        .get("/limited/*")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, [json!(7), json!(6), json!(5)]);
+    assert_eq!(t.e.store().len(), 3);
+}
+
+#[test]
+fn case_21_22_23_atomkv() {
+    let mut t = T::new();
+    let r = t.post("/a/b", r#"{"b":1, "a":2}"#);
+    assert_eq!(r.status, StatusCode::OK);
+    let g = t.get("/a/b");
+    assert_eq!(g.header("x-revision"), Some("0"));
+    assert_eq!(g.json()["data"], json!({"b":1,"a":2}));
+    t.post("/a/b", "1");
+    assert_eq!(t.get("/a/b").header("x-revision"), Some("1"));
+
+    assert_eq!(
+        t.req("PUT", "/x", &[("x-revision", "0")], "1").status,
+        StatusCode::OK
+    );
+    let c = t.req("PUT", "/x", &[("x-revision", "0")], "1");
+    assert_eq!(
+        (c.status, c.text()),
+        (StatusCode::CONFLICT, "revision conflict\n")
+    );
+    assert_eq!(
+        t.req("PUT", "/x", &[("x-revision", "1")], "2").status,
+        StatusCode::OK
+    );
+    let m = t.req("PUT", "/x", &[], "2");
+    assert_eq!(
+        (m.status, m.text()),
+        (StatusCode::BAD_REQUEST, "missing revision\n")
+    );
+    let i = t.req("PUT", "/x", &[("x-revision", "abc")], "2");
+    assert_eq!(
+        (i.status, i.text()),
+        (StatusCode::BAD_REQUEST, "invalid revision\n")
+    );
+    let j = t.req("PUT", "/x", &[("x-revision", "2")], "{bad");
+    assert_eq!(j.status, StatusCode::BAD_REQUEST);
+    assert!(j.text().starts_with("invalid JSON"));
+    assert_eq!(t.get("/nope").status, StatusCode::NOT_FOUND);
+    assert_eq!(t.get("/a/").status, StatusCode::BAD_REQUEST);
+    assert_eq!(t.post("/a//b", "1").status, StatusCode::BAD_REQUEST);
+    assert!(t.post("/x", "{bad").text().starts_with("invalid JSON"));
+}
+
+#[test]
+fn case_25_cors_everywhere() {
+    let mut t = T::new();
+    for r in [
+        t.get("/nope"),
+        t.post("/k", "1"),
+        t.req("OPTIONS", "/k", &[], ""),
+        t.get("/?api=keys"),
+        t.req("POST", "/_incr/c", &[], ""),
+    ] {
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        assert!(r
+            .header("access-control-expose-headers")
+            .unwrap()
+            .contains("X-Revision"));
+    }
+    let mut strict = T {
+        e: Engine::new(
+            Tick::from_wall(0),
+            Config {
+                cors_origins: vec!["https://app.example".into()],
+                ..Config::default()
+            },
+            Filters::new(),
+        ),
+        now: 0,
+    };
+    let ok = strict.req("GET", "/k", &[("origin", "https://app.example")], "");
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let no = strict.req("GET", "/k", &[("origin", "https://evil.example")], "");
+    assert_eq!(no.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn case_26_27_take_and_compare_and_set() {
+    let mut t = T::new();
+    t.post("/k", r#""hello""#);
+    let etag = t.get("/k").header("etag").unwrap().to_string();
+    let stale = t.req("POST", "/k", &[("if-match", "\"0\"")], r#""x""#);
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        stale.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        t.req("POST", "/k", &[("if-match", &etag)], r#""world""#)
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        t.req("GET", "/k", &[("if-none-match", &etag)], "").status,
+        StatusCode::OK
+    );
+    let etag2 = t.get("/k").header("etag").unwrap().to_string();
+    assert_eq!(
+        t.req("GET", "/k", &[("if-none-match", &etag2)], "").status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        t.req("POST", "/k", &[("if-none-match", "*")], "1").status,
+        StatusCode::PRECONDITION_FAILED
+    );
+    let taken = t.req("POST", "/_take/k", &[], "");
+    assert_eq!(taken.json()["data"], json!("world"));
+    let again = t.req("POST", "/_take/k", &[], "");
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        again.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(again.json()["code"], json!("not-found"));
+    t.post("/from", "1");
+    let r = t.req("POST", "/_rename/from", &[], r#"{"to":"to"}"#);
+    assert_eq!(r.json(), json!({"from":"from","to":"to","revision":0}));
+    assert_eq!(t.get("/from").status, StatusCode::NOT_FOUND);
+    assert_eq!(t.get("/to").json()["data"], json!(1));
+}
+
+#[test]
+fn case_28_counters() {
+    let mut t = T::new();
+    assert_eq!(
+        t.req("POST", "/_incr/c", &[], "5").json()["value"],
+        json!(5)
+    );
+    assert_eq!(
+        t.req("POST", "/_incr/c", &[], "2").json()["value"],
+        json!(7)
+    );
+    assert_eq!(
+        t.req("POST", "/_incr/c", &[], "-10").json()["value"],
+        json!(-3)
+    );
+    assert_eq!(t.get("/c").json()["data"], json!(-3));
+    t.post("/s", r#""text""#);
+    assert_eq!(
+        t.req("POST", "/_incr/s", &[], "1").status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        t.req("GET", "/_incr/c", &[], "").status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[test]
+fn case_29_ttl() {
+    let mut t = T::new();
+    assert_eq!(t.req("POST", "/tmp?ttl=1", &[], "1").status, StatusCode::OK);
+    assert_eq!(t.get("/tmp").status, StatusCode::OK);
+    assert_eq!(
+        t.req("POST", "/bad?ttl=-1", &[], "1").status,
+        StatusCode::BAD_REQUEST
+    );
+    let later = Tick::from_wall(t.now + 2_000_000_000);
+    let expired = t.e.handle_timeout(later);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(t.get("/tmp").status, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn keys_and_info_apis() {
+    let mut t = T::new();
+    for i in 0..7 {
+        t.post(&format!("/k/{i}"), "1");
+    }
+    let r = t.get("/?api=keys&limit=3&page=2&filter=k/");
+    assert_eq!(
+        r.json(),
+        json!({"keys":["k/3","k/4","k/5"],"total":7,"page":2,"limit":3,"filter":"k/"})
+    );
+    assert_eq!(
+        t.get("/?api=keys&limit=501").status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(t.get("/?api=info").json()["keys"], json!(7));
+    assert_eq!(t.get("/?api=nope").status, StatusCode::BAD_REQUEST);
+    assert_eq!(t.get("/_health").status, StatusCode::OK);
+    let _ = Arc::new(());
+}
