@@ -179,6 +179,9 @@ impl Pools {
     /// and returns what to send first. `version` is the client's last version (ooo `?v=`,
     /// `Last-Event-ID`, `/_ws` resume); `initial` asks SSE for the current values (ooo and `/_ws`
     /// always start with a snapshot).
+    // The pool needs the three read-only parts of the engine it is built from; the engine is the
+    // only caller.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         pattern: Pattern,

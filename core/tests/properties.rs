@@ -69,7 +69,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
 fn op(step: &Step, i: usize) -> Option<Op> {
     Some(match step.clone() {
         Step::Set(k, v) => {
-            let ttl = if i % 5 == 0 {
+            let ttl = if i.is_multiple_of(5) {
                 Ttl::After(3)
             } else {
                 Ttl::Clear
@@ -114,7 +114,7 @@ fn op(step: &Step, i: usize) -> Option<Op> {
         Step::Rename(a, b) => Op::Rename {
             from: KEYS[a].into(),
             to: KEYS[b].into(),
-            overwrite: i % 2 == 0,
+            overwrite: i.is_multiple_of(2),
         },
         Step::Expire => return None,
     })
