@@ -281,7 +281,7 @@ mod tests {
             );
             small.push(&c);
         }
-        assert!(small.bytes() <= 400 && small.len() >= 1);
+        assert!(small.bytes() <= 400 && !small.is_empty());
     }
 
     #[test]
