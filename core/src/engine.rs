@@ -417,10 +417,16 @@ impl Engine {
                     PatchKind::MergePatch(p) => (json::merge_patch(&cur.data, &p), None),
                     PatchKind::JsonPatch(p) => (json::json_patch(&cur.data, &p)?, Some(p)),
                 };
-                let filtered = self.filters.apply_write(&key, value.clone())?;
+                // The write's own patch goes to subscribers only if no filter rewrote the value.
+                let (filtered, used) = if self.filters.has_write_filters(&key) {
+                    let filtered = self.filters.apply_write(&key, value.clone())?;
+                    let same = filtered == value;
+                    (filtered, used.filter(|_| same))
+                } else {
+                    (value, used)
+                };
                 self.check_value(&filtered)?;
-                // The write's own patch goes to subscribers only if filters left the value alone.
-                let used = used.filter(|_| filtered == value).map(Arc::new);
+                let used = used.map(Arc::new);
                 let now = self.clock.now(tick);
                 let changes = self.write_value(&key, filtered, now, Ttl::Keep, used);
                 Ok(self.written(changes))
@@ -844,6 +850,48 @@ mod tests {
         let list = e.store().list(&Pattern::parse("limited/*").unwrap());
         let vals: Vec<_> = list.iter().map(|(_, en)| (*en.data).clone()).collect();
         assert_eq!(vals, [json!(7), json!(6), json!(5)]);
+    }
+
+    #[test]
+    fn limit_by_age_expires_items() {
+        let mut f = Filters::new();
+        f.limit(
+            "recent/*",
+            crate::filter::Limit {
+                count: None,
+                max_age_ns: Some(100),
+            },
+        )
+        .unwrap();
+        let mut e = Engine::new(Tick::from_wall(0), Config::default(), f);
+        e.execute(
+            t(0),
+            Op::Push {
+                target: "recent/*".into(),
+                value: json!(1),
+                ttl: Ttl::Clear,
+            },
+        )
+        .unwrap();
+        e.execute(
+            t(60),
+            Op::Push {
+                target: "recent/*".into(),
+                value: json!(2),
+                ttl: Ttl::Clear,
+            },
+        )
+        .unwrap();
+        assert!(e.handle_timeout(t(90)).is_empty());
+        let gone = e.handle_timeout(t(120));
+        assert_eq!(gone.len(), 1, "the first item is older than 100 ns");
+        assert_eq!(
+            *e.store().list(&Pattern::parse("recent/*").unwrap())[0]
+                .1
+                .data,
+            json!(2)
+        );
+        assert_eq!(e.handle_timeout(t(200)).len(), 1);
     }
 
     #[test]

@@ -237,6 +237,12 @@ impl Filters {
         Ok(v)
     }
 
+    /// Whether any write filter matches `target` (when none does, a value is written as given).
+    pub fn has_write_filters(&self, target: &str) -> bool {
+        self.matching(target)
+            .any(|r| matches!(r.kind, Kind::Write(_)))
+    }
+
     /// Asks every matching delete filter.
     pub fn check_delete(&self, target: &str) -> Result<(), FilterError> {
         for r in self.matching(target) {
