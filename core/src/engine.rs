@@ -205,6 +205,14 @@ impl Engine {
         Engine::with_store(clock, store, config, filters, started)
     }
 
+    /// A state restored from disk: the store and the change log as they were, so clients resume
+    /// across a restart instead of taking a snapshot.
+    pub fn restore(tick: Tick, store: Store, log: Log, config: Config, filters: Filters) -> Engine {
+        let mut e = Engine::from_store(tick, store, config, filters);
+        e.log = log;
+        e
+    }
+
     fn with_store(
         clock: Clock,
         store: Store,

@@ -103,13 +103,45 @@ impl Log {
 
     /// Appends a change, dropping the oldest ones beyond the bounds.
     pub fn push(&mut self, c: &Change) {
-        let cost = RECORD_OVERHEAD + c.key.len() + c.entry.as_ref().map_or(0, |e| e.json.len());
+        self.push_record(
+            c.seq,
+            c.key.clone(),
+            c.revision,
+            c.prev.is_some(),
+            c.entry.clone(),
+        );
+    }
+
+    /// A log restored from disk: `floor` is the version before the first record, and `records`
+    /// are `(seq, key, revision, existed before, entry after)` in sequence order.
+    pub fn restore(
+        floor: u64,
+        records: impl IntoIterator<Item = (u64, Arc<str>, u64, bool, Option<Entry>)>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Log {
+        let mut log = Log::new(floor, max_entries, max_bytes);
+        for (seq, key, revision, existed, entry) in records {
+            log.push_record(seq, key, revision, existed, entry);
+        }
+        log
+    }
+
+    fn push_record(
+        &mut self,
+        seq: u64,
+        key: Arc<str>,
+        revision: u64,
+        existed: bool,
+        entry: Option<Entry>,
+    ) {
+        let cost = RECORD_OVERHEAD + key.len() + entry.as_ref().map_or(0, |e| e.json.len());
         self.records.push_back(Record {
-            seq: c.seq,
-            key: c.key.clone(),
-            revision: c.revision,
-            existed: c.prev.is_some(),
-            entry: c.entry.clone(),
+            seq,
+            key,
+            revision,
+            existed,
+            entry,
             cost,
         });
         self.bytes += cost;
@@ -122,7 +154,7 @@ impl Log {
             }
         }
         if self.max_entries == 0 {
-            self.floor = c.seq;
+            self.floor = seq;
         }
     }
 

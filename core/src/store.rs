@@ -100,6 +100,17 @@ impl Store {
         }
     }
 
+    /// A store loaded from disk: entries as they were written, and the sequence number of the last
+    /// change (which may be larger than any entry's, when the last changes were deletes).
+    pub fn load(last_seq: u64, entries: impl IntoIterator<Item = (Arc<str>, Entry)>) -> Store {
+        let mut s = Store::new(last_seq);
+        for (k, e) in entries {
+            s.last_seq = s.last_seq.max(e.seq);
+            s.install(&k, Some(e));
+        }
+        s
+    }
+
     /// The sequence number of the latest change.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
