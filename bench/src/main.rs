@@ -1,0 +1,281 @@
+//! `stateline-bench`: drives Stateline and its peers (Redis, NATS, etcd) over real sockets on
+//! 127.0.0.1, each started by the benchmark itself, and reports medians of several rounds and
+//! Stateline/peer ratios measured in the same run. See docs/BENCHMARKS.md.
+
+mod peers;
+mod proto;
+mod report;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use peers::System;
+
+/// Stateline's benchmark against Redis, NATS and etcd.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Rounds of every scenario; tables report medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Smaller runs (1,000 idle connections, 1 round), for a quick look.
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios to run: writes, fanout, idle, patch, durable.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "writes,fanout,idle,patch"
+    )]
+    only: Vec<String>,
+    /// Systems to run, by name (stateline, redis, nats, etcd).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "stateline,redis,nats,etcd"
+    )]
+    systems: Vec<String>,
+    /// Folder for results.md, results.json and the SVG plots.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+}
+
+/// metric name → system → values over rounds.
+pub type Results = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+fn add(r: &mut Results, metric: &str, sys: System, v: f64) {
+    r.entry(metric.to_string())
+        .or_default()
+        .entry(sys.name().to_string())
+        .or_default()
+        .push(v);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    raise_fd_limit();
+    if let Err(e) = run(args).await {
+        eprintln!("stateline-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn raise_fd_limit() {
+    // 10,000 idle connections need more descriptors than the usual soft limit of 1024.
+    let _ = std::process::Command::new("true").status();
+    #[cfg(target_os = "linux")]
+    {
+        if let Ok(s) = std::fs::read_to_string("/proc/self/limits") {
+            if let Some(l) = s.lines().find(|l| l.starts_with("Max open files")) {
+                eprintln!(
+                    "open files limit: {}",
+                    l.split_whitespace()
+                        .skip(3)
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                );
+            }
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let want = |s: &str| args.only.iter().any(|o| o == s);
+    let systems: Vec<System> = args
+        .systems
+        .iter()
+        .map(|s| match s.as_str() {
+            "stateline" => Ok(System::Stateline),
+            "redis" => Ok(System::Redis),
+            "nats" => Ok(System::Nats),
+            "etcd" => Ok(System::Etcd),
+            other => Err(format!("unknown system {other}")),
+        })
+        .collect::<Result<_, _>>()?;
+    let rounds = if args.quick { 1 } else { args.rounds };
+    let idle_sizes: &[usize] = if args.quick { &[1000] } else { &[1000, 10_000] };
+    let sub_counts: &[usize] = &[10, 100, 1000];
+    let mut r = Results::new();
+    for round in 0..rounds {
+        for &sys in &systems {
+            let tag = format!("{round}");
+            eprintln!(
+                "== round {}/{rounds}: {} ({})",
+                round + 1,
+                sys.name(),
+                sys.durability()
+            );
+            let run = peers::start(sys, &tag).await?;
+            if want("writes") && matches!(sys, System::Stateline | System::Redis) {
+                for conns in [1usize, 16, 64] {
+                    let w = scenarios::writes(&run, conns, 3.0).await?;
+                    eprintln!(
+                        "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+                        w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
+                    );
+                    add(
+                        &mut r,
+                        &format!("writes/s, {conns} conns"),
+                        sys,
+                        w.ops_per_sec,
+                    );
+                    add(
+                        &mut r,
+                        &format!("write p99 ms, {conns} conns"),
+                        sys,
+                        w.p99_ms,
+                    );
+                }
+            }
+            if want("fanout") {
+                for &subs in sub_counts {
+                    let f =
+                        scenarios::fanout(&run, subs, false, 2000, 1000, &format!("{tag}k{subs}"))
+                            .await?;
+                    eprintln!("   fanout key {subs} subs @1000/s: p50 {:.2} p99 {:.2} max {:.2} ms, {:.0} msg/s, lost {} dup {}", f.p50_ms, f.p99_ms, f.max_ms, f.delivered_per_sec, f.lost, f.duplicated);
+                    add(
+                        &mut r,
+                        &format!("p50 ms, key, {subs} subs @1000/s"),
+                        sys,
+                        f.p50_ms,
+                    );
+                    add(
+                        &mut r,
+                        &format!("p99 ms, key, {subs} subs @1000/s"),
+                        sys,
+                        f.p99_ms,
+                    );
+                    add(
+                        &mut r,
+                        &format!("max ms, key, {subs} subs @1000/s"),
+                        sys,
+                        f.max_ms,
+                    );
+                    add(
+                        &mut r,
+                        &format!("lost+dup, key, {subs} subs"),
+                        sys,
+                        (f.lost + f.duplicated) as f64,
+                    );
+                }
+                let g = scenarios::fanout(&run, 1000, true, 2000, 1000, &format!("{tag}g")).await?;
+                eprintln!("   fanout glob 1000 subs @1000/s: p50 {:.2} p99 {:.2} max {:.2} ms, lost {} dup {}", g.p50_ms, g.p99_ms, g.max_ms, g.lost, g.duplicated);
+                add(&mut r, "p99 ms, glob, 1000 subs @1000/s", sys, g.p99_ms);
+                add(
+                    &mut r,
+                    "lost+dup, glob, 1000 subs",
+                    sys,
+                    (g.lost + g.duplicated) as f64,
+                );
+                let s = scenarios::fanout(&run, 1000, false, 3000, 0, &format!("{tag}s")).await?;
+                eprintln!("   fanout key 1000 subs, writer unthrottled: {:.0} delivered msg/s, p99 {:.2} ms, lost {} dup {}", s.delivered_per_sec, s.p99_ms, s.lost, s.duplicated);
+                add(
+                    &mut r,
+                    "delivered msg/s, key, 1000 subs, unthrottled",
+                    sys,
+                    s.delivered_per_sec,
+                );
+                add(
+                    &mut r,
+                    "lost+dup, key, 1000 subs, unthrottled",
+                    sys,
+                    (s.lost + s.duplicated) as f64,
+                );
+            }
+            if want("idle") {
+                for &n in idle_sizes {
+                    let b = scenarios::idle(&run, n, false, &format!("{tag}w{n}")).await?;
+                    eprintln!("   idle {n}: {:.0} B per subscriber", b);
+                    add(&mut r, &format!("bytes per idle subscriber, {n}"), sys, b);
+                    if matches!(sys, System::Stateline) {
+                        let b = scenarios::idle(&run, n, true, &format!("{tag}s{n}")).await?;
+                        eprintln!("   idle SSE {n}: {:.0} B per stream", b);
+                        r.entry(format!("bytes per idle subscriber, {n}"))
+                            .or_default()
+                            .entry("stateline-sse".into())
+                            .or_default()
+                            .push(b);
+                    }
+                }
+            }
+            if want("patch") {
+                let b = scenarios::patch_bytes(&run, 20, &tag).await?;
+                eprintln!(
+                    "   patch: {:.0} B on the wire per update of a ~100 KiB document",
+                    b
+                );
+                add(
+                    &mut r,
+                    "bytes per update, 100 KiB doc, small change",
+                    sys,
+                    b,
+                );
+            }
+            run.stop().await;
+        }
+    }
+    if want("durable") {
+        // Issue 6: acknowledged durable writes against in-memory mode and Redis appendfsync always.
+        for round in 0..rounds {
+            for sys in [
+                System::StatelineDurable,
+                System::Stateline,
+                System::RedisAof,
+                System::Redis,
+            ] {
+                eprintln!(
+                    "== durable round {}/{rounds}: {} ({})",
+                    round + 1,
+                    sys.name(),
+                    sys.durability()
+                );
+                let run = peers::start(sys, &format!("d{round}")).await?;
+                for conns in [1usize, 16, 128] {
+                    let w = scenarios::writes(&run, conns, 3.0).await?;
+                    eprintln!(
+                        "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+                        w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
+                    );
+                    add(
+                        &mut r,
+                        &format!("acknowledged writes/s, {conns} writers"),
+                        sys,
+                        w.ops_per_sec,
+                    );
+                    add(
+                        &mut r,
+                        &format!("acknowledged write p99 ms, {conns} writers"),
+                        sys,
+                        w.p99_ms,
+                    );
+                }
+                run.stop().await;
+            }
+        }
+    }
+    let mut systems = systems;
+    if want("durable") {
+        systems.extend([System::StatelineDurable, System::RedisAof]);
+        if !systems.contains(&System::Redis) {
+            systems.push(System::Redis);
+        }
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let md = report::markdown(&r, &systems);
+    std::fs::write(args.out.join("results.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("results.json"), report::json(&r)).map_err(|e| e.to_string())?;
+    if want("fanout") {
+        std::fs::write(
+            args.out.join("latency.svg"),
+            report::latency_svg(&r, &systems, sub_counts),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    println!("{md}");
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! Minimal raw-protocol clients, the same weight for every system: HTTP/1.1 with keep-alive,
+//! WebSocket (tokio-tungstenite), SSE, RESP (Redis), the NATS text protocol, and etcd's JSON
+//! gateway. Each subscriber reports the messages it sees through a marker `#<i>:<t>#` that the
+//! writer puts in every value, found by a byte scan (no JSON parsing on the hot path).
+
+use std::io;
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// The value every writer sends: a marker with the message number and send time (ns).
+pub fn marker(i: u64, t: u64) -> String {
+    format!("#{i}:{t}#")
+}
+
+/// Finds every `#i:t#` marker in `buf`.
+pub fn scan(buf: &[u8], mut f: impl FnMut(u64, u64)) {
+    let mut k = 0;
+    while k < buf.len() {
+        if buf[k] == b'#' {
+            let (mut i, mut j) = (0u64, k + 1);
+            let start = j;
+            while j < buf.len() && buf[j].is_ascii_digit() {
+                i = i * 10 + (buf[j] - b'0') as u64;
+                j += 1;
+            }
+            if j > start && j < buf.len() && buf[j] == b':' {
+                let (mut t, s2) = (0u64, j + 1);
+                j += 1;
+                while j < buf.len() && buf[j].is_ascii_digit() {
+                    t = t * 10 + (buf[j] - b'0') as u64;
+                    j += 1;
+                }
+                if j > s2 && j < buf.len() && buf[j] == b'#' {
+                    f(i, t);
+                    k = j + 1;
+                    continue;
+                }
+            }
+        }
+        k += 1;
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Http {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+    host: String,
+}
+
+impl Http {
+    pub async fn connect(addr: SocketAddr) -> io::Result<Http> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Http {
+            r: BufReader::new(r),
+            w,
+            host: addr.to_string(),
+        })
+    }
+
+    /// Sends one request and reads the whole response; returns (status, body).
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+    ) -> io::Result<(u16, Vec<u8>)> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.w.write_all(&req).await?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).await?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = 0usize;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if self.r.read_line(&mut line).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            read_chunked(&mut self.r, &mut body, true).await?;
+        } else {
+            body.resize(len, 0);
+            self.r.read_exact(&mut body).await?;
+        }
+        Ok((status, body))
+    }
+}
+
+/// Reads chunks into `out`; with `all` until the terminating chunk, else just one chunk.
+async fn read_chunked<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+    all: bool,
+) -> io::Result<bool> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(false);
+        }
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+            .map_err(io::Error::other)?;
+        let start = out.len();
+        out.resize(start + size, 0);
+        r.read_exact(&mut out[start..]).await?;
+        line.clear();
+        r.read_line(&mut line).await?;
+        if size == 0 {
+            return Ok(false);
+        }
+        if !all {
+            return Ok(true);
+        }
+    }
+}
+
+/// Opens an HTTP stream (SSE or etcd watch) and calls `f` with each chunk of body bytes.
+pub async fn http_stream(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    mut f: impl FnMut(&[u8]) -> bool,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> io::Result<()> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::with_capacity(4096, r);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    w.write_all(&req).await?;
+    let mut line = String::new();
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.trim_end().is_empty() {
+            break;
+        }
+        if line.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && line.to_ascii_lowercase().contains("chunked")
+        {
+            chunked = true;
+        }
+    }
+    let _ = ready.send(());
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        if chunked {
+            if !read_chunked(&mut r, &mut buf, false).await? {
+                return Ok(());
+            }
+        } else {
+            let mut tmp = [0u8; 4096];
+            let n = r.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        if !f(&buf) {
+            return Ok(());
+        }
+    }
+}
+
+/// A WebSocket subscription; calls `f` with each data frame until it returns false.
+pub async fn ws_subscribe(
+    url: &str,
+    mut f: impl FnMut(&[u8]) -> bool,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = ready.send(());
+    while let Some(m) = ws.next().await {
+        let m = m.map_err(|e| e.to_string())?;
+        if (m.is_binary() || m.is_text()) && !f(&m.into_data()) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// RESP: encodes a command.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A Redis connection for commands with simple replies (SET, PUBLISH).
+pub struct Redis {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Redis {
+    pub async fn connect(addr: SocketAddr) -> io::Result<Redis> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Redis {
+            r: BufReader::new(r),
+            w,
+        })
+    }
+    /// Sends a command and reads a one-line reply (`+OK`, `:n`).
+    pub async fn cmd(&mut self, args: &[&[u8]]) -> io::Result<String> {
+        self.w.write_all(&resp(args)).await?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).await?;
+        if line.starts_with('-') {
+            return Err(io::Error::other(line));
+        }
+        Ok(line)
+    }
+}
+
+/// Subscribes on a raw TCP protocol (Redis SUBSCRIBE/PSUBSCRIBE, NATS SUB): sends `hello`, waits
+/// for `ack` in the reply stream, then calls `f` with everything read.
+pub async fn tcp_subscribe(
+    addr: SocketAddr,
+    hello: Vec<u8>,
+    ack: &'static [u8],
+    mut f: impl FnMut(&[u8]) -> bool,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&hello).await?;
+    let mut buf = vec![0u8; 8192];
+    let mut seen = Vec::new();
+    let mut pending: Vec<u8> = Vec::with_capacity(8192);
+    let mut ready = Some(ready);
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let chunk = &buf[..n];
+        if let Some(r) = ready.take() {
+            seen.extend_from_slice(chunk);
+            if let Some(p) = seen.windows(ack.len()).position(|w| w == ack) {
+                let _ = r.send(());
+                // Whatever followed the acknowledgement in this read is data.
+                let after = p + ack.len();
+                if after < seen.len() {
+                    let rest = seen[after..].to_vec();
+                    pending.extend_from_slice(&rest);
+                }
+                continue;
+            } else {
+                ready = Some(r);
+                continue;
+            }
+        }
+        // NATS pings its clients; answer so it keeps us.
+        if chunk.starts_with(b"PING") {
+            s.write_all(b"PONG\r\n").await?;
+        }
+        // A marker may be split across two reads: keep an unfinished tail for the next read.
+        pending.extend_from_slice(chunk);
+        let keep = unfinished_tail(&pending);
+        let more = f(&pending[..keep]);
+        pending.drain(..keep);
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Where an unfinished marker (`#digits` or `#digits:digits` without its closing `#`) starts at
+/// the end of `buf`, or `buf.len()` if there is none.
+pub fn unfinished_tail(buf: &[u8]) -> usize {
+    let from = buf.len().saturating_sub(48);
+    match buf[from..].iter().rposition(|c| *c == b'#') {
+        Some(p) => {
+            let at = from + p;
+            let rest = &buf[at + 1..];
+            if rest.iter().all(|c| c.is_ascii_digit() || *c == b':') {
+                at
+            } else {
+                buf.len()
+            }
+        }
+        None => buf.len(),
+    }
+}
+
+/// The bytes of a WebSocket upgrade request (the server's frames are then read raw: they are
+/// unmasked, so markers can be scanned in place without decoding frames).
+pub fn ws_upgrade(addr: SocketAddr, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Base64, for etcd's JSON gateway.
+pub fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Decodes every `"value":"<base64>"` in an etcd watch chunk and scans it for markers.
+pub fn scan_etcd(chunk: &[u8], mut f: impl FnMut(u64, u64), mut bytes: impl FnMut(usize)) {
+    let pat = b"\"value\":\"";
+    let mut k = 0;
+    while let Some(p) = chunk[k..].windows(pat.len()).position(|w| w == pat) {
+        let start = k + p + pat.len();
+        let end = chunk[start..]
+            .iter()
+            .position(|c| *c == b'"')
+            .map_or(chunk.len(), |e| start + e);
+        if let Ok(v) = base64::engine::general_purpose::STANDARD.decode(&chunk[start..end]) {
+            bytes(v.len());
+            scan(&v, &mut f);
+        }
+        k = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_found_in_any_framing() {
+        let mut got = Vec::new();
+        scan(
+            br##"[{"op":"replace","path":"/data/m","value":"#12:345#"}] #x:1# #7:8#"##,
+            |i, t| got.push((i, t)),
+        );
+        assert_eq!(got, [(12, 345), (7, 8)]);
+        let mut n = 0;
+        let chunk = format!(
+            r#"{{"result":{{"events":[{{"kv":{{"value":"{}"}}}}]}}}}"#,
+            b64(b"#3:4#")
+        );
+        scan_etcd(chunk.as_bytes(), |i, _| n += i, |_| {});
+        assert_eq!(n, 3);
+        assert_eq!(resp(&[b"SET", b"k"]), b"*2\r\n$3\r\nSET\r\n$1\r\nk\r\n");
+        assert_eq!(unfinished_tail(b"ab #12:3"), 3);
+        assert_eq!(unfinished_tail(b"ab #12:3# x"), 11);
+        assert_eq!(unfinished_tail(b"ab #"), 3);
+    }
+}

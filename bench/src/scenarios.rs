@@ -1,0 +1,683 @@
+//! The four scenarios of issue 9, each against any system: HTTP/SET write throughput, fan-out
+//! delivery (latency, rate, lost, duplicated), idle subscriber memory, and bytes per update for a
+//! small change to a large document. Every loop is bounded in count and time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::peers::{Running, System};
+use crate::proto::{self, Http, Redis};
+
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// A log-linear latency histogram in µs, shared by many tasks (~1.5% resolution).
+pub struct Hist {
+    buckets: Vec<AtomicU64>,
+    max: AtomicU64,
+}
+
+impl Hist {
+    pub fn new() -> Hist {
+        Hist {
+            buckets: (0..(1024 + 64 * 40)).map(|_| AtomicU64::new(0)).collect(),
+            max: AtomicU64::new(0),
+        }
+    }
+    fn index(us: u64) -> usize {
+        if us < 1024 {
+            return us as usize;
+        }
+        let log = 63 - us.leading_zeros() as u64;
+        (1024 + 64 * (log - 10) + ((us >> (log - 6)) & 63)) as usize
+    }
+    fn value(i: usize) -> u64 {
+        if i < 1024 {
+            return i as u64;
+        }
+        let log = (i - 1024) / 64 + 10;
+        let sub = ((i - 1024) % 64) as u64;
+        (1u64 << log) + (sub << (log - 6))
+    }
+    pub fn record(&self, us: u64) {
+        let i = Hist::index(us).min(self.buckets.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(us, Ordering::Relaxed);
+    }
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+    pub fn percentile(&self, p: f64) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let want = ((total as f64) * p).ceil() as u64;
+        let mut acc = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            acc += b.load(Ordering::Relaxed);
+            if acc >= want {
+                return Hist::value(i) as f64 / 1000.0;
+            }
+        }
+        self.max_ms()
+    }
+    pub fn max_ms(&self) -> f64 {
+        self.max.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// Result of a write-throughput run.
+#[derive(Debug, Clone, Default)]
+pub struct Writes {
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// N connections, each writing sequentially for `secs`: Stateline `POST /bench/w<c>`, Redis `SET`.
+pub async fn writes(run: &Running, conns: usize, secs: f64) -> Result<Writes, String> {
+    let hist = Arc::new(Hist::new());
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (addr, sys, hist, errors) = (run.addr, run.system, hist.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = br#"{"m":"a small value of about forty bytes"}"#;
+            match sys {
+                System::Stateline | System::StatelineDurable => {
+                    let mut h = Http::connect(addr).await.map_err(|e| e.to_string())?;
+                    let path = format!("/bench/w{c}");
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        match h.request("POST", &path, "application/json", body).await {
+                            Ok((200, _)) => hist.record(t.elapsed().as_micros() as u64),
+                            _ => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                System::Redis | System::RedisAof => {
+                    let mut r = Redis::connect(addr).await.map_err(|e| e.to_string())?;
+                    let key = format!("bench:w{c}");
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        match r.cmd(&[b"SET", key.as_bytes(), body]).await {
+                            Ok(_) => hist.record(t.elapsed().as_micros() as u64),
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                other => return Err(format!("writes: {} not supported", other.name())),
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let el = start.elapsed().as_secs_f64();
+    Ok(Writes {
+        ops_per_sec: hist.count() as f64 / el,
+        p50_ms: hist.percentile(0.5),
+        p99_ms: hist.percentile(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Result of a fan-out run.
+#[derive(Debug, Clone, Default)]
+pub struct Fanout {
+    pub delivered_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+struct Seen {
+    bits: Vec<u8>,
+    unique: u64,
+    dup: u64,
+}
+
+/// S subscribers on one key (or a glob over 16 keys), one writer sending `messages` values at
+/// `rate` per second (0: as fast as acknowledged, with 4 writer connections).
+pub async fn fanout(
+    run: &Running,
+    subs: usize,
+    glob: bool,
+    messages: u64,
+    rate: u64,
+    tag: &str,
+) -> Result<Fanout, String> {
+    let hist = Arc::new(Hist::new());
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    let total_unique = Arc::new(AtomicU64::new(0));
+    let mut readies = Vec::new();
+    let mut handles = Vec::new();
+    let seen_all: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>> = Arc::new(Mutex::new(Vec::new()));
+    let ns = format!("fan{tag}");
+    for _ in 0..subs {
+        let (tx, rx) = oneshot::channel();
+        readies.push(rx);
+        let seen = Arc::new(Mutex::new(Seen {
+            bits: vec![0; messages as usize],
+            unique: 0,
+            dup: 0,
+        }));
+        seen_all.lock().unwrap().push(seen.clone());
+        let (hist, last, total) = (hist.clone(), last_delivery.clone(), total_unique.clone());
+        let on_marker = move |i: u64, t: u64| {
+            let now = now_ns();
+            let mut s = seen.lock().unwrap();
+            if let Some(b) = s.bits.get_mut(i as usize) {
+                if *b == 0 {
+                    *b = 1;
+                    s.unique += 1;
+                    total.fetch_add(1, Ordering::Relaxed);
+                    hist.record(now.saturating_sub(t) / 1000);
+                    last.fetch_max(now, Ordering::Relaxed);
+                } else {
+                    s.dup += 1;
+                }
+            }
+            s.unique < messages
+        };
+        let addr = run.addr;
+        let sys = run.system;
+        let ns = ns.clone();
+        handles.push(tokio::spawn(async move {
+            let go = on_marker;
+            let mut more = true;
+            let mut feed = |buf: &[u8]| {
+                proto::scan(buf, |i, t| more = go(i, t) && more);
+                more
+            };
+            let r = match sys {
+                System::Stateline | System::StatelineDurable => {
+                    let path = if glob { format!("/{ns}/*") } else { format!("/{ns}/k") };
+                    proto::tcp_subscribe(addr, proto::ws_upgrade(addr, &path), b"\r\n\r\n", &mut feed, tx).await.map_err(|e| e.to_string())
+                }
+                System::Redis | System::RedisAof => {
+                    let hello = if glob { proto::resp(&[b"PSUBSCRIBE", format!("{ns}:*").as_bytes()]) } else { proto::resp(&[b"SUBSCRIBE", format!("{ns}:k").as_bytes()]) };
+                    let ack: &'static [u8] = if glob { b"psubscribe" } else { b"subscribe" };
+                    proto::tcp_subscribe(addr, hello, ack, &mut feed, tx).await.map_err(|e| e.to_string())
+                }
+                System::Nats => {
+                    let subj = if glob { format!("{ns}.*") } else { format!("{ns}.k") };
+                    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {subj} 1\r\nPING\r\n").into_bytes();
+                    proto::tcp_subscribe(addr, hello, b"PONG", &mut feed, tx).await.map_err(|e| e.to_string())
+                }
+                System::Etcd => {
+                    let key = if glob { format!("/{ns}/") } else { format!("/{ns}/k") };
+                    let mut body = format!("{{\"create_request\":{{\"key\":\"{}\"", proto::b64(key.as_bytes()));
+                    if glob {
+                        let mut end = key.clone().into_bytes();
+                        *end.last_mut().unwrap() += 1;
+                        body.push_str(&format!(",\"range_end\":\"{}\"", proto::b64(&end)));
+                    }
+                    body.push_str("}}");
+                    let mut tx = Some(tx);
+                    proto::http_stream(
+                        addr,
+                        "POST",
+                        "/v3/watch",
+                        "Content-Type: application/json\r\n",
+                        body.as_bytes(),
+                        |chunk| {
+                            if chunk.windows(9).any(|w| w == b"\"created\"") {
+                                if let Some(t) = tx.take() {
+                                    let _ = t.send(());
+                                }
+                            }
+                            proto::scan_etcd(chunk, |i, t| more = go(i, t) && more, |_| {});
+                            more
+                        },
+                        oneshot::channel().0,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+            };
+            r
+        }));
+    }
+    for r in readies {
+        tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .map_err(|_| "subscribers did not get ready in 30 s")?
+            .map_err(|_| "a subscriber failed to connect")?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = now_ns();
+    let writers = if rate == 0 { 4 } else { 1 };
+    let mut wt = Vec::new();
+    for w in 0..writers {
+        let (addr, sys, ns) = (run.addr, run.system, ns.clone());
+        wt.push(tokio::spawn(async move {
+            let mut http = None;
+            let mut redis = None;
+            let mut nats = None;
+            match sys {
+                System::Stateline | System::StatelineDurable | System::Etcd => {
+                    http = Some(Http::connect(addr).await.map_err(|e| e.to_string())?)
+                }
+                System::Redis | System::RedisAof => {
+                    redis = Some(Redis::connect(addr).await.map_err(|e| e.to_string())?)
+                }
+                System::Nats => {
+                    use tokio::io::AsyncWriteExt;
+                    let mut s = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    s.set_nodelay(true).map_err(|e| e.to_string())?;
+                    s.write_all(b"CONNECT {\"verbose\":false}\r\n")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    nats = Some(s);
+                }
+            }
+            let mut tick = (rate > 0)
+                .then(|| tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1))));
+            let mut i = w as u64;
+            while i < messages {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let k = if glob {
+                    format!("k{}", i % 16)
+                } else {
+                    "k".to_string()
+                };
+                let m = proto::marker(i, now_ns());
+                match sys {
+                    System::Stateline | System::StatelineDurable => {
+                        let body = format!("{{\"m\":\"{m}\"}}");
+                        let (s, b) = http
+                            .as_mut()
+                            .unwrap()
+                            .request(
+                                "POST",
+                                &format!("/{ns}/{k}"),
+                                "application/json",
+                                body.as_bytes(),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if s != 200 {
+                            return Err(format!(
+                                "write answered {s}: {}",
+                                String::from_utf8_lossy(&b)
+                            ));
+                        }
+                    }
+                    System::Etcd => {
+                        let body = format!(
+                            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                            proto::b64(format!("/{ns}/{k}").as_bytes()),
+                            proto::b64(m.as_bytes())
+                        );
+                        let (s, _) = http
+                            .as_mut()
+                            .unwrap()
+                            .request("POST", "/v3/kv/put", "application/json", body.as_bytes())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if s != 200 {
+                            return Err(format!("etcd put answered {s}"));
+                        }
+                    }
+                    System::Redis | System::RedisAof => {
+                        redis
+                            .as_mut()
+                            .unwrap()
+                            .cmd(&[b"PUBLISH", format!("{ns}:{k}").as_bytes(), m.as_bytes()])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    System::Nats => {
+                        use tokio::io::AsyncWriteExt;
+                        let s = nats.as_mut().unwrap();
+                        s.write_all(format!("PUB {ns}.{k} {}\r\n{m}\r\n", m.len()).as_bytes())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                i += writers as u64;
+            }
+            if let Some(mut s) = nats {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Flush: PING and wait for PONG, so every PUB above has reached the server.
+                s.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 256];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in wt {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let expected = messages * subs as u64;
+    // Wait for deliveries to finish: until every subscriber has everything, or nothing new for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_total = 0;
+    let mut still = Instant::now();
+    while total_unique.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = total_unique.load(Ordering::Relaxed);
+        if t != last_total {
+            last_total = t;
+            still = Instant::now();
+        } else if still.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    for h in &handles {
+        h.abort();
+    }
+    let (mut unique, mut dup) = (0, 0);
+    for s in seen_all.lock().unwrap().iter() {
+        let s = s.lock().unwrap();
+        unique += s.unique;
+        dup += s.dup;
+    }
+    let elapsed = (last_delivery.load(Ordering::Relaxed).saturating_sub(start)) as f64 / 1e9;
+    Ok(Fanout {
+        delivered_per_sec: if elapsed > 0.0 {
+            unique as f64 / elapsed
+        } else {
+            0.0
+        },
+        p50_ms: hist.percentile(0.5),
+        p99_ms: hist.percentile(0.99),
+        max_ms: hist.max_ms(),
+        lost: expected - unique,
+        duplicated: dup,
+    })
+}
+
+/// Server memory per idle subscriber: RSS after opening `n` subscriptions minus RSS before, over n.
+/// `sse` selects Stateline's SSE instead of its WebSocket.
+pub async fn idle(run: &Running, n: usize, sse: bool, tag: &str) -> Result<f64, String> {
+    let before = run.rss();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut readies = Vec::new();
+    let mut handles = Vec::new();
+    for c in 0..n {
+        let (tx, rx) = oneshot::channel();
+        readies.push(rx);
+        let (addr, sys, stop, tag) = (run.addr, run.system, stop.clone(), tag.to_string());
+        handles.push(tokio::spawn(async move {
+            let hold = async move {
+                match sys {
+                    System::Stateline | System::StatelineDurable if sse => {
+                        let _ = proto::http_stream(
+                            addr,
+                            "GET",
+                            &format!("/idle{tag}/k"),
+                            "Accept: text/event-stream\r\n",
+                            b"",
+                            |_| true,
+                            tx,
+                        )
+                        .await;
+                    }
+                    System::Stateline | System::StatelineDurable => {
+                        let _ = proto::tcp_subscribe(
+                            addr,
+                            proto::ws_upgrade(addr, &format!("/idle{tag}/k")),
+                            b"\r\n\r\n",
+                            |_| true,
+                            tx,
+                        )
+                        .await;
+                    }
+                    System::Redis | System::RedisAof => {
+                        let _ = proto::tcp_subscribe(
+                            addr,
+                            proto::resp(&[b"SUBSCRIBE", format!("idle{tag}:k").as_bytes()]),
+                            b"subscribe",
+                            |_| true,
+                            tx,
+                        )
+                        .await;
+                    }
+                    System::Nats => {
+                        let hello = format!(
+                            "CONNECT {{\"verbose\":false}}\r\nSUB idle{tag}.k {c}\r\nPING\r\n"
+                        )
+                        .into_bytes();
+                        let _ = proto::tcp_subscribe(addr, hello, b"PONG", |_| true, tx).await;
+                    }
+                    System::Etcd => {
+                        let body = format!(
+                            "{{\"create_request\":{{\"key\":\"{}\"}}}}",
+                            proto::b64(format!("/idle{tag}/k").as_bytes())
+                        );
+                        let _ = proto::http_stream(
+                            addr,
+                            "POST",
+                            "/v3/watch",
+                            "",
+                            body.as_bytes(),
+                            |_| true,
+                            tx,
+                        )
+                        .await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = hold => {}
+                _ = stop.notified() => {}
+            }
+        }));
+        if c % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut ok = 0;
+    for r in readies {
+        if tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            ok += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = run.rss();
+    for h in &handles {
+        h.abort();
+    }
+    stop.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if ok < n {
+        return Err(format!("only {ok} of {n} subscriptions opened"));
+    }
+    Ok((after.saturating_sub(before)) as f64 / n as f64)
+}
+
+/// Bytes a subscriber receives per update when one small field of a ~100 KiB document changes.
+pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, String> {
+    let fields: Vec<String> = (0..1600)
+        .map(|i| format!("\"field{i:05}\":\"value-{i:032}-pad\""))
+        .collect();
+    let doc = |n: u64| format!("{{\"counter\":{n},{}}}", fields.join(","));
+    let received = Arc::new(AtomicU64::new(0));
+    let frames = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = oneshot::channel();
+    let (addr, sys) = (run.addr, run.system);
+    let key = format!("doc{tag}");
+    let first = doc(0);
+    if matches!(sys, System::Stateline | System::StatelineDurable) {
+        let (s, _) = Http::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .request(
+                "POST",
+                &format!("/{key}"),
+                "application/json",
+                first.as_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if s != 200 {
+            return Err(format!("initial write answered {s}"));
+        }
+    }
+    let (r2, f2, k2) = (received.clone(), frames.clone(), key.clone());
+    let sub = tokio::spawn(async move {
+        let mut skip_first = matches!(sys, System::Stateline | System::StatelineDurable);
+        let mut count = |n: usize| {
+            if skip_first {
+                skip_first = false;
+                return;
+            }
+            r2.fetch_add(n as u64, Ordering::Relaxed);
+            f2.fetch_add(1, Ordering::Relaxed);
+        };
+        match sys {
+            System::Stateline | System::StatelineDurable => {
+                let _ = proto::ws_subscribe(
+                    &format!("ws://{addr}/{k2}"),
+                    |b| {
+                        count(b.len());
+                        true
+                    },
+                    tx,
+                )
+                .await;
+            }
+            System::Redis | System::RedisAof => {
+                let _ = proto::tcp_subscribe(
+                    addr,
+                    proto::resp(&[b"SUBSCRIBE", k2.as_bytes()]),
+                    b"subscribe",
+                    |b| {
+                        r2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        true
+                    },
+                    tx,
+                )
+                .await;
+            }
+            System::Nats => {
+                let hello =
+                    format!("CONNECT {{\"verbose\":false}}\r\nSUB {k2} 1\r\nPING\r\n").into_bytes();
+                let _ = proto::tcp_subscribe(
+                    addr,
+                    hello,
+                    b"PONG",
+                    |b| {
+                        r2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        true
+                    },
+                    tx,
+                )
+                .await;
+            }
+            System::Etcd => {
+                let body = format!(
+                    "{{\"create_request\":{{\"key\":\"{}\"}}}}",
+                    proto::b64(format!("/{k2}").as_bytes())
+                );
+                let _ = proto::http_stream(
+                    addr,
+                    "POST",
+                    "/v3/watch",
+                    "",
+                    body.as_bytes(),
+                    |b| {
+                        r2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        true
+                    },
+                    tx,
+                )
+                .await;
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .map_err(|_| "subscriber not ready")?
+        .map_err(|_| "subscriber failed")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = received.load(Ordering::Relaxed);
+    let mut http = Http::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut redis = if matches!(sys, System::Redis | System::RedisAof) {
+        Some(Redis::connect(addr).await.map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let mut nats = None;
+    if sys == System::Nats {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        nats = Some(s);
+    }
+    for n in 1..=updates {
+        let d = doc(n);
+        match sys {
+            System::Stateline | System::StatelineDurable => {
+                http.request("POST", &format!("/{key}"), "application/json", d.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            System::Redis | System::RedisAof => {
+                redis
+                    .as_mut()
+                    .unwrap()
+                    .cmd(&[b"PUBLISH", key.as_bytes(), d.as_bytes()])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            System::Nats => {
+                use tokio::io::AsyncWriteExt;
+                nats.as_mut()
+                    .unwrap()
+                    .write_all(format!("PUB {key} {}\r\n{d}\r\n", d.len()).as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            System::Etcd => {
+                let body = format!(
+                    "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                    proto::b64(format!("/{key}").as_bytes()),
+                    proto::b64(d.as_bytes())
+                );
+                http.request("POST", "/v3/kv/put", "application/json", body.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sub.abort();
+    let _ = frames;
+    Ok((received.load(Ordering::Relaxed) - before) as f64 / updates as f64)
+}
