@@ -22,6 +22,7 @@ pub mod json;
 pub mod key;
 pub mod log;
 pub mod meta;
+pub mod mux;
 pub mod pool;
 pub mod store;
 

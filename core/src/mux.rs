@@ -1,0 +1,466 @@
+//! The multiplexed WebSocket protocol (`/_ws`) as a pure function: client messages in, typed
+//! requests out; outcomes in, reply bytes out.
+//!
+//! Owns the message format only: how a text (or binary) message from a client becomes a
+//! subscription request or an [`Op`], and how acknowledgements and errors are encoded. It does
+//! not know sockets, pools or queues; the adapter joins pools, runs operations through the
+//! engine and writes the bytes returned here. Data frames on `/_ws` are the pools' own
+//! [`crate::Encoding::Mux`] frames (`{"sub":"<pattern>","snapshot":..,"version":..,"data":..}`).
+//!
+//! Client messages are JSON objects with an `id` (any JSON value, echoed back; `null` if absent)
+//! and an `op`:
+//!
+//! | op | fields | reply fields |
+//! |---|---|---|
+//! | `sub` | `path` (key, glob, or subtree `a/`), `v` (hex version, optional) | `sub` (the pattern, as in frames) |
+//! | `unsub` | `path` | `sub` |
+//! | `set` | `key`, `value`, `ttl` (s), `rev` (AtomKV next revision), `ifMatch`, `ifAbsent` | `key`, `revision`, `etag` |
+//! | `push` | `path` (`prefix/*`), `value`, `ttl` | `key`, `index`, `revision`, `etag` |
+//! | `patch` | `key`, `value`, `type` (`merge` default, `merge-patch`, `json-patch`), `ifMatch` | `key`, `revision`, `etag` |
+//! | `del` | `key` (key or glob), `ifMatch` | `deleted` |
+//! | `incr` | `key`, `by` (default 1), `ttl` | `key`, `value`, `revision` |
+//! | `take` | `key` | `key`, `value`, `revision` |
+//! | `rename` | `key`, `to`, `overwrite` | `key`, `revision` |
+//! | `ping` | — | — |
+//!
+//! Replies: `{"id":..,"ok":true,...}` or
+//! `{"id":..,"ok":false,"error":{"status":<http status>,"code":"<Error::code>","detail":".."}}`.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::engine::{Applied, Cond, Op, Outcome, PatchKind};
+use crate::error::Error;
+use crate::json;
+use crate::key::{self, Pattern};
+use crate::store::Ttl;
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Subscribe to a key, glob or subtree, resuming from `version` if given.
+    Sub {
+        /// The pattern.
+        pattern: Pattern,
+        /// The client's last version (hex on the wire).
+        version: Option<u64>,
+    },
+    /// Drop a subscription.
+    Unsub {
+        /// The pattern.
+        pattern: Pattern,
+    },
+    /// Run an operation.
+    Op(Op),
+    /// Liveness check; answered with an empty acknowledgement.
+    Ping,
+}
+
+/// A parsed client message: its id and what it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Echoed in the reply (`null` if the client sent none).
+    pub id: Value,
+    /// The request.
+    pub request: Request,
+}
+
+/// A message that could not be understood: the id (if one could be read) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// The id to echo.
+    pub id: Value,
+    /// The reason.
+    pub error: Error,
+}
+
+fn bad(id: &Value, msg: impl Into<String>) -> Refused {
+    Refused {
+        id: id.clone(),
+        error: Error::BadRequest(msg.into()),
+    }
+}
+
+fn str_field<'a>(o: &'a Map<String, Value>, id: &Value, name: &str) -> Result<&'a str, Refused> {
+    o.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(id, format!("field {name:?} (a string) is required")))
+}
+
+fn value_field(o: &Map<String, Value>, id: &Value) -> Result<Value, Refused> {
+    o.get("value")
+        .cloned()
+        .ok_or_else(|| bad(id, "field \"value\" is required"))
+}
+
+fn ttl_field(o: &Map<String, Value>, id: &Value, default: Ttl) -> Result<Ttl, Refused> {
+    match o.get("ttl") {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_f64() {
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Ttl::After((s * 1e9) as i64)),
+            _ => Err(bad(
+                id,
+                "ttl must be a number of seconds, more than 0 and less than 1e9",
+            )),
+        },
+    }
+}
+
+fn cond_field(o: &Map<String, Value>, id: &Value) -> Result<Cond, Refused> {
+    if let Some(r) = o.get("rev") {
+        return r
+            .as_u64()
+            .map(Cond::NextRevision)
+            .ok_or_else(|| bad(id, "rev must be a non-negative integer"));
+    }
+    if let Some(m) = o.get("ifMatch") {
+        let tag = m
+            .as_str()
+            .ok_or_else(|| bad(id, "ifMatch must be a string"))?;
+        return Ok(Cond::IfMatch(vec![tag.to_string()]));
+    }
+    if o.get("ifAbsent").and_then(Value::as_bool) == Some(true) {
+        return Ok(Cond::IfAbsent);
+    }
+    Ok(Cond::Always)
+}
+
+fn sub_pattern(o: &Map<String, Value>, id: &Value) -> Result<Pattern, Refused> {
+    let path = str_field(o, id, "path")?;
+    let path = path.strip_prefix('/').unwrap_or(path);
+    Pattern::from_http_path(&format!("/{path}"), true).map_err(|e| Refused {
+        id: id.clone(),
+        error: e.into(),
+    })
+}
+
+/// Parses one client message. `max_depth` bounds the nesting of values, as for HTTP bodies.
+pub fn parse(msg: &[u8], max_depth: usize) -> Result<Message, Refused> {
+    let v = json::parse(msg, max_depth.saturating_add(1)).map_err(|e| Refused {
+        id: Value::Null,
+        error: e.into(),
+    })?;
+    let Value::Object(o) = v else {
+        return Err(bad(&Value::Null, "a message must be a JSON object"));
+    };
+    let id = o.get("id").cloned().unwrap_or(Value::Null);
+    let op = str_field(&o, &id, "op")?;
+    let key = |o: &Map<String, Value>| str_field(o, &id, "key").map(str::to_string);
+    let request = match op {
+        "sub" => Request::Sub {
+            pattern: sub_pattern(&o, &id)?,
+            version: match o.get("v") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(
+                    crate::http::parse_version(s)
+                        .ok_or_else(|| bad(&id, "v must be a hex version"))?,
+                ),
+                Some(_) => return Err(bad(&id, "v must be a hex version string")),
+            },
+        },
+        "unsub" => Request::Unsub {
+            pattern: sub_pattern(&o, &id)?,
+        },
+        "ping" => Request::Ping,
+        "set" => Request::Op(Op::Set {
+            key: key(&o)?,
+            value: value_field(&o, &id)?,
+            ttl: ttl_field(&o, &id, Ttl::Clear)?,
+            cond: cond_field(&o, &id)?,
+        }),
+        "push" => Request::Op(Op::Push {
+            target: str_field(&o, &id, "path")?.to_string(),
+            value: value_field(&o, &id)?,
+            ttl: ttl_field(&o, &id, Ttl::Clear)?,
+        }),
+        "patch" => {
+            let v = value_field(&o, &id)?;
+            let patch = match o.get("type").and_then(Value::as_str).unwrap_or("merge") {
+                "merge" => PatchKind::Merge(v),
+                "merge-patch" => PatchKind::MergePatch(v),
+                "json-patch" => PatchKind::JsonPatch(json::parse_patch(v).map_err(|e| Refused {
+                    id: id.clone(),
+                    error: e.into(),
+                })?),
+                other => {
+                    return Err(Refused {
+                        id,
+                        error: Error::UnsupportedMediaType(other.to_string()),
+                    })
+                }
+            };
+            Request::Op(Op::Patch {
+                key: key(&o)?,
+                patch,
+                cond: cond_field(&o, &id)?,
+            })
+        }
+        "del" => Request::Op(Op::Delete {
+            target: key(&o)?,
+            cond: cond_field(&o, &id)?,
+        }),
+        "incr" => Request::Op(Op::Incr {
+            key: key(&o)?,
+            by: match o.get("by") {
+                None | Some(Value::Null) => 1,
+                Some(b) => b
+                    .as_i64()
+                    .ok_or_else(|| bad(&id, "by must be an integer"))?,
+            },
+            ttl: ttl_field(&o, &id, Ttl::Keep)?,
+        }),
+        "take" => Request::Op(Op::Take { key: key(&o)? }),
+        "rename" => Request::Op(Op::Rename {
+            from: key(&o)?,
+            to: str_field(&o, &id, "to")?.to_string(),
+            overwrite: o.get("overwrite").and_then(Value::as_bool).unwrap_or(false),
+        }),
+        other => {
+            return Err(bad(
+                &id,
+                format!(
+                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, ping"
+                ),
+            ))
+        }
+    };
+    Ok(Message { id, request })
+}
+
+fn encode(mut fields: Map<String, Value>, id: &Value, ok: bool) -> Bytes {
+    let mut o = Map::new();
+    o.insert("id".into(), id.clone());
+    o.insert("ok".into(), Value::Bool(ok));
+    o.append(&mut fields);
+    json::encode(&Value::Object(o)).into()
+}
+
+/// An acknowledgement with extra fields (an object; anything else adds nothing).
+pub fn reply_ok(id: &Value, fields: Value) -> Bytes {
+    match fields {
+        Value::Object(m) => encode(m, id, true),
+        _ => encode(Map::new(), id, true),
+    }
+}
+
+/// The acknowledgement of a subscription change: `{"id":..,"ok":true,"sub":"<pattern>"}`.
+pub fn reply_sub(id: &Value, pattern: &Pattern) -> Bytes {
+    reply_ok(id, json!({ "sub": pattern.as_str() }))
+}
+
+/// The acknowledgement of an applied operation (see the module docs for its fields).
+pub fn reply_applied(id: &Value, op_name: &str, a: &Applied) -> Bytes {
+    let fields = match &a.outcome {
+        Outcome::Written(k, e) => {
+            let mut f = json!({"key": &**k, "revision": e.revision, "etag": e.etag()});
+            if op_name == "incr" {
+                f["value"] = (*e.data).clone();
+            }
+            if op_name == "push" {
+                f["index"] = Value::String(key::last_segment(k).to_string());
+            }
+            f
+        }
+        Outcome::Taken(k, e) => json!({"key": &**k, "value": *e.data, "revision": e.revision}),
+        Outcome::Deleted(n) => json!({ "deleted": n }),
+    };
+    reply_ok(id, fields)
+}
+
+/// The op name of a request, as the client spelled it (for [`reply_applied`]).
+pub fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Set { .. } => "set",
+        Op::Push { .. } => "push",
+        Op::Patch { .. } => "patch",
+        Op::Delete { .. } => "del",
+        Op::Incr { .. } => "incr",
+        Op::Take { .. } => "take",
+        Op::Rename { .. } => "rename",
+    }
+}
+
+/// An error reply.
+pub fn reply_error(id: &Value, e: &Error) -> Bytes {
+    let mut f = Map::new();
+    f.insert(
+        "error".into(),
+        json!({"status": e.status().as_u16(), "code": e.code(), "detail": e.to_string()}),
+    );
+    encode(f, id, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Config, Engine};
+    use crate::filter::Filters;
+    use crate::Tick;
+
+    fn check(msg: &str, expected: Result<Request, (Value, &str)>) {
+        let got = parse(msg.as_bytes(), 64);
+        match (got, expected) {
+            (Ok(m), Ok(r)) => assert_eq!(m.request, r, "{msg}"),
+            (Err(e), Err((id, code))) => {
+                assert_eq!((e.id, e.error.code()), (id, code), "{msg}: {}", e.error)
+            }
+            (got, want) => panic!("{msg}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_requests() {
+        check(
+            r#"{"id":1,"op":"sub","path":"books/*","v":"ff"}"#,
+            Ok(Request::Sub {
+                pattern: Pattern::parse("books/*").unwrap(),
+                version: Some(255),
+            }),
+        );
+        check(
+            r#"{"id":1,"op":"sub","path":"/a/"}"#,
+            Ok(Request::Sub {
+                pattern: Pattern::Subtree("a".into()),
+                version: None,
+            }),
+        );
+        check(
+            r#"{"op":"unsub","path":"x"}"#,
+            Ok(Request::Unsub {
+                pattern: Pattern::parse("x").unwrap(),
+            }),
+        );
+        check(r#"{"id":"p","op":"ping"}"#, Ok(Request::Ping));
+        check(
+            r#"{"id":2,"op":"set","key":"a","value":{"x":1},"rev":0}"#,
+            Ok(Request::Op(Op::Set {
+                key: "a".into(),
+                value: json!({"x":1}),
+                ttl: Ttl::Clear,
+                cond: Cond::NextRevision(0),
+            })),
+        );
+        check(
+            r#"{"id":2,"op":"set","key":"a","value":1,"ttl":1.5,"ifAbsent":true}"#,
+            Ok(Request::Op(Op::Set {
+                key: "a".into(),
+                value: json!(1),
+                ttl: Ttl::After(1_500_000_000),
+                cond: Cond::IfAbsent,
+            })),
+        );
+        check(
+            r#"{"op":"push","path":"l/*","value":null}"#,
+            Ok(Request::Op(Op::Push {
+                target: "l/*".into(),
+                value: Value::Null,
+                ttl: Ttl::Clear,
+            })),
+        );
+        check(
+            r#"{"op":"patch","key":"p","value":{"b":2},"type":"merge-patch"}"#,
+            Ok(Request::Op(Op::Patch {
+                key: "p".into(),
+                patch: PatchKind::MergePatch(json!({"b":2})),
+                cond: Cond::Always,
+            })),
+        );
+        check(
+            r#"{"op":"del","key":"l/*","ifMatch":"\"x\""}"#,
+            Ok(Request::Op(Op::Delete {
+                target: "l/*".into(),
+                cond: Cond::IfMatch(vec!["\"x\"".into()]),
+            })),
+        );
+        check(
+            r#"{"op":"incr","key":"c","by":-3}"#,
+            Ok(Request::Op(Op::Incr {
+                key: "c".into(),
+                by: -3,
+                ttl: Ttl::Keep,
+            })),
+        );
+        check(
+            r#"{"op":"take","key":"c"}"#,
+            Ok(Request::Op(Op::Take { key: "c".into() })),
+        );
+        check(
+            r#"{"op":"rename","key":"a","to":"b","overwrite":true}"#,
+            Ok(Request::Op(Op::Rename {
+                from: "a".into(),
+                to: "b".into(),
+                overwrite: true,
+            })),
+        );
+    }
+
+    #[test]
+    fn refuses_bad_messages() {
+        check("{oops", Err((Value::Null, "invalid-json")));
+        check("[1]", Err((Value::Null, "bad-request")));
+        check(r#"{"id":7}"#, Err((json!(7), "bad-request")));
+        check(r#"{"id":7,"op":"fly"}"#, Err((json!(7), "bad-request")));
+        check(
+            r#"{"id":7,"op":"set","key":"a"}"#,
+            Err((json!(7), "bad-request")),
+        );
+        check(
+            r#"{"id":7,"op":"sub","path":"a//b"}"#,
+            Err((json!(7), "invalid-key")),
+        );
+        check(
+            r#"{"id":7,"op":"sub","path":"a","v":12}"#,
+            Err((json!(7), "bad-request")),
+        );
+        check(
+            r#"{"id":7,"op":"patch","key":"a","value":1,"type":"xml"}"#,
+            Err((json!(7), "unsupported-media-type")),
+        );
+        check(
+            r#"{"id":7,"op":"patch","key":"a","value":{"op":"nope"},"type":"json-patch"}"#,
+            Err((json!(7), "invalid-json")),
+        );
+        check(
+            r#"{"id":7,"op":"set","key":"a","value":1,"ttl":-1}"#,
+            Err((json!(7), "bad-request")),
+        );
+        let deep = format!(
+            r#"{{"id":1,"op":"set","key":"a","value":{}1{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        check(&deep, Err((Value::Null, "invalid-json")));
+    }
+
+    #[test]
+    fn encodes_replies() {
+        let mut e = Engine::new(Tick::from_wall(1_000), Config::default(), Filters::new());
+        let m = parse(br#"{"id":3,"op":"incr","key":"c","by":2}"#, 64).unwrap();
+        let Request::Op(op) = m.request else {
+            panic!("an op")
+        };
+        let name = op_name(&op);
+        let a = e.execute(Tick::from_wall(2_000), op).unwrap();
+        let r: Value = serde_json::from_slice(&reply_applied(&m.id, name, &a)).unwrap();
+        assert_eq!(
+            r,
+            json!({"id":3,"ok":true,"key":"c","revision":0,"etag":a_etag(&e, "c"),"value":2})
+        );
+        assert_eq!(
+            &reply_error(&json!("x"), &Error::NotFound)[..],
+            br#"{"id":"x","ok":false,"error":{"status":404,"code":"not-found","detail":"not found"}}"#
+        );
+        assert_eq!(
+            &reply_sub(&json!(1), &Pattern::Subtree("a".into()))[..],
+            br#"{"id":1,"ok":true,"sub":"a/"}"#
+        );
+        assert_eq!(
+            &reply_ok(&Value::Null, Value::Null)[..],
+            br#"{"id":null,"ok":true}"#
+        );
+    }
+
+    fn a_etag(e: &Engine, k: &str) -> String {
+        e.store().get(k).unwrap().etag()
+    }
+}

@@ -1,0 +1,217 @@
+//! The command line: `stateline serve` and its flags, each also read from an environment variable.
+//!
+//! Owns parsing and validation of the settings, and turning them into the core's [`Config`] and
+//! [`Filters`]. Nothing here opens a socket or a file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use stateline_core::filter::Limit;
+use stateline_core::{Config, Filters};
+
+/// Real-time JSON state over HTTP, WebSocket and Server-Sent Events.
+#[derive(Debug, Parser)]
+#[command(name = "stateline", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (REST, WebSocket, SSE and /_ws on one port).
+    Serve(ServeArgs),
+}
+
+/// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e6) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `stateline serve` flags. Every flag has an environment variable (shown in `--help`).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (HOST:PORT). Use 0.0.0.0 to accept other machines.
+    #[arg(long, env = "STATELINE_ADDR", default_value = "127.0.0.1:8800")]
+    pub addr: String,
+
+    /// Folder of the embedded store. Until durable storage lands (issue 6) the server only
+    /// creates it and a marker file; state is kept in memory.
+    #[arg(long, env = "STATELINE_DATA", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// No disk at all: state lives in memory and is gone when the server stops.
+    #[arg(long, env = "STATELINE_MEMORY")]
+    pub memory: bool,
+
+    /// Largest request body (and `/_ws` message) in bytes; larger bodies get 413.
+    #[arg(long, env = "STATELINE_MAX_BODY", default_value_t = 10 << 20)]
+    pub max_body: usize,
+
+    /// Deepest JSON nesting accepted in a value; deeper bodies get 400.
+    #[arg(long, env = "STATELINE_MAX_DEPTH", default_value_t = 64)]
+    pub max_depth: usize,
+
+    /// Time allowed to receive a request body and answer it; then 503 (ooo's deadline).
+    #[arg(long, env = "STATELINE_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub deadline: Duration,
+
+    /// Frames queued per connection (WebSocket or SSE). A subscriber whose queue is full is
+    /// cut off (WebSocket close 4008) so it never slows the others; it resumes with `?v=`.
+    #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256)]
+    pub queue: usize,
+
+    /// Ping every WebSocket peer this often; one that sends nothing back (not even a pong)
+    /// for a whole interval after a ping is closed.
+    #[arg(long, env = "STATELINE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Longest time one write to a socket may take before the peer is dropped.
+    #[arg(long, env = "STATELINE_WRITE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// SSE keep-alive comment interval.
+    #[arg(long, env = "STATELINE_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub sse_keepalive: Duration,
+
+    /// Changes kept in the change log for resume (`?v=`, `Last-Event-ID`).
+    #[arg(long, env = "STATELINE_LOG_ENTRIES", default_value_t = 100_000)]
+    pub log_entries: usize,
+
+    /// Bytes of keys and values kept in the change log for resume.
+    #[arg(long, env = "STATELINE_LOG_BYTES", default_value_t = 64 << 20)]
+    pub log_bytes: usize,
+
+    /// Allowed origins (comma-separated) for CORS and WebSocket handshakes; `*` allows any.
+    #[arg(
+        long,
+        env = "STATELINE_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allow_origin: Vec<String>,
+
+    /// Time given to open requests and sockets to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "STATELINE_DRAIN", default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+
+    /// Static mode (ooo): only paths with a filter (see --open, --limit) can be read or written.
+    #[arg(long = "static", env = "STATELINE_STATIC")]
+    pub static_mode: bool,
+
+    /// Open a glob for reads and writes in static mode (repeat, or comma-separated).
+    #[arg(long = "open", env = "STATELINE_OPEN", value_delimiter = ',')]
+    pub open: Vec<String>,
+
+    /// Keep at most N items under a glob, newest first: `logs/*=100` (repeat, or comma-separated).
+    #[arg(long = "limit", env = "STATELINE_LIMIT", value_delimiter = ',')]
+    pub limit: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Defaults, as `stateline serve --memory` would have them (for tests and embedding).
+    pub fn memory() -> ServeArgs {
+        let cli = Cli::parse_from(["stateline", "serve", "--memory"]);
+        match cli.command {
+            Command::Serve(a) => a,
+        }
+    }
+
+    /// The core's limits.
+    pub fn core_config(&self) -> Config {
+        Config {
+            max_body: self.max_body,
+            max_depth: self.max_depth,
+            log_entries: self.log_entries,
+            log_bytes: self.log_bytes,
+            cors_origins: self.allow_origin.clone(),
+            ..Config::default()
+        }
+    }
+
+    /// The filters the flags ask for.
+    pub fn filters(&self) -> Result<Filters, String> {
+        let mut f = Filters::new();
+        f.set_static(self.static_mode);
+        for p in &self.open {
+            f.open(p).map_err(|e| format!("--open {p}: {e}"))?;
+        }
+        for l in &self.limit {
+            let (p, n) = l
+                .split_once('=')
+                .ok_or_else(|| format!("--limit {l}: expected GLOB=COUNT"))?;
+            let count: usize = n
+                .parse()
+                .map_err(|_| format!("--limit {l}: {n:?} is not a count"))?;
+            f.limit(
+                p,
+                Limit {
+                    count: Some(count),
+                    max_age_ns: None,
+                },
+            )
+            .map_err(|e| format!("--limit {l}: {e}"))?;
+            // In static mode a limited glob is also a route.
+            if self.static_mode {
+                f.open(p).map_err(|e| format!("--limit {l}: {e}"))?;
+            }
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn flags_make_filters() {
+        let cli = Cli::parse_from([
+            "stateline",
+            "serve",
+            "--memory",
+            "--static",
+            "--open",
+            "things/*",
+            "--limit",
+            "limited/*=3",
+        ]);
+        let Command::Serve(a) = cli.command;
+        let f = a.filters().unwrap();
+        assert!(f.is_static());
+        assert!(f.limit_for("limited/x").is_some());
+        let bad = Cli::parse_from(["stateline", "serve", "--limit", "x"]);
+        let Command::Serve(a) = bad.command;
+        assert!(a.filters().is_err());
+    }
+}

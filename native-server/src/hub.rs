@@ -1,0 +1,302 @@
+//! The shared state of a running server: the engine behind one lock, who listens to which pool,
+//! and each connection's bounded send queue.
+//!
+//! Owns fan-out (the same frame bytes to every subscriber of a pool) and the slow-subscriber rule
+//! (a full queue cuts that one subscriber off, never blocks the publisher). It does not read or
+//! write sockets; the connection tasks in `ws` and `routes` do.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use stateline_core::{Change, Encoding, Engine, Error, Join, Pattern, PoolId, Tick};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::config::ServeArgs;
+
+/// Per-connection control shared between the publisher (under the hub lock) and the connection
+/// task: set when the send queue overflowed.
+#[derive(Debug, Default)]
+pub struct Ctl {
+    lagged: AtomicBool,
+    /// Wakes the connection task when it must close.
+    pub wake: Notify,
+}
+
+impl Ctl {
+    /// Whether this connection fell behind and must be closed.
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+}
+
+/// The sending half of one connection's queue.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    conn: u64,
+    // Bounded: a subscriber that does not read can hold at most `--queue` frames (shared bytes,
+    // not copies); past that it is cut off instead of growing memory or slowing the publisher.
+    tx: mpsc::Sender<Bytes>,
+    ctl: Arc<Ctl>,
+}
+
+impl Sink {
+    /// Queues a frame without waiting. A full queue marks the connection as lagging and wakes
+    /// its task, which closes it; the frame is dropped (the client resumes from its version).
+    pub fn offer(&self, b: Bytes) {
+        match self.tx.try_send(b) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.ctl.lagged.swap(true, Ordering::AcqRel) {
+                    self.ctl.wake.notify_one();
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Everything behind the one lock.
+#[derive(Debug)]
+pub struct Hub {
+    /// The core state.
+    pub engine: Engine,
+    subs: HashMap<PoolId, Vec<Sink>>,
+    clocks: Vec<Sink>,
+}
+
+impl Hub {
+    /// Publishes applied changes and queues every resulting frame to its pool's subscribers.
+    pub fn commit(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.engine.publish(changes);
+        while let Some(f) = self.engine.poll_frame() {
+            if let Some(list) = self.subs.get(&f.pool) {
+                for s in list {
+                    // `Bytes` clones share one buffer: the frame is encoded once per pool.
+                    s.offer(f.bytes.clone());
+                }
+            }
+        }
+    }
+
+    /// Joins a pool and registers the sink, returning the pool and the first frame to send (if
+    /// any). The caller queues that frame before releasing the lock, so no broadcast can slip in
+    /// between.
+    pub fn join(
+        &mut self,
+        pattern: Pattern,
+        enc: Encoding,
+        version: Option<u64>,
+        initial: bool,
+        sink: &Sink,
+    ) -> Result<(PoolId, Option<Bytes>), Error> {
+        let (id, first) = self.engine.join(pattern, enc, version, initial)?;
+        self.subs.entry(id).or_default().push(sink.clone());
+        let first = match first {
+            Join::Current => None,
+            Join::Frame(b) | Join::Missed(b) => Some(b).filter(|b| !b.is_empty()),
+        };
+        Ok((id, first))
+    }
+
+    /// Removes one connection from one pool.
+    pub fn leave(&mut self, id: PoolId, conn: u64) {
+        if let Some(list) = self.subs.get_mut(&id) {
+            let before = list.len();
+            list.retain(|s| s.conn != conn);
+            for _ in list.len()..before {
+                self.engine.leave(id);
+            }
+            if list.is_empty() {
+                self.subs.remove(&id);
+            }
+        }
+    }
+
+    /// Adds a clock-stream subscriber and queues the current time for it.
+    pub fn join_clock(&mut self, tick: Tick, sink: &Sink) {
+        sink.offer(self.engine.clock_frame(tick));
+        self.clocks.push(sink.clone());
+    }
+
+    /// Sends one clock frame to every clock subscriber.
+    pub fn clock_tick(&mut self, tick: Tick) {
+        if self.clocks.is_empty() {
+            return;
+        }
+        let f = self.engine.clock_frame(tick);
+        for s in &self.clocks {
+            s.offer(f.clone());
+        }
+    }
+
+    /// Number of clock subscribers.
+    pub fn clock_subscribers(&self) -> usize {
+        self.clocks.len()
+    }
+}
+
+/// Settings the connection tasks need (copied out of [`ServeArgs`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest body / `/_ws` message.
+    pub max_body: usize,
+    /// Request deadline.
+    pub deadline: std::time::Duration,
+    /// Frames per connection queue.
+    pub queue: usize,
+    /// WebSocket ping interval.
+    pub ping_interval: std::time::Duration,
+    /// One socket write's limit.
+    pub write_timeout: std::time::Duration,
+    /// SSE keep-alive interval.
+    pub sse_keepalive: std::time::Duration,
+    /// Allowed origins for WebSocket handshakes (`*`: any).
+    pub allow_origin: Vec<String>,
+}
+
+impl Limits {
+    /// From the flags.
+    pub fn from_args(a: &ServeArgs) -> Limits {
+        Limits {
+            max_body: a.max_body,
+            deadline: a.deadline,
+            queue: a.queue.max(1),
+            ping_interval: a.ping_interval,
+            write_timeout: a.write_timeout,
+            sse_keepalive: a.sse_keepalive,
+            allow_origin: a.allow_origin.clone(),
+        }
+    }
+}
+
+/// The server's shared state, one per process.
+#[derive(Debug)]
+pub struct Shared {
+    // One std Mutex around all semantic state: operations are short and never await while holding
+    // it, and a single lock is what keeps join + first frame atomic with respect to publishes.
+    hub: Mutex<Hub>,
+    /// Limits.
+    pub limits: Limits,
+    /// Flips to `true` when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Woken after writes so the timer task re-reads the next TTL deadline.
+    pub ttl_wake: Notify,
+    next_conn: AtomicU64,
+    live: AtomicUsize,
+    epoch: Instant,
+    epoch_wall: i64,
+}
+
+impl Shared {
+    /// A server state around an engine.
+    pub fn new(engine: Engine, limits: Limits, shutdown: watch::Receiver<bool>) -> Arc<Shared> {
+        let (epoch, epoch_wall) = clocks_now();
+        Arc::new(Shared {
+            hub: Mutex::new(Hub {
+                engine,
+                subs: HashMap::new(),
+                clocks: Vec::new(),
+            }),
+            limits,
+            shutdown,
+            ttl_wake: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            live: AtomicUsize::new(0),
+            epoch,
+            epoch_wall,
+        })
+    }
+
+    /// The hub. A panic while it was held leaves it poisoned; its state is still consistent
+    /// (every core call is all-or-nothing), so later callers go on with it.
+    pub fn lock(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the clocks for the core.
+    pub fn tick(&self) -> Tick {
+        let mono = self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+            .unwrap_or(self.epoch_wall);
+        Tick {
+            wall_ns: wall,
+            mono_ns: mono,
+        }
+    }
+
+    /// Open WebSocket and SSE connections.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// A new connection: its queue and its registration (which unregisters it when dropped).
+    pub fn connect(self: &Arc<Shared>) -> (Registration, Sink, mpsc::Receiver<Bytes>) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let (tx, rx) = mpsc::channel(self.limits.queue);
+        let ctl = Arc::new(Ctl::default());
+        let reg = Registration {
+            shared: self.clone(),
+            conn,
+            pools: HashMap::new(),
+            clock: false,
+            ctl: ctl.clone(),
+        };
+        (reg, Sink { conn, tx, ctl }, rx)
+    }
+}
+
+fn clocks_now() -> (Instant, i64) {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0);
+    (Instant::now(), wall)
+}
+
+/// What one connection is subscribed to; dropping it leaves every pool (never drop it while
+/// holding the hub lock).
+#[derive(Debug)]
+pub struct Registration {
+    shared: Arc<Shared>,
+    /// The connection id.
+    pub conn: u64,
+    /// Pools joined, by pattern.
+    pub pools: HashMap<Pattern, PoolId>,
+    /// Whether it is a clock subscriber.
+    pub clock: bool,
+    /// Lag flag and wake-up.
+    pub ctl: Arc<Ctl>,
+}
+
+impl Registration {
+    /// Leaves every pool now (the connection is closing); idempotent.
+    pub fn unregister(&mut self) {
+        if self.pools.is_empty() && !self.clock {
+            return;
+        }
+        let mut hub = self.shared.lock();
+        for (_, id) in self.pools.drain() {
+            hub.leave(id, self.conn);
+        }
+        if self.clock {
+            hub.clocks.retain(|s| s.conn != self.conn);
+            self.clock = false;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.unregister();
+        self.shared.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}

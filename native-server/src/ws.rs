@@ -1,0 +1,376 @@
+//! WebSocket connections: ooo's per-path subscriptions, the clock stream, and the multiplexed
+//! `/_ws`.
+//!
+//! Owns the handshake checks (Origin allow-list, the `bearer` subprotocol), the socket buffer
+//! sizes, and each connection's task: it writes frames from the connection's bounded queue
+//! (coalesced into one flush), pings, reads, and closes with a documented code. The `/_ws`
+//! message format is the core's (`stateline_core::mux`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use serde_json::Value;
+use stateline_core::http::{Kind, Subscription};
+use stateline_core::mux::{self, Request as MuxRequest};
+use stateline_core::{Encoding, Error};
+use tokio::sync::mpsc;
+
+use crate::hub::{Registration, Shared, Sink};
+
+/// Close code: the connection's send queue overflowed; reconnect with `?v=<last version>`.
+pub const CLOSE_LAGGING: u16 = 4008;
+/// Close code: no answer to a ping within the interval.
+pub const CLOSE_PING_TIMEOUT: u16 = 4009;
+/// Close code: the subscription was refused after the handshake (e.g. by a filter).
+pub const CLOSE_REFUSED: u16 = 4003;
+/// Close code: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the peer broke the WebSocket protocol.
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code: a message was larger than the body cap.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+// Socket buffers. tungstenite reserves 128 KiB each for reading and writing by default, which
+// alone breaks the 16 KiB-per-idle-subscriber budget; frames larger than these still go through
+// (the buffers grow for them), they just do not stay reserved by default.
+const READ_BUFFER: usize = 4 << 10;
+const WRITE_BUFFER: usize = 4 << 10;
+// A `/_ws` client sends at most this many subscriptions on one socket (bounds its pool state).
+const MAX_MUX_SUBS: usize = 1024;
+
+fn origin_allowed(allow: &[String], req: &http::HeaderMap) -> bool {
+    let Some(origin) = req.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if allow.is_empty() || allow.iter().any(|a| a == "*") {
+        return true;
+    }
+    let host = req.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+        return true;
+    }
+    allow.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+fn refuse(status: StatusCode, body: &'static str) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Checks the handshake and upgrades; the connection then runs in its own task.
+pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind) -> Response {
+    if !origin_allowed(&sh.limits.allow_origin, req.headers()) {
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    if *sh.shutdown.borrow() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let (mut parts, _body) = req.into_parts();
+    let up = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(u) => u,
+        Err(rej) => return rej.into_response(),
+    };
+    // `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set Authorization on a
+    // WebSocket): accept `bearer` and keep the token for the connection.
+    let offered: Vec<String> = up
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let bearer = offered
+        .iter()
+        .position(|p| p.eq_ignore_ascii_case("bearer"))
+        .and_then(|i| offered.get(i + 1).cloned());
+    let max = sh.limits.max_body;
+    let up = up
+        .protocols(["bearer"])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max);
+    up.on_upgrade(move |socket| async move {
+        let auth = Auth { bearer };
+        match kind {
+            Kind::Subscribe(sub) => ooo(sh, socket, sub, auth).await,
+            Kind::Clock => clock(sh, socket).await,
+            Kind::Mux => mux_conn(sh, socket, auth).await,
+            _ => {}
+        }
+    })
+}
+
+/// Credentials carried from the handshake. Access rules come with the access-control issue;
+/// until then the token is only recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// The token from `Sec-WebSocket-Protocol: bearer, <token>`.
+    pub bearer: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Lagging,
+    PingTimeout,
+    Shutdown,
+    PeerClosed,
+    Protocol,
+    TooBig,
+    WriteFailed,
+    Refused,
+}
+
+impl Exit {
+    fn close(self) -> Option<(u16, &'static str)> {
+        match self {
+            Exit::Lagging => Some((CLOSE_LAGGING, "lagging, resume with ?v=")),
+            Exit::PingTimeout => Some((CLOSE_PING_TIMEOUT, "ping timeout")),
+            Exit::Shutdown => Some((CLOSE_GOING_AWAY, "server shutting down")),
+            Exit::Protocol => Some((CLOSE_PROTOCOL, "protocol error")),
+            Exit::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
+            Exit::Refused => Some((CLOSE_REFUSED, "subscription refused")),
+            Exit::PeerClosed | Exit::WriteFailed => None,
+        }
+    }
+}
+
+async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, auth: Auth) {
+    let (mut reg, sink, rx) = sh.connect();
+    let joined = {
+        let mut hub = sh.lock();
+        hub.join(sub.pattern.clone(), Encoding::Ooo, sub.version, true, &sink)
+            .map(|(id, first)| {
+                if let Some(b) = first {
+                    sink.offer(b);
+                }
+                id
+            })
+    };
+    let pattern = sub.pattern.as_str();
+    tracing::debug!(conn = reg.conn, %pattern, bearer = auth.bearer.is_some(), "ws subscribe");
+    match joined {
+        Ok(id) => {
+            reg.pools.insert(sub.pattern, id);
+            drop(sink);
+            run(&sh, socket, reg, rx, |_, _| {}).await;
+        }
+        Err(e) => {
+            tracing::debug!(%pattern, error = %e, "ws subscription refused");
+            finish(&sh, socket, reg, Exit::Refused).await;
+        }
+    }
+}
+
+async fn clock(sh: Arc<Shared>, socket: WebSocket) {
+    let (mut reg, sink, rx) = sh.connect();
+    {
+        let tick = sh.tick();
+        let mut hub = sh.lock();
+        hub.join_clock(tick, &sink);
+    }
+    reg.clock = true;
+    drop(sink);
+    run(&sh, socket, reg, rx, |_, _| {}).await;
+}
+
+async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, auth: Auth) {
+    let (reg, sink, rx) = sh.connect();
+    tracing::debug!(
+        conn = reg.conn,
+        bearer = auth.bearer.is_some(),
+        "mux connected"
+    );
+    // The connection keeps one sender to queue its own replies; the hub holds clones per pool.
+    let own = sink;
+    let shared = sh.clone();
+    run(&sh, socket, reg, rx, move |reg, msg| {
+        mux_message(&shared, reg, &own, msg)
+    })
+    .await;
+}
+
+/// Handles one `/_ws` message under the hub lock: the reply is queued after the frames the
+/// operation produced, so a client sees its own change before the acknowledgement.
+fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
+    let tick = sh.tick();
+    let mut wrote = false;
+    {
+        let mut hub = sh.lock();
+        let depth = hub.engine.config().max_depth;
+        let (id, reply, first) = match mux::parse(msg, depth) {
+            Err(r) => (r.id.clone(), mux::reply_error(&r.id, &r.error), None),
+            Ok(m) => match m.request {
+                MuxRequest::Ping => (m.id.clone(), mux::reply_ok(&m.id, Value::Null), None),
+                MuxRequest::Sub { pattern, version } => {
+                    if reg.pools.contains_key(&pattern) {
+                        let e = Error::BadRequest(format!(
+                            "already subscribed to {}",
+                            pattern.as_str()
+                        ));
+                        (m.id.clone(), mux::reply_error(&m.id, &e), None)
+                    } else if reg.pools.len() >= MAX_MUX_SUBS {
+                        let e = Error::BadRequest(format!(
+                            "at most {MAX_MUX_SUBS} subscriptions per connection"
+                        ));
+                        (m.id.clone(), mux::reply_error(&m.id, &e), None)
+                    } else {
+                        match hub.join(pattern.clone(), Encoding::Mux, version, true, sink) {
+                            Ok((pool, first)) => {
+                                let r = mux::reply_sub(&m.id, &pattern);
+                                reg.pools.insert(pattern, pool);
+                                (m.id.clone(), r, first)
+                            }
+                            Err(e) => (m.id.clone(), mux::reply_error(&m.id, &e), None),
+                        }
+                    }
+                }
+                MuxRequest::Unsub { pattern } => match reg.pools.remove(&pattern) {
+                    Some(pool) => {
+                        hub.leave(pool, reg.conn);
+                        (m.id.clone(), mux::reply_sub(&m.id, &pattern), None)
+                    }
+                    None => {
+                        let e =
+                            Error::BadRequest(format!("not subscribed to {}", pattern.as_str()));
+                        (m.id.clone(), mux::reply_error(&m.id, &e), None)
+                    }
+                },
+                MuxRequest::Op(op) => {
+                    let name = mux::op_name(&op);
+                    match hub.engine.execute(tick, op) {
+                        Ok(a) => {
+                            hub.commit(&a.changes);
+                            wrote = true;
+                            (m.id.clone(), mux::reply_applied(&m.id, name, &a), None)
+                        }
+                        Err(e) => (m.id.clone(), mux::reply_error(&m.id, &e), None),
+                    }
+                }
+            },
+        };
+        let _ = id;
+        sink.offer(reply);
+        if let Some(f) = first {
+            sink.offer(f);
+        }
+    }
+    if wrote {
+        sh.ttl_wake.notify_one();
+    }
+}
+
+/// The connection loop: write queued frames, ping, read, and close on the first reason to.
+async fn run(
+    sh: &Shared,
+    mut socket: WebSocket,
+    mut reg: Registration,
+    mut rx: mpsc::Receiver<Bytes>,
+    mut on_message: impl FnMut(&mut Registration, &[u8]),
+) {
+    let limits = &sh.limits;
+    let mut shutdown = sh.shutdown.clone();
+    let interval = limits.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut awaiting_pong = false;
+    let ctl = reg.ctl.clone();
+    let exit = loop {
+        if ctl.is_lagged() {
+            break Exit::Lagging;
+        }
+        if *shutdown.borrow() {
+            break Exit::Shutdown;
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.wake.notified() => break Exit::Lagging,
+            _ = shutdown.changed() => break Exit::Shutdown,
+            m = rx.recv() => {
+                let Some(first) = m else { break Exit::WriteFailed };
+                // Coalesce: everything already queued goes out with one flush. Bounded by the
+                // queue's capacity so a fast publisher cannot keep this loop from reading.
+                let write = async {
+                    socket.feed(Message::Binary(first)).await?;
+                    for _ in 1..limits.queue {
+                        match rx.try_recv() {
+                            Ok(b) => socket.feed(Message::Binary(b)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    socket.flush().await
+                };
+                tokio::select! {
+                    r = tokio::time::timeout(limits.write_timeout, write) => match r {
+                        Ok(Ok(())) => {}
+                        _ => break Exit::WriteFailed,
+                    },
+                    _ = ctl.wake.notified() => break Exit::Lagging,
+                    _ = shutdown.changed() => break Exit::Shutdown,
+                }
+            }
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    break Exit::PingTimeout;
+                }
+                awaiting_pong = true;
+                let sent = tokio::time::timeout(
+                    limits.write_timeout,
+                    socket.send(Message::Ping(Bytes::from_static(b"stateline"))),
+                ).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break Exit::WriteFailed;
+                }
+            }
+            m = socket.recv() => match m {
+                None => break Exit::PeerClosed,
+                Some(Err(e)) => {
+                    let big = matches!(
+                        std::error::Error::source(&e)
+                            .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>()),
+                        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+                    ) || e.to_string().contains("too long") || e.to_string().contains("Space limit");
+                    tracing::debug!(conn = reg.conn, error = %e, "websocket read error");
+                    break if big { Exit::TooBig } else { Exit::Protocol };
+                }
+                Some(Ok(msg)) => {
+                    awaiting_pong = false;
+                    match msg {
+                        Message::Text(t) => on_message(&mut reg, t.as_bytes()),
+                        Message::Binary(b) => on_message(&mut reg, &b),
+                        Message::Close(_) => break Exit::PeerClosed,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            },
+        }
+    };
+    finish(sh, socket, reg, exit).await;
+}
+
+/// Leaves the pools first (so a lagging subscriber stops counting at once), then says why with a
+/// close frame, bounded by the write timeout (the peer may not be reading at all).
+async fn finish(sh: &Shared, mut socket: WebSocket, mut reg: Registration, exit: Exit) {
+    reg.unregister();
+    tracing::debug!(conn = reg.conn, ?exit, "websocket closing");
+    if let Some((code, reason)) = exit.close() {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let limit = sh.limits.write_timeout.min(Duration::from_secs(5));
+        let _ = tokio::time::timeout(limit, socket.send(frame)).await;
+    }
+    drop(reg);
+}

@@ -1,0 +1,529 @@
+//! The conformance harness: where the server is, and small helpers to speak HTTP, WebSocket and
+//! SSE to it over real sockets.
+//!
+//! The server's base URL comes from `STATELINE_URL` (e.g. `http://127.0.0.1:8800`), so the same
+//! suite runs against the native server and the edge worker. When it is unset, each test starts
+//! the built `stateline` binary (`STATELINE_BIN`, else `target/debug/stateline`) on 127.0.0.1
+//! with a free port and `--memory`, and kills that process by its PID when the test ends. Tests
+//! that need server flags (static mode, limits, short intervals) run only against a server they
+//! start themselves and are skipped (with a note) when `STATELINE_URL` is set.
+//!
+//! Keys are unique per test (`unique`), so tests can share one external server. Every wait is
+//! bounded.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use stateline_server::client::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+pub use stateline_server::client;
+
+/// A WebSocket client stream.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// A short wait for things that should happen at once.
+pub const SOON: Duration = Duration::from_secs(5);
+/// How long to wait to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// A server under test.
+#[derive(Debug)]
+pub struct Server {
+    /// `http://host:port`.
+    pub url: String,
+    child: Option<Child>,
+    args: Vec<String>,
+    port: u16,
+}
+
+fn binary() -> PathBuf {
+    if let Ok(b) = std::env::var("STATELINE_BIN") {
+        return b.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("stateline")
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Whether tests run against an external server (`STATELINE_URL`).
+pub fn external() -> Option<String> {
+    std::env::var("STATELINE_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('/').to_string())
+}
+
+impl Server {
+    /// The server for ordinary tests: `STATELINE_URL`, or a fresh `stateline serve --memory`.
+    pub async fn start() -> Server {
+        if let Some(url) = external() {
+            return Server {
+                url,
+                child: None,
+                args: vec![],
+                port: 0,
+            };
+        }
+        Server::spawn(&[]).await
+    }
+
+    /// A server started with extra flags; `None` (test skipped) when `STATELINE_URL` is set.
+    pub async fn with_flags(flags: &[&str]) -> Option<Server> {
+        if external().is_some() {
+            eprintln!("skipped: needs its own server with {flags:?} (STATELINE_URL is set)");
+            return None;
+        }
+        Some(Server::spawn(flags).await)
+    }
+
+    async fn spawn(flags: &[&str]) -> Server {
+        let port = free_port();
+        let args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let mut s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            child: None,
+            args,
+            port,
+        };
+        s.launch().await;
+        s
+    }
+
+    async fn launch(&mut self) {
+        let bin = binary();
+        assert!(
+            bin.exists(),
+            "{} not found: build it first (cargo build -p stateline-server), or set STATELINE_BIN or STATELINE_URL",
+            bin.display()
+        );
+        let child = Command::new(&bin)
+            .arg("serve")
+            .arg("--memory")
+            .arg("--addr")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.args)
+            .env(
+                "STATELINE_LOG",
+                std::env::var("STATELINE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the stateline binary");
+        self.child = Some(child);
+        let c = self.client();
+        for _ in 0..200 {
+            if let Ok(r) = c.request(http::Method::GET, "/_health", &[], "").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server on port {} did not become healthy in 5 s", self.port);
+    }
+
+    /// The PID of the process this test started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM to the process this test started (by PID).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; its exit success.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<bool> {
+        let child = self.child.as_mut()?;
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st.success());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Kills the process (by PID) and starts it again on the same port and flags.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client for it.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url).expect("valid base url")
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.url["http://".len()..]
+    }
+
+    /// The server's resident memory in KiB (only for a process this test started, on Linux).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A key segment unique to this run and call (`name` + time + counter).
+pub fn unique(name: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{name}{:x}x{n}", t & 0xffff_ffff_ffff)
+}
+
+/// Opens a WebSocket to `path` (with query).
+pub async fn ws(server: &Server, path: &str) -> Ws {
+    let url = server.client().ws_url(path);
+    let (ws, _) = tokio::time::timeout(SOON, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .unwrap_or_else(|_| panic!("connect {url}: timeout"))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    ws
+}
+
+/// What a WebSocket yielded.
+#[derive(Debug)]
+pub enum WsEvent {
+    /// A data message (binary or text) and whether it was binary.
+    Data(Bytes, bool),
+    /// A close frame and its code.
+    Close(Option<u16>),
+    /// The stream ended or failed.
+    Ended,
+    /// Nothing within the limit.
+    Timeout,
+}
+
+/// The next non-ping message within `limit`.
+pub async fn next_event(ws: &mut Ws, limit: Duration) -> WsEvent {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return WsEvent::Timeout,
+            Ok(None) | Ok(Some(Err(_))) => return WsEvent::Ended,
+            Ok(Some(Ok(m))) => match m {
+                Message::Binary(b) => return WsEvent::Data(b, true),
+                Message::Text(t) => {
+                    return WsEvent::Data(Bytes::from(t.as_str().to_owned()), false)
+                }
+                Message::Close(f) => return WsEvent::Close(f.map(|f| u16::from(f.code))),
+                _ => continue,
+            },
+        }
+    }
+}
+
+/// The next message as JSON; panics if none arrives within [`SOON`].
+pub async fn next_json(ws: &mut Ws) -> Value {
+    match next_event(ws, SOON).await {
+        WsEvent::Data(b, _) => serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b))),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+/// Asserts that no data message arrives for a while.
+pub async fn assert_quiet(ws: &mut Ws) {
+    if let WsEvent::Data(b, _) = next_event(ws, QUIET).await {
+        panic!("unexpected frame: {}", String::from_utf8_lossy(&b));
+    }
+}
+
+/// Sends a text message (a `/_ws` request).
+pub async fn send_text(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// Applies an ooo frame (snapshot or RFC 6902 patch) to a cache.
+pub fn apply(cache: &mut Value, frame: &Value) {
+    if frame["snapshot"] == Value::Bool(true) {
+        *cache = frame["data"].clone();
+    } else {
+        let p: json_patch_lite::Patch =
+            serde_json::from_value(frame["data"].clone()).expect("patch");
+        json_patch_lite::apply(cache, &p).expect("patch applies");
+    }
+}
+
+/// A tiny RFC 6902 subset (add, remove, replace) to check frames independently of the server's
+/// patch library.
+pub mod json_patch_lite {
+    use serde_json::Value;
+
+    /// A patch.
+    pub type Patch = Vec<Value>;
+
+    fn parent<'a>(doc: &'a mut Value, path: &str) -> Result<(&'a mut Value, String), String> {
+        let mut parts: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let last = parts.pop().ok_or("empty path")?;
+        let mut cur = doc;
+        for p in parts {
+            cur = match cur {
+                Value::Object(m) => m.get_mut(&p).ok_or(format!("no {p}"))?,
+                Value::Array(a) => {
+                    let i: usize = p.parse().map_err(|_| format!("bad index {p}"))?;
+                    a.get_mut(i).ok_or(format!("no index {i}"))?
+                }
+                _ => return Err(format!("cannot descend into {p}")),
+            };
+        }
+        Ok((cur, last))
+    }
+
+    /// Applies `patch` to `doc`.
+    pub fn apply(doc: &mut Value, patch: &Patch) -> Result<(), String> {
+        for op in patch {
+            let kind = op["op"].as_str().ok_or("op")?;
+            let path = op["path"].as_str().ok_or("path")?;
+            let (target, last) = parent(doc, path)?;
+            match (kind, target) {
+                ("add", Value::Array(a)) => {
+                    let i = if last == "-" {
+                        a.len()
+                    } else {
+                        last.parse().map_err(|_| "index")?
+                    };
+                    if i > a.len() {
+                        return Err(format!("add at {i} beyond {}", a.len()));
+                    }
+                    a.insert(i, op["value"].clone());
+                }
+                ("replace", Value::Array(a)) => {
+                    let i: usize = last.parse().map_err(|_| "index")?;
+                    *a.get_mut(i).ok_or("replace index")? = op["value"].clone();
+                }
+                ("remove", Value::Array(a)) => {
+                    let i: usize = last.parse().map_err(|_| "index")?;
+                    if i >= a.len() {
+                        return Err(format!("remove {i} beyond {}", a.len()));
+                    }
+                    a.remove(i);
+                }
+                ("add" | "replace", Value::Object(m)) => {
+                    m.insert(last, op["value"].clone());
+                }
+                ("remove", Value::Object(m)) => {
+                    m.remove(&last).ok_or("remove missing")?;
+                }
+                (k, _) => return Err(format!("unsupported op {k} at {path}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A raw HTTP/1.1 exchange over a new TCP connection: writes `head` (+ body) and returns the
+/// stream for reading (used for SSE and hand-made WebSocket handshakes).
+pub async fn raw(server: &Server, head: &str, body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(server.authority())
+        .await
+        .expect("connect");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+    s
+}
+
+/// Reads from `s` until `needle` appears in what was read, or `limit` passes, or EOF.
+pub async fn read_until(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    needle: &[u8],
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if find(buf, needle).is_some() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return find(buf, needle).is_some(),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads until EOF (true) or `limit` (false).
+pub async fn read_to_eof(s: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut chunk = [0u8; 65536];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Err(_) => return false,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An SSE stream opened with raw HTTP; `text()` is the decoded body so far.
+#[derive(Debug)]
+pub struct Sse {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    /// The response head.
+    pub head: String,
+}
+
+impl Sse {
+    /// Opens `GET path` with `Accept` and extra header lines (each ending in `\r\n`).
+    pub async fn open(server: &Server, path: &str, accept: &str, extra: &str) -> Sse {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: {accept}\r\n{extra}\r\n",
+            server.authority()
+        );
+        let mut stream = raw(server, &head, b"").await;
+        let mut raw = Vec::new();
+        assert!(
+            read_until(&mut stream, &mut raw, b"\r\n\r\n", SOON).await,
+            "SSE response head did not arrive at once"
+        );
+        let end = find(&raw, b"\r\n\r\n").unwrap_or(0) + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let rest = raw[end..].to_vec();
+        Sse {
+            stream,
+            raw: rest,
+            head,
+        }
+    }
+
+    /// The body read so far, de-chunked.
+    pub fn text(&self) -> String {
+        let mut out = Vec::new();
+        let mut b = &self.raw[..];
+        if !self
+            .head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return String::from_utf8_lossy(b).into_owned();
+        }
+        while let Some(i) = find(b, b"\r\n") {
+            let Ok(n) = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16) else {
+                break;
+            };
+            if b.len() < i + 2 + n + 2 {
+                // Partial chunk: take what is there.
+                out.extend_from_slice(&b[(i + 2).min(b.len())..]);
+                break;
+            }
+            out.extend_from_slice(&b[i + 2..i + 2 + n]);
+            b = &b[i + 2 + n + 2..];
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Reads until the decoded body contains `needle` (true), or `limit` passes (false).
+    pub async fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 8192];
+        loop {
+            if self.text().contains(needle) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return self.text().contains(needle),
+                Ok(Ok(n)) => self.raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Keeps reading for `d` (to be sure nothing else arrives).
+    pub async fn drain_for(&mut self, d: Duration) {
+        let _ = self.wait_for("\u{0}never\u{0}", d).await;
+    }
+
+    /// Reads until the server ends the stream (true) or `limit` passes.
+    pub async fn wait_end(&mut self, limit: Duration) -> bool {
+        read_to_eof(&mut self.stream, &mut self.raw, limit).await
+    }
+}
+
+/// The server's `/?api=state` total of connections.
+pub async fn connections(c: &Client) -> u64 {
+    let r = c
+        .request(http::Method::GET, "/?api=state", &[], "")
+        .await
+        .expect("state api");
+    r.json().expect("json")["totalConnections"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A raw WebSocket handshake on `path` with extra header lines; returns the stream and the
+/// response head.
+pub async fn raw_ws(server: &Server, path: &str, extra: &str) -> (TcpStream, String) {
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+        server.authority()
+    );
+    let mut s = raw(server, &head, b"").await;
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"\r\n\r\n", SOON).await;
+    (s, String::from_utf8_lossy(&buf).into_owned())
+}

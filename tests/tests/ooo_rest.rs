@@ -1,0 +1,420 @@
+//! ooo's REST routes: seeds-protocols.md §6.3 cases 1–11 (≈: compared as JSON).
+
+use http::Method;
+use serde_json::{json, Value};
+use stateline_conformance::{unique, Server};
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn case01_02_create_then_update_keeps_created() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("settings");
+    let r = c
+        .request(Method::POST, &format!("/{k}"), &[], r#"{"a":1}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap(), json!({"index": k}));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let m = c.get(&k).await.unwrap().expect("stored");
+    let created = m["created"].as_i64().unwrap();
+    assert!(created > 0);
+    assert_eq!(
+        m,
+        json!({"created": created, "updated": 0, "index": k, "path": k, "data": {"a":1}})
+    );
+    // Field order on the wire: created, updated, index, path, data.
+    let raw = c
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap()
+        .text();
+    assert!(raw.starts_with("{\"created\":") && raw.contains(",\"updated\":0,\"index\":"));
+
+    c.set(&k, &json!({"a":2})).await.unwrap();
+    let m2 = c.get(&k).await.unwrap().unwrap();
+    assert_eq!(m2["created"].as_i64().unwrap(), created);
+    assert!(m2["updated"].as_i64().unwrap() >= created);
+    assert_eq!(m2["data"], json!({"a":2}));
+}
+
+#[tokio::test]
+async fn case03_04_push_and_list_newest_first() {
+    let s = Server::start().await;
+    let c = s.client();
+    let b = unique("books");
+    let before = now_ns();
+    let h = c.push(&format!("{b}/*"), &json!({"t":"x"})).await.unwrap();
+    assert!(
+        !h.is_empty()
+            && h.chars()
+                .all(|ch| ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase()),
+        "{h}"
+    );
+    let ts = i64::from_str_radix(&h, 16).unwrap();
+    assert!(
+        (ts - before).abs() < 60_000_000_000,
+        "index {h} is not about now"
+    );
+    let m = c.get(&format!("{b}/{h}")).await.unwrap().unwrap();
+    assert_eq!(m["path"], json!(format!("{b}/{h}")));
+    assert_eq!(m["updated"], json!(0));
+    c.push(&format!("{b}/*"), &json!({"t":"y"})).await.unwrap();
+    c.push(&format!("{b}/*"), &json!({"t":"z"})).await.unwrap();
+    let list = c.list(&format!("{b}/*")).await.unwrap();
+    assert_eq!(list.len(), 3);
+    let created: Vec<i64> = list
+        .iter()
+        .map(|m| m["created"].as_i64().unwrap())
+        .collect();
+    let mut sorted = created.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(created, sorted, "newest first");
+    assert_eq!(list[0]["data"], json!({"t":"z"}));
+    assert_eq!(
+        c.list(&format!("{}/*", unique("nothing"))).await.unwrap(),
+        Vec::<Value>::new()
+    );
+}
+
+#[tokio::test]
+async fn case05_06_missing_and_delete() {
+    let s = Server::start().await;
+    let c = s.client();
+    let r = c
+        .request(Method::GET, &format!("/{}", unique("missing")), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (404, "ooo: empty key\n")
+    );
+
+    let k = unique("settings");
+    c.set(&k, &json!(1)).await.unwrap();
+    let r = c
+        .request(Method::DELETE, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    let r = c
+        .request(Method::DELETE, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+
+    let b = unique("books");
+    let r = c
+        .request(Method::DELETE, &format!("/{b}/*"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "glob delete of nothing");
+    c.push(&format!("{b}/*"), &json!(1)).await.unwrap();
+    c.push(&format!("{b}/*"), &json!(2)).await.unwrap();
+    let r = c
+        .request(Method::DELETE, &format!("/{b}/*"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(c.list(&format!("{b}/*")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn case07_invalid_input() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("a");
+    for (method, path, body, status) in [
+        (Method::POST, format!("/{k}"), "oops", 400),
+        (Method::POST, format!("/{k}"), "", 400),
+        (Method::POST, format!("/{k}/*/b"), "1", 400),
+        (Method::POST, format!("/{k}/*/*"), "1", 400),
+        (Method::PATCH, format!("/{k}/*"), "{}", 400),
+        (Method::POST, format!("/{k}/"), "1", 400),
+        (Method::GET, format!("/{k}/"), "", 400),
+        // ooo answers 404 here only because its router's pattern does not match; Stateline
+        // validates the key and says why (docs/protocol.md, "Deviations").
+        (Method::POST, format!("/{k}:b"), "1", 400),
+        (Method::POST, format!("/{k}//b"), "1", 400),
+        (Method::POST, format!("/{k}"), "{\"a\":1} trailing", 400),
+    ] {
+        let r = c.request(method.clone(), &path, &[], body).await.unwrap();
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "{method} {path} {body:?}: {}",
+            r.text()
+        );
+        assert!(!r.text().is_empty(), "a clear error text");
+    }
+    assert!(c.get(&k).await.unwrap().is_none(), "nothing stored");
+    let r = c
+        .request(Method::PATCH, &format!("/{k}/*"), &[], "{}")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text(),
+        "ooo: glob pattern not allowed for this operation\n"
+    );
+}
+
+#[tokio::test]
+async fn case08_patch_is_a_deep_merge() {
+    let s = Server::start().await;
+    let c = s.client();
+    let p = unique("p");
+    c.set(&p, &json!({"a":1, "nest":{"x":1}})).await.unwrap();
+    let r = c
+        .request(Method::PATCH, &format!("/{p}"), &[], r#"{"b":2}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        c.get(&p).await.unwrap().unwrap()["data"],
+        json!({"a":1,"b":2,"nest":{"x":1}})
+    );
+    let r = c
+        .request(Method::PATCH, &format!("/{}", unique("absent")), &[], "{}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let r = c
+        .request(Method::PATCH, &format!("/{p}"), &[], r#"{"nest":"x"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        c.get(&p).await.unwrap().unwrap()["data"],
+        json!({"a":1,"b":2,"nest":{"x":1}})
+    );
+    // Extended: RFC 7396 and RFC 6902 by content type.
+    let r = c
+        .request(
+            Method::PATCH,
+            &format!("/{p}"),
+            &[("content-type", "application/merge-patch+json")],
+            r#"{"a":null}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = c
+        .request(
+            Method::PATCH,
+            &format!("/{p}"),
+            &[("content-type", "application/json-patch+json")],
+            r#"[{"op":"add","path":"/c","value":3}]"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        c.get(&p).await.unwrap().unwrap()["data"],
+        json!({"b":2,"c":3,"nest":{"x":1}})
+    );
+}
+
+#[tokio::test]
+async fn case09_globs() {
+    let s = Server::start().await;
+    let c = s.client();
+    let top = unique("top");
+    c.set(&top, &json!(1)).await.unwrap();
+    c.set(&format!("{top}/child"), &json!(2)).await.unwrap();
+    let all = c.list("*").await.unwrap();
+    assert!(
+        all.iter()
+            .all(|m| !m["path"].as_str().unwrap().contains('/')),
+        "GET /* lists only slash-free keys"
+    );
+    assert!(all.iter().any(|m| m["path"] == json!(top)));
+
+    let b = unique("box");
+    c.set(&format!("{b}/1/things/1"), &json!("a"))
+        .await
+        .unwrap();
+    c.set(&format!("{b}/2/things/0"), &json!("b"))
+        .await
+        .unwrap();
+    c.set(&format!("{b}/2/other/0"), &json!("c")).await.unwrap();
+    let l = c.list(&format!("{b}/*/things/*")).await.unwrap();
+    let paths: Vec<&str> = l.iter().map(|m| m["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [format!("{b}/2/things/0"), format!("{b}/1/things/1")]
+    );
+}
+
+#[tokio::test]
+async fn case10_static_mode() {
+    let Some(s) = Server::with_flags(&["--static", "--open", "things/*"]).await else {
+        return;
+    };
+    let c = s.client();
+    assert_eq!(
+        c.request(Method::POST, "/other", &[], "1")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        c.request(Method::GET, "/other", &[], "")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    let (_, head) = stateline_conformance::raw_ws(&s, "/other", "").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let id = c.push("things/*", &json!({"x":1})).await.unwrap();
+    assert_eq!(
+        c.request(Method::GET, &format!("/things/{id}"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn case11_limit_keeps_the_newest() {
+    let Some(s) = Server::with_flags(&["--limit", "limited/*=3"]).await else {
+        return;
+    };
+    let c = s.client();
+    for i in 0..8 {
+        c.push("limited/*", &json!(i)).await.unwrap();
+    }
+    let l = c.list("limited/*").await.unwrap();
+    let data: Vec<Value> = l.iter().map(|m| m["data"].clone()).collect();
+    assert_eq!(data, [json!(7), json!(6), json!(5)]);
+    let keys = c
+        .request(Method::GET, "/?api=keys", &[], "")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(keys["total"], json!(3), "storage holds exactly 3");
+}
+
+#[tokio::test]
+async fn apis_health_and_root() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("apik");
+    c.set(&k, &json!(1)).await.unwrap();
+    let keys = c
+        .request(Method::GET, &format!("/?api=keys&filter={k}"), &[], "")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(keys["keys"], json!([k]));
+    for api in ["info", "filters", "state"] {
+        let r = c
+            .request(Method::GET, &format!("/?api={api}"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{api}");
+        r.json().unwrap();
+    }
+    let h = c.request(Method::GET, "/_health", &[], "").await.unwrap();
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json().unwrap()["status"], json!("ok"));
+    let html = c
+        .request(Method::GET, "/", &[("accept", "text/html")], "")
+        .await
+        .unwrap();
+    assert!(html
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(html.text().contains("issue 8"));
+    let js = c.request(Method::GET, "/", &[], "").await.unwrap();
+    assert!(js.header("content-type").unwrap().contains("javascript"));
+    assert!(js.text().contains("not built yet"));
+}
+
+#[tokio::test]
+async fn extended_http_etag_counters_take_rename() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("e");
+    let r = c
+        .request(Method::POST, &format!("/{k}"), &[], "1")
+        .await
+        .unwrap();
+    let etag = r.header("etag").unwrap().to_string();
+    let r = c
+        .request(
+            Method::GET,
+            &format!("/{k}"),
+            &[("if-none-match", &etag)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 304);
+    let r = c
+        .request(
+            Method::POST,
+            &format!("/{k}"),
+            &[("if-match", "\"nope\"")],
+            "2",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412);
+    let r = c
+        .request(Method::POST, &format!("/{k}"), &[("if-match", &etag)], "2")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    let n = unique("n");
+    for _ in 0..3 {
+        c.request(Method::POST, &format!("/_incr/{n}"), &[], "2")
+            .await
+            .unwrap();
+    }
+    let r = c
+        .request(Method::POST, &format!("/_incr/{n}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.json().unwrap()["value"], json!(7));
+    let r = c
+        .request(Method::POST, &format!("/_take/{n}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.json().unwrap()["data"], json!(7));
+    assert!(c.get(&n).await.unwrap().is_none());
+    let to = unique("to");
+    let r = c
+        .request(
+            Method::POST,
+            &format!("/_rename/{k}"),
+            &[],
+            json!({"to": to}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.get(&to).await.unwrap().unwrap()["data"], json!(2));
+    let r = c
+        .request(Method::POST, "/_incr/bad%20key", &[], "")
+        .await
+        .unwrap();
+    assert!(r.status.is_client_error());
+}

@@ -1,0 +1,277 @@
+//! ooo's WebSocket protocol: seeds-protocols.md §6.3 cases 12–20, plus the handshake details
+//! (case-insensitive `Upgrade`, the `bearer` subprotocol).
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+use stateline_conformance::{
+    apply, assert_quiet, connections, next_event, next_json, raw_ws, read_to_eof, unique, ws,
+    Server, WsEvent, SOON,
+};
+
+fn empty() -> Value {
+    json!({"created":0,"updated":0,"index":"","data":{}})
+}
+
+fn is_hex(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[tokio::test]
+async fn case12_14_object_subscription() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("obj");
+    let mut w = ws(&s, &format!("/{k}")).await;
+    let first = match next_event(&mut w, SOON).await {
+        WsEvent::Data(b, binary) => {
+            assert!(binary, "ooo frames are binary");
+            serde_json::from_slice::<Value>(&b).unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first["snapshot"], json!(true));
+    assert!(is_hex(&first["version"]));
+    assert_eq!(first["data"], empty());
+    let mut cache = Value::Null;
+    apply(&mut cache, &first);
+
+    c.set(&k, &json!({"n":1})).await.unwrap();
+    let f = next_json(&mut w).await;
+    assert_eq!(f["snapshot"], json!(true), "previous was empty: a snapshot");
+    apply(&mut cache, &f);
+    assert_eq!(cache["data"], json!({"n":1}));
+    assert_ne!(f["version"], first["version"]);
+
+    c.set(&k, &json!({"n":2})).await.unwrap();
+    let g = next_json(&mut w).await;
+    assert_eq!(g["snapshot"], json!(false));
+    assert!(g["data"].is_array());
+    apply(&mut cache, &g);
+    assert_eq!(cache["data"]["n"], json!(2));
+    assert!(cache["updated"].as_i64().unwrap() > 0);
+    assert_ne!(g["version"], f["version"]);
+
+    c.delete(&k).await.unwrap();
+    let d = next_json(&mut w).await;
+    apply(&mut cache, &d);
+    assert_eq!(cache, empty());
+}
+
+#[tokio::test]
+async fn case15_list_subscription() {
+    let s = Server::start().await;
+    let c = s.client();
+    let items = unique("items");
+    let mut w = ws(&s, &format!("/{items}/*")).await;
+    let first = next_json(&mut w).await;
+    assert_eq!(
+        (first["snapshot"].clone(), first["data"].clone()),
+        (json!(true), json!([]))
+    );
+    let mut cache = Value::Null;
+    apply(&mut cache, &first);
+
+    let id = c
+        .push(&format!("{items}/*"), &json!({"t":1}))
+        .await
+        .unwrap();
+    let f = next_json(&mut w).await;
+    assert_eq!(f["data"].as_array().unwrap().len(), 1);
+    assert_eq!(f["data"][0]["op"], json!("add"));
+    assert_eq!(f["data"][0]["path"], json!("/0"));
+    apply(&mut cache, &f);
+
+    c.set(&format!("{items}/{id}"), &json!({"t":2}))
+        .await
+        .unwrap();
+    let f = next_json(&mut w).await;
+    assert_eq!(f["data"].as_array().unwrap().len(), 1);
+    assert_eq!(f["data"][0]["op"], json!("replace"));
+    apply(&mut cache, &f);
+    assert_eq!(cache[0]["data"], json!({"t":2}));
+
+    c.delete(&format!("{items}/{id}")).await.unwrap();
+    let f = next_json(&mut w).await;
+    assert_eq!(f["data"], json!([{"op":"remove","path":"/0"}]));
+    apply(&mut cache, &f);
+
+    for i in 0..5 {
+        c.push(&format!("{items}/*"), &json!(i)).await.unwrap();
+        let f = next_json(&mut w).await;
+        apply(&mut cache, &f);
+    }
+    // Compare as a set sorted by created (the live order is not part of ooo's contract).
+    let mut got: Vec<Value> = cache.as_array().unwrap().clone();
+    got.sort_by_key(|m| std::cmp::Reverse(m["created"].as_i64().unwrap()));
+    let listed = c.list(&format!("{items}/*")).await.unwrap();
+    assert_eq!(got, listed);
+
+    c.delete(&format!("{items}/*")).await.unwrap();
+    let f = next_json(&mut w).await;
+    assert_eq!(
+        (f["snapshot"].clone(), f["data"].clone()),
+        (json!(true), json!([]))
+    );
+    assert_quiet(&mut w).await;
+}
+
+#[tokio::test]
+async fn case16_limit_list_at_the_limit() {
+    let Some(s) = Server::with_flags(&["--limit", "limited/*=3"]).await else {
+        return;
+    };
+    let c = s.client();
+    let mut w = ws(&s, "/limited/*").await;
+    let mut cache = Value::Null;
+    apply(&mut cache, &next_json(&mut w).await);
+    for i in 0..6 {
+        c.push("limited/*", &json!(i)).await.unwrap();
+        let f = next_json(&mut w).await;
+        if i >= 3 {
+            let ops: Vec<&str> = f["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["op"].as_str().unwrap())
+                .collect();
+            assert_eq!(ops, ["remove", "add"], "{f}");
+        }
+        apply(&mut cache, &f);
+        assert!(cache.as_array().unwrap().len() <= 3);
+    }
+    let data: Vec<Value> = c
+        .list("limited/*")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(data, [json!(5), json!(4), json!(3)]);
+}
+
+#[tokio::test]
+async fn case17_version_check_on_reconnect() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("ver");
+    c.set(&k, &json!(1)).await.unwrap();
+    let mut w = ws(&s, &format!("/{k}")).await;
+    let mut v = next_json(&mut w).await["version"].clone();
+    c.set(&k, &json!(2)).await.unwrap();
+    v = next_json(&mut w).await["version"]
+        .as_str()
+        .map(Value::from)
+        .unwrap_or(v);
+    drop(w);
+    let v = v.as_str().unwrap().to_string();
+    let mut again = ws(&s, &format!("/{k}?v={v}")).await;
+    assert_quiet(&mut again).await;
+    // Still live after a quiet start.
+    c.set(&k, &json!(3)).await.unwrap();
+    let f = next_json(&mut again).await;
+    assert_eq!(f["snapshot"], json!(false));
+    let mut fresh = ws(&s, &format!("/{k}?v=0")).await;
+    let f = next_json(&mut fresh).await;
+    assert_eq!(f["snapshot"], json!(true));
+    assert_eq!(f["data"]["data"], json!(3));
+}
+
+#[tokio::test]
+async fn case18_clock_stream() {
+    let s = Server::start().await;
+    let mut w = ws(&s, "/").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let mut last = 0i64;
+    for i in 0..3 {
+        let limit = if i == 0 {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3)
+        };
+        let b = match next_event(&mut w, limit).await {
+            WsEvent::Data(b, true) => b,
+            other => panic!("clock frame {i}: {other:?}"),
+        };
+        let t = std::str::from_utf8(&b).unwrap();
+        assert!(t.chars().all(|c| c.is_ascii_digit()), "{t}");
+        let t: i64 = t.parse().unwrap();
+        assert!(
+            (t - now).abs() < 60_000_000_000,
+            "within a minute of the wall clock"
+        );
+        assert!(t > last, "strictly increasing");
+        last = t;
+    }
+}
+
+#[tokio::test]
+async fn case19_origin_allow_list() {
+    let Some(s) = Server::with_flags(&["--allow-origin", "http://good.example"]).await else {
+        return;
+    };
+    let (_, head) = raw_ws(&s, "/x", "Origin: http://evil.example\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let (_, head) = raw_ws(&s, "/x", "Origin: http://good.example\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = raw_ws(&s, "/x", "").await;
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "no Origin: accepted. {head}"
+    );
+}
+
+#[tokio::test]
+async fn case20_silent_peer_is_closed() {
+    let Some(s) = Server::with_flags(&["--ping-interval", "300ms"]).await else {
+        return;
+    };
+    let c = s.client();
+    // A hand-made client that completes the handshake and then never reads nor answers pings.
+    let (mut tcp, head) = raw_ws(&s, "/silent", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(connections(&c).await, 1);
+    let mut buf = Vec::new();
+    assert!(
+        read_to_eof(&mut tcp, &mut buf, Duration::from_secs(5)).await,
+        "the server closes a peer that does not answer pings"
+    );
+    assert_eq!(connections(&c).await, 0);
+    // A client that answers pings (tungstenite does while reading) stays.
+    let mut w = ws(&s, "/alive").await;
+    next_json(&mut w).await;
+    assert!(matches!(
+        next_event(&mut w, Duration::from_millis(1500)).await,
+        WsEvent::Timeout
+    ));
+    assert_eq!(connections(&c).await, 1);
+}
+
+#[tokio::test]
+async fn upgrade_is_case_insensitive_and_bearer_is_accepted() {
+    let s = Server::start().await;
+    let k = unique("up");
+    let head = format!(
+        "GET /{k} HTTP/1.1\r\nHost: {}\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: bearer, abc.def\r\n\r\n",
+        s.authority()
+    );
+    let mut tcp = stateline_conformance::raw(&s, &head, b"").await;
+    let mut buf = Vec::new();
+    stateline_conformance::read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
+    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(text.contains("sec-websocket-protocol: bearer"), "{text}");
+    // A plain GET on the same path is still REST.
+    let r = s
+        .client()
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+}
