@@ -16,7 +16,8 @@ struct Record {
     seq: u64,
     key: Arc<str>,
     revision: u64,
-    existed: bool,
+    // `created` of the entry before this change (for resuming list subscriptions by position).
+    prev_created: Option<i64>,
     entry: Option<Entry>,
     cost: usize,
 }
@@ -107,22 +108,23 @@ impl Log {
             c.seq,
             c.key.clone(),
             c.revision,
-            c.prev.is_some(),
+            c.prev.as_ref().map(|p| p.created),
             c.entry.clone(),
         );
     }
 
     /// A log restored from disk: `floor` is the version before the first record, and `records`
-    /// are `(seq, key, revision, existed before, entry after)` in sequence order.
+    /// are `(seq, key, revision, created before the change if the key existed, entry after)` in
+    /// sequence order.
     pub fn restore(
         floor: u64,
-        records: impl IntoIterator<Item = (u64, Arc<str>, u64, bool, Option<Entry>)>,
+        records: impl IntoIterator<Item = (u64, Arc<str>, u64, Option<i64>, Option<Entry>)>,
         max_entries: usize,
         max_bytes: usize,
     ) -> Log {
         let mut log = Log::new(floor, max_entries, max_bytes);
-        for (seq, key, revision, existed, entry) in records {
-            log.push_record(seq, key, revision, existed, entry);
+        for (seq, key, revision, prev_created, entry) in records {
+            log.push_record(seq, key, revision, prev_created, entry);
         }
         log
     }
@@ -132,7 +134,7 @@ impl Log {
         seq: u64,
         key: Arc<str>,
         revision: u64,
-        existed: bool,
+        prev_created: Option<i64>,
         entry: Option<Entry>,
     ) {
         let cost = RECORD_OVERHEAD + key.len() + entry.as_ref().map_or(0, |e| e.json.len());
@@ -140,7 +142,7 @@ impl Log {
             seq,
             key,
             revision,
-            existed,
+            prev_created,
             entry,
             cost,
         });
@@ -191,34 +193,55 @@ impl Log {
         last_seq: u64,
         pattern: &Pattern,
     ) -> Result<Vec<Missed>, TooOld> {
+        Ok(self
+            .since_with_origin(version, last_seq, pattern)?
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect())
+    }
+
+    /// Like [`Log::since`] (changes after `version` up to `last_seq`), with each key's `created`
+    /// at `version` (`None` if it did not exist then), which places it in the list the client holds.
+    pub fn since_with_origin(
+        &self,
+        version: u64,
+        last_seq: u64,
+        pattern: &Pattern,
+    ) -> Result<Vec<(Missed, Option<i64>)>, TooOld> {
         if !self.covers(version, last_seq) {
             return Err(TooOld);
         }
         let start = self.records.partition_point(|r| r.seq <= version);
-        // key -> (existed at version, index of the last record)
-        let mut seen: HashMap<&str, (bool, usize)> = HashMap::new();
-        for (i, r) in self.records.iter().enumerate().skip(start) {
+        // key -> (created at version, index of the last record)
+        let mut seen: HashMap<&str, (Option<i64>, usize)> = HashMap::new();
+        for (i, r) in self
+            .records
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take_while(|(_, r)| r.seq <= last_seq)
+        {
             if pattern.matches(&r.key) {
                 seen.entry(&r.key)
                     .and_modify(|s| s.1 = i)
-                    .or_insert((r.existed, i));
+                    .or_insert((r.prev_created, i));
             }
         }
-        let mut steps: Vec<(usize, Missed)> = seen
+        let mut steps: Vec<(usize, Missed, Option<i64>)> = seen
             .into_values()
-            .filter_map(|(existed, i)| {
+            .filter_map(|(origin, i)| {
                 let r = &self.records[i];
-                match (&r.entry, existed) {
-                    (None, false) => None,
-                    (None, true) => Some(Missed::Delete(r.key.clone(), r.revision, r.seq)),
-                    (Some(e), false) => Some(Missed::Create(r.key.clone(), e.clone())),
-                    (Some(e), true) => Some(Missed::Update(r.key.clone(), e.clone())),
-                }
-                .map(|m| (i, m))
+                let m = match (&r.entry, origin.is_some()) {
+                    (None, false) => return None,
+                    (None, true) => Missed::Delete(r.key.clone(), r.revision, r.seq),
+                    (Some(e), false) => Missed::Create(r.key.clone(), e.clone()),
+                    (Some(e), true) => Missed::Update(r.key.clone(), e.clone()),
+                };
+                Some((i, m, origin))
             })
             .collect();
-        steps.sort_by_key(|(i, _)| *i);
-        Ok(steps.into_iter().map(|(_, m)| m).collect())
+        steps.sort_by_key(|(i, _, _)| *i);
+        Ok(steps.into_iter().map(|(_, m, o)| (m, o)).collect())
     }
 }
 

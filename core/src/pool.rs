@@ -130,6 +130,8 @@ pub struct Pools {
     by_key: HashMap<(Pattern, Encoding), PoolId>,
     root: Node,
     next_id: u64,
+    // The sequence number of the last published change: every pool's view is current through it.
+    published: u64,
 }
 
 impl Pools {
@@ -196,16 +198,21 @@ impl Pools {
             Some(id) => *id,
             None => self.create(pattern.clone(), enc, store, filters),
         };
-        let last = store.last_seq();
         let pool = self.pools.get_mut(&id).expect("pool just found or created");
         pool.subscribers += 1;
-        let missed = version.map(|v| log.since(v, last, &pool.pattern));
+        // The view is current through this sequence number: every publish covers all pools.
+        let upto = pool.seq.max(self.published);
+        let missed = version.map(|v| log.since_with_origin(v, upto, &pool.pattern));
         let first = match (missed, enc) {
             (Some(Ok(m)), _) if m.is_empty() => Join::Current,
-            (Some(Ok(m)), Encoding::Sse) => Join::Missed(encode_missed(&m, filters)),
+            (Some(Ok(m)), Encoding::Sse) => {
+                let steps: Vec<Missed> = m.into_iter().map(|(s, _)| s).collect();
+                Join::Missed(encode_missed(&steps, filters))
+            }
             (_, Encoding::Sse) if !initial && version.is_none() => Join::Current,
             (_, Encoding::Sse) => Join::Frame(current_events(&pool.pattern, store, filters)),
-            _ => Join::Frame(pool.snapshot(filters)),
+            (Some(Ok(m)), _) => Join::Frame(pool.resume(&m, upto, filters)),
+            _ => Join::Frame(pool.snapshot(filters, upto)),
         };
         (id, first)
     }
@@ -309,6 +316,9 @@ impl Pools {
                     })
                     .push(c);
             }
+        }
+        if let Some(last) = changes.last() {
+            self.published = self.published.max(last.seq);
         }
         let mut frames = Vec::new();
         for id in order {
@@ -417,8 +427,8 @@ impl Pool {
         }
     }
 
-    fn snapshot(&self, filters: &Filters) -> Bytes {
-        let version = self.seq.max(self.version);
+    fn snapshot(&self, filters: &Filters, upto: u64) -> Bytes {
+        let version = upto.max(self.version);
         match (&self.view, &self.filtered) {
             (View::Events, _) => Bytes::new(),
             (_, Some(_)) => self.envelope(
@@ -428,6 +438,69 @@ impl Pool {
             ),
             _ => self.envelope(true, version, &self.view_bytes()),
         }
+    }
+
+    /// The first frame for a client that holds this pool's view as of an older version: for an
+    /// unfiltered list, the missed changes as positional ops against the list the client holds
+    /// (rebuilt from the log); otherwise, or when that is longer than the list, a snapshot.
+    fn resume(&self, steps: &[(Missed, Option<i64>)], upto: u64, filters: &Filters) -> Bytes {
+        let (View::List(items), None) = (&self.view, &self.filtered) else {
+            return self.snapshot(filters, upto);
+        };
+        let origin: HashMap<&str, Option<i64>> =
+            steps.iter().map(|(m, o)| (&**m.key(), *o)).collect();
+        // The client's list: today's items minus those created since, at their old `created`,
+        // plus those deleted since.
+        let mut old: Vec<(Arc<str>, i64)> = items
+            .iter()
+            .filter_map(|(k, e)| match origin.get(&**k) {
+                Some(None) => None,
+                Some(Some(c)) => Some((k.clone(), *c)),
+                None => Some((k.clone(), e.created)),
+            })
+            .collect();
+        for (m, o) in steps {
+            if let (Missed::Delete(k, ..), Some(c)) = (m, o) {
+                old.push((k.clone(), *c));
+            }
+        }
+        let order =
+            |a: &(Arc<str>, i64), b: &(Arc<str>, i64)| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0));
+        old.sort_by(order);
+        let mut ops: Vec<Vec<u8>> = Vec::new();
+        for (m, o) in steps {
+            let find = |old: &Vec<(Arc<str>, i64)>, c: i64| {
+                old.binary_search_by(|p| order(p, &(m.key().clone(), c)))
+            };
+            if let Some(c) = o {
+                if let Ok(i) = find(&old, *c) {
+                    match m {
+                        Missed::Update(k, e) if e.created == *c => {
+                            ops.push(replace_op(&format!("/{i}"), &meta::bytes(k, e)));
+                            continue;
+                        }
+                        _ => {
+                            old.remove(i);
+                            ops.push(
+                                format!("{{\"op\":\"remove\",\"path\":\"/{i}\"}}").into_bytes(),
+                            );
+                        }
+                    }
+                }
+            }
+            if let Missed::Create(k, e) | Missed::Update(k, e) = m {
+                let j = find(&old, e.created).unwrap_or_else(|j| j);
+                old.insert(j, (k.clone(), e.created));
+                let mut op = format!("{{\"op\":\"add\",\"path\":\"/{j}\",\"value\":").into_bytes();
+                meta::write(&mut op, k, e);
+                op.push(b'}');
+                ops.push(op);
+            }
+        }
+        if ops.len() > items.len() {
+            return self.snapshot(filters, upto);
+        }
+        self.envelope(false, upto.max(self.version), &join_ops(&ops))
     }
 
     fn apply(&mut self, cs: &[&Change], filters: &Filters) -> Option<Bytes> {

@@ -46,6 +46,8 @@ enum Step {
     Incr(usize),
     Rename(usize, usize),
     Expire,
+    Disconnect(usize),
+    Reconnect(usize),
 }
 
 const KEYS: [&str; 6] = ["a/1", "a/2", "a/3", "b/1", "a", "c/x/1"];
@@ -63,6 +65,8 @@ fn arb_step() -> impl Strategy<Value = Step> {
         (0..KEYS.len()).prop_map(Step::Incr),
         (0..KEYS.len(), 0..KEYS.len()).prop_map(|(a, b)| Step::Rename(a, b)),
         Just(Step::Expire),
+        (0..18usize).prop_map(Step::Disconnect),
+        (0..18usize).prop_map(Step::Reconnect),
     ]
 }
 
@@ -116,7 +120,7 @@ fn op(step: &Step, i: usize) -> Option<Op> {
             to: KEYS[b].into(),
             overwrite: i.is_multiple_of(2),
         },
-        Step::Expire => return None,
+        Step::Expire | Step::Disconnect(_) | Step::Reconnect(_) => return None,
     })
 }
 
@@ -167,17 +171,23 @@ fn apply_frame(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
     #[test]
-    fn replaying_frames_equals_a_fresh_snapshot(steps in prop::collection::vec(arb_step(), 1..40), limited in any::<bool>()) {
+    fn replaying_frames_equals_a_fresh_snapshot(
+        steps in prop::collection::vec(arb_step(), 1..40),
+        limited in any::<bool>(),
+        log_entries in 2usize..60,
+    ) {
         let mut filters = Filters::new();
         if limited {
             filters.limit("b/*", Limit { count: Some(2), max_age_ns: None }).unwrap();
         }
-        let mut e = Engine::new(Tick::from_wall(1_000), Config::default(), filters);
+        let config = Config { log_entries, ..Config::default() };
+        let mut e = Engine::new(Tick::from_wall(1_000), config, filters);
         let patterns: Vec<Pattern> = ["a/1", "a", "a/*", "b/*", "*/1", "c/*/1", "c/x/1"]
             .iter()
             .map(|p| Pattern::parse(p).unwrap())
             .chain([Pattern::from_http_path("/a/", true).unwrap(), Pattern::from_http_path("/", true).unwrap()])
             .collect();
+        // (pool, pattern, encoding, cache, version, connected)
         let mut clients = Vec::new();
         for p in &patterns {
             for enc in [Encoding::Ooo, Encoding::Mux] {
@@ -188,34 +198,73 @@ proptest! {
                     Join::Frame(b) => apply_frame(&mut cache, &mut version, &b, enc, p),
                     other => panic!("first join must be a snapshot, got {other:?}"),
                 }
-                clients.push((id, p.clone(), enc, cache, version));
+                clients.push((id, p.clone(), enc, cache, version, true));
             }
         }
+        let rejoin = |e: &mut Engine, c: &mut (stateline_core::PoolId, Pattern, Encoding, Value, String, bool)| {
+            let v = u64::from_str_radix(&c.4, 16).unwrap();
+            let (id, first) = e.join(c.1.clone(), c.2, Some(v), true).unwrap();
+            c.0 = id;
+            c.5 = true;
+            match first {
+                Join::Current => {}
+                Join::Frame(b) => apply_frame(&mut c.3, &mut c.4, &b, c.2, &c.1),
+                Join::Missed(_) => panic!("only SSE gets events"),
+            }
+        };
         for (i, s) in steps.iter().enumerate() {
             let tick = Tick::from_wall(1_000 + i as i64);
-            let changes = match op(s, i) {
-                Some(op) => match e.execute(tick, op) { Ok(a) => a.changes, Err(_) => continue },
-                None => e.handle_timeout(Tick::from_wall(1_000 + i as i64 + 10)),
+            let changes = match s {
+                Step::Disconnect(c) => {
+                    if clients[*c].5 {
+                        e.leave(clients[*c].0);
+                        clients[*c].5 = false;
+                    }
+                    continue;
+                }
+                Step::Reconnect(c) => {
+                    if !clients[*c].5 {
+                        rejoin(&mut e, &mut clients[*c]);
+                    }
+                    continue;
+                }
+                _ => match op(s, i) {
+                    Some(op) => match e.execute(tick, op) { Ok(a) => a.changes, Err(_) => continue },
+                    None => e.handle_timeout(Tick::from_wall(1_000 + i as i64 + 10)),
+                },
             };
             e.publish(&changes);
             let mut seen = std::collections::HashSet::new();
             while let Some(f) = e.poll_frame() {
                 prop_assert!(seen.insert(f.pool), "one frame per pool per operation");
-                for (id, p, enc, cache, version) in clients.iter_mut() {
-                    if *id == f.pool {
+                for (id, p, enc, cache, version, connected) in clients.iter_mut() {
+                    if *connected && *id == f.pool {
                         apply_frame(cache, version, &f.bytes, *enc, p);
                     }
                 }
             }
         }
-        for (_, p, _, cache, _) in &clients {
+        for c in clients.iter_mut() {
+            if !c.5 {
+                rejoin(&mut e, c);
+            }
+        }
+        for (_, p, _, cache, _, _) in &clients {
             prop_assert_eq!(cache, &fresh(&e, p), "pattern {}", p);
         }
-        // Rejoining with the last version a client holds sends nothing.
-        for (_, p, enc, _, version) in &clients {
+        // Rejoining with the last version a client holds sends nothing while the log covers it,
+        // and a snapshot equal to its cache once it does not.
+        for (_, p, enc, cache, version, _) in &clients {
             let v = u64::from_str_radix(version, 16).unwrap();
             let (_, again) = e.join(p.clone(), *enc, Some(v), true).unwrap();
-            prop_assert_eq!(again, Join::Current, "pattern {}", p);
+            if e.log().covers(v, e.store().last_seq()) {
+                prop_assert_eq!(again, Join::Current, "pattern {}", p);
+            } else {
+                let Join::Frame(b) = again else { panic!("expected a snapshot") };
+                let f: Value = serde_json::from_slice(&b).unwrap();
+                prop_assert_eq!(&f["snapshot"], &json!(true));
+                prop_assert_eq!(&f["data"], cache);
+            }
         }
     }
 }
@@ -265,4 +314,70 @@ fn resume_sends_missed_changes_or_a_snapshot() {
     );
     let (_, j) = e.join(p, Encoding::Sse, None, false).unwrap();
     assert_eq!(j, Join::Current, "AtomKV sends nothing at subscribe time");
+}
+
+#[test]
+fn list_resume_sends_positional_ops_not_a_snapshot() {
+    let mut e = Engine::new(Tick::from_wall(0), Config::default(), Filters::new());
+    let w = |e: &mut Engine, op: Op| {
+        let a = e.execute(Tick::from_wall(1), op).unwrap();
+        e.publish(&a.changes);
+    };
+    for k in ["l/a", "l/b", "l/c", "l/d"] {
+        w(
+            &mut e,
+            Op::Set {
+                key: k.into(),
+                value: json!(k),
+                ttl: Ttl::Clear,
+                cond: Cond::Always,
+            },
+        );
+    }
+    let p = Pattern::parse("l/*").unwrap();
+    let (id, first) = e.join(p.clone(), Encoding::Ooo, None, true).unwrap();
+    let Join::Frame(first) = first else { panic!() };
+    let mut cache = Value::Null;
+    let mut version = String::new();
+    apply_frame(&mut cache, &mut version, &first, Encoding::Ooo, &p);
+    e.leave(id);
+    w(
+        &mut e,
+        Op::Set {
+            key: "l/b".into(),
+            value: json!("B"),
+            ttl: Ttl::Clear,
+            cond: Cond::Always,
+        },
+    );
+    w(
+        &mut e,
+        Op::Delete {
+            target: "l/c".into(),
+            cond: Cond::Always,
+        },
+    );
+    w(
+        &mut e,
+        Op::Set {
+            key: "l/e".into(),
+            value: json!("e"),
+            ttl: Ttl::Clear,
+            cond: Cond::Always,
+        },
+    );
+    let v = u64::from_str_radix(&version, 16).unwrap();
+    let (_, again) = e.join(p.clone(), Encoding::Ooo, Some(v), true).unwrap();
+    let Join::Frame(b) = again else {
+        panic!("expected the missed changes")
+    };
+    let f: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(f["snapshot"], json!(false), "{f}");
+    assert_eq!(
+        f["data"].as_array().unwrap().len(),
+        3,
+        "replace, remove, add: {f}"
+    );
+    apply_frame(&mut cache, &mut version, &b, Encoding::Ooo, &p);
+    assert_eq!(cache, fresh(&e, &p));
 }

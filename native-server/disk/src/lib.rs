@@ -9,7 +9,8 @@
 //! Layout (all little-endian):
 //! - table `entries`: key → `created i64, updated i64, revision u64, seq u64, expires i64 (or
 //!   i64::MIN for none), JSON value bytes`
-//! - table `log`: seq → `revision u64, existed u8, present u8, key length u32, key, [entry]`
+//! - table `log`: seq → `revision u64, existed u8, present u8, key length u32, key, [created
+//!   before the change i64 if existed], [entry]`
 //! - table `meta`: `"last_seq"` → u64, `"format"` → 1
 
 use std::fs;
@@ -117,13 +118,16 @@ fn encode_log(c: &Change) -> Vec<u8> {
     out.push(c.entry.is_some() as u8);
     out.extend_from_slice(&(c.key.len() as u32).to_le_bytes());
     out.extend_from_slice(c.key.as_bytes());
+    if let Some(p) = &c.prev {
+        out.extend_from_slice(&p.created.to_le_bytes());
+    }
     if let Some(e) = &c.entry {
         encode_entry(&mut out, e);
     }
     out
 }
 
-type LogRecord = (u64, Arc<str>, u64, bool, Option<Entry>);
+type LogRecord = (u64, Arc<str>, u64, Option<i64>, Option<Entry>);
 
 fn decode_log(seq: u64, b: &[u8]) -> Result<LogRecord, DiskError> {
     let bad = || DiskError::Corrupt(format!("log record {seq}"));
@@ -136,12 +140,19 @@ fn decode_log(seq: u64, b: &[u8]) -> Result<LogRecord, DiskError> {
             .ok_or_else(bad)?,
     ) as usize;
     let key = std::str::from_utf8(b.get(14..14 + klen).ok_or_else(bad)?).map_err(|_| bad())?;
-    let entry = if present {
-        Some(decode_entry(&b[14 + klen..])?)
+    let mut at = 14 + klen;
+    let prev_created = if existed {
+        at += 8;
+        Some(i64::from_le_bytes(take8(b, at - 8)?))
     } else {
         None
     };
-    Ok((seq, key.into(), revision, existed, entry))
+    let entry = if present {
+        Some(decode_entry(b.get(at..).ok_or_else(bad)?)?)
+    } else {
+        None
+    };
+    Ok((seq, key.into(), revision, prev_created, entry))
 }
 
 impl Disk {
