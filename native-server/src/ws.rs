@@ -209,42 +209,42 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
     {
         let mut hub = sh.lock();
         let depth = hub.engine.config().max_depth;
-        let (id, reply, first) = match mux::parse(msg, depth) {
-            Err(r) => (r.id.clone(), mux::reply_error(&r.id, &r.error), None),
+        let (reply, first) = match mux::parse(msg, depth) {
+            Err(r) => (mux::reply_error(&r.id, &r.error), None),
             Ok(m) => match m.request {
-                MuxRequest::Ping => (m.id.clone(), mux::reply_ok(&m.id, Value::Null), None),
+                MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),
                 MuxRequest::Sub { pattern, version } => {
                     if reg.pools.contains_key(&pattern) {
                         let e = Error::BadRequest(format!(
                             "already subscribed to {}",
                             pattern.as_str()
                         ));
-                        (m.id.clone(), mux::reply_error(&m.id, &e), None)
+                        (mux::reply_error(&m.id, &e), None)
                     } else if reg.pools.len() >= MAX_MUX_SUBS {
                         let e = Error::BadRequest(format!(
                             "at most {MAX_MUX_SUBS} subscriptions per connection"
                         ));
-                        (m.id.clone(), mux::reply_error(&m.id, &e), None)
+                        (mux::reply_error(&m.id, &e), None)
                     } else {
                         match hub.join(pattern.clone(), Encoding::Mux, version, true, sink) {
                             Ok((pool, first)) => {
                                 let r = mux::reply_sub(&m.id, &pattern);
                                 reg.pools.insert(pattern, pool);
-                                (m.id.clone(), r, first)
+                                (r, first)
                             }
-                            Err(e) => (m.id.clone(), mux::reply_error(&m.id, &e), None),
+                            Err(e) => (mux::reply_error(&m.id, &e), None),
                         }
                     }
                 }
                 MuxRequest::Unsub { pattern } => match reg.pools.remove(&pattern) {
                     Some(pool) => {
                         hub.leave(pool, reg.conn);
-                        (m.id.clone(), mux::reply_sub(&m.id, &pattern), None)
+                        (mux::reply_sub(&m.id, &pattern), None)
                     }
                     None => {
                         let e =
                             Error::BadRequest(format!("not subscribed to {}", pattern.as_str()));
-                        (m.id.clone(), mux::reply_error(&m.id, &e), None)
+                        (mux::reply_error(&m.id, &e), None)
                     }
                 },
                 MuxRequest::Op(op) => {
@@ -253,14 +253,13 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
                         Ok(a) => {
                             hub.commit(&a.changes);
                             wrote = true;
-                            (m.id.clone(), mux::reply_applied(&m.id, name, &a), None)
+                            (mux::reply_applied(&m.id, name, &a), None)
                         }
-                        Err(e) => (m.id.clone(), mux::reply_error(&m.id, &e), None),
+                        Err(e) => (mux::reply_error(&m.id, &e), None),
                     }
                 }
             },
         };
-        let _ = id;
         sink.offer(reply);
         if let Some(f) = first {
             sink.offer(f);
