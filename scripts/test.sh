@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
+step "toolchain: Rust"
+. scripts/ensure-rust.sh
+
 step "toolchain: wasm32-unknown-unknown target"
 if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
@@ -21,5 +24,8 @@ cargo clippy -p stateline-core -p stateline-wasm-probe --target wasm32-unknown-u
 step "core builds for wasm32 and its .wasm imports nothing from the host"
 bash scripts/check-wasm-imports.sh
 
-step "cargo test (workspace)"
+step "build the stateline binary (the conformance suite starts it)"
+cargo build -p stateline-server --bin stateline
+
+step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
 cargo test --workspace
