@@ -188,12 +188,18 @@ async fn run(args: Args) -> Result<(), String> {
                 );
             }
             if want("idle") {
+                // Each measurement on a fresh process: memory freed by earlier scenarios would
+                // otherwise be reused by the allocator and hide the cost of new connections.
                 for &n in idle_sizes {
-                    let b = scenarios::idle(&run, n, false, &format!("{tag}w{n}")).await?;
+                    let fresh = peers::start(sys, &format!("{tag}iw{n}")).await?;
+                    let b = scenarios::idle(&fresh, n, false, &format!("{tag}w{n}")).await?;
+                    fresh.stop().await;
                     eprintln!("   idle {n}: {:.0} B per subscriber", b);
                     add(&mut r, &format!("bytes per idle subscriber, {n}"), sys, b);
                     if matches!(sys, System::Stateline) {
-                        let b = scenarios::idle(&run, n, true, &format!("{tag}s{n}")).await?;
+                        let fresh = peers::start(sys, &format!("{tag}is{n}")).await?;
+                        let b = scenarios::idle(&fresh, n, true, &format!("{tag}s{n}")).await?;
+                        fresh.stop().await;
                         eprintln!("   idle SSE {n}: {:.0} B per stream", b);
                         r.entry(format!("bytes per idle subscriber, {n}"))
                             .or_default()
