@@ -9,7 +9,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
-if command -v rustup >/dev/null 2>&1 && ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
+installed="$(rustup component list --installed 2>/dev/null || true)"
+if command -v rustup >/dev/null 2>&1 && ! { grep -q '^clippy' <<<"$installed" && grep -q '^rustfmt' <<<"$installed"; }; then
   printf '==> installing clippy and rustfmt\n'
   rustup component add clippy rustfmt
 fi
