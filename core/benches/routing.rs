@@ -179,10 +179,27 @@ fn frames() {
     }
 }
 
+fn http_writes() {
+    let mut e = Engine::new(Tick::from_wall(0), Config::default(), Filters::new());
+    let body = bytes::Bytes::from_static(br#"{"m":"a small value of about forty bytes"}"#);
+    let paths: Vec<String> = (0..64).map(|i| format!("/bench/w{i}")).collect();
+    let ns = median_ns(5, 100_000, |i| {
+        let req = http::Request::post(paths[(i % 64) as usize].as_str())
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .unwrap();
+        let out = stateline_core::http::handle(&mut e, Tick::from_wall(i as i64), &req);
+        e.publish(&out.changes);
+        black_box(out.response);
+    });
+    println!("HTTP POST through the pure function (parse, write, log, response), no subscribers: {ns:.0} ns");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    http_writes();
     routing();
     frames();
 }
