@@ -45,15 +45,17 @@ pub struct Sink {
 impl Sink {
     /// Queues a frame without waiting. A full queue marks the connection as lagging and wakes
     /// its task, which closes it; the frame is dropped (the client resumes from its version).
-    pub fn offer(&self, b: Bytes) {
+    /// Returns whether the connection is (now) lagging.
+    pub fn offer(&self, b: Bytes) -> bool {
         match self.tx.try_send(b) {
-            Ok(()) => {}
+            Ok(()) => false,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.ctl.lagged.swap(true, Ordering::AcqRel) {
                     self.ctl.wake.notify_one();
                 }
+                true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -74,13 +76,21 @@ impl Hub {
             return;
         }
         self.engine.publish(changes);
+        let mut lagging = Vec::new();
         while let Some(f) = self.engine.poll_frame() {
             if let Some(list) = self.subs.get(&f.pool) {
                 for s in list {
                     // `Bytes` clones share one buffer: the frame is encoded once per pool.
-                    s.offer(f.bytes.clone());
+                    if s.offer(f.bytes.clone()) {
+                        lagging.push((f.pool, s.conn));
+                    }
                 }
             }
+        }
+        // A lagging subscriber leaves its pools at once: no more frames are queued for it, even
+        // if its task cannot run yet (an SSE body is only polled when the socket is writable).
+        for (pool, conn) in lagging {
+            self.leave(pool, conn);
         }
     }
 
@@ -130,9 +140,7 @@ impl Hub {
             return;
         }
         let f = self.engine.clock_frame(tick);
-        for s in &self.clocks {
-            s.offer(f.clone());
-        }
+        self.clocks.retain(|s| !s.offer(f.clone()));
     }
 
     /// Number of clock subscribers.
@@ -189,14 +197,54 @@ pub struct Shared {
     pub ttl_wake: Notify,
     next_conn: AtomicU64,
     live: AtomicUsize,
+    clocks: Clocks,
+}
+
+/// The host's clocks as the core wants them: wall time, and a monotonic reading from one origin.
+/// Every [`Tick`] given to one engine must come from the same `Clocks` (the engine's clock
+/// measures elapsed time between monotonic readings).
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
     epoch: Instant,
-    epoch_wall: i64,
+}
+
+impl Default for Clocks {
+    fn default() -> Clocks {
+        Clocks::new()
+    }
+}
+
+impl Clocks {
+    /// Starts the monotonic origin now.
+    pub fn new() -> Clocks {
+        Clocks {
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Reads both clocks.
+    pub fn tick(&self) -> Tick {
+        let mono = self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+            .unwrap_or(0);
+        Tick {
+            wall_ns: wall,
+            mono_ns: mono,
+        }
+    }
 }
 
 impl Shared {
     /// A server state around an engine.
-    pub fn new(engine: Engine, limits: Limits, shutdown: watch::Receiver<bool>) -> Arc<Shared> {
-        let (epoch, epoch_wall) = clocks_now();
+    /// `engine` must have been created with a tick from `clocks`.
+    pub fn new(
+        engine: Engine,
+        clocks: Clocks,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             hub: Mutex::new(Hub {
                 engine,
@@ -208,8 +256,7 @@ impl Shared {
             ttl_wake: Notify::new(),
             next_conn: AtomicU64::new(1),
             live: AtomicUsize::new(0),
-            epoch,
-            epoch_wall,
+            clocks,
         })
     }
 
@@ -221,15 +268,7 @@ impl Shared {
 
     /// Reads the clocks for the core.
     pub fn tick(&self) -> Tick {
-        let mono = self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
-            .unwrap_or(self.epoch_wall);
-        Tick {
-            wall_ns: wall,
-            mono_ns: mono,
-        }
+        self.clocks.tick()
     }
 
     /// Open WebSocket and SSE connections.
@@ -252,14 +291,6 @@ impl Shared {
         };
         (reg, Sink { conn, tx, ctl }, rx)
     }
-}
-
-fn clocks_now() -> (Instant, i64) {
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
-        .unwrap_or(0);
-    (Instant::now(), wall)
 }
 
 /// What one connection is subscribed to; dropping it leaves every pool (never drop it while

@@ -74,16 +74,9 @@ pub async fn serve(
     let filters = args.filters().map_err(ServeError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = hub::Limits::from_args(&args);
-    let tick0 = {
-        // A throwaway Shared is not needed for the first tick: read the clocks directly.
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        stateline_core::Tick::from_wall(wall)
-    };
-    let engine = Engine::new(tick0, args.core_config(), filters);
-    let shared = Shared::new(engine, limits, stop_rx.clone());
+    let clocks = hub::Clocks::new();
+    let engine = Engine::new(clocks.tick(), args.core_config(), filters);
+    let shared = Shared::new(engine, clocks, limits, stop_rx.clone());
     let timers = tokio::spawn(timer_task(shared.clone()));
     let app = router(shared.clone());
     tracing::info!(addr = %listener.local_addr()?, "listening");

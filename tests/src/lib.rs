@@ -498,9 +498,21 @@ impl Sse {
         let _ = self.wait_for("\u{0}never\u{0}", d).await;
     }
 
-    /// Reads until the server ends the stream (true) or `limit` passes.
+    /// Reads until the server ends the stream (the last chunk, or the connection closes: true)
+    /// or `limit` passes (false).
     pub async fn wait_end(&mut self, limit: Duration) -> bool {
-        read_to_eof(&mut self.stream, &mut self.raw, limit).await
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 65536];
+        loop {
+            if self.raw.starts_with(b"0\r\n\r\n") || find(&self.raw, b"\r\n0\r\n\r\n").is_some() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Err(_) => return false,
+                Ok(Ok(n)) => self.raw.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 }
 

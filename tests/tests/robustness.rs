@@ -297,3 +297,101 @@ async fn graceful_shutdown_says_going_away() {
     // After the close frame the stream ends.
     assert!(matches!(w.next().await, None | Some(Err(_))));
 }
+
+#[tokio::test]
+async fn lagging_mux_and_sse_subscribers_are_cut_off() {
+    let Some(s) = Server::with_flags(&["--queue", "4", "--log-bytes", "1048576"]).await else {
+        return;
+    };
+    let c = s.client();
+    let k = unique("lag");
+    // A /_ws client that subscribes and then stops reading.
+    let (mut mux, head) = raw_ws(&s, "/_ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"));
+    let sub = json!({"id":1,"op":"sub","path":k}).to_string();
+    mux.write_all(&masked_text(sub.as_bytes())).await.unwrap();
+    // An SSE client that stops reading.
+    let mut sse = Sse::open(&s, &format!("/{k}"), "text/event-stream", "").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(connections(&c).await, 2);
+    let big = "y".repeat(64 << 10);
+    for i in 0..200 {
+        c.set(&k, &json!(format!("{i}{big}"))).await.unwrap();
+    }
+    let deadline = Instant::now() + SOON;
+    while connections(&c).await != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connections(&c).await, 0, "both were cut off");
+    let mut buf = Vec::new();
+    read_to_eof(&mut mux, &mut buf, Duration::from_secs(10)).await;
+    assert!(find(&buf, &[0x0f, 0xa8]).is_some(), "close 4008 on /_ws");
+    assert!(
+        sse.wait_end(Duration::from_secs(10)).await,
+        "the SSE stream ends"
+    );
+    healthy(&s).await;
+}
+
+/// A masked client text frame (key 0, so the payload is unchanged).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    let n = payload.len();
+    if n < 126 {
+        f.push(0x80 | n as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(n as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_trickling_body_gets_the_deadline() {
+    let Some(s) = Server::with_flags(&["--deadline", "300ms"]).await else {
+        return;
+    };
+    let head = format!(
+        "POST /slow HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\n",
+        s.authority()
+    );
+    let mut t = stateline_conformance::raw(&s, &head, b"[1").await;
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    stateline_conformance::read_until(&mut t, &mut buf, b"\r\n\r\n", SOON).await;
+    assert!(
+        buf.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(s.client().get("slow").await.unwrap().is_none());
+    healthy(&s).await;
+}
+
+#[tokio::test]
+async fn ttl_expiry_reaches_subscribers() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("ttl");
+    let mut w = ws(&s, &format!("/{k}")).await;
+    next_json(&mut w).await;
+    let r = c
+        .request(Method::POST, &format!("/{k}?ttl=0.3"), &[], "1")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    next_json(&mut w).await; // created
+    assert!(c.get(&k).await.unwrap().is_some());
+    let mut cache = serde_json::Value::Null;
+    let f = next_json(&mut w).await; // expired: the deleted-object patch
+    stateline_conformance::apply(
+        &mut cache,
+        &json!({"snapshot":true,"data":{"created":1,"updated":0,"index":k,"path":k,"data":1}}),
+    );
+    stateline_conformance::apply(&mut cache, &f);
+    assert_eq!(cache["created"], json!(0));
+    assert!(c.get(&k).await.unwrap().is_none());
+}
