@@ -362,7 +362,13 @@ async fn run(
 /// close frame, bounded by the write timeout (the peer may not be reading at all).
 async fn finish(sh: &Shared, mut socket: WebSocket, mut reg: Registration, exit: Exit) {
     reg.unregister();
-    tracing::debug!(conn = reg.conn, ?exit, "websocket closing");
+    match exit {
+        // Worth an operator's attention: a client that cannot keep up, or a dead peer.
+        Exit::Lagging | Exit::PingTimeout | Exit::WriteFailed => {
+            tracing::info!(conn = reg.conn, ?exit, "websocket closed by the server")
+        }
+        _ => tracing::debug!(conn = reg.conn, ?exit, "websocket closing"),
+    }
     if let Some((code, reason)) = exit.close() {
         let frame = Message::Close(Some(CloseFrame {
             code,
