@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 use stateline_core::filter::Limit;
 use stateline_core::{Config, Filters};
 
@@ -61,7 +62,7 @@ pub struct ServeArgs {
     pub data: PathBuf,
 
     /// No disk at all: state lives in memory and is gone when the server stops.
-    #[arg(long, env = "STATELINE_MEMORY")]
+    #[arg(long, env = "STATELINE_MEMORY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub memory: bool,
 
     /// Largest request body (and `/_ws` message) in bytes; larger bodies get 413.
@@ -116,7 +117,7 @@ pub struct ServeArgs {
     pub drain: Duration,
 
     /// Static mode (ooo): only paths with a filter (see --open, --limit) can be read or written.
-    #[arg(long = "static", env = "STATELINE_STATIC")]
+    #[arg(long = "static", env = "STATELINE_STATIC", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub static_mode: bool,
 
     /// Open a glob for reads and writes in static mode (repeat, or comma-separated).
