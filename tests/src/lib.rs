@@ -146,9 +146,10 @@ impl Server {
     /// Sends SIGTERM to the process this test started (by PID).
     pub fn terminate(&self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
+            // The shell's builtin `kill`, so no procps package is needed.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -TERM {pid}"))
                 .status();
         }
     }
