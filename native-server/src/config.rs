@@ -25,6 +25,35 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (REST, WebSocket, SSE and /_ws on one port).
     Serve(ServeArgs),
+    /// Download a consistent snapshot of a running server's store (`GET /_backup`).
+    Backup(BackupArgs),
+    /// Replace the store in a data folder with a backup (the server must be stopped).
+    Restore(RestoreArgs),
+}
+
+/// `stateline backup` flags.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Base URL of the running server.
+    #[arg(long, env = "STATELINE_URL", default_value = "http://127.0.0.1:8800")]
+    pub url: String,
+    /// The server's --backup-token.
+    #[arg(long, env = "STATELINE_BACKUP_TOKEN")]
+    pub token: String,
+    /// File to write the snapshot to (written whole or not at all).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `stateline restore` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Data folder to restore into (its current store is replaced).
+    #[arg(long, env = "STATELINE_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// The backup file (from `stateline backup`).
+    #[arg(long)]
+    pub from: PathBuf,
 }
 
 /// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
@@ -56,10 +85,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_ADDR", default_value = "127.0.0.1:8800")]
     pub addr: String,
 
-    /// Folder of the embedded store. Until durable storage lands (issue 6) the server only
-    /// creates it and a marker file; state is kept in memory.
+    /// Folder of the embedded store (one crash-safe redb file, `stateline.redb`). Every write is
+    /// on disk before it is acknowledged; keys, revisions, versions and the change log survive
+    /// restarts. Created if missing.
     #[arg(long, env = "STATELINE_DATA", default_value = "./data")]
     pub data: PathBuf,
+
+    /// Enables `GET /_backup` (a consistent snapshot of the store) for requests that carry
+    /// `Authorization: Bearer <this token>`. Without it the route is off.
+    #[arg(long, env = "STATELINE_BACKUP_TOKEN")]
+    pub backup_token: Option<String>,
 
     /// No disk at all: state lives in memory and is gone when the server stops.
     #[arg(long, env = "STATELINE_MEMORY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
@@ -135,6 +170,7 @@ impl ServeArgs {
         let cli = Cli::parse_from(["stateline", "serve", "--memory"]);
         match cli.command {
             Command::Serve(a) => a,
+            _ => unreachable!("parsed from a serve command line"),
         }
     }
 
@@ -207,12 +243,16 @@ mod tests {
             "--limit",
             "limited/*=3",
         ]);
-        let Command::Serve(a) = cli.command;
+        let Command::Serve(a) = cli.command else {
+            panic!("serve")
+        };
         let f = a.filters().unwrap();
         assert!(f.is_static());
         assert!(f.limit_for("limited/x").is_some());
         let bad = Cli::parse_from(["stateline", "serve", "--limit", "x"]);
-        let Command::Serve(a) = bad.command;
+        let Command::Serve(a) = bad.command else {
+            panic!("serve")
+        };
         assert!(a.filters().is_err());
     }
 }

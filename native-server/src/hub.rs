@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use stateline_core::{Change, Encoding, Engine, Error, Join, Pattern, PoolId, Tick};
+use stateline_disk::{Committer, Disk, DiskError, Done, Job};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::ServeArgs;
@@ -166,6 +167,8 @@ pub struct Limits {
     pub sse_keepalive: std::time::Duration,
     /// Allowed origins for WebSocket handshakes (`*`: any).
     pub allow_origin: Vec<String>,
+    /// Token that enables `GET /_backup`.
+    pub backup_token: Option<String>,
 }
 
 impl Limits {
@@ -179,6 +182,7 @@ impl Limits {
             write_timeout: a.write_timeout,
             sse_keepalive: a.sse_keepalive,
             allow_origin: a.allow_origin.clone(),
+            backup_token: a.backup_token.clone().filter(|t| !t.is_empty()),
         }
     }
 }
@@ -198,6 +202,10 @@ pub struct Shared {
     next_conn: AtomicU64,
     live: AtomicUsize,
     clocks: Clocks,
+    /// The durable store, when not `--memory` (set once at start).
+    pub disk: OnceLock<Arc<Disk>>,
+    // Group commit: batches are queued under the hub lock, so the queue is in sequence order.
+    committer: OnceLock<Committer>,
 }
 
 /// The host's clocks as the core wants them: wall time, and a monotonic reading from one origin.
@@ -257,6 +265,8 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             live: AtomicUsize::new(0),
             clocks,
+            disk: OnceLock::new(),
+            committer: OnceLock::new(),
         })
     }
 
@@ -290,6 +300,86 @@ impl Shared {
             ctl: ctl.clone(),
         };
         (reg, Sink { conn, tx, ctl }, rx)
+    }
+}
+
+impl Shared {
+    /// Makes the server durable: every later write is committed to `disk` (group commit) before
+    /// it is published to subscribers and acknowledged.
+    pub fn attach_disk(self: &Arc<Shared>, disk: Arc<Disk>) {
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        let committer = Committer::start(
+            disk.clone(),
+            Box::new(
+                move |result: Result<(), DiskError>,
+                      jobs: Vec<Job>,
+                      drain: &dyn Fn() -> Vec<Job>| {
+                    let Some(sh) = weak.upgrade() else {
+                        for j in jobs {
+                            (j.done)(Err("the server is stopping".into()));
+                        }
+                        return;
+                    };
+                    let mut hub = sh.lock();
+                    match result {
+                        Ok(()) => {
+                            for j in jobs {
+                                // Durable: publish to subscribers, then acknowledge.
+                                hub.commit(&j.changes);
+                                (j.done)(Ok(()));
+                            }
+                        }
+                        Err(e) => {
+                            // Everything queued after the failed group was applied after it: roll all
+                            // of it back, newest first, so memory matches the disk again.
+                            let mut all = jobs;
+                            all.extend(drain());
+                            tracing::error!(error = %e, writes = all.len(), "commit failed; rolling back unacknowledged writes");
+                            for j in all.iter().rev() {
+                                hub.engine.revert(&j.changes);
+                            }
+                            let msg = e.to_string();
+                            for j in all {
+                                (j.done)(Err(msg.clone()));
+                            }
+                        }
+                    }
+                },
+            ),
+        );
+        let _ = self.disk.set(disk);
+        let _ = self.committer.set(committer);
+    }
+
+    /// Hands applied changes on: in memory mode they are published at once and `done(Ok)` runs
+    /// now; with a disk they are queued for the group commit and `done` runs once they are
+    /// durable (and published) or rolled back. Call with the hub lock held (`hub` is its guard),
+    /// so the commit queue stays in sequence order.
+    pub fn persist(&self, hub: &mut Hub, changes: Vec<Change>, done: Done) {
+        if changes.is_empty() {
+            done(Ok(()));
+            return;
+        }
+        match self.committer.get() {
+            None => {
+                hub.commit(&changes);
+                done(Ok(()));
+            }
+            Some(c) => {
+                let first = changes[0].seq;
+                // A stopped commit thread cannot make this durable: undo it now.
+                if let Err(job) = c.submit_or_return(Job { changes, done }) {
+                    tracing::error!(seq = first, "commit thread is gone; rolling back");
+                    hub.engine.revert(&job.changes);
+                    (job.done)(Err("the commit thread stopped".into()));
+                }
+            }
+        }
+    }
+
+    /// Whether writes go to disk.
+    pub fn is_durable(&self) -> bool {
+        self.committer.get().is_some()
     }
 }
 

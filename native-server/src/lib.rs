@@ -34,9 +34,12 @@ pub enum ServeError {
     /// A flag has a bad value.
     #[error("configuration: {0}")]
     Config(String),
-    /// The socket or the data folder failed.
+    /// The socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The data folder or its database cannot be used.
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// The router: one fallback handler, because the core decides what every path means.
@@ -44,22 +47,34 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(routes::entry).with_state(shared)
 }
 
-/// Prepares `--data` (until durable storage lands, issue 6: the folder and a marker file).
-fn prepare_data(args: &ServeArgs) -> Result<(), ServeError> {
+/// Opens the store `--data` names (or none with `--memory`) and builds the engine from it: the
+/// keys, revisions, sequence numbers and change log as they were, so clients resume across a
+/// restart.
+pub fn open_store(
+    args: &ServeArgs,
+    clocks: &hub::Clocks,
+    filters: stateline_core::Filters,
+) -> Result<(Engine, Option<Arc<stateline_disk::Disk>>), ServeError> {
+    let config = args.core_config();
     if args.memory {
         tracing::info!("--memory: no disk; state is gone when the server stops");
-        return Ok(());
+        return Ok((Engine::new(clocks.tick(), config, filters), None));
     }
-    std::fs::create_dir_all(&args.data)?;
-    let marker = args.data.join("STATELINE");
-    if !marker.exists() {
-        std::fs::write(
-            &marker,
-            "Stateline data folder. Durable storage arrives with issue 6; until then the server keeps state in memory.\n",
-        )?;
-    }
-    tracing::warn!(data = %args.data.display(), "durable storage is not wired in yet (issue 6): state is kept in memory");
-    Ok(())
+    let started = std::time::Instant::now();
+    let disk = stateline_disk::Disk::open(&args.data, config.log_entries)
+        .map_err(|e| ServeError::Storage(e.to_string()))?;
+    let (store, log) = disk
+        .load(config.log_entries, config.log_bytes)
+        .map_err(|e| ServeError::Storage(e.to_string()))?;
+    tracing::info!(
+        data = %disk.path().display(),
+        keys = store.len(),
+        log = log.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    let engine = Engine::restore(clocks.tick(), store, log, config, filters);
+    Ok((engine, Some(Arc::new(disk))))
 }
 
 /// Runs the server on `listener` until `signal` completes, then shuts down gracefully: stops
@@ -70,13 +85,15 @@ pub async fn serve(
     listener: TcpListener,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    prepare_data(&args)?;
     let filters = args.filters().map_err(ServeError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = hub::Limits::from_args(&args);
     let clocks = hub::Clocks::new();
-    let engine = Engine::new(clocks.tick(), args.core_config(), filters);
+    let (engine, disk) = open_store(&args, &clocks, filters)?;
     let shared = Shared::new(engine, clocks, limits, stop_rx.clone());
+    if let Some(disk) = disk {
+        shared.attach_disk(disk);
+    }
     let timers = tokio::spawn(timer_task(shared.clone()));
     let app = router(shared.clone());
     tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -122,7 +139,19 @@ async fn timer_task(sh: Arc<Shared>) {
                 next_clock += second;
             }
             let expired = hub.engine.handle_timeout(tick);
-            hub.commit(&expired);
+            if !expired.is_empty() {
+                let n = expired.len();
+                sh.persist(
+                    &mut hub,
+                    expired,
+                    Box::new(move |r| {
+                        if let Err(e) = r {
+                            // Rolled back: the keys come back and expire at the next deadline.
+                            tracing::error!(error = %e, keys = n, "TTL expiry could not be committed");
+                        }
+                    }),
+                );
+            }
             hub.engine.timeout_in(tick)
         };
         let mut wake = next_clock;

@@ -17,7 +17,26 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Restore(r) => {
+            return match stateline_disk::Disk::restore(&r.from, &r.data) {
+                Ok(keys) => {
+                    eprintln!(
+                        "restored {keys} keys from {} into {}",
+                        r.from.display(),
+                        r.data.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stateline restore: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Backup(b) => return backup(b),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,6 +60,55 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "stateline failed");
             eprintln!("stateline: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stateline backup`: downloads `GET /_backup` and writes it atomically to `--out`.
+fn backup(b: stateline_server::config::BackupArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stateline backup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<usize, String> = rt.block_on(async {
+        let client = stateline_server::client::Client::new(&b.url).map_err(|e| e.to_string())?;
+        let auth = format!("Bearer {}", b.token);
+        let r = client
+            .request(
+                http::Method::GET,
+                "/_backup",
+                &[("authorization", &auth)],
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status.is_success() {
+            return Err(format!(
+                "{} answered {}: {}",
+                b.url,
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        let tmp = b.out.with_extension("part");
+        std::fs::write(&tmp, &r.body).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &b.out).map_err(|e| format!("{}: {e}", b.out.display()))?;
+        Ok(r.body.len())
+    });
+    match result {
+        Ok(n) => {
+            eprintln!("wrote {} ({n} bytes)", b.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stateline backup: {e}");
             ExitCode::FAILURE
         }
     }

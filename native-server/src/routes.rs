@@ -24,6 +24,9 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if path == "/_backup" {
+        return backup(&sh, req.headers()).await;
+    }
     let kind = {
         let hub = sh.lock();
         core_http::classify(&hub.engine, &req)
@@ -112,16 +115,165 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>) -> Response {
     };
     let req = Request::from_parts(parts, bytes);
     let tick = sh.tick();
-    let (response, wrote) = {
+    let (response, durable) = {
         let mut hub = sh.lock();
         let out = core_http::handle(&mut hub.engine, tick, &req);
-        hub.commit(&out.changes);
-        (out.response, !out.changes.is_empty())
+        if out.changes.is_empty() {
+            (out.response, None)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            sh.persist(
+                &mut hub,
+                out.changes,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            (out.response, Some(rx))
+        }
     };
-    if wrote {
+    if let Some(rx) = durable {
+        // Acknowledge only once the write is on disk (at once in memory mode).
+        let committed = rx
+            .await
+            .unwrap_or_else(|_| Err("the commit was dropped".into()));
         sh.ttl_wake.notify_one();
+        if let Err(e) = committed {
+            return storage_failed(sh, req.headers(), req.uri().path(), &e);
+        }
     }
     response.map(Body::from)
+}
+
+fn problem(
+    sh: &Shared,
+    headers: &HeaderMap,
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "code": code,
+        "detail": detail,
+    });
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    with_cors(sh, headers, r)
+}
+
+/// `GET /_backup`: a consistent snapshot of the store (one read transaction), as a redb file.
+/// Off unless the server was started with `--backup-token`; the request must carry it.
+async fn backup(sh: &Arc<Shared>, headers: &HeaderMap) -> Response {
+    let Some(token) = sh.limits.backup_token.as_deref() else {
+        return problem(
+            sh,
+            headers,
+            StatusCode::NOT_FOUND,
+            "backup-disabled",
+            "backups are off; start the server with --backup-token",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token) {
+        return problem(
+            sh,
+            headers,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "GET /_backup needs Authorization: Bearer <the --backup-token>",
+        );
+    }
+    let Some(disk) = sh.disk.get().cloned() else {
+        return problem(
+            sh,
+            headers,
+            StatusCode::CONFLICT,
+            "no-store",
+            "this server runs with --memory: there is no store to back up",
+        );
+    };
+    let tmp = disk
+        .path()
+        .with_extension(format!("backup-{}", std::process::id()));
+    // The copy reads the whole file: off the async threads.
+    let made = tokio::task::spawn_blocking(move || {
+        let keys = disk.backup(&tmp)?;
+        let bytes = std::fs::read(&tmp).map_err(|e| stateline_disk::DiskError::Io(e.to_string()));
+        let _ = std::fs::remove_file(&tmp);
+        bytes.map(|b| (keys, b))
+    })
+    .await;
+    match made {
+        Ok(Ok((keys, bytes))) => {
+            tracing::info!(keys, bytes = bytes.len(), "backup served");
+            let mut r = Response::new(Body::from(bytes));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"stateline-backup.redb\""),
+            );
+            if let Ok(v) = HeaderValue::from_str(&keys.to_string()) {
+                r.headers_mut().insert("x-keys", v);
+            }
+            with_cors(sh, headers, r)
+        }
+        Ok(Err(e)) => problem(
+            sh,
+            headers,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            &e.to_string(),
+        ),
+        Err(e) => problem(
+            sh,
+            headers,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// 500 for a write that could not be made durable (and was rolled back).
+fn storage_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Response {
+    let err = stateline_core::Error::Storage(e.to_string());
+    let mut r = if path.starts_with("/_") {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "code": err.code(),
+            "detail": format!("{err}; nothing was changed"),
+        });
+        let mut r = Response::new(Body::from(body.to_string()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    } else {
+        let mut r = Response::new(Body::from(format!("{err}; nothing was changed\n")));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    with_cors(sh, headers, r)
 }
 
 const PLACEHOLDER_HTML: &str = r#"<!doctype html>

@@ -250,17 +250,34 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
                 MuxRequest::Op(op) => {
                     let name = mux::op_name(&op);
                     match hub.engine.execute(tick, op) {
-                        Ok(a) => {
-                            hub.commit(&a.changes);
+                        Ok(mut a) => {
                             wrote = true;
-                            (mux::reply_applied(&m.id, name, &a), None)
+                            let changes = std::mem::take(&mut a.changes);
+                            let ok = mux::reply_applied(&m.id, name, &a);
+                            let (id, sink) = (m.id.clone(), sink.clone());
+                            // The acknowledgement waits for the commit (with a disk); the frames
+                            // are queued just before it, so the client still sees its change first.
+                            sh.persist(
+                                &mut hub,
+                                changes,
+                                Box::new(move |r| {
+                                    let reply = match r {
+                                        Ok(()) => ok,
+                                        Err(e) => mux::reply_error(&id, &Error::Storage(e)),
+                                    };
+                                    sink.offer(reply);
+                                }),
+                            );
+                            (Bytes::new(), None)
                         }
                         Err(e) => (mux::reply_error(&m.id, &e), None),
                     }
                 }
             },
         };
-        sink.offer(reply);
+        if !reply.is_empty() {
+            sink.offer(reply);
+        }
         if let Some(f) = first {
             sink.offer(f);
         }

@@ -67,6 +67,8 @@ pub struct Disk {
     db: Database,
     path: PathBuf,
     log_keep: usize,
+    // Fault injection for tests: this many next commits fail as a full disk would.
+    fail_next: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Disk {
@@ -176,7 +178,12 @@ impl Disk {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let disk = Disk { db, path, log_keep };
+        let disk = Disk {
+            db,
+            path,
+            log_keep,
+            fail_next: Default::default(),
+        };
         let tx = disk.db.begin_write().map_err(io)?;
         {
             let mut meta = tx.open_table(META).map_err(io)?;
@@ -231,11 +238,26 @@ impl Disk {
         Ok((store, Log::restore(floor, records, log_entries, log_bytes)))
     }
 
+    /// Test hook: the next `n` commits fail (as a full disk would), writing nothing.
+    pub fn fail_next_commits(&self, n: u32) {
+        self.fail_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Writes batches of changes in one transaction and syncs it to disk (one fsync for all).
     pub fn commit<'a>(
         &self,
         batches: impl IntoIterator<Item = &'a [Change]>,
     ) -> Result<(), DiskError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .fail_next
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(DiskError::Io(
+                "injected failure: no space left on device".into(),
+            ));
+        }
         let tx = self.db.begin_write().map_err(io)?;
         {
             let mut entries = tx.open_table(ENTRIES).map_err(io)?;
@@ -347,16 +369,20 @@ impl Disk {
             db,
             path: path.to_path_buf(),
             log_keep: usize::MAX,
+            fail_next: Default::default(),
         })
     }
 }
+
+/// Told whether a batch is durable (`Ok`) or was rolled back (`Err` with the reason).
+pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// One batch of changes waiting for its commit, and who to tell.
 pub struct Job {
     /// The changes (one operation's), in sequence order.
     pub changes: Vec<Change>,
-    /// Told the outcome once the batch is durable, or failed.
-    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// Called once the batch is durable, or failed.
+    pub done: Done,
 }
 
 /// What the committer hands the server after each group: the jobs it committed, or on failure
@@ -367,6 +393,7 @@ pub type OnGroup = Box<dyn FnMut(Result<(), DiskError>, Vec<Job>, &dyn Fn() -> V
 
 /// Group commit: a thread that takes every job queued while the previous commit ran and commits
 /// them in one transaction, so N concurrent writers cost about one fsync.
+#[derive(Debug)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
 }
@@ -401,6 +428,11 @@ impl Committer {
     /// Queues a batch; returns false if the committer has stopped.
     pub fn submit(&self, job: Job) -> bool {
         self.tx.send(job).is_ok()
+    }
+
+    /// Queues a batch, or gives it back if the committer has stopped.
+    pub fn submit_or_return(&self, job: Job) -> Result<(), Job> {
+        self.tx.send(job).map_err(|e| e.0)
     }
 }
 
@@ -540,24 +572,24 @@ mod tests {
             Box::new(move |r, jobs, _drain| {
                 seen_tx.send(jobs.len()).unwrap();
                 for j in jobs {
-                    let _ = j
-                        .done
-                        .send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    (j.done)(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                 }
             }),
         );
         let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
         let mut acks = Vec::new();
         for i in 0..50 {
-            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (tx, rx) = mpsc::channel();
             assert!(committer.submit(Job {
                 changes: set(&mut e, &format!("k/{i}"), json!(i)),
-                done: tx
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
             }));
             acks.push(rx);
         }
         for rx in acks {
-            assert_eq!(rx.blocking_recv().unwrap(), Ok(()));
+            assert_eq!(rx.recv().unwrap(), Ok(()));
         }
         let groups: usize = seen_rx.try_iter().count();
         assert!(groups <= 50);
