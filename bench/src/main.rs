@@ -14,6 +14,19 @@ use clap::Parser;
 
 use peers::System;
 
+/// Runs a scenario; a failure is reported and leaves its cells empty instead of ending the run.
+macro_rules! soft {
+    ($what:expr, $e:expr) => {
+        match $e {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("   {} failed: {e}", $what);
+                None
+            }
+        }
+    };
+}
+
 /// Stateline's benchmark against Redis, NATS and etcd.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -113,7 +126,9 @@ async fn run(args: Args) -> Result<(), String> {
             let run = peers::start(sys, &tag).await?;
             if want("writes") && matches!(sys, System::Stateline | System::Redis) {
                 for conns in [1usize, 16, 64] {
-                    let w = scenarios::writes(&run, conns, 3.0).await?;
+                    let Some(w) = soft!("writes", scenarios::writes(&run, conns, 3.0).await) else {
+                        continue;
+                    };
                     eprintln!(
                         "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
                         w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
@@ -134,9 +149,13 @@ async fn run(args: Args) -> Result<(), String> {
             }
             if want("fanout") {
                 for &subs in sub_counts {
-                    let f =
+                    let Some(f) = soft!(
+                        "fanout",
                         scenarios::fanout(&run, subs, false, 2000, 1000, &format!("{tag}k{subs}"))
-                            .await?;
+                            .await
+                    ) else {
+                        continue;
+                    };
                     eprintln!("   fanout key {subs} subs @1000/s: p50 {:.2} p99 {:.2} max {:.2} ms, {:.0} msg/s, lost {} dup {}", f.p50_ms, f.p99_ms, f.max_ms, f.delivered_per_sec, f.lost, f.duplicated);
                     add(
                         &mut r,
@@ -163,7 +182,12 @@ async fn run(args: Args) -> Result<(), String> {
                         (f.lost + f.duplicated) as f64,
                     );
                 }
-                let g = scenarios::fanout(&run, 1000, true, 2000, 1000, &format!("{tag}g")).await?;
+                let Some(g) = soft!(
+                    "fanout",
+                    scenarios::fanout(&run, 1000, true, 2000, 1000, &format!("{tag}g")).await
+                ) else {
+                    continue;
+                };
                 eprintln!("   fanout glob 1000 subs @1000/s: p50 {:.2} p99 {:.2} max {:.2} ms, lost {} dup {}", g.p50_ms, g.p99_ms, g.max_ms, g.lost, g.duplicated);
                 add(&mut r, "p99 ms, glob, 1000 subs @1000/s", sys, g.p99_ms);
                 add(
@@ -172,7 +196,12 @@ async fn run(args: Args) -> Result<(), String> {
                     sys,
                     (g.lost + g.duplicated) as f64,
                 );
-                let s = scenarios::fanout(&run, 1000, false, 3000, 0, &format!("{tag}s")).await?;
+                let Some(s) = soft!(
+                    "fanout",
+                    scenarios::fanout(&run, 1000, false, 3000, 0, &format!("{tag}s")).await
+                ) else {
+                    continue;
+                };
                 eprintln!("   fanout key 1000 subs, writer unthrottled: {:.0} delivered msg/s, p99 {:.2} ms, lost {} dup {}", s.delivered_per_sec, s.p99_ms, s.lost, s.duplicated);
                 add(
                     &mut r,
@@ -192,13 +221,23 @@ async fn run(args: Args) -> Result<(), String> {
                 // otherwise be reused by the allocator and hide the cost of new connections.
                 for &n in idle_sizes {
                     let fresh = peers::start(sys, &format!("{tag}iw{n}")).await?;
-                    let b = scenarios::idle(&fresh, n, false, &format!("{tag}w{n}")).await?;
+                    let Some(b) = soft!(
+                        "idle",
+                        scenarios::idle(&fresh, n, false, &format!("{tag}w{n}")).await
+                    ) else {
+                        continue;
+                    };
                     fresh.stop().await;
                     eprintln!("   idle {n}: {:.0} B per subscriber", b);
                     add(&mut r, &format!("bytes per idle subscriber, {n}"), sys, b);
                     if matches!(sys, System::Stateline) {
                         let fresh = peers::start(sys, &format!("{tag}is{n}")).await?;
-                        let b = scenarios::idle(&fresh, n, true, &format!("{tag}s{n}")).await?;
+                        let Some(b) = soft!(
+                            "idle",
+                            scenarios::idle(&fresh, n, true, &format!("{tag}s{n}")).await
+                        ) else {
+                            continue;
+                        };
                         fresh.stop().await;
                         eprintln!("   idle SSE {n}: {:.0} B per stream", b);
                         r.entry(format!("bytes per idle subscriber, {n}"))
@@ -210,7 +249,10 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             }
             if want("patch") {
-                let b = scenarios::patch_bytes(&run, 20, &tag).await?;
+                let Some(b) = soft!("patch_bytes", scenarios::patch_bytes(&run, 20, &tag).await)
+                else {
+                    continue;
+                };
                 eprintln!(
                     "   patch: {:.0} B on the wire per update of a ~100 KiB document",
                     b
@@ -242,7 +284,9 @@ async fn run(args: Args) -> Result<(), String> {
                 );
                 let run = peers::start(sys, &format!("d{round}")).await?;
                 for conns in [1usize, 16, 128] {
-                    let w = scenarios::writes(&run, conns, 3.0).await?;
+                    let Some(w) = soft!("writes", scenarios::writes(&run, conns, 3.0).await) else {
+                        continue;
+                    };
                     eprintln!(
                         "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
                         w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
