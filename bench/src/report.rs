@@ -34,7 +34,11 @@ pub fn markdown(r: &Results, systems: &[System]) -> String {
     let mut out = String::from("| metric (median) | ");
     out.push_str(&cols.join(" | "));
     for p in &peers {
-        out.push_str(&format!(" | stateline/{p}"));
+        if p.as_str() == "redis-aof-always" {
+            out.push_str(" | stateline-durable/redis-aof-always");
+        } else {
+            out.push_str(&format!(" | stateline/{p}"));
+        }
     }
     out.push_str(" |\n|---");
     for _ in 0..cols.len() + peers.len() {
@@ -49,8 +53,14 @@ pub fn markdown(r: &Results, systems: &[System]) -> String {
                 by.get(c).map_or("–".into(), |v| fmt(median(v)))
             ));
         }
-        let s = by.get("stateline").map(|v| median(v));
         for p in &peers {
+            // Durable peers are compared with durable Stateline, the rest with in-memory Stateline.
+            let mine = if p.as_str() == "redis-aof-always" {
+                "stateline-durable"
+            } else {
+                "stateline"
+            };
+            let s = by.get(mine).map(|v| median(v));
             let ratio = match (s, by.get(*p).map(|v| median(v))) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "–".into(),

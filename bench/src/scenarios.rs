@@ -149,6 +149,8 @@ pub struct Fanout {
     pub max_ms: f64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Writes per second the writer achieved (it waits for each acknowledgement).
+    pub writes_per_sec: f64,
 }
 
 struct Seen {
@@ -375,6 +377,7 @@ pub async fn fanout(
     for t in wt {
         t.await.map_err(|e| e.to_string())??;
     }
+    let writer_secs = (now_ns() - start) as f64 / 1e9;
     let expected = messages * subs as u64;
     // Wait for deliveries to finish: until every subscriber has everything, or nothing new for 3 s.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -411,6 +414,7 @@ pub async fn fanout(
         max_ms: hist.max_ms(),
         lost: expected - unique,
         duplicated: dup,
+        writes_per_sec: messages as f64 / writer_secs.max(1e-9),
     })
 }
 
