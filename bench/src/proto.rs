@@ -342,6 +342,48 @@ pub fn ws_upgrade(addr: SocketAddr, path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An etcd watch on `key` (with `prefix`, on every key starting with it) through the JSON gateway.
+pub async fn etcd_watch(
+    addr: SocketAddr,
+    key: &str,
+    prefix: bool,
+    f: impl FnMut(&[u8]) -> bool,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> io::Result<()> {
+    let mut body = format!("{{\"create_request\":{{\"key\":\"{}\"", b64(key.as_bytes()));
+    if prefix {
+        let mut end = key.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        body.push_str(&format!(",\"range_end\":\"{}\"", b64(&end)));
+    }
+    body.push_str("}}");
+    http_stream(
+        addr,
+        "POST",
+        "/v3/watch",
+        "Content-Type: application/json\r\n",
+        body.as_bytes(),
+        f,
+        ready,
+    )
+    .await
+}
+
+/// A NATS subscription on `subject`.
+pub async fn nats_subscribe(
+    addr: SocketAddr,
+    subject: &str,
+    f: impl FnMut(&[u8]) -> bool,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> io::Result<()> {
+    let hello =
+        format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {subject} 1\r\nPING\r\n")
+            .into_bytes();
+    tcp_subscribe(addr, hello, b"PONG", f, ready).await
+}
+
 /// Base64, for etcd's JSON gateway.
 pub fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)

@@ -214,48 +214,62 @@ pub async fn fanout(
             };
             let r = match sys {
                 System::Stateline | System::StatelineDurable => {
-                    let path = if glob { format!("/{ns}/*") } else { format!("/{ns}/k") };
-                    proto::tcp_subscribe(addr, proto::ws_upgrade(addr, &path), b"\r\n\r\n", &mut feed, tx).await.map_err(|e| e.to_string())
-                }
-                System::Redis | System::RedisAof => {
-                    let hello = if glob { proto::resp(&[b"PSUBSCRIBE", format!("{ns}:*").as_bytes()]) } else { proto::resp(&[b"SUBSCRIBE", format!("{ns}:k").as_bytes()]) };
-                    let ack: &'static [u8] = if glob { b"psubscribe" } else { b"subscribe" };
-                    proto::tcp_subscribe(addr, hello, ack, &mut feed, tx).await.map_err(|e| e.to_string())
-                }
-                System::Nats => {
-                    let subj = if glob { format!("{ns}.*") } else { format!("{ns}.k") };
-                    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {subj} 1\r\nPING\r\n").into_bytes();
-                    proto::tcp_subscribe(addr, hello, b"PONG", &mut feed, tx).await.map_err(|e| e.to_string())
-                }
-                System::Etcd => {
-                    let key = if glob { format!("/{ns}/") } else { format!("/{ns}/k") };
-                    let mut body = format!("{{\"create_request\":{{\"key\":\"{}\"", proto::b64(key.as_bytes()));
-                    if glob {
-                        let mut end = key.clone().into_bytes();
-                        *end.last_mut().unwrap() += 1;
-                        body.push_str(&format!(",\"range_end\":\"{}\"", proto::b64(&end)));
-                    }
-                    body.push_str("}}");
-                    let mut tx = Some(tx);
-                    proto::http_stream(
+                    let path = if glob {
+                        format!("/{ns}/*")
+                    } else {
+                        format!("/{ns}/k")
+                    };
+                    proto::tcp_subscribe(
                         addr,
-                        "POST",
-                        "/v3/watch",
-                        "Content-Type: application/json\r\n",
-                        body.as_bytes(),
-                        |chunk| {
-                            if chunk.windows(9).any(|w| w == b"\"created\"") {
-                                if let Some(t) = tx.take() {
-                                    let _ = t.send(());
-                                }
-                            }
-                            proto::scan_etcd(chunk, |i, t| more = go(i, t) && more, |_| {});
-                            more
-                        },
-                        oneshot::channel().0,
+                        proto::ws_upgrade(addr, &path),
+                        b"\r\n\r\n",
+                        &mut feed,
+                        tx,
                     )
                     .await
                     .map_err(|e| e.to_string())
+                }
+                System::Redis | System::RedisAof => {
+                    let hello = if glob {
+                        proto::resp(&[b"PSUBSCRIBE", format!("{ns}:*").as_bytes()])
+                    } else {
+                        proto::resp(&[b"SUBSCRIBE", format!("{ns}:k").as_bytes()])
+                    };
+                    let ack: &'static [u8] = if glob { b"psubscribe" } else { b"subscribe" };
+                    proto::tcp_subscribe(addr, hello, ack, &mut feed, tx)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                System::Nats => {
+                    let subj = if glob {
+                        format!("{ns}.*")
+                    } else {
+                        format!("{ns}.k")
+                    };
+                    proto::nats_subscribe(addr, &subj, &mut feed, tx)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                System::Etcd => {
+                    let key = if glob {
+                        format!("/{ns}/")
+                    } else {
+                        format!("/{ns}/k")
+                    };
+                    // Ready once etcd confirms the watch ("created"), not at the response headers.
+                    let mut tx = Some(tx);
+                    let f = |chunk: &[u8]| {
+                        if chunk.windows(9).any(|w| w == b"\"created\"") {
+                            if let Some(t) = tx.take() {
+                                let _ = t.send(());
+                            }
+                        }
+                        proto::scan_etcd(chunk, |i, t| more = go(i, t) && more, |_| {});
+                        more
+                    };
+                    proto::etcd_watch(addr, &key, glob, f, oneshot::channel().0)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             };
             r
@@ -465,27 +479,12 @@ pub async fn idle(run: &Running, n: usize, sse: bool, tag: &str) -> Result<f64, 
                         .await;
                     }
                     System::Nats => {
-                        let hello = format!(
-                            "CONNECT {{\"verbose\":false}}\r\nSUB idle{tag}.k {c}\r\nPING\r\n"
-                        )
-                        .into_bytes();
-                        let _ = proto::tcp_subscribe(addr, hello, b"PONG", |_| true, tx).await;
+                        let _ = proto::nats_subscribe(addr, &format!("idle{tag}.k"), |_| true, tx)
+                            .await;
                     }
                     System::Etcd => {
-                        let body = format!(
-                            "{{\"create_request\":{{\"key\":\"{}\"}}}}",
-                            proto::b64(format!("/idle{tag}/k").as_bytes())
-                        );
-                        let _ = proto::http_stream(
-                            addr,
-                            "POST",
-                            "/v3/watch",
-                            "",
-                            body.as_bytes(),
-                            |_| true,
-                            tx,
-                        )
-                        .await;
+                        let key = format!("/idle{tag}/k");
+                        let _ = proto::etcd_watch(addr, &key, false, |_| true, tx).await;
                     }
                 }
             };
@@ -585,38 +584,18 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
                 .await;
             }
             System::Nats => {
-                let hello =
-                    format!("CONNECT {{\"verbose\":false}}\r\nSUB {k2} 1\r\nPING\r\n").into_bytes();
-                let _ = proto::tcp_subscribe(
-                    addr,
-                    hello,
-                    b"PONG",
-                    |b| {
-                        r2.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        true
-                    },
-                    tx,
-                )
-                .await;
+                let count = |b: &[u8]| {
+                    r2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    true
+                };
+                let _ = proto::nats_subscribe(addr, &k2, count, tx).await;
             }
             System::Etcd => {
-                let body = format!(
-                    "{{\"create_request\":{{\"key\":\"{}\"}}}}",
-                    proto::b64(format!("/{k2}").as_bytes())
-                );
-                let _ = proto::http_stream(
-                    addr,
-                    "POST",
-                    "/v3/watch",
-                    "",
-                    body.as_bytes(),
-                    |b| {
-                        r2.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        true
-                    },
-                    tx,
-                )
-                .await;
+                let count = |b: &[u8]| {
+                    r2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    true
+                };
+                let _ = proto::etcd_watch(addr, &format!("/{k2}"), false, count, tx).await;
             }
         }
     });
