@@ -1,0 +1,104 @@
+//! Online backup through the running server (`GET /_backup`, `stateline backup`) and restore into
+//! a new data folder (`stateline restore`), with the binaries as a user runs them.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, token: Option<&str>) -> (Server, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateline"));
+    cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir);
+    if let Some(t) = token {
+        cmd.args(["--backup-token", t]);
+    }
+    let child = Server(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, base)
+}
+
+#[tokio::test]
+async fn backup_while_serving_then_restore() {
+    let root = std::env::temp_dir().join(format!("stateline-backup-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (server, base) = start(&root.join("a"), Some("s3cret"));
+    let c = stateline_server::client::Client::new(&base).unwrap();
+    for i in 0..50 {
+        c.set(&format!("items/{i}"), &serde_json::json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let get = |auth: Option<&'static str>| {
+        let c = &c;
+        async move {
+            let h: Vec<(&str, &str)> = auth.map(|a| vec![("authorization", a)]).unwrap_or_default();
+            c.request(http::Method::GET, "/_backup", &h, "")
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get(None).await.status, 401);
+    assert_eq!(get(Some("Bearer wrong")).await.status, 401);
+    let ok = get(Some("Bearer s3cret")).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers.get("x-keys").unwrap(), "50");
+
+    let out = root.join("backup.redb");
+    let status = Command::new(env!("CARGO_BIN_EXE_stateline"))
+        .args(["backup", "--url", &base, "--token", "s3cret", "--out"])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Writes after the backup are not in it.
+    c.set("items/late", &serde_json::json!(1)).await.unwrap();
+    drop(server);
+
+    let status = Command::new(env!("CARGO_BIN_EXE_stateline"))
+        .args(["restore", "--data"])
+        .arg(root.join("b"))
+        .arg("--from")
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_server, base) = start(&root.join("b"), None);
+    let c = stateline_server::client::Client::new(&base).unwrap();
+    assert_eq!(
+        c.get("items/7").await.unwrap().unwrap()["data"],
+        serde_json::json!({"i": 7})
+    );
+    assert!(c.get("items/late").await.unwrap().is_none());
+    let off = c
+        .request(http::Method::GET, "/_backup", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(off.status, 404, "backups are off without --backup-token");
+    let _ = std::fs::remove_dir_all(&root);
+}
