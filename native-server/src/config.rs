@@ -21,6 +21,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start; the size of the serve variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (REST, WebSocket, SSE and /_ws on one port).
@@ -116,6 +118,11 @@ pub struct ServeArgs {
     /// cut off (WebSocket close 4008) so it never slows the others; it resumes with `?v=`.
     #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256)]
     pub queue: usize,
+
+    /// Time a client may take to send a request's headers (and an idle keep-alive connection to
+    /// start its next request) before the connection is closed: the slowloris guard.
+    #[arg(long, env = "STATELINE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
 
     /// Ping every WebSocket peer this often; one that sends nothing back (not even a pong)
     /// for a whole interval after a ping is closed.

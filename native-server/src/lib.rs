@@ -98,10 +98,7 @@ pub async fn serve(
     let app = router(shared.clone());
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
-    let mut graceful = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
+    let server = accept_loop(listener, app, stop_rx.clone(), args.header_timeout);
     let drain = args.drain;
     let stopper = async move {
         signal.await;
@@ -121,6 +118,61 @@ pub async fn serve(
     }
     timers.abort();
     tracing::info!(open = shared.live(), "stopped");
+    Ok(())
+}
+
+/// Accepts connections and serves HTTP/1.1 on each (with upgrades for WebSockets) until `stop`
+/// flips, then asks every connection to finish its current request and waits for them all.
+/// Unlike `axum::serve`, hyper gets a timer here, so a client that sends its request headers too
+/// slowly (slowloris) is dropped after `header_timeout`.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) -> Result<(), std::io::Error> {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (io, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = io.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        let mut conn_stop = stop.clone();
+        conns.spawn(async move {
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                // The guard `wait_for` returns is dropped inside, before the next await.
+                _ = async { drop(conn_stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
     Ok(())
 }
 
