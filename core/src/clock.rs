@@ -63,6 +63,12 @@ impl Clock {
         t
     }
 
+    /// Never hand out `t` or anything below it again: used after a restart, so timestamps stay
+    /// above those already stored even if the wall clock went back while the process was down.
+    pub fn advance_past(&mut self, t: i64) {
+        self.last = self.last.max(t);
+    }
+
     /// The latest timestamp handed out (or the raw reading, if later), without advancing.
     pub fn peek(&self, tick: Tick) -> i64 {
         self.raw(tick.mono_ns).max(self.last)
@@ -147,6 +153,22 @@ mod tests {
         }
         // Nine corrections of at most 1 ms each.
         assert!(prev >= before + 8 * S - 9 * SLEW_NS);
+    }
+
+    #[test]
+    fn advance_past_a_restored_timestamp() {
+        let mut c = Clock::new(Tick {
+            wall_ns: 100,
+            mono_ns: 0,
+        });
+        c.advance_past(5_000);
+        assert_eq!(
+            c.now(Tick {
+                wall_ns: 100,
+                mono_ns: 1
+            }),
+            5_001
+        );
     }
 
     #[test]

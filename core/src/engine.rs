@@ -208,8 +208,11 @@ impl Engine {
     /// A state restored from disk: the store and the change log as they were, so clients resume
     /// across a restart instead of taking a snapshot.
     pub fn restore(tick: Tick, store: Store, log: Log, config: Config, filters: Filters) -> Engine {
+        let newest = store.newest_timestamp();
         let mut e = Engine::from_store(tick, store, config, filters);
         e.log = log;
+        // Timestamps stay above the stored ones even if the wall clock went back while down.
+        e.clock.advance_past(newest);
         e
     }
 
@@ -900,6 +903,32 @@ mod tests {
             json!(2)
         );
         assert_eq!(e.handle_timeout(t(200)).len(), 1);
+    }
+
+    #[test]
+    fn restored_engine_timestamps_stay_above_stored_ones() {
+        let mut e = engine();
+        set(&mut e, "a", json!(1)).unwrap();
+        let created = e.store().get("a").unwrap().created;
+        let store = Store::load(
+            e.store().last_seq(),
+            [("a".into(), e.store().get("a").unwrap().clone())],
+        );
+        let log = Log::new(store.last_seq(), 10, 1 << 20);
+        // The wall clock is now an hour before the stored write.
+        let back = Tick::from_wall(created - 3_600_000_000_000);
+        let mut r = Engine::restore(back, store, log, Config::default(), Filters::new());
+        r.execute(
+            back,
+            Op::Push {
+                target: "l/*".into(),
+                value: json!(1),
+                ttl: Ttl::Clear,
+            },
+        )
+        .unwrap();
+        let pushed = r.store().list(&Pattern::parse("l/*").unwrap())[0].1.created;
+        assert!(pushed > created, "{pushed} > {created}");
     }
 
     #[test]

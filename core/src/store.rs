@@ -111,6 +111,15 @@ impl Store {
         s
     }
 
+    /// The newest `created`/`updated` timestamp of any entry (0 when empty).
+    pub fn newest_timestamp(&self) -> i64 {
+        self.map
+            .values()
+            .map(|e| e.created.max(e.updated))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The sequence number of the latest change.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
