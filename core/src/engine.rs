@@ -622,6 +622,11 @@ impl Engine {
         if let Some(first) = changes.first() {
             self.store.undo(changes);
             self.log.truncate_from(first.seq);
+            // A pool joined while these changes were applied saw them: it resyncs.
+            let frames = self
+                .pools
+                .rebuild_after_revert(first.seq, &self.store, &self.filters);
+            self.frames.extend(frames);
         }
     }
 
@@ -929,6 +934,34 @@ mod tests {
         .unwrap();
         let pushed = r.store().list(&Pattern::parse("l/*").unwrap())[0].1.created;
         assert!(pushed > created, "{pushed} > {created}");
+    }
+
+    #[test]
+    fn a_pool_joined_before_a_revert_resyncs() {
+        let mut e = engine();
+        set(&mut e, "k", json!(1)).unwrap();
+        let a = set(&mut e, "k", json!(2)).unwrap();
+        // A subscriber joins while the write waits for its commit: its snapshot holds 2.
+        let (id, first) = e
+            .join(Pattern::parse("k").unwrap(), Encoding::Ooo, None, true)
+            .unwrap();
+        let Join::Frame(b) = first else {
+            panic!("snapshot expected")
+        };
+        assert!(std::str::from_utf8(&b).unwrap().contains(r#""data":2"#));
+        e.revert(&a.changes);
+        let f = e.poll_frame().expect("a resync frame");
+        assert_eq!(f.pool, id);
+        let text = std::str::from_utf8(&f.bytes).unwrap();
+        assert!(
+            text.contains(r#""snapshot":true"#) && text.contains(r#""data":1"#),
+            "{text}"
+        );
+        assert!(e.poll_frame().is_none());
+        // Later writes reach it as usual.
+        let b = set(&mut e, "k", json!(3)).unwrap();
+        e.publish(&b.changes);
+        assert!(e.poll_frame().is_some());
     }
 
     #[test]

@@ -343,6 +343,45 @@ impl Pools {
     }
 }
 
+impl Pools {
+    /// After the changes from `first_seq` on were reverted (their commit failed): every pool whose
+    /// view was built while they were applied is rebuilt from the store and yields a snapshot (for
+    /// SSE, the current values), so its subscribers resync to what is really stored.
+    pub fn rebuild_after_revert(
+        &mut self,
+        first_seq: u64,
+        store: &Store,
+        filters: &Filters,
+    ) -> Vec<Frame> {
+        let last = store.last_seq();
+        let mut frames = Vec::new();
+        for (id, pool) in self.pools.iter_mut() {
+            if pool.seq < first_seq {
+                continue;
+            }
+            pool.view = match (&pool.pattern, pool.enc) {
+                (_, Encoding::Sse) => View::Events,
+                (Pattern::Key(k), _) => View::Object(store.get(k).cloned()),
+                (p, _) => View::List(store.list(p)),
+            };
+            pool.seq = last;
+            pool.version = last;
+            if pool.filtered.is_some() {
+                pool.filtered = Some(pool.filtered_view(filters));
+            }
+            let bytes = match pool.enc {
+                Encoding::Sse => current_events(&pool.pattern, store, filters),
+                _ => pool.snapshot(filters, last),
+            };
+            if !bytes.is_empty() {
+                frames.push(Frame { pool: *id, bytes });
+            }
+        }
+        self.published = self.published.min(last);
+        frames
+    }
+}
+
 fn remove_from(node: &mut Node, segs: &[Segment], subtree: bool, id: PoolId) -> bool {
     match segs.split_first() {
         None => {

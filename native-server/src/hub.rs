@@ -77,6 +77,11 @@ impl Hub {
             return;
         }
         self.engine.publish(changes);
+        self.fan_out();
+    }
+
+    /// Sends every frame the engine has queued to the subscribers of its pool.
+    pub fn fan_out(&mut self) {
         let mut lagging = Vec::new();
         while let Some(f) = self.engine.poll_frame() {
             if let Some(list) = self.subs.get(&f.pool) {
@@ -338,6 +343,8 @@ impl Shared {
                             for j in all.iter().rev() {
                                 hub.engine.revert(&j.changes);
                             }
+                            // Pools built while those writes were applied resync with a snapshot.
+                            hub.fan_out();
                             let msg = e.to_string();
                             for j in all {
                                 (j.done)(Err(msg.clone()));
