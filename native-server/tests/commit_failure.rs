@@ -72,8 +72,18 @@ async fn failed_commit_is_a_500_and_changes_nothing() {
     server.abort();
     drop(shared);
     drop(disk);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let (engine, _) = open_store(&args, &Clocks::new(), Filters::new()).unwrap();
+    // The aborted server task lets go of the file lock when it is dropped; retry until then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let engine = loop {
+        match open_store(&args, &Clocks::new(), Filters::new()) {
+            Ok((engine, _)) => break engine,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
     assert_eq!(*engine.store().get("k").unwrap().data, json!({"v":3}));
     assert!(engine.store().get("other").is_none());
     assert_eq!(engine.store().len(), 2);

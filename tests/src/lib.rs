@@ -528,6 +528,19 @@ pub async fn connections(c: &Client) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (up to [`SOON`]) until the server counts `n` subscriber connections, and returns the
+/// last count seen: tests assert on it instead of sleeping and hoping.
+pub async fn wait_connections(c: &Client, n: u64) -> u64 {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let now = connections(c).await;
+        if now == n || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A raw WebSocket handshake on `path` with extra header lines; returns the stream and the
 /// response head.
 pub async fn raw_ws(server: &Server, path: &str, extra: &str) -> (TcpStream, String) {

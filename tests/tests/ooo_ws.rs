@@ -6,8 +6,8 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{json, Value};
 use stateline_conformance::{
-    apply, assert_quiet, connections, next_event, next_json, raw_ws, read_to_eof, unique, ws,
-    Server, WsEvent, SOON,
+    apply, assert_quiet, connections, next_event, next_json, raw_ws, read_to_eof, unique,
+    wait_connections, ws, Server, WsEvent, SOON,
 };
 
 fn empty() -> Value {
@@ -239,8 +239,7 @@ async fn case20_silent_peer_is_closed() {
     // A hand-made client that completes the handshake and then never reads nor answers pings.
     let (mut tcp, head) = raw_ws(&s, "/silent", "").await;
     assert!(head.starts_with("HTTP/1.1 101"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(connections(&c).await, 1);
+    assert_eq!(wait_connections(&c, 1).await, 1);
     let mut buf = Vec::new();
     assert!(
         read_to_eof(&mut tcp, &mut buf, Duration::from_secs(5)).await,

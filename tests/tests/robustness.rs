@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use serde_json::json;
 use stateline_conformance::{
-    connections, find, next_event, next_json, raw_ws, read_to_eof, unique, ws, Server, Sse,
-    WsEvent, SOON,
+    connections, find, next_event, next_json, raw_ws, read_to_eof, unique, wait_connections, ws,
+    Server, Sse, WsEvent, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -78,11 +78,11 @@ async fn slow_subscriber_is_cut_off_and_others_keep_up() {
         "writes and fan-out took {took:?}"
     );
     // The slow subscriber is gone from the pool...
-    let deadline = Instant::now() + SOON;
-    while connections(&c).await != 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(connections(&c).await, 3, "the slow subscriber was cut off");
+    assert_eq!(
+        wait_connections(&c, 3).await,
+        3,
+        "the slow subscriber was cut off"
+    );
     // ...and when it finally reads, it finds the close frame 4008 after what was buffered.
     let mut buf = Vec::new();
     read_to_eof(&mut slow, &mut buf, Duration::from_secs(10)).await;
@@ -312,17 +312,12 @@ async fn lagging_mux_and_sse_subscribers_are_cut_off() {
     mux.write_all(&masked_text(sub.as_bytes())).await.unwrap();
     // An SSE client that stops reading.
     let mut sse = Sse::open(&s, &format!("/{k}"), "text/event-stream", "").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(connections(&c).await, 2);
+    assert_eq!(wait_connections(&c, 2).await, 2);
     let big = "y".repeat(64 << 10);
     for i in 0..200 {
         c.set(&k, &json!(format!("{i}{big}"))).await.unwrap();
     }
-    let deadline = Instant::now() + SOON;
-    while connections(&c).await != 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(connections(&c).await, 0, "both were cut off");
+    assert_eq!(wait_connections(&c, 0).await, 0, "both were cut off");
     let mut buf = Vec::new();
     read_to_eof(&mut mux, &mut buf, Duration::from_secs(10)).await;
     assert!(find(&buf, &[0x0f, 0xa8]).is_some(), "close 4008 on /_ws");
