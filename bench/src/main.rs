@@ -100,6 +100,38 @@ fn raise_fd_limit() {
     }
 }
 
+/// The writes scenario at each connection count, recorded under two metric names (`{}` is the
+/// count); a failed count is reported and skipped.
+async fn write_series(
+    r: &mut Results,
+    run: &peers::Running,
+    counts: &[usize],
+    rate: &str,
+    p99: &str,
+) {
+    for &conns in counts {
+        let Some(w) = soft!("writes", scenarios::writes(run, conns, 3.0).await) else {
+            continue;
+        };
+        eprintln!(
+            "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+            w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
+        );
+        add(
+            r,
+            &rate.replace("{}", &conns.to_string()),
+            run.system,
+            w.ops_per_sec,
+        );
+        add(
+            r,
+            &p99.replace("{}", &conns.to_string()),
+            run.system,
+            w.p99_ms,
+        );
+    }
+}
+
 fn render(args: &Args, r: &Results, systems: &[System]) -> Result<(), String> {
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let md = report::markdown(r, systems);
@@ -154,27 +186,14 @@ async fn run(args: Args) -> Result<(), String> {
             );
             let run = peers::start(sys, &tag).await?;
             if want("writes") && matches!(sys, System::Stateline | System::Redis) {
-                for conns in [1usize, 16, 64] {
-                    let Some(w) = soft!("writes", scenarios::writes(&run, conns, 3.0).await) else {
-                        continue;
-                    };
-                    eprintln!(
-                        "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
-                        w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
-                    );
-                    add(
-                        &mut r,
-                        &format!("writes/s, {conns} conns"),
-                        sys,
-                        w.ops_per_sec,
-                    );
-                    add(
-                        &mut r,
-                        &format!("write p99 ms, {conns} conns"),
-                        sys,
-                        w.p99_ms,
-                    );
-                }
+                write_series(
+                    &mut r,
+                    &run,
+                    &[1, 16, 64],
+                    "writes/s, {} conns",
+                    "write p99 ms, {} conns",
+                )
+                .await;
             }
             if want("fanout") {
                 for &subs in sub_counts {
@@ -318,27 +337,14 @@ async fn run(args: Args) -> Result<(), String> {
                     sys.durability()
                 );
                 let run = peers::start(sys, &format!("d{round}")).await?;
-                for conns in [1usize, 16, 128] {
-                    let Some(w) = soft!("writes", scenarios::writes(&run, conns, 3.0).await) else {
-                        continue;
-                    };
-                    eprintln!(
-                        "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
-                        w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
-                    );
-                    add(
-                        &mut r,
-                        &format!("acknowledged writes/s, {conns} writers"),
-                        sys,
-                        w.ops_per_sec,
-                    );
-                    add(
-                        &mut r,
-                        &format!("acknowledged write p99 ms, {conns} writers"),
-                        sys,
-                        w.p99_ms,
-                    );
-                }
+                write_series(
+                    &mut r,
+                    &run,
+                    &[1, 16, 128],
+                    "acknowledged writes/s, {} writers",
+                    "acknowledged write p99 ms, {} writers",
+                )
+                .await;
                 run.stop().await;
             }
         }

@@ -526,7 +526,6 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
         .collect();
     let doc = |n: u64| format!("{{\"counter\":{n},{}}}", fields.join(","));
     let received = Arc::new(AtomicU64::new(0));
-    let frames = Arc::new(AtomicU64::new(0));
     let (tx, rx) = oneshot::channel();
     let (addr, sys) = (run.addr, run.system);
     let key = format!("doc{tag}");
@@ -547,7 +546,7 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
             return Err(format!("initial write answered {s}"));
         }
     }
-    let (r2, f2, k2) = (received.clone(), frames.clone(), key.clone());
+    let (r2, k2) = (received.clone(), key.clone());
     let sub = tokio::spawn(async move {
         let mut skip_first = matches!(sys, System::Stateline | System::StatelineDurable);
         let mut count = |n: usize| {
@@ -556,7 +555,6 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
                 return;
             }
             r2.fetch_add(n as u64, Ordering::Relaxed);
-            f2.fetch_add(1, Ordering::Relaxed);
         };
         match sys {
             System::Stateline | System::StatelineDurable => {
@@ -661,6 +659,5 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     sub.abort();
-    let _ = frames;
     Ok((received.load(Ordering::Relaxed) - before) as f64 / updates as f64)
 }

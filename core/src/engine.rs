@@ -346,20 +346,16 @@ impl Engine {
         };
         let mut victims = Vec::new();
         if let Some(count) = limit.count {
-            let exists = self.store.get(key).is_some();
-            let keep = if exists {
-                count
-            } else {
-                count.saturating_sub(1)
-            };
-            let others: Vec<_> = self
+            // After the write the key is one of the `count` kept, so keep `count - 1` others,
+            // newest first, whether the key is new or not.
+            victims = self
                 .store
                 .list(pattern)
                 .into_iter()
                 .filter(|(k, _)| &**k != key)
+                .skip(count.saturating_sub(1))
+                .map(|(k, _)| k)
                 .collect();
-            let keep = if exists { keep.saturating_sub(1) } else { keep };
-            victims = others.into_iter().skip(keep).map(|(k, _)| k).collect();
         }
         (victims, limit.max_age_ns)
     }

@@ -343,18 +343,19 @@ fn body_json(engine: &Engine, body: &[u8]) -> Result<Value, Error> {
 
 /// Answers a plain HTTP request. Changes in the outcome are applied to memory but not published.
 pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutcome {
-    let h = req.headers().clone();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Borrowed, not copied: this runs for every request.
+    let h = req.headers();
+    let method = req.method();
+    let path = req.uri().path();
     let q = query_pairs(req.uri().query().unwrap_or(""));
     let plain = |e: &Engine, err: Error| HttpOutcome {
-        response: plain_error(e, &h, &err, method.as_str()),
+        response: plain_error(e, h, &err, method.as_str()),
         changes: vec![],
     };
 
     if method == Method::OPTIONS {
         return HttpOutcome {
-            response: respond(engine, &h, StatusCode::NO_CONTENT, None, Bytes::new()),
+            response: respond(engine, h, StatusCode::NO_CONTENT, None, Bytes::new()),
             changes: vec![],
         };
     }
@@ -362,7 +363,7 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
         let e = Error::TooLarge;
         return if path.starts_with("/_") {
             HttpOutcome {
-                response: problem(engine, &h, &e),
+                response: problem(engine, h, &e),
                 changes: vec![],
             }
         } else {
@@ -375,7 +376,7 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
                 Ok(v) => HttpOutcome {
                     response: respond(
                         engine,
-                        &h,
+                        h,
                         StatusCode::OK,
                         Some(JSON),
                         json::encode(&v).into(),
@@ -389,16 +390,16 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
         };
     }
     if let Some(rest) = path.strip_prefix("/_") {
-        let r = extended(engine, tick, &method, rest, &q, &h, req.body());
+        let r = extended(engine, tick, method, rest, &q, h, req.body());
         return match r {
             Ok((response, changes)) => HttpOutcome { response, changes },
             Err(e) => HttpOutcome {
-                response: problem(engine, &h, &e),
+                response: problem(engine, h, &e),
                 changes: vec![],
             },
         };
     }
-    match data_route(engine, tick, &method, &path, &q, &h, req.body()) {
+    match data_route(engine, tick, method, path, &q, h, req.body()) {
         Ok((response, changes)) => {
             let mut response = response;
             if method == Method::HEAD {

@@ -16,9 +16,9 @@ pub const EMPTY_OBJECT: &[u8] = br#"{"created":0,"updated":0,"index":"","data":{
 /// Appends the meta object of `key` to `out`.
 pub fn write(out: &mut Vec<u8>, key: &str, e: &Entry) {
     out.extend_from_slice(b"{\"created\":");
-    out.extend_from_slice(itoa(e.created).as_bytes());
+    out.extend_from_slice(e.created.to_string().as_bytes());
     out.extend_from_slice(b",\"updated\":");
-    out.extend_from_slice(itoa(e.updated).as_bytes());
+    out.extend_from_slice(e.updated.to_string().as_bytes());
     out.extend_from_slice(b",\"index\":\"");
     out.extend_from_slice(last_segment(key).as_bytes());
     out.extend_from_slice(b"\",\"path\":\"");
@@ -26,10 +26,6 @@ pub fn write(out: &mut Vec<u8>, key: &str, e: &Entry) {
     out.extend_from_slice(b"\",\"data\":");
     out.extend_from_slice(&e.json);
     out.push(b'}');
-}
-
-fn itoa(n: i64) -> String {
-    n.to_string()
 }
 
 /// The meta object of `key` as bytes.
@@ -70,7 +66,6 @@ pub fn empty_value() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn exact_field_order() {
@@ -107,6 +102,5 @@ mod tests {
             serde_json::from_slice::<Value>(EMPTY_OBJECT).unwrap(),
             empty_value()
         );
-        let _ = Arc::new(());
     }
 }

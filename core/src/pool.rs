@@ -415,9 +415,10 @@ impl Pool {
         let mut out = Vec::with_capacity(data.len() + 64);
         out.push(b'{');
         if self.enc == Encoding::Mux {
-            out.extend_from_slice(b"\"sub\":");
-            out.extend_from_slice(&crate::json::encode(&Value::String(self.pattern.as_str())));
-            out.push(b',');
+            // Patterns are keys, `*` and `/`: nothing in them needs JSON escaping.
+            out.extend_from_slice(b"\"sub\":\"");
+            out.extend_from_slice(self.pattern.as_str().as_bytes());
+            out.extend_from_slice(b"\",");
         }
         out.extend_from_slice(if snapshot {
             b"\"snapshot\":true"

@@ -250,29 +250,22 @@ async fn backup(sh: &Arc<Shared>, headers: &HeaderMap) -> Response {
 /// 500 for a write that could not be made durable (and was rolled back).
 fn storage_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Response {
     let err = stateline_core::Error::Storage(e.to_string());
-    let mut r = if path.starts_with("/_") {
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "code": err.code(),
-            "detail": format!("{err}; nothing was changed"),
-        });
-        let mut r = Response::new(Body::from(body.to_string()));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+    let detail = format!("{err}; nothing was changed");
+    if path.starts_with("/_") {
+        return problem(
+            sh,
+            headers,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            err.code(),
+            &detail,
         );
-        r
-    } else {
-        let mut r = Response::new(Body::from(format!("{err}; nothing was changed\n")));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
-    };
+    }
+    let mut r = Response::new(Body::from(format!("{detail}\n")));
     *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     with_cors(sh, headers, r)
 }
 
