@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod filter;

@@ -6,22 +6,18 @@
 //! [`Log`] at start. redb is crash-safe: a commit either lands whole or not at all, so after a
 //! crash the file holds exactly the acknowledged writes.
 //!
-//! Layout (all little-endian):
-//! - table `entries`: key → `created i64, updated i64, revision u64, seq u64, expires i64 (or
-//!   i64::MIN for none), JSON value bytes`
-//! - table `log`: seq → `revision u64, existed u8, present u8, key length u32, key, [created
-//!   before the change i64 if existed], [entry]`
-//! - table `meta`: `"last_seq"` → u64, `"format"` → 1
+//! Layout: table `entries`: key → an entry; table `log`: seq → a change-log record (both in the
+//! core's byte layout, `stateline_core::codec`); table `meta`: `"last_seq"` → u64, `"format"` → 1.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log, Corrupt};
 use stateline_core::log::Log;
-use stateline_core::store::{Change, Entry, Store};
+use stateline_core::store::{Change, Store};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -77,84 +73,8 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
-    out.extend_from_slice(&e.created.to_le_bytes());
-    out.extend_from_slice(&e.updated.to_le_bytes());
-    out.extend_from_slice(&e.revision.to_le_bytes());
-    out.extend_from_slice(&e.seq.to_le_bytes());
-    out.extend_from_slice(&e.expires.unwrap_or(i64::MIN).to_le_bytes());
-    out.extend_from_slice(&e.json);
-}
-
-fn take8(b: &[u8], at: usize) -> Result<[u8; 8], DiskError> {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| DiskError::Corrupt("short entry".into()))
-}
-
-fn decode_entry(b: &[u8]) -> Result<Entry, DiskError> {
-    let created = i64::from_le_bytes(take8(b, 0)?);
-    let updated = i64::from_le_bytes(take8(b, 8)?);
-    let revision = u64::from_le_bytes(take8(b, 16)?);
-    let seq = u64::from_le_bytes(take8(b, 24)?);
-    let expires = i64::from_le_bytes(take8(b, 32)?);
-    let json = &b[40..];
-    let data: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| DiskError::Corrupt(format!("value of seq {seq}: {e}")))?;
-    Ok(Entry {
-        created,
-        updated,
-        revision,
-        seq,
-        expires: (expires != i64::MIN).then_some(expires),
-        data: Arc::new(data),
-        json: Bytes::copy_from_slice(json),
-    })
-}
-
-fn encode_log(c: &Change) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(64 + c.key.len() + c.entry.as_ref().map_or(0, |e| e.json.len()));
-    out.extend_from_slice(&c.revision.to_le_bytes());
-    out.push(c.prev.is_some() as u8);
-    out.push(c.entry.is_some() as u8);
-    out.extend_from_slice(&(c.key.len() as u32).to_le_bytes());
-    out.extend_from_slice(c.key.as_bytes());
-    if let Some(p) = &c.prev {
-        out.extend_from_slice(&p.created.to_le_bytes());
-    }
-    if let Some(e) = &c.entry {
-        encode_entry(&mut out, e);
-    }
-    out
-}
-
-type LogRecord = (u64, Arc<str>, u64, Option<i64>, Option<Entry>);
-
-fn decode_log(seq: u64, b: &[u8]) -> Result<LogRecord, DiskError> {
-    let bad = || DiskError::Corrupt(format!("log record {seq}"));
-    let revision = u64::from_le_bytes(take8(b, 0)?);
-    let existed = *b.get(8).ok_or_else(bad)? != 0;
-    let present = *b.get(9).ok_or_else(bad)? != 0;
-    let klen = u32::from_le_bytes(
-        b.get(10..14)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(bad)?,
-    ) as usize;
-    let key = std::str::from_utf8(b.get(14..14 + klen).ok_or_else(bad)?).map_err(|_| bad())?;
-    let mut at = 14 + klen;
-    let prev_created = if existed {
-        at += 8;
-        Some(i64::from_le_bytes(take8(b, at - 8)?))
-    } else {
-        None
-    };
-    let entry = if present {
-        Some(decode_entry(b.get(at..).ok_or_else(bad)?)?)
-    } else {
-        None
-    };
-    Ok((seq, key.into(), revision, prev_created, entry))
+fn corrupt(c: Corrupt) -> DiskError {
+    DiskError::Corrupt(c.0)
 }
 
 impl Disk {
@@ -224,14 +144,17 @@ impl Disk {
         let mut loaded = Vec::with_capacity(entries.len().map_err(io)? as usize);
         for row in entries.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            loaded.push((Arc::<str>::from(k.value()), decode_entry(v.value())?));
+            loaded.push((
+                Arc::<str>::from(k.value()),
+                decode_entry(v.value()).map_err(corrupt)?,
+            ));
         }
         let store = Store::load(last_seq, loaded);
         let log_table = tx.open_table(LOG).map_err(io)?;
         let mut records = Vec::new();
         for row in log_table.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            records.push(decode_log(k.value(), v.value())?);
+            records.push(decode_log(k.value(), v.value()).map_err(corrupt)?);
         }
         // Every version from the one before the first kept record is covered.
         let floor = records.first().map_or(store.last_seq(), |r| r.0 - 1);
