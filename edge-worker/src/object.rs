@@ -1,0 +1,634 @@
+//! The Durable Object: one core `Engine` in memory, written through to SQLite storage before
+//! anything is acknowledged, with hibernatable WebSockets.
+//!
+//! Owns the object's lifecycle: loading the engine from storage on first use after a start or an
+//! eviction (revisions, sequence numbers and the change log included), rebuilding the pools of
+//! hibernated sockets from their attachments, fan-out of the core's frames to sockets and SSE
+//! streams, and the alarm that drives TTL expiry and the clock stream. Everything is synchronous
+//! between reading a request body and answering, so the object's events never interleave with a
+//! write half-done.
+
+use std::cell::{RefCell, RefMut};
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_channel::mpsc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use stateline_core::http::{self as core_http, Kind};
+use stateline_core::key::Pattern;
+use stateline_core::mux::{self, Request as MuxRequest};
+use stateline_core::{Change, Config, Encoding, Engine, Error, Filters, PoolId, Tick};
+use worker::{
+    durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
+};
+
+use crate::{convert, route, sql};
+
+/// Header the worker sets to tell an object its namespace (`""` in single mode).
+pub const NS_HEADER: &str = "x-stateline-namespace";
+/// Internal: a namespace object announces itself to the registry (the system object).
+pub const REGISTER: &str = "/_edge/register";
+/// Internal: the registry lists the namespaces in use.
+pub const NAMESPACES: &str = "/_edge/namespaces";
+/// The Durable Object binding in wrangler.toml.
+pub const BINDING: &str = "NAMESPACES";
+
+// A `/_ws` socket's subscriptions live in its attachment, which the runtime caps at 2 KiB; this
+// bounds how many patterns one edge socket may hold (the native server allows 1024).
+const MAX_ATTACHMENT: usize = 2000;
+// SSE streams have no hibernation; each one keeps a bounded queue, and a stream that falls this
+// far behind is closed (the client resumes with Last-Event-ID) rather than grow without bound.
+const SSE_QUEUE: usize = 256;
+// ooo's clock stream ticks once a second.
+const CLOCK_NS: i64 = 1_000_000_000;
+
+fn tick() -> Tick {
+    Tick::from_wall((js_sys::Date::now() * 1e6) as i64)
+}
+
+fn now_ms() -> i64 {
+    js_sys::Date::now() as i64
+}
+
+/// What a socket is, stored in its attachment so a woken object can serve it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Attachment {
+    /// Unique among this object's sockets.
+    id: u32,
+    /// `ooo`, `mux` or `clock`.
+    kind: String,
+    /// The namespace a `/_ws` socket is bound to (namespace mode).
+    ns: String,
+    /// The HTTP paths of its subscriptions (`/books/*`, `/books/`).
+    subs: Vec<String>,
+}
+
+fn http_path(p: &Pattern) -> String {
+    match p.as_str() {
+        s if s == "/" => s,
+        s => format!("/{s}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    Ws(u32),
+    Sse(u32),
+}
+
+/// The object's state while it is in memory.
+struct Live {
+    engine: Engine,
+    ns: String,
+    subs: HashMap<PoolId, Vec<Sub>>,
+    /// Pools per socket id, to leave them when the socket goes.
+    joined: HashMap<u32, Vec<(String, PoolId)>>,
+    sockets: HashMap<u32, WebSocket>,
+    sse: HashMap<u32, mpsc::Sender<Result<Vec<u8>>>>,
+    clocks: Vec<u32>,
+    next_id: u32,
+    log_keep: usize,
+}
+
+impl Live {
+    fn fan_out(&mut self) {
+        while let Some(frame) = self.engine.poll_frame() {
+            let Some(targets) = self.subs.get(&frame.pool) else {
+                continue;
+            };
+            let mut dead = Vec::new();
+            for t in targets {
+                match *t {
+                    Sub::Ws(id) => {
+                        if let Some(ws) = self.sockets.get(&id) {
+                            if ws.send_with_bytes(&frame.bytes).is_err() {
+                                dead.push(id);
+                            }
+                        }
+                    }
+                    Sub::Sse(id) => {
+                        let full = self
+                            .sse
+                            .get_mut(&id)
+                            .is_none_or(|tx| tx.try_send(Ok(frame.bytes.to_vec())).is_err());
+                        if full {
+                            dead.push(id);
+                        }
+                    }
+                }
+            }
+            for id in dead {
+                self.drop_conn(id);
+            }
+        }
+    }
+
+    fn join(&mut self, id: u32, sub: Sub, p: &Pattern, enc: Encoding, version: Option<u64>, initial: bool) -> std::result::Result<Option<Bytes>, Error> {
+        let (pool, first) = self.engine.join(p.clone(), enc, version, initial)?;
+        self.subs.entry(pool).or_default().push(sub);
+        self.joined.entry(id).or_default().push((http_path(p), pool));
+        Ok(match first {
+            stateline_core::Join::Current => None,
+            stateline_core::Join::Frame(b) | stateline_core::Join::Missed(b) => {
+                Some(b).filter(|b| !b.is_empty())
+            }
+        })
+    }
+
+    fn leave(&mut self, id: u32, path: &str) -> bool {
+        let Some(list) = self.joined.get_mut(&id) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|(p, _)| p == path) else {
+            return false;
+        };
+        let (_, pool) = list.swap_remove(i);
+        self.leave_pool(id, pool);
+        true
+    }
+
+    fn leave_pool(&mut self, id: u32, pool: PoolId) {
+        if let Some(v) = self.subs.get_mut(&pool) {
+            v.retain(|s| !matches!(*s, Sub::Ws(x) | Sub::Sse(x) if x == id));
+            if v.is_empty() {
+                self.subs.remove(&pool);
+            }
+        }
+        self.engine.leave(pool);
+    }
+
+    /// Forgets a connection: its pools, its socket or stream, its clock subscription.
+    fn drop_conn(&mut self, id: u32) {
+        for (_, pool) in self.joined.remove(&id).unwrap_or_default() {
+            self.leave_pool(id, pool);
+        }
+        self.sockets.remove(&id);
+        self.sse.remove(&id);
+        self.clocks.retain(|c| *c != id);
+    }
+
+    fn next_id(&mut self) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id
+    }
+}
+
+/// One namespace's (or, in single mode, the whole deployment's) state.
+#[durable_object]
+pub struct Namespace {
+    state: State,
+    env: Env,
+    live: RefCell<Option<Live>>,
+}
+
+impl Namespace {
+    /// The in-memory state, loaded from storage on first use (after a start or an eviction), with
+    /// the pools of every hibernated socket rebuilt from its attachment.
+    fn live(&self) -> Result<RefMut<'_, Live>> {
+        let mut slot = self.live.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(self.load().map_err(worker::Error::RustError)?);
+        }
+        Ok(RefMut::map(slot, |s| s.as_mut().expect("loaded above")))
+    }
+
+    fn load(&self) -> std::result::Result<Live, String> {
+        let storage = self.state.storage();
+        let db = storage.sql();
+        sql::init(&db)?;
+        let config = Config::default();
+        let log_keep = config.log_entries;
+        let (store, log) = sql::load(&db, &config)?;
+        let ns = sql::meta(&db, "namespace")?.unwrap_or_default();
+        let engine = Engine::restore(tick(), store, log, config, Filters::default());
+        let mut live = Live {
+            engine,
+            ns,
+            subs: HashMap::new(),
+            joined: HashMap::new(),
+            sockets: HashMap::new(),
+            sse: HashMap::new(),
+            clocks: Vec::new(),
+            next_id: 0,
+            log_keep,
+        };
+        // Hibernated sockets: every change was fanned out before the object went away (the
+        // object is only evicted when idle), so each socket holds the current state and joins
+        // at the current version: nothing to resend, nothing missed.
+        let current = live.engine.store().last_seq();
+        for ws in self.state.get_websockets() {
+            let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() else {
+                continue;
+            };
+            live.next_id = live.next_id.max(att.id);
+            match att.kind.as_str() {
+                "clock" => live.clocks.push(att.id),
+                _ => {
+                    let enc = if att.kind == "mux" {
+                        Encoding::Mux
+                    } else {
+                        Encoding::Ooo
+                    };
+                    for path in &att.subs {
+                        if let Ok(p) = Pattern::from_http_path(path, true) {
+                            let _ = live.join(att.id, Sub::Ws(att.id), &p, enc, Some(current), false);
+                        }
+                    }
+                }
+            }
+            live.sockets.insert(att.id, ws);
+        }
+        Ok(live)
+    }
+
+    /// Makes `changes` durable, then publishes them; on a storage failure memory is rolled back.
+    fn commit(&self, live: &mut Live, changes: Vec<Change>) -> std::result::Result<(), String> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = sql::commit(&self.state.storage(), &changes, live.log_keep) {
+            live.engine.revert(&changes);
+            return Err(e);
+        }
+        live.engine.publish(&changes);
+        live.fan_out();
+        Ok(())
+    }
+
+    /// Arms the alarm for the next TTL expiry or clock tick, whichever comes first.
+    async fn arm(&self) -> Result<()> {
+        let (ttl_ns, clocks) = {
+            let live = self.live()?;
+            (live.engine.timeout_in(tick()), !live.clocks.is_empty())
+        };
+        let mut at: Option<i64> = ttl_ns.map(|ns| now_ms() + (ns / 1_000_000) as i64 + 1);
+        if clocks {
+            let c = now_ms() + CLOCK_NS / 1_000_000;
+            at = Some(at.map_or(c, |a| a.min(c)));
+        }
+        let storage = self.state.storage();
+        match at {
+            Some(ms) => {
+                let current = storage.get_alarm().await?;
+                if current.is_none_or(|c| c > ms) {
+                    storage.set_alarm(ms).await?;
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn serve(&self, mut req: Request) -> Result<Response> {
+        let ns = req.headers().get(NS_HEADER)?.unwrap_or_default();
+        let head = convert::head(&req)?;
+        // Internal routes, reachable only from other objects (the worker refuses `/_edge/`).
+        match head.uri().path() {
+            REGISTER => return self.register(&head),
+            NAMESPACES => return self.namespaces(),
+            _ => {}
+        }
+        let kind = {
+            let mut live = self.live()?;
+            if live.ns != ns {
+                sql::set_meta(&self.state.storage().sql(), "namespace", &ns)
+                    .map_err(worker::Error::RustError)?;
+                live.ns = ns.clone();
+            }
+            core_http::classify(&live.engine, &head)
+        };
+        match kind {
+            Err(r) => convert::response(r),
+            Ok(Kind::Http) => self.http(&mut req, head).await,
+            Ok(Kind::Root { .. }) => convert::problem(404, "no-route", "served by the worker"),
+            Ok(Kind::Events(sub)) => self.events(&head, sub),
+            Ok(Kind::Clock) => self.accept(&head, "clock", None, &ns),
+            Ok(Kind::Mux) => self.accept(&head, "mux", None, &ns),
+            Ok(Kind::Subscribe(sub)) => self.accept(&head, "ooo", Some(sub), &ns),
+        }
+    }
+
+    async fn http(&self, req: &mut Request, head: http::Request<Bytes>) -> Result<Response> {
+        let max = Config::default().max_body;
+        let declared = head
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let body = if declared.is_some_and(|n| n > max) {
+            // The core answers 413 for an oversized body; do not read it into memory first.
+            Bytes::from(vec![0u8; max + 1])
+        } else if convert::has_body(&req.method()) {
+            Bytes::from(req.bytes().await.unwrap_or_default())
+        } else {
+            Bytes::new()
+        };
+        let (parts, _) = head.into_parts();
+        let full = http::Request::from_parts(parts, body);
+        let path = full.uri().path().to_string();
+        let wrote = {
+            let mut live = self.live()?;
+            let out = core_http::handle(&mut live.engine, tick(), &full);
+            let wrote = !out.changes.is_empty();
+            if let Err(e) = self.commit(&mut live, out.changes) {
+                let err = Error::Storage(e);
+                let detail = format!("{err}; nothing was changed");
+                return if path.starts_with("/_") {
+                    convert::problem(500, err.code(), &detail)
+                } else {
+                    convert::text(500, "text/plain; charset=utf-8", format!("{detail}\n"))
+                };
+            }
+            (wrote, convert::response(out.response))
+        };
+        if wrote.0 {
+            self.announce().await?;
+            self.arm().await?;
+        }
+        wrote.1
+    }
+
+    fn events(&self, head: &http::Request<Bytes>, sub: core_http::Subscription) -> Result<Response> {
+        let (tx, rx) = mpsc::channel::<Result<Vec<u8>>>(SSE_QUEUE);
+        let mut live = self.live()?;
+        let id = live.next_id();
+        live.sse.insert(id, tx);
+        match live.join(id, Sub::Sse(id), &sub.pattern, Encoding::Sse, sub.version, sub.initial) {
+            Ok(first) => {
+                if let Some(tx) = live.sse.get_mut(&id) {
+                    let _ = tx.try_send(Ok(b":stateline\n\n".to_vec()));
+                    if let Some(b) = first {
+                        let _ = tx.try_send(Ok(b.to_vec()));
+                    }
+                }
+            }
+            Err(e) => {
+                live.drop_conn(id);
+                return convert::text(e.status().as_u16(), "text/plain; charset=utf-8", format!("{e}\n"));
+            }
+        }
+        let mut headers = http::HeaderMap::new();
+        core_http::cors_headers(&live.engine, head.headers(), &mut headers);
+        let h = convert::headers(&headers)?;
+        h.set("content-type", "text/event-stream")?;
+        h.set("cache-control", "no-cache")?;
+        Ok(Response::from_stream(rx)?.with_headers(h))
+    }
+
+    fn accept(&self, head: &http::Request<Bytes>, kind: &str, sub: Option<core_http::Subscription>, ns: &str) -> Result<Response> {
+        let pair = WebSocketPair::new()?;
+        let ws = pair.server;
+        let mut live = self.live()?;
+        let id = live.next_id();
+        let mut att = Attachment { id, kind: kind.into(), ns: ns.into(), subs: vec![] };
+        let mut first = None;
+        match (kind, &sub) {
+            ("clock", _) => {
+                first = Some(live.engine.clock_frame(tick()));
+                live.clocks.push(id);
+            }
+            ("ooo", Some(s)) => match live.join(id, Sub::Ws(id), &s.pattern, Encoding::Ooo, s.version, true) {
+                Ok(f) => {
+                    first = f;
+                    att.subs.push(http_path(&s.pattern));
+                }
+                Err(e) => {
+                    live.drop_conn(id);
+                    return convert::text(e.status().as_u16(), "text/plain; charset=utf-8", format!("{e}\n"));
+                }
+            },
+            _ => {}
+        }
+        self.state.accept_websocket_with_tags(&ws, &[&id.to_string()]);
+        ws.serialize_attachment(&att)?;
+        if let Some(b) = first {
+            ws.send_with_bytes(&b)?;
+        }
+        live.sockets.insert(id, ws);
+        drop(live);
+        // Browsers put the token in `Sec-WebSocket-Protocol: bearer, <token>`: the server must
+        // choose `bearer` or the browser drops the connection.
+        let bearer = head
+            .headers()
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("bearer"));
+        let r = Response::from_websocket(pair.client)?;
+        if bearer {
+            r.headers().set("sec-websocket-protocol", "bearer")?;
+        }
+        Ok(r)
+    }
+
+    /// After this namespace's first write, tells the registry it exists (once: remembered in
+    /// storage), so the keys API and the UI can list keys across namespaces.
+    async fn announce(&self) -> Result<()> {
+        let ns = {
+            let live = self.live()?;
+            live.ns.clone()
+        };
+        if ns.is_empty() || ns == route::SYSTEM {
+            return Ok(());
+        }
+        let db = self.state.storage().sql();
+        if sql::meta(&db, "registered").map_err(worker::Error::RustError)?.is_some() {
+            return Ok(());
+        }
+        let stub = self
+            .env
+            .durable_object(BINDING)?
+            .id_from_name(route::SYSTEM)?
+            .get_stub()?;
+        let url = format!("https://registry{REGISTER}?ns={ns}");
+        let r = stub.fetch_with_str(&url).await?;
+        if r.status_code() == 200 {
+            sql::set_meta(&db, "registered", "1").map_err(worker::Error::RustError)?;
+        }
+        Ok(())
+    }
+
+    fn register(&self, head: &http::Request<Bytes>) -> Result<Response> {
+        let ns = core_http::query_pairs(head.uri().query().unwrap_or(""))
+            .into_iter()
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        if ns.is_empty() {
+            return convert::problem(400, "bad-request", "ns is required");
+        }
+        let db = self.state.storage().sql();
+        sql::add_namespace(&db, &ns).map_err(worker::Error::RustError)?;
+        Response::ok("registered")
+    }
+
+    fn namespaces(&self) -> Result<Response> {
+        let db = self.state.storage().sql();
+        let list = sql::namespaces(&db).map_err(worker::Error::RustError)?;
+        Response::from_json(&list)
+    }
+
+    fn mux_message(&self, ws: &WebSocket, msg: &[u8]) -> Result<bool> {
+        let Ok(Some(mut att)) = ws.deserialize_attachment::<Attachment>() else {
+            return Ok(false);
+        };
+        let mut live = self.live()?;
+        let depth = live.engine.config().max_depth;
+        let t = tick();
+        let mut wrote = false;
+        let (reply, first) = match mux::parse(msg, depth) {
+            Err(r) => (mux::reply_error(&r.id, &r.error), None),
+            Ok(m) => {
+                let outside = (!att.ns.is_empty())
+                    .then(|| route::mux_outside(&att.ns, &m.request))
+                    .flatten();
+                if let Some(why) = outside {
+                    (mux::reply_error(&m.id, &Error::BadRequest(why)), None)
+                } else {
+                    match m.request {
+                        MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),
+                        MuxRequest::Sub { pattern, version } => {
+                            let path = http_path(&pattern);
+                            if att.subs.contains(&path) {
+                                let e = Error::BadRequest(format!("already subscribed to {}", pattern.as_str()));
+                                (mux::reply_error(&m.id, &e), None)
+                            } else {
+                                let mut next = att.clone();
+                                next.subs.push(path.clone());
+                                let size = serde_json::to_string(&next).map_or(usize::MAX, |s| s.len());
+                                if size > MAX_ATTACHMENT {
+                                    let e = Error::BadRequest(format!(
+                                        "too many subscriptions on one edge socket (their patterns must fit {MAX_ATTACHMENT} bytes); open another connection"
+                                    ));
+                                    (mux::reply_error(&m.id, &e), None)
+                                } else {
+                                    match live.join(att.id, Sub::Ws(att.id), &pattern, Encoding::Mux, version, true) {
+                                        Ok(first) => {
+                                            ws.serialize_attachment(&next)?;
+                                            (mux::reply_sub(&m.id, &pattern), first)
+                                        }
+                                        Err(e) => (mux::reply_error(&m.id, &e), None),
+                                    }
+                                }
+                            }
+                        }
+                        MuxRequest::Unsub { pattern } => {
+                            let path = http_path(&pattern);
+                            if live.leave(att.id, &path) {
+                                att.subs.retain(|p| *p != path);
+                                ws.serialize_attachment(&att)?;
+                                (mux::reply_sub(&m.id, &pattern), None)
+                            } else {
+                                let e = Error::BadRequest(format!("not subscribed to {}", pattern.as_str()));
+                                (mux::reply_error(&m.id, &e), None)
+                            }
+                        }
+                        MuxRequest::Op(op) => {
+                            let name = mux::op_name(&op);
+                            match live.engine.execute(t, op) {
+                                Ok(mut a) => {
+                                    let changes = std::mem::take(&mut a.changes);
+                                    wrote = !changes.is_empty();
+                                    // Frames first, then the acknowledgement: the client sees
+                                    // its own change before the reply, as on the native server.
+                                    match self.commit(&mut live, changes) {
+                                        Ok(()) => (mux::reply_applied(&m.id, name, &a), None),
+                                        Err(e) => (mux::reply_error(&m.id, &Error::Storage(e)), None),
+                                    }
+                                }
+                                Err(e) => (mux::reply_error(&m.id, &e), None),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        ws.send_with_bytes(&reply)?;
+        if let Some(f) = first {
+            ws.send_with_bytes(&f)?;
+        }
+        Ok(wrote)
+    }
+}
+
+impl DurableObject for Namespace {
+    fn new(state: State, env: Env) -> Self {
+        Namespace {
+            state,
+            env,
+            live: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let r = self.serve(req).await?;
+        // A clock subscriber or a TTL may need the alarm.
+        self.arm().await?;
+        Ok(r)
+    }
+
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        let bytes = match message {
+            WebSocketIncomingMessage::String(s) => s.into_bytes(),
+            WebSocketIncomingMessage::Binary(b) => b,
+        };
+        let kind = ws
+            .deserialize_attachment::<Attachment>()
+            .ok()
+            .flatten()
+            .map(|a| a.kind);
+        if kind.as_deref() == Some("mux") {
+            // Loads the object first if this message woke it (rebuilding every socket's pools).
+            if self.mux_message(&ws, &bytes)? {
+                self.announce().await?;
+                self.arm().await?;
+            }
+        }
+        // ooo's per-path sockets and the clock stream ignore what clients send, as ooo does.
+        Ok(())
+    }
+
+    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _clean: bool) -> Result<()> {
+        if let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() {
+            let mut live = self.live()?;
+            live.drop_conn(att.id);
+        }
+        let _ = ws.close(Some(code.clamp(1000, 4999) as u16), Some(reason));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
+        if let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() {
+            let mut live = self.live()?;
+            live.drop_conn(att.id);
+        }
+        Ok(())
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        {
+            let mut live = self.live()?;
+            let t = tick();
+            live.engine.correct_clock(t);
+            let expired = live.engine.handle_timeout(t);
+            if let Err(e) = self.commit(&mut live, expired) {
+                worker::console_error!("ttl expiry not stored, retried at the next alarm: {e}");
+            }
+            if !live.clocks.is_empty() {
+                let frame = live.engine.clock_frame(t);
+                let ids = live.clocks.clone();
+                for id in ids {
+                    let ok = live.sockets.get(&id).is_some_and(|ws| ws.send_with_bytes(&frame).is_ok());
+                    if !ok {
+                        live.drop_conn(id);
+                    }
+                }
+            }
+        }
+        self.arm().await?;
+        Response::ok("")
+    }
+}

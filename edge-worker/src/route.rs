@@ -1,0 +1,295 @@
+//! Which Durable Object serves a request: pure functions of the request line, tested natively.
+//!
+//! Owns the edge's partitioning rule and nothing else: in namespace mode (the default) every key
+//! lives in the object named after its first segment, so a namespace is one strongly consistent
+//! actor and namespaces scale out across objects; in single mode one object holds everything. It
+//! must not touch Workers APIs, so `cargo test -p stateline-edge` runs it on the host.
+
+use stateline_core::key::Pattern;
+use stateline_core::mux::Request as MuxRequest;
+use stateline_core::Op;
+
+/// The object that serves every request in single mode, and the system routes in namespace mode.
+pub const SYSTEM: &str = "_system";
+
+/// How keys map to objects (`STATELINE_MODE` in wrangler.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One object per first key segment.
+    Namespace,
+    /// One object for everything.
+    Single,
+}
+
+impl Mode {
+    /// Parses the configured mode; anything unknown is a configuration error worth failing on.
+    pub fn parse(s: Option<&str>) -> Result<Mode, String> {
+        match s.map(str::trim) {
+            None | Some("") | Some("namespace") => Ok(Mode::Namespace),
+            Some("single") => Ok(Mode::Single),
+            Some(other) => Err(format!(
+                "STATELINE_MODE must be \"namespace\" or \"single\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Where the worker sends a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Forward to the object with this name.
+    Object(String),
+    /// `GET /` without `?api=`: the client script or the UI, served by the worker itself.
+    Root,
+    /// `GET /?api=keys` in namespace mode: ask every namespace in the registry and merge.
+    AllKeys,
+    /// `GET /_health` in namespace mode without `?ns=`: the worker answers for itself.
+    Health,
+    /// Refused before any object is woken: status and reason.
+    Refuse(u16, String),
+}
+
+/// The namespace a key belongs to: its first segment.
+pub fn key_namespace(key: &str) -> &str {
+    key.split('/').next().unwrap_or(key)
+}
+
+/// The one namespace a pattern stays within, or `None` when it spans namespaces (a `*` first
+/// segment, or the whole tree).
+pub fn pattern_namespace(p: &Pattern) -> Option<String> {
+    let text = p.as_str();
+    let first = text.split('/').next().unwrap_or("");
+    if first.is_empty() || first == "*" {
+        None
+    } else {
+        Some(first.to_string())
+    }
+}
+
+/// Every key an operation touches (a rename touches two).
+pub fn op_keys(op: &Op) -> Vec<&str> {
+    match op {
+        Op::Set { key, .. } | Op::Patch { key, .. } | Op::Incr { key, .. } | Op::Take { key } => {
+            vec![key]
+        }
+        Op::Push { target, .. } | Op::Delete { target, .. } => vec![target],
+        Op::Rename { from, to, .. } => vec![from, to],
+    }
+}
+
+/// Why a `/_ws` message may not run on a connection bound to namespace `ns`, if it may not.
+pub fn mux_outside(ns: &str, req: &MuxRequest) -> Option<String> {
+    let outside = |what: &str| {
+        Some(format!(
+            "{what} is outside this connection's namespace \"{ns}\" (namespace mode: one /_ws \
+             connection per namespace, /_ws?ns=<first key segment>)"
+        ))
+    };
+    match req {
+        MuxRequest::Sub { pattern, .. } | MuxRequest::Unsub { pattern } => {
+            match pattern_namespace(pattern) {
+                Some(n) if n == ns => None,
+                _ => outside(&pattern.as_str()),
+            }
+        }
+        MuxRequest::Op(op) => op_keys(op)
+            .into_iter()
+            .find(|k| key_namespace(k.trim_start_matches('/')) != ns)
+            .and_then(|k| outside(k)),
+        MuxRequest::Ping => None,
+    }
+}
+
+fn query_ns(query: &str) -> Option<String> {
+    stateline_core::http::query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+fn spans(what: &str) -> Target {
+    Target::Refuse(
+        400,
+        format!(
+            "{what} spans namespaces; this deployment keeps one Durable Object per namespace \
+             (the first key segment). Name a namespace, or deploy with STATELINE_MODE = \"single\""
+        ),
+    )
+}
+
+/// Decides where a request goes. `websocket` and `events` say whether it upgrades or asks for
+/// Server-Sent Events; `rename_to` is the target key of a `POST /_rename/...` (read from its body
+/// by the caller), so a rename across namespaces is refused here.
+pub fn target(
+    mode: Mode,
+    method: &str,
+    path: &str,
+    query: &str,
+    websocket: bool,
+    events: bool,
+    rename_to: Option<&str>,
+) -> Target {
+    let get = method == "GET" || method == "HEAD";
+    let has_api = stateline_core::http::query_pairs(query)
+        .iter()
+        .any(|(k, _)| k == "api");
+    if path == "/" && get && !websocket && !events && !has_api {
+        return Target::Root;
+    }
+    if mode == Mode::Single {
+        return Target::Object(SYSTEM.into());
+    }
+    let ns = query_ns(query);
+    if path == "/" {
+        if websocket {
+            // ooo's clock stream: any object has the clock; the system object serves it.
+            return Target::Object(SYSTEM.into());
+        }
+        if events {
+            return spans("a subscription to every key");
+        }
+        if let Some(ns) = ns {
+            return Target::Object(ns);
+        }
+        let api = stateline_core::http::query_pairs(query)
+            .into_iter()
+            .find(|(k, _)| k == "api")
+            .map(|(_, v)| v);
+        return match api.as_deref() {
+            Some("keys") => Target::AllKeys,
+            _ => Target::Object(SYSTEM.into()),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/_") {
+        let (route, key) = rest.split_once('/').unwrap_or((rest, ""));
+        return match route {
+            "ws" => match ns {
+                Some(ns) => Target::Object(ns),
+                None => Target::Refuse(
+                    400,
+                    "in namespace mode /_ws serves one namespace per connection: connect to \
+                     /_ws?ns=<first key segment> (or deploy with STATELINE_MODE = \"single\")"
+                        .into(),
+                ),
+            },
+            "health" => match ns {
+                Some(ns) => Target::Object(ns),
+                None => Target::Health,
+            },
+            "incr" | "take" | "rename" if !key.is_empty() => {
+                let ns = key_namespace(key);
+                if let Some(to) = rename_to {
+                    if key_namespace(to.trim_start_matches('/')) != ns {
+                        return spans("a rename from one namespace to another");
+                    }
+                }
+                Target::Object(ns.into())
+            }
+            _ => Target::Object(SYSTEM.into()),
+        };
+    }
+    let first = path[1..].split('/').next().unwrap_or("");
+    if first == "*" {
+        return spans(&format!("the pattern {path}"));
+    }
+    if first.is_empty() {
+        // `//x` and the like: the object's core answers with the exact key error.
+        return Target::Object(SYSTEM.into());
+    }
+    Target::Object(first.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(method: &str, path: &str, query: &str, ws: bool, sse: bool) -> Target {
+        target(Mode::Namespace, method, path, query, ws, sse, None)
+    }
+
+    #[test]
+    fn namespace_mode_routes_by_first_segment() {
+        let obj = |n: &str| Target::Object(n.into());
+        assert_eq!(ns("GET", "/books/1", "", false, false), obj("books"));
+        assert_eq!(ns("POST", "/books/*", "", false, false), obj("books"));
+        assert_eq!(ns("GET", "/books", "", true, false), obj("books"));
+        assert_eq!(ns("GET", "/books/", "", false, true), obj("books"));
+        assert_eq!(ns("POST", "/_incr/n/c", "", false, false), obj("n"));
+        assert_eq!(ns("GET", "/_ws", "ns=chat", true, false), obj("chat"));
+        assert_eq!(ns("GET", "/", "api=info&ns=chat", false, false), obj("chat"));
+        assert_eq!(ns("GET", "/", "api=keys", false, false), Target::AllKeys);
+        assert_eq!(ns("GET", "/", "", true, false), obj(SYSTEM));
+        assert_eq!(ns("GET", "/_health", "", false, false), Target::Health);
+        assert_eq!(ns("GET", "/", "", false, false), Target::Root);
+    }
+
+    #[test]
+    fn patterns_across_namespaces_are_refused() {
+        for t in [
+            ns("GET", "/*/x", "", false, false),
+            ns("GET", "/*", "", true, false),
+            ns("GET", "/", "", false, true),
+            ns("GET", "/_ws", "", true, false),
+            target(
+                Mode::Namespace,
+                "POST",
+                "/_rename/a/1",
+                "",
+                false,
+                false,
+                Some("b/1"),
+            ),
+        ] {
+            assert!(matches!(t, Target::Refuse(400, _)), "{t:?}");
+        }
+        assert_eq!(
+            target(
+                Mode::Namespace,
+                "POST",
+                "/_rename/a/1",
+                "",
+                false,
+                false,
+                Some("a/2")
+            ),
+            Target::Object("a".into())
+        );
+    }
+
+    #[test]
+    fn single_mode_sends_everything_to_one_object() {
+        let one = Target::Object(SYSTEM.into());
+        for (m, p, q, ws, sse) in [
+            ("GET", "/*/x", "", false, false),
+            ("GET", "/", "", false, true),
+            ("GET", "/_ws", "", true, false),
+            ("GET", "/", "api=keys", false, false),
+        ] {
+            assert_eq!(target(Mode::Single, m, p, q, ws, sse, None), one);
+        }
+        assert_eq!(
+            target(Mode::Single, "GET", "/", "", false, false, None),
+            Target::Root
+        );
+    }
+
+    #[test]
+    fn mux_messages_stay_in_their_namespace() {
+        let sub = |p: &str| MuxRequest::Sub {
+            pattern: Pattern::parse(p).unwrap(),
+            version: None,
+        };
+        assert_eq!(mux_outside("a", &sub("a/*")), None);
+        assert!(mux_outside("a", &sub("b/*")).is_some());
+        assert!(mux_outside("a", &sub("*/x")).is_some());
+        let rename = MuxRequest::Op(Op::Rename {
+            from: "a/1".into(),
+            to: "b/1".into(),
+            overwrite: false,
+        });
+        assert!(mux_outside("a", &rename).is_some());
+        assert_eq!(Mode::parse(Some("single")), Ok(Mode::Single));
+        assert!(Mode::parse(Some("sharded")).is_err());
+    }
+}

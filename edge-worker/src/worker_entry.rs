@@ -1,0 +1,171 @@
+//! The Worker: routes each request to its Durable Object (`route`), serves `/` itself, and merges
+//! the keys API across namespaces.
+
+use serde_json::{json, Value};
+use stateline_core::http as core_http;
+use worker::{event, Context, Env, Method, Request, RequestInit, Response, Result};
+
+use crate::object::{BINDING, NAMESPACES, NS_HEADER};
+use crate::route::{self, Mode, Target};
+use crate::{assets, convert};
+
+// ooo's largest keys page; the merge asks each namespace for pages of this size.
+const KEYS_PAGE: usize = 500;
+
+fn mode(env: &Env) -> std::result::Result<Mode, String> {
+    let v = env.var("STATELINE_MODE").ok().map(|v| v.to_string());
+    Mode::parse(v.as_deref())
+}
+
+#[event(fetch)]
+async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let mode = match mode(&env) {
+        Ok(m) => m,
+        Err(e) => return convert::problem(500, "config", &e),
+    };
+    let url = req.url()?;
+    let path = url.path().to_string();
+    let query = url.query().unwrap_or("").to_string();
+    if path.starts_with("/_edge/") {
+        // Internal routes between objects never come from outside.
+        return convert::problem(404, "no-route", "no such route");
+    }
+    let head = convert::head(&req)?;
+    let websocket = core_http::is_websocket(head.headers());
+    let events = core_http::wants_events(head.headers());
+    let method = req.method();
+    // A rename across namespaces is refused here, which needs the target from the body.
+    let mut body: Option<Vec<u8>> = None;
+    let mut rename_to = None;
+    if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
+        let b = req.bytes().await.unwrap_or_default();
+        rename_to = serde_json::from_slice::<Value>(&b)
+            .ok()
+            .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
+        body = Some(b);
+    }
+    let target = route::target(
+        mode,
+        method.as_ref(),
+        &path,
+        &query,
+        websocket,
+        events,
+        rename_to.as_deref(),
+    );
+    match target {
+        Target::Refuse(status, why) => convert::problem(status, "spans-namespaces", &why),
+        Target::Root => assets::root(head.headers()),
+        Target::Health => convert::text(
+            200,
+            "application/json",
+            json!({"status": "ok", "mode": "namespace"}).to_string(),
+        ),
+        Target::AllKeys => all_keys(&env, &query, head.headers()).await,
+        Target::Object(name) => {
+            let ns = if mode == Mode::Single || name == route::SYSTEM {
+                String::new()
+            } else {
+                name.clone()
+            };
+            let stub = env.durable_object(BINDING)?.id_from_name(&name)?.get_stub()?;
+            // Incoming headers are immutable: forward a copy with the namespace set by us (a
+            // client cannot choose it), and the body as read above or as the original stream.
+            let headers = worker::Headers::new();
+            for (k, v) in req.headers().entries() {
+                if !k.eq_ignore_ascii_case(NS_HEADER) {
+                    headers.append(&k, &v)?;
+                }
+            }
+            headers.set(NS_HEADER, &ns)?;
+            let body: Option<wasm_bindgen::JsValue> = match body {
+                Some(b) => Some(js_sys::Uint8Array::from(b.as_slice()).into()),
+                None => req.inner().body().map(Into::into),
+            };
+            let init = RequestInit {
+                method: method.clone(),
+                headers,
+                body,
+                ..Default::default()
+            };
+            let forwarded = Request::new_with_init(url.as_str(), &init)?;
+            stub.fetch_with_request(forwarded).await
+        }
+    }
+}
+
+/// `GET /?api=keys` across namespaces: one namespace when the filter names it, otherwise every
+/// namespace in the registry, merged in key order and paged as the core pages.
+async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<Response> {
+    let q = core_http::query_pairs(query);
+    let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let filter = get("filter").unwrap_or("");
+    let objects = env.durable_object(BINDING)?;
+    let first = filter.split('/').next().unwrap_or("");
+    if !first.is_empty() && !first.contains('*') && filter.contains('/') {
+        // The filter stays inside one namespace: that object pages it itself.
+        let stub = objects.id_from_name(first)?.get_stub()?;
+        return stub
+            .fetch_with_str(&format!("https://edge/?{query}&ns={first}"))
+            .await;
+    }
+    let page: usize = match get("page").map(str::parse) {
+        None => 1,
+        Some(Ok(p)) if p >= 1 => p,
+        _ => return convert::problem(400, "bad-request", "page must be a number from 1"),
+    };
+    let limit: usize = match get("limit").map(str::parse) {
+        None => 50,
+        Some(Ok(l)) if (1..=KEYS_PAGE).contains(&l) => l,
+        _ => {
+            return convert::problem(
+                400,
+                "bad-request",
+                &format!("limit must be from 1 to {KEYS_PAGE}"),
+            )
+        }
+    };
+    let registry = objects.id_from_name(route::SYSTEM)?.get_stub()?;
+    let mut r = registry
+        .fetch_with_str(&format!("https://edge{NAMESPACES}"))
+        .await?;
+    let names: Vec<String> = r.json().await?;
+    let mut keys: Vec<String> = Vec::new();
+    let enc = |s: &str| js_sys::encode_uri_component(s).as_string().unwrap_or_default();
+    for ns in names {
+        if !filter.is_empty() && !filter.contains('*') && !ns.starts_with(first) {
+            continue;
+        }
+        let stub = objects.id_from_name(&ns)?.get_stub()?;
+        let mut p = 1;
+        loop {
+            let url = format!(
+                "https://edge/?api=keys&ns={}&filter={}&limit={KEYS_PAGE}&page={p}",
+                enc(&ns),
+                enc(filter)
+            );
+            let mut r = stub.fetch_with_str(&url).await?;
+            let v: Value = r.json().await?;
+            let got: Vec<String> = v
+                .get("keys")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let total = v.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let n = got.len();
+            keys.extend(got);
+            if n < KEYS_PAGE || p * KEYS_PAGE >= total {
+                break;
+            }
+            p += 1;
+        }
+    }
+    keys.sort();
+    let total = keys.len();
+    let page_keys: Vec<&String> = keys.iter().skip((page - 1) * limit).take(limit).collect();
+    let body = json!({"keys": page_keys, "total": total, "page": page, "limit": limit, "filter": filter});
+    let mut r = convert::text(200, "application/json", body.to_string())?;
+    let _ = headers;
+    r.headers_mut().set("cache-control", "no-cache")?;
+    Ok(r)
+}
