@@ -5,7 +5,17 @@ use worker::{Response, Result};
 
 use crate::convert;
 
-const PLACEHOLDER_HTML: &str = "<!doctype html><title>Stateline</title><h1>Stateline (edge) is running</h1>";
+const PLACEHOLDER_HTML: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Stateline</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>Stateline is running at the edge</h1>
+<p>The web UI is not built yet: it comes with issue 8 (“The web UI: browse, edit and watch the data live”).</p>
+</body></html>
+"#;
+
+const PLACEHOLDER_JS: &str = r#"/* Stateline: the client script is not built yet (issue 4, the wasm JavaScript client). */
+throw new Error("Stateline: client script not built yet (issue 4)");
+"#;
 
 /// Serves `/` by what the client accepts.
 pub fn root(headers: &http::HeaderMap) -> Result<Response> {
@@ -16,6 +26,6 @@ pub fn root(headers: &http::HeaderMap) -> Result<Response> {
     if html {
         convert::text(200, "text/html; charset=utf-8", PLACEHOLDER_HTML)
     } else {
-        convert::problem(503, "client-not-built", "the client script is not in this bundle")
+        convert::text(200, "application/javascript; charset=utf-8", PLACEHOLDER_JS)
     }
 }

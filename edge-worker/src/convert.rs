@@ -53,7 +53,14 @@ pub fn headers(h: &http::HeaderMap) -> Result<Headers> {
 pub fn text(status: u16, ctype: &str, body: impl Into<Vec<u8>>) -> Result<Response> {
     let h = Headers::new();
     h.set("content-type", ctype)?;
+    // The CORS set the core sends (AtomKV's), for the answers the worker gives itself.
     h.set("access-control-allow-origin", "*")?;
+    h.set("access-control-allow-headers", "*")?;
+    h.set("access-control-allow-methods", "*")?;
+    h.set(
+        "access-control-expose-headers",
+        "X-Revision, ETag, X-Version",
+    )?;
     Ok(Response::from_bytes(body.into())?
         .with_status(status)
         .with_headers(h))

@@ -125,10 +125,21 @@ impl Live {
         }
     }
 
-    fn join(&mut self, id: u32, sub: Sub, p: &Pattern, enc: Encoding, version: Option<u64>, initial: bool) -> std::result::Result<Option<Bytes>, Error> {
+    fn join(
+        &mut self,
+        id: u32,
+        sub: Sub,
+        p: &Pattern,
+        enc: Encoding,
+        version: Option<u64>,
+        initial: bool,
+    ) -> std::result::Result<Option<Bytes>, Error> {
         let (pool, first) = self.engine.join(p.clone(), enc, version, initial)?;
         self.subs.entry(pool).or_default().push(sub);
-        self.joined.entry(id).or_default().push((http_path(p), pool));
+        self.joined
+            .entry(id)
+            .or_default()
+            .push((http_path(p), pool));
         Ok(match first {
             stateline_core::Join::Current => None,
             stateline_core::Join::Frame(b) | stateline_core::Join::Missed(b) => {
@@ -233,7 +244,8 @@ impl Namespace {
                     };
                     for path in &att.subs {
                         if let Ok(p) = Pattern::from_http_path(path, true) {
-                            let _ = live.join(att.id, Sub::Ws(att.id), &p, enc, Some(current), false);
+                            let _ =
+                                live.join(att.id, Sub::Ws(att.id), &p, enc, Some(current), false);
                         }
                     }
                 }
@@ -273,7 +285,9 @@ impl Namespace {
             Some(ms) => {
                 let current = storage.get_alarm().await?;
                 if current.is_none_or(|c| c > ms) {
-                    storage.set_alarm(ms).await?;
+                    // An i64 would be an offset; this is a point in time.
+                    let when = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
+                    storage.set_alarm(worker::ScheduledTime::new(when)).await?;
                 }
             }
             None => {}
@@ -350,12 +364,23 @@ impl Namespace {
         wrote.1
     }
 
-    fn events(&self, head: &http::Request<Bytes>, sub: core_http::Subscription) -> Result<Response> {
+    fn events(
+        &self,
+        head: &http::Request<Bytes>,
+        sub: core_http::Subscription,
+    ) -> Result<Response> {
         let (tx, rx) = mpsc::channel::<Result<Vec<u8>>>(SSE_QUEUE);
         let mut live = self.live()?;
         let id = live.next_id();
         live.sse.insert(id, tx);
-        match live.join(id, Sub::Sse(id), &sub.pattern, Encoding::Sse, sub.version, sub.initial) {
+        match live.join(
+            id,
+            Sub::Sse(id),
+            &sub.pattern,
+            Encoding::Sse,
+            sub.version,
+            sub.initial,
+        ) {
             Ok(first) => {
                 if let Some(tx) = live.sse.get_mut(&id) {
                     let _ = tx.try_send(Ok(b":stateline\n\n".to_vec()));
@@ -366,7 +391,11 @@ impl Namespace {
             }
             Err(e) => {
                 live.drop_conn(id);
-                return convert::text(e.status().as_u16(), "text/plain; charset=utf-8", format!("{e}\n"));
+                return convert::text(
+                    e.status().as_u16(),
+                    "text/plain; charset=utf-8",
+                    format!("{e}\n"),
+                );
             }
         }
         let mut headers = http::HeaderMap::new();
@@ -377,31 +406,49 @@ impl Namespace {
         Ok(Response::from_stream(rx)?.with_headers(h))
     }
 
-    fn accept(&self, head: &http::Request<Bytes>, kind: &str, sub: Option<core_http::Subscription>, ns: &str) -> Result<Response> {
+    fn accept(
+        &self,
+        head: &http::Request<Bytes>,
+        kind: &str,
+        sub: Option<core_http::Subscription>,
+        ns: &str,
+    ) -> Result<Response> {
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
         let mut live = self.live()?;
         let id = live.next_id();
-        let mut att = Attachment { id, kind: kind.into(), ns: ns.into(), subs: vec![] };
+        let mut att = Attachment {
+            id,
+            kind: kind.into(),
+            ns: ns.into(),
+            subs: vec![],
+        };
         let mut first = None;
         match (kind, &sub) {
             ("clock", _) => {
                 first = Some(live.engine.clock_frame(tick()));
                 live.clocks.push(id);
             }
-            ("ooo", Some(s)) => match live.join(id, Sub::Ws(id), &s.pattern, Encoding::Ooo, s.version, true) {
-                Ok(f) => {
-                    first = f;
-                    att.subs.push(http_path(&s.pattern));
+            ("ooo", Some(s)) => {
+                match live.join(id, Sub::Ws(id), &s.pattern, Encoding::Ooo, s.version, true) {
+                    Ok(f) => {
+                        first = f;
+                        att.subs.push(http_path(&s.pattern));
+                    }
+                    Err(e) => {
+                        live.drop_conn(id);
+                        return convert::text(
+                            e.status().as_u16(),
+                            "text/plain; charset=utf-8",
+                            format!("{e}\n"),
+                        );
+                    }
                 }
-                Err(e) => {
-                    live.drop_conn(id);
-                    return convert::text(e.status().as_u16(), "text/plain; charset=utf-8", format!("{e}\n"));
-                }
-            },
+            }
             _ => {}
         }
-        self.state.accept_websocket_with_tags(&ws, &[&id.to_string()]);
+        self.state
+            .accept_websocket_with_tags(&ws, &[&id.to_string()]);
         ws.serialize_attachment(&att)?;
         if let Some(b) = first {
             ws.send_with_bytes(&b)?;
@@ -435,7 +482,10 @@ impl Namespace {
             return Ok(());
         }
         let db = self.state.storage().sql();
-        if sql::meta(&db, "registered").map_err(worker::Error::RustError)?.is_some() {
+        if sql::meta(&db, "registered")
+            .map_err(worker::Error::RustError)?
+            .is_some()
+        {
             return Ok(());
         }
         let stub = self
@@ -493,19 +543,30 @@ impl Namespace {
                         MuxRequest::Sub { pattern, version } => {
                             let path = http_path(&pattern);
                             if att.subs.contains(&path) {
-                                let e = Error::BadRequest(format!("already subscribed to {}", pattern.as_str()));
+                                let e = Error::BadRequest(format!(
+                                    "already subscribed to {}",
+                                    pattern.as_str()
+                                ));
                                 (mux::reply_error(&m.id, &e), None)
                             } else {
                                 let mut next = att.clone();
                                 next.subs.push(path.clone());
-                                let size = serde_json::to_string(&next).map_or(usize::MAX, |s| s.len());
+                                let size =
+                                    serde_json::to_string(&next).map_or(usize::MAX, |s| s.len());
                                 if size > MAX_ATTACHMENT {
                                     let e = Error::BadRequest(format!(
                                         "too many subscriptions on one edge socket (their patterns must fit {MAX_ATTACHMENT} bytes); open another connection"
                                     ));
                                     (mux::reply_error(&m.id, &e), None)
                                 } else {
-                                    match live.join(att.id, Sub::Ws(att.id), &pattern, Encoding::Mux, version, true) {
+                                    match live.join(
+                                        att.id,
+                                        Sub::Ws(att.id),
+                                        &pattern,
+                                        Encoding::Mux,
+                                        version,
+                                        true,
+                                    ) {
                                         Ok(first) => {
                                             ws.serialize_attachment(&next)?;
                                             (mux::reply_sub(&m.id, &pattern), first)
@@ -522,7 +583,10 @@ impl Namespace {
                                 ws.serialize_attachment(&att)?;
                                 (mux::reply_sub(&m.id, &pattern), None)
                             } else {
-                                let e = Error::BadRequest(format!("not subscribed to {}", pattern.as_str()));
+                                let e = Error::BadRequest(format!(
+                                    "not subscribed to {}",
+                                    pattern.as_str()
+                                ));
                                 (mux::reply_error(&m.id, &e), None)
                             }
                         }
@@ -536,7 +600,9 @@ impl Namespace {
                                     // its own change before the reply, as on the native server.
                                     match self.commit(&mut live, changes) {
                                         Ok(()) => (mux::reply_applied(&m.id, name, &a), None),
-                                        Err(e) => (mux::reply_error(&m.id, &Error::Storage(e)), None),
+                                        Err(e) => {
+                                            (mux::reply_error(&m.id, &Error::Storage(e)), None)
+                                        }
                                     }
                                 }
                                 Err(e) => (mux::reply_error(&m.id, &e), None),
@@ -570,7 +636,11 @@ impl DurableObject for Namespace {
         Ok(r)
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
         let bytes = match message {
             WebSocketIncomingMessage::String(s) => s.into_bytes(),
             WebSocketIncomingMessage::Binary(b) => b,
@@ -591,7 +661,13 @@ impl DurableObject for Namespace {
         Ok(())
     }
 
-    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _clean: bool) -> Result<()> {
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        reason: String,
+        _clean: bool,
+    ) -> Result<()> {
         if let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() {
             let mut live = self.live()?;
             live.drop_conn(att.id);
@@ -621,7 +697,10 @@ impl DurableObject for Namespace {
                 let frame = live.engine.clock_frame(t);
                 let ids = live.clocks.clone();
                 for id in ids {
-                    let ok = live.sockets.get(&id).is_some_and(|ws| ws.send_with_bytes(&frame).is_ok());
+                    let ok = live
+                        .sockets
+                        .get(&id)
+                        .is_some_and(|ws| ws.send_with_bytes(&frame).is_ok());
                     if !ok {
                         live.drop_conn(id);
                     }

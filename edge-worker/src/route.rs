@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(ns("GET", "/books/", "", false, true), obj("books"));
         assert_eq!(ns("POST", "/_incr/n/c", "", false, false), obj("n"));
         assert_eq!(ns("GET", "/_ws", "ns=chat", true, false), obj("chat"));
-        assert_eq!(ns("GET", "/", "api=info&ns=chat", false, false), obj("chat"));
+        assert_eq!(
+            ns("GET", "/", "api=info&ns=chat", false, false),
+            obj("chat")
+        );
         assert_eq!(ns("GET", "/", "api=keys", false, false), Target::AllKeys);
         assert_eq!(ns("GET", "/", "", true, false), obj(SYSTEM));
         assert_eq!(ns("GET", "/_health", "", false, false), Target::Health);

@@ -140,8 +140,11 @@ fn write(sql: &SqlStorage, changes: &[Change], log_keep: usize) -> Result<(), St
         set_meta(sql, "last_seq", &hex(last.seq))?;
         // The log table stays bounded, as in memory: the oldest records go first.
         let keep_from = last.seq.saturating_sub(log_keep as u64);
-        sql.exec("DELETE FROM log WHERE seq <= ?", vec![hex(keep_from).into()])
-            .map_err(err)?;
+        sql.exec(
+            "DELETE FROM log WHERE seq <= ?",
+            vec![hex(keep_from).into()],
+        )
+        .map_err(err)?;
     }
     Ok(())
 }

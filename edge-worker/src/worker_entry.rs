@@ -68,7 +68,10 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
             } else {
                 name.clone()
             };
-            let stub = env.durable_object(BINDING)?.id_from_name(&name)?.get_stub()?;
+            let stub = env
+                .durable_object(BINDING)?
+                .id_from_name(&name)?
+                .get_stub()?;
             // Incoming headers are immutable: forward a copy with the namespace set by us (a
             // client cannot choose it), and the body as read above or as the original stream.
             let headers = worker::Headers::new();
@@ -131,7 +134,11 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
         .await?;
     let names: Vec<String> = r.json().await?;
     let mut keys: Vec<String> = Vec::new();
-    let enc = |s: &str| js_sys::encode_uri_component(s).as_string().unwrap_or_default();
+    let enc = |s: &str| {
+        js_sys::encode_uri_component(s)
+            .as_string()
+            .unwrap_or_default()
+    };
     for ns in names {
         if !filter.is_empty() && !filter.contains('*') && !ns.starts_with(first) {
             continue;
@@ -149,7 +156,11 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
             let got: Vec<String> = v
                 .get("keys")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let total = v.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
             let n = got.len();
@@ -163,7 +174,8 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
     keys.sort();
     let total = keys.len();
     let page_keys: Vec<&String> = keys.iter().skip((page - 1) * limit).take(limit).collect();
-    let body = json!({"keys": page_keys, "total": total, "page": page, "limit": limit, "filter": filter});
+    let body =
+        json!({"keys": page_keys, "total": total, "page": page, "limit": limit, "filter": filter});
     let mut r = convert::text(200, "application/json", body.to_string())?;
     let _ = headers;
     r.headers_mut().set("cache-control", "no-cache")?;

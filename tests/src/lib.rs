@@ -210,6 +210,68 @@ impl Drop for Server {
     }
 }
 
+/// A documented difference of the edge worker from the native server (README, "The edge").
+#[derive(Debug)]
+pub struct Difference {
+    /// Named in the tests that meet it.
+    pub id: &'static str,
+    /// The edge modes (`STATELINE_EDGE`) it applies to.
+    pub modes: &'static [&'static str],
+    /// What differs and why.
+    pub what: &'static str,
+}
+
+/// Every documented difference. A case that meets one asserts the documented behaviour instead.
+pub const DIFFERENCES: &[Difference] = &[
+    Difference {
+        id: "spans-namespaces",
+        modes: &["namespace"],
+        what: "a pattern, list or rename that spans namespaces (first key segments) is refused \
+               with 400: each namespace is its own Durable Object",
+    },
+    Difference {
+        id: "mux-per-namespace",
+        modes: &["namespace"],
+        what: "/_ws serves one namespace per connection (/_ws?ns=<namespace>); without ns it is \
+               refused with 400",
+    },
+    Difference {
+        id: "dot-segments",
+        modes: &["namespace", "single"],
+        what: "the Workers runtime resolves `.` and `..` URL segments (WHATWG URL) before the \
+               worker sees the request, so /a/../b addresses b instead of being refused",
+    },
+    Difference {
+        id: "ws-framing",
+        modes: &["namespace", "single"],
+        what: "WebSocket framing is the Workers runtime's: it rejects a malformed frame (workerd \
+               logs close code 1002), but the local dev proxy may keep the TCP connection open",
+    },
+];
+
+/// The edge worker's mode when the target is the edge (`STATELINE_EDGE=namespace|single`).
+pub fn edge_mode() -> Option<String> {
+    std::env::var("STATELINE_EDGE")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the target has the documented difference `id`; says so on stderr. The caller then
+/// checks the documented behaviour instead of the native one.
+pub fn differs(id: &str) -> bool {
+    let d = DIFFERENCES
+        .iter()
+        .find(|d| d.id == id)
+        .unwrap_or_else(|| panic!("unknown difference {id}"));
+    match edge_mode() {
+        Some(m) if d.modes.contains(&m.as_str()) => {
+            eprintln!("documented difference ({m} edge) {id}: {}", d.what);
+            true
+        }
+        _ => false,
+    }
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A key segment unique to this run and call (`name` + time + counter).
@@ -220,6 +282,24 @@ pub fn unique(name: &str) -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     format!("{name}{:x}x{n}", t & 0xffff_ffff_ffff)
+}
+
+/// The documented difference `mux-per-namespace`: `/_ws` without `?ns=` is refused with a 400
+/// that says how to connect.
+pub async fn assert_mux_needs_namespace(server: &Server) {
+    let (_t, head) = raw_ws(server, "/_ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let r = server
+        .client()
+        .request(
+            http::Method::GET,
+            "/_ws",
+            &[("upgrade", "websocket"), ("connection", "upgrade")],
+            "",
+        )
+        .await
+        .expect("request");
+    assert!(r.text().contains("/_ws?ns="), "{}", r.text());
 }
 
 /// Opens a WebSocket to `path` (with query).

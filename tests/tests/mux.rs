@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 use stateline_conformance::{
-    apply, assert_quiet, next_event, next_json, send_text, unique, ws, Server, Ws, WsEvent, SOON,
+    apply, assert_mux_needs_namespace, assert_quiet, differs, next_event, next_json, send_text,
+    unique, ws, Server, Ws, WsEvent, SOON,
 };
 
 async fn call(w: &mut Ws, req: Value) -> Value {
@@ -22,6 +23,9 @@ async fn call(w: &mut Ws, req: Value) -> Value {
 #[tokio::test]
 async fn subscribe_write_and_acknowledge() {
     let s = Server::start().await;
+    if differs("mux-per-namespace") {
+        return assert_mux_needs_namespace(&s).await;
+    }
     let mut w = ws(&s, "/_ws").await;
     let p = unique("m");
     let r = call(&mut w, json!({"id":1,"op":"sub","path":format!("{p}/*")})).await;
@@ -131,6 +135,9 @@ async fn subscribe_write_and_acknowledge() {
 #[tokio::test]
 async fn errors_are_replies_and_nothing_is_stored() {
     let s = Server::start().await;
+    if differs("mux-per-namespace") {
+        return assert_mux_needs_namespace(&s).await;
+    }
     let c = s.client();
     let mut w = ws(&s, "/_ws").await;
     let k = unique("e");
@@ -201,6 +208,9 @@ async fn errors_are_replies_and_nothing_is_stored() {
 #[tokio::test]
 async fn resume_from_a_version() {
     let s = Server::start().await;
+    if differs("mux-per-namespace") {
+        return assert_mux_needs_namespace(&s).await;
+    }
     let c = s.client();
     let k = unique("res");
     c.set(&k, &json!(1)).await.unwrap();

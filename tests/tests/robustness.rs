@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use serde_json::json;
 use stateline_conformance::{
-    connections, find, next_event, next_json, raw_ws, read_to_eof, unique, wait_connections, ws,
-    Server, Sse, WsEvent, SOON,
+    connections, differs, find, next_event, next_json, raw_ws, read_to_eof, unique,
+    wait_connections, ws, Server, Sse, WsEvent, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -150,6 +150,12 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
             .request(Method::POST, &format!("/{key}"), &[], "1")
             .await
             .unwrap();
+        if key.contains("/../") && differs("dot-segments") {
+            // Resolved to `b` by the runtime: a valid key, written there; take it back out.
+            assert_eq!(r.status, 200, "{key}: {}", r.text());
+            c.request(Method::DELETE, "/b", &[], "").await.unwrap();
+            continue;
+        }
         assert_eq!(r.status, 400, "{key}: {}", r.text());
         assert!(!r.text().is_empty(), "{key}: a clear error");
     }
@@ -238,10 +244,18 @@ async fn malformed_websocket_frames_close_only_that_socket() {
             0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
         ][..],
     ] {
-        for path in [format!("/{k}"), "/_ws".to_string()] {
+        let mut paths = vec![format!("/{k}")];
+        if !differs("mux-per-namespace") {
+            paths.push("/_ws".to_string());
+        }
+        for path in paths {
             let (mut t, head) = raw_ws(&s, &path, "").await;
             assert!(head.starts_with("HTTP/1.1 101"), "{head}");
             t.write_all(garbage).await.unwrap();
+            if differs("ws-framing") {
+                // The runtime owns framing; what must hold is that the others are unaffected.
+                continue;
+            }
             let mut buf = Vec::new();
             assert!(
                 read_to_eof(&mut t, &mut buf, Duration::from_secs(10)).await,

@@ -3,7 +3,7 @@ var __name = (target, value) => __defProp(target, "name", { value, configurable:
 
 // build/index.js
 import { WorkerEntrypoint as Ie } from "cloudflare:workers";
-import ee from "./ebb9e914a33cb99db706fc00dc17c4b64085e95e-index_bg.wasm";
+import ee from "./04a341c4d7f2149947ffec3eaeed92e726004082-index_bg.wasm";
 var K = globalThis.__worker_init_state = { criticalError: false, instanceId: 0 };
 var x = class {
   static {
