@@ -27,7 +27,7 @@ else
   cargo install wasm-bindgen-cli --version "=$WB_VERSION" --force
 fi
 
-if worker-build --version 2>/dev/null | grep -q " $WORKER_BUILD_VERSION\$"; then
+if worker-build --version 2>/dev/null | grep -Eq "(^| )$WORKER_BUILD_VERSION\$"; then
   echo "worker-build $WORKER_BUILD_VERSION: present"
 else
   echo "worker-build $WORKER_BUILD_VERSION: installing with cargo (about 5 minutes on 2 cores)"
@@ -35,8 +35,11 @@ else
 fi
 
 if [ ! -x "$here/node_modules/.bin/wasm-opt" ] || [ "$here/package.json" -nt "$here/node_modules/.package-lock.json" ]; then
-  echo "npm packages: installing (npm ci when package-lock.json exists)"
-  (cd "$here" && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi)
+  # `npm install` from package-lock.json, not `npm ci`: npm 11 refuses `ci` on this lock because
+  # workerd's other-platform optional packages are absent from it (an npm bug), though nothing
+  # is missing for this platform. Versions are pinned exactly in package.json.
+  echo "npm packages: installing from package-lock.json"
+  (cd "$here" && npm install --no-audit --no-fund)
 else
   echo "npm packages: present"
 fi

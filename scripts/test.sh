@@ -18,8 +18,8 @@ cargo fmt --all --check
 step "cargo clippy (native, all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo clippy (wasm32: the core)"
-cargo clippy -p stateline-core -p stateline-wasm-probe --target wasm32-unknown-unknown -- -D warnings
+step "cargo clippy (wasm32: the core and the edge worker)"
+cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-edge --target wasm32-unknown-unknown -- -D warnings
 
 step "core builds for wasm32 and its .wasm imports nothing from the host"
 bash scripts/check-wasm-imports.sh
@@ -29,3 +29,8 @@ cargo build -p stateline-server --bin stateline
 
 step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
 cargo test --workspace
+
+step "toolchain: wasm-bindgen-cli, worker-build, npm packages (first run: about 8 minutes)"
+. scripts/ensure-wasm-tools.sh
+
+bash scripts/edge-test.sh

@@ -281,16 +281,13 @@ impl Namespace {
             at = Some(at.map_or(c, |a| a.min(c)));
         }
         let storage = self.state.storage();
-        match at {
-            Some(ms) => {
-                let current = storage.get_alarm().await?;
-                if current.is_none_or(|c| c > ms) {
-                    // An i64 would be an offset; this is a point in time.
-                    let when = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
-                    storage.set_alarm(worker::ScheduledTime::new(when)).await?;
-                }
+        if let Some(ms) = at {
+            let current = storage.get_alarm().await?;
+            if current.is_none_or(|c| c > ms) {
+                // An i64 would be an offset; this is a point in time.
+                let when = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
+                storage.set_alarm(worker::ScheduledTime::new(when)).await?;
             }
-            None => {}
         }
         Ok(())
     }

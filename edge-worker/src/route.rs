@@ -95,7 +95,7 @@ pub fn mux_outside(ns: &str, req: &MuxRequest) -> Option<String> {
         MuxRequest::Op(op) => op_keys(op)
             .into_iter()
             .find(|k| key_namespace(k.trim_start_matches('/')) != ns)
-            .and_then(|k| outside(k)),
+            .and_then(outside),
         MuxRequest::Ping => None,
     }
 }
