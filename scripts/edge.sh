@@ -27,7 +27,7 @@ out="$root/edge-worker/build"
 build() {
   local stamp="$out/.built"
   # Up to date when nothing the worker is built from changed since the last build.
-  if [ -f "$stamp" ] && [ -z "$(find edge-worker/src edge-worker/Cargo.toml core/src core/Cargo.toml Cargo.lock Cargo.toml \
+  if [ -f "$stamp" ] && [ -z "$(find edge-worker/src edge-worker/Cargo.toml core/src core/Cargo.toml assets www/dist wasm-client/dist Cargo.lock Cargo.toml \
       -newer "$stamp" -print -quit 2>/dev/null)" ]; then
     say "edge worker: up to date ($out)"
     return

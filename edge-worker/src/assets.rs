@@ -1,31 +1,33 @@
-//! `GET /`: the hosted client script (non-HTML `Accept`) and the UI (browsers), embedded in the
-//! worker bundle as they are in the native binary.
+//! The client script and the UI, embedded in the worker bundle by `stateline-assets` exactly as
+//! in the native binary.
 
 use worker::{Response, Result};
 
 use crate::convert;
 
-const PLACEHOLDER_HTML: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Stateline</title></head>
-<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
-<h1>Stateline is running at the edge</h1>
-<p>The web UI is not built yet: it comes with issue 8 (“The web UI: browse, edit and watch the data live”).</p>
-</body></html>
-"#;
-
-const PLACEHOLDER_JS: &str = r#"/* Stateline: the client script is not built yet (issue 4, the wasm JavaScript client). */
-throw new Error("Stateline: client script not built yet (issue 4)");
-"#;
-
-/// Serves `/` by what the client accepts.
-pub fn root(headers: &http::HeaderMap) -> Result<Response> {
-    let html = headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/html"));
-    if html {
-        convert::text(200, "text/html; charset=utf-8", PLACEHOLDER_HTML)
-    } else {
-        convert::text(200, "application/javascript; charset=utf-8", PLACEHOLDER_JS)
+/// Serves `/`, `/_client.js` and `/_ui/*` (the router sends only those here).
+pub fn serve(method: &worker::Method, path: &str, headers: &http::HeaderMap) -> Result<Response> {
+    let head = *method == worker::Method::Head;
+    match stateline_assets::serve(path, head, headers) {
+        Some(r) => {
+            let zipped = r.headers().contains_key(http::header::CONTENT_ENCODING);
+            let mut r = convert::response(r)?;
+            if zipped {
+                // The body is gzip already: the runtime must send it as is, not compress it again.
+                r = r.with_encode_body(worker::EncodeBody::Manual);
+            }
+            // The CORS set every answer carries (the core adds it to its own).
+            for (k, v) in [
+                ("access-control-allow-origin", "*"),
+                (
+                    "access-control-expose-headers",
+                    "X-Revision, ETag, X-Version",
+                ),
+            ] {
+                r.headers_mut().set(k, v)?;
+            }
+            Ok(r)
+        }
+        None => convert::problem(404, "no-route", "no such file"),
     }
 }

@@ -39,7 +39,8 @@ impl Mode {
 pub enum Target {
     /// Forward to the object with this name.
     Object(String),
-    /// `GET /` without `?api=`: the client script or the UI, served by the worker itself.
+    /// `GET /` without `?api=`, `/_client.js`, `/_ui/*`: the client script or the UI, served by
+    /// the worker itself from its bundle.
     Root,
     /// `GET /?api=keys` in namespace mode: ask every namespace in the registry and merge.
     AllKeys,
@@ -134,7 +135,11 @@ pub fn target(
     let has_api = stateline_core::http::query_pairs(query)
         .iter()
         .any(|(k, _)| k == "api");
-    if path == "/" && get && !websocket && !events && !has_api {
+    if get
+        && !websocket
+        && !events
+        && (path == "/" && !has_api || path == "/_client.js" || path.starts_with("/_ui/"))
+    {
         return Target::Root;
     }
     if mode == Mode::Single {
@@ -225,6 +230,8 @@ mod tests {
         assert_eq!(ns("GET", "/", "", true, false), obj(SYSTEM));
         assert_eq!(ns("GET", "/_health", "", false, false), Target::Health);
         assert_eq!(ns("GET", "/", "", false, false), Target::Root);
+        assert_eq!(ns("GET", "/_client.js", "", false, false), Target::Root);
+        assert_eq!(ns("GET", "/_ui/app.js", "", false, false), Target::Root);
     }
 
     #[test]

@@ -55,7 +55,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     );
     match target {
         Target::Refuse(status, why) => convert::problem(status, "spans-namespaces", &why),
-        Target::Root => assets::root(head.headers()),
+        Target::Root => assets::serve(&method, &path, head.headers()),
         Target::Health => convert::text(
             200,
             "application/json",
