@@ -3,7 +3,8 @@
 #   wasm-bindgen-cli  exactly the wasm-bindgen version in Cargo.lock (the CLI must match the crate)
 #   worker-build      the version in Cargo.lock's `worker` package line-up (0.8.7)
 #   npm packages      from package.json (binaryen for wasm-opt, wrangler, playwright-core)
-# Source it or run it; it exports WASM_BINDGEN_BIN and WASM_OPT_BIN.
+# Source it or run it; it exports WASM_BINDGEN_BIN and WASM_OPT_BIN. With --client it skips
+# worker-build (only the edge worker needs it).
 # See ../shared/reference/wasm-edge-toolchain.md for why each flag is what it is.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +28,9 @@ else
   cargo install wasm-bindgen-cli --version "=$WB_VERSION" --force
 fi
 
-if worker-build --version 2>/dev/null | grep -Eq "(^| )$WORKER_BUILD_VERSION\$"; then
+if [ "${1:-}" = "--client" ]; then
+  : # `npm start` builds the browser client only: worker-build is for the edge worker.
+elif worker-build --version 2>/dev/null | grep -Eq "(^| )$WORKER_BUILD_VERSION\$"; then
   echo "worker-build $WORKER_BUILD_VERSION: present"
 else
   echo "worker-build $WORKER_BUILD_VERSION: installing with cargo (about 5 minutes on 2 cores)"

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-rust.sh
+printf '==> wasm tools and npm packages (the first run installs wasm-bindgen-cli: about 3 minutes)\n'
+. scripts/ensure-wasm-tools.sh --client
+printf '==> building the web UI\n'
+node www/build.mjs
 printf '==> building stateline (release; the first build takes a few minutes)\n'
 cargo build --release -p stateline-server --bin stateline
 printf '==> stateline serve %s\n' "$*"

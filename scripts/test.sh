@@ -12,6 +12,10 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
 fi
 
+step "wasm tools, npm packages; build the web UI (embedded in the server and the worker)"
+. scripts/ensure-wasm-tools.sh
+node www/build.mjs
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -29,8 +33,5 @@ cargo build -p stateline-server --bin stateline
 
 step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
 cargo test --workspace
-
-step "toolchain: wasm-bindgen-cli, worker-build, npm packages (first run: about 8 minutes)"
-. scripts/ensure-wasm-tools.sh
 
 bash scripts/edge-test.sh

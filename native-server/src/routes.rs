@@ -1,4 +1,4 @@
-//! Plain HTTP, the placeholder at `GET /`, and Server-Sent Events.
+//! Plain HTTP, `GET /` and the embedded files (client script, UI), and Server-Sent Events.
 //!
 //! Owns reading request bodies under the size cap and the deadline, handing them to the core's
 //! HTTP function, and streaming SSE frames from a connection's queue. What a route means is the
@@ -27,6 +27,11 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
     if path == "/_backup" {
         return backup(&sh, req.headers()).await;
     }
+    if (method == http::Method::GET || method == http::Method::HEAD)
+        && (path == "/_client.js" || path.starts_with("/_ui/"))
+    {
+        return asset(&sh, req.headers(), &path, method == http::Method::HEAD);
+    }
     let kind = {
         let hub = sh.lock();
         core_http::classify(&hub.engine, &req)
@@ -34,7 +39,7 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
     let resp = match kind {
         Err(r) => r.map(Body::from),
         Ok(Kind::Http) => plain(&sh, req).await,
-        Ok(Kind::Root { wants_html }) => root(&sh, req.headers(), wants_html),
+        Ok(Kind::Root { .. }) => root(&sh, req.headers(), method == http::Method::HEAD),
         Ok(Kind::Events(sub)) => events(&sh, req.headers(), sub),
         Ok(k @ (Kind::Clock | Kind::Mux | Kind::Subscribe(_))) => ws::upgrade(sh, req, k).await,
     };
@@ -269,35 +274,18 @@ fn storage_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Resp
     with_cors(sh, headers, r)
 }
 
-const PLACEHOLDER_HTML: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Stateline</title></head>
-<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
-<h1>Stateline is running</h1>
-<p>The web UI is not built yet: it comes with issue 8 (“The web UI: browse, edit and watch the data live”).</p>
-<p>Meanwhile the API works: <code>POST /key</code> with a JSON body, <code>GET /key</code>,
-<code>GET /?api=keys</code>, WebSocket <code>ws://host/key</code>, SSE with
-<code>Accept: text/event-stream</code>, and the multiplexed socket at <code>/_ws</code>.
-See README.md and docs/protocol.md.</p>
-</body></html>
-"#;
+/// The client script and the UI (`stateline-assets`, embedded at build time), with CORS.
+fn asset(sh: &Shared, req: &HeaderMap, path: &str, head: bool) -> Response {
+    match stateline_assets::serve(path, head, req) {
+        Some(r) => with_cors(sh, req, r.map(Body::from)),
+        None => with_cors(sh, req, text(StatusCode::NOT_FOUND, "no such file\n")),
+    }
+}
 
-const PLACEHOLDER_JS: &str = r#"/* Stateline: the client script is not built yet (issue 4, the wasm JavaScript client). */
-console.error("Stateline: client script not built yet (issue 4). This server only serves a placeholder at /.");
-throw new Error("Stateline: client script not built yet (issue 4)");
-"#;
-
-fn root(sh: &Shared, req: &HeaderMap, wants_html: bool) -> Response {
-    let (ctype, body) = if wants_html {
-        ("text/html; charset=utf-8", PLACEHOLDER_HTML)
-    } else {
-        ("application/javascript; charset=utf-8", PLACEHOLDER_JS)
-    };
-    let mut r = Response::new(Body::from(body));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    with_cors(sh, req, r)
+/// `GET /`: the UI for browsers, the client script for anything else (AtomKV hosts its library
+/// at `/`, so `<script src="http://host/">` works).
+fn root(sh: &Shared, req: &HeaderMap, head: bool) -> Response {
+    asset(sh, req, "/", head)
 }
 
 /// An SSE stream: headers at once, then the first frame (initial values or what was missed),
