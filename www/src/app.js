@@ -157,12 +157,20 @@ async function keyPage(arg) {
     </div>`;
   let revision = null; // the revision the editor's content is based on
   let current;         // the server's value as last seen
+  // The text mode reports edits after a short debounce: remember that one is pending, and let
+  // it land before reading the value, so Save never sends the text from before the last keys.
+  let pending = false;
   const editor = createJSONEditor({
     target: $("#editor"),
-    props: { content: { json: glob ? {} : creating ? {} : null }, mode: "text", mainMenuBar: true, navigationBar: false },
+    props: {
+      content: { json: glob ? {} : creating ? {} : null }, mode: "text", mainMenuBar: true, navigationBar: false,
+      onChange: () => { pending = false; },
+    },
   });
+  for (const ev of ["input", "paste", "cut", "drop"]) $("#editor").addEventListener(ev, () => { pending = true; }, true);
   onLeave(() => editor.destroy());
-  const editorValue = () => {
+  const editorValue = async () => {
+    for (let i = 0; pending && i < 40; i++) await new Promise((r) => setTimeout(r, 25));
     const c = editor.get();
     if (c.json !== undefined) return c.json;
     return JSON.parse(c.text); // throws a SyntaxError shown to the user: nothing is sent
@@ -207,7 +215,7 @@ async function keyPage(arg) {
   $("#reload")?.addEventListener("click", () => load().then(() => { outcome(""); toast("Reloaded"); }).catch((e) => toast(e.message, true)));
   $("#save")?.addEventListener("click", async () => {
     let value;
-    try { value = editorValue(); } catch (e) { return outcome(`<p class="error">Not valid JSON: ${esc(e.message)}. Nothing was sent.</p>`); }
+    try { value = await editorValue(); } catch (e) { return outcome(`<p class="error">Not valid JSON: ${esc(e.message)}. Nothing was sent.</p>`); }
     try {
       if (creating) {
         // Create only if absent: someone else creating it first is a conflict too.
@@ -219,8 +227,8 @@ async function keyPage(arg) {
       if (revision == null) {
         await api("POST", keyUrl(key), { body: JSON.stringify(value), headers: { "if-none-match": "*" } });
       } else {
-        // Compare-and-swap on the revision the draft started from (AtomKV's PUT + X-Revision).
-        await api("PUT", keyUrl(key), { body: JSON.stringify(value), headers: { "x-revision": revision } });
+        // Compare-and-swap on the revision the draft started from (its ETag is the revision).
+        await api("PUT", keyUrl(key), { body: JSON.stringify(value), headers: { "if-match": `"${revision}"` } });
       }
       await load();
       outcome("");
@@ -245,7 +253,7 @@ async function keyPage(arg) {
   });
   $("#push")?.addEventListener("click", async () => {
     let value;
-    try { value = editorValue(); } catch (e) { return outcome(`<p class="error">Not valid JSON: ${esc(e.message)}. Nothing was sent.</p>`); }
+    try { value = await editorValue(); } catch (e) { return outcome(`<p class="error">Not valid JSON: ${esc(e.message)}. Nothing was sent.</p>`); }
     try {
       const { json } = await api("POST", keyUrl(key), { body: JSON.stringify(value) });
       toast(`Pushed as ${json.index}`);

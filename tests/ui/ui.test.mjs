@@ -1,0 +1,153 @@
+// The web UI in headless Chromium against a real server: create a key in one page, see it appear
+// in a second page's live view, edit it there, get a visible conflict when a third client changed
+// it first, delete it. Screenshots of every page go to docs/screenshots/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { startServer, launch, root } from "./harness.mjs";
+
+const shots = path.join(root, "docs/screenshots");
+let server, browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
+  mkdirSync(shots, { recursive: true });
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function page(hash, { width = 1200, height = 820 } = {}) {
+  const p = await browser.ctx.newPage();
+  await p.setViewportSize({ width, height });
+  const outside = [];
+  p.on("request", (r) => {
+    const u = r.url();
+    if (!u.startsWith(server.url) && !u.startsWith("data:")) outside.push(u);
+  });
+  p.on("pageerror", (e) => { throw e; });
+  p.outside = outside;
+  await p.goto(`${server.url}/${hash}`);
+  await p.waitForSelector("#conn.open", { timeout: 10000 });
+  return p;
+}
+
+// Replaces the JSON editor's text (CodeMirror in vanilla-jsoneditor's text mode). insertText
+// types no keys, so the editor's bracket auto-closing does not interfere.
+async function setEditor(p, value) {
+  await p.click(".editor .cm-content");
+  await p.keyboard.press("Control+A");
+  await p.keyboard.press("Delete");
+  await p.keyboard.insertText(JSON.stringify(value, null, 2));
+}
+
+const get = async (key) => {
+  const r = await fetch(`${server.url}/${key}`);
+  return r.status === 404 ? null : { ...(await r.json()), revision: r.headers.get("x-revision") };
+};
+
+test("create, watch live, edit, conflict, delete", { timeout: 120_000 }, async () => {
+  const ns = `ui${Date.now().toString(36)}`;
+  const key = `${ns}/greeting`;
+
+  // Page B watches the glob before the key exists.
+  const b = await page(`#/live/${ns}/*`);
+  await b.waitForSelector("#live-count");
+
+  // Page A creates the key through "New key".
+  const a = await page("#/keys");
+  a.once("dialog", (d) => d.accept(key));
+  await a.click("#new-key");
+  await a.waitForSelector(".editor .cm-content");
+  await setEditor(a, { text: "hello", n: 1 });
+  await a.click("#save");
+  await a.waitForFunction((k) => location.hash === `#/key/${k}`, key);
+  assert.deepEqual((await get(key)).data, { text: "hello", n: 1 });
+
+  // It appears in page B's live view.
+  await b.waitForSelector(`tr[data-key="${key}"]`, { timeout: 10000 });
+  assert.match(await b.textContent(`tr[data-key="${key}"]`), /hello/);
+  await b.screenshot({ path: path.join(shots, "live.png") });
+
+  // Page B opens it and edits it; page A sees the change live, with what changed.
+  await b.click(`tr[data-key="${key}"] a`);
+  await b.waitForSelector("#save");
+  await b.waitForFunction(() => document.querySelector("#rev").textContent.startsWith("rev 0"));
+  await setEditor(b, { text: "hello from B", n: 2 });
+  await b.click("#save");
+  await b.waitForFunction(() => document.querySelector("#toast").textContent === "Saved");
+  assert.deepEqual((await get(key)).data, { text: "hello from B", n: 2 });
+  await a.waitForSelector("#changes li", { timeout: 10000 });
+  assert.match(await a.textContent("#changes"), /replace \/text/);
+
+  // A third client changes it first: page B (holding revision 1) gets a visible conflict, and
+  // the server keeps the third client's value.
+  const third = await fetch(`${server.url}/${key}`, {
+    method: "PUT", headers: { "x-revision": "2" }, body: JSON.stringify({ text: "third", n: 3 }),
+  });
+  assert.equal(third.status, 200, await third.text());
+  await setEditor(b, { text: "B again", n: 4 });
+  await b.click("#save");
+  await b.waitForSelector("#conflict", { timeout: 10000 });
+  assert.match(await b.textContent("#conflict"), /Conflict/);
+  assert.match(await b.textContent("#conflict"), /third/);
+  assert.deepEqual((await get(key)).data, { text: "third", n: 3 }, "nothing overwritten");
+  await b.screenshot({ path: path.join(shots, "key-conflict.png") });
+
+  // Invalid JSON is refused before anything is sent.
+  await b.click("#take-theirs");
+  await b.click(".editor .cm-content");
+  await b.keyboard.press("Control+A");
+  await b.keyboard.insertText("{ not json");
+  await b.click("#save");
+  await b.waitForSelector("#outcome .error");
+  assert.match(await b.textContent("#outcome"), /Not valid JSON/);
+  assert.equal((await get(key)).revision, "2");
+
+  // Delete it from page B; page A's live view says it is gone.
+  b.once("dialog", (d) => d.accept());
+  await b.click("#delete");
+  await b.waitForFunction(() => location.hash === "#/keys");
+  assert.equal(await get(key), null);
+  await a.waitForFunction(() => /does not exist/.test(document.querySelector("#live-note").textContent), null, { timeout: 10000 });
+
+  for (const p of [a, b]) assert.deepEqual(p.outside, [], "no request leaves the server");
+  await a.close();
+  await b.close();
+});
+
+test("screenshots: keys, key, state, and a phone-sized screen", { timeout: 60_000 }, async () => {
+  const ns = `shot${Date.now().toString(36)}`;
+  for (const [k, v] of [["books/1", { title: "Dune", year: 1965 }], ["books/2", { title: "Solaris", year: 1961 }], ["settings", { theme: "dark" }]]) {
+    await fetch(`${server.url}/${ns}/${k}`, { method: "POST", body: JSON.stringify(v) });
+  }
+  const p = await page(`#/keys?filter=${ns}/`);
+  await p.waitForSelector(`tr[data-key="${ns}/books/1"]`);
+  assert.equal(await p.locator("#keys tbody tr").count(), 3);
+  await p.screenshot({ path: path.join(shots, "keys.png") });
+
+  // Glob search and paging.
+  await p.goto(`${server.url}/#/keys?filter=${ns}/books/*&limit=10`);
+  await p.waitForSelector(`tr[data-key="${ns}/books/2"]`);
+  assert.equal(await p.locator("#keys tbody tr").count(), 2);
+
+  await p.goto(`${server.url}/#/key/${ns}/books/1`);
+  await p.waitForFunction(() => document.querySelector("#rev").textContent.startsWith("rev"));
+  await p.screenshot({ path: path.join(shots, "key.png") });
+
+  await p.goto(`${server.url}/#/state`);
+  await p.waitForSelector(".card");
+  assert.match(await p.textContent("#cards"), /connections/);
+  await p.screenshot({ path: path.join(shots, "state.png") });
+
+  const phone = await page(`#/keys?filter=${ns}/`, { width: 390, height: 844 });
+  await phone.waitForSelector(`tr[data-key="${ns}/books/1"]`);
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no horizontal scrolling on a phone (${overflow}px too wide)`);
+  await phone.screenshot({ path: path.join(shots, "phone.png") });
+  await phone.close();
+  await p.close();
+});
