@@ -132,7 +132,8 @@ impl Hub {
     /// for `/_metrics`; this is the audit trail).
     pub fn log_denials(&mut self) {
         while let Some(d) = self.engine.poll_denial() {
-            tracing::warn!(
+            // Info, the binary's default level: an audit trail, not an alarm for the operator.
+            tracing::info!(
                 action = d.action,
                 target = %d.target,
                 reason = d.reason,

@@ -310,6 +310,21 @@ impl State {
         hub.engine.store().get(key).map(|e| (*e.data).clone())
     }
 
+    /// Every key matching `pattern` (a key, glob or subtree `a/`) with its value, newest first
+    /// (rules do not apply).
+    pub fn list(&self, pattern: &str) -> Vec<(String, serde_json::Value)> {
+        let Ok(p) = stateline_core::Pattern::from_http_path(&format!("/{pattern}"), true) else {
+            return Vec::new();
+        };
+        let hub = self.sh.lock();
+        hub.engine
+            .store()
+            .list(&p)
+            .into_iter()
+            .map(|(k, e)| (k.to_string(), (*e.data).clone()))
+            .collect()
+    }
+
     /// Runs an operation as `who` (use `Identity::System` to bypass the rules), waits until it
     /// is durable and published, and returns what it did.
     pub async fn execute(
