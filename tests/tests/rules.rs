@@ -215,7 +215,9 @@ async fn rest_writes_of_every_kind_are_refused() {
             .status,
         200
     );
-    let attempts: Vec<(Method, String, &str, Vec<(&str, &str)>)> = vec![
+    // (method, path, body, extra headers)
+    type Attempt<'a> = (Method, String, &'a str, Vec<(&'a str, &'a str)>);
+    let attempts: Vec<Attempt> = vec![
         (Method::POST, format!("/{k}"), "{\"m\":\"owned\"}", vec![]),
         (
             Method::POST,
@@ -237,7 +239,7 @@ async fn rest_writes_of_every_kind_are_refused() {
         (Method::DELETE, "/private/*/*/*".into(), "", vec![]),
         (Method::POST, format!("/_incr/{d}/n"), "1", vec![]),
         (Method::POST, format!("/_take/{k}"), "", vec![]),
-        (Method::POST, format!("/_rename/{k}"), &"", vec![]),
+        (Method::POST, format!("/_rename/{k}"), "", vec![]),
         (Method::POST, format!("/_rename/{other}"), "", vec![]),
     ];
     let rename_out = json!({"to": other, "overwrite": true}).to_string();
