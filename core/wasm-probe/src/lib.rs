@@ -13,7 +13,7 @@ pub extern "C" fn stateline_probe(now: i64) -> u32 {
     // The access rules, JWT verification and JSON Schema are linked in too.
     let mut filters = Filters::new();
     let rules = stateline_core::rules::Rules::from_toml_str(
-        "[auth]\nhs256_secret = \"0123456789abcdef-probe\"\n[[rule]]\npattern = \"a/**\"\nread = \"token\"\nwrite = \"public\"\nschema = { type = \"object\" }\n",
+        "[auth]\nhs256_secret = \"0123456789abcdef-probe\"\n[[rule]]\npattern = \"a/**\"\nread = [\"public\", \"token\"]\nwrite = \"public\"\ndelete = \"public\"\nschema = { type = [\"object\", \"array\"] }\n",
         &stateline_core::rules::Inline,
     );
     if let Ok(r) = rules {
