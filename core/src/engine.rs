@@ -18,6 +18,7 @@ use crate::json::{self, JsonError};
 use crate::key::{self, Pattern};
 use crate::log::{Log, Missed, TooOld};
 use crate::pool::{Encoding, Frame, Join, PoolId, Pools};
+use crate::rules::{Action, Audience, Denied, Identity};
 use crate::store::{Change, Entry, Store, Ttl};
 
 /// Limits and knobs. Defaults follow ooo where it has one.
@@ -172,7 +173,55 @@ pub struct Stats {
     pub frame_bytes: u64,
     /// Keys expired by TTL.
     pub expired: u64,
+    /// Requests refused by the access rules, by reason.
+    pub denied: DeniedStats,
 }
+
+/// Refusals by the access rules, by reason (the `reason` label of `/_metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeniedStats {
+    /// No token where one is needed (401).
+    pub no_token: u64,
+    /// A token that is malformed, badly signed or for another algorithm (401).
+    pub bad_token: u64,
+    /// An expired or not-yet-valid token (401).
+    pub expired: u64,
+    /// A valid token that the rules do not allow (403).
+    pub forbidden: u64,
+    /// A written value that does not match the rule's schema (400).
+    pub schema: u64,
+}
+
+impl DeniedStats {
+    /// `(reason, count)` pairs in a fixed order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("no_token", self.no_token),
+            ("bad_token", self.bad_token),
+            ("expired", self.expired),
+            ("forbidden", self.forbidden),
+            ("schema", self.schema),
+        ]
+    }
+}
+
+/// One refused attempt, for the adapter to log (drain with [`Engine::poll_denial`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// `read`, `write` or `delete`.
+    pub action: &'static str,
+    /// The key (or pattern) asked for.
+    pub target: String,
+    /// The metrics reason (`no_token`, `bad_token`, `expired`, `forbidden`, `schema`).
+    pub reason: &'static str,
+    /// The token's `sub`, if it had a valid one.
+    pub subject: Option<String>,
+    /// The text the client was given.
+    pub detail: String,
+}
+
+// Denials kept for the adapter to log between drains; older ones are dropped (still counted).
+const MAX_DENIALS: usize = 1024;
 
 /// The state machine. See the module docs.
 #[derive(Debug)]
@@ -186,6 +235,7 @@ pub struct Engine {
     started: i64,
     stats: Stats,
     frames: VecDeque<Frame>,
+    denials: VecDeque<Denial>,
 }
 
 impl Engine {
@@ -234,6 +284,7 @@ impl Engine {
             started,
             stats: Stats::default(),
             frames: VecDeque::new(),
+            denials: VecDeque::new(),
         }
     }
 
@@ -285,11 +336,121 @@ impl Engine {
         self.clock.now(tick).to_string().into()
     }
 
-    /// Applies an operation, all or nothing. The changes are applied to memory and logged but
-    /// not yet published: call [`Engine::publish`] after making them durable, or
+    /// Who presents `token` now: verified against the access rules' keys with the wall clock
+    /// of `tick`. Without rules every caller is anonymous (and everything is allowed).
+    pub fn identify(&self, tick: Tick, token: Option<&str>) -> Identity {
+        match self.filters.rules() {
+            None => Identity::Anonymous,
+            Some(r) => r.identify(token, tick.wall_ns.div_euclid(1_000_000_000)),
+        }
+    }
+
+    fn record(&mut self, action: Action, target: &str, who: &Identity, e: &Error) {
+        let reason = match e {
+            Error::Unauthorized(_) => match who {
+                Identity::Invalid(t) if t.label() == "expired" || t.label() == "not_yet_valid" => {
+                    self.stats.denied.expired += 1;
+                    "expired"
+                }
+                Identity::Invalid(_) => {
+                    self.stats.denied.bad_token += 1;
+                    "bad_token"
+                }
+                _ => {
+                    self.stats.denied.no_token += 1;
+                    "no_token"
+                }
+            },
+            Error::Forbidden(_) => {
+                self.stats.denied.forbidden += 1;
+                "forbidden"
+            }
+            Error::Schema(_) => {
+                self.stats.denied.schema += 1;
+                "schema"
+            }
+            _ => return,
+        };
+        if self.denials.len() >= MAX_DENIALS {
+            self.denials.pop_front();
+        }
+        self.denials.push_back(Denial {
+            action: action.as_str(),
+            target: target.to_string(),
+            reason,
+            subject: who.subject(),
+            detail: e.to_string(),
+        });
+    }
+
+    /// The next refused attempt to log.
+    pub fn poll_denial(&mut self) -> Option<Denial> {
+        self.denials.pop_front()
+    }
+
+    /// Checks the access rules for `who` doing `action` on `key`; a refusal is counted and
+    /// queued for the adapter's log. Always allowed without rules.
+    pub fn authorize(&mut self, action: Action, key: &str, who: &Identity) -> Result<(), Error> {
+        let Some(rules) = self.filters.rules() else {
+            return Ok(());
+        };
+        let e = match rules.check(action, key, who) {
+            Ok(()) => return Ok(()),
+            Err(Denied::NoToken(m)) => Error::Unauthorized(m),
+            Err(Denied::BadToken(t)) => Error::Unauthorized(t.to_string()),
+            Err(Denied::Forbidden(m)) => Error::Forbidden(m),
+        };
+        self.record(action, key, who, &e);
+        Err(e)
+    }
+
+    /// Refuses a caller whose token was refused, for routes that are not about one key (lists,
+    /// subscriptions to globs, the keys API): they still answer 401, never a silently public view.
+    pub fn authorize_caller(&mut self, target: &str, who: &Identity) -> Result<(), Error> {
+        if let (Some(_), Identity::Invalid(t)) = (self.filters.rules(), who) {
+            let e = Error::Unauthorized(t.to_string());
+            self.record(Action::Read, target, who, &e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether `who` may read `key` (for filtering lists; nothing is recorded).
+    pub fn can_read(&self, key: &str, who: &Identity) -> bool {
+        self.filters
+            .rules()
+            .is_none_or(|r| r.check(Action::Read, key, who).is_ok())
+    }
+
+    // The rule's JSON Schema, on the value about to be stored (after write filters).
+    fn validate(&mut self, key: &str, v: &Value, who: &Identity) -> Result<(), Error> {
+        let Some(schema) = self
+            .filters
+            .rules()
+            .and_then(|r| r.rule_for(key))
+            .and_then(|r| r.schema.clone())
+        else {
+            return Ok(());
+        };
+        schema.validate(v).map_err(|detail| {
+            let e = Error::Schema(format!("{key}: {detail}"));
+            self.record(Action::Write, key, who, &e);
+            e
+        })
+    }
+
+    /// Applies an operation, all or nothing, as the embedding program (no access rules: use
+    /// [`Engine::execute_as`] for requests from clients). The changes are applied to memory and
+    /// logged but not yet published: call [`Engine::publish`] after making them durable, or
     /// [`Engine::revert`] if that failed.
     pub fn execute(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
-        let r = self.execute_inner(tick, op);
+        self.execute_as(tick, op, &Identity::System)
+    }
+
+    /// Applies an operation for `who`: the access rules are checked (and the schema, TTL and
+    /// limits of the rule for each key applied) before anything changes.
+    pub fn execute_as(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
+        let r = self.execute_inner(tick, op, who);
         match &r {
             Ok(a) => {
                 self.stats.writes += 1;
@@ -378,11 +539,21 @@ impl Engine {
             (Some(_), Some(_), Ttl::Clear) => Ttl::Keep,
             _ => ttl,
         };
+        // The rule's default TTL for writes that set none (and counters that create the key).
+        let rule_ttl = self
+            .filters
+            .rules()
+            .and_then(|r| r.rule_for(key))
+            .and_then(|r| r.ttl_ns);
+        let ttl = match (rule_ttl, ttl, self.store.get(key).is_some()) {
+            (Some(d), Ttl::Clear, _) | (Some(d), Ttl::Keep, false) => Ttl::After(d),
+            _ => ttl,
+        };
         changes.push(self.store.put(key, Entry::value(value), now, ttl, patch));
         changes
     }
 
-    fn execute_inner(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
+    fn execute_inner(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
         match op {
             Op::Set {
                 key,
@@ -391,31 +562,39 @@ impl Engine {
                 cond,
             } => {
                 key::validate_key(&key)?;
+                self.authorize(Action::Write, &key, who)?;
                 self.filters.check(Need::Write, &key)?;
                 self.check_cond(&key, &cond)?;
                 let value = self.filters.apply_write(&key, value)?;
                 self.check_value(&value)?;
+                self.validate(&key, &value, who)?;
                 let now = self.clock.now(tick);
                 let changes = self.write_value(&key, value, now, ttl, None);
                 Ok(self.written(changes))
             }
             Op::Push { target, value, ttl } => {
                 let prefix = key::validate_push(&target)?.to_string();
-                self.filters.check(Need::Write, &target)?;
-                let value = self.filters.apply_write(&target, value)?;
-                self.check_value(&value)?;
                 let index = format!("{:x}", self.clock.now(tick));
                 let key = if prefix.is_empty() {
                     index
                 } else {
                     format!("{prefix}/{index}")
                 };
+                // The rules judge the key the push creates, like any other write.
+                self.authorize(Action::Write, &key, who)?;
+                self.filters.check(Need::Write, &target)?;
+                let value = self.filters.apply_write(&target, value)?;
+                self.check_value(&value)?;
+                self.validate(&key, &value, who)?;
                 let now = self.clock.now(tick);
                 let changes = self.write_value(&key, value, now, ttl, None);
                 Ok(self.written(changes))
             }
             Op::Patch { key, patch, cond } => {
                 key::validate_key(&key)?;
+                // A patch reads too: its errors (and RFC 6902 `test`) tell what the value holds.
+                self.authorize(Action::Read, &key, who)?;
+                self.authorize(Action::Write, &key, who)?;
                 self.filters.check(Need::Write, &key)?;
                 let cur = self.store.get(&key).ok_or(Error::NotFound)?;
                 self.check_cond(&key, &cond)?;
@@ -433,6 +612,7 @@ impl Engine {
                     (value, used)
                 };
                 self.check_value(&filtered)?;
+                self.validate(&key, &filtered, who)?;
                 let used = used.map(Arc::new);
                 let now = self.clock.now(tick);
                 let changes = self.write_value(&key, filtered, now, Ttl::Keep, used);
@@ -440,6 +620,18 @@ impl Engine {
             }
             Op::Delete { target, cond } => {
                 let pattern = Pattern::parse(&target)?;
+                if let Pattern::Key(_) = pattern {
+                    self.authorize(Action::Delete, &target, who)?;
+                } else {
+                    // A glob delete is refused whole if it covers one key the caller may not
+                    // delete: never a partial write.
+                    self.authorize_caller(&target, who)?;
+                    let keys: Vec<Arc<str>> =
+                        self.store.scan(&pattern).map(|(k, _)| k.clone()).collect();
+                    for k in keys {
+                        self.authorize(Action::Delete, &k, who)?;
+                    }
+                }
                 self.filters.check(Need::Delete, &target)?;
                 self.filters.check_delete(&target)?;
                 match pattern {
@@ -475,6 +667,9 @@ impl Engine {
             }
             Op::Incr { key, by, ttl } => {
                 key::validate_key(&key)?;
+                // The reply carries the new value: reading is needed too.
+                self.authorize(Action::Read, &key, who)?;
+                self.authorize(Action::Write, &key, who)?;
                 self.filters.check(Need::Write, &key)?;
                 let value = match self.store.get(&key) {
                     None => by,
@@ -487,6 +682,7 @@ impl Engine {
                     }
                 };
                 let value = self.filters.apply_write(&key, Value::from(value))?;
+                self.validate(&key, &value, who)?;
                 let now = self.clock.now(tick);
                 let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
                 let changes = self.write_value(&key, value, now, ttl, None);
@@ -494,6 +690,8 @@ impl Engine {
             }
             Op::Take { key } => {
                 key::validate_key(&key)?;
+                self.authorize(Action::Read, &key, who)?;
+                self.authorize(Action::Delete, &key, who)?;
                 self.filters.check(Need::Read, &key)?;
                 self.filters.check(Need::Delete, &key)?;
                 self.filters.check_delete(&key)?;
@@ -519,6 +717,11 @@ impl Engine {
                         "rename: source and target are the same key".into(),
                     ));
                 }
+                // Both ends: the value moves from a key the caller reads and deletes to one it
+                // writes.
+                self.authorize(Action::Read, &from, who)?;
+                self.authorize(Action::Delete, &from, who)?;
+                self.authorize(Action::Write, &to, who)?;
                 self.filters.check(Need::Delete, &from)?;
                 self.filters.check(Need::Write, &to)?;
                 self.filters.check_delete(&from)?;
@@ -528,6 +731,7 @@ impl Engine {
                     return Err(Error::Exists(to));
                 }
                 let value = self.filters.apply_write(&to, (*src.data).clone())?;
+                self.validate(&to, &value, who)?;
                 let now = self.clock.now(tick);
                 let mut changes = vec![self.store.remove(&from).expect("checked above")];
                 let (data, json) = if value == *src.data {
@@ -626,7 +830,7 @@ impl Engine {
         }
     }
 
-    /// Joins a pool; see [`Pools::join`]. Refused by static mode without a read filter.
+    /// Joins a pool as the embedding program (sees everything); see [`Engine::join_as`].
     pub fn join(
         &mut self,
         pattern: Pattern,
@@ -634,16 +838,54 @@ impl Engine {
         version: Option<u64>,
         initial: bool,
     ) -> Result<(PoolId, Join), Error> {
+        self.join_as(pattern, enc, version, initial, &Identity::System)
+    }
+
+    /// Joins a pool for `who`; see [`Pools::join`]. Refused by static mode without a read
+    /// filter, and by the access rules for a key `who` may not read. A glob or subtree joins the
+    /// pool of `who`'s audience, which holds only the keys that audience may read.
+    pub fn join_as(
+        &mut self,
+        pattern: Pattern,
+        enc: Encoding,
+        version: Option<u64>,
+        initial: bool,
+        who: &Identity,
+    ) -> Result<(PoolId, Join), Error> {
+        let audience = self.audience(&pattern, who)?;
         self.filters.check(Need::Read, &pattern.as_str())?;
         Ok(self.pools.join(
             pattern,
             enc,
             version,
             initial,
+            audience,
             &self.store,
             &self.log,
             &self.filters,
         ))
+    }
+
+    /// What `who` sees of `pattern`: refused (and recorded) for a key it may not read or a
+    /// refused token; for a glob or subtree, its audience (every key it may read).
+    pub fn audience(&mut self, pattern: &Pattern, who: &Identity) -> Result<Audience, Error> {
+        let Some(rules) = self.filters.rules() else {
+            return Ok(Audience::all());
+        };
+        match pattern {
+            Pattern::Key(k) => {
+                let k = k.to_string();
+                self.authorize(Action::Read, &k, who)?;
+                // Everyone allowed to read one key sees the same value: one pool for them all
+                // (and the key is visible to it).
+                Ok(Audience::all())
+            }
+            p => {
+                let a = rules.audience(p, who);
+                self.authorize_caller(&p.as_str(), who)?;
+                Ok(a)
+            }
+        }
     }
 
     /// Leaves a pool.
@@ -660,6 +902,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
     use serde_json::json;
 
     fn engine() -> Engine {
@@ -972,6 +1215,254 @@ mod tests {
         assert_eq!(
             e.missed(seq, &Pattern::parse("a").unwrap()).unwrap(),
             vec![]
+        );
+    }
+
+    fn ruled() -> (Engine, Identity, Identity) {
+        use crate::rules::{Inline, Rules};
+        let rules = Rules::from_toml_str(
+            r#"
+            [auth]
+            hs256_secret = "0123456789abcdef-engine"
+            [[rule]]
+            pattern = "private/{sub}/**"
+            read = "owner"
+            write = "owner"
+            delete = "owner"
+            [[rule]]
+            pattern = "**"
+            read = "public"
+            write = "public"
+            delete = "public"
+            [[rule]]
+            pattern = "typed/*"
+            read = "public"
+            write = "public"
+            schema = { type = "integer" }
+            ttl_secs = 5
+            "#,
+            &Inline,
+        )
+        .unwrap();
+        let mut f = Filters::new();
+        f.set_rules(rules).unwrap();
+        let e = Engine::new(Tick::from_wall(1_000), Config::default(), f);
+        let tok = |sub: &str| {
+            crate::token::sign_hs256(
+                &json!({"sub": sub, "exp": 4_000_000_000i64}),
+                b"0123456789abcdef-engine",
+            )
+        };
+        let alice = e.identify(t(1), Some(&tok("alice")));
+        let bob = e.identify(t(1), Some(&tok("bob")));
+        assert!(matches!(alice, Identity::User(_)));
+        (e, alice, bob)
+    }
+
+    fn set_as(e: &mut Engine, k: &str, v: Value, who: &Identity) -> Result<Applied, Error> {
+        e.execute_as(
+            t(1),
+            Op::Set {
+                key: k.into(),
+                value: v,
+                ttl: Ttl::Clear,
+                cond: Cond::Always,
+            },
+            who,
+        )
+    }
+
+    #[test]
+    fn rules_refuse_before_anything_changes() {
+        let (mut e, alice, bob) = ruled();
+        let anon = Identity::Anonymous;
+        set_as(&mut e, "private/alice/a", json!("secret"), &alice).unwrap();
+        set_as(&mut e, "public/x", json!(1), &anon).unwrap();
+        set_as(&mut e, "public/x/y", json!(1), &anon).unwrap();
+        let seq = e.store().last_seq();
+        let denied = [
+            (
+                Op::Set {
+                    key: "private/alice/a".into(),
+                    value: json!(0),
+                    ttl: Ttl::Clear,
+                    cond: Cond::NextRevision(9),
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Set {
+                    key: "private/alice/b".into(),
+                    value: json!(0),
+                    ttl: Ttl::Clear,
+                    cond: Cond::Always,
+                },
+                &anon,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                Op::Push {
+                    target: "private/alice/*".into(),
+                    value: json!(0),
+                    ttl: Ttl::Clear,
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Patch {
+                    key: "private/alice/a".into(),
+                    patch: PatchKind::Merge(json!({})),
+                    cond: Cond::Always,
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Delete {
+                    target: "private/alice/a".into(),
+                    cond: Cond::Always,
+                },
+                &anon,
+                StatusCode::UNAUTHORIZED,
+            ),
+            // The glob covers a public key too: refused whole.
+            (
+                Op::Delete {
+                    target: "*/*/*".into(),
+                    cond: Cond::Always,
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Incr {
+                    key: "private/alice/n".into(),
+                    by: 1,
+                    ttl: Ttl::Keep,
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Take {
+                    key: "private/alice/a".into(),
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Rename {
+                    from: "private/alice/a".into(),
+                    to: "public/stolen".into(),
+                    overwrite: true,
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Rename {
+                    from: "public/x".into(),
+                    to: "private/alice/planted".into(),
+                    overwrite: true,
+                },
+                &bob,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                Op::Set {
+                    key: "typed/1".into(),
+                    value: json!("not an integer"),
+                    ttl: Ttl::Clear,
+                    cond: Cond::Always,
+                },
+                &anon,
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (op, who, status) in denied {
+            let r = e.execute_as(t(2), op.clone(), who);
+            assert_eq!(r.map(|_| ()).map_err(|e| e.status()), Err(status), "{op:?}");
+        }
+        assert_eq!(e.store().last_seq(), seq, "nothing changed");
+        assert_eq!(
+            *e.store().get("private/alice/a").unwrap().data,
+            json!("secret")
+        );
+        assert_eq!(e.stats().denied.forbidden, 8);
+        assert_eq!(e.stats().denied.no_token, 2);
+        assert_eq!(e.stats().denied.schema, 1);
+        let d = e.poll_denial().unwrap();
+        assert_eq!(
+            (d.action, d.reason, d.subject.as_deref()),
+            ("write", "forbidden", Some("bob"))
+        );
+        // The owner may; the rule's default TTL applies to a write without one.
+        e.execute_as(
+            t(3),
+            Op::Delete {
+                target: "private/alice/*".into(),
+                cond: Cond::Always,
+            },
+            &alice,
+        )
+        .unwrap();
+        set_as(&mut e, "typed/1", json!(7), &anon).unwrap();
+        assert!(e.store().get("typed/1").unwrap().expires.is_some());
+        // The embedding program is not bound by the rules.
+        set_as(&mut e, "private/carol/x", json!(1), &Identity::System).unwrap();
+    }
+
+    #[test]
+    fn pools_are_per_audience() {
+        let (mut e, alice, bob) = ruled();
+        let anon = Identity::Anonymous;
+        let all = Pattern::Subtree("".into());
+        let v0 = e.store().last_seq();
+        let (pa, _) = e
+            .join_as(all.clone(), Encoding::Mux, None, true, &alice)
+            .unwrap();
+        let (pb, _) = e
+            .join_as(all.clone(), Encoding::Mux, None, true, &bob)
+            .unwrap();
+        let (pn, _) = e
+            .join_as(all.clone(), Encoding::Mux, None, true, &anon)
+            .unwrap();
+        let (pn2, _) = e
+            .join_as(all.clone(), Encoding::Mux, None, true, &Identity::Anonymous)
+            .unwrap();
+        assert_eq!(pn, pn2, "anonymous subscribers share one pool");
+        assert!(pa != pb && pa != pn && pb != pn);
+        let a = set_as(&mut e, "private/alice/a", json!("alice-secret"), &alice).unwrap();
+        e.publish(&a.changes);
+        let frames: Vec<Frame> = std::iter::from_fn(|| e.poll_frame()).collect();
+        assert_eq!(frames.len(), 1, "only alice's pool gets a frame");
+        assert_eq!(frames[0].pool, pa);
+        // Replay from an old version leaves out what the audience may not read.
+        let (_, j) = e
+            .join_as(all.clone(), Encoding::Sse, Some(v0), false, &bob)
+            .unwrap();
+        assert_eq!(j, Join::Current);
+        let (_, j) = e
+            .join_as(all.clone(), Encoding::Sse, Some(v0), false, &alice)
+            .unwrap();
+        assert!(
+            matches!(j, Join::Missed(b) if std::str::from_utf8(&b).unwrap().contains("alice-secret"))
+        );
+        // A protected key cannot be joined at all by others.
+        let key = Pattern::parse("private/alice/a").unwrap();
+        assert_eq!(
+            e.join_as(key.clone(), Encoding::Ooo, None, true, &bob)
+                .map(|_| ())
+                .map_err(|e| e.status()),
+            Err(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            e.join_as(key, Encoding::Ooo, None, true, &anon)
+                .map(|_| ())
+                .map_err(|e| e.status()),
+            Err(StatusCode::UNAUTHORIZED)
         );
     }
 

@@ -57,6 +57,15 @@ pub enum Error {
     /// The adapter failed to make the change durable; nothing was applied.
     #[error("storage: {0}")]
     Storage(String),
+    /// No token, or a token that was refused (expired, bad signature, ...): 401.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A valid token (or none, where none can help) that the rules do not allow: 403.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A written value does not match the rule's JSON Schema (`<key>: <violations>`).
+    #[error("value does not match the schema for {0}")]
+    Schema(String),
 }
 
 impl Error {
@@ -74,6 +83,9 @@ impl Error {
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Schema(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -97,6 +109,9 @@ impl Error {
             Error::MethodNotAllowed => "method-not-allowed",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Storage(_) => "storage",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Schema(_) => "schema",
         }
     }
 }

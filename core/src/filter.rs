@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::key::{KeyError, Pattern};
+use crate::rules::{Audience, Rules};
 
 /// Validates or rewrites a value about to be written (ooo `WriteFilter`).
 pub type WriteFn = Arc<dyn Fn(&str, Value) -> Result<Value, String> + Send + Sync>;
@@ -117,6 +118,9 @@ pub enum Need {
 pub struct Filters {
     rules: Vec<Rule>,
     static_mode: bool,
+    // Declarative access rules (`--rules`): checked by the engine before any filter runs, and
+    // consulted by pools for what each audience may see.
+    access: Option<Arc<Rules>>,
 }
 
 impl std::fmt::Debug for Filters {
@@ -142,6 +146,29 @@ impl Filters {
     /// Whether static mode is on.
     pub fn is_static(&self) -> bool {
         self.static_mode
+    }
+
+    /// Installs declarative access rules; their limits become limit filters (a limit that
+    /// overlaps one already registered is refused, as for [`Filters::limit`]).
+    pub fn set_rules(&mut self, rules: Rules) -> Result<(), FilterError> {
+        for (glob, l) in rules.limits() {
+            self.limit(&glob, l)?;
+        }
+        self.access = Some(Arc::new(rules));
+        Ok(())
+    }
+
+    /// The access rules, if any.
+    pub fn rules(&self) -> Option<&Rules> {
+        self.access.as_deref()
+    }
+
+    /// Whether a pool of this audience may show `key` (always, without rules).
+    pub fn visible(&self, key: &str, aud: &Audience) -> bool {
+        match &self.access {
+            None => true,
+            Some(r) => r.visible(key, aud),
+        }
     }
 
     fn add(&mut self, pattern: &str, kind: Kind) -> Result<(), FilterError> {

@@ -20,6 +20,7 @@ use crate::filter::Need;
 use crate::json;
 use crate::key::{KeyError, Pattern};
 use crate::meta;
+use crate::rules::{Action, Identity};
 use crate::store::{Change, Entry, Ttl};
 
 /// The response to send and the changes to persist and publish (in that order) before sending it.
@@ -134,6 +135,75 @@ pub fn parse_version(s: &str) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
+/// The bearer token a request carries: `Authorization: Bearer <t>`; on a WebSocket upgrade
+/// `Sec-WebSocket-Protocol: bearer, <t>` (browsers cannot set headers on a WebSocket); on an SSE
+/// request `?access_token=<t>` or `?token=<t>` (`EventSource` cannot set headers either).
+pub fn token<B>(req: &Request<B>) -> Option<String> {
+    let h = req.headers();
+    if let Some(a) = header_str(h, header::AUTHORIZATION) {
+        let (scheme, t) = a.trim().split_once(' ').unwrap_or((a, ""));
+        if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() {
+            return Some(t.trim().to_string());
+        }
+    }
+    if is_websocket(h) {
+        let offered: Vec<&str> = h
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if let Some(i) = offered
+            .iter()
+            .position(|p| p.eq_ignore_ascii_case("bearer"))
+        {
+            if let Some(t) = offered.get(i + 1).filter(|t| !t.is_empty()) {
+                return Some(t.to_string());
+            }
+        }
+    }
+    if wants_events(h) {
+        let q = query_pairs(req.uri().query().unwrap_or(""));
+        if let Some(t) = query_get(&q, "access_token").or_else(|| query_get(&q, "token")) {
+            if !t.is_empty() {
+                return Some(t.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Checks, before a WebSocket upgrade or an SSE response, that `who` may open this subscription
+/// (a key it may read; any glob or subtree, whose frames are then filtered to what it may
+/// read). The error is the response to send (401 with `WWW-Authenticate`, or 403).
+// The error is the response itself, built once and sent as is; boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+pub fn authorize_subscription<B>(
+    engine: &mut Engine,
+    req: &Request<B>,
+    sub: &Subscription,
+    who: &Identity,
+) -> Result<(), Response<Bytes>> {
+    engine
+        .audience(&sub.pattern, who)
+        .map(|_| ())
+        .map_err(|e| plain_error(engine, req.headers(), &e, "GET"))
+}
+
+/// Checks a connection that is not about one key (`/_ws`): only a refused token is refused
+/// here (401); each subscription and operation is checked on its own later.
+#[allow(clippy::result_large_err)]
+pub fn authorize_connection<B>(
+    engine: &mut Engine,
+    req: &Request<B>,
+    who: &Identity,
+) -> Result<(), Response<Bytes>> {
+    engine
+        .authorize_caller(req.uri().path(), who)
+        .map_err(|e| problem(engine, req.headers(), &e))
+}
+
 /// Tells the adapter what a request wants. An invalid subscription path is answered with the
 /// error response to send.
 // The error is the response itself, built once and sent as is; boxing it buys nothing.
@@ -240,12 +310,31 @@ fn respond(
 ) -> Response<Bytes> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
+        // Plain-text bodies are the reason itself; problem documents replace this below.
+        let challenge = www_authenticate(&String::from_utf8_lossy(r.body()));
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
     if let Some(c) = ctype {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(c));
     }
     cors_headers(engine, req, r.headers_mut());
     r
+}
+
+/// RFC 6750's challenge for a 401, with the reason as the description.
+pub fn www_authenticate(detail: &str) -> HeaderValue {
+    let detail: String = detail
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .take(200)
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"stateline\", error=\"invalid_token\", error_description=\"{}\"",
+        detail.trim()
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"stateline\""))
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -284,13 +373,18 @@ fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
         "code": e.code(),
         "detail": e.to_string(),
     });
-    respond(
+    let mut r = respond(
         engine,
         req,
         status,
         Some(PROBLEM),
         json::encode(&body).into(),
-    )
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, www_authenticate(&e.to_string()));
+    }
+    r
 }
 
 fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
@@ -341,8 +435,20 @@ fn body_json(engine: &Engine, body: &[u8]) -> Result<Value, Error> {
     Ok(json::parse(body, engine.config().max_depth)?)
 }
 
-/// Answers a plain HTTP request. Changes in the outcome are applied to memory but not published.
+/// Answers a plain HTTP request for whoever its bearer token says (see [`token`]). Changes in
+/// the outcome are applied to memory but not published.
 pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutcome {
+    let who = engine.identify(tick, token(req).as_deref());
+    handle_as(engine, tick, req, &who)
+}
+
+/// Answers a plain HTTP request for `who` (the adapter identified the caller already).
+pub fn handle_as(
+    engine: &mut Engine,
+    tick: Tick,
+    req: &Request<Bytes>,
+    who: &Identity,
+) -> HttpOutcome {
     // Borrowed, not copied: this runs for every request.
     let h = req.headers();
     let method = req.method();
@@ -372,7 +478,7 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
     }
     if path == "/" {
         return match (method.as_str(), query_get(&q, "api")) {
-            ("GET" | "HEAD", Some(api)) => match api_route(engine, &q, api) {
+            ("GET" | "HEAD", Some(api)) => match api_route(engine, &q, api, who) {
                 Ok(v) => HttpOutcome {
                     response: respond(
                         engine,
@@ -390,7 +496,7 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
         };
     }
     if let Some(rest) = path.strip_prefix("/_") {
-        let r = extended(engine, tick, method, rest, &q, h, req.body());
+        let r = extended(engine, tick, method, rest, &q, h, req.body(), who);
         return match r {
             Ok((response, changes)) => HttpOutcome { response, changes },
             Err(e) => HttpOutcome {
@@ -399,7 +505,7 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
             },
         };
     }
-    match data_route(engine, tick, method, path, &q, h, req.body()) {
+    match data_route(engine, tick, method, path, &q, h, req.body(), who) {
         Ok((response, changes)) => {
             let mut response = response;
             if method == Method::HEAD {
@@ -439,6 +545,8 @@ fn written(
     Ok((r, a.changes))
 }
 
+// One argument per part of the request: this is the router.
+#[allow(clippy::too_many_arguments)]
 fn data_route(
     engine: &mut Engine,
     tick: Tick,
@@ -447,12 +555,18 @@ fn data_route(
     q: &[(String, String)],
     h: &HeaderMap,
     body: &[u8],
+    who: &Identity,
 ) -> Routed {
     match method.as_str() {
         "GET" | "HEAD" => {
             let pattern = Pattern::from_http_path(path, false)?;
+            // Before anything else (even 404): a refusal must not tell whether the key exists.
+            match &pattern {
+                Pattern::Key(k) => engine.authorize(Action::Read, k, who)?,
+                p => engine.authorize_caller(&p.as_str(), who)?,
+            }
             engine.filters().check(Need::Read, &pattern.as_str())?;
-            read(engine, h, &pattern)
+            read(engine, h, &pattern, who)
         }
         "POST" => {
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
@@ -472,7 +586,7 @@ fn data_route(
                     ttl,
                 },
             };
-            let a = engine.execute(tick, op)?;
+            let a = engine.execute_as(tick, op, who)?;
             written(engine, h, a, None, StatusCode::OK)
         }
         "PUT" => {
@@ -497,7 +611,7 @@ fn data_route(
                 e => e,
             })?;
             let ttl = parse_ttl(q, h)?;
-            let a = engine.execute(
+            let a = engine.execute_as(
                 tick,
                 Op::Set {
                     key: key.to_string(),
@@ -505,6 +619,7 @@ fn data_route(
                     ttl,
                     cond,
                 },
+                who,
             )?;
             written(engine, h, a, Some(Bytes::new()), StatusCode::OK)
         }
@@ -526,25 +641,27 @@ fn data_route(
                 "application/merge-patch+json" => PatchKind::MergePatch(v),
                 _ => PatchKind::Merge(v),
             };
-            let a = engine.execute(
+            let a = engine.execute_as(
                 tick,
                 Op::Patch {
                     key: key.to_string(),
                     patch,
                     cond: conditions(h)?,
                 },
+                who,
             )?;
             written(engine, h, a, None, StatusCode::OK)
         }
         "DELETE" => {
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
             Pattern::from_http_path(path, false)?;
-            let a = engine.execute(
+            let a = engine.execute_as(
                 tick,
                 Op::Delete {
                     target: target.into(),
                     cond: conditions(h)?,
                 },
+                who,
             )?;
             written(engine, h, a, None, StatusCode::NO_CONTENT)
         }
@@ -552,7 +669,7 @@ fn data_route(
     }
 }
 
-fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern) -> Routed {
+fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Identity) -> Routed {
     let filters = engine.filters();
     let version = format!("{:x}", engine.store().last_seq());
     let mut r = match pattern {
@@ -582,7 +699,11 @@ fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern) -> Routed {
             r
         }
         p => {
-            let items = engine.store().list(p);
+            let mut items = engine.store().list(p);
+            // A list never includes a key the caller may not read.
+            if engine.filters().rules().is_some() {
+                items.retain(|(k, _)| engine.can_read(k, who));
+            }
             let p_str = p.as_str();
             let body: Bytes = if filters.has_read_filters(&p_str)
                 || items.iter().any(|(k, _)| filters.has_read_filters(k))
@@ -608,6 +729,8 @@ fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern) -> Routed {
     Ok((r, vec![]))
 }
 
+// One argument per part of the request: this is the router.
+#[allow(clippy::too_many_arguments)]
 fn extended(
     engine: &mut Engine,
     tick: Tick,
@@ -616,6 +739,7 @@ fn extended(
     q: &[(String, String)],
     h: &HeaderMap,
     body: &[u8],
+    who: &Identity,
 ) -> Routed {
     let (route, key) = rest.split_once('/').unwrap_or((rest, ""));
     let post_only = |m: &Method| {
@@ -652,13 +776,14 @@ fn extended(
                 Ttl::Clear => Ttl::Keep,
                 t => t,
             };
-            let a = engine.execute(
+            let a = engine.execute_as(
                 tick,
                 Op::Incr {
                     key: key.into(),
                     by,
                     ttl,
                 },
+                who,
             )?;
             let Outcome::Written(k, e) = &a.outcome else {
                 unreachable!("incr writes")
@@ -669,7 +794,7 @@ fn extended(
         }
         "take" => {
             post_only(method)?;
-            let a = engine.execute(tick, Op::Take { key: key.into() })?;
+            let a = engine.execute_as(tick, Op::Take { key: key.into() }, who)?;
             let Outcome::Taken(k, e) = &a.outcome else {
                 unreachable!("take takes")
             };
@@ -683,13 +808,14 @@ fn extended(
                 Error::BadRequest("rename: body must be {\"to\": \"<key>\"}".into())
             })?;
             let overwrite = v.get("overwrite").and_then(Value::as_bool).unwrap_or(false);
-            let a = engine.execute(
+            let a = engine.execute_as(
                 tick,
                 Op::Rename {
                     from: key.into(),
                     to: to.into(),
                     overwrite,
                 },
+                who,
             )?;
             let Outcome::Written(k, e) = &a.outcome else {
                 unreachable!("rename writes")
@@ -701,7 +827,14 @@ fn extended(
     }
 }
 
-fn api_route(engine: &Engine, q: &[(String, String)], api: &str) -> Result<Value, Error> {
+fn api_route(
+    engine: &mut Engine,
+    q: &[(String, String)],
+    api: &str,
+    who: &Identity,
+) -> Result<Value, Error> {
+    engine.authorize_caller("/?api", who)?;
+    let engine = &*engine;
     match api {
         "keys" => {
             let page: usize = match query_get(q, "page") {
@@ -735,6 +868,8 @@ fn api_route(engine: &Engine, q: &[(String, String)], api: &str) -> Result<Value
                     Some(g) => g.matches(k),
                     None => k.starts_with(filter),
                 })
+                // Key names can be personal too: only those the caller may read.
+                .filter(|k| engine.can_read(k, who))
                 .collect();
             let page_keys: Vec<&str> = keys
                 .iter()
@@ -762,15 +897,23 @@ fn api_route(engine: &Engine, q: &[(String, String)], api: &str) -> Result<Value
         "filters" => Ok(json!({
             "static": engine.filters().is_static(),
             "filters": engine.filters().describe().into_iter().map(|(p, k)| json!({"path": p, "kind": k})).collect::<Vec<_>>(),
+            "rules": engine.filters().rules().map(|r| r.describe()),
         })),
         "state" => {
-            let pools = engine.pools().info();
+            let mut pools = engine.pools().info();
+            // A key subscription names its key: shown only to those who may read it.
+            pools.retain(|p| {
+                Pattern::parse(&p.pattern)
+                    .map(|pat| !matches!(pat, Pattern::Key(_)) || engine.can_read(&p.pattern, who))
+                    .unwrap_or(true)
+            });
             Ok(json!({
                 "pools": pools.iter().map(|p| json!({
                     "key": p.pattern,
                     "connections": p.subscribers,
                     "encoding": format!("{:?}", p.encoding).to_lowercase(),
                     "version": format!("{:x}", p.version),
+                    "audience": p.audience,
                 })).collect::<Vec<_>>(),
                 "totalConnections": engine.pools().subscribers(),
             }))
@@ -779,6 +922,75 @@ fn api_route(engine: &Engine, q: &[(String, String)], api: &str) -> Result<Value
             "unknown api {other:?}; known: keys, info, filters, state"
         ))),
     }
+}
+
+/// The engine's counters in Prometheus text format (the adapter adds its own: requests,
+/// connections).
+pub fn metrics(engine: &Engine) -> String {
+    use std::fmt::Write;
+    let st = engine.stats();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in lines {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "stateline_writes_total",
+        "counter",
+        "Operations applied (writes of every kind).",
+        &[(String::new(), st.writes)],
+    );
+    metric(
+        "stateline_refused_total",
+        "counter",
+        "Operations refused (any reason).",
+        &[(String::new(), st.refused)],
+    );
+    let denied: Vec<(String, u64)> = st
+        .denied
+        .by_reason()
+        .iter()
+        .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n))
+        .collect();
+    metric(
+        "stateline_denied_total",
+        "counter",
+        "Attempts refused by the access rules, by reason.",
+        &denied,
+    );
+    metric(
+        "stateline_subscriptions",
+        "gauge",
+        "Subscribers over all pools.",
+        &[(String::new(), engine.pools().subscribers() as u64)],
+    );
+    metric(
+        "stateline_pools",
+        "gauge",
+        "Subscription pools (one per pattern, encoding and audience).",
+        &[(String::new(), engine.pools().len() as u64)],
+    );
+    metric(
+        "stateline_keys",
+        "gauge",
+        "Keys stored.",
+        &[(String::new(), engine.store().len() as u64)],
+    );
+    metric(
+        "stateline_frames_total",
+        "counter",
+        "Frames produced for pools (each sent to every subscriber of its pool).",
+        &[(String::new(), st.frames)],
+    );
+    metric(
+        "stateline_expired_total",
+        "counter",
+        "Keys expired by TTL.",
+        &[(String::new(), st.expired)],
+    );
+    out
 }
 
 /// Parses an HTTP method name for adapters that receive it as text.

@@ -25,7 +25,9 @@ pub mod log;
 pub mod meta;
 pub mod mux;
 pub mod pool;
+pub mod rules;
 pub mod store;
+pub mod token;
 
 pub use clock::{Clock, Tick};
 pub use engine::{Applied, Cond, Config, Engine, Op, Outcome, PatchKind};
@@ -33,4 +35,5 @@ pub use error::Error;
 pub use filter::Filters;
 pub use key::Pattern;
 pub use pool::{Encoding, Frame, Join, PoolId};
+pub use rules::{Action, Audience, Identity, Rules};
 pub use store::{Change, Entry, Store, Ttl};

@@ -22,6 +22,7 @@
 //! | `take` | `key` | `key`, `value`, `revision` |
 //! | `rename` | `key`, `to`, `overwrite` | `key`, `revision` |
 //! | `ping` | — | — |
+//! | `auth` | `token` (a JWT) | `subject` (its `sub`), `exp`, `dropped` (subscriptions left because the new identity may not see them the same way) |
 //!
 //! Replies: `{"id":..,"ok":true,...}` or
 //! `{"id":..,"ok":false,"error":{"status":<http status>,"code":"<Error::code>","detail":".."}}`.
@@ -54,6 +55,11 @@ pub enum Request {
     Op(Op),
     /// Liveness check; answered with an empty acknowledgement.
     Ping,
+    /// Present a bearer token: it replaces the connection's identity for later messages.
+    Auth {
+        /// The token.
+        token: String,
+    },
 }
 
 /// A parsed client message: its id and what it asks.
@@ -162,6 +168,9 @@ pub fn parse(msg: &[u8], max_depth: usize) -> Result<Message, Refused> {
             pattern: sub_pattern(&o, &id)?,
         },
         "ping" => Request::Ping,
+        "auth" => Request::Auth {
+            token: str_field(&o, &id, "token")?.to_string(),
+        },
         "set" => Request::Op(Op::Set {
             key: key(&o)?,
             value: value_field(&o, &id)?,
@@ -219,7 +228,7 @@ pub fn parse(msg: &[u8], max_depth: usize) -> Result<Message, Refused> {
             return Err(bad(
                 &id,
                 format!(
-                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, ping"
+                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, ping, auth"
                 ),
             ))
         }
@@ -331,6 +340,16 @@ mod tests {
             }),
         );
         check(r#"{"id":"p","op":"ping"}"#, Ok(Request::Ping));
+        check(
+            r#"{"id":"a","op":"auth","token":"t.t.t"}"#,
+            Ok(Request::Auth {
+                token: "t.t.t".into(),
+            }),
+        );
+        check(
+            r#"{"id":"a","op":"auth"}"#,
+            Err((json!("a"), "bad-request")),
+        );
         check(
             r#"{"id":2,"op":"set","key":"a","value":{"x":1},"rev":0}"#,
             Ok(Request::Op(Op::Set {

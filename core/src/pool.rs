@@ -17,6 +17,7 @@ use crate::filter::Filters;
 use crate::key::{Pattern, Segment};
 use crate::log::{Log, Missed};
 use crate::meta;
+use crate::rules::Audience;
 use crate::store::{newest_first, Change, Entry, Store};
 
 /// A pool's identity, stable while it has subscribers.
@@ -65,6 +66,9 @@ enum View {
 struct Pool {
     pattern: Pattern,
     enc: Encoding,
+    // Who this pool is for: its view holds only the keys this audience may read, and its frames
+    // go only to subscribers of this audience (never shared across audiences).
+    audience: Audience,
     subscribers: usize,
     // The view reflects every change up to this sequence number.
     seq: u64,
@@ -121,13 +125,15 @@ pub struct PoolInfo {
     pub subscribers: usize,
     /// Version of the last frame.
     pub version: u64,
+    /// Whom the pool is for (`all`, `public`, or `token[claims]`).
+    pub audience: String,
 }
 
 /// The pools. See the module docs.
 #[derive(Debug, Default)]
 pub struct Pools {
     pools: HashMap<PoolId, Pool>,
-    by_key: HashMap<(Pattern, Encoding), PoolId>,
+    by_key: HashMap<(Pattern, Encoding, Audience), PoolId>,
     root: Node,
     next_id: u64,
     // The sequence number of the last published change: every pool's view is current through it.
@@ -166,15 +172,23 @@ impl Pools {
                 encoding: p.enc,
                 subscribers: p.subscribers,
                 version: p.version,
+                audience: p.audience.label(),
             })
             .collect();
-        v.sort_by(|a, b| (&a.pattern, a.encoding).cmp(&(&b.pattern, b.encoding)));
+        v.sort_by(|a, b| {
+            (&a.pattern, a.encoding, &a.audience).cmp(&(&b.pattern, b.encoding, &b.audience))
+        });
         v
     }
 
     /// The pattern of a pool.
     pub fn pattern(&self, id: PoolId) -> Option<&Pattern> {
         self.pools.get(&id).map(|p| &p.pattern)
+    }
+
+    /// The audience of a pool.
+    pub fn audience(&self, id: PoolId) -> Option<&Audience> {
+        self.pools.get(&id).map(|p| &p.audience)
     }
 
     /// Adds a subscriber to the pool for `(pattern, enc)`, creating it from the store if needed,
@@ -190,19 +204,28 @@ impl Pools {
         enc: Encoding,
         version: Option<u64>,
         initial: bool,
+        audience: Audience,
         store: &Store,
         log: &Log,
         filters: &Filters,
     ) -> (PoolId, Join) {
-        let id = match self.by_key.get(&(pattern.clone(), enc)) {
+        let pool_key = (pattern, enc, audience);
+        let id = match self.by_key.get(&pool_key) {
             Some(id) => *id,
-            None => self.create(pattern.clone(), enc, store, filters),
+            None => self.create(pool_key, store, filters),
         };
         let pool = self.pools.get_mut(&id).expect("pool just found or created");
         pool.subscribers += 1;
         // The view is current through this sequence number: every publish covers all pools.
         let upto = pool.seq.max(self.published);
-        let missed = version.map(|v| log.since_with_origin(v, upto, &pool.pattern));
+        // Replay covers only what this audience may read.
+        let missed = version.map(|v| {
+            log.since_with_origin(v, upto, &pool.pattern).map(|m| {
+                m.into_iter()
+                    .filter(|(s, _)| filters.visible(s.key(), &pool.audience))
+                    .collect::<Vec<_>>()
+            })
+        });
         let first = match (missed, enc) {
             (Some(Ok(m)), _) if m.is_empty() => Join::Current,
             (Some(Ok(m)), Encoding::Sse) => {
@@ -210,7 +233,12 @@ impl Pools {
                 Join::Missed(encode_missed(&steps, filters))
             }
             (_, Encoding::Sse) if !initial && version.is_none() => Join::Current,
-            (_, Encoding::Sse) => Join::Frame(current_events(&pool.pattern, store, filters)),
+            (_, Encoding::Sse) => Join::Frame(current_events(
+                &pool.pattern,
+                &pool.audience,
+                store,
+                filters,
+            )),
             (Some(Ok(m)), _) => Join::Frame(pool.resume(&m, upto, filters)),
             _ => Join::Frame(pool.snapshot(filters, upto)),
         };
@@ -219,22 +247,18 @@ impl Pools {
 
     fn create(
         &mut self,
-        pattern: Pattern,
-        enc: Encoding,
+        (pattern, enc, audience): (Pattern, Encoding, Audience),
         store: &Store,
         filters: &Filters,
     ) -> PoolId {
         let id = PoolId(self.next_id);
         self.next_id += 1;
-        let view = match (&pattern, enc) {
-            (_, Encoding::Sse) => View::Events,
-            (Pattern::Key(k), _) => View::Object(store.get(k).cloned()),
-            (p, _) => View::List(store.list(p)),
-        };
+        let view = build_view(&pattern, enc, &audience, store, filters);
         let seq = store.last_seq();
         let mut pool = Pool {
             pattern: pattern.clone(),
             enc,
+            audience: audience.clone(),
             subscribers: 0,
             seq,
             version: seq,
@@ -257,7 +281,7 @@ impl Pools {
         } else {
             node.exact.push(id)
         }
-        self.by_key.insert((pattern, enc), id);
+        self.by_key.insert((pattern, enc, audience), id);
         self.pools.insert(id, pool);
         id
     }
@@ -272,7 +296,8 @@ impl Pools {
             return false;
         }
         let pool = self.pools.remove(&id).expect("present");
-        self.by_key.remove(&(pool.pattern.clone(), pool.enc));
+        self.by_key
+            .remove(&(pool.pattern.clone(), pool.enc, pool.audience.clone()));
         let (segs, subtree) = trie_path(&pool.pattern);
         remove_from(&mut self.root, &segs, subtree, id);
         true
@@ -326,15 +351,23 @@ impl Pools {
                 continue;
             };
             // Changes already in the view (the pool was built after they were applied) are skipped.
-            let cs: Vec<&Change> = per_pool[&id]
+            let newer: Vec<&Change> = per_pool[&id]
                 .iter()
                 .copied()
                 .filter(|c| c.seq > pool.seq)
                 .collect();
+            let Some(last) = newer.last() else {
+                continue;
+            };
+            pool.seq = last.seq;
+            // Keys this pool's audience may not read never reach its view or its frames.
+            let cs: Vec<&Change> = newer
+                .into_iter()
+                .filter(|c| filters.visible(&c.key, &pool.audience))
+                .collect();
             if cs.is_empty() {
                 continue;
             }
-            pool.seq = cs[cs.len() - 1].seq;
             if let Some(bytes) = pool.apply(&cs, filters) {
                 frames.push(Frame { pool: id, bytes });
             }
@@ -359,18 +392,14 @@ impl Pools {
             if pool.seq < first_seq {
                 continue;
             }
-            pool.view = match (&pool.pattern, pool.enc) {
-                (_, Encoding::Sse) => View::Events,
-                (Pattern::Key(k), _) => View::Object(store.get(k).cloned()),
-                (p, _) => View::List(store.list(p)),
-            };
+            pool.view = build_view(&pool.pattern, pool.enc, &pool.audience, store, filters);
             pool.seq = last;
             pool.version = last;
             if pool.filtered.is_some() {
                 pool.filtered = Some(pool.filtered_view(filters));
             }
             let bytes = match pool.enc {
-                Encoding::Sse => current_events(&pool.pattern, store, filters),
+                Encoding::Sse => current_events(&pool.pattern, &pool.audience, store, filters),
                 _ => pool.snapshot(filters, last),
             };
             if !bytes.is_empty() {
@@ -379,6 +408,25 @@ impl Pools {
         }
         self.published = self.published.min(last);
         frames
+    }
+}
+
+// A pool's view from the store: the object, the list of keys the audience may read, or nothing.
+fn build_view(
+    pattern: &Pattern,
+    enc: Encoding,
+    audience: &Audience,
+    store: &Store,
+    filters: &Filters,
+) -> View {
+    match (pattern, enc) {
+        (_, Encoding::Sse) => View::Events,
+        (Pattern::Key(k), _) => View::Object(store.get(k).cloned()),
+        (p, _) => {
+            let mut items = store.list(p);
+            items.retain(|(k, _)| filters.visible(k, audience));
+            View::List(items)
+        }
     }
 }
 
@@ -767,7 +815,12 @@ fn encode_missed(m: &[Missed], filters: &Filters) -> Bytes {
 
 /// SSE initial values (and resync): the current value of every key matching `pattern`, as
 /// events, oldest first, so the last event is the newest.
-fn current_events(pattern: &Pattern, store: &Store, filters: &Filters) -> Bytes {
+fn current_events(
+    pattern: &Pattern,
+    audience: &Audience,
+    store: &Store,
+    filters: &Filters,
+) -> Bytes {
     let mut out = Vec::new();
     let items: Vec<(Arc<str>, Entry)> = match pattern {
         Pattern::Key(k) => store
@@ -777,6 +830,9 @@ fn current_events(pattern: &Pattern, store: &Store, filters: &Filters) -> Bytes 
         p => store.list(p),
     };
     for (k, e) in items.iter().rev() {
+        if !filters.visible(k, audience) {
+            continue;
+        }
         if let Some(d) = sse_data(k, e, filters) {
             push_event(&mut out, k, e.revision, Some(&d));
         }

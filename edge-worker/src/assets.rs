@@ -8,14 +8,13 @@ use crate::convert;
 /// Serves `/`, `/_client.js` and `/_ui/*` (the router sends only those here).
 pub fn serve(method: &worker::Method, path: &str, headers: &http::HeaderMap) -> Result<Response> {
     let head = *method == worker::Method::Head;
-    match stateline_assets::serve(path, head, headers) {
+    // The runtime compresses responses for what the client really accepts (Cloudflare rewrites
+    // the request's Accept-Encoding), so ask for the plain bytes and let it.
+    let mut plain = headers.clone();
+    plain.remove(http::header::ACCEPT_ENCODING);
+    match stateline_assets::serve(path, head, &plain) {
         Some(r) => {
-            let zipped = r.headers().contains_key(http::header::CONTENT_ENCODING);
             let mut r = convert::response(r)?;
-            if zipped {
-                // The body is gzip already: the runtime must send it as is, not compress it again.
-                r = r.with_encode_body(worker::EncodeBody::Manual);
-            }
             // The CORS set every answer carries (the core adds it to its own).
             for (k, v) in [
                 ("access-control-allow-origin", "*"),

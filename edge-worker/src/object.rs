@@ -18,6 +18,7 @@ use serde_json::Value;
 use stateline_core::http::{self as core_http, Kind};
 use stateline_core::key::Pattern;
 use stateline_core::mux::{self, Request as MuxRequest};
+use stateline_core::rules::{Identity, Resolve, Rules};
 use stateline_core::{Change, Config, Encoding, Engine, Error, Filters, PoolId, Tick};
 use worker::{
     durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -63,6 +64,10 @@ struct Attachment {
     ns: String,
     /// The HTTP paths of its subscriptions (`/books/*`, `/books/`).
     subs: Vec<String>,
+    /// The bearer token it presented (handshake or `/_ws` auth), verified again when a woken
+    /// object rebuilds its pools: access rules apply to hibernated sockets as to live ones.
+    #[serde(default)]
+    token: Option<String>,
 }
 
 fn http_path(p: &Pattern) -> String {
@@ -87,13 +92,32 @@ struct Live {
     joined: HashMap<u32, Vec<(String, PoolId)>>,
     sockets: HashMap<u32, WebSocket>,
     sse: HashMap<u32, mpsc::Sender<Result<Vec<u8>>>>,
+    /// Who each connection is (access rules); checked for expiry before each frame.
+    who: HashMap<u32, Identity>,
     clocks: Vec<u32>,
+    /// Requests this object answered since it was loaded (for `/_metrics`).
+    requests: u64,
     next_id: u32,
     log_keep: usize,
 }
 
 impl Live {
+    /// Connections whose token expired (with the rules' leeway) are closed with 4001 instead of
+    /// being sent more, as the native server does.
+    fn expired(&self, id: u32, now_secs: i64) -> bool {
+        let leeway = self
+            .engine
+            .filters()
+            .rules()
+            .map_or(0, |r| r.verifier().leeway_secs);
+        self.who
+            .get(&id)
+            .and_then(Identity::expires)
+            .is_some_and(|exp| exp.saturating_add(leeway) < now_secs)
+    }
+
     fn fan_out(&mut self) {
+        let now_secs = (js_sys::Date::now() / 1000.0) as i64;
         while let Some(frame) = self.engine.poll_frame() {
             let Some(targets) = self.subs.get(&frame.pool) else {
                 continue;
@@ -102,17 +126,23 @@ impl Live {
             for t in targets {
                 match *t {
                     Sub::Ws(id) => {
-                        if let Some(ws) = self.sockets.get(&id) {
+                        if self.expired(id, now_secs) {
+                            if let Some(ws) = self.sockets.get(&id) {
+                                let _ = ws.close(Some(4001), Some("token expired"));
+                            }
+                            dead.push(id);
+                        } else if let Some(ws) = self.sockets.get(&id) {
                             if ws.send_with_bytes(&frame.bytes).is_err() {
                                 dead.push(id);
                             }
                         }
                     }
                     Sub::Sse(id) => {
-                        let full = self
-                            .sse
-                            .get_mut(&id)
-                            .is_none_or(|tx| tx.try_send(Ok(frame.bytes.to_vec())).is_err());
+                        let full = self.expired(id, now_secs)
+                            || self
+                                .sse
+                                .get_mut(&id)
+                                .is_none_or(|tx| tx.try_send(Ok(frame.bytes.to_vec())).is_err());
                         if full {
                             dead.push(id);
                         }
@@ -127,14 +157,15 @@ impl Live {
 
     fn join(
         &mut self,
-        id: u32,
         sub: Sub,
         p: &Pattern,
         enc: Encoding,
         version: Option<u64>,
         initial: bool,
+        who: &Identity,
     ) -> std::result::Result<Option<Bytes>, Error> {
-        let (pool, first) = self.engine.join(p.clone(), enc, version, initial)?;
+        let (Sub::Ws(id) | Sub::Sse(id)) = sub;
+        let (pool, first) = self.engine.join_as(p.clone(), enc, version, initial, who)?;
         self.subs.entry(pool).or_default().push(sub);
         self.joined
             .entry(id)
@@ -177,6 +208,7 @@ impl Live {
         }
         self.sockets.remove(&id);
         self.sse.remove(&id);
+        self.who.remove(&id);
         self.clocks.retain(|c| *c != id);
     }
 
@@ -213,7 +245,13 @@ impl Namespace {
         let log_keep = config.log_entries;
         let (store, log) = sql::load(&db, &config)?;
         let ns = sql::meta(&db, "namespace")?.unwrap_or_default();
-        let engine = Engine::restore(tick(), store, log, config, Filters::default());
+        let mut filters = Filters::default();
+        if let Some(rules) = rules(&self.env)? {
+            filters
+                .set_rules(rules)
+                .map_err(|e| format!("STATELINE_RULES: {e}"))?;
+        }
+        let engine = Engine::restore(tick(), store, log, config, filters);
         let mut live = Live {
             engine,
             ns,
@@ -221,7 +259,9 @@ impl Namespace {
             joined: HashMap::new(),
             sockets: HashMap::new(),
             sse: HashMap::new(),
+            who: HashMap::new(),
             clocks: Vec::new(),
+            requests: 0,
             next_id: 0,
             log_keep,
         };
@@ -229,6 +269,7 @@ impl Namespace {
         // object is only evicted when idle), so each socket holds the current state and joins
         // at the current version: nothing to resend, nothing missed.
         let current = live.engine.store().last_seq();
+        let t = tick();
         for ws in self.state.get_websockets() {
             let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() else {
                 continue;
@@ -242,12 +283,14 @@ impl Namespace {
                     } else {
                         Encoding::Ooo
                     };
+                    // The token is verified again: one that expired meanwhile gets no frames.
+                    let who = live.engine.identify(t, att.token.as_deref());
                     for path in &att.subs {
                         if let Ok(p) = Pattern::from_http_path(path, true) {
-                            let _ =
-                                live.join(att.id, Sub::Ws(att.id), &p, enc, Some(current), false);
+                            let _ = live.join(Sub::Ws(att.id), &p, enc, Some(current), false, &who);
                         }
                     }
+                    live.who.insert(att.id, who);
                 }
             }
             live.sockets.insert(att.id, ws);
@@ -301,27 +344,59 @@ impl Namespace {
             NAMESPACES => return self.namespaces(),
             _ => {}
         }
-        let kind = {
+        let token = core_http::token(&head);
+        // Identify once; subscriptions are authorised before any upgrade, so a refused WebSocket
+        // or SSE request gets its 401/403 as an HTTP answer, as on the native server.
+        let (kind, who) = {
             let mut live = self.live()?;
             if live.ns != ns {
                 sql::set_meta(&self.state.storage().sql(), "namespace", &ns)
                     .map_err(worker::Error::RustError)?;
                 live.ns = ns.clone();
             }
-            core_http::classify(&live.engine, &head)
+            live.requests += 1;
+            if head.uri().path() == "/_metrics" {
+                // The adapter's counters (this object's, since it was loaded), then the core's.
+                let body = format!(
+                    "# HELP stateline_requests_total HTTP requests received by this object since it was loaded.\n# TYPE stateline_requests_total counter\nstateline_requests_total {}\n# HELP stateline_connections Open WebSocket and SSE connections of this object.\n# TYPE stateline_connections gauge\nstateline_connections {}\n{}",
+                    live.requests,
+                    live.sockets.len() + live.sse.len(),
+                    core_http::metrics(&live.engine)
+                );
+                return convert::text(200, "text/plain; version=0.0.4; charset=utf-8", body);
+            }
+            let who = live.engine.identify(tick(), token.as_deref());
+            let kind = match core_http::classify(&live.engine, &head) {
+                Ok(k @ (Kind::Subscribe(_) | Kind::Events(_))) => {
+                    let (Kind::Subscribe(sub) | Kind::Events(sub)) = &k else {
+                        unreachable!("matched above")
+                    };
+                    core_http::authorize_subscription(&mut live.engine, &head, sub, &who).map(|_| k)
+                }
+                Ok(Kind::Mux) => core_http::authorize_connection(&mut live.engine, &head, &who)
+                    .map(|_| Kind::Mux),
+                other => other,
+            };
+            log_denials(&mut live.engine);
+            (kind, who)
         };
         match kind {
             Err(r) => convert::response(r),
-            Ok(Kind::Http) => self.http(&mut req, head).await,
+            Ok(Kind::Http) => self.http(&mut req, head, &who).await,
             Ok(Kind::Root { .. }) => convert::problem(404, "no-route", "served by the worker"),
-            Ok(Kind::Events(sub)) => self.events(&head, sub),
-            Ok(Kind::Clock) => self.accept(&head, "clock", None, &ns),
-            Ok(Kind::Mux) => self.accept(&head, "mux", None, &ns),
-            Ok(Kind::Subscribe(sub)) => self.accept(&head, "ooo", Some(sub), &ns),
+            Ok(Kind::Events(sub)) => self.events(&head, sub, who),
+            Ok(Kind::Clock) => self.accept(&head, "clock", None, &ns, token, who),
+            Ok(Kind::Mux) => self.accept(&head, "mux", None, &ns, token, who),
+            Ok(Kind::Subscribe(sub)) => self.accept(&head, "ooo", Some(sub), &ns, token, who),
         }
     }
 
-    async fn http(&self, req: &mut Request, head: http::Request<Bytes>) -> Result<Response> {
+    async fn http(
+        &self,
+        req: &mut Request,
+        head: http::Request<Bytes>,
+        who: &Identity,
+    ) -> Result<Response> {
         let max = Config::default().max_body;
         let declared = head
             .headers()
@@ -341,7 +416,8 @@ impl Namespace {
         let path = full.uri().path().to_string();
         let wrote = {
             let mut live = self.live()?;
-            let out = core_http::handle(&mut live.engine, tick(), &full);
+            let out = core_http::handle_as(&mut live.engine, tick(), &full, who);
+            log_denials(&mut live.engine);
             let wrote = !out.changes.is_empty();
             if let Err(e) = self.commit(&mut live, out.changes) {
                 let err = Error::Storage(e);
@@ -365,19 +441,22 @@ impl Namespace {
         &self,
         head: &http::Request<Bytes>,
         sub: core_http::Subscription,
+        who: Identity,
     ) -> Result<Response> {
         let (tx, rx) = mpsc::channel::<Result<Vec<u8>>>(SSE_QUEUE);
         let mut live = self.live()?;
         let id = live.next_id();
         live.sse.insert(id, tx);
-        match live.join(
-            id,
+        let joined = live.join(
             Sub::Sse(id),
             &sub.pattern,
             Encoding::Sse,
             sub.version,
             sub.initial,
-        ) {
+            &who,
+        );
+        live.who.insert(id, who);
+        match joined {
             Ok(first) => {
                 if let Some(tx) = live.sse.get_mut(&id) {
                     let _ = tx.try_send(Ok(b":stateline\n\n".to_vec()));
@@ -409,6 +488,8 @@ impl Namespace {
         kind: &str,
         sub: Option<core_http::Subscription>,
         ns: &str,
+        token: Option<String>,
+        who: Identity,
     ) -> Result<Response> {
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
@@ -419,7 +500,15 @@ impl Namespace {
             kind: kind.into(),
             ns: ns.into(),
             subs: vec![],
+            token,
         };
+        if serde_json::to_string(&att).map_or(usize::MAX, |s| s.len()) > MAX_ATTACHMENT {
+            return convert::problem(
+                431,
+                "token-too-large",
+                "the token does not fit this socket's hibernation attachment (2 KiB)",
+            );
+        }
         let mut first = None;
         match (kind, &sub) {
             ("clock", _) => {
@@ -427,7 +516,14 @@ impl Namespace {
                 live.clocks.push(id);
             }
             ("ooo", Some(s)) => {
-                match live.join(id, Sub::Ws(id), &s.pattern, Encoding::Ooo, s.version, true) {
+                match live.join(
+                    Sub::Ws(id),
+                    &s.pattern,
+                    Encoding::Ooo,
+                    s.version,
+                    true,
+                    &who,
+                ) {
                     Ok(f) => {
                         first = f;
                         att.subs.push(http_path(&s.pattern));
@@ -444,6 +540,7 @@ impl Namespace {
             }
             _ => {}
         }
+        live.who.insert(id, who);
         self.state
             .accept_websocket_with_tags(&ws, &[&id.to_string()]);
         ws.serialize_attachment(&att)?;
@@ -526,6 +623,7 @@ impl Namespace {
         let depth = live.engine.config().max_depth;
         let t = tick();
         let mut wrote = false;
+        let who = live.who.get(&att.id).cloned().unwrap_or_default();
         let (reply, first) = match mux::parse(msg, depth) {
             Err(r) => (mux::reply_error(&r.id, &r.error), None),
             Ok(m) => {
@@ -537,6 +635,9 @@ impl Namespace {
                 } else {
                     match m.request {
                         MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),
+                        MuxRequest::Auth { token } => {
+                            (mux_auth(&mut live, ws, &mut att, t, &m.id, token)?, None)
+                        }
                         MuxRequest::Sub { pattern, version } => {
                             let path = http_path(&pattern);
                             if att.subs.contains(&path) {
@@ -557,12 +658,12 @@ impl Namespace {
                                     (mux::reply_error(&m.id, &e), None)
                                 } else {
                                     match live.join(
-                                        att.id,
                                         Sub::Ws(att.id),
                                         &pattern,
                                         Encoding::Mux,
                                         version,
                                         true,
+                                        &who,
                                     ) {
                                         Ok(first) => {
                                             ws.serialize_attachment(&next)?;
@@ -589,7 +690,9 @@ impl Namespace {
                         }
                         MuxRequest::Op(op) => {
                             let name = mux::op_name(&op);
-                            match live.engine.execute(t, op) {
+                            let done = live.engine.execute_as(t, op, &who);
+                            log_denials(&mut live.engine);
+                            match done {
                                 Ok(mut a) => {
                                     let changes = std::mem::take(&mut a.changes);
                                     wrote = !changes.is_empty();
@@ -707,4 +810,112 @@ impl DurableObject for Namespace {
         self.arm().await?;
         Response::ok("")
     }
+}
+
+/// Resolves `${VAR}` references of the rules file against the worker's variables and secrets.
+struct EnvResolve<'a>(&'a Env);
+
+impl Resolve for EnvResolve<'_> {
+    fn env(&self, name: &str) -> Option<String> {
+        self.0
+            .secret(name)
+            .map(|s| s.to_string())
+            .or_else(|_| self.0.var(name).map(|v| v.to_string()))
+            .ok()
+    }
+
+    fn file(&self, path: &str) -> std::result::Result<String, String> {
+        Err(format!(
+            "{path}: a worker has no files; put the key inline in STATELINE_RULES"
+        ))
+    }
+}
+
+/// The access rules from `STATELINE_RULES` (the rules file's text, TOML or JSON; bundled in
+/// wrangler.toml or given with `--var`), if set. A rules file that does not load is an error on
+/// every request rather than an open door.
+fn rules(env: &Env) -> std::result::Result<Option<Rules>, String> {
+    let Ok(text) = env.var("STATELINE_RULES").map(|v| v.to_string()) else {
+        return Ok(None);
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let r = if text.trim_start().starts_with('{') {
+        Rules::from_json_str(&text, &EnvResolve(env))
+    } else {
+        Rules::from_toml_str(&text, &EnvResolve(env))
+    };
+    r.map(Some).map_err(|e| format!("STATELINE_RULES: {e}"))
+}
+
+/// The denials the core recorded, to the worker's log (the audit trail; also counted in
+/// `/_metrics`).
+fn log_denials(engine: &mut Engine) {
+    while let Some(d) = engine.poll_denial() {
+        worker::console_log!(
+            "denied action={} target={} reason={} subject={} detail={}",
+            d.action,
+            d.target,
+            d.reason,
+            d.subject.as_deref().unwrap_or("-"),
+            d.detail
+        );
+    }
+}
+
+/// `/_ws` `auth`: a new token for the connection. Subscriptions the new identity would see
+/// differently are dropped (and listed), as on the native server; a refused token changes
+/// nothing.
+fn mux_auth(
+    live: &mut Live,
+    ws: &WebSocket,
+    att: &mut Attachment,
+    t: Tick,
+    id: &Value,
+    token: String,
+) -> Result<Bytes> {
+    let new = live.engine.identify(t, Some(&token));
+    if let Identity::Invalid(_) = new {
+        let e = live
+            .engine
+            .authorize_caller("_ws auth", &new)
+            .expect_err("an invalid token is refused");
+        log_denials(&mut live.engine);
+        return Ok(mux::reply_error(id, &e));
+    }
+    let mut next = att.clone();
+    next.token = Some(token);
+    if serde_json::to_string(&next).map_or(usize::MAX, |s| s.len()) > MAX_ATTACHMENT {
+        let e = Error::BadRequest(
+            "the token does not fit this socket's hibernation attachment (2 KiB)".into(),
+        );
+        return Ok(mux::reply_error(id, &e));
+    }
+    let mut dropped = Vec::new();
+    let joined = live.joined.get(&att.id).cloned().unwrap_or_default();
+    for (path, pool) in joined {
+        let Ok(p) = Pattern::from_http_path(&path, true) else {
+            continue;
+        };
+        let same = match live.engine.audience(&p, &new) {
+            Ok(a) => live.engine.pools().audience(pool) == Some(&a),
+            Err(_) => false,
+        };
+        if !same {
+            live.leave(att.id, &path);
+            next.subs.retain(|s| *s != path);
+            dropped.push(p.as_str());
+        }
+    }
+    log_denials(&mut live.engine);
+    ws.serialize_attachment(&next)?;
+    *att = next;
+    let reply = serde_json::json!({
+        "subject": new.subject(),
+        "exp": new.expires(),
+        "dropped": dropped,
+    });
+    live.who.insert(att.id, new);
+    Ok(mux::reply_ok(id, reply))
 }

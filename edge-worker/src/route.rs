@@ -97,7 +97,7 @@ pub fn mux_outside(ns: &str, req: &MuxRequest) -> Option<String> {
             .into_iter()
             .find(|k| key_namespace(k.trim_start_matches('/')) != ns)
             .and_then(outside),
-        MuxRequest::Ping => None,
+        MuxRequest::Ping | MuxRequest::Auth { .. } => None,
     }
 }
 
@@ -182,6 +182,8 @@ pub fn target(
                 Some(ns) => Target::Object(ns),
                 None => Target::Health,
             },
+            // Each object counts its own; `?ns=` picks one (the system object otherwise).
+            "metrics" => Target::Object(ns.unwrap_or_else(|| SYSTEM.into())),
             "incr" | "take" | "rename" if !key.is_empty() => {
                 let ns = key_namespace(key);
                 if let Some(to) = rename_to {

@@ -109,7 +109,10 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
         // The filter stays inside one namespace: that object pages it itself.
         let stub = objects.id_from_name(first)?.get_stub()?;
         return stub
-            .fetch_with_str(&format!("https://edge/?{query}&ns={first}"))
+            .fetch_with_request(as_caller(
+                &format!("https://edge/?{query}&ns={first}"),
+                headers,
+            )?)
             .await;
     }
     let page: usize = match get("page").map(str::parse) {
@@ -151,7 +154,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
                 enc(&ns),
                 enc(filter)
             );
-            let mut r = stub.fetch_with_str(&url).await?;
+            let mut r = stub.fetch_with_request(as_caller(&url, headers)?).await?;
             let v: Value = r.json().await?;
             let got: Vec<String> = v
                 .get("keys")
@@ -177,7 +180,24 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
     let body =
         json!({"keys": page_keys, "total": total, "page": page, "limit": limit, "filter": filter});
     let mut r = convert::text(200, "application/json", body.to_string())?;
-    let _ = headers;
     r.headers_mut().set("cache-control", "no-cache")?;
     Ok(r)
+}
+
+/// A GET to an object on behalf of the caller: with its token, so each object lists only the
+/// keys this caller may read (access rules).
+fn as_caller(url: &str, caller: &http::HeaderMap) -> Result<Request> {
+    let headers = worker::Headers::new();
+    if let Some(a) = caller
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        headers.set("authorization", a)?;
+    }
+    let init = RequestInit {
+        method: Method::Get,
+        headers,
+        ..Default::default()
+    };
+    Request::new_with_init(url, &init)
 }

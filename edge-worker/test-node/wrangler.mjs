@@ -19,12 +19,13 @@ export function freePort() {
   });
 }
 
-export async function startEdge({ port, state, mode = "namespace", log = () => {} }) {
+export async function startEdge({ port, state, mode = "namespace", vars = {}, log = () => {} }) {
   port ??= await freePort();
   const args = [
     "dev", "--local", "--ip", "127.0.0.1", "--port", String(port),
     "--show-interactive-dev-session=false", "--persist-to", state,
     "--var", `STATELINE_MODE:${mode}`,
+    ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
   ];
   const child = spawn(path.join(root, "node_modules/.bin/wrangler"), args, {
     cwd: path.join(root, "edge-worker"),

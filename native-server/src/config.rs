@@ -169,6 +169,45 @@ pub struct ServeArgs {
     /// Keep at most N items under a glob, newest first: `logs/*=100` (repeat, or comma-separated).
     #[arg(long = "limit", env = "STATELINE_LIMIT", value_delimiter = ',')]
     pub limit: Vec<String>,
+
+    /// Access rules and token keys: a TOML file (or JSON, by its `.json` extension). See
+    /// `examples/rules.toml` and the README's "Access control" section. Without it every route
+    /// is open to everyone.
+    #[arg(long = "rules", env = "STATELINE_RULES")]
+    pub rules: Option<PathBuf>,
+}
+
+/// Reads what a rules file refers to: environment variables, and files relative to the rules
+/// file's folder.
+struct FromHost<'a> {
+    dir: &'a std::path::Path,
+}
+
+impl stateline_core::rules::Resolve for FromHost<'_> {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &str) -> Result<String, String> {
+        let p = self.dir.join(path);
+        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+    }
+}
+
+/// Loads a rules file (TOML, or JSON when it ends in `.json`).
+pub fn load_rules(path: &std::path::Path) -> Result<stateline_core::Rules, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--rules {}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    let env = FromHost { dir };
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let r = if json {
+        stateline_core::Rules::from_json_str(&text, &env)
+    } else {
+        stateline_core::Rules::from_toml_str(&text, &env)
+    };
+    r.map_err(|e| format!("--rules {}: {e}", path.display()))
 }
 
 impl ServeArgs {
@@ -196,7 +235,16 @@ impl ServeArgs {
     /// The filters the flags ask for.
     pub fn filters(&self) -> Result<Filters, String> {
         let mut f = Filters::new();
-        f.set_static(self.static_mode);
+        self.apply_filters(&mut f)?;
+        Ok(f)
+    }
+
+    /// Adds what the flags ask for (`--static`, `--open`, `--limit`, `--rules`) to filters
+    /// registered through the Rust API.
+    pub fn apply_filters(&self, f: &mut Filters) -> Result<(), String> {
+        if self.static_mode {
+            f.set_static(true);
+        }
         for p in &self.open {
             f.open(p).map_err(|e| format!("--open {p}: {e}"))?;
         }
@@ -220,7 +268,12 @@ impl ServeArgs {
                 f.open(p).map_err(|e| format!("--limit {l}: {e}"))?;
             }
         }
-        Ok(f)
+        if let Some(path) = &self.rules {
+            let rules = load_rules(path)?;
+            f.set_rules(rules)
+                .map_err(|e| format!("--rules {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 }
 

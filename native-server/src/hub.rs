@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use stateline_core::{Change, Encoding, Engine, Error, Join, Pattern, PoolId, Tick};
+use stateline_core::{Change, Encoding, Engine, Error, Identity, Join, Pattern, PoolId, Tick};
 use stateline_disk::{Committer, Disk, DiskError, Done, Job};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -68,6 +68,8 @@ pub struct Hub {
     pub engine: Engine,
     subs: HashMap<PoolId, Vec<Sink>>,
     clocks: Vec<Sink>,
+    /// Hooks and endpoints registered on the builder (set once at start).
+    pub ext: Arc<crate::ext::Extensions>,
 }
 
 impl Hub {
@@ -110,8 +112,14 @@ impl Hub {
         version: Option<u64>,
         initial: bool,
         sink: &Sink,
+        who: &Identity,
     ) -> Result<(PoolId, Option<Bytes>), Error> {
-        let (id, first) = self.engine.join(pattern, enc, version, initial)?;
+        if let Err(why) = self.ext.subscribe(&pattern, who) {
+            return Err(Error::Forbidden(why));
+        }
+        let joined = self.engine.join_as(pattern, enc, version, initial, who);
+        self.log_denials();
+        let (id, first) = joined?;
         self.subs.entry(id).or_default().push(sink.clone());
         let first = match first {
             Join::Current => None,
@@ -120,11 +128,32 @@ impl Hub {
         Ok((id, first))
     }
 
+    /// Logs every attempt the access rules refused since the last call (the engine counts them
+    /// for `/_metrics`; this is the audit trail).
+    pub fn log_denials(&mut self) {
+        while let Some(d) = self.engine.poll_denial() {
+            // Info, the binary's default level: an audit trail, not an alarm for the operator.
+            tracing::info!(
+                action = d.action,
+                target = %d.target,
+                reason = d.reason,
+                subject = d.subject.as_deref().unwrap_or("-"),
+                detail = %d.detail,
+                "denied"
+            );
+        }
+    }
+
     /// Removes one connection from one pool.
     pub fn leave(&mut self, id: PoolId, conn: u64) {
         if let Some(list) = self.subs.get_mut(&id) {
             let before = list.len();
             list.retain(|s| s.conn != conn);
+            if list.len() < before && !self.ext.on_unsubscribe.is_empty() {
+                if let Some(p) = self.engine.pools().pattern(id) {
+                    self.ext.unsubscribe(p);
+                }
+            }
             for _ in list.len()..before {
                 self.engine.leave(id);
             }
@@ -161,15 +190,15 @@ pub struct Limits {
     /// Largest body / `/_ws` message.
     pub max_body: usize,
     /// Request deadline.
-    pub deadline: std::time::Duration,
+    pub deadline: Duration,
     /// Frames per connection queue.
     pub queue: usize,
     /// WebSocket ping interval.
-    pub ping_interval: std::time::Duration,
+    pub ping_interval: Duration,
     /// One socket write's limit.
-    pub write_timeout: std::time::Duration,
+    pub write_timeout: Duration,
     /// SSE keep-alive interval.
-    pub sse_keepalive: std::time::Duration,
+    pub sse_keepalive: Duration,
     /// Allowed origins for WebSocket handshakes (`*`: any).
     pub allow_origin: Vec<String>,
     /// Token that enables `GET /_backup`.
@@ -206,6 +235,8 @@ pub struct Shared {
     pub ttl_wake: Notify,
     next_conn: AtomicU64,
     live: AtomicUsize,
+    /// Requests answered (every route), for `/_metrics`.
+    pub requests: AtomicU64,
     clocks: Clocks,
     /// The durable store, when not `--memory` (set once at start).
     pub disk: OnceLock<Arc<Disk>>,
@@ -263,12 +294,14 @@ impl Shared {
                 engine,
                 subs: HashMap::new(),
                 clocks: Vec::new(),
+                ext: Arc::default(),
             }),
             limits,
             shutdown,
             ttl_wake: Notify::new(),
             next_conn: AtomicU64::new(1),
             live: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
             clocks,
             disk: OnceLock::new(),
             committer: OnceLock::new(),
@@ -303,12 +336,41 @@ impl Shared {
             pools: HashMap::new(),
             clock: false,
             ctl: ctl.clone(),
+            expires: None,
         };
         (reg, Sink { conn, tx, ctl }, rx)
     }
 }
 
+/// [`Shared::token_deadline`] for a caller that holds the hub lock.
+pub fn token_deadline(engine: &Engine, tick: Tick, who: &Identity) -> Option<tokio::time::Instant> {
+    let exp = who.expires()?;
+    let leeway = engine
+        .filters()
+        .rules()
+        .map_or(0, |r| r.verifier().leeway_secs);
+    let now = tick.wall_ns.div_euclid(1_000_000_000);
+    let left = exp.saturating_add(leeway).saturating_sub(now).max(0) as u64;
+    Some(tokio::time::Instant::now() + Duration::from_secs(left))
+}
+
+/// Completes at `deadline`, or never.
+pub async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Shared {
+    /// When a connection opened with `who`'s token must end: its `exp` plus the rules' leeway
+    /// (`None`: no token, or no `exp`).
+    pub fn token_deadline(&self, who: &Identity) -> Option<tokio::time::Instant> {
+        who.expires()?;
+        let tick = self.tick();
+        token_deadline(&self.lock().engine, tick, who)
+    }
+
     /// Makes the server durable: every later write is committed to `disk` (group commit) before
     /// it is published to subscribers and acknowledged.
     pub fn attach_disk(self: &Arc<Shared>, disk: Arc<Disk>) {
@@ -403,6 +465,8 @@ pub struct Registration {
     pub clock: bool,
     /// Lag flag and wake-up.
     pub ctl: Arc<Ctl>,
+    /// When the connection's token expires: the connection is closed then (4001).
+    pub expires: Option<tokio::time::Instant>,
 }
 
 impl Registration {

@@ -16,15 +16,19 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use stateline_core::http::{self as core_http, Kind, Subscription};
 use stateline_core::Encoding;
 
+use std::sync::atomic::Ordering;
+
 use crate::hub::Shared;
 use crate::ws;
 
-/// The one handler: asks the core what the request is, then serves it.
+/// The one handler: asks the core what the request is and who asks, then serves it.
 pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Response {
     let started = std::time::Instant::now();
+    sh.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     if path == "/_backup" {
+        // Its own token (`--backup-token`), not a JWT: the route is outside the rules.
         return backup(&sh, req.headers()).await;
     }
     if (method == http::Method::GET || method == http::Method::HEAD)
@@ -32,19 +36,158 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
     {
         return asset(&sh, req.headers(), &path, method == http::Method::HEAD);
     }
-    let kind = {
-        let hub = sh.lock();
-        core_http::classify(&hub.engine, &req)
+    if path == "/_metrics" && (method == http::Method::GET || method == http::Method::HEAD) {
+        return metrics(&sh, req.headers());
+    }
+    let tick = sh.tick();
+    // Identify once; the subscription checks run before any upgrade, so a refused WebSocket or
+    // SSE request gets its 401/403 as an HTTP answer.
+    let (kind, who, ext) = {
+        let mut hub = sh.lock();
+        let who = hub.engine.identify(tick, core_http::token(&req).as_deref());
+        let kind = match core_http::classify(&hub.engine, &req) {
+            Ok(k @ (Kind::Subscribe(_) | Kind::Events(_))) => {
+                let (Kind::Subscribe(sub) | Kind::Events(sub)) = &k else {
+                    unreachable!("matched above")
+                };
+                core_http::authorize_subscription(&mut hub.engine, &req, sub, &who).map(|_| k)
+            }
+            Ok(Kind::Mux) => {
+                core_http::authorize_connection(&mut hub.engine, &req, &who).map(|_| Kind::Mux)
+            }
+            other => other,
+        };
+        hub.log_denials();
+        (kind, who, hub.ext.clone())
     };
+    let audit = ext.audit(&crate::ext::AuditEvent {
+        method: &method,
+        path: &path,
+        headers: req.headers(),
+        identity: &who,
+    });
+    if let Err(why) = audit {
+        tracing::warn!(%method, %path, reason = %why, "refused by the audit hook");
+        return refused_by_audit(&sh, req.headers(), &path, &why);
+    }
+    if let Some((vars, handler)) = ext.route(&method, &path) {
+        return match handler {
+            Ok(h) => endpoint(&sh, req, vars, h, who).await,
+            Err(status) => with_cors(
+                &sh,
+                req.headers(),
+                text(status, "method not allowed for this endpoint\n"),
+            ),
+        };
+    }
+    if path == "/"
+        && req.uri().query().is_some_and(|q| {
+            core_http::query_pairs(q)
+                .iter()
+                .any(|(k, v)| k == "api" && v == "endpoints")
+        })
+    {
+        let mut r = Response::new(Body::from(ext.describe().to_string()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return with_cors(&sh, req.headers(), r);
+    }
     let resp = match kind {
         Err(r) => r.map(Body::from),
-        Ok(Kind::Http) => plain(&sh, req).await,
+        Ok(Kind::Http) => plain(&sh, req, &who).await,
         Ok(Kind::Root { .. }) => root(&sh, req.headers(), method == http::Method::HEAD),
-        Ok(Kind::Events(sub)) => events(&sh, req.headers(), sub),
-        Ok(k @ (Kind::Clock | Kind::Mux | Kind::Subscribe(_))) => ws::upgrade(sh, req, k).await,
+        Ok(Kind::Events(sub)) => events(&sh, req.headers(), sub, who),
+        Ok(k @ (Kind::Clock | Kind::Mux | Kind::Subscribe(_))) => {
+            ws::upgrade(sh, req, k, who).await
+        }
     };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     resp
+}
+
+/// `GET /_metrics`: Prometheus text. The engine's counters (writes, refusals, denials by
+/// reason, subscriptions, pools) and the adapter's (requests, open connections).
+fn metrics(sh: &Shared, headers: &HeaderMap) -> Response {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# HELP stateline_requests_total HTTP requests received (every route).\n# TYPE stateline_requests_total counter\nstateline_requests_total {}\n",
+        sh.requests.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP stateline_connections Open WebSocket and SSE connections.\n# TYPE stateline_connections gauge\nstateline_connections {}\n",
+        sh.live()
+    ));
+    {
+        let hub = sh.lock();
+        out.push_str(&core_http::metrics(&hub.engine));
+    }
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    with_cors(sh, headers, r)
+}
+
+fn refused_by_audit(sh: &Shared, headers: &HeaderMap, path: &str, why: &str) -> Response {
+    let detail = format!("ooo: request is not authorized: {why}");
+    let mut r = if path.starts_with("/_") {
+        problem(
+            sh,
+            headers,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            &detail,
+        )
+    } else {
+        with_cors(
+            sh,
+            headers,
+            text_owned(StatusCode::UNAUTHORIZED, format!("{detail}\n")),
+        )
+    };
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, core_http::www_authenticate(why));
+    r
+}
+
+fn text_owned(status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Reads the body (under the cap and the deadline) and runs a custom endpoint's handler.
+async fn endpoint(
+    sh: &Arc<Shared>,
+    req: Request<Body>,
+    vars: std::collections::BTreeMap<String, String>,
+    handler: crate::ext::Handler,
+    who: stateline_core::Identity,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(sh, &parts, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let query = core_http::query_pairs(parts.uri.query().unwrap_or(""));
+    let r = handler(crate::ext::EndpointRequest {
+        method: parts.method.clone(),
+        vars,
+        query,
+        headers: parts.headers.clone(),
+        body: bytes,
+        identity: who,
+        state: crate::State::new(sh.clone()),
+    })
+    .await;
+    with_cors(sh, &parts.headers, r.map(Body::from))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {
@@ -81,8 +224,13 @@ fn too_large(sh: &Shared, path: &str, req: &HeaderMap) -> Response {
     with_cors(sh, req, r)
 }
 
-async fn plain(sh: &Arc<Shared>, req: Request<Body>) -> Response {
-    let (parts, body) = req.into_parts();
+// Reads a request body under the cap (never more than `--max-body` bytes buffered) and the
+// deadline (a client trickling bytes cannot hold a task forever); the error is the answer.
+async fn read_body(
+    sh: &Arc<Shared>,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Bytes, Response> {
     let max = sh.limits.max_body;
     let declared = parts
         .headers
@@ -90,39 +238,42 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return too_large(sh, parts.uri.path(), &parts.headers);
+        return Err(too_large(sh, parts.uri.path(), &parts.headers));
     }
-    // The body is read under the cap (never more than `max` bytes buffered) and the deadline (a
-    // client trickling bytes cannot hold a task forever).
     let read = tokio::time::timeout(sh.limits.deadline, Limited::new(body, max).collect()).await;
-    let bytes: Bytes = match read {
-        Err(_) => {
-            return with_cors(
-                sh,
-                &parts.headers,
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ooo: server deadline reached\n",
-                ),
-            )
-        }
+    match read {
+        Err(_) => Err(with_cors(
+            sh,
+            &parts.headers,
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ooo: server deadline reached\n",
+            ),
+        )),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return too_large(sh, parts.uri.path(), &parts.headers)
+            Err(too_large(sh, parts.uri.path(), &parts.headers))
         }
-        Ok(Err(_)) => {
-            return with_cors(
-                sh,
-                &parts.headers,
-                text(StatusCode::BAD_REQUEST, "could not read the request body\n"),
-            )
-        }
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => Err(with_cors(
+            sh,
+            &parts.headers,
+            text(StatusCode::BAD_REQUEST, "could not read the request body\n"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Identity) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(sh, &parts, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let req = Request::from_parts(parts, bytes);
     let tick = sh.tick();
     let (response, durable) = {
         let mut hub = sh.lock();
-        let out = core_http::handle(&mut hub.engine, tick, &req);
+        let out = core_http::handle_as(&mut hub.engine, tick, &req, who);
+        hub.log_denials();
         if out.changes.is_empty() {
             (out.response, None)
         } else {
@@ -290,7 +441,12 @@ fn root(sh: &Shared, req: &HeaderMap, head: bool) -> Response {
 
 /// An SSE stream: headers at once, then the first frame (initial values or what was missed),
 /// then one chunk per published frame, with keep-alive comments in between.
-fn events(sh: &Arc<Shared>, req: &HeaderMap, sub: Subscription) -> Response {
+fn events(
+    sh: &Arc<Shared>,
+    req: &HeaderMap,
+    sub: Subscription,
+    who: stateline_core::Identity,
+) -> Response {
     let (mut reg, sink, rx) = sh.connect();
     let joined = {
         let mut hub = sh.lock();
@@ -300,6 +456,7 @@ fn events(sh: &Arc<Shared>, req: &HeaderMap, sub: Subscription) -> Response {
             sub.version,
             sub.initial,
             &sink,
+            &who,
         )
         .map(|(id, first)| {
             if let Some(b) = first {
@@ -322,6 +479,9 @@ fn events(sh: &Arc<Shared>, req: &HeaderMap, sub: Subscription) -> Response {
     let keepalive = sh.limits.sse_keepalive;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The stream ends when the token it was opened with expires: `EventSource` reconnects,
+    // and must bring a fresh token.
+    let expires = sh.token_deadline(&who);
     let state = (
         reg,
         rx,
@@ -331,7 +491,7 @@ fn events(sh: &Arc<Shared>, req: &HeaderMap, sub: Subscription) -> Response {
     );
     let stream = futures_util::stream::unfold(
         state,
-        |(reg, mut rx, mut shutdown, mut ticker, hello)| async move {
+        move |(reg, mut rx, mut shutdown, mut ticker, hello)| async move {
             if let Some(h) = hello {
                 return Some((
                     Ok::<_, std::convert::Infallible>(h),
@@ -344,6 +504,7 @@ fn events(sh: &Arc<Shared>, req: &HeaderMap, sub: Subscription) -> Response {
             let next = tokio::select! {
                 _ = reg.ctl.wake.notified() => None,
                 _ = shutdown.changed() => None,
+                _ = crate::hub::until(expires) => None,
                 m = rx.recv() => m,
                 _ = ticker.tick() => Some(Bytes::from_static(b":keep-alive\n\n")),
             };

@@ -20,7 +20,7 @@ use http::{Request, StatusCode};
 use serde_json::Value;
 use stateline_core::http::{Kind, Subscription};
 use stateline_core::mux::{self, Request as MuxRequest};
-use stateline_core::{Encoding, Error};
+use stateline_core::{Encoding, Error, Identity};
 use tokio::sync::mpsc;
 
 use crate::hub::{Registration, Shared, Sink};
@@ -31,6 +31,8 @@ pub const CLOSE_LAGGING: u16 = 4008;
 pub const CLOSE_PING_TIMEOUT: u16 = 4009;
 /// Close code: the subscription was refused after the handshake (e.g. by a filter).
 pub const CLOSE_REFUSED: u16 = 4003;
+/// Close code: the token the connection was opened (or authenticated) with has expired.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code: the server is shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: the peer broke the WebSocket protocol.
@@ -71,8 +73,9 @@ fn refuse(status: StatusCode, body: &'static str) -> Response {
     r
 }
 
-/// Checks the handshake and upgrades; the connection then runs in its own task.
-pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind) -> Response {
+/// Checks the handshake and upgrades; the connection then runs in its own task as `who` (the
+/// access rules were checked for the subscription before this).
+pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind, who: Identity) -> Response {
     if !origin_allowed(&sh.limits.allow_origin, req.headers()) {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
@@ -85,15 +88,8 @@ pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind) -> Respons
         Err(rej) => return rej.into_response(),
     };
     // `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set Authorization on a
-    // WebSocket): accept `bearer` and keep the token for the connection.
-    let offered: Vec<String> = up
-        .requested_protocols()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let bearer = offered
-        .iter()
-        .position(|p| p.eq_ignore_ascii_case("bearer"))
-        .and_then(|i| offered.get(i + 1).cloned());
+    // WebSocket): the token was read with the request (`core_http::token`); the server selects
+    // `bearer` as the protocol, as the browser requires one of those it offered.
     let max = sh.limits.max_body;
     let up = up
         .protocols(["bearer"])
@@ -102,22 +98,13 @@ pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind) -> Respons
         .max_message_size(max)
         .max_frame_size(max);
     up.on_upgrade(move |socket| async move {
-        let auth = Auth { bearer };
         match kind {
-            Kind::Subscribe(sub) => ooo(sh, socket, sub, auth).await,
+            Kind::Subscribe(sub) => ooo(sh, socket, sub, who).await,
             Kind::Clock => clock(sh, socket).await,
-            Kind::Mux => mux_conn(sh, socket, auth).await,
+            Kind::Mux => mux_conn(sh, socket, who).await,
             _ => {}
         }
     })
-}
-
-/// Credentials carried from the handshake. Access rules come with the access-control issue;
-/// until then the token is only recorded.
-#[derive(Debug, Clone, Default)]
-pub struct Auth {
-    /// The token from `Sec-WebSocket-Protocol: bearer, <token>`.
-    pub bearer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +117,7 @@ enum Exit {
     TooBig,
     WriteFailed,
     Refused,
+    TokenExpired,
 }
 
 impl Exit {
@@ -141,25 +129,34 @@ impl Exit {
             Exit::Protocol => Some((CLOSE_PROTOCOL, "protocol error")),
             Exit::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
             Exit::Refused => Some((CLOSE_REFUSED, "subscription refused")),
+            Exit::TokenExpired => Some((CLOSE_TOKEN_EXPIRED, "token expired")),
             Exit::PeerClosed | Exit::WriteFailed => None,
         }
     }
 }
 
-async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, auth: Auth) {
+async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, who: Identity) {
     let (mut reg, sink, rx) = sh.connect();
+    reg.expires = sh.token_deadline(&who);
     let joined = {
         let mut hub = sh.lock();
-        hub.join(sub.pattern.clone(), Encoding::Ooo, sub.version, true, &sink)
-            .map(|(id, first)| {
-                if let Some(b) = first {
-                    sink.offer(b);
-                }
-                id
-            })
+        hub.join(
+            sub.pattern.clone(),
+            Encoding::Ooo,
+            sub.version,
+            true,
+            &sink,
+            &who,
+        )
+        .map(|(id, first)| {
+            if let Some(b) = first {
+                sink.offer(b);
+            }
+            id
+        })
     };
     let pattern = sub.pattern.as_str();
-    tracing::debug!(conn = reg.conn, %pattern, bearer = auth.bearer.is_some(), "ws subscribe");
+    tracing::debug!(conn = reg.conn, %pattern, subject = who.subject().as_deref().unwrap_or("-"), "ws subscribe");
     match joined {
         Ok(id) => {
             reg.pools.insert(sub.pattern, id);
@@ -185,25 +182,72 @@ async fn clock(sh: Arc<Shared>, socket: WebSocket) {
     run(&sh, socket, reg, rx, |_, _| {}).await;
 }
 
-async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, auth: Auth) {
-    let (reg, sink, rx) = sh.connect();
+async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
+    let (mut reg, sink, rx) = sh.connect();
+    reg.expires = sh.token_deadline(&who);
     tracing::debug!(
         conn = reg.conn,
-        bearer = auth.bearer.is_some(),
+        subject = who.subject().as_deref().unwrap_or("-"),
         "mux connected"
     );
     // The connection keeps one sender to queue its own replies; the hub holds clones per pool.
     let own = sink;
     let shared = sh.clone();
+    // Who the connection speaks for: from the handshake, replaced by `auth` messages.
+    let mut who = who;
     run(&sh, socket, reg, rx, move |reg, msg| {
-        mux_message(&shared, reg, &own, msg)
+        mux_message(&shared, reg, &own, msg, &mut who)
     })
     .await;
 }
 
+/// `auth`: verify the token; on success it replaces the connection's identity, and every
+/// subscription the new identity would not see the same way (another audience, or a key it may
+/// not read) is left and named in `dropped`. A refused token changes nothing.
+fn mux_auth(
+    hub: &mut crate::hub::Hub,
+    tick: stateline_core::Tick,
+    reg: &mut Registration,
+    id: &Value,
+    token: &str,
+    who: &mut Identity,
+) -> Bytes {
+    let new = hub.engine.identify(tick, Some(token));
+    if let Identity::Invalid(_) = new {
+        let e = hub
+            .engine
+            .authorize_caller("_ws auth", &new)
+            .expect_err("an invalid token is refused");
+        hub.log_denials();
+        return mux::reply_error(id, &e);
+    }
+    let mut dropped = Vec::new();
+    let subs: Vec<_> = reg.pools.iter().map(|(p, i)| (p.clone(), *i)).collect();
+    for (pattern, pool) in subs {
+        let same = match hub.engine.audience(&pattern, &new) {
+            Ok(a) => hub.engine.pools().audience(pool) == Some(&a),
+            Err(_) => false,
+        };
+        if !same {
+            reg.pools.remove(&pattern);
+            hub.leave(pool, reg.conn);
+            dropped.push(pattern.as_str());
+        }
+    }
+    hub.log_denials();
+    reg.expires = crate::hub::token_deadline(&hub.engine, tick, &new);
+    let reply = serde_json::json!({
+        "subject": new.subject(),
+        "exp": new.expires(),
+        "dropped": dropped,
+    });
+    *who = new;
+    mux::reply_ok(id, reply)
+}
+
 /// Handles one `/_ws` message under the hub lock: the reply is queued after the frames the
 /// operation produced, so a client sees its own change before the acknowledgement.
-fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
+fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who: &mut Identity) {
     let tick = sh.tick();
     let mut wrote = false;
     {
@@ -213,6 +257,9 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
             Err(r) => (mux::reply_error(&r.id, &r.error), None),
             Ok(m) => match m.request {
                 MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),
+                MuxRequest::Auth { token } => {
+                    (mux_auth(&mut hub, tick, reg, &m.id, &token, who), None)
+                }
                 MuxRequest::Sub { pattern, version } => {
                     if reg.pools.contains_key(&pattern) {
                         let e = Error::BadRequest(format!(
@@ -226,7 +273,7 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
                         ));
                         (mux::reply_error(&m.id, &e), None)
                     } else {
-                        match hub.join(pattern.clone(), Encoding::Mux, version, true, sink) {
+                        match hub.join(pattern.clone(), Encoding::Mux, version, true, sink, who) {
                             Ok((pool, first)) => {
                                 let r = mux::reply_sub(&m.id, &pattern);
                                 reg.pools.insert(pattern, pool);
@@ -249,7 +296,9 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8]) {
                 },
                 MuxRequest::Op(op) => {
                     let name = mux::op_name(&op);
-                    match hub.engine.execute(tick, op) {
+                    let done = hub.engine.execute_as(tick, op, who);
+                    hub.log_denials();
+                    match done {
                         Ok(mut a) => {
                             wrote = true;
                             let changes = std::mem::take(&mut a.changes);
@@ -306,6 +355,7 @@ async fn run(
         if ctl.is_lagged() {
             break Exit::Lagging;
         }
+        let expires = reg.expires;
         if *shutdown.borrow() {
             break Exit::Shutdown;
         }
@@ -313,6 +363,7 @@ async fn run(
             biased;
             _ = ctl.wake.notified() => break Exit::Lagging,
             _ = shutdown.changed() => break Exit::Shutdown,
+            _ = crate::hub::until(expires) => break Exit::TokenExpired,
             m = rx.recv() => {
                 let Some(first) = m else { break Exit::WriteFailed };
                 // Coalesce: everything already queued goes out with one flush. Bounded by the

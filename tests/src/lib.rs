@@ -41,6 +41,7 @@ pub struct Server {
     pub url: String,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     port: u16,
 }
 
@@ -76,6 +77,7 @@ impl Server {
                 url,
                 child: None,
                 args: vec![],
+                env: vec![],
                 port: 0,
             };
         }
@@ -91,6 +93,36 @@ impl Server {
         Some(Server::spawn(flags).await)
     }
 
+    /// A server enforcing `examples/rules.toml`, and the HS256 secret its tokens are signed
+    /// with. Against `STATELINE_URL` the external server must have been started with that rules
+    /// file and `STATELINE_JWT_SECRET`, which this process must see too; without the secret the
+    /// test is skipped (with a note).
+    pub async fn with_rules() -> Option<(Server, String)> {
+        let env_secret = std::env::var("STATELINE_JWT_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty());
+        if external().is_some() {
+            let Some(secret) = env_secret else {
+                eprintln!("skipped: the rules tests need STATELINE_JWT_SECRET (the external server's, started with --rules examples/rules.toml)");
+                return None;
+            };
+            return Some((Server::start().await, secret));
+        }
+        let secret = env_secret.unwrap_or_else(|| "conformance-secret-0123456789".to_string());
+        let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/rules.toml");
+        let rules = rules.to_string_lossy().into_owned();
+        let port = free_port();
+        let mut s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            child: None,
+            args: vec!["--rules".into(), rules],
+            env: vec![("STATELINE_JWT_SECRET".into(), secret.clone())],
+            port,
+        };
+        s.launch().await;
+        Some((s, secret))
+    }
+
     async fn spawn(flags: &[&str]) -> Server {
         let port = free_port();
         let args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
@@ -98,6 +130,7 @@ impl Server {
             url: format!("http://127.0.0.1:{port}"),
             child: None,
             args,
+            env: vec![],
             port,
         };
         s.launch().await;
@@ -117,6 +150,7 @@ impl Server {
             .arg("--addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "STATELINE_LOG",
                 std::env::var("STATELINE_TEST_LOG").unwrap_or_else(|_| "warn".into()),

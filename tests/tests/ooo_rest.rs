@@ -350,10 +350,17 @@ async fn apis_health_and_root() {
     // The UI (built by `npm run build:ui` before the server, as the test command does): it loads
     // the project's own client and its app from the same server, nothing from elsewhere.
     assert_eq!(html.status, 200, "{}", html.text());
-    assert!(html.text().contains(r#"src="/_client.js""#), "{}", html.text());
+    assert!(
+        html.text().contains(r#"src="/_client.js""#),
+        "{}",
+        html.text()
+    );
     assert!(html.text().contains(r#"src="/_ui/app.js""#));
     for outside in [r#"src="http"#, r#"href="http"#, "//cdn"] {
-        assert!(!html.text().contains(outside), "no request leaves the server");
+        assert!(
+            !html.text().contains(outside),
+            "no request leaves the server"
+        );
     }
     for path in ["/_ui/app.js", "/_ui/app.css"] {
         let r = c.request(Method::GET, path, &[], "").await.unwrap();
@@ -362,7 +369,7 @@ async fn apis_health_and_root() {
     }
     let js = c.request(Method::GET, "/", &[], "").await.unwrap();
     assert!(js.header("content-type").unwrap().contains("javascript"));
-    assert!(js.text().contains("not built yet"));
+    assert!(js.text().contains("Stateline"), "the hosted client script");
 }
 
 #[tokio::test]

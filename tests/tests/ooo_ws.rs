@@ -260,8 +260,23 @@ async fn case20_silent_peer_is_closed() {
 async fn upgrade_is_case_insensitive_and_bearer_is_accepted() {
     let s = Server::start().await;
     let k = unique("up");
+    // Against a server running access rules (STATELINE_JWT_SECRET set for the suite) the token
+    // must be a valid one; otherwise any token is carried.
+    let token = match std::env::var("STATELINE_JWT_SECRET") {
+        Ok(secret) if stateline_conformance::external().is_some() => {
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+                + 600;
+            stateline_core::token::sign_hs256(
+                &serde_json::json!({"sub": "up", "exp": exp}),
+                secret.as_bytes(),
+            )
+        }
+        _ => "abc.def".to_string(),
+    };
     let head = format!(
-        "GET /{k} HTTP/1.1\r\nHost: {}\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: bearer, abc.def\r\n\r\n",
+        "GET /{k} HTTP/1.1\r\nHost: {}\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: bearer, {token}\r\n\r\n",
         s.authority()
     );
     let mut tcp = stateline_conformance::raw(&s, &head, b"").await;
