@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod hub;
 pub mod routes;
+pub mod script;
 pub mod ws;
 
 use std::future::Future;

@@ -1,4 +1,5 @@
-//! Plain HTTP, the placeholder at `GET /`, and Server-Sent Events.
+//! Plain HTTP, `GET /` (the UI placeholder for HTML, else the client script), and Server-Sent
+//! Events.
 //!
 //! Owns reading request bodies under the size cap and the deadline, handing them to the core's
 //! HTTP function, and streaming SSE frames from a connection's queue. What a route means is the
@@ -26,6 +27,9 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
     let path = req.uri().path().to_string();
     if path == "/_backup" {
         return backup(&sh, req.headers()).await;
+    }
+    if path == "/_client.js" && (method == http::Method::GET || method == http::Method::HEAD) {
+        return with_cors(&sh, req.headers(), crate::script::response(req.headers()));
     }
     let kind = {
         let hub = sh.lock();
@@ -281,20 +285,16 @@ See README.md and docs/protocol.md.</p>
 </body></html>
 "#;
 
-const PLACEHOLDER_JS: &str = r#"/* Stateline: the client script is not built yet (issue 4, the wasm JavaScript client). */
-console.error("Stateline: client script not built yet (issue 4). This server only serves a placeholder at /.");
-throw new Error("Stateline: client script not built yet (issue 4)");
-"#;
-
 fn root(sh: &Shared, req: &HeaderMap, wants_html: bool) -> Response {
-    let (ctype, body) = if wants_html {
-        ("text/html; charset=utf-8", PLACEHOLDER_HTML)
-    } else {
-        ("application/javascript; charset=utf-8", PLACEHOLDER_JS)
-    };
-    let mut r = Response::new(Body::from(body));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if !wants_html {
+        // AtomKV hosts its library at `/`: a `<script src="http://host/">` gets the client.
+        return with_cors(sh, req, crate::script::response(req));
+    }
+    let mut r = Response::new(Body::from(PLACEHOLDER_HTML));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     with_cors(sh, req, r)
