@@ -18,14 +18,21 @@ cargo fmt --all --check
 step "cargo clippy (native, all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo clippy (wasm32: the core)"
-cargo clippy -p stateline-core -p stateline-wasm-probe --target wasm32-unknown-unknown -- -D warnings
+step "cargo clippy (wasm32: the core and the JS client crate)"
+cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-client --target wasm32-unknown-unknown -- -D warnings
 
 step "core builds for wasm32 and its .wasm imports nothing from the host"
 bash scripts/check-wasm-imports.sh
+
+step "JS client: wasm tools, then wasm-client/dist (the server embeds the script)"
+bash scripts/build-client.sh
 
 step "build the stateline binary (the conformance suite starts it)"
 cargo build -p stateline-server --bin stateline
 
 step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
-cargo test --workspace
+# The client script was built above: its absence from the server is a failure, not a skip.
+STATELINE_EXPECT_CLIENT=1 cargo test --workspace
+
+step "JS client tests (Node: the ES module; headless Chromium: the single-file script)"
+bash scripts/test-js.sh

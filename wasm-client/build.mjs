@@ -75,7 +75,10 @@ globalThis.AtomKV = __api.makeAtomKV(__statelineSrc ? new URL(__statelineSrc).or
 `;
 
 // (b) the ES modules: the web glue (it exports initSync and Client), then the API.
-const glueWeb = readFileSync(join(out, "web/stateline_client.js"), "utf8");
+// Its own exports (the raw Client class, init functions, a default) are not the package's API.
+const glueWeb = readFileSync(join(out, "web/stateline_client.js"), "utf8")
+  .replace(/^export \{[^}]*\};?\s*$/gm, "")
+  .replace(/^export (class|function|async function|const|let) /gm, "$1 ");
 const nodeWs = `async function __statelineWs() {
   if (globalThis.WebSocket) return globalThis.WebSocket;
   // Node 20 has no WebSocket global (Node 22 does): use the ws package when it is installed.

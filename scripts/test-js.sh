@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The JS client's tests: Node tests of the ES module and headless Chromium tests of the
+# single-file script, each against real `stateline` servers they start themselves
+# (target/debug/stateline, built with the client embedded, and wasm-client/dist).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-chromium.sh
+node --test tests/js/node/
+node --test tests/js/browser/
