@@ -27,7 +27,7 @@ else
   cargo install wasm-bindgen-cli --version "=$WB_VERSION" --force
 fi
 
-if worker-build --version 2>/dev/null | grep -q " $WORKER_BUILD_VERSION\$"; then
+if worker-build --version 2>/dev/null | grep -qE "(^| )$WORKER_BUILD_VERSION\$"; then
   echo "worker-build $WORKER_BUILD_VERSION: present"
 else
   echo "worker-build $WORKER_BUILD_VERSION: installing with cargo (about 5 minutes on 2 cores)"

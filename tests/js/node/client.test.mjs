@@ -43,6 +43,8 @@ test("writes, reads and compare-and-swap", async () => {
     assert.deepEqual(await A.get("/n/fib"), [[0, 1], 0]);
   } finally {
     await c.close();
+    // AtomKV's shared connection (an open socket keeps the test process alive).
+    await Stateline.connect(s.base).close();
   }
 });
 
