@@ -32,8 +32,8 @@ build() {
     say "edge worker: up to date ($out)"
     return
   fi
-  say "edge worker: worker-build --profile edge (wasm-bindgen $(wasm-bindgen --version | cut -d' ' -f2))"
-  (cd edge-worker && worker-build --profile edge)
+  say "edge worker: worker-build --profile wasm-release (wasm-bindgen $(wasm-bindgen --version | cut -d' ' -f2))"
+  (cd edge-worker && worker-build --profile wasm-release)
   say "edge worker: wasm-opt -Oz (npm binaryen)"
   "$WASM_OPT_BIN" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
     --enable-mutable-globals --enable-reference-types --enable-multivalue --enable-exception-handling \

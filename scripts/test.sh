@@ -12,8 +12,9 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
 fi
 
-step "wasm tools, npm packages; build the web UI (embedded in the server and the worker)"
+step "wasm tools, npm packages; build the JS client and the web UI (embedded in the server and the worker)"
 . scripts/ensure-wasm-tools.sh
+node wasm-client/build.mjs
 node www/build.mjs
 
 step "cargo fmt --check"
@@ -22,8 +23,8 @@ cargo fmt --all --check
 step "cargo clippy (native, all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo clippy (wasm32: the core and the edge worker)"
-cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-edge --target wasm32-unknown-unknown -- -D warnings
+step "cargo clippy (wasm32: the core, the JS client crate and the edge worker)"
+cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-client -p stateline-edge --target wasm32-unknown-unknown -- -D warnings
 
 step "core builds for wasm32 and its .wasm imports nothing from the host"
 bash scripts/check-wasm-imports.sh
@@ -32,6 +33,10 @@ step "build the stateline binary (the conformance suite starts it)"
 cargo build -p stateline-server --bin stateline
 
 step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
-cargo test --workspace
+# The client script was built above: its absence from the server is a failure, not a skip.
+STATELINE_EXPECT_CLIENT=1 cargo test --workspace
+
+step "JS tests (Node: the client's ES module; headless Chromium: the single-file script and the UI)"
+bash scripts/test-js.sh
 
 bash scripts/edge-test.sh

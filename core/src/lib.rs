@@ -2,7 +2,8 @@
 //!
 //! Stateline's semantics as sans-IO state machines: keys and globs, the store with revisions and
 //! sequence numbers, the monotonic clock, JSON merge and patch, filters, the change log, the
-//! subscription pools and their frames, and HTTP as a pure function. Time, input and randomness
+//! subscription pools and their frames, HTTP as a pure function, and the client's sync state
+//! machine. Time, input and randomness
 //! enter as arguments; effects (changes to persist, frames to send, deadlines) leave as return
 //! values. The native server, the edge worker and the browser client drive the same code.
 //!
@@ -13,6 +14,7 @@
 #![deny(clippy::disallowed_methods)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod engine;

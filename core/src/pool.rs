@@ -459,8 +459,11 @@ fn remove_from(node: &mut Node, segs: &[Segment], subtree: bool, id: PoolId) -> 
 }
 
 impl Pool {
-    fn envelope(&self, snapshot: bool, version: u64, data: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(data.len() + 64);
+    /// `revs` are the keys this frame changes with their new revisions, in sequence order; only
+    /// `/_ws` frames carry them (as `"revs":[["<key>",<revision>],..]`), because ooo's meta object
+    /// has no revision and the JS client needs one per key (AtomKV's `[key, value, revision]`).
+    fn envelope(&self, snapshot: bool, version: u64, revs: &[(&str, u64)], data: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(data.len() + 64 + revs.len() * 24);
         out.push(b'{');
         if self.enc == Encoding::Mux {
             // Patterns are keys, `*` and `/`: nothing in them needs JSON escaping.
@@ -473,7 +476,19 @@ impl Pool {
         } else {
             b"\"snapshot\":false"
         });
-        out.extend_from_slice(format!(",\"version\":\"{version:x}\",\"data\":").as_bytes());
+        out.extend_from_slice(format!(",\"version\":\"{version:x}\"").as_bytes());
+        if self.enc == Encoding::Mux {
+            // Keys need no JSON escaping (their alphabet has nothing to escape).
+            out.extend_from_slice(b",\"revs\":[");
+            for (i, (k, r)) in revs.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(format!("[\"{k}\",{r}]").as_bytes());
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b",\"data\":");
         out.extend_from_slice(data);
         out.push(b'}');
         out.into()
@@ -517,14 +532,36 @@ impl Pool {
 
     fn snapshot(&self, filters: &Filters, upto: u64) -> Bytes {
         let version = upto.max(self.version);
+        let revs = self.view_revs();
         match (&self.view, &self.filtered) {
             (View::Events, _) => Bytes::new(),
             (_, Some(_)) => self.envelope(
                 true,
                 version,
+                &revs,
                 &crate::json::encode(&self.filtered_view(filters)),
             ),
-            _ => self.envelope(true, version, &self.view_bytes()),
+            _ => self.envelope(true, version, &revs, &self.view_bytes()),
+        }
+    }
+
+    /// Every key of the view with its revision, oldest change first (so a client that diffs a
+    /// snapshot against what it held reports the differences in the order they were made).
+    fn view_revs(&self) -> Vec<(&str, u64)> {
+        if self.enc != Encoding::Mux {
+            return Vec::new();
+        }
+        match &self.view {
+            View::Object(Some(e)) => vec![(self.pattern.scan_prefix(), e.revision)],
+            View::List(items) => {
+                let mut v: Vec<(&str, u64, u64)> = items
+                    .iter()
+                    .map(|(k, e)| (&**k, e.revision, e.seq))
+                    .collect();
+                v.sort_by_key(|x| x.2);
+                v.into_iter().map(|(k, r, _)| (k, r)).collect()
+            }
+            View::Object(None) | View::Events => Vec::new(),
         }
     }
 
@@ -588,11 +625,23 @@ impl Pool {
         if ops.len() > items.len() {
             return self.snapshot(filters, upto);
         }
-        self.envelope(false, upto.max(self.version), &join_ops(&ops))
+        let revs: Vec<(&str, u64)> = steps
+            .iter()
+            .map(|(m, _)| match m {
+                Missed::Create(k, e) | Missed::Update(k, e) => (&**k, e.revision),
+                Missed::Delete(k, rev, _) => (&**k, *rev),
+            })
+            .collect();
+        self.envelope(false, upto.max(self.version), &revs, &join_ops(&ops))
     }
 
     fn apply(&mut self, cs: &[&Change], filters: &Filters) -> Option<Bytes> {
         let version = cs[cs.len() - 1].seq;
+        let revs: Vec<(&str, u64)> = if self.enc == Encoding::Mux {
+            cs.iter().map(|c| (&*c.key, c.revision)).collect()
+        } else {
+            Vec::new()
+        };
         if let View::Events = self.view {
             let mut out = Vec::new();
             for c in cs {
@@ -613,6 +662,7 @@ impl Pool {
             return Some(self.envelope(
                 false,
                 version,
+                &revs,
                 &crate::json::encode(&serde_json::to_value(&patch).ok()?),
             ));
         }
@@ -657,7 +707,7 @@ impl Pool {
         };
         let (snapshot, data) = frame?;
         self.version = version;
-        Some(self.envelope(snapshot, version, &data))
+        Some(self.envelope(snapshot, version, &revs, &data))
     }
 
     fn update_view(&mut self, cs: &[&Change]) {

@@ -231,11 +231,14 @@ async fn resume_from_a_version() {
         (f["sub"].clone(), f["snapshot"].clone()),
         (json!(k), json!(false))
     );
+    // Each frame names the keys it changes with their revisions (the meta object has none).
+    assert_eq!(f["revs"], json!([[k, 1]]));
     // An unknown version: a snapshot.
     let mut w2 = ws(&s, "/_ws").await;
     call(&mut w2, json!({"id":1,"op":"sub","path":k,"v":"1"})).await;
     let f = next_json(&mut w2).await;
     assert_eq!(f["snapshot"], json!(true));
+    assert_eq!(f["revs"], json!([[k, 1]]));
     assert!(matches!(
         next_event(&mut w2, std::time::Duration::from_millis(10)).await,
         WsEvent::Timeout

@@ -349,6 +349,10 @@ async fn apis_health_and_root() {
         .starts_with("text/html"));
     // The UI (built by `npm run build:ui` before the server, as the test command does): it loads
     // the project's own client and its app from the same server, nothing from elsewhere.
+    if html.status == 503 && std::env::var("STATELINE_EXPECT_CLIENT").is_err() {
+        assert!(html.text().contains("npm run build:ui"));
+        return;
+    }
     assert_eq!(html.status, 200, "{}", html.text());
     assert!(
         html.text().contains(r#"src="/_client.js""#),
@@ -367,9 +371,36 @@ async fn apis_health_and_root() {
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
     }
+    // `/` without HTML in Accept and `/_client.js`: the client script, embedded at build time
+    // (scripts/test.sh builds it first and sets STATELINE_EXPECT_CLIENT=1), else 503 saying how.
     let js = c.request(Method::GET, "/", &[], "").await.unwrap();
-    assert!(js.header("content-type").unwrap().contains("javascript"));
-    assert!(js.text().contains("Stateline"), "the hosted client script");
+    let stable = c
+        .request(Method::GET, "/_client.js", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(js.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(stable.header("access-control-allow-origin"), Some("*"));
+    if js.status == 503 && std::env::var("STATELINE_EXPECT_CLIENT").is_err() {
+        assert!(js.text().contains("npm run build:client"));
+        assert_eq!(stable.status, 503);
+        return;
+    }
+    assert_eq!(js.status, 200, "{}", js.text());
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(js.text().contains("globalThis.Stateline") && js.text().contains("globalThis.AtomKV"));
+    assert_eq!(stable.status, 200);
+    assert_eq!(stable.body, js.body);
+    let etag = stable.header("etag").unwrap().to_string();
+    assert!(stable.header("cache-control").unwrap().contains("no-cache"));
+    let again = c
+        .request(Method::GET, "/_client.js", &[("if-none-match", &etag)], "")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
 }
 
 #[tokio::test]

@@ -1,36 +1,36 @@
 // The web UI in headless Chromium against a real server: create a key in one page, see it appear
 // in a second page's live view, edit it there, get a visible conflict when a third client changed
-// it first, delete it. Screenshots of every page go to docs/screenshots/.
+// it first, delete it. Screenshots of every page go to docs/screenshots/ (shown in the README).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { startServer, launch, root } from "./harness.mjs";
+import { launchChromium, root, Server } from "../harness.mjs";
 
 const shots = path.join(root, "docs/screenshots");
 let server, browser;
 
 before(async () => {
-  server = await startServer();
-  browser = await launch();
+  server = await new Server().start();
+  browser = await launchChromium();
   mkdirSync(shots, { recursive: true });
 });
 after(async () => {
-  await browser?.close();
+  await browser?.dispose();
   await server?.stop();
 });
 
 async function page(hash, { width = 1200, height = 820 } = {}) {
-  const p = await browser.ctx.newPage();
+  const p = await browser.newPage();
   await p.setViewportSize({ width, height });
   const outside = [];
   p.on("request", (r) => {
     const u = r.url();
-    if (!u.startsWith(server.url) && !u.startsWith("data:")) outside.push(u);
+    if (!u.startsWith(server.base) && !u.startsWith("data:")) outside.push(u);
   });
   p.on("pageerror", (e) => { throw e; });
   p.outside = outside;
-  await p.goto(`${server.url}/${hash}`);
+  await p.goto(`${server.base}/${hash}`);
   await p.waitForSelector("#conn.open", { timeout: 10000 });
   return p;
 }
@@ -45,7 +45,7 @@ async function setEditor(p, value) {
 }
 
 const get = async (key) => {
-  const r = await fetch(`${server.url}/${key}`);
+  const r = await fetch(`${server.base}/${key}`);
   return r.status === 404 ? null : { ...(await r.json()), revision: r.headers.get("x-revision") };
 };
 
@@ -85,7 +85,7 @@ test("create, watch live, edit, conflict, delete", { timeout: 120_000 }, async (
 
   // A third client changes it first: page B (holding revision 1) gets a visible conflict, and
   // the server keeps the third client's value.
-  const third = await fetch(`${server.url}/${key}`, {
+  const third = await fetch(`${server.base}/${key}`, {
     method: "PUT", headers: { "x-revision": "2" }, body: JSON.stringify({ text: "third", n: 3 }),
   });
   assert.equal(third.status, 200, await third.text());
@@ -122,7 +122,7 @@ test("create, watch live, edit, conflict, delete", { timeout: 120_000 }, async (
 test("screenshots: keys, key, state, and a phone-sized screen", { timeout: 60_000 }, async () => {
   const ns = `shot${Date.now().toString(36)}`;
   for (const [k, v] of [["books/1", { title: "Dune", year: 1965 }], ["books/2", { title: "Solaris", year: 1961 }], ["settings", { theme: "dark" }]]) {
-    await fetch(`${server.url}/${ns}/${k}`, { method: "POST", body: JSON.stringify(v) });
+    await fetch(`${server.base}/${ns}/${k}`, { method: "POST", body: JSON.stringify(v) });
   }
   const p = await page(`#/keys?filter=${ns}/`);
   await p.waitForSelector(`tr[data-key="${ns}/books/1"]`);
@@ -130,15 +130,15 @@ test("screenshots: keys, key, state, and a phone-sized screen", { timeout: 60_00
   await p.screenshot({ path: path.join(shots, "keys.png") });
 
   // Glob search and paging.
-  await p.goto(`${server.url}/#/keys?filter=${ns}/books/*&limit=10`);
+  await p.goto(`${server.base}/#/keys?filter=${ns}/books/*&limit=10`);
   await p.waitForSelector(`tr[data-key="${ns}/books/2"]`);
   assert.equal(await p.locator("#keys tbody tr").count(), 2);
 
-  await p.goto(`${server.url}/#/key/${ns}/books/1`);
+  await p.goto(`${server.base}/#/key/${ns}/books/1`);
   await p.waitForFunction(() => document.querySelector("#rev").textContent.startsWith("rev"));
   await p.screenshot({ path: path.join(shots, "key.png") });
 
-  await p.goto(`${server.url}/#/state`);
+  await p.goto(`${server.base}/#/state`);
   await p.waitForSelector(".card");
   assert.match(await p.textContent("#cards"), /connections/);
   await p.screenshot({ path: path.join(shots, "state.png") });

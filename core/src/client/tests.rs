@@ -1,0 +1,669 @@
+//! The client state machine against a simulated `/_ws` server made of the real engine, pools and
+//! mux codec (no sockets): what a browser would see, with disconnects at any point.
+
+use super::*;
+use crate::engine::{Config as EngineConfig, Engine};
+use crate::filter::Filters;
+use crate::mux::{self, Request};
+use crate::pool::{Encoding, Join, PoolId};
+use crate::store::Change;
+use crate::Tick;
+use proptest::prelude::*;
+
+/// One server connection: the pools it joined and the messages on their way to the client.
+#[derive(Default)]
+struct Conn {
+    pools: HashMap<Pattern, PoolId>,
+    to_client: VecDeque<Vec<u8>>,
+}
+
+struct Server {
+    e: Engine,
+    now: i64,
+    conn: Option<Conn>,
+    // Every change applied, in order: the truth a client's reports are checked against.
+    history: Vec<Change>,
+}
+
+impl Server {
+    fn new(log_entries: usize) -> Server {
+        let cfg = EngineConfig {
+            log_entries,
+            ..EngineConfig::default()
+        };
+        Server {
+            e: Engine::new(Tick::from_wall(1_000_000), cfg, Filters::new()),
+            now: 1_000_000,
+            conn: None,
+            history: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self) -> Tick {
+        self.now += 1_000;
+        Tick::from_wall(self.now)
+    }
+
+    fn drop_conn(&mut self) {
+        if let Some(c) = self.conn.take() {
+            for (_, id) in c.pools {
+                self.e.leave(id);
+            }
+        }
+    }
+
+    /// Runs an operation for another client (or this one) and fans its frames out.
+    fn run(&mut self, op: crate::Op) -> Result<crate::Applied, crate::Error> {
+        let t = self.tick();
+        let a = self.e.execute(t, op)?;
+        self.history.extend(a.changes.iter().cloned());
+        self.e.publish(&a.changes);
+        while let Some(f) = self.e.poll_frame() {
+            if let Some(c) = &mut self.conn {
+                if c.pools.values().any(|p| *p == f.pool) {
+                    c.to_client.push_back(f.bytes.to_vec());
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    fn receive(&mut self, msg: &str) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let m = match mux::parse(msg.as_bytes(), 64) {
+            Ok(m) => m,
+            Err(r) => {
+                conn.to_client
+                    .push_back(mux::reply_error(&r.id, &r.error).to_vec());
+                return;
+            }
+        };
+        match m.request {
+            Request::Sub { pattern, version } => {
+                let (id, first) = self
+                    .e
+                    .join(pattern.clone(), Encoding::Mux, version, true)
+                    .unwrap();
+                conn.pools.insert(pattern.clone(), id);
+                conn.to_client
+                    .push_back(mux::reply_sub(&m.id, &pattern).to_vec());
+                if let Join::Frame(b) | Join::Missed(b) = first {
+                    conn.to_client.push_back(b.to_vec());
+                }
+            }
+            Request::Unsub { pattern } => {
+                if let Some(id) = conn.pools.remove(&pattern) {
+                    self.e.leave(id);
+                }
+                conn.to_client
+                    .push_back(mux::reply_sub(&m.id, &pattern).to_vec());
+            }
+            Request::Ping => conn
+                .to_client
+                .push_back(mux::reply_ok(&m.id, Value::Null).to_vec()),
+            Request::Op(op) => {
+                let name = mux::op_name(&op);
+                let reply = match self.run(op) {
+                    Ok(a) => mux::reply_applied(&m.id, name, &a),
+                    Err(e) => mux::reply_error(&m.id, &e),
+                };
+                if let Some(c) = self.conn.as_mut() {
+                    c.to_client.push_back(reply.to_vec());
+                }
+            }
+        }
+    }
+}
+
+/// A client wired to the simulated server, recording what it reported.
+struct Rig {
+    c: Client,
+    s: Server,
+    now: u64,
+    events: Vec<Event>,
+    sent: Vec<String>,
+}
+
+impl Rig {
+    fn new(log_entries: usize) -> Rig {
+        let mut r = Rig {
+            c: Client::new(Config::default()),
+            s: Server::new(log_entries),
+            now: 0,
+            events: Vec::new(),
+            sent: Vec::new(),
+        };
+        r.c.connect(0);
+        r.pump();
+        r
+    }
+
+    /// Carries out the client's IO (sockets open at once) and collects its events.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let Some(io) = self.c.poll_io() else { break };
+            match io {
+                Io::Connect => {
+                    self.s.drop_conn();
+                    self.s.conn = Some(Conn::default());
+                    self.c.handle_open(self.now);
+                }
+                Io::Send(m) => {
+                    self.sent.push(m.clone());
+                    self.s.receive(&m);
+                }
+                Io::Close => self.s.drop_conn(),
+            }
+        }
+        while let Some(e) = self.c.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Delivers up to `n` server messages.
+    fn deliver(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(m) = self.s.conn.as_mut().and_then(|c| c.to_client.pop_front()) else {
+                break;
+            };
+            self.c.handle_message(self.now, &m);
+            self.pump();
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        for _ in 0..100 {
+            self.deliver(10_000);
+            if self.s.conn.as_ref().is_none_or(|c| c.to_client.is_empty()) {
+                break;
+            }
+        }
+    }
+
+    /// The socket dies: undelivered messages are lost.
+    fn disconnect(&mut self) {
+        self.s.drop_conn();
+        self.c.handle_close(self.now, 0.5);
+        self.pump();
+    }
+
+    /// Time passes until the client reconnects.
+    fn reconnect(&mut self) {
+        if let Some(t) = self.c.poll_timeout() {
+            self.now = self.now.max(t);
+            self.c.handle_timeout(self.now, 0.5);
+            self.pump();
+        }
+    }
+
+    fn set(&mut self, key: &str, v: Value) {
+        self.s
+            .run(crate::Op::Set {
+                key: key.into(),
+                value: v,
+                ttl: crate::Ttl::Clear,
+                cond: crate::Cond::Always,
+            })
+            .unwrap();
+    }
+
+    fn changes(&self, pattern: &str) -> Vec<KeyChange> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Update {
+                    pattern: p,
+                    changes,
+                    ..
+                } if p == pattern => Some(changes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn replies(&self) -> Vec<(u64, bool, Result<Value, Failure>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reply {
+                    req,
+                    queued,
+                    result,
+                } => Some((*req, *queued, result.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn backoff_schedule() {
+    let c = Config::default();
+    let check = |attempt, jitter, want| assert_eq!(backoff(&c, attempt, jitter), want);
+    check(0, 1.0, 250);
+    check(0, 0.0, 125);
+    check(1, 1.0, 500);
+    check(3, 1.0, 2_000);
+    check(6, 1.0, 10_000); // capped
+    check(60, 1.0, 10_000); // no overflow
+    check(2, 0.5, 750);
+    check(2, 7.0, 1_000); // jitter clamped
+    check(2, f64::NAN, 500);
+}
+
+#[test]
+fn subscribes_and_reports_initial_value_then_changes() {
+    let mut r = Rig::new(1_000);
+    r.set("a/x", json!(1));
+    r.c.subscribe(1, "a/*").unwrap();
+    r.c.subscribe(2, "/a/x").unwrap();
+    r.pump();
+    r.deliver_all();
+    let first: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Update {
+                pattern,
+                initial: true,
+                value,
+                ..
+            } => Some((pattern.clone(), value.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[1], ("a/x".to_string(), json!(1)));
+    assert_eq!(first[0].1[0]["key"], json!("a/x"));
+    assert_eq!(first[0].1[0]["revision"], json!(0));
+    r.set("a/x", json!(2));
+    r.set("a/y", json!(3));
+    r.deliver_all();
+    let ch = r.changes("a/*");
+    let got: Vec<_> = ch
+        .iter()
+        .map(|c| (c.key.as_str(), c.value.clone(), c.revision))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a/x", Some(json!(1)), 0),
+            ("a/x", Some(json!(2)), 1),
+            ("a/y", Some(json!(3)), 0)
+        ]
+    );
+    assert_eq!(r.c.value("a/x"), Some(json!(2)));
+    // A late listener on an existing subscription gets the cached value at once.
+    r.c.subscribe(3, "a/x").unwrap();
+    r.pump();
+    assert!(matches!(
+        r.events.last(),
+        Some(Event::Update { listeners, initial: true, value, .. }) if listeners == &vec![3] && value == &json!(2)
+    ));
+}
+
+#[test]
+fn deletes_are_reported_with_their_revision() {
+    let mut r = Rig::new(1_000);
+    r.c.subscribe(1, "d/").unwrap();
+    r.pump();
+    r.set("d/k", json!("v"));
+    r.s.run(crate::Op::Delete {
+        target: "d/k".into(),
+        cond: crate::Cond::Always,
+    })
+    .unwrap();
+    r.deliver_all();
+    let ch = r.changes("d/");
+    assert_eq!(ch.len(), 2);
+    assert_eq!((ch[1].value.clone(), ch[1].revision), (None, 1));
+    assert_eq!(r.c.value("d/"), Some(json!([])));
+}
+
+#[test]
+fn resumes_from_version_without_duplicates_and_without_loss() {
+    let mut r = Rig::new(1_000);
+    r.c.subscribe(1, "r/*").unwrap();
+    r.pump();
+    r.deliver_all();
+    r.set("r/a", json!(1));
+    r.deliver_all();
+    let v = r.c.version("r/*").unwrap();
+    r.disconnect();
+    assert_eq!(r.c.state(), State::Waiting);
+    r.set("r/a", json!(2));
+    r.set("r/b", json!(3));
+    r.sent.clear();
+    r.reconnect();
+    let sub: Value = serde_json::from_str(&r.sent[0]).unwrap();
+    assert_eq!(
+        (sub["op"].as_str(), sub["v"].as_str()),
+        (Some("sub"), Some(format!("{v:x}").as_str())),
+        "resubscribes from its version"
+    );
+    assert_eq!(r.c.state(), State::Open);
+    r.deliver_all();
+    assert!(r.c.version("r/*").unwrap() > v);
+    let got: Vec<_> = r
+        .changes("r/*")
+        .iter()
+        .map(|c| (c.key.clone(), c.value.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("r/a".to_string(), Some(json!(1))),
+            ("r/a".to_string(), Some(json!(2))),
+            ("r/b".to_string(), Some(json!(3)))
+        ]
+    );
+    // The resume frame was missed ops, not a snapshot: the sub message carried the version.
+    let states: Vec<State> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::State(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            State::Connecting,
+            State::Open,
+            State::Waiting,
+            State::Connecting,
+            State::Open
+        ]
+    );
+}
+
+#[test]
+fn snapshot_after_a_too_old_version_is_diffed_against_the_cache() {
+    // A log of 2 entries cannot cover 5 missed changes: the server sends a snapshot.
+    let mut r = Rig::new(2);
+    for k in ["s/a", "s/b", "s/c"] {
+        r.set(k, json!(0));
+    }
+    r.c.subscribe(1, "s/*").unwrap();
+    r.pump();
+    r.deliver_all();
+    r.disconnect();
+    r.set("s/b", json!(1));
+    r.s.run(crate::Op::Delete {
+        target: "s/c".into(),
+        cond: crate::Cond::Always,
+    })
+    .unwrap();
+    r.set("s/d", json!(2));
+    r.set("s/e", json!(3));
+    r.set("s/f", json!(4));
+    r.reconnect();
+    r.deliver_all();
+    let after: Vec<_> = r
+        .changes("s/*")
+        .into_iter()
+        .skip(3)
+        .map(|c| (c.key, c.value))
+        .collect();
+    assert_eq!(
+        after,
+        vec![
+            ("s/b".to_string(), Some(json!(1))),
+            ("s/d".to_string(), Some(json!(2))),
+            ("s/e".to_string(), Some(json!(3))),
+            ("s/f".to_string(), Some(json!(4))),
+            ("s/c".to_string(), None),
+        ]
+    );
+    assert_eq!(
+        r.changes("s/*").last().map(|c| c.revision),
+        Some(-1),
+        "a delete seen through a snapshot has no known revision"
+    );
+}
+
+#[test]
+fn offline_writes_are_queued_and_a_failed_cas_is_a_visible_conflict() {
+    let mut r = Rig::new(1_000);
+    r.set("w/k", json!("server"));
+    r.disconnect();
+    let a = r.c.write(json!({"op":"set","key":"w/a","value":1}));
+    // Expects to create w/k (revision 0), but the server already has it: a conflict.
+    let b =
+        r.c.write(json!({"op":"set","key":"w/k","value":"mine","rev":0}));
+    let p = r.c.write(json!({"op":"push","path":"w/*","value":2}));
+    r.pump();
+    assert_eq!(r.c.queued(), 3);
+    assert!(r.replies().is_empty());
+    r.reconnect();
+    r.deliver_all();
+    let rs = r.replies();
+    assert_eq!(rs.len(), 3);
+    assert_eq!(rs[0].0, a);
+    assert!(rs[0].1, "sent after a reconnect");
+    assert_eq!(rs[0].2.as_ref().unwrap()["revision"], json!(0));
+    assert_eq!(rs[1].0, b);
+    let err = rs[1].2.clone().unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert_eq!(err.status, 409);
+    assert_eq!(rs[2].0, p);
+    assert!(rs[2].2.as_ref().unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("w/"));
+    assert_eq!(
+        r.s.e.store().get("w/k").map(|e| (*e.data).clone()),
+        Some(json!("server"))
+    );
+}
+
+#[test]
+fn in_flight_writes_are_resent_or_failed_when_the_socket_drops() {
+    let mut r = Rig::new(1_000);
+    // Sent, then the socket dies before the server's messages arrive.
+    r.s.conn.as_mut().unwrap().to_client.clear();
+    let set = r.c.write(json!({"op":"set","key":"f/a","value":1}));
+    let incr = r.c.write(json!({"op":"incr","key":"f/n"}));
+    r.pump();
+    r.disconnect();
+    let rs = r.replies();
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].0, incr);
+    assert_eq!(rs[0].2.clone().unwrap_err().code, "connection-lost");
+    r.reconnect();
+    r.deliver_all();
+    let rs = r.replies();
+    assert_eq!(rs.len(), 2);
+    assert_eq!(rs[1].0, set);
+    assert!(rs[1].2.is_ok());
+}
+
+#[test]
+fn pings_a_quiet_server_and_gives_up_on_a_silent_one() {
+    let mut r = Rig::new(1_000);
+    let t = r.c.poll_timeout().unwrap();
+    assert_eq!(t, Config::default().ping_interval);
+    r.now = t;
+    r.c.handle_timeout(r.now, 0.0);
+    r.pump();
+    r.deliver_all(); // the pong
+    assert_eq!(
+        r.c.poll_timeout(),
+        Some(t + Config::default().ping_interval)
+    );
+    // Now the server stops answering.
+    r.now = r.c.poll_timeout().unwrap();
+    r.c.handle_timeout(r.now, 0.0);
+    r.pump();
+    r.s.conn.as_mut().unwrap().to_client.clear();
+    r.now = r.c.poll_timeout().unwrap();
+    r.c.handle_timeout(r.now, 0.0);
+    assert_eq!(r.c.poll_io(), Some(Io::Close));
+    assert_eq!(r.c.state(), State::Waiting);
+    assert_eq!(
+        r.c.poll_timeout(),
+        Some(r.now + backoff(&Config::default(), 0, 0.0))
+    );
+}
+
+#[test]
+fn refused_subscription_and_invalid_paths() {
+    let mut r = Rig::new(1_000);
+    assert_eq!(r.c.subscribe(1, "a//b").unwrap_err().code, "invalid-key");
+    assert_eq!(r.c.subscribe(2, "ok/*").unwrap(), "ok/*");
+    r.c.unsubscribe(2);
+    r.pump();
+    r.deliver_all();
+    assert_eq!(r.c.value("ok/*"), None);
+    assert!(r.s.e.pools().is_empty(), "the server pool went away");
+}
+
+#[test]
+fn a_patch_that_does_not_apply_resyncs_with_a_snapshot() {
+    let mut r = Rig::new(1_000);
+    r.set("p/k", json!({"a": 1}));
+    r.c.subscribe(1, "p/k").unwrap();
+    r.pump();
+    r.deliver_all();
+    // A corrupted frame (a patch against a path that does not exist).
+    r.c.handle_message(
+        r.now,
+        br#"{"sub":"p/k","snapshot":false,"version":"ff","revs":[["p/k",9]],"data":[{"op":"replace","path":"/nope/x","value":1}]}"#,
+    );
+    r.pump();
+    r.deliver_all();
+    r.set("p/k", json!({"a": 2}));
+    r.deliver_all();
+    let got: Vec<_> = r.changes("p/k").into_iter().map(|c| c.value).collect();
+    assert_eq!(got, vec![Some(json!({"a":1})), Some(json!({"a":2}))]);
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Set(usize, i64),
+    Delete(usize),
+    Deliver(usize),
+    Disconnect,
+    Reconnect,
+    Write(usize, i64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..6usize, 0..1000i64).prop_map(|(k, v)| Step::Set(k, v)),
+        1 => (0..6usize).prop_map(Step::Delete),
+        4 => (0..6usize).prop_map(Step::Deliver),
+        1 => Just(Step::Disconnect),
+        2 => Just(Step::Reconnect),
+        2 => (0..6usize, 0..1000i64).prop_map(|(k, v)| Step::Write(k, v)),
+    ]
+}
+
+/// Each key's changes as the server made them: (created, revision, value).
+type Hist = HashMap<String, Vec<(i64, u64, Option<Value>)>>;
+
+fn history(s: &Server) -> Hist {
+    let mut h: Hist = HashMap::new();
+    for c in &s.history {
+        let created = c.entry.as_ref().map_or(0, |e| e.created);
+        h.entry(c.key.to_string()).or_default().push((
+            created,
+            c.revision,
+            c.entry.as_ref().map(|e| (*e.data).clone()),
+        ));
+    }
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// However disconnects, reconnects and deliveries interleave with writes: the client ends
+    /// holding exactly the server's state, and what it reported for each key is the server's
+    /// history of that key in order, never a change twice, ending at the current value.
+    #[test]
+    fn disconnect_reconnect_resume_never_loses_or_duplicates(
+        steps in prop::collection::vec(step(), 1..60),
+        small_log in any::<bool>(),
+    ) {
+        let mut r = Rig::new(if small_log { 3 } else { 1_000 });
+        r.c.subscribe(1, "g/*").unwrap();
+        r.c.subscribe(2, "g/k0").unwrap();
+        r.pump();
+        for s in &steps {
+            match s {
+                Step::Set(k, v) => r.set(&format!("g/k{k}"), json!(v)),
+                Step::Delete(k) => {
+                    let _ = r.s.run(crate::Op::Delete { target: format!("g/k{k}"), cond: crate::Cond::Always });
+                }
+                Step::Deliver(n) => r.deliver(*n),
+                Step::Disconnect => {
+                    if r.c.state() == State::Open { r.disconnect() }
+                }
+                Step::Reconnect => r.reconnect(),
+                Step::Write(k, v) => {
+                    r.c.write(json!({"op":"set","key":format!("g/k{k}"),"value":v}));
+                    r.pump();
+                }
+            }
+        }
+        for _ in 0..3 {
+            if r.c.state() != State::Open { r.reconnect() }
+        }
+        prop_assert_eq!(r.c.state(), State::Open);
+        r.deliver_all();
+
+        // The cache equals what the server holds.
+        let want: Vec<(String, Value)> = r.s.e.store().list(&Pattern::parse("g/*").unwrap())
+            .into_iter().map(|(k, e)| (k.to_string(), (*e.data).clone())).collect();
+        let held: Vec<(String, Value)> = r.c.value("g/*").unwrap().as_array().unwrap().iter()
+            .map(|i| (i["key"].as_str().unwrap().to_string(), i["value"].clone())).collect();
+        prop_assert_eq!(&held, &want);
+        let k0 = r.s.e.store().get("g/k0").map(|e| (*e.data).clone()).unwrap_or(Value::Null);
+        prop_assert_eq!(r.c.value("g/k0").unwrap(), k0);
+
+        // Reports per key are an in-order subsequence of the server's history of that key.
+        let hist = history(&r.s);
+        for pattern in ["g/*", "g/k0"] {
+            let mut per_key: HashMap<String, Vec<KeyChange>> = HashMap::new();
+            for c in r.changes(pattern) {
+                per_key.entry(c.key.clone()).or_default().push(c);
+            }
+            for (k, reported) in &per_key {
+                let h = &hist[k];
+                let mut at = 0usize;
+                for c in reported {
+                    let pos = h[at..].iter().position(|(cr, rev, v)| {
+                        // A delete seen only through a snapshot has no known revision (-1).
+                        (*rev as i64 == c.revision || (c.revision == -1 && c.value.is_none()))
+                            && v == &c.value
+                            && (c.value.is_none() || *cr == c.created)
+                    });
+                    prop_assert!(pos.is_some(), "{} reported {:?} out of order or twice; history {:?}", k, c, h);
+                    at += pos.unwrap() + 1;
+                }
+                // And the last report is the key's current state.
+                let last = reported.last().unwrap();
+                let cur = r.s.e.store().get(k).map(|e| (*e.data).clone());
+                prop_assert_eq!(&last.value, &cur);
+            }
+            // Every key that exists now was reported.
+            for (k, _) in &want {
+                if pattern == "g/*" || k == "g/k0" {
+                    prop_assert!(per_key.contains_key(k), "{} never reported", k);
+                }
+            }
+        }
+        // Every write got exactly one reply.
+        let mut ids: Vec<u64> = r.replies().iter().map(|x| x.0).collect();
+        let n = ids.len();
+        ids.dedup();
+        prop_assert_eq!(ids.len(), n);
+        let writes = steps.iter().filter(|s| matches!(s, Step::Write(..))).count();
+        prop_assert_eq!(n, writes);
+    }
+}

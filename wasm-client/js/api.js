@@ -1,0 +1,279 @@
+// The JavaScript face of the Stateline client: `Stateline` and `AtomKV` on top of the wasm
+// `Client` (src/lib.rs), which runs the core's sync state machine. This file is pasted into both
+// builds (the classic single-file script and the ES module) by build.mjs, so it uses no
+// import/export and defines one function; everything else is inside it.
+//
+// Invariant: no sync logic here either. Subscriptions, versions, resume, the write queue and
+// backoff live in the core; this file turns its events into promises, callbacks and async
+// iterators.
+function __statelineApi(loadWasm, env) {
+  "use strict";
+  var nextListener = 1;
+
+  function StatelineError(e) {
+    var err = new Error("Stateline: " + (e.detail || e.code || "request failed"));
+    err.name = "StatelineError";
+    err.code = e.code;
+    err.status = e.status;
+    err.conflict = !!e.conflict;
+    return err;
+  }
+
+  function trimKey(k) {
+    return String(k).replace(/^\/+/, "");
+  }
+
+  // An async iterator that buffers: a slow consumer never loses an event (memory grows instead;
+  // `for await` drains it). `stop` runs when the consumer breaks out or calls return().
+  function buffered(stop) {
+    var queue = [], waiting = [], done = false, failure = null;
+    var it = {
+      push: function (v) {
+        if (done) return;
+        if (waiting.length) waiting.shift().resolve({ value: v, done: false });
+        else queue.push(v);
+      },
+      fail: function (e) {
+        failure = e;
+        while (waiting.length) waiting.shift().reject(e);
+      },
+      next: function () {
+        if (queue.length) return Promise.resolve({ value: queue.shift(), done: false });
+        if (failure) return Promise.reject(failure);
+        if (done) return Promise.resolve({ value: undefined, done: true });
+        return new Promise(function (resolve, reject) { waiting.push({ resolve: resolve, reject: reject }); });
+      },
+      return: function () {
+        if (!done) {
+          done = true;
+          queue.length = 0;
+          stop();
+          while (waiting.length) waiting.shift().resolve({ value: undefined, done: true });
+        }
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+    it[Symbol.asyncIterator] = function () { return it; };
+    return it;
+  }
+
+  function Client(base, opts) {
+    var self = this;
+    opts = opts || {};
+    this.base = String(base).replace(/\/+$/, "");
+    this.state = "connecting";
+    this._listeners = new Map();
+    this._replies = new Map();
+    this._on = { state: new Set(), conflict: new Set(), error: new Set() };
+    var config = JSON.stringify({
+      backoffBase: opts.backoffBase, backoffMax: opts.backoffMax,
+      pingInterval: opts.pingInterval, pingTimeout: opts.pingTimeout, maxQueue: opts.maxQueue,
+    });
+    this.ready = loadWasm().then(function (wasm) {
+      var WS = opts.WebSocket || env.WebSocket();
+      if (!WS) throw new Error("Stateline: no WebSocket in this environment; pass { WebSocket } (in Node 20: the ws package)");
+      self._c = new wasm.Client(self.base, WS, function (json) { self._event(JSON.parse(json)); }, config);
+      self._c.connect();
+      return self;
+    });
+    // A failed load is reported to whoever awaits; keep it from being an unhandled rejection.
+    this.ready.catch(function (e) { self._emit("error", e); });
+  }
+
+  Client.prototype._emit = function (type, v) {
+    this._on[type].forEach(function (f) { try { f(v); } catch (e) { setTimeout(function () { throw e; }); } });
+  };
+
+  Client.prototype._event = function (ev) {
+    var self = this;
+    if (ev.type === "state") {
+      this.state = ev.state;
+      this._emit("state", ev.state);
+    } else if (ev.type === "update") {
+      var out = { path: ev.pattern, value: ev.value, changes: ev.changes, initial: ev.initial, version: ev.version };
+      ev.listeners.forEach(function (id) {
+        var l = self._listeners.get(id);
+        if (l) l.update(out);
+      });
+    } else if (ev.type === "subFailed") {
+      var err = StatelineError(ev.error);
+      ev.listeners.forEach(function (id) {
+        var l = self._listeners.get(id);
+        self._listeners.delete(id);
+        if (l) l.fail(err);
+      });
+      this._emit("error", err);
+    } else if (ev.type === "reply") {
+      var r = this._replies.get(ev.req);
+      this._replies.delete(ev.req);
+      if (!ev.ok && ev.queued && ev.error.conflict) {
+        // A write made offline lost its compare-and-swap: say so even if nobody awaits it.
+        this._emit("conflict", { key: r && r.key, error: ev.error });
+      }
+      if (r) r.done(ev);
+    }
+  };
+
+  // Sends a `/_ws` write; `done` gets the reply event.
+  Client.prototype._write = function (msg, done) {
+    var self = this;
+    return this.ready.then(function () {
+      return new Promise(function (resolve, reject) {
+        var req = self._c.write(JSON.stringify(msg));
+        self._replies.set(req, {
+          key: msg.key || msg.path,
+          done: function (ev) {
+            try { resolve(done(ev)); } catch (e) { reject(e); }
+          },
+        });
+      });
+    });
+  };
+
+  function plain(ev) {
+    if (!ev.ok) throw StatelineError(ev.error);
+    return ev.value;
+  }
+
+  Client.prototype.set = function (key, value, o) {
+    return this._write({ op: "set", key: trimKey(key), value: value, ttl: o && o.ttl }, plain);
+  };
+  Client.prototype.push = function (path, value, o) {
+    var p = trimKey(path);
+    if (!/(^|\/)\*$/.test(p)) p = p.replace(/\/+$/, "") + "/*";
+    return this._write({ op: "push", path: p, value: value, ttl: o && o.ttl }, plain);
+  };
+  Client.prototype.patch = function (key, value, o) {
+    return this._write({ op: "patch", key: trimKey(key), value: value, type: (o && o.type) || "merge" }, plain);
+  };
+  Client.prototype.delete = function (key) {
+    return this._write({ op: "del", key: trimKey(key) }, plain);
+  };
+  Client.prototype.incr = function (key, by) {
+    return this._write({ op: "incr", key: trimKey(key), by: by === undefined ? 1 : by }, plain);
+  };
+  // Compare-and-swap: `revision` is the revision the key will have (AtomKV: current + 1; 0
+  // creates). Resolves { ok: true, key, revision } or { ok: false, conflict: true, ... }.
+  Client.prototype.update = function (key, value, revision) {
+    var k = trimKey(key);
+    return this._write({ op: "set", key: k, value: value, rev: revision }, function (ev) {
+      if (ev.ok) return { ok: true, key: k, revision: ev.value.revision, etag: ev.value.etag };
+      if (ev.error.conflict) return { ok: false, conflict: true, key: k, code: ev.error.code, detail: ev.error.detail };
+      throw StatelineError(ev.error);
+    });
+  };
+  // GET over HTTP: { key, value, revision, created, updated }, or null when absent.
+  Client.prototype.get = function (key) {
+    var self = this, k = trimKey(key);
+    return this.ready.then(function () { return self._c.get(k); }).then(function (json) {
+      var r = JSON.parse(json);
+      if (r.status === 404) return null;
+      if (r.status !== 200) throw StatelineError({ status: r.status, code: "http", detail: String(r.body).trim() });
+      var m = r.body;
+      return { key: k, value: m.data, revision: r.revision, created: m.created, updated: m.updated };
+    });
+  };
+
+  // subscribe(path, callback) → an unsubscribe function; subscribe(path) → an async iterator
+  // (with .unsubscribe()). Either way: the current value first, then every change, in order.
+  Client.prototype.subscribe = function (path, callback) {
+    var self = this, id = nextListener++, stopped = false;
+    function stop() {
+      if (stopped) return;
+      stopped = true;
+      self._listeners.delete(id);
+      self.ready.then(function () { self._c.unsubscribe(id); }, function () {});
+    }
+    var sink;
+    if (typeof callback === "function") {
+      sink = { update: callback, fail: function (e) { self._emit("error", e); } };
+    } else {
+      var it = buffered(stop);
+      sink = { update: it.push, fail: it.fail };
+    }
+    this._listeners.set(id, sink);
+    this.ready.then(function () {
+      if (stopped) return;
+      try {
+        self._c.subscribe(id, String(path));
+      } catch (e) {
+        self._listeners.delete(id);
+        sink.fail(StatelineError(typeof e === "string" ? JSON.parse(e) : { detail: String(e) }));
+      }
+    }, function (e) { sink.fail(e); });
+    if (it) {
+      it.unsubscribe = function () { it.return(); };
+      return it;
+    }
+    stop.unsubscribe = stop;
+    return stop;
+  };
+
+  Client.prototype.on = function (type, f) {
+    if (!this._on[type]) throw new Error("Stateline: unknown event " + type + " (state, conflict, error)");
+    this._on[type].add(f);
+    return this;
+  };
+  Client.prototype.off = function (type, f) {
+    if (this._on[type]) this._on[type].delete(f);
+    return this;
+  };
+  // Writes waiting for the connection.
+  Client.prototype.queued = function () {
+    return this._c ? this._c.queued() : 0;
+  };
+  Client.prototype.close = function () {
+    var self = this;
+    if (shared.get(this.base) === this) shared.delete(this.base);
+    return this.ready.then(function () { self._c.close(); }, function () {});
+  };
+
+  // One client (one /_ws socket) per server unless asked otherwise.
+  var shared = new Map();
+  var Stateline = {
+    connect: function (base, opts) {
+      var key = String(base).replace(/\/+$/, "");
+      if (opts && opts.shared === false) return new Client(key, opts);
+      var c = shared.get(key);
+      if (!c) { c = new Client(key, opts); shared.set(key, c); }
+      return c;
+    },
+    Client: Client,
+  };
+
+  // AtomKV's hosted API (skeeto/atomkv), on one shared Stateline connection to AtomKV.BASE.
+  function makeAtomKV(base) {
+    var AtomKV = { BASE: base };
+    function client() {
+      if (!AtomKV.BASE) throw new Error("AtomKV: set AtomKV.BASE to the server's URL");
+      return Stateline.connect(AtomKV.BASE);
+    }
+    AtomKV.get = function (key) {
+      return client().get(key).then(function (r) { return r ? [r.value, r.revision] : [null, -1]; });
+    };
+    AtomKV.set = function (key, value) {
+      return client().set(key, value).then(function () {});
+    };
+    AtomKV.update = function (key, value, revision) {
+      return client().update(key, value, revision).then(function (r) { return r.ok; }, function () { return false; });
+    };
+    // Every change after the call, none lost: buffered for slow consumers, resumed after reconnects.
+    AtomKV.subscribe = async function* (keypath) {
+      var sub = client().subscribe(keypath);
+      try {
+        for await (var ev of sub) {
+          if (ev.initial) continue;
+          for (var i = 0; i < ev.changes.length; i++) {
+            var ch = ev.changes[i];
+            yield ["/" + ch.key, ch.value === undefined ? null : ch.value, ch.revision];
+          }
+        }
+      } finally {
+        sub.unsubscribe();
+      }
+    };
+    return AtomKV;
+  }
+
+  return { Stateline: Stateline, makeAtomKV: makeAtomKV };
+}

@@ -1,0 +1,126 @@
+// Types of the Stateline client (the ES module; the classic script defines the same
+// `Stateline` and `AtomKV` as globals).
+
+/** Connection state: `waiting` is the backoff between reconnect attempts. */
+export type State = "connecting" | "open" | "waiting" | "closed";
+
+export interface ConnectOptions {
+  /** A WebSocket constructor (default: the global one; in Node 20 the `ws` package). */
+  WebSocket?: unknown;
+  /** First reconnect delay in ms (default 250); doubles up to `backoffMax` (default 10000). */
+  backoffBase?: number;
+  backoffMax?: number;
+  /** Ping after this many ms without a message (default 20000); give up after `pingTimeout`. */
+  pingInterval?: number;
+  pingTimeout?: number;
+  /** Writes held while offline (default 10000); more fail with code `queue-full`. */
+  maxQueue?: number;
+  /** `false`: a separate connection instead of the one shared per server URL. */
+  shared?: boolean;
+}
+
+/** One key's change. Numbers above 2^53 (ns timestamps) are rounded to JS numbers. */
+export interface Change<T = unknown> {
+  key: string;
+  /** `undefined`/`null` when deleted. */
+  value: T | null;
+  deleted: boolean;
+  /** The key's revision (0 on create, +1 per write); -1 when unknown (a delete seen in a snapshot). */
+  revision: number;
+  created: number;
+  updated: number;
+}
+
+export interface Item<T = unknown> {
+  key: string;
+  value: T;
+  revision: number;
+  created: number;
+  updated: number;
+}
+
+/** What a subscriber gets: the current value first (`initial`), then after every change. */
+export interface Update<T = unknown> {
+  /** The subscription's pattern (`books/*`, `a/`, `key`). */
+  path: string;
+  /** A key: its value (`null` when absent). A glob or subtree: its items, newest first. */
+  value: T | null | Item<T>[];
+  /** The keys that changed, in order (on the initial update: every key present). */
+  changes: Change<T>[];
+  initial: boolean;
+  /** The subscription's version (hex), what a reconnect resumes from. */
+  version: string;
+}
+
+export interface WriteResult {
+  key: string;
+  revision: number;
+  etag?: string;
+  index?: string;
+  value?: unknown;
+  deleted?: number;
+}
+
+export type UpdateResult =
+  | { ok: true; key: string; revision: number; etag: string }
+  | { ok: false; conflict: true; key: string; code: string; detail: string };
+
+export interface StatelineError extends Error {
+  code: string;
+  status: number;
+  conflict: boolean;
+}
+
+export interface Unsubscribe {
+  (): void;
+  unsubscribe(): void;
+}
+
+export interface Subscription<T = unknown> extends AsyncIterableIterator<Update<T>> {
+  unsubscribe(): void;
+}
+
+export interface Client {
+  readonly base: string;
+  readonly state: State;
+  /** Resolves once the wasm module is loaded and the client started. */
+  readonly ready: Promise<Client>;
+  get<T = unknown>(key: string): Promise<{ key: string; value: T; revision: number; created: number; updated: number } | null>;
+  set(key: string, value: unknown, opts?: { ttl?: number }): Promise<WriteResult>;
+  /** Adds under `prefix/*` with a new time-ordered key. */
+  push(path: string, value: unknown, opts?: { ttl?: number }): Promise<WriteResult>;
+  /** `type`: `merge` (ooo deep merge, default), `merge-patch` (RFC 7396), `json-patch` (RFC 6902). */
+  patch(key: string, value: unknown, opts?: { type?: "merge" | "merge-patch" | "json-patch" }): Promise<WriteResult>;
+  delete(key: string): Promise<WriteResult>;
+  incr(key: string, by?: number): Promise<WriteResult>;
+  /** Compare-and-swap: succeeds only if `revision` is the key's current revision + 1 (0 creates). */
+  update(key: string, value: unknown, revision: number): Promise<UpdateResult>;
+  subscribe<T = unknown>(path: string, callback: (update: Update<T>) => void): Unsubscribe;
+  subscribe<T = unknown>(path: string): Subscription<T>;
+  on(type: "state", f: (state: State) => void): Client;
+  on(type: "conflict", f: (c: { key: string; error: { code: string; detail: string; status: number } }) => void): Client;
+  on(type: "error", f: (e: Error) => void): Client;
+  off(type: "state" | "conflict" | "error", f: (...args: any[]) => void): Client;
+  /** Writes waiting for the connection. */
+  queued(): number;
+  close(): Promise<void>;
+}
+
+export interface StatelineStatic {
+  /** The client for `baseUrl` (`http(s)://host:port`): one multiplexed /_ws connection per server. */
+  connect(baseUrl: string, opts?: ConnectOptions): Client;
+}
+
+/** AtomKV's hosted API (skeeto/atomkv), lossless. */
+export interface AtomKVStatic {
+  BASE: string | undefined;
+  get<T = unknown>(key: string): Promise<[T | null, number]>;
+  set(key: string, value: unknown): Promise<void>;
+  update(key: string, value: unknown, revision: number): Promise<boolean>;
+  subscribe<T = unknown>(keypath: string): AsyncGenerator<[string, T | null, number]>;
+}
+
+export declare const Stateline: StatelineStatic;
+export declare const connect: StatelineStatic["connect"];
+export declare function makeAtomKV(base: string): AtomKVStatic;
+export default Stateline;
