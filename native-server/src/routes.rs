@@ -123,6 +123,17 @@ fn metrics(sh: &Shared, headers: &HeaderMap) -> Response {
         let hub = sh.lock();
         out.push_str(&core_http::metrics(&hub.engine));
     }
+    // The process's resident memory (Linux: /proc/self/statm, in pages of 4 KiB), as the
+    // Prometheus client libraries name it.
+    if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+    {
+        out.push_str(&format!(
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+            pages * 4096
+        ));
+    }
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -34,18 +34,21 @@ export async function until(check, what, ms = 20_000) {
 }
 
 export class Server {
-  constructor() {
+  /** `args`: more `stateline serve` flags; `env`: more environment (e.g. a JWT secret). */
+  constructor({ args = [], env = {} } = {}) {
     this.data = mkdtempSync(join(tmpdir(), "stateline-js-"));
     this.proc = null;
+    this.args = args;
+    this.env = env;
   }
   get base() {
     return `http://127.0.0.1:${this.port}`;
   }
   async start() {
     this.port ??= await freePort();
-    this.proc = spawn(bin, ["serve", "--addr", `127.0.0.1:${this.port}`, "--data", this.data], {
+    this.proc = spawn(bin, ["serve", "--addr", `127.0.0.1:${this.port}`, "--data", this.data, ...this.args], {
       stdio: ["ignore", "ignore", "inherit"],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn", ...this.env },
     });
     const proc = this.proc;
     await until(async () => {

@@ -68,6 +68,7 @@ function __statelineApi(loadWasm, env) {
     var config = JSON.stringify({
       backoffBase: opts.backoffBase, backoffMax: opts.backoffMax,
       pingInterval: opts.pingInterval, pingTimeout: opts.pingTimeout, maxQueue: opts.maxQueue,
+      token: opts.token,
     });
     this.ready = loadWasm().then(function (wasm) {
       var WS = opts.WebSocket || env.WebSocket();
@@ -233,7 +234,8 @@ function __statelineApi(loadWasm, env) {
   var Stateline = {
     connect: function (base, opts) {
       var key = String(base).replace(/\/+$/, "");
-      if (opts && opts.shared === false) return new Client(key, opts);
+      // A client with a token is its own: sharing would lend one caller's identity to another.
+      if (opts && (opts.shared === false || opts.token)) return new Client(key, opts);
       var c = shared.get(key);
       if (!c) { c = new Client(key, opts); shared.set(key, c); }
       return c;

@@ -15,6 +15,9 @@ export interface ConnectOptions {
   pingTimeout?: number;
   /** Writes held while offline (default 10000); more fail with code `queue-full`. */
   maxQueue?: number;
+  /** A bearer token for servers with access rules: offered as the WebSocket's `bearer`
+   * subprotocol and sent as `Authorization` on reads. */
+  token?: string;
   /** `false`: a separate connection instead of the one shared per server URL. */
   shared?: boolean;
 }

@@ -67,6 +67,9 @@ struct Inner {
     core: Core,
     base: String,
     ws_url: String,
+    // A bearer token for servers with access rules: offered as the `bearer` WebSocket
+    // subprotocol (browsers cannot set headers on a WebSocket) and sent on `fetch` reads.
+    token: Option<String>,
     ctor: Function,
     on_event: Function,
     socket: Option<Socket>,
@@ -93,7 +96,13 @@ impl Inner {
 
     fn open_socket(&mut self, me: &Weak<RefCell<Inner>>) -> Result<(), JsValue> {
         self.drop_socket();
-        let args = Array::of1(&JsValue::from_str(&self.ws_url));
+        let args = match &self.token {
+            Some(t) => Array::of2(
+                &JsValue::from_str(&self.ws_url),
+                &Array::of2(&JsValue::from_str("bearer"), &JsValue::from_str(t)),
+            ),
+            None => Array::of1(&JsValue::from_str(&self.ws_url)),
+        };
         let s: Socket = Reflect::construct(&self.ctor, &args)?.unchecked_into();
         s.set_binary_type("arraybuffer");
         let on = |f: fn(&mut Core, JsValue)| {
@@ -283,6 +292,11 @@ impl Client {
             core: Core::new(config),
             base,
             ws_url,
+            token: c
+                .get("token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
             ctor: ws_ctor,
             on_event,
             socket: None,
@@ -386,11 +400,15 @@ impl Client {
             self.inner.borrow().base,
             key.trim_start_matches('/')
         );
+        let token = self.inner.borrow().token.clone();
         future_to_promise(async move {
             let init = web_sys::RequestInit::new();
             init.set_method("GET");
             let req = web_sys::Request::new_with_str_and_init(&url, &init)?;
             req.headers().set("accept", "application/json")?;
+            if let Some(t) = token {
+                req.headers().set("authorization", &format!("Bearer {t}"))?;
+            }
             let resp: web_sys::Response =
                 JsFuture::from(global_fetch(&req)).await?.unchecked_into();
             let status = resp.status();

@@ -156,6 +156,7 @@ async function keyPage(arg) {
       <div id="outcome"></div>
     </div>`;
   let revision = null; // the revision the editor's content is based on
+  let etag = null;     // and its entity tag, for the compare-and-swap
   let current;         // the server's value as last seen
   // The text mode reports edits after a short debounce: remember that one is pending, and let
   // it land before reading the value, so Save never sends the text from before the last keys.
@@ -177,12 +178,13 @@ async function keyPage(arg) {
   };
   const showMeta = (m, rev) => {
     $("#meta").innerHTML = [["created", fmtTime(m?.created)], ["updated", m?.updated ? fmtTime(m.updated) : "—"],
-      ["revision", rev ?? "—"], ["index", m?.index ?? "—"]].map(([k, v]) => `<div><dt>${k}</dt><dd>${esc(v)}</dd></div>`).join("");
+      ["loaded revision", rev ?? "—"], ["index", m?.index ?? "—"]].map(([k, v]) => `<div><dt>${k}</dt><dd>${esc(v)}</dd></div>`).join("");
     $("#rev").textContent = rev == null ? "absent" : `rev ${rev}`;
   };
   const load = async () => {
     const { r, json } = await api("GET", keyUrl(key));
     revision = r.headers.get("x-revision");
+    etag = r.headers.get("etag");
     current = json.data;
     showMeta(json, revision);
     editor.set({ json: json.data });
@@ -227,8 +229,8 @@ async function keyPage(arg) {
       if (revision == null) {
         await api("POST", keyUrl(key), { body: JSON.stringify(value), headers: { "if-none-match": "*" } });
       } else {
-        // Compare-and-swap on the revision the draft started from (its ETag is the revision).
-        await api("PUT", keyUrl(key), { body: JSON.stringify(value), headers: { "if-match": `"${revision}"` } });
+        // Compare-and-swap on the revision the draft started from (If-Match its entity tag).
+        await api("PUT", keyUrl(key), { body: JSON.stringify(value), headers: { "if-match": etag } });
       }
       await load();
       outcome("");
@@ -244,6 +246,7 @@ async function keyPage(arg) {
         $("#overwrite").onclick = async () => {
           const { r } = await api("GET", keyUrl(key));
           revision = r.headers.get("x-revision");
+          etag = r.headers.get("etag");
           $("#save").click();
         };
       } else {
@@ -262,7 +265,7 @@ async function keyPage(arg) {
   $("#delete")?.addEventListener("click", async () => {
     if (!confirm(`Delete ${key}?`)) return;
     try {
-      await api("DELETE", keyUrl(key), { headers: revision != null ? { "if-match": `"${revision}"` } : {} });
+      await api("DELETE", keyUrl(key), { headers: etag ? { "if-match": etag } : {} });
       toast("Deleted");
       location.hash = "#/keys";
     } catch (e) {
@@ -329,20 +332,22 @@ async function statePage() {
     ]);
     const m = parseMetrics(metrics);
     const now = performance.now();
-    const seq = BigInt("0x" + (info.seq || "0"));
-    const fanout = m.stateline_frames_sent_total ?? null;
-    let writes = "—", rate = "—";
+    // Rates from the server's counters between two polls (the sequence number when the server
+    // has no /_metrics).
+    const writesTotal = m.stateline_writes_total ?? Number(BigInt("0x" + (info.seq || "0")) % 1000000000n);
+    const frames = m.stateline_frames_total ?? null;
+    let writes = "…", rate = "…";
     if (last) {
       const dt = (now - last.now) / 1000;
-      writes = (Number(seq - last.seq) / dt).toFixed(1);
-      if (fanout != null && last.fanout != null) rate = ((fanout - last.fanout) / dt).toFixed(1);
+      writes = ((writesTotal - last.writesTotal) / dt).toFixed(1);
+      if (frames != null && last.frames != null) rate = ((frames - last.frames) / dt).toFixed(1);
     }
-    last = { now, seq, fanout };
+    last = { now, writesTotal, frames };
     const uptime = info.started ? Math.max(0, Date.now() - Number(BigInt(info.started) / 1000000n)) / 1000 : null;
     const mem = m.process_resident_memory_bytes;
     const cards = [
       ["connections", state.totalConnections ?? "—"], ["pools", info.pools], ["keys", info.keys],
-      ["writes / s", writes], ["frames out / s", rate],
+      ["writes / s", writes], ["frames / s (one per pool)", rate],
       ["memory", mem ? `${(mem / 1048576).toFixed(1)} MiB` : `${((info.valueBytes || 0) / 1024).toFixed(1)} KiB data`],
       ["uptime", uptime == null ? "—" : fmtDuration(uptime)], ["version", info.version],
     ];
@@ -356,7 +361,7 @@ async function statePage() {
     $("#filters").innerHTML = (filters?.static ? '<p><span class="badge">static mode</span> only paths with a filter are served.</p>' : "")
       + (fs.length || rules.length ? `<table><thead><tr><th>Pattern</th><th>Kind</th></tr></thead><tbody>
         ${fs.map((f) => `<tr><td class="key">${esc(f.path)}</td><td>${esc(f.kind)}</td></tr>`).join("")}
-        ${rules.map((r) => `<tr><td class="key">${esc(r.pattern ?? r.path)}</td><td>${esc(r.kind ?? JSON.stringify(r))}</td></tr>`).join("")}</tbody></table>`
+        ${rules.map((r) => `<tr><td class="key">${esc(r.pattern)}</td><td>rule: read ${esc((r.read || []).join("|") || "none")}, write ${esc((r.write || []).join("|") || "none")}, delete ${esc((r.delete || []).join("|") || "none")}${r.schema ? ", JSON Schema" : ""}${r.readOnly ? ", read-only" : ""}</td></tr>`).join("")}</tbody></table>`
         : '<p class="muted">No filters or rules: every key is public.</p>');
   };
   await tick();

@@ -100,7 +100,7 @@ impl Server {
                 conn.to_client
                     .push_back(mux::reply_sub(&m.id, &pattern).to_vec());
             }
-            Request::Ping => conn
+            Request::Ping | Request::Auth { .. } => conn
                 .to_client
                 .push_back(mux::reply_ok(&m.id, Value::Null).to_vec()),
             Request::Op(op) => {

@@ -141,6 +141,7 @@ test("screenshots: keys, key, state, and a phone-sized screen", { timeout: 60_00
   await p.goto(`${server.base}/#/state`);
   await p.waitForSelector(".card");
   assert.match(await p.textContent("#cards"), /connections/);
+  assert.match(await p.textContent("#cards"), /MiB/, "the server's memory, from /_metrics");
   await p.screenshot({ path: path.join(shots, "state.png") });
 
   const phone = await page(`#/keys?filter=${ns}/`, { width: 390, height: 844 });
@@ -150,4 +151,37 @@ test("screenshots: keys, key, state, and a phone-sized screen", { timeout: 60_00
   await phone.screenshot({ path: path.join(shots, "phone.png") });
   await phone.close();
   await p.close();
+});
+
+test("works with a token when the server requires one", { timeout: 60_000 }, async () => {
+  const secret = "ui-test-secret-0123456789abcdef";
+  const ruled = await new Server({ args: ["--rules", path.join(root, "examples/rules.toml")], env: { STATELINE_JWT_SECRET: secret } }).start();
+  try {
+    const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+    const { createHmac } = await import("node:crypto");
+    const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: "alice", exp: Math.floor(Date.now() / 1000) + 600 })}`;
+    const token = `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+    const key = `private/alice/note${Date.now().toString(36)}`;
+    const w = await fetch(`${ruled.base}/${key}`, { method: "POST", body: '{"secret":"alice only"}', headers: { authorization: `Bearer ${token}` } });
+    assert.equal(w.status, 200, await w.text());
+
+    const p = await browser.newPage();
+    await p.goto(`${ruled.base}/#/key/${key}`);
+    await p.waitForSelector("#view .error");
+    assert.match(await p.textContent("#view"), /401/, "without a token the key is refused");
+
+    // The token dialog: stored in this browser, sent with every request and the live connection.
+    await p.click("#token-btn");
+    await p.fill("#token-input", token);
+    await p.click('#token-dialog button[value="save"]');
+    await p.waitForFunction(() => document.querySelector("#rev")?.textContent.startsWith("rev 0"));
+    assert.match(await p.textContent("#editor"), /alice only/);
+    await p.waitForSelector("#conn.open");
+    // Live through the client with the token: a change by alice elsewhere shows up.
+    await fetch(`${ruled.base}/${key}`, { method: "POST", body: '{"secret":"changed"}', headers: { authorization: `Bearer ${token}` } });
+    await p.waitForSelector("#changes li", { timeout: 10000 });
+    await p.close();
+  } finally {
+    await ruled.stop();
+  }
 });
