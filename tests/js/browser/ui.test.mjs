@@ -114,6 +114,16 @@ test("create, watch live, edit, conflict, delete", { timeout: 120_000 }, async (
   assert.equal(await get(key), null);
   await a.waitForFunction(() => /does not exist/.test(document.querySelector("#live-note").textContent), null, { timeout: 10000 });
 
+  // Push to a list from the glob's page: a new time-ordered key under the prefix.
+  await a.goto(`${server.base}/#/key/${ns}/list/*`);
+  await a.waitForSelector("#push");
+  await setEditor(a, { item: "milk" });
+  await a.click("#push");
+  await a.waitForFunction(() => document.querySelector("#toast").textContent.startsWith("Pushed as"));
+  const list = await (await fetch(`${server.base}/${ns}/list/*`)).json();
+  assert.equal(list.length, 1);
+  assert.deepEqual(list[0].data, { item: "milk" });
+
   for (const p of [a, b]) assert.deepEqual(p.outside, [], "no request leaves the server");
   await a.close();
   await b.close();
