@@ -492,3 +492,12 @@ impl Drop for Registration {
         self.shared.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// Whether applying `changes` may move the next TTL deadline earlier, so the timer task must
+/// re-read it. Only a change that leaves an expiry does; waking the timer on every write would
+/// cost a task wakeup and a lock per request (docs/BENCHMARKS.md, the HTTP write profile).
+pub fn sets_expiry(changes: &[Change]) -> bool {
+    changes
+        .iter()
+        .any(|c| c.entry.as_ref().is_some_and(|e| e.expires.is_some()))
+}

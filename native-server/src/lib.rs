@@ -334,12 +334,14 @@ impl State {
     ) -> Result<stateline_core::Applied, stateline_core::Error> {
         let tick = self.sh.tick();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let wake;
         let applied = {
             let mut hub = self.sh.lock();
             let r = hub.engine.execute_as(tick, op, who);
             hub.log_denials();
             let mut a = r?;
             let changes = std::mem::take(&mut a.changes);
+            wake = hub::sets_expiry(&changes);
             self.sh.persist(
                 &mut hub,
                 changes.clone(),
@@ -350,7 +352,9 @@ impl State {
             a.changes = changes;
             a
         };
-        self.sh.ttl_wake.notify_one();
+        if wake {
+            self.sh.ttl_wake.notify_one();
+        }
         match rx.await {
             Ok(Ok(())) => Ok(applied),
             Ok(Err(e)) => Err(stateline_core::Error::Storage(e)),

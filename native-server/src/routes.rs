@@ -281,6 +281,7 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
     };
     let req = Request::from_parts(parts, bytes);
     let tick = sh.tick();
+    let mut wake_timer = false;
     let (response, durable) = {
         let mut hub = sh.lock();
         let out = core_http::handle_as(&mut hub.engine, tick, &req, who);
@@ -288,6 +289,7 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
         if out.changes.is_empty() {
             (out.response, None)
         } else {
+            wake_timer = crate::hub::sets_expiry(&out.changes);
             let (tx, rx) = tokio::sync::oneshot::channel();
             sh.persist(
                 &mut hub,
@@ -304,7 +306,9 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
         let committed = rx
             .await
             .unwrap_or_else(|_| Err("the commit was dropped".into()));
-        sh.ttl_wake.notify_one();
+        if wake_timer {
+            sh.ttl_wake.notify_one();
+        }
         if let Err(e) = committed {
             return storage_failed(sh, req.headers(), req.uri().path(), &e);
         }

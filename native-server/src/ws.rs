@@ -300,8 +300,8 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
                     hub.log_denials();
                     match done {
                         Ok(mut a) => {
-                            wrote = true;
                             let changes = std::mem::take(&mut a.changes);
+                            wrote = crate::hub::sets_expiry(&changes);
                             let ok = mux::reply_applied(&m.id, name, &a);
                             let (id, sink) = (m.id.clone(), sink.clone());
                             // The acknowledgement waits for the commit (with a disk); the frames
