@@ -403,10 +403,20 @@ impl Namespace {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let body = if declared.is_some_and(|n| n > max) {
-            // The core answers 413 for an oversized body; do not read it into memory first.
-            Bytes::from(vec![0u8; max + 1])
-        } else if convert::has_body(&req.method()) {
+        if declared.is_some_and(|n| n > max) {
+            // Refused before reading a byte of it, as the native server does (problem+json on
+            // Stateline's own routes, ooo's text elsewhere).
+            return if head.uri().path().starts_with("/_") {
+                convert::problem(413, "too-large", "Request Entity Too Large")
+            } else {
+                convert::text(
+                    413,
+                    "text/plain; charset=utf-8",
+                    "Request Entity Too Large\n",
+                )
+            };
+        }
+        let body = if convert::has_body(&req.method()) {
             Bytes::from(req.bytes().await.unwrap_or_default())
         } else {
             Bytes::new()
