@@ -44,6 +44,8 @@ pub enum Target {
     Root,
     /// `GET /?api=keys` in namespace mode: ask every namespace in the registry and merge.
     AllKeys,
+    /// `GET /?api=info` or `?api=state` in namespace mode: every namespace's, summed or merged.
+    AllState(String),
     /// `GET /_health` in namespace mode without `?ns=`: the worker answers for itself.
     Health,
     /// Refused before any object is woken: status and reason.
@@ -163,6 +165,7 @@ pub fn target(
             .map(|(_, v)| v);
         return match api.as_deref() {
             Some("keys") => Target::AllKeys,
+            Some(api @ ("info" | "state")) => Target::AllState(api.to_string()),
             _ => Target::Object(SYSTEM.into()),
         };
     }
@@ -229,6 +232,10 @@ mod tests {
             obj("chat")
         );
         assert_eq!(ns("GET", "/", "api=keys", false, false), Target::AllKeys);
+        assert_eq!(
+            ns("GET", "/", "api=state", false, false),
+            Target::AllState("state".into())
+        );
         assert_eq!(ns("GET", "/", "", true, false), obj(SYSTEM));
         assert_eq!(ns("GET", "/_health", "", false, false), Target::Health);
         assert_eq!(ns("GET", "/", "", false, false), Target::Root);

@@ -62,6 +62,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
             json!({"status": "ok", "mode": "namespace"}).to_string(),
         ),
         Target::AllKeys => all_keys(&env, &query, head.headers()).await,
+        Target::AllState(api) => all_state(&env, &api, head.headers()).await,
         Target::Object(name) => {
             let ns = if mode == Mode::Single || name == route::SYSTEM {
                 String::new()
@@ -131,11 +132,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
             )
         }
     };
-    let registry = objects.id_from_name(route::SYSTEM)?.get_stub()?;
-    let mut r = registry
-        .fetch_with_str(&format!("https://edge{NAMESPACES}"))
-        .await?;
-    let names: Vec<String> = r.json().await?;
+    let names = namespaces(env).await?;
     let mut keys: Vec<String> = Vec::new();
     let enc = |s: &str| {
         js_sys::encode_uri_component(s)
@@ -179,6 +176,63 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
     let page_keys: Vec<&String> = keys.iter().skip((page - 1) * limit).take(limit).collect();
     let body =
         json!({"keys": page_keys, "total": total, "page": page, "limit": limit, "filter": filter});
+    let mut r = convert::text(200, "application/json", body.to_string())?;
+    r.headers_mut().set("cache-control", "no-cache")?;
+    Ok(r)
+}
+
+/// Every namespace in the registry (the system object's list).
+async fn namespaces(env: &Env) -> Result<Vec<String>> {
+    let registry = env
+        .durable_object(BINDING)?
+        .id_from_name(route::SYSTEM)?
+        .get_stub()?;
+    let mut r = registry
+        .fetch_with_str(&format!("https://edge{NAMESPACES}"))
+        .await?;
+    r.json().await
+}
+
+/// `GET /?api=info` and `?api=state` across namespaces, so the UI's State page shows the whole
+/// deployment: counts summed, pools listed together (each object answers as the caller, so the
+/// rules filter what it shows), the system object (the clock stream's) included.
+async fn all_state(env: &Env, api: &str, headers: &http::HeaderMap) -> Result<Response> {
+    let objects = env.durable_object(BINDING)?;
+    let mut names = namespaces(env).await?;
+    names.insert(0, route::SYSTEM.to_string());
+    let mut parts = Vec::with_capacity(names.len());
+    for ns in &names {
+        let stub = objects.id_from_name(ns)?.get_stub()?;
+        let q = if ns == route::SYSTEM {
+            String::new()
+        } else {
+            format!("&ns={ns}")
+        };
+        let mut r = stub
+            .fetch_with_request(as_caller(&format!("https://edge/?api={api}{q}"), headers)?)
+            .await?;
+        if r.status_code() == 200 {
+            parts.push(r.json::<Value>().await?);
+        }
+    }
+    let sum = |field: &str| -> u64 { parts.iter().filter_map(|p| p.get(field)?.as_u64()).sum() };
+    let body = if api == "state" {
+        let pools: Vec<Value> = parts
+            .iter()
+            .filter_map(|p| p.get("pools")?.as_array().cloned())
+            .flatten()
+            .collect();
+        json!({"pools": pools, "totalConnections": sum("totalConnections"), "namespaces": names.len() - 1})
+    } else {
+        let mut v = parts.first().cloned().unwrap_or_else(|| json!({}));
+        for f in ["keys", "valueBytes", "pools", "subscribers", "logEntries"] {
+            v[f] = json!(sum(f));
+        }
+        // Sequence numbers are per object: there is no deployment-wide one.
+        v["seq"] = Value::Null;
+        v["namespaces"] = json!(names.len() - 1);
+        v
+    };
     let mut r = convert::text(200, "application/json", body.to_string())?;
     r.headers_mut().set("cache-control", "no-cache")?;
     Ok(r)

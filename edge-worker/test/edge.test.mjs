@@ -115,6 +115,15 @@ describe("the edge worker in workerd", () => {
     expect(hb2.seq).toBe(hb.seq);
     const keys = await (await SELF.fetch(`${base}/?api=keys&limit=500`)).json();
     expect(keys.keys).toEqual(expect.arrayContaining([`${a}/1`, `${a}/2`, `${b}/1`]));
+    // The UI's State page sees the whole deployment: counts summed over the namespaces.
+    const info = await (await SELF.fetch(`${base}/?api=info`)).json();
+    expect(info.keys).toBeGreaterThanOrEqual(3);
+    expect(info.namespaces).toBeGreaterThanOrEqual(2);
+    const ws = await openSocket(`/${a}/1`);
+    await ws.next();
+    const state = await (await SELF.fetch(`${base}/?api=state`)).json();
+    expect(state.pools.map((p) => p.key)).toContain(`${a}/1`);
+    ws.close();
     // A glob across namespaces is refused with the reason, and changes nothing.
     const r = await SELF.fetch(`${base}/*/1`);
     expect(r.status).toBe(400);
