@@ -888,6 +888,16 @@ impl Engine {
         }
     }
 
+    /// Whether a subscriber of `pool` (on `pattern`) may stay in it as `who`: the same pool is
+    /// what `who` would join. After a connection changes its token (`/_ws` `auth`), the adapter
+    /// drops the subscriptions this says no to.
+    pub fn keeps_pool(&mut self, pattern: &Pattern, pool: PoolId, who: &Identity) -> bool {
+        match self.audience(pattern, who) {
+            Ok(a) => self.pools.audience(pool) == Some(&a),
+            Err(_) => false,
+        }
+    }
+
     /// Leaves a pool.
     pub fn leave(&mut self, id: PoolId) {
         self.pools.leave(id);

@@ -77,3 +77,12 @@ pub fn problem(status: u16, code: &str, detail: &str) -> Result<Response> {
     });
     text(status, "application/problem+json", body.to_string())
 }
+
+/// A subscription the core refused, answered before any upgrade (as the native server does).
+pub fn refused(e: &stateline_core::Error) -> Result<Response> {
+    text(
+        e.status().as_u16(),
+        "text/plain; charset=utf-8",
+        format!("{e}\n"),
+    )
+}

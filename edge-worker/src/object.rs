@@ -441,8 +441,8 @@ impl Namespace {
             (wrote, convert::response(out.response))
         };
         if wrote.0 {
+            // The alarm is re-armed by `fetch` after every request.
             self.announce().await?;
-            self.arm().await?;
         }
         wrote.1
     }
@@ -477,11 +477,7 @@ impl Namespace {
             }
             Err(e) => {
                 live.drop_conn(id);
-                return convert::text(
-                    e.status().as_u16(),
-                    "text/plain; charset=utf-8",
-                    format!("{e}\n"),
-                );
+                return convert::refused(&e);
             }
         }
         let mut headers = http::HeaderMap::new();
@@ -540,11 +536,7 @@ impl Namespace {
                     }
                     Err(e) => {
                         live.drop_conn(id);
-                        return convert::text(
-                            e.status().as_u16(),
-                            "text/plain; charset=utf-8",
-                            format!("{e}\n"),
-                        );
+                        return convert::refused(&e);
                     }
                 }
             }
@@ -908,11 +900,7 @@ fn mux_auth(
         let Ok(p) = Pattern::from_http_path(&path, true) else {
             continue;
         };
-        let same = match live.engine.audience(&p, &new) {
-            Ok(a) => live.engine.pools().audience(pool) == Some(&a),
-            Err(_) => false,
-        };
-        if !same {
+        if !live.engine.keeps_pool(&p, pool, &new) {
             live.leave(att.id, &path);
             next.subs.retain(|s| *s != path);
             dropped.push(p.as_str());

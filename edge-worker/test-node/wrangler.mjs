@@ -19,16 +19,19 @@ export function freePort() {
   });
 }
 
-export async function startEdge({ port, state, mode = "namespace", vars = {}, log = () => {} }) {
+// By default the edge worker (edge-worker/wrangler.toml), ready when /_health answers 200.
+// `script` runs another Worker file instead (no wrangler.toml), ready when it answers at all.
+export async function startEdge({ port, state, mode = "namespace", vars = {}, script, log = () => {} }) {
   port ??= await freePort();
   const args = [
-    "dev", "--local", "--ip", "127.0.0.1", "--port", String(port),
+    "dev", ...(script ? [script, "--name", "stateline-test", "--compatibility-date", "2026-04-20"] : []),
+    "--local", "--ip", "127.0.0.1", "--port", String(port),
     "--show-interactive-dev-session=false", "--persist-to", state,
     "--var", `STATELINE_MODE:${mode}`,
     ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
   ];
   const child = spawn(path.join(root, "node_modules/.bin/wrangler"), args, {
-    cwd: path.join(root, "edge-worker"),
+    cwd: script ? path.dirname(script) : path.join(root, "edge-worker"),
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
@@ -42,7 +45,8 @@ export async function startEdge({ port, state, mode = "namespace", vars = {}, lo
     if (child.exitCode !== null) throw new Error(`wrangler exited (${child.exitCode}):\n${output}`);
     try {
       const r = await fetch(`${url}/_health`);
-      if (r.ok) break;
+      await r.body?.cancel();
+      if (r.ok || script) break;
     } catch {}
     if (Date.now() > deadline) {
       stop(child);

@@ -224,11 +224,7 @@ fn mux_auth(
     let mut dropped = Vec::new();
     let subs: Vec<_> = reg.pools.iter().map(|(p, i)| (p.clone(), *i)).collect();
     for (pattern, pool) in subs {
-        let same = match hub.engine.audience(&pattern, &new) {
-            Ok(a) => hub.engine.pools().audience(pool) == Some(&a),
-            Err(_) => false,
-        };
-        if !same {
+        if !hub.engine.keeps_pool(&pattern, pool, &new) {
             reg.pools.remove(&pattern);
             hub.leave(pool, reg.conn);
             dropped.push(pattern.as_str());

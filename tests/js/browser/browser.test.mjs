@@ -95,8 +95,11 @@ test("AtomKV's examples from a page that includes only the script tag", async ()
     }
   });
   await until(() => p1.evaluate(() => true), "the page");
-  // The generator subscribes when first pulled; give it its snapshot before writing.
-  await new Promise((res) => setTimeout(res, 300));
+  // The generator subscribes when first pulled: write only once the server holds its pool.
+  await until(async () => {
+    const st = await s.json("/?api=state");
+    return st && st.pools.some((p) => p.key === "sess1/" && p.connections > 0);
+  }, "the subscription to /sess1/ on the server");
   await p2.evaluate(async () => {
     await AtomKV.set("/sess1x", "not under /sess1/");
     await AtomKV.set("/sess1/a", 1);
