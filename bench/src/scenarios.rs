@@ -101,8 +101,11 @@ pub async fn writes(run: &Running, conns: usize, secs: f64) -> Result<Writes, St
                     let path = format!("/bench/w{c}");
                     while Instant::now() < stop {
                         let t = Instant::now();
-                        match h.request("POST", &path, "application/json", body).await {
-                            Ok((200, _)) => hist.record(t.elapsed().as_micros() as u64),
+                        match h
+                            .request_status("POST", &path, "application/json", body)
+                            .await
+                        {
+                            Ok(200) => hist.record(t.elapsed().as_micros() as u64),
                             _ => {
                                 errors.fetch_add(1, Ordering::Relaxed);
                             }

@@ -347,19 +347,33 @@ async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
     let ctl = reg.ctl.clone();
+    // The reasons to close are waited for by futures made once per connection, not once per
+    // frame: a `Notified` or `changed()` built in the loop would enter and leave its waiter
+    // list (a lock each way) for every frame delivered.
+    let closing = async {
+        tokio::select! {
+            biased;
+            _ = ctl.wake.notified() => Exit::Lagging,
+            _ = shutdown.wait_for(|s| *s) => Exit::Shutdown,
+        }
+    };
+    tokio::pin!(closing);
+    // The token's expiry (`auth` on `/_ws` can move it): one timer, reset when it changes.
+    let mut expires = reg.expires;
+    let expiry = crate::hub::until(expires);
+    tokio::pin!(expiry);
     let exit = loop {
         if ctl.is_lagged() {
             break Exit::Lagging;
         }
-        let expires = reg.expires;
-        if *shutdown.borrow() {
-            break Exit::Shutdown;
+        if reg.expires != expires {
+            expires = reg.expires;
+            expiry.set(crate::hub::until(expires));
         }
         tokio::select! {
             biased;
-            _ = ctl.wake.notified() => break Exit::Lagging,
-            _ = shutdown.changed() => break Exit::Shutdown,
-            _ = crate::hub::until(expires) => break Exit::TokenExpired,
+            e = &mut closing => break e,
+            _ = &mut expiry => break Exit::TokenExpired,
             m = rx.recv() => {
                 let Some(first) = m else { break Exit::WriteFailed };
                 // Coalesce: everything already queued goes out with one flush. Bounded by the
@@ -379,8 +393,7 @@ async fn run(
                         Ok(Ok(())) => {}
                         _ => break Exit::WriteFailed,
                     },
-                    _ = ctl.wake.notified() => break Exit::Lagging,
-                    _ = shutdown.changed() => break Exit::Shutdown,
+                    e = &mut closing => break e,
                 }
             }
             _ = ping.tick() => {
