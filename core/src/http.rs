@@ -9,7 +9,7 @@
 //! (native server, edge worker) call exactly this; they own only sockets and disks.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -274,14 +274,15 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
 /// Headers every response carries: AtomKV's CORS set, narrowed to the configured origins.
 pub fn cors_headers(engine: &Engine, req: &HeaderMap, out: &mut HeaderMap) {
     let origins = &engine.config().cors_origins;
+    // Static values, parsed once: every response carries these (AtomKV's contract).
     let allow = if origins.iter().any(|o| o == "*") {
-        Some("*".to_string())
+        Some(HeaderValue::from_static("*"))
     } else {
         header_str(req, header::ORIGIN)
             .filter(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
-            .map(str::to_string)
+            .and_then(|o| HeaderValue::from_str(o).ok())
     };
-    if let Some(a) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    if let Some(a) = allow {
         if a != "*" {
             out.append(header::VARY, HeaderValue::from_static("Origin"));
         }
@@ -301,6 +302,9 @@ pub fn cors_headers(engine: &Engine, req: &HeaderMap, out: &mut HeaderMap) {
     }
 }
 
+/// `X-Revision`, AtomKV's revision header.
+const X_REVISION: HeaderName = HeaderName::from_static("x-revision");
+
 fn respond(
     engine: &Engine,
     req: &HeaderMap,
@@ -310,6 +314,9 @@ fn respond(
 ) -> Response<Bytes> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
+    // Room for every header a response gets (CORS, type, revision, ETag) without regrowing
+    // the map, which was a tenth of a write's time in the core's benchmark.
+    *r.headers_mut() = HeaderMap::with_capacity(12);
     if status == StatusCode::UNAUTHORIZED {
         // Plain-text bodies are the reason itself; problem documents replace this below.
         let challenge = www_authenticate(&String::from_utf8_lossy(r.body()));
@@ -389,7 +396,7 @@ fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
 
 fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
     let h = r.headers_mut();
-    h.insert("x-revision", HeaderValue::from(e.revision));
+    h.insert(X_REVISION, HeaderValue::from(e.revision));
     if let Ok(v) = HeaderValue::from_str(&e.etag()) {
         h.insert(header::ETAG, v);
     }
@@ -520,7 +527,14 @@ pub fn handle_as(
 type Routed = Result<(Response<Bytes>, Vec<Change>), Error>;
 
 fn index_body(key: &str) -> Bytes {
-    json::encode(&json!({ "index": crate::key::last_segment(key) })).into()
+    // `{"index":"<last segment>"}`, written directly: this is every POST's answer.
+    let last = crate::key::last_segment(key);
+    let mut out = Vec::with_capacity(last.len() + 12);
+    out.extend_from_slice(br#"{"index":"#);
+    // A string always serializes.
+    let _ = serde_json::to_writer(&mut out, last);
+    out.push(b'}');
+    out.into()
 }
 
 fn written(

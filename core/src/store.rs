@@ -196,8 +196,11 @@ impl Store {
         ttl: Ttl,
         patch: Option<Arc<json_patch::Patch>>,
     ) -> Change {
-        let key: Arc<str> = self.key_arc(key).unwrap_or_else(|| key.into());
-        let prev = self.map.get(&key).cloned();
+        // One lookup for the shared key and the previous entry (this runs for every write).
+        let (key, prev) = match self.map.get_key_value(key) {
+            Some((k, e)) => (k.clone(), Some(e.clone())),
+            None => (Arc::from(key), None),
+        };
         let seq = self.next_seq();
         let (created, updated, revision) = match &prev {
             None => (now, 0, 0),
@@ -262,18 +265,26 @@ impl Store {
     }
 
     fn install(&mut self, key: &Arc<str>, entry: Option<Entry>) {
-        if let Some(old) = self.map.remove(key) {
+        let old = match entry {
+            Some(e) => {
+                self.bytes += e.json.len();
+                if let Some(d) = e.expires {
+                    self.deadlines.insert((d, key.clone()));
+                }
+                // Replaces in one walk of the map.
+                self.map.insert(key.clone(), e)
+            }
+            None => self.map.remove(key),
+        };
+        if let Some(old) = old {
             self.bytes -= old.json.len();
             if let Some(d) = old.expires {
-                self.deadlines.remove(&(d, key.clone()));
+                // Unless the new entry expires at the same moment (then that one stays).
+                let same = self.map.get(key).and_then(|e| e.expires) == Some(d);
+                if !same {
+                    self.deadlines.remove(&(d, key.clone()));
+                }
             }
-        }
-        if let Some(e) = entry {
-            self.bytes += e.json.len();
-            if let Some(d) = e.expires {
-                self.deadlines.insert((d, key.clone()));
-            }
-            self.map.insert(key.clone(), e);
         }
     }
 
@@ -374,6 +385,12 @@ mod tests {
         assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
         s.put("b", v(json!(2)), 5, Ttl::Keep, None);
         assert_eq!(s.get("b").unwrap().expires, Some(10));
+        // Rewritten with the same deadline: still in the index.
+        assert_eq!(s.next_deadline(), Some(10));
+        assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
+        s.remove("a");
+        assert_eq!(s.expired(100), vec![Arc::<str>::from("b")]);
+        s.put("a", v(json!(1)), 7, Ttl::After(43), None);
         s.put("b", v(json!(2)), 6, Ttl::Clear, None);
         assert_eq!(s.next_deadline(), Some(50));
     }

@@ -154,12 +154,6 @@ pub struct ServeArgs {
     )]
     pub allow_origin: Vec<String>,
 
-    /// Threads that serve connections, each with its own event loop (a connection stays on
-    /// the thread that accepted it, so its request and socket work never hops between
-    /// threads). 0: one per CPU. The timers and the accept loop run on the caller's runtime.
-    #[arg(long, env = "STATELINE_IO_THREADS", default_value_t = 0)]
-    pub io_threads: usize,
-
     /// Time given to open requests and sockets to finish after SIGINT/SIGTERM.
     #[arg(long, env = "STATELINE_DRAIN", default_value = "10s", value_parser = parse_duration)]
     pub drain: Duration,

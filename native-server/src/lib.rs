@@ -377,8 +377,7 @@ async fn run_shared(
     let app = router(shared.clone());
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
-    let mut io = IoThreads::start(args.io_threads)?;
-    let server = accept_loop(listener, app, stop_rx.clone(), args.header_timeout, &mut io);
+    let server = accept_loop(listener, app, stop_rx.clone(), args.header_timeout);
     let drain = args.drain;
     let stopper = async move {
         signal.await;
@@ -397,69 +396,8 @@ async fn run_shared(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     timers.abort();
-    drop(io);
     tracing::info!(open = shared.live(), "stopped");
     Ok(())
-}
-
-/// The threads that serve connections: each runs its own current-thread runtime (event loop,
-/// timers), and a connection lives on one of them from accept to close, so its reads, writes and
-/// wake-ups never move between threads. The benchmark's HTTP profile (docs/BENCHMARKS.md) showed
-/// a work-stealing pool spending more time handing connections between its workers than serving
-/// them.
-struct IoThreads {
-    handles: Vec<tokio::runtime::Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    next: usize,
-}
-
-impl IoThreads {
-    /// Starts `n` threads (0: one per CPU).
-    fn start(n: usize) -> Result<IoThreads, std::io::Error> {
-        let n = if n == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            n
-        };
-        let mut io = IoThreads {
-            handles: Vec::with_capacity(n),
-            stops: Vec::with_capacity(n),
-            next: 0,
-        };
-        for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            io.handles.push(rt.handle().clone());
-            io.stops.push(stop);
-            // Runs until `stop` is sent or dropped; whatever is still on the runtime then is
-            // dropped with it (the server waited for its connections before that).
-            std::thread::Builder::new()
-                .name(format!("stateline-io-{i}"))
-                .spawn(move || {
-                    rt.block_on(async {
-                        let _ = stopped.await;
-                    })
-                })?;
-        }
-        Ok(io)
-    }
-
-    /// The thread for the next connection (round robin).
-    fn pick(&mut self) -> &tokio::runtime::Handle {
-        let h = &self.handles[self.next % self.handles.len()];
-        self.next = self.next.wrapping_add(1);
-        h
-    }
-}
-
-impl Drop for IoThreads {
-    fn drop(&mut self) {
-        for s in self.stops.drain(..) {
-            let _ = s.send(());
-        }
-    }
 }
 
 /// Accepts connections and serves HTTP/1.1 on each (with upgrades for WebSockets) until `stop`
@@ -471,7 +409,6 @@ async fn accept_loop(
     app: Router,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
-    io: &mut IoThreads,
 ) -> Result<(), std::io::Error> {
     use hyper::server::conn::http1;
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -485,7 +422,7 @@ async fn accept_loop(
             // Reap finished connection tasks so the set does not grow.
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let (io_stream, _peer) = match accepted {
+        let (io, _peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -494,38 +431,24 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = io_stream.set_nodelay(true);
-        // Leaves this runtime's event loop; registered again on the connection's thread.
-        let std_stream = match io_stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand the connection to a thread");
-                continue;
-            }
-        };
+        let _ = io.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
         let mut conn_stop = stop.clone();
-        conns.spawn_on(
-            async move {
-                let Ok(tcp) = tokio::net::TcpStream::from_std(std_stream) else {
-                    return;
-                };
-                let mut b = http1::Builder::new();
-                b.timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let conn = b.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    // The guard `wait_for` returns is dropped inside, before the next await.
-                    _ = async { drop(conn_stop.wait_for(|s| *s).await) } => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
+        conns.spawn(async move {
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                // The guard `wait_for` returns is dropped inside, before the next await.
+                _ = async { drop(conn_stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
-            },
-            io.pick(),
-        );
+            }
+        });
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
@@ -592,53 +515,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IoThreads;
-
-    /// Connections are spread round robin over the I/O threads, each task runs on the thread it
-    /// was handed to, and dropping the set stops the threads.
-    #[test]
-    fn io_threads_take_connections_in_turn_and_stop_when_dropped() {
-        let mut io = IoThreads::start(2).expect("threads start");
-        assert_eq!(io.handles.len(), 2);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let names: Vec<String> = (0..4)
-            .map(|_| {
-                let task = io
-                    .pick()
-                    .spawn(async { std::thread::current().name().map(str::to_owned) });
-                rt.block_on(task).expect("task ran").expect("named thread")
-            })
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "stateline-io-0",
-                "stateline-io-1",
-                "stateline-io-0",
-                "stateline-io-1"
-            ]
-        );
-        let weak = io.handles[0].clone();
-        drop(io);
-        // A stopped thread's runtime is gone: its tasks never run.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let probe = weak.spawn(async {});
-            match rt.block_on(probe) {
-                Err(e) if e.is_cancelled() => break,
-                _ if std::time::Instant::now() > deadline => panic!("I/O thread still running"),
-                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-        let defaulted = IoThreads::start(0).expect("threads start");
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(defaulted.handles.len(), cpus);
     }
 }

@@ -1,0 +1,91 @@
+//! The HTTP stack's ceiling for the write benchmark: the same tokio runtime and hyper HTTP/1.1
+//! connection setup as `stateline serve`, answering every request with the headers and body a
+//! Stateline write returns, but with no router, no lock and no core behind it. What the
+//! benchmark measures against this is the most any server on this stack could do on the
+//! machine (docs/BENCHMARKS.md, "Why the HTTP target is missed").
+//!
+//! ```sh
+//! cargo build --release -p stateline-server --example http_ceiling
+//! STATELINE_BIN=target/release/examples/http_ceiling \
+//!   target/release/stateline-bench --quick --systems stateline --only writes --out /tmp/ceiling
+//! ```
+//! It takes the `serve --addr HOST:PORT` arguments the benchmark passes and ignores the rest.
+//! With `CEILING_CORE=1` every request goes through the core's HTTP function on one engine
+//! behind a mutex (what the server does, minus its router, access checks and hooks).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, ETAG};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+static ENGINE: std::sync::OnceLock<(std::sync::Mutex<stateline_core::Engine>, stateline_server::hub::Clocks)> =
+    std::sync::OnceLock::new();
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Read the body, as a write does.
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    if std::env::var_os("CEILING_CORE").is_some() {
+        let (engine, clocks) = ENGINE.get_or_init(|| {
+            let clocks = stateline_server::hub::Clocks::new();
+            let e = stateline_core::Engine::new(clocks.tick(), Default::default(), Default::default());
+            (std::sync::Mutex::new(e), clocks)
+        });
+        let req = Request::from_parts(parts, body);
+        let tick = clocks.tick();
+        let out = {
+            let mut e = engine.lock().unwrap();
+            let out = stateline_core::http::handle(&mut e, tick, &req);
+            e.publish(&out.changes);
+            out
+        };
+        return Ok(out.response.map(Full::new));
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(br#"{"index":"w1"}"#)));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert("access-control-allow-headers", HeaderValue::from_static("*"));
+    h.insert("access-control-allow-methods", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("X-Revision, ETag, X-Version"),
+    );
+    h.insert("x-revision", HeaderValue::from_static("0"));
+    h.insert(ETAG, HeaderValue::from_static("\"18eab3330ad8b778\""));
+    Ok(r)
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let addr = args
+        .iter()
+        .position(|a| a == "--addr")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:8800".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut b = http1::Builder::new();
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10));
+                let _ = b
+                    .serve_connection(TokioIo::new(tcp), service_fn(answer))
+                    .await;
+            });
+        }
+    })
+}
