@@ -24,17 +24,24 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-static ENGINE: std::sync::OnceLock<(std::sync::Mutex<stateline_core::Engine>, stateline_server::hub::Clocks)> =
-    std::sync::OnceLock::new();
+static ENGINE: std::sync::OnceLock<(
+    std::sync::Mutex<stateline_core::Engine>,
+    stateline_server::hub::Clocks,
+)> = std::sync::OnceLock::new();
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the body, as a write does.
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     if std::env::var_os("CEILING_CORE").is_some() {
         let (engine, clocks) = ENGINE.get_or_init(|| {
             let clocks = stateline_server::hub::Clocks::new();
-            let e = stateline_core::Engine::new(clocks.tick(), Default::default(), Default::default());
+            let e =
+                stateline_core::Engine::new(clocks.tick(), Default::default(), Default::default());
             (std::sync::Mutex::new(e), clocks)
         });
         let req = Request::from_parts(parts, body);
@@ -51,8 +58,14 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert("access-control-allow-headers", HeaderValue::from_static("*"));
-    h.insert("access-control-allow-methods", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("*"),
+    );
     h.insert(
         "access-control-expose-headers",
         HeaderValue::from_static("X-Revision, ETag, X-Version"),

@@ -374,10 +374,14 @@ async fn run_shared(
     stop_rx: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let timers = tokio::spawn(timer_task(shared.clone()));
-    let app = router(shared.clone());
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
-    let server = accept_loop(listener, app, stop_rx.clone(), args.header_timeout);
+    let server = accept_loop(
+        listener,
+        shared.clone(),
+        stop_rx.clone(),
+        args.header_timeout,
+    );
     let drain = args.drain;
     let stopper = async move {
         signal.await;
@@ -403,16 +407,17 @@ async fn run_shared(
 /// Accepts connections and serves HTTP/1.1 on each (with upgrades for WebSockets) until `stop`
 /// flips, then asks every connection to finish its current request and waits for them all.
 /// Unlike `axum::serve`, hyper gets a timer here, so a client that sends its request headers too
-/// slowly (slowloris) is dropped after `header_timeout`.
+/// slowly (slowloris) is dropped after `header_timeout`. Requests go straight to
+/// [`routes::serve_request`]: the core routes every path, so a router in front of it (the
+/// [`router`] for embedding) would only add a boxed service call per request.
 async fn accept_loop(
     listener: TcpListener,
-    app: Router,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
 ) -> Result<(), std::io::Error> {
     use hyper::server::conn::http1;
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
 
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -432,7 +437,14 @@ async fn accept_loop(
             }
         };
         let _ = io.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        let sh = shared.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let sh = sh.clone();
+            async move {
+                let r = routes::serve_request(sh, req.map(axum::body::Body::new)).await;
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        });
         let mut conn_stop = stop.clone();
         conns.spawn(async move {
             let mut b = http1::Builder::new();

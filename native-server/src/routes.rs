@@ -21,8 +21,13 @@ use std::sync::atomic::Ordering;
 use crate::hub::Shared;
 use crate::ws;
 
-/// The one handler: asks the core what the request is and who asks, then serves it.
+/// The one handler (as an axum fallback, for [`crate::router`]).
 pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Response {
+    serve_request(sh, req).await
+}
+
+/// Serves one request: asks the core what it is and who asks, then answers it.
+pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
     let started = std::time::Instant::now();
     sh.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
@@ -290,30 +295,38 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
             (out.response, None)
         } else {
             wake_timer = crate::hub::sets_expiry(&out.changes);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            sh.persist(
-                &mut hub,
-                out.changes,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            (out.response, Some(rx))
+            if sh.is_durable() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                sh.persist(
+                    &mut hub,
+                    out.changes,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+                (out.response, Some(rx))
+            } else {
+                // In memory: published now, under this lock (what `persist` does without a
+                // disk, minus a channel per request).
+                hub.commit(&out.changes);
+                (out.response, None)
+            }
         }
     };
-    if let Some(rx) = durable {
-        // Acknowledge only once the write is on disk (at once in memory mode).
-        let committed = rx
+    // Acknowledge only once the write is on disk.
+    let committed = match durable {
+        Some(rx) => rx
             .await
-            .unwrap_or_else(|_| Err("the commit was dropped".into()));
-        if wake_timer {
-            sh.ttl_wake.notify_one();
-        }
-        if let Err(e) = committed {
-            return storage_failed(sh, req.headers(), req.uri().path(), &e);
-        }
+            .unwrap_or_else(|_| Err("the commit was dropped".into())),
+        None => Ok(()),
+    };
+    if wake_timer {
+        sh.ttl_wake.notify_one();
     }
-    response.map(Body::from)
+    match committed {
+        Ok(()) => response.map(Body::from),
+        Err(e) => storage_failed(sh, req.headers(), req.uri().path(), &e),
+    }
 }
 
 fn problem(
