@@ -1,13 +1,18 @@
 // The web UI in headless Chromium against a real server: create a key in one page, see it appear
 // in a second page's live view, edit it there, get a visible conflict when a third client changed
-// it first, delete it. Screenshots of every page go to docs/screenshots/ (shown in the README).
+// it first, delete it. Every page is screenshotted; with STATELINE_SCREENSHOTS=1 the pictures go to
+// docs/screenshots/ (shown in the README), otherwise to a temporary folder, so a test run leaves
+// the working tree as it was.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { launchChromium, root, Server } from "../harness.mjs";
 
-const shots = path.join(root, "docs/screenshots");
+const shots = process.env.STATELINE_SCREENSHOTS
+  ? path.join(root, "docs/screenshots")
+  : path.join(os.tmpdir(), "stateline-screenshots");
 let server, browser;
 
 before(async () => {
