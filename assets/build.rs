@@ -1,10 +1,9 @@
 //! Embeds what `npm run build:client` and `npm run build:ui` produced (wasm-client/dist and
-//! www/dist), each file with its gzip and an entity tag. A plain `cargo build` on a fresh clone
+//! www/dist), each file with an entity tag and (feature `gzip`) its gzipped copy. A plain `cargo build` on a fresh clone
 //! must still work without Node or the wasm tools: a missing file is embedded as absent, and the
 //! server answers it with 503 saying how to build it.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 
 // (URL path, file relative to the workspace root, content type)
@@ -37,6 +36,20 @@ fn fnv1a(b: &[u8]) -> u64 {
     })
 }
 
+/// The gzipped copy of `bytes` (empty without the `gzip` feature: nothing is sent gzipped).
+#[cfg(feature = "gzip")]
+fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).expect("in memory");
+    gz.finish().expect("in memory")
+}
+
+#[cfg(not(feature = "gzip"))]
+fn gzipped(_: &[u8]) -> Vec<u8> {
+    Vec::new()
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -50,9 +63,7 @@ fn main() {
         );
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-                gz.write_all(&bytes).expect("in memory");
-                let gz = gz.finish().expect("in memory");
+                let gz = gzipped(&bytes);
                 let plain = out.join(format!("asset{i}"));
                 let zipped = out.join(format!("asset{i}.gz"));
                 std::fs::write(&plain, &bytes).expect("OUT_DIR is writable");

@@ -35,6 +35,9 @@ cargo build -p stateline-server --bin stateline
 step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
 # The client script was built above: its absence from the server is a failure, not a skip.
 STATELINE_EXPECT_CLIENT=1 cargo test --workspace
+# The embedded files as the edge worker builds them (no gzipped copies; the workspace build above
+# unifies the feature on).
+cargo test -p stateline-assets --no-default-features
 
 step "JS tests (Node: the client's ES module; headless Chromium: the single-file script and the UI)"
 bash scripts/test-js.sh
