@@ -4,8 +4,9 @@
 # the HTTP target is missed"). Writes are counted from the generator's reported rate.
 # Usage: bash bench/scripts/cpu-per-request.sh stateline|redis [rounds]
 # Needs the release build (bash scripts/bench.sh builds it) and the peers installed.
-# The environment passes through: STATELINE_IO_THREADS=2 measures the server with two I/O
-# threads; STATELINE_BIN=target/release/examples/http_ceiling measures the bare HTTP stack.
+# The environment passes through: STATELINE_BIN=target/release/examples/http_ceiling measures
+# the bare HTTP stack (add CEILING_CORE=1 for the core behind a mutex), STATELINE_BIN=<path>
+# any other build of the server.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sys=${1:?stateline or redis}

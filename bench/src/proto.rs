@@ -156,9 +156,10 @@ impl Http {
         let buf = self.r.fill_buf().await?;
         let (status, len, chunked) = match head_end(buf) {
             Some(end) => {
-                let head = parse_head(&buf[..end])?;
+                // Consumed even when it does not parse, so a bad reply is not read again.
+                let head = parse_head(&buf[..end]);
                 self.r.consume(end);
-                head
+                head?
             }
             None => self.split_head().await?,
         };
@@ -368,13 +369,13 @@ impl Redis {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            if buf[0] == b'-' {
-                return Err(io::Error::other(
-                    String::from_utf8_lossy(&buf[..nl]).into_owned(),
-                ));
-            }
+            let error = (buf[0] == b'-').then(|| String::from_utf8_lossy(&buf[..nl]).into_owned());
+            // Consumed either way: the next command reads its own reply.
             self.r.consume(nl + 1);
-            return Ok(());
+            return match error {
+                Some(e) => Err(io::Error::other(e)),
+                None => Ok(()),
+            };
         }
         // A reply split across reads (rare).
         let mut line = Vec::new();
