@@ -767,23 +767,7 @@ fn diff(sub: &mut Sub, view: &Value, revs: &[(String, i64)], snapshot: bool) -> 
     for (k, rev) in revs {
         named.push(k);
         match now.get(k) {
-            Some((c, u, d)) => {
-                let state = Known {
-                    revision: *rev,
-                    created: *c,
-                    updated: *u,
-                };
-                if sub.known.get(k) != Some(&state) {
-                    changes.push(KeyChange {
-                        key: k.clone(),
-                        value: Some((*d).clone()),
-                        revision: *rev,
-                        created: *c,
-                        updated: *u,
-                    });
-                    sub.known.insert(k.clone(), state);
-                }
-            }
+            Some(&(c, u, d)) => changes.extend(changed(sub, k, *rev, c, u, d)),
             None => {
                 if sub.known.remove(k).is_some() {
                     changes.push(deleted(k, *rev));
@@ -808,27 +792,40 @@ fn diff(sub: &mut Sub, view: &Value, revs: &[(String, i64)], snapshot: bool) -> 
         }
         // A server that sends no `revs` (not Stateline's) still gets its keys reported, once.
         for (k, (c, u, d)) in &now {
-            if named.contains(&k.as_str()) {
-                continue;
-            }
-            let state = Known {
-                revision: -1,
-                created: *c,
-                updated: *u,
-            };
-            if sub.known.get(k) != Some(&state) {
-                changes.push(KeyChange {
-                    key: k.clone(),
-                    value: Some((*d).clone()),
-                    revision: -1,
-                    created: *c,
-                    updated: *u,
-                });
-                sub.known.insert(k.clone(), state);
+            if !named.contains(&k.as_str()) {
+                changes.extend(changed(sub, k, -1, *c, *u, d));
             }
         }
     }
     changes
+}
+
+/// The change to report for key `k` now at this state, if the cache does not hold it yet (the
+/// cache is updated).
+fn changed(
+    sub: &mut Sub,
+    k: &str,
+    revision: i64,
+    created: i64,
+    updated: i64,
+    data: &Value,
+) -> Option<KeyChange> {
+    let state = Known {
+        revision,
+        created,
+        updated,
+    };
+    if sub.known.get(k) == Some(&state) {
+        return None;
+    }
+    sub.known.insert(k.to_string(), state);
+    Some(KeyChange {
+        key: k.to_string(),
+        value: Some(data.clone()),
+        revision,
+        created,
+        updated,
+    })
 }
 
 fn deleted(k: &str, revision: i64) -> KeyChange {

@@ -24,12 +24,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-static ENGINE: std::sync::OnceLock<(
+/// The core behind one mutex (with `CEILING_CORE=1`), made once at start.
+type Core = std::sync::Arc<(
     std::sync::Mutex<stateline_core::Engine>,
     stateline_server::hub::Clocks,
-)> = std::sync::OnceLock::new();
+)>;
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    core: Option<Core>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the body, as a write does.
     let (parts, body) = req.into_parts();
     let body = body
@@ -37,17 +41,12 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    if std::env::var_os("CEILING_CORE").is_some() {
-        let (engine, clocks) = ENGINE.get_or_init(|| {
-            let clocks = stateline_server::hub::Clocks::new();
-            let e =
-                stateline_core::Engine::new(clocks.tick(), Default::default(), Default::default());
-            (std::sync::Mutex::new(e), clocks)
-        });
+    if let Some(core) = core {
+        let (engine, clocks) = &*core;
         let req = Request::from_parts(parts, body);
         let tick = clocks.tick();
         let out = {
-            let mut e = engine.lock().unwrap();
+            let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
             let out = stateline_core::http::handle(&mut e, tick, &req);
             e.publish(&out.changes);
             out
@@ -86,17 +85,26 @@ fn main() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let core: Option<Core> = std::env::var_os("CEILING_CORE").map(|_| {
+        let clocks = stateline_server::hub::Clocks::new();
+        let e = stateline_core::Engine::new(clocks.tick(), Default::default(), Default::default());
+        std::sync::Arc::new((std::sync::Mutex::new(e), clocks))
+    });
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         loop {
             let (tcp, _) = listener.accept().await?;
             let _ = tcp.set_nodelay(true);
+            let core = core.clone();
             tokio::spawn(async move {
                 let mut b = http1::Builder::new();
                 b.timer(TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(10));
                 let _ = b
-                    .serve_connection(TokioIo::new(tcp), service_fn(answer))
+                    .serve_connection(
+                        TokioIo::new(tcp),
+                        service_fn(move |req| answer(req, core.clone())),
+                    )
                     .await;
             });
         }

@@ -295,25 +295,18 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
             (out.response, None)
         } else {
             wake_timer = crate::hub::sets_expiry(&out.changes);
-            if sh.is_durable() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                sh.persist(
-                    &mut hub,
-                    out.changes,
-                    Box::new(move |r| {
-                        let _ = tx.send(r);
-                    }),
-                );
-                (out.response, Some(rx))
-            } else {
-                // In memory: published now, under this lock (what `persist` does without a
-                // disk, minus a channel per request).
-                hub.commit(&out.changes);
-                (out.response, None)
-            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            sh.persist(
+                &mut hub,
+                out.changes,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            (out.response, Some(rx))
         }
     };
-    // Acknowledge only once the write is on disk.
+    // Acknowledge only once the write is on disk (at once in memory mode).
     let committed = match durable {
         Some(rx) => rx
             .await

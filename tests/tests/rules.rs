@@ -277,36 +277,22 @@ async fn rest_writes_of_every_kind_are_refused() {
     assert!(pubv.text().contains("\"pub\":1"), "{}", pubv.text());
     // The owner may do all of it.
     let a = Fixture::bearer(&f.tok.alice);
-    let ok = |s: http::StatusCode| s.is_success();
-    assert!(ok(f
-        .req(Method::PATCH, &format!("/{k}"), Some(&a), "{\"x\":1}")
-        .await
-        .status));
-    assert!(ok(f
-        .req(Method::POST, &format!("/{d}/*"), Some(&a), "1")
-        .await
-        .status));
-    assert!(ok(f
-        .req(Method::POST, &format!("/_incr/{d}/n"), Some(&a), "1")
-        .await
-        .status));
-    assert!(ok(f
-        .req(
-            Method::POST,
-            &format!("/_rename/{d}/n"),
-            Some(&a),
-            &json!({"to": format!("{d}/m")}).to_string()
-        )
-        .await
-        .status));
-    assert!(ok(f
-        .req(Method::POST, &format!("/_take/{d}/m"), Some(&a), "")
-        .await
-        .status));
-    assert!(ok(f
-        .req(Method::DELETE, &format!("/{d}/*"), Some(&a), "")
-        .await
-        .status));
+    let rename = json!({"to": format!("{d}/m")}).to_string();
+    for (m, path, body) in [
+        (Method::PATCH, format!("/{k}"), "{\"x\":1}"),
+        (Method::POST, format!("/{d}/*"), "1"),
+        (Method::POST, format!("/_incr/{d}/n"), "1"),
+        (Method::POST, format!("/_rename/{d}/n"), rename.as_str()),
+        (Method::POST, format!("/_take/{d}/m"), ""),
+        (Method::DELETE, format!("/{d}/*"), ""),
+    ] {
+        let r = f.req(m.clone(), &path, Some(&a), body).await;
+        assert!(
+            r.status.is_success(),
+            "{m} {path} as the owner: {}",
+            r.status
+        );
+    }
     assert_eq!(
         f.req(Method::GET, &format!("/{k}"), Some(&a), "")
             .await
