@@ -7,17 +7,13 @@
 #   bash scripts/edge.sh deploy           deploy to your Cloudflare account (wrangler login first)
 #
 # npm scripts: `npm run edge:dev`, `npm run edge:deploy`. Everything it needs is installed by
-# scripts/ensure-wasm-tools.sh; see ../shared/reference/wasm-edge-toolchain.md for the why.
+# scripts/ensure-wasm-tools.sh; docs/HACKING.md says why each tool is pinned.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 say() { printf '==> %s\n' "$*" >&2; }
 
 . scripts/ensure-rust.sh
-if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
-  say "installing the wasm32-unknown-unknown target"
-  rustup target add wasm32-unknown-unknown
-fi
 . scripts/ensure-wasm-tools.sh
 
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false

@@ -4,13 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain: Rust"
+step "toolchain: Rust, as rust-toolchain.toml declares it (with the wasm32 target, clippy, rustfmt)"
 . scripts/ensure-rust.sh
-
-step "toolchain: wasm32-unknown-unknown target"
-if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
-  rustup target add wasm32-unknown-unknown
-fi
 
 step "wasm tools, npm packages; build the JS client and the web UI (embedded in the server and the worker)"
 . scripts/ensure-wasm-tools.sh
