@@ -15,6 +15,13 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 . scripts/ensure-rust.sh
 . scripts/ensure-wasm-tools.sh
+# The worker embeds the client script and the UI: build them when a fresh clone has neither
+# (`npm start` and `npm test` build them on every run).
+if [ ! -f wasm-client/dist/stateline.js ] || [ ! -d www/dist ]; then
+  say "building the JS client and the web UI (the worker embeds them)"
+  node wasm-client/build.mjs >&2
+  node www/build.mjs >&2
+fi
 
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
 export ESBUILD_BIN="$root/node_modules/.bin/esbuild"

@@ -5,7 +5,7 @@
 #   npm packages      from package.json (binaryen for wasm-opt, wrangler, playwright-core)
 # Source it or run it; it exports WASM_BINDGEN_BIN and WASM_OPT_BIN. With --client it skips
 # worker-build (only the edge worker needs it).
-# See ../shared/reference/wasm-edge-toolchain.md for why each flag is what it is.
+# docs/HACKING.md says why each tool is pinned as it is.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 

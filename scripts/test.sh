@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
+step "toolchain: every target a script builds for is declared in rust-toolchain.toml"
+bash scripts/check-toolchain.sh
+
 step "toolchain: Rust, as rust-toolchain.toml declares it (with the wasm32 target, clippy, rustfmt)"
 . scripts/ensure-rust.sh
 

@@ -347,7 +347,7 @@ impl Engine {
 
     fn record(&mut self, action: Action, target: &str, who: &Identity, e: &Error) {
         let reason = match e {
-            Error::Unauthorized(_) => match who {
+            Error::Unauthorized(_) | Error::NoToken(_) => match who {
                 Identity::Invalid(t) if t.label() == "expired" || t.label() == "not_yet_valid" => {
                     self.stats.denied.expired += 1;
                     "expired"
@@ -396,7 +396,7 @@ impl Engine {
         };
         let e = match rules.check(action, key, who) {
             Ok(()) => return Ok(()),
-            Err(Denied::NoToken(m)) => Error::Unauthorized(m),
+            Err(Denied::NoToken(m)) => Error::NoToken(m),
             Err(Denied::BadToken(t)) => Error::Unauthorized(t.to_string()),
             Err(Denied::Forbidden(m)) => Error::Forbidden(m),
         };

@@ -39,9 +39,9 @@ pub enum Error {
     /// A counter operation on a value that is not an integer, or one that would overflow.
     #[error("counter: {0}")]
     Counter(String),
-    /// The body is larger than the configured limit.
-    #[error("Request Entity Too Large")]
-    TooLarge,
+    /// The body is larger than the configured limit (the limit in bytes; `--max-body` natively).
+    #[error("Request Entity Too Large: the body is over this server's limit of {0} bytes (stateline serve --max-body)")]
+    TooLarge(usize),
     /// A query parameter or header has a bad value.
     #[error("{0}")]
     BadRequest(String),
@@ -57,9 +57,13 @@ pub enum Error {
     /// The adapter failed to make the change durable; nothing was applied.
     #[error("storage: {0}")]
     Storage(String),
-    /// No token, or a token that was refused (expired, bad signature, ...): 401.
+    /// A token that was refused (expired, bad signature, ...): 401 with `error="invalid_token"`.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// No token where one is needed: 401 with a bare challenge (RFC 6750 §3.1: a request without
+    /// credentials gets no error code).
+    #[error("unauthorized: {0}")]
+    NoToken(String),
     /// A valid token (or none, where none can help) that the rules do not allow: 403.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -79,11 +83,11 @@ impl Error {
             Error::NotFound | Error::NoRoute => StatusCode::NOT_FOUND,
             Error::RevisionConflict | Error::Exists(_) | Error::Counter(_) => StatusCode::CONFLICT,
             Error::Precondition(_) => StatusCode::PRECONDITION_FAILED,
-            Error::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized(_) | Error::NoToken(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Schema(_) => StatusCode::BAD_REQUEST,
         }
@@ -103,13 +107,13 @@ impl Error {
             Error::Precondition(_) => "precondition-failed",
             Error::Exists(_) => "exists",
             Error::Counter(_) => "counter",
-            Error::TooLarge => "too-large",
+            Error::TooLarge(_) => "too-large",
             Error::BadRequest(_) => "bad-request",
             Error::NoRoute => "no-route",
             Error::MethodNotAllowed => "method-not-allowed",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Storage(_) => "storage",
-            Error::Unauthorized(_) => "unauthorized",
+            Error::Unauthorized(_) | Error::NoToken(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::Schema(_) => "schema",
         }

@@ -188,7 +188,7 @@ pub fn authorize_subscription<B>(
     engine
         .audience(&sub.pattern, who)
         .map(|_| ())
-        .map_err(|e| plain_error(engine, req.headers(), &e, "GET"))
+        .map_err(|e| plain_error(engine, req.headers(), &e, "GET", req.uri().path()))
 }
 
 /// Checks a connection that is not about one key (`/_ws`): only a refused token is refused
@@ -209,7 +209,11 @@ pub fn authorize_connection<B>(
 // The error is the response itself, built once and sent as is; boxing it buys nothing.
 #[allow(clippy::result_large_err)]
 pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<Bytes>> {
-    let path = req.uri().path();
+    let path = match crate::key::decode_http_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return Err(plain_error(engine, req.headers(), &e.into(), "GET", "")),
+    };
+    let path = &*path;
     let q = query_pairs(req.uri().query().unwrap_or(""));
     let ws = is_websocket(req.headers());
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
@@ -236,7 +240,7 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
     if !(ws || sse) || (path.starts_with("/_") && path != "/") {
         return Ok(Kind::Http);
     }
-    let err = |e: Error| Err(plain_error(engine, req.headers(), &e, "GET"));
+    let err = |e: Error| Err(plain_error(engine, req.headers(), &e, "GET", path));
     let pattern = match Pattern::from_http_path(path, true) {
         Ok(p) => p,
         Err(e) => return err(e.into()),
@@ -317,11 +321,6 @@ fn respond(
     // Room for every header a response gets (CORS, type, revision, ETag) without regrowing
     // the map, which was a tenth of a write's time in the core's benchmark.
     *r.headers_mut() = HeaderMap::with_capacity(12);
-    if status == StatusCode::UNAUTHORIZED {
-        // Plain-text bodies are the reason itself; problem documents replace this below.
-        let challenge = www_authenticate(&String::from_utf8_lossy(r.body()));
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
-    }
     if let Some(c) = ctype {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(c));
@@ -330,8 +329,14 @@ fn respond(
     r
 }
 
-/// RFC 6750's challenge for a 401, with the reason as the description.
-pub fn www_authenticate(detail: &str) -> HeaderValue {
+/// RFC 6750's challenge for a 401. A request that sent a token which was refused gets
+/// `error="invalid_token"` with the reason; one that sent none gets the bare challenge (§3.1: "the
+/// resource server SHOULD NOT include an error code or other error information").
+pub fn www_authenticate(detail: &str, token_sent: bool) -> HeaderValue {
+    const BARE: HeaderValue = HeaderValue::from_static("Bearer realm=\"stateline\"");
+    if !token_sent {
+        return BARE;
+    }
     let detail: String = detail
         .chars()
         .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
@@ -341,7 +346,17 @@ pub fn www_authenticate(detail: &str) -> HeaderValue {
         "Bearer realm=\"stateline\", error=\"invalid_token\", error_description=\"{}\"",
         detail.trim()
     ))
-    .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"stateline\""))
+    .unwrap_or(BARE)
+}
+
+/// The challenge a 401 for `e` carries, if `e` is a 401.
+fn challenge(r: &mut Response<Bytes>, e: &Error) {
+    let v = match e {
+        Error::Unauthorized(why) => www_authenticate(why, true),
+        Error::NoToken(why) => www_authenticate(why, false),
+        _ => return,
+    };
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -349,25 +364,50 @@ const JSON: &str = "application/json";
 const PROBLEM: &str = "application/problem+json";
 
 /// ooo's (and AtomKV's) plain-text error: the message and a newline, as Go's `http.Error` writes.
-fn plain_error(engine: &Engine, req: &HeaderMap, e: &Error, method: &str) -> Response<Bytes> {
+/// `path` is the request's (decoded) path, named where ooo's own text would not say which key.
+fn plain_error(
+    engine: &Engine,
+    req: &HeaderMap,
+    e: &Error,
+    method: &str,
+    path: &str,
+) -> Response<Bytes> {
     let text = match (e, method) {
         (Error::Key(KeyError::GlobNotAllowed), "PATCH") => {
             "ooo: glob pattern not allowed for this operation".into()
         }
         (Error::Key(k), "PUT") => format!("invalid key: {k}"),
         (Error::Key(k), _) => format!("ooo: key is not valid: {k}"),
+        (Error::NotFound, "GET" | "HEAD") if path.len() > 1 => {
+            // ooo's text first (clients match on it), then which key.
+            format!("ooo: empty key: nothing is stored at {}", &path[1..])
+        }
         (Error::NotFound, "GET" | "HEAD") => "ooo: empty key".into(),
         (Error::NotFound, "DELETE") => "storage: not found".into(),
         (Error::NotFound, _) => "ooo: not found".into(),
         (e, _) => e.to_string(),
     };
-    respond(
+    let mut r = respond(
         engine,
         req,
         e.status(),
         Some(TEXT),
         format!("{text}\n").into(),
-    )
+    );
+    challenge(&mut r, e);
+    r
+}
+
+/// The answer to a body over the engine's `max_body` (413), for adapters that refuse it before
+/// reading it (a declared `Content-Length`, or a stream cut off at the cap): a problem document
+/// on Stateline's own routes (`/_...`), ooo's plain text elsewhere, naming the limit.
+pub fn too_large<B>(engine: &Engine, req: &Request<B>) -> Response<Bytes> {
+    let e = Error::TooLarge(engine.config().max_body);
+    if req.uri().path().starts_with("/_") {
+        problem(engine, req.headers(), &e)
+    } else {
+        plain_error(engine, req.headers(), &e, req.method().as_str(), "")
+    }
 }
 
 /// A problem document (RFC 9457) for the routes new in Stateline.
@@ -387,10 +427,7 @@ fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
         Some(PROBLEM),
         json::encode(&body).into(),
     );
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, www_authenticate(&e.to_string()));
-    }
+    challenge(&mut r, e);
     r
 }
 
@@ -459,10 +496,21 @@ pub fn handle_as(
     // Borrowed, not copied: this runs for every request.
     let h = req.headers();
     let method = req.method();
-    let path = req.uri().path();
     let q = query_pairs(req.uri().query().unwrap_or(""));
+    // Decoded once, here: every route below sees the key the client meant (`caf%C3%A9` is
+    // refused for its `é`, not its `%`).
+    let path = match crate::key::decode_http_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            return HttpOutcome {
+                response: plain_error(engine, h, &e.into(), method.as_str(), ""),
+                changes: vec![],
+            }
+        }
+    };
+    let path = &*path;
     let plain = |e: &Engine, err: Error| HttpOutcome {
-        response: plain_error(e, h, &err, method.as_str()),
+        response: plain_error(e, h, &err, method.as_str(), path),
         changes: vec![],
     };
 
@@ -473,14 +521,9 @@ pub fn handle_as(
         };
     }
     if req.body().len() > engine.config().max_body {
-        let e = Error::TooLarge;
-        return if path.starts_with("/_") {
-            HttpOutcome {
-                response: problem(engine, h, &e),
-                changes: vec![],
-            }
-        } else {
-            plain(engine, e)
+        return HttpOutcome {
+            response: too_large(engine, req),
+            changes: vec![],
         };
     }
     if path == "/" {
@@ -573,7 +616,8 @@ fn data_route(
 ) -> Routed {
     match method.as_str() {
         "GET" | "HEAD" => {
-            let pattern = Pattern::from_http_path(path, false)?;
+            // `GET /prefix/` lists the subtree, as SSE on the same URL streams it.
+            let pattern = Pattern::from_http_path(path, true)?;
             // Before anything else (even 404): a refusal must not tell whether the key exists.
             match &pattern {
                 Pattern::Key(k) => engine.authorize(Action::Read, k, who)?,
@@ -932,8 +976,11 @@ fn api_route(
                 "totalConnections": engine.pools().subscribers(),
             }))
         }
+        // Custom endpoints belong to an embedding server, which answers this itself; a server
+        // without any (the edge, a plain `stateline serve`) has none to list.
+        "endpoints" => Ok(json!({"endpoints": []})),
         other => Err(Error::BadRequest(format!(
-            "unknown api {other:?}; known: keys, info, filters, state"
+            "unknown api {other:?}; known: keys, info, filters, state, endpoints"
         ))),
     }
 }

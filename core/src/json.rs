@@ -26,6 +26,9 @@ pub enum JsonError {
     /// ooo merge: an object patch on an array used a key that is not an index of it.
     #[error("merge: {0:?} is not an index of the array")]
     MergeIndex(String),
+    /// ooo merge: the patch body is not an object (an array or a scalar merges nothing).
+    #[error("merge: the patch must be a JSON object, not {0}; to replace the whole value use POST or PUT, or send Content-Type: application/merge-patch+json (RFC 7396)")]
+    MergeNotObject(&'static str),
     /// RFC 6902 patch body is not a patch, or an operation failed.
     #[error("json patch: {0}")]
     Patch(String),
@@ -93,18 +96,32 @@ pub fn sort_keys(v: &mut Value) {
 /// ooo's PATCH: deep merge of `patch` into `doc` (§1.6). Objects merge recursively; arrays and
 /// scalars replace; an object patch on an array merges by index keys; `null` sets null (it never
 /// deletes); replacing an object by a non-object is an error and leaves `doc` untouched. A
-/// non-object patch body leaves the document unchanged. The result has sorted keys.
+/// non-object patch body is refused (ooo answers it with 200 and changes nothing, which hides
+/// the client's mistake). The result has sorted keys.
 pub fn ooo_merge(doc: &Value, patch: &Value) -> Result<Value, JsonError> {
+    let Value::Object(p) = patch else {
+        return Err(JsonError::MergeNotObject(kind_name(patch)));
+    };
     let mut out = doc.clone();
-    if let Value::Object(p) = patch {
-        match &mut out {
-            Value::Object(o) => merge_object(o, p)?,
-            Value::Array(a) => merge_array(a, p)?,
-            other => *other = patch.clone(),
-        }
+    match &mut out {
+        Value::Object(o) => merge_object(o, p)?,
+        Value::Array(a) => merge_array(a, p)?,
+        other => *other = patch.clone(),
     }
     sort_keys(&mut out);
     Ok(out)
+}
+
+/// "an array", "a number", ...: for messages about a value of the wrong kind.
+pub fn kind_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn merge_object(doc: &mut Map<String, Value>, patch: &Map<String, Value>) -> Result<(), JsonError> {
@@ -232,7 +249,16 @@ mod tests {
             json!({"a":{"5":1}}),
             Err(JsonError::MergeIndex("5".into())),
         );
-        check(json!({"a":1}), json!([1]), Ok(json!({"a":1})));
+        check(
+            json!({"a":1}),
+            json!([1]),
+            Err(JsonError::MergeNotObject("an array")),
+        );
+        check(
+            json!({"a":1}),
+            json!(5),
+            Err(JsonError::MergeNotObject("a number")),
+        );
         // Keys come out sorted.
         let out = ooo_merge(&json!({"z":1,"a":1}), &json!({"m":1})).unwrap();
         assert_eq!(encode(&out), br#"{"a":1,"m":1,"z":1}"#);

@@ -22,9 +22,15 @@ pub enum KeyError {
     TooLong(usize),
     /// A character outside `[A-Za-z0-9_.-/*]`.
     #[error(
-        "key contains {0:?} at byte {1}; allowed are letters, digits, '_', '.', '-', '/' and '*'"
+        "key contains {0:?} at byte {1}; allowed are ASCII letters and digits, '_', '.', '-', '/' and '*'"
     )]
     InvalidChar(char, usize),
+    /// A `%` in an HTTP path that is not followed by two hex digits, or escapes that are not UTF-8.
+    #[error("path has a malformed percent-escape at byte {0}")]
+    BadEscape(usize),
+    /// `%2F` in an HTTP path: an encoded `/` would silently change where segments split.
+    #[error("path contains an encoded '/' (%2F); use '/' between segments")]
+    EncodedSlash,
     /// The first character is not a letter or digit.
     #[error("key must start with a letter or digit, not {0:?}")]
     BadStart(char),
@@ -43,6 +49,9 @@ pub enum KeyError {
     /// A glob where a single key is required.
     #[error("glob pattern not allowed for this operation")]
     GlobNotAllowed,
+    /// A push to a plain key.
+    #[error("push needs a list pattern ending in '/*' (like 'todos/*'); to write one key use set")]
+    PushNeedsGlob,
     /// A push pattern with `*` before its end.
     #[error("glob pattern must be at the end of the path")]
     GlobNotLast,
@@ -131,12 +140,43 @@ pub fn validate_push(s: &str) -> Result<&str, KeyError> {
         return Err(KeyError::MultipleGlobs);
     }
     if stars == 0 {
-        return Err(KeyError::GlobNotLast);
+        return Err(KeyError::PushNeedsGlob);
     }
     if !(s == "*" || s.ends_with("/*")) {
         return Err(KeyError::GlobNotLast);
     }
     Ok(s.strip_suffix("/*").unwrap_or(""))
+}
+
+/// Decodes the percent-escapes of an HTTP path (RFC 3986 §2.1), borrowing when there are none.
+/// An encoded `/` is refused rather than decoded: it would move a segment boundary.
+pub fn decode_http_path(path: &str) -> Result<std::borrow::Cow<'_, str>, KeyError> {
+    if !path.contains('%') {
+        return Ok(path.into());
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let (Some(hi), Some(lo)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) else {
+                return Err(KeyError::BadEscape(i));
+            };
+            let c = (hi * 16 + lo) as u8;
+            if c == b'/' {
+                return Err(KeyError::EncodedSlash);
+            }
+            out.push(c);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(Into::into)
+        .map_err(|e| KeyError::BadEscape(e.utf8_error().valid_up_to()))
 }
 
 /// The last segment of a key: ooo's `index`.
@@ -165,7 +205,8 @@ impl Pattern {
     }
 
     /// Parses the path part of an HTTP URL (`/books/*`). A trailing `/` means the whole subtree and
-    /// is accepted only when `allow_subtree`; `/` alone is then every key.
+    /// is accepted only when `allow_subtree`; `/` alone is then every key. `path` is decoded
+    /// already ([`decode_http_path`], once: decoding twice would turn `%2541` into `A`).
     pub fn from_http_path(path: &str, allow_subtree: bool) -> Result<Pattern, KeyError> {
         let rest = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
         if rest.is_empty() || rest.ends_with('/') {
@@ -315,7 +356,7 @@ mod tests {
         assert_eq!(validate_push("*"), Ok(""));
         assert_eq!(validate_push("a/*/b"), Err(KeyError::GlobNotLast));
         assert_eq!(validate_push("a/*/*"), Err(KeyError::MultipleGlobs));
-        assert_eq!(validate_push("a/b"), Err(KeyError::GlobNotLast));
+        assert_eq!(validate_push("a/b"), Err(KeyError::PushNeedsGlob));
     }
 
     #[test]
@@ -339,6 +380,20 @@ mod tests {
         assert!(s.matches("s/k") && s.matches("s/kk/x") && !s.matches("sx") && !s.matches("s"));
         let all = Pattern::from_http_path("/", true).unwrap();
         assert!(all.matches("anything/at/all"));
+    }
+
+    #[test]
+    fn percent_escapes() {
+        // Decoded before the key is checked, so a refusal names the character the client
+        // meant, and an escaped allowed character is that character; decoded once only.
+        let check = |p: &str| decode_http_path(p).and_then(|d| Pattern::from_http_path(&d, false));
+        assert_eq!(check("/caf%C3%A9"), Err(KeyError::InvalidChar('é', 3)));
+        assert_eq!(check("/a%2Db"), Ok(Pattern::Key("a-b".into())));
+        assert_eq!(check("/a%2Fb"), Err(KeyError::EncodedSlash));
+        assert_eq!(check("/a%4"), Err(KeyError::BadEscape(2)));
+        assert_eq!(check("/a%FF"), Err(KeyError::BadEscape(2)));
+        assert_eq!(check("/a%2541"), Err(KeyError::InvalidChar('%', 1)));
+        assert_eq!(decode_http_path("/plain"), Ok("/plain".into()));
     }
 
     #[test]

@@ -302,6 +302,32 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// Signs a token this verifier accepts with its HS256 secret (`stateline token`, tests):
+    /// `claims` plus `iat` and `exp` (`now_secs + ttl_secs`), and the `iss` and `aud` it
+    /// requires. Refused when it has no HS256 secret (RS256/ES256 keys here are public keys,
+    /// which cannot sign).
+    pub fn mint(
+        &self,
+        mut claims: Map<String, Value>,
+        now_secs: i64,
+        ttl_secs: i64,
+    ) -> Result<String, String> {
+        let Some(secret) = &self.hs256 else {
+            return Err("no HS256 secret is configured (hs256_secret or hs256_secret_env): only HS256 tokens can be signed here; RS256/ES256 tokens come from your identity provider".into());
+        };
+        claims.insert("iat".into(), now_secs.into());
+        claims.insert("exp".into(), now_secs.saturating_add(ttl_secs).into());
+        if let Some(iss) = &self.issuer {
+            claims.entry("iss").or_insert_with(|| iss.clone().into());
+        }
+        if let Some(aud) = &self.audience {
+            claims.entry("aud").or_insert_with(|| aud.clone().into());
+        }
+        Ok(sign_hs256(&Value::Object(claims), secret))
+    }
+}
+
 /// Signs `claims` as an HS256 token: for tests, tools, and servers that mint their own tokens.
 pub fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
     let signed = format!(

@@ -136,7 +136,10 @@ fn case_05_06_missing_and_delete() {
     let r = t.get("/missing");
     assert_eq!(
         (r.status, r.text()),
-        (StatusCode::NOT_FOUND, "ooo: empty key\n")
+        (
+            StatusCode::NOT_FOUND,
+            "ooo: empty key: nothing is stored at missing\n"
+        )
     );
     t.post("/settings", "1");
     let d = t.req("DELETE", "/settings", &[], "");
@@ -168,7 +171,9 @@ fn case_07_invalid_input() {
         ("POST", "/a/*/*", "1", 400),
         ("PATCH", "/a/*", "{}", 400),
         ("POST", "/a/", "1", 400),
-        ("GET", "/a/", "", 400),
+        ("GET", "/a//", "", 400),
+        ("GET", "/caf%C3%A9", "", 400),
+        ("GET", "/a%2Fb", "", 400),
         ("POST", "/a:b", "1", 400),
         ("POST", "/a//b", "1", 400),
         ("POST", "/k", &"1".repeat(2000), 413),
@@ -189,6 +194,64 @@ fn case_07_invalid_input() {
         t.req("PATCH", "/a/*", &[], "{}").text(),
         "ooo: glob pattern not allowed for this operation\n"
     );
+}
+
+#[test]
+fn case_07b_what_a_new_user_meets() {
+    let mut t = T::new();
+    // `GET /prefix/` lists the subtree at any depth, newest first, as SSE on it streams it.
+    t.post("/todos/a", r#"{"t":"milk"}"#);
+    t.post("/todos/b/c", r#"{"t":"eggs"}"#);
+    t.post("/todosx", "1");
+    let list = t.get("/todos/").json();
+    let paths: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["todos/b/c", "todos/a"]);
+    // A PATCH whose body is not an object is refused and changes nothing (ooo merges nothing
+    // and answers 200, which hides the mistake).
+    t.post("/p", r#"{"a":1}"#);
+    let seq = t.e.store().last_seq();
+    for body in ["[1,2]", "5", "\"x\"", "null"] {
+        let r = t.req("PATCH", "/p", &[], body);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            r.text().contains("the patch must be a JSON object"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(t.e.store().last_seq(), seq, "nothing changed");
+    // RFC 7396 keeps its own meaning: a non-object patch replaces the value.
+    let r = t.req(
+        "PATCH",
+        "/p",
+        &[("content-type", "application/merge-patch+json")],
+        "5",
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(t.get("/p").json()["data"], json!(5));
+    // Percent-escapes are decoded once; a refusal names the character meant.
+    assert_eq!(t.post("/a%2Db", "1").status, StatusCode::OK);
+    assert_eq!(t.get("/a-b").json()["data"], json!(1));
+    let r = t.get("/caf%C3%A9");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("'é'"), "{}", r.text());
+    assert!(!r.text().contains("'%'"), "{}", r.text());
+    // The 413 names the limit and the flag that sets it.
+    let r = t.req("POST", "/k", &[], &"1".repeat(2000));
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.text().contains("--max-body"), "{}", r.text());
+    let r = t.req("POST", "/_incr/k", &[], &"1".repeat(2000));
+    assert_eq!(r.json()["code"], "too-large");
+    assert!(r.json()["detail"].as_str().unwrap().contains("--max-body"));
+    // The keys API's error lists every api, endpoints included; endpoints answers.
+    let r = t.get("/?api=nope");
+    assert!(r.text().contains("endpoints"), "{}", r.text());
+    assert_eq!(t.get("/?api=endpoints").json(), json!({"endpoints": []}));
 }
 
 #[test]
@@ -375,7 +438,7 @@ fn case_21_22_23_atomkv() {
     assert_eq!(j.status, StatusCode::BAD_REQUEST);
     assert!(j.text().starts_with("invalid JSON"));
     assert_eq!(t.get("/nope").status, StatusCode::NOT_FOUND);
-    assert_eq!(t.get("/a/").status, StatusCode::BAD_REQUEST);
+    assert_eq!(t.get("/a/").status, StatusCode::OK, "a subtree lists");
     assert_eq!(t.post("/a//b", "1").status, StatusCode::BAD_REQUEST);
     assert!(t.post("/x", "{bad").text().starts_with("invalid JSON"));
 }

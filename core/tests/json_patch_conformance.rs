@@ -1,5 +1,5 @@
-//! RFC 6902 conformance: every record of the public json-patch-tests data (kept in the steering
-//! repository's `shared/reference/json-patch-tests/`, beside this project) must pass through the
+//! RFC 6902 conformance: every record of the public json-patch-tests data (vendored in
+//! `core/tests/data/json-patch-tests/`, with its licence and origin) must pass through the
 //! core's patch function: records with `expected` apply and give it, records with `error` fail and
 //! leave the document unchanged.
 
@@ -12,7 +12,7 @@ fn data_dir() -> PathBuf {
     if let Ok(d) = std::env::var("JSON_PATCH_TESTS") {
         return d.into();
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/json-patch-tests")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/json-patch-tests")
 }
 
 fn run(file: &str) -> (usize, usize) {

@@ -404,17 +404,9 @@ impl Namespace {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > max) {
-            // Refused before reading a byte of it, as the native server does (problem+json on
-            // Stateline's own routes, ooo's text elsewhere).
-            return if head.uri().path().starts_with("/_") {
-                convert::problem(413, "too-large", "Request Entity Too Large")
-            } else {
-                convert::text(
-                    413,
-                    "text/plain; charset=utf-8",
-                    "Request Entity Too Large\n",
-                )
-            };
+            // Refused before reading a byte of it, as the native server does; the core words it.
+            let live = self.live()?;
+            return convert::response(core_http::too_large(&live.engine, &head));
         }
         let body = if convert::has_body(&req.method()) {
             Bytes::from(req.bytes().await.unwrap_or_default())

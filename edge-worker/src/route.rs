@@ -147,6 +147,12 @@ pub fn target(
     if mode == Mode::Single {
         return Target::Object(SYSTEM.into());
     }
+    // The namespace of the key the core will see: `/a%2Db` is the key `a-b`, in the object `a-b`.
+    // A path that does not decode is the core's to refuse, with the reason.
+    let Ok(path) = stateline_core::key::decode_http_path(path) else {
+        return Target::Object(SYSTEM.into());
+    };
+    let path = &*path;
     let ns = query_ns(query);
     if path == "/" {
         if websocket {
@@ -216,6 +222,18 @@ mod tests {
 
     fn ns(method: &str, path: &str, query: &str, ws: bool, sse: bool) -> Target {
         target(Mode::Namespace, method, path, query, ws, sse, None)
+    }
+
+    #[test]
+    fn percent_escapes_route_to_the_decoded_namespace() {
+        assert_eq!(
+            ns("GET", "/a%2Db/x", "", false, false),
+            Target::Object("a-b".into())
+        );
+        assert_eq!(
+            ns("GET", "/a%2", "", false, false),
+            Target::Object(SYSTEM.into())
+        );
     }
 
     #[test]

@@ -31,6 +31,52 @@ pub enum Command {
     Backup(BackupArgs),
     /// Replace the store in a data folder with a backup (the server must be stopped).
     Restore(RestoreArgs),
+    /// Sign a development token for a rules file's HS256 secret, printed on stdout.
+    Token(TokenArgs),
+}
+
+/// `stateline token` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The rules file whose `[auth]` HS256 secret signs the token (`hs256_secret`, or the
+    /// variable `hs256_secret_env` names: its bytes exactly as they are, not base64-decoded).
+    /// The token also gets the file's `issuer` and `audience` when it sets them.
+    #[arg(long, env = "STATELINE_RULES")]
+    pub rules: PathBuf,
+    /// The `sub` claim: the user, compared with `{sub}` in rule patterns.
+    #[arg(long)]
+    pub sub: String,
+    /// A role (repeat, or comma-separated), put in the rules' roles claim (`roles` by default).
+    #[arg(long = "role", value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Any other claim, `NAME=VALUE` (repeat); VALUE is read as JSON when it is JSON, else as a
+    /// string.
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// How long the token is valid: `30m`, `1h`, `7d` (at most 366 days).
+    #[arg(long, default_value = "1h", value_parser = parse_lifetime)]
+    pub expires: Duration,
+}
+
+impl TokenArgs {
+    /// The extra claims, parsed.
+    pub fn extra_claims(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let mut m = serde_json::Map::new();
+        for c in &self.claims {
+            let (k, v) = c
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("--claim {c}: expected NAME=VALUE"))?;
+            if matches!(k, "sub" | "exp" | "iat") {
+                return Err(format!(
+                    "--claim {c}: {k} is set by --sub and --expires, not --claim"
+                ));
+            }
+            let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v));
+            m.insert(k.to_string(), v);
+        }
+        Ok(m)
+    }
 }
 
 /// `stateline backup` flags.
@@ -58,8 +104,21 @@ pub struct RestoreArgs {
     pub from: PathBuf,
 }
 
+/// Longest duration a server flag takes (about 11 days): far beyond any sensible timeout, and
+/// small enough that adding it to a clock never overflows.
+const MAX_FLAG_SECS: f64 = 1e6;
+
 /// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_upto(s, MAX_FLAG_SECS)
+}
+
+/// Parses a token lifetime: `30m`, `1h`, `7d`, at most 366 days.
+pub fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    parse_duration_upto(s, 366.0 * 86400.0)
+}
+
+fn parse_duration_upto(s: &str, max_secs: f64) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => (&s[..i], &s[i..]),
@@ -67,15 +126,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 10s, 2m)"))?;
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 10s, 2m, 1h)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
-    if !(secs.is_finite() && secs > 0.0 && secs < 1e6) {
-        return Err(format!("{s:?} is out of range"));
+    if !(secs.is_finite() && secs >= 0.001 && secs <= max_secs) {
+        return Err(format!(
+            "{s:?} is out of range: give at least 1ms and at most {max_secs} seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -95,7 +158,7 @@ pub struct ServeArgs {
 
     /// Enables `GET /_backup` (a consistent snapshot of the store) for requests that carry
     /// `Authorization: Bearer <this token>`. Without it the route is off.
-    #[arg(long, env = "STATELINE_BACKUP_TOKEN")]
+    #[arg(long, env = "STATELINE_BACKUP_TOKEN", value_parser = non_empty_secret)]
     pub backup_token: Option<String>,
 
     /// No disk at all: state lives in memory and is gone when the server stops.
@@ -103,11 +166,11 @@ pub struct ServeArgs {
     pub memory: bool,
 
     /// Largest request body (and `/_ws` message) in bytes; larger bodies get 413.
-    #[arg(long, env = "STATELINE_MAX_BODY", default_value_t = 10 << 20)]
+    #[arg(long, env = "STATELINE_MAX_BODY", default_value_t = 10 << 20, value_parser = at_least_one)]
     pub max_body: usize,
 
     /// Deepest JSON nesting accepted in a value; deeper bodies get 400.
-    #[arg(long, env = "STATELINE_MAX_DEPTH", default_value_t = 64)]
+    #[arg(long, env = "STATELINE_MAX_DEPTH", default_value_t = 64, value_parser = at_least_one)]
     pub max_depth: usize,
 
     /// Time allowed to receive a request body and answer it; then 503 (ooo's deadline).
@@ -116,7 +179,8 @@ pub struct ServeArgs {
 
     /// Frames queued per connection (WebSocket or SSE). A subscriber whose queue is full is
     /// cut off (WebSocket close 4008) so it never slows the others; it resumes with `?v=`.
-    #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256)]
+    /// At least 1 (a queue of 0 would cut off every subscriber at its first frame).
+    #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256, value_parser = at_least_one)]
     pub queue: usize,
 
     /// Time a client may take to send a request's headers (and an idle keep-alive connection to
@@ -166,7 +230,9 @@ pub struct ServeArgs {
     #[arg(long = "open", env = "STATELINE_OPEN", value_delimiter = ',')]
     pub open: Vec<String>,
 
-    /// Keep at most N items under a glob, newest first: `logs/*=100` (repeat, or comma-separated).
+    /// Keep at most N items under a glob, newest first: `logs/*=100` (repeat, or
+    /// comma-separated); N is at least 1. Older items are deleted as new ones are written. (A
+    /// limit by age is set in a rules file: `limit = { max_age_secs = .. }`.)
     #[arg(long = "limit", env = "STATELINE_LIMIT", value_delimiter = ',')]
     pub limit: Vec<String>,
 
@@ -175,6 +241,27 @@ pub struct ServeArgs {
     /// is open to everyone.
     #[arg(long = "rules", env = "STATELINE_RULES")]
     pub rules: Option<PathBuf>,
+}
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// A secret flag: empty would mean "anyone" or "off" depending on who reads it, so neither.
+fn non_empty_secret(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err(
+            "is empty; give a long random token, or leave the flag out to keep the route off"
+                .into(),
+        )
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 /// Reads what a rules file refers to: environment variables, and files relative to the rules
@@ -251,10 +338,25 @@ impl ServeArgs {
         for l in &self.limit {
             let (p, n) = l
                 .split_once('=')
-                .ok_or_else(|| format!("--limit {l}: expected GLOB=COUNT"))?;
-            let count: usize = n
-                .parse()
-                .map_err(|_| format!("--limit {l}: {n:?} is not a count"))?;
+                .ok_or_else(|| format!("--limit {l}: expected GLOB=COUNT, like logs/*=100"))?;
+            if !p.split('/').any(|seg| seg == "*") {
+                return Err(format!(
+                    "--limit {l}: {p:?} is not a glob; a limit keeps the newest COUNT items under a glob, like {p}/*={n}"
+                ));
+            }
+            let count: usize = match n.parse() {
+                Ok(0) => {
+                    return Err(format!(
+                        "--limit {l}: the count must be at least 1 (0 would delete every item as it is written)"
+                    ))
+                }
+                Ok(c) => c,
+                Err(_) => {
+                    return Err(format!(
+                        "--limit {l}: {n:?} is not a count (a whole number of items)"
+                    ))
+                }
+            };
             f.limit(
                 p,
                 Limit {
@@ -287,8 +389,83 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("x").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("at least 1ms"));
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(3 * 3600)));
+        assert!(parse_duration("30d").is_err());
+        assert_eq!(parse_lifetime("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_lifetime("400d").is_err());
+    }
+
+    fn serve_args(flags: &[&str]) -> Result<ServeArgs, String> {
+        let argv = ["stateline", "serve"].iter().chain(flags);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Serve(a) => Ok(a),
+            _ => unreachable!("parsed a serve command line"),
+        }
+    }
+
+    #[test]
+    fn bad_flags_say_what_is_wrong() {
+        // Each refused with a message naming the fix.
+        let cases: &[(&[&str], &str)] = &[
+            (&["--backup-token", ""], "is empty"),
+            (&["--queue", "0"], "at least 1"),
+            (&["--max-body", "0"], "at least 1"),
+            (&["--drain", "0s"], "at least 1ms"),
+        ];
+        for (flags, needle) in cases {
+            let e = serve_args(flags).unwrap_err();
+            assert!(e.contains(needle), "{flags:?}: {e}");
+        }
+        let filters: &[(&[&str], &str)] = &[
+            (&["--limit", "logs=3"], "not a glob"),
+            (&["--limit", "logs/*=0"], "at least 1"),
+            (&["--limit", "logs/*=x"], "not a count"),
+        ];
+        for (flags, needle) in filters {
+            let e = serve_args(flags).unwrap().filters().unwrap_err();
+            assert!(e.contains(needle), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn token_claims() {
+        let cli = Cli::parse_from([
+            "stateline",
+            "token",
+            "--rules",
+            "r.toml",
+            "--sub",
+            "alice",
+            "--claim",
+            "n=3",
+            "--claim",
+            "team=blue",
+        ]);
+        let Command::Token(t) = cli.command else {
+            panic!("token")
+        };
+        let m = t.extra_claims().unwrap();
+        assert_eq!(m["n"], serde_json::json!(3));
+        assert_eq!(m["team"], serde_json::json!("blue"));
+        assert_eq!(t.expires, Duration::from_secs(3600));
+        let bad = Cli::parse_from([
+            "stateline",
+            "token",
+            "--rules",
+            "r",
+            "--sub",
+            "a",
+            "--claim",
+            "exp=1",
+        ]);
+        let Command::Token(t) = bad.command else {
+            panic!("token")
+        };
+        assert!(t.extra_claims().is_err());
     }
 
     #[test]

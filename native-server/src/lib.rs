@@ -365,6 +365,33 @@ impl State {
     }
 }
 
+/// Says at start what is on, so an operator sees a missing flag before a client does.
+fn log_settings(args: &ServeArgs, shared: &Shared) {
+    let rules = shared.lock().engine.filters().rules().map(|r| r.len());
+    let storage = if args.memory {
+        "memory (--memory: gone when the server stops)".to_string()
+    } else {
+        format!("{}", args.data.join("stateline.redb").display())
+    };
+    tracing::info!(
+        storage = %storage,
+        rules = %match (&args.rules, rules) {
+            (Some(p), Some(n)) => format!("{} ({n} rules)", p.display()),
+            _ => "off: every key is open to everyone (--rules FILE)".to_string(),
+        },
+        backups = if args.backup_token.is_some() { "on (GET /_backup)" } else { "off (--backup-token)" },
+        origins = %args.allow_origin.join(","),
+        static_mode = args.static_mode,
+        max_body = args.max_body,
+        "settings"
+    );
+    if rules == Some(0) {
+        tracing::warn!(
+            "the rules file has no [[rule]]: a key no rule matches is closed, so every request will be refused"
+        );
+    }
+}
+
 async fn run_shared(
     args: ServeArgs,
     shared: Arc<Shared>,
@@ -374,6 +401,7 @@ async fn run_shared(
     stop_rx: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let timers = tokio::spawn(timer_task(shared.clone()));
+    log_settings(&args, &shared);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let server = accept_loop(

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Backup(b) => return backup(b),
+        Command::Token(t) => return token(t),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -58,8 +59,42 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "stateline failed");
-            eprintln!("stateline: {e}");
+            // Once, through the log (which goes to stderr like everything else the server says).
+            tracing::error!("stateline cannot run: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stateline token`: signs a development token for a rules file's HS256 secret.
+fn token(t: stateline_server::config::TokenArgs) -> ExitCode {
+    let result = (|| {
+        let rules = stateline_server::config::load_rules(&t.rules)?;
+        let extra = t.extra_claims()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs() as i64;
+        let ttl = t.expires.as_secs().max(1) as i64;
+        rules.mint(&t.sub, &t.roles, extra, now, ttl)
+    })();
+    match result {
+        Ok(token) => {
+            println!("{token}");
+            eprintln!(
+                "signed for sub={:?}{}, valid for {}s (send it as Authorization: Bearer <token>)",
+                t.sub,
+                if t.roles.is_empty() {
+                    String::new()
+                } else {
+                    format!(" roles={:?}", t.roles)
+                },
+                t.expires.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stateline token: {e}");
             ExitCode::FAILURE
         }
     }

@@ -164,8 +164,10 @@ fn refused_by_audit(sh: &Shared, headers: &HeaderMap, path: &str, why: &str) -> 
             text_owned(StatusCode::UNAUTHORIZED, format!("{detail}\n")),
         )
     };
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, core_http::www_authenticate(why));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        core_http::www_authenticate(why, headers.contains_key(header::AUTHORIZATION)),
+    );
     r
 }
 
@@ -222,22 +224,10 @@ fn with_cors(sh: &Shared, req: &HeaderMap, mut r: Response) -> Response {
     r
 }
 
-fn too_large(sh: &Shared, path: &str, req: &HeaderMap) -> Response {
-    let r = if path.starts_with("/_") {
-        let mut r = Response::new(Body::from(
-            r#"{"type":"about:blank","title":"Payload Too Large","status":413,"code":"too-large","detail":"Request Entity Too Large"}"#,
-        ));
-        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        r
-    } else {
-        // ooo's (Go http.Error) text.
-        text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large\n")
-    };
-    with_cors(sh, req, r)
+fn too_large(sh: &Shared, parts: &http::request::Parts) -> Response {
+    let head = Request::from_parts(parts.clone(), ());
+    let hub = sh.lock();
+    core_http::too_large(&hub.engine, &head).map(Body::from)
 }
 
 // Reads a request body under the cap (never more than `--max-body` bytes buffered) and the
@@ -254,7 +244,7 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(sh, parts.uri.path(), &parts.headers));
+        return Err(too_large(sh, parts));
     }
     let read = tokio::time::timeout(sh.limits.deadline, Limited::new(body, max).collect()).await;
     match read {
@@ -266,9 +256,7 @@ async fn read_body(
                 "ooo: server deadline reached\n",
             ),
         )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(too_large(sh, parts.uri.path(), &parts.headers))
-        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(sh, parts)),
         Ok(Err(_)) => Err(with_cors(
             sh,
             &parts.headers,

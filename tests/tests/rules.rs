@@ -143,8 +143,17 @@ async fn rest_reads_lists_and_keys_api() {
         assert_eq!(r.status, status, "GET {key_path} as {who}: {}", r.text());
         f.assert_no_leak(who, &r.text());
         if status == 401 {
+            // RFC 6750 §3.1: no error code for a request that sent no credentials; a refused
+            // token is named as such.
             let challenge = r.header("www-authenticate").unwrap_or("");
-            assert!(challenge.starts_with("Bearer"), "{who}: {challenge}");
+            if auth.is_none() {
+                assert_eq!(challenge, "Bearer realm=\"stateline\"", "{who}");
+            } else {
+                assert!(
+                    challenge.starts_with("Bearer realm=\"stateline\", error=\"invalid_token\""),
+                    "{who}: {challenge}"
+                );
+            }
         }
         let r = f.req(Method::HEAD, &key_path, auth.as_deref(), "").await;
         assert_eq!(r.status, status, "HEAD as {who}");
