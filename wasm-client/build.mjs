@@ -6,7 +6,7 @@
 //   dist/esm/stateline.d.ts      TypeScript declarations
 // Steps: cargo (wasm-release profile) → wasm-bindgen (no-modules and web glue) → wasm-opt -Oz
 // (npm binaryen, explicit features) → gzip + base64 inlined, inflated at load time with the
-// DecompressionStream all three hosts have. See ../../shared/reference/wasm-edge-toolchain.md §3.
+// DecompressionStream all three hosts have.
 import { execFileSync } from "node:child_process";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
