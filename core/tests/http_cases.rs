@@ -527,7 +527,11 @@ fn keys_and_info_apis() {
     assert_eq!(items, json!([meta("k/3"), meta("k/4"), meta("k/5")]));
     assert_eq!(items[1]["revision"], json!(1));
     assert_ne!(items[1]["updated"], json!(0));
-    assert_eq!(items[0]["updated"], json!(0), "never updated: 0, as in the meta object");
+    assert_eq!(
+        items[0]["updated"],
+        json!(0),
+        "never updated: 0, as in the meta object"
+    );
     assert_eq!(
         t.get("/?api=keys&limit=501").status,
         StatusCode::BAD_REQUEST

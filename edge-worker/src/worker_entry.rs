@@ -171,9 +171,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
             let total = v.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
             let n = got.len();
             keys.extend(got.into_iter().map(|k| {
-                let item = items
-                    .next()
-                    .unwrap_or_else(|| json!({ "key": k.as_str() }));
+                let item = items.next().unwrap_or_else(|| json!({ "key": k.as_str() }));
                 (k, item)
             }));
             if n < KEYS_PAGE || p * KEYS_PAGE >= total {

@@ -331,7 +331,10 @@ async fn apis_health_and_root() {
     assert_eq!(keys["keys"], json!([k]));
     // Each listed key's created, updated and revision (what GET on the key says), so a listing
     // needs no request per key.
-    let g = c.request(Method::GET, &format!("/{k}"), &[], "").await.unwrap();
+    let g = c
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
     let rev: u64 = g.header("x-revision").unwrap().parse().unwrap();
     let m = g.json().unwrap();
     assert_eq!(rev, 1);
