@@ -935,8 +935,16 @@ fn api_route(
                 .take(limit)
                 .copied()
                 .collect();
+            // Each listed key's metadata too, in the same order, so a listing needs no GET per key.
+            let items: Vec<Value> = page_keys
+                .iter()
+                .filter_map(|k| {
+                    let e = engine.store().get(k)?;
+                    Some(json!({"key": k, "created": e.created, "updated": e.updated, "revision": e.revision}))
+                })
+                .collect();
             Ok(
-                json!({"keys": page_keys, "total": keys.len(), "page": page, "limit": limit, "filter": filter}),
+                json!({"keys": page_keys, "items": items, "total": keys.len(), "page": page, "limit": limit, "filter": filter}),
             )
         }
         "info" => Ok(json!({

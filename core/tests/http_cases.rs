@@ -572,10 +572,28 @@ fn keys_and_info_apis() {
     for i in 0..7 {
         t.post(&format!("/k/{i}"), "1");
     }
+    t.post("/k/4", "2");
     let r = t.get("/?api=keys&limit=3&page=2&filter=k/");
+    let mut body = r.json();
+    let items = body.as_object_mut().unwrap().remove("items").unwrap();
     assert_eq!(
-        r.json(),
+        body,
         json!({"keys":["k/3","k/4","k/5"],"total":7,"page":2,"limit":3,"filter":"k/"})
+    );
+    // Each listed key's created, updated and revision, as GET on the key reports them.
+    let mut meta = |k: &str| {
+        let r = t.get(&format!("/{k}"));
+        let m = r.json();
+        let rev: u64 = r.header("x-revision").unwrap().parse().unwrap();
+        json!({"key": k, "created": m["created"], "updated": m["updated"], "revision": rev})
+    };
+    assert_eq!(items, json!([meta("k/3"), meta("k/4"), meta("k/5")]));
+    assert_eq!(items[1]["revision"], json!(1));
+    assert_ne!(items[1]["updated"], json!(0));
+    assert_eq!(
+        items[0]["updated"],
+        json!(0),
+        "never updated: 0, as in the meta object"
     );
     assert_eq!(
         t.get("/?api=keys&limit=501").status,

@@ -133,7 +133,8 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
         }
     };
     let names = namespaces(env).await?;
-    let mut keys: Vec<String> = Vec::new();
+    // (key, its metadata item as the object listed it), merged across namespaces.
+    let mut keys: Vec<(String, Value)> = Vec::new();
     let enc = |s: &str| {
         js_sys::encode_uri_component(s)
             .as_string()
@@ -152,7 +153,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
                 enc(filter)
             );
             let mut r = stub.fetch_with_request(as_caller(&url, headers)?).await?;
-            let v: Value = r.json().await?;
+            let mut v: Value = r.json().await?;
             let got: Vec<String> = v
                 .get("keys")
                 .and_then(Value::as_array)
@@ -162,20 +163,32 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
                         .collect()
                 })
                 .unwrap_or_default();
+            // `items` runs parallel to `keys` (the core lists both in the same order).
+            let mut items = match v.get_mut("items").map(Value::take) {
+                Some(Value::Array(a)) => a.into_iter(),
+                _ => Vec::new().into_iter(),
+            };
             let total = v.get("total").and_then(Value::as_u64).unwrap_or(0) as usize;
             let n = got.len();
-            keys.extend(got);
+            keys.extend(got.into_iter().map(|k| {
+                let item = items.next().unwrap_or_else(|| json!({ "key": k.as_str() }));
+                (k, item)
+            }));
             if n < KEYS_PAGE || p * KEYS_PAGE >= total {
                 break;
             }
             p += 1;
         }
     }
-    keys.sort();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
     let total = keys.len();
-    let page_keys: Vec<&String> = keys.iter().skip((page - 1) * limit).take(limit).collect();
-    let body =
-        json!({"keys": page_keys, "total": total, "page": page, "limit": limit, "filter": filter});
+    let (page_keys, items): (Vec<&String>, Vec<&Value>) = keys
+        .iter()
+        .skip((page - 1) * limit)
+        .take(limit)
+        .map(|(k, item)| (k, item))
+        .unzip();
+    let body = json!({"keys": page_keys, "items": items, "total": total, "page": page, "limit": limit, "filter": filter});
     let mut r = convert::text(200, "application/json", body.to_string())?;
     r.headers_mut().set("cache-control", "no-cache")?;
     Ok(r)

@@ -318,6 +318,7 @@ async fn apis_health_and_root() {
     let c = s.client();
     let k = unique("apik");
     c.set(&k, &json!(1)).await.unwrap();
+    c.set(&k, &json!(2)).await.unwrap();
     let keys = c
         .request(Method::GET, &format!("/?api=keys&filter={k}"), &[], "")
         .await
@@ -325,6 +326,20 @@ async fn apis_health_and_root() {
         .json()
         .unwrap();
     assert_eq!(keys["keys"], json!([k]));
+    // Each listed key's created, updated and revision (what GET on the key says), so a listing
+    // needs no request per key.
+    let g = c
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    let rev: u64 = g.header("x-revision").unwrap().parse().unwrap();
+    let m = g.json().unwrap();
+    assert_eq!(rev, 1);
+    assert_eq!(
+        keys["items"],
+        json!([{"key": k, "created": m["created"], "updated": m["updated"], "revision": rev}])
+    );
+    assert_ne!(m["updated"], json!(0));
     for api in ["info", "filters", "state"] {
         let r = c
             .request(Method::GET, &format!("/?api={api}"), &[], "")

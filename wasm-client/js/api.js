@@ -153,17 +153,34 @@ function __statelineApi(loadWasm, env) {
   Client.prototype.incr = function (key, by) {
     return this._write({ op: "incr", key: trimKey(key), by: by === undefined ? 1 : by }, plain);
   };
-  // Compare-and-swap: `revision` is the revision the key will have (AtomKV: current + 1; 0
-  // creates). Resolves { ok: true, key, revision } or { ok: false, conflict: true, ... }.
-  Client.prototype.update = function (key, value, revision) {
+  // Compare-and-swap on the wire: `next` is the revision the key will have (AtomKV's convention:
+  // the current revision + 1; 0 creates). Resolves { ok: true, key, revision, etag } or
+  // { ok: false, conflict: true, ... }.
+  Client.prototype._cas = function (key, value, next) {
     var k = trimKey(key);
-    return this._write({ op: "set", key: k, value: value, rev: revision }, function (ev) {
+    return this._write({ op: "set", key: k, value: value, rev: next }, function (ev) {
       if (ev.ok) return { ok: true, key: k, revision: ev.value.revision, etag: ev.value.etag };
       if (ev.error.conflict) return { ok: false, conflict: true, key: k, code: ev.error.code, detail: ev.error.detail };
       throw StatelineError(ev.error);
     });
   };
-  // GET over HTTP: { key, value, revision, created, updated }, or null when absent.
+  // Compare-and-swap: `revision` is the revision the caller read (what `get` or a subscription
+  // reported for the current value); `null` or -1 (absent) creates only if the key is absent.
+  // The write applies only if the key is still at that revision.
+  Client.prototype.update = function (key, value, revision) {
+    if (revision === null || revision === -1) return this._cas(key, value, 0);
+    if (typeof revision !== "number" || !Number.isInteger(revision) || revision < 0) {
+      return Promise.reject(new TypeError("Stateline: update(key, value, revision): revision must be the revision read (an integer from 0), or null (or -1) to create only if absent"));
+    }
+    return this._cas(key, value, revision + 1);
+  };
+  function item(m) {
+    return { key: m.path, value: m.data, created: m.created, updated: m.updated };
+  }
+  // GET over HTTP. A key: { key, value, revision, created, updated }, or null when absent. A glob
+  // (`todos/*`): its items, newest first, each { key, value, created, updated } (`[]` when none;
+  // a list carries no revisions: get a key by name, or subscribe). A subtree (`todos/`) is for
+  // subscriptions only: the server's 400 saying so rejects.
   Client.prototype.get = function (key) {
     var self = this, k = trimKey(key);
     return this.ready.then(function () { return self._c.get(k); }).then(function (json) {
@@ -171,6 +188,7 @@ function __statelineApi(loadWasm, env) {
       if (r.status === 404) return null;
       if (r.status !== 200) throw StatelineError({ status: r.status, code: "http", detail: String(r.body).trim() });
       var m = r.body;
+      if (Array.isArray(m)) return m.map(item);
       return { key: k, value: m.data, revision: r.revision, created: m.created, updated: m.updated };
     });
   };
@@ -226,7 +244,10 @@ function __statelineApi(loadWasm, env) {
   Client.prototype.close = function () {
     var self = this;
     if (shared.get(this.base) === this) shared.delete(this.base);
-    return this.ready.then(function () { self._c.close(); }, function () {});
+    return this.ready.then(function () {
+      // Closing never throws at the caller: a socket that is still connecting is aborted quietly.
+      try { self._c.close(); } catch (e) { self._emit("error", e); }
+    }, function () {});
   };
 
   // One client (one /_ws socket) per server unless asked otherwise.
@@ -256,8 +277,9 @@ function __statelineApi(loadWasm, env) {
     AtomKV.set = function (key, value) {
       return client().set(key, value).then(function () {});
     };
+    // AtomKV's convention, unchanged: `revision` is the revision the key will have (read + 1).
     AtomKV.update = function (key, value, revision) {
-      return client().update(key, value, revision).then(function (r) { return r.ok; }, function () { return false; });
+      return client()._cas(key, value, revision).then(function (r) { return r.ok; }, function () { return false; });
     };
     // Every change after the call, none lost: buffered for slow consumers, resumed after reconnects.
     AtomKV.subscribe = async function* (keypath) {

@@ -42,6 +42,15 @@ export interface Item<T = unknown> {
   updated: number;
 }
 
+/** One item of a glob read with `get` (ooo's list: no revision per item). */
+export interface ListItem<T = unknown> {
+  key: string;
+  value: T;
+  created: number;
+  /** 0 when never updated since created. */
+  updated: number;
+}
+
 /** What a subscriber gets: the current value first (`initial`), then after every change. */
 export interface Update<T = unknown> {
   /** The subscription's pattern (`books/*`, `a/`, `key`). */
@@ -88,6 +97,11 @@ export interface Client {
   readonly state: State;
   /** Resolves once the wasm module is loaded and the client started. */
   readonly ready: Promise<Client>;
+  /** A glob (`todos/*`): its items, newest first (`[]` when none). A list carries no revisions:
+   * to compare-and-swap an item, `get` it by name or subscribe. (A subtree, `todos/`, can only be
+   * subscribed to: `get` rejects with the server's 400.) */
+  get<T = unknown>(pattern: `${string}*`): Promise<ListItem<T>[]>;
+  /** A key (a glob is a pattern, above): its value and revision, or `null` when absent. */
   get<T = unknown>(key: string): Promise<{ key: string; value: T; revision: number; created: number; updated: number } | null>;
   set(key: string, value: unknown, opts?: { ttl?: number }): Promise<WriteResult>;
   /** Adds under `prefix/*` with a new time-ordered key. */
@@ -96,8 +110,11 @@ export interface Client {
   patch(key: string, value: unknown, opts?: { type?: "merge" | "merge-patch" | "json-patch" }): Promise<WriteResult>;
   delete(key: string): Promise<WriteResult>;
   incr(key: string, by?: number): Promise<WriteResult>;
-  /** Compare-and-swap: succeeds only if `revision` is the key's current revision + 1 (0 creates). */
-  update(key: string, value: unknown, revision: number): Promise<UpdateResult>;
+  /** Compare-and-swap: `revision` is the revision you read (from `get` or a subscription); the
+   * write applies only if the key is still at that revision. `null` (or -1, as for an absent key)
+   * creates only if the key is absent. A mismatch resolves `{ ok: false, conflict: true }`.
+   * (`AtomKV.update` keeps AtomKV's convention instead: the revision the key will have.) */
+  update(key: string, value: unknown, revision: number | null): Promise<UpdateResult>;
   subscribe<T = unknown>(path: string, callback: (update: Update<T>) => void): Unsubscribe;
   subscribe<T = unknown>(path: string): Subscription<T>;
   on(type: "state", f: (state: State) => void): Client;
@@ -119,6 +136,8 @@ export interface AtomKVStatic {
   BASE: string | undefined;
   get<T = unknown>(key: string): Promise<[T | null, number]>;
   set(key: string, value: unknown): Promise<void>;
+  /** AtomKV's convention: `revision` is the revision the key will have, the one read + 1 (0
+   * creates). Resolves `false` on a conflict. */
   update(key: string, value: unknown, revision: number): Promise<boolean>;
   subscribe<T = unknown>(keypath: string): AsyncGenerator<[string, T | null, number]>;
 }

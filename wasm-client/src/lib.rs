@@ -9,7 +9,7 @@
 //! the WebSocket constructor is passed in (Node 20 has none; the wrapper passes the `ws`
 //! package's), sockets are called structurally, and `fetch` and `setTimeout` are the globals
 //! all three have. Values cross the boundary as JSON text, which turns 64-bit integers into JS
-//! numbers instead of BigInts (the toolchain doc's pitfall 15).
+//! numbers instead of BigInts (which a `u64` crossing the boundary would become).
 //!
 //! **Invariant:** no sync logic here. A decision this file makes beyond moving bytes belongs in
 //! the core, where it is tested without a browser.
@@ -82,13 +82,24 @@ struct Inner {
     tick: Option<Closure<dyn FnMut()>>,
 }
 
+thread_local! {
+    // A handler that does nothing, made once and never freed (one per module instance): what a
+    // dropped socket keeps as its `error` handler. Node's `ws` package emits `error` when a socket
+    // still connecting is closed ("closed before the connection was established") and, as a
+    // Node event emitter, throws an `error` nobody listens to: an uncaught exception that would
+    // crash the program. Browsers and Workers only call it, which is harmless.
+    static IGNORE: JsValue = Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {}).into_js_value();
+}
+
 impl Inner {
     fn drop_socket(&mut self) {
         if let Some(s) = self.socket.take() {
             s.set_onopen(None);
             s.set_onmessage(None);
             s.set_onclose(None);
-            s.set_onerror(None);
+            IGNORE.with(|f| s.set_onerror(Some(f.unchecked_ref())));
+            // `close` on a socket that is still connecting is allowed (browsers, Workers and `ws`
+            // abort the handshake); should a host throw anyway, the socket is being dropped.
             let _ = s.close();
         }
         self.handlers.clear();

@@ -85,7 +85,8 @@ async function route() {
   }
 }
 
-// Keys: search by prefix or glob, paged by the keys API, with each entry's metadata.
+// Keys: search by prefix or glob, paged by the keys API, which lists each entry's metadata too
+// (one request per page, none per key).
 async function keysPage(params) {
   const filter = params.get("filter") || "";
   const page = Math.max(1, Number(params.get("page")) || 1);
@@ -109,12 +110,7 @@ async function keysPage(params) {
   $("#new-key").onclick = () => newKeyDialog(filter);
   const { json } = await api("GET", `/?api=keys&filter=${encodeURIComponent(filter)}&page=${page}&limit=${limit}`);
   const keys = json.keys || [];
-  const metas = await Promise.all(keys.map(async (k) => {
-    try {
-      const { r, json: m } = await api("GET", keyUrl(k));
-      return { ...m, revision: r.headers.get("x-revision") };
-    } catch (e) { return { error: e.message }; }
-  }));
+  const metas = keys.map((k, i) => json.items?.[i] ?? { key: k });
   const pages = Math.max(1, Math.ceil(json.total / limit));
   const link = (p) => `#/keys?filter=${encodeURIComponent(filter)}&limit=${limit}&page=${p}`;
   $("#keys").innerHTML = keys.length === 0
@@ -157,6 +153,9 @@ async function keyPage(arg) {
     </div>`;
   let revision = null; // the revision the editor's content is based on
   let etag = null;     // and its entity tag, for the compare-and-swap
+  // What the meta panel shows: the last loaded metadata, then the live subscription's updates.
+  let meta = null;
+  let liveRevision = null;
   let current;         // the server's value as last seen
   // The text mode reports edits after a short debounce: remember that one is pending, and let
   // it land before reading the value, so Save never sends the text from before the last keys.
@@ -176,9 +175,17 @@ async function keyPage(arg) {
     if (c.json !== undefined) return c.json;
     return JSON.parse(c.text); // throws a SyntaxError shown to the user: nothing is sent
   };
-  const showMeta = (m, rev) => {
+  // `revision`: the server's current one (live); `loaded`: the one the editor's draft is based on.
+  const renderMeta = () => {
+    const m = meta;
     $("#meta").innerHTML = [["created", fmtTime(m?.created)], ["updated", m?.updated ? fmtTime(m.updated) : "—"],
-      ["loaded revision", rev ?? "—"], ["index", m?.index ?? "—"]].map(([k, v]) => `<div><dt>${k}</dt><dd>${esc(v)}</dd></div>`).join("");
+      ["revision", liveRevision ?? revision ?? "—"], ["loaded revision", revision ?? "—"], ["index", m?.index ?? "—"]]
+      .map(([k, v]) => `<div data-meta="${k}"><dt>${k}</dt><dd>${esc(v)}</dd></div>`).join("");
+  };
+  const showMeta = (m, rev) => {
+    meta = m;
+    liveRevision = rev == null ? null : Number(rev);
+    renderMeta();
     $("#rev").textContent = rev == null ? "absent" : `rev ${rev}`;
   };
   const load = async () => {
@@ -206,6 +213,14 @@ async function keyPage(arg) {
         $("#meta").classList.remove("flash"); void $("#meta").offsetWidth; $("#meta").classList.add("flash");
       }
       if (info?.revision != null) $("#rev").textContent = `rev ${info.revision} (live)`;
+      // The metadata follows the live value: updated time and revision as the server reports them.
+      if (value === undefined || value === null) {
+        if (!info?.initial) { meta = { index: meta?.index }; liveRevision = null; renderMeta(); }
+      } else if (info?.revision != null) {
+        meta = { ...meta, created: info.created, updated: info.updated };
+        liveRevision = info.revision;
+        renderMeta();
+      }
       $("#live-note").textContent = value === undefined || value === null
         ? "Live: the key does not exist (yet)."
         : "Live: changes made elsewhere appear below as they happen. Saving uses the revision you loaded, so a concurrent change is reported as a conflict.";

@@ -28,12 +28,19 @@ export const live = {
   onState(f) {
     listeners.push(f);
   },
-  /** Watches one key: `f(value, {revision})` with the current value, then after every change. */
+  /** Watches one key: `f(value, {revision, created, updated, initial})` with the current value,
+   * then after every change (`revision` null when unknown). */
   watch(key, f) {
     if (!client) return () => {};
     const stop = client.subscribe(key, (u) => {
       const last = u.changes[u.changes.length - 1];
-      f(u.value ?? null, { revision: last && last.revision >= 0 ? last.revision : null, initial: u.initial });
+      const known = last && last.revision >= 0;
+      f(u.value ?? null, {
+        revision: known ? last.revision : null,
+        created: known ? last.created : null,
+        updated: known ? last.updated : null,
+        initial: u.initial,
+      });
     });
     return () => stop();
   },

@@ -161,10 +161,11 @@ test("the server restarts mid-stream: the page ends with exactly the server's st
   await until(() => page.evaluate(() => window.held !== undefined), "the initial value");
   const w = await writer();
   try {
-    // Compare-and-swap creates: a write resent after the crash cannot apply twice (it conflicts).
+    // Compare-and-swap creates (null: only if absent): a write resent after the crash cannot
+    // apply twice (it conflicts).
     const key = (i) => `r/k${String(i).padStart(4, "0")}`;
     const results = [];
-    for (let i = 0; i < 1000; i++) results.push(w.update(key(i), { i }, 0));
+    for (let i = 0; i < 1000; i++) results.push(w.update(key(i), { i }, null));
     await until(async () => (await page.evaluate(() => window.seen.length)) >= 300, "300 changes before the crash");
     await s.kill();
     await until(() => page.evaluate(() => window.states.includes("waiting")), "the page to see the crash");
@@ -173,12 +174,15 @@ test("the server restarts mid-stream: the page ends with exactly the server's st
     for (const o of outcomes) assert.ok(o.ok || o.conflict, JSON.stringify(o));
     const server = await s.json("/r/*");
     assert.equal(server.length, 1000);
-    const seen = await until(async () => {
-      const v = await page.evaluate(() => window.seen);
-      return v.length >= 1000 && v;
-    }, "all changes in the page");
-    await new Promise((r) => setTimeout(r, 200)); // room for a duplicate to show up
-    const final = await page.evaluate(() => ({ seen: window.seen, held: window.held, states: window.states }));
+    // A marker written last: changes arrive in order, so once the page has it, a duplicate of
+    // any earlier change would have arrived before it.
+    await w.set("r/zz-end", { i: -1 });
+    await until(async () => (await page.evaluate(() => window.seen)).some((x) => x[0] === "r/zz-end"), "the marker in the page");
+    const final = await page.evaluate(() => ({
+      seen: window.seen.filter((x) => x[0] !== "r/zz-end"),
+      held: window.held.filter((x) => x.key !== "r/zz-end"),
+      states: window.states,
+    }));
     // In order, each once: exactly the 1,000 creates.
     assert.deepEqual(final.seen.map((x) => x[0]), Array.from({ length: 1000 }, (_, i) => key(i)));
     assert.deepEqual(final.seen.map((x) => x[1]), Array.from({ length: 1000 }, (_, i) => i));

@@ -200,3 +200,58 @@ test("works with a token when the server requires one", { timeout: 60_000 }, asy
     await ruled.stop();
   }
 });
+
+test("the Keys page lists metadata from the keys API alone: no request per key", { timeout: 60_000 }, async () => {
+  const ns = `cnt${Date.now().toString(36)}`;
+  for (let i = 0; i < 6; i++) {
+    await fetch(`${server.base}/${ns}/k${i}`, { method: "POST", body: JSON.stringify({ i }) });
+  }
+  // k2 updated twice: revision 2 and an updated time.
+  for (const v of [10, 20]) await fetch(`${server.base}/${ns}/k2`, { method: "POST", body: JSON.stringify({ i: v }) });
+  const p = await page("#/keys");
+  const requests = [];
+  p.on("request", (r) => requests.push(new URL(r.url())));
+  await p.goto(`${server.base}/#/keys?filter=${ns}/`);
+  await p.waitForSelector(`tr[data-key="${ns}/k5"]`);
+  assert.equal(await p.locator("#keys tbody tr").count(), 6);
+  const row = async (k) => (await p.locator(`tr[data-key="${ns}/${k}"] td`).allTextContents()).map((t) => t.trim());
+  const meta = await (await fetch(`${server.base}/${ns}/k2`)).json();
+  const k2 = await row("k2");
+  assert.equal(k2[3], "2", "the revision, from the keys API");
+  assert.notEqual(k2[2], "—", "an updated time");
+  assert.equal(k2[2], await p.evaluate((ns) => new Date(ns / 1e6).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }), meta.updated));
+  const k0 = await row("k0");
+  assert.deepEqual([k0[2], k0[3]], ["—", "0"], "never updated");
+  assert.notEqual(k0[1], "—", "a created time");
+  // One keys API request for the listing, and not one GET of a listed key.
+  const toServer = requests.filter((u) => u.origin === server.base);
+  assert.equal(toServer.filter((u) => u.searchParams.get("api") === "keys").length, 1, toServer.join("\n"));
+  assert.deepEqual(toServer.filter((u) => u.pathname.startsWith(`/${ns}`)).map(String), []);
+  await p.close();
+});
+
+test("the key page's updated time and revision follow live changes", { timeout: 60_000 }, async () => {
+  const key = `upd${Date.now().toString(36)}/doc`;
+  await fetch(`${server.base}/${key}`, { method: "POST", body: '{"v":1}' });
+  const p = await page(`#/key/${key}`);
+  await p.waitForFunction(() => document.querySelector("#rev").textContent.startsWith("rev 0"));
+  const field = (name) => p.textContent(`#meta [data-meta="${name}"] dd`);
+  assert.equal(await field("updated"), "—", "never updated yet");
+  assert.equal(await field("revision"), "0");
+  // Written from outside: the page shows the new updated time and revision without a reload.
+  for (const [v, rev] of [[2, "1"], [3, "2"]]) {
+    const before = await field("updated");
+    await fetch(`${server.base}/${key}`, { method: "POST", body: JSON.stringify({ v }) });
+    const meta = await (await fetch(`${server.base}/${key}`)).json();
+    const want = await p.evaluate((ns) => new Date(ns / 1e6).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }), meta.updated);
+    await p.waitForFunction(([want, rev]) => {
+      const f = (n) => document.querySelector(`#meta [data-meta="${n}"] dd`)?.textContent;
+      return f("updated") === want && f("revision") === rev;
+    }, [want, rev], { timeout: 10000 });
+    assert.notEqual(want, "—");
+    if (rev === "1") assert.notEqual(before, want);
+  }
+  // The draft's base stays the revision loaded (Save is a compare-and-swap on it).
+  assert.equal(await field("loaded revision"), "0");
+  await p.close();
+});

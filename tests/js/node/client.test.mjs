@@ -17,15 +17,21 @@ test("writes, reads and compare-and-swap", async () => {
   const c = Stateline.connect(s.base, { shared: false });
   try {
     assert.equal((await c.set("n/a", { x: 1 })).revision, 0);
-    const won = await c.update("n/a", { x: 2 }, 1);
+    // Compare-and-swap on the revision the caller read.
+    const read = await c.get("n/a");
+    assert.equal(read.revision, 0);
+    const won = await c.update("n/a", { x: 2 }, read.revision);
     assert.deepEqual([won.ok, won.key, won.revision], [true, "n/a", 1]);
     assert.equal(won.etag, (await fetch(`${s.base}/n/a`)).headers.get("etag"));
-    const lost = await c.update("n/a", { x: 3 }, 1);
+    // The same read again is stale now: a conflict, and nothing written.
+    const lost = await c.update("n/a", { x: 3 }, read.revision);
     assert.equal(lost.ok, false);
     assert.equal(lost.conflict, true);
     assert.equal(lost.code, "revision-conflict");
     const got = await c.get("/n/a");
     assert.deepEqual([got.value, got.revision], [{ x: 2 }, 1]);
+    // A revision ahead of the key's is a conflict too (not a write).
+    assert.equal((await c.update("n/a", { x: 4 }, 2)).ok, false);
     assert.equal(await c.get("n/missing"), null);
     const pushed = await c.push("n/list", 5);
     assert.match(pushed.key, /^n\/list\/[0-9a-f]+$/);
@@ -88,10 +94,10 @@ test("offline writes are queued, a failed CAS is a visible conflict, and a resta
     await until(() => seen.length === 1, "the first change");
     await s.kill();
     await until(() => c.state === "waiting", "the client to notice");
-    const queued = [c.set("off/b", 2), c.update("off/a", 99, 0)];
+    // A compare-and-swap on a stale read (off/a was absent once): it must conflict.
+    const queued = [c.set("off/b", 2), c.update("off/a", 99, null)];
     // Writes reach the wasm client after the `ready` promise, a microtask later.
-    await new Promise((r) => setImmediate(r));
-    assert.equal(c.queued(), 2);
+    await until(() => c.queued() === 2, "both writes queued");
     await s.start();
     const [b, cas] = await Promise.all(queued);
     assert.equal(b.revision, 0);
@@ -105,6 +111,76 @@ test("offline writes are queued, a failed CAS is a visible conflict, and a resta
     assert.equal(states.at(-1), "open");
   } finally {
     unsub();
+    await c.close();
+  }
+});
+
+test("update: the revision read (null or -1 creates only if absent); AtomKV.update: the next revision", async () => {
+  const c = Stateline.connect(s.base, { shared: false });
+  const A = makeAtomKV(s.base);
+  try {
+    // Absent: null (what `get` gives) or -1 (what AtomKV.get gives) creates only if absent.
+    assert.equal(await c.get("cas/a"), null);
+    const made = await c.update("cas/a", 1, null);
+    assert.deepEqual([made.ok, made.revision], [true, 0]);
+    assert.equal((await c.update("cas/a", 2, null)).conflict, true, "exists now");
+    assert.equal((await c.update("cas/b", 1, -1)).ok, true);
+    assert.equal((await c.update("cas/b", 2, -1)).conflict, true);
+    // A read-modify-write loop as a user writes it: read, compute, swap on the revision read.
+    for (let i = 0; i < 3; i++) {
+      const cur = await c.get("cas/a");
+      const r = await c.update("cas/a", cur.value + 1, cur.revision);
+      assert.deepEqual([r.ok, r.revision], [true, cur.revision + 1]);
+    }
+    assert.deepEqual([(await c.get("cas/a")).value, (await c.get("cas/a")).revision], [4, 3]);
+    // The revision a subscription reported for the current value works the same way.
+    const sub = c.subscribe("cas/a");
+    const first = (await sub.next()).value;
+    sub.unsubscribe();
+    const rev = first.changes.at(-1).revision;
+    assert.equal(rev, 3);
+    assert.equal((await c.update("cas/a", 10, rev)).ok, true);
+    // Not a revision: refused before anything is sent (no unconditional write by mistake).
+    for (const bad of [undefined, "3", 1.5, -2]) {
+      await assert.rejects(c.update("cas/a", 99, bad), TypeError, String(bad));
+    }
+    assert.deepEqual([(await c.get("cas/a")).value, (await c.get("cas/a")).revision], [10, 4]);
+
+    // AtomKV's global keeps AtomKV's convention: the revision the key will have (read + 1).
+    const [v, r] = await A.get("/cas/a");
+    assert.deepEqual([v, r], [10, 4]);
+    assert.equal(await A.update("/cas/a", 11, r), false, "the revision read is stale for AtomKV");
+    assert.equal(await A.update("/cas/a", 11, r + 1), true);
+    assert.equal(await A.update("/cas/new", 1, 0), true, "0 creates");
+    assert.equal(await A.update("/cas/new", 2, 0), false);
+    assert.deepEqual(await A.get("/cas/a"), [11, 5]);
+  } finally {
+    await c.close();
+    await Stateline.connect(s.base).close();
+  }
+});
+
+test("get on a glob: its items, newest first, as GET gives them; on a subtree: a clear error", async () => {
+  const c = Stateline.connect(s.base, { shared: false });
+  try {
+    assert.deepEqual(await c.get("todo/*"), [], "none yet: an empty list");
+    await c.set("todo/a", { t: "milk" });
+    await c.set("todo/b", { t: "eggs" });
+    await c.set("todo/sub/c", { t: "deep" });
+    await c.set("todo/a", { t: "oat milk" });
+    const server = await (await fetch(`${s.base}/todo/*`)).json();
+    const glob = await c.get("todo/*");
+    assert.ok(Array.isArray(glob), JSON.stringify(glob));
+    assert.deepEqual(glob, server.map((m) => ({ key: m.path, value: m.data, created: m.created, updated: m.updated })));
+    // Newest created first; a glob is one level.
+    assert.deepEqual(glob.map((i) => [i.key, i.value]), [["todo/b", { t: "eggs" }], ["todo/a", { t: "oat milk" }]]);
+    assert.ok(glob[1].updated > 0 && glob[0].updated === 0);
+    // A subtree cannot be read over HTTP (only subscribed to): the server's 400, said plainly.
+    assert.equal((await fetch(`${s.base}/todo/`)).status, 400);
+    await assert.rejects(c.get("/todo/"), (e) => e.status === 400 && /subtree/.test(e.message) && /subscri/.test(e.message));
+    // A key still reads as one value.
+    assert.deepEqual((await c.get("todo/a")).value, { t: "oat milk" });
+  } finally {
     await c.close();
   }
 });

@@ -20,8 +20,9 @@ export default {
       });
       const set = await c.set(key, { n: 1 });
       const got = await c.get(key);
-      const cas = await c.update(key, { n: 2 }, set.revision + 1);
-      const stale = await c.update(key, { n: 3 }, set.revision + 1);
+      // Compare-and-swap on the revision read; the same read again is stale.
+      const cas = await c.update(key, { n: 2 }, got.revision);
+      const stale = await c.update(key, { n: 3 }, got.revision);
       await Promise.race([seen, new Promise((_, rej) => setTimeout(() => rej(new Error("no update")), 5000))]);
       return Response.json({ set, got, cas, stale, updates, state: c.state });
     } catch (e) {
