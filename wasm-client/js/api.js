@@ -179,8 +179,8 @@ function __statelineApi(loadWasm, env) {
   }
   // GET over HTTP. A key: { key, value, revision, created, updated }, or null when absent. A glob
   // (`todos/*`): its items, newest first, each { key, value, created, updated } (`[]` when none;
-  // a list carries no revisions: get a key by name, or subscribe). A subtree (`todos/`) is for
-  // subscriptions only: the server's 400 saying so rejects.
+  // a list carries no revisions: get a key by name, or subscribe). A subtree (`todos/`): every
+  // key below it at any depth, the same way.
   Client.prototype.get = function (key) {
     var self = this, k = trimKey(key);
     return this.ready.then(function () { return self._c.get(k); }).then(function (json) {

@@ -97,10 +97,10 @@ export interface Client {
   readonly state: State;
   /** Resolves once the wasm module is loaded and the client started. */
   readonly ready: Promise<Client>;
-  /** A glob (`todos/*`): its items, newest first (`[]` when none). A list carries no revisions:
-   * to compare-and-swap an item, `get` it by name or subscribe. (A subtree, `todos/`, can only be
-   * subscribed to: `get` rejects with the server's 400.) */
-  get<T = unknown>(pattern: `${string}*`): Promise<ListItem<T>[]>;
+  /** A glob (`todos/*`) or a subtree (`todos/`, every key below it at any depth): its items,
+   * newest first (`[]` when none). A list carries no revisions: to compare-and-swap an item,
+   * `get` it by name or subscribe. */
+  get<T = unknown>(pattern: `${string}*` | `${string}/`): Promise<ListItem<T>[]>;
   /** A key (a glob is a pattern, above): its value and revision, or `null` when absent. */
   get<T = unknown>(key: string): Promise<{ key: string; value: T; revision: number; created: number; updated: number } | null>;
   set(key: string, value: unknown, opts?: { ttl?: number }): Promise<WriteResult>;

@@ -160,7 +160,7 @@ test("update: the revision read (null or -1 creates only if absent); AtomKV.upda
   }
 });
 
-test("get on a glob: its items, newest first, as GET gives them; on a subtree: a clear error", async () => {
+test("get on a glob or a subtree: its items, newest first, as GET gives them", async () => {
   const c = Stateline.connect(s.base, { shared: false });
   try {
     assert.deepEqual(await c.get("todo/*"), [], "none yet: an empty list");
@@ -175,9 +175,11 @@ test("get on a glob: its items, newest first, as GET gives them; on a subtree: a
     // Newest created first; a glob is one level.
     assert.deepEqual(glob.map((i) => [i.key, i.value]), [["todo/b", { t: "eggs" }], ["todo/a", { t: "oat milk" }]]);
     assert.ok(glob[1].updated > 0 && glob[0].updated === 0);
-    // A subtree cannot be read over HTTP (only subscribed to): the server's 400, said plainly.
-    assert.equal((await fetch(`${s.base}/todo/`)).status, 400);
-    await assert.rejects(c.get("/todo/"), (e) => e.status === 400 && /subtree/.test(e.message) && /subscri/.test(e.message));
+    // A subtree: every key below it, at any depth, newest first.
+    const tree = await c.get("/todo/");
+    assert.deepEqual(tree.map((i) => i.key), ["todo/sub/c", "todo/b", "todo/a"]);
+    const serverTree = await (await fetch(`${s.base}/todo/`)).json();
+    assert.deepEqual(tree.map((i) => i.key), serverTree.map((m) => m.path));
     // A key still reads as one value.
     assert.deepEqual((await c.get("todo/a")).value, { t: "oat milk" });
   } finally {
