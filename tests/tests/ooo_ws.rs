@@ -363,9 +363,9 @@ async fn upgrade_is_case_insensitive_and_bearer_is_accepted() {
         "GET /{k} HTTP/1.1\r\nHost: {}\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: bearer, {token}\r\n\r\n",
         s.authority()
     );
-    let mut tcp = stateline_conformance::raw(&s, &head, b"").await;
+    let mut tcp = raw(&s, &head, b"").await;
     let mut buf = Vec::new();
-    stateline_conformance::read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
+    read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
     let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 101"), "{text}");
     assert!(text.contains("sec-websocket-protocol: bearer"), "{text}");

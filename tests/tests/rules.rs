@@ -264,7 +264,7 @@ async fn rest_writes_of_every_kind_are_refused() {
             // A glob delete considers only keys the caller may read: over keys it may not read
             // it deletes nothing and answers 204, as if they did not exist (a refused token
             // still gets 401).
-            let status = if *m == Method::DELETE && path.contains('*') && status != 401 {
+            let status = if *m == Method::DELETE && path.contains('*') && who != "expired" {
                 204
             } else {
                 status
@@ -501,6 +501,11 @@ async fn mux_socket_subscriptions_writes_and_auth() {
         }
         for m in ops(round) {
             let r = call(&mut ws, m.clone(), &mut seen).await;
+            if m["op"] == "del" && m["key"].as_str().is_some_and(|k| k.contains('*')) {
+                // A glob delete considers only keys the caller may read: none here.
+                assert_eq!(r["deleted"], json!(0), "{m} -> {r}");
+                continue;
+            }
             assert_eq!(r["error"]["status"], expect, "{m} -> {r}");
         }
         for (i, p) in [format!("{d}/*"), "private/".into(), "private/*/*/*".into()]
@@ -728,6 +733,9 @@ async fn url_tokens_only_open_event_streams() {
         (Method::GET, format!("/{k}?access_token={t}"), ""),
     ] {
         for accept in ["text/event-stream", "application/json"] {
+            if m == Method::GET && accept == "text/event-stream" {
+                continue; // that one opens an event stream: the one place a URL token is read
+            }
             let r = f
                 .server
                 .client()
