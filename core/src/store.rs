@@ -85,12 +85,15 @@ pub enum Ttl {
 /// match instead of a walk over every key: a glob costs the smallest of its candidate sets (the
 /// keys of its depth with one of its literal segments at that position, or every key of its
 /// depth when it has no literal), never the whole keyspace.
+// A set of keys, sharing the store's allocations.
+type Keys = HashSet<Arc<str>>;
+
 #[derive(Debug, Default)]
 struct SegIndex {
     // (depth, position) -> segment -> keys of that depth with that segment at that position.
-    postings: HashMap<(u16, u16), HashMap<Box<str>, HashSet<Arc<str>>>>,
+    postings: HashMap<(u16, u16), HashMap<Box<str>, Keys>>,
     // depth -> keys with that many segments.
-    by_depth: HashMap<u16, HashSet<Arc<str>>>,
+    by_depth: HashMap<u16, Keys>,
 }
 
 // Keys are at most `MAX_KEY_LEN` (1024) bytes, so depths and positions fit in u16.
@@ -138,7 +141,7 @@ impl SegIndex {
 
     /// The smallest set of keys that holds every match of a glob with these segments (`None`:
     /// no key can match).
-    fn candidates(&self, segs: &[Segment]) -> Option<&HashSet<Arc<str>>> {
+    fn candidates(&self, segs: &[Segment]) -> Option<&Keys> {
         let depth = small(segs.len());
         let mut best = self.by_depth.get(&depth)?;
         for (i, seg) in segs.iter().enumerate() {
