@@ -36,6 +36,13 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Largest page of the keys API (ooo: 500).
     pub max_keys_page: usize,
+    /// Most JSON values (nodes) one body or `/_ws` message may hold (see [`json::MAX_NODES`]):
+    /// a parsed tree costs ~25 times its text, so bytes alone do not bound memory.
+    pub max_nodes: usize,
+    /// Host names (`name` or `name:port`) this server is reached by, besides `localhost`,
+    /// `127.0.0.1` and `[::1]`: a request whose `Origin` is its own `Host` is same-origin only
+    /// when that host is one of these (else a rebinding DNS name would pass as same-origin).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -47,6 +54,8 @@ impl Default for Config {
             log_bytes: 64 << 20,
             cors_origins: vec!["*".into()],
             max_keys_page: 500,
+            max_nodes: json::MAX_NODES,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -624,16 +633,24 @@ impl Engine {
             }
             Op::Delete { target, cond } => {
                 let pattern = Pattern::parse(&target)?;
+                // A glob delete considers only the keys the caller may read (as lists and the keys
+                // API do): a key it may not read is neither deleted nor named in a refusal, so the
+                // answer never tells whether such a key exists.
+                let mut glob_keys: Vec<Arc<str>> = Vec::new();
                 if let Pattern::Key(_) = pattern {
                     self.authorize(Action::Delete, &target, who)?;
                 } else {
-                    // A glob delete is refused whole if it covers one key the caller may not
-                    // delete: never a partial write.
+                    // Refused whole if it covers one readable key the caller may not delete:
+                    // never a partial write.
                     self.authorize_caller(&target, who)?;
-                    let keys: Vec<Arc<str>> =
-                        self.store.scan(&pattern).map(|(k, _)| k.clone()).collect();
-                    for k in keys {
-                        self.authorize(Action::Delete, &k, who)?;
+                    glob_keys = self
+                        .store
+                        .scan(&pattern)
+                        .map(|(k, _)| k.clone())
+                        .filter(|k| self.can_read(k, who))
+                        .collect();
+                    for k in &glob_keys {
+                        self.authorize(Action::Delete, k, who)?;
                     }
                 }
                 self.filters.check(Need::Delete, &target)?;
@@ -651,16 +668,16 @@ impl Engine {
                             changes: c,
                         })
                     }
-                    p => {
+                    _ => {
                         if cond != Cond::Always {
                             return Err(Error::BadRequest(
                                 "preconditions apply to single keys, not globs".into(),
                             ));
                         }
-                        let keys: Vec<Arc<str>> =
-                            self.store.scan(&p).map(|(k, _)| k.clone()).collect();
-                        let changes: Vec<Change> =
-                            keys.iter().filter_map(|k| self.store.remove(k)).collect();
+                        let changes: Vec<Change> = glob_keys
+                            .iter()
+                            .filter_map(|k| self.store.remove(k))
+                            .collect();
                         self.after(&changes);
                         Ok(Applied {
                             outcome: Outcome::Deleted(changes.len()),
@@ -678,8 +695,16 @@ impl Engine {
                 let value = match self.store.get(&key) {
                     None => by,
                     Some(e) => {
+                        // Numbers are kept as written: one beyond 64-bit integers (or a
+                        // fraction) is refused, never rounded.
                         let n = e.data.as_i64().ok_or_else(|| {
-                            Error::Counter(format!("{key} does not hold an integer"))
+                            Error::Counter(if e.data.is_number() {
+                                format!(
+                                    "{key} holds a number that is not an integer from -2^63 to 2^63-1"
+                                )
+                            } else {
+                                format!("{key} does not hold an integer")
+                            })
                         })?;
                         n.checked_add(by)
                             .ok_or_else(|| Error::Counter(format!("{key} would overflow")))?
@@ -1287,12 +1312,52 @@ mod tests {
     }
 
     #[test]
+    fn glob_deletes_consider_only_readable_keys() {
+        let (mut e, alice, bob) = ruled();
+        let anon = Identity::Anonymous;
+        set_as(&mut e, "private/alice/a", json!("secret"), &alice).unwrap();
+        set_as(&mut e, "public/x/y", json!(1), &anon).unwrap();
+        set_as(&mut e, "typed/1", json!(1), &anon).unwrap();
+        let del = |e: &mut Engine, g: &str, who: &Identity| {
+            e.execute_as(
+                t(2),
+                Op::Delete {
+                    target: g.into(),
+                    cond: Cond::Always,
+                },
+                who,
+            )
+        };
+        // Only alice's key matches: nothing the caller may read, so nothing happens, and the
+        // answer is the same as for a glob that matches nothing (it tells no name).
+        for who in [&anon, &bob] {
+            let seq = e.store().last_seq();
+            let a = del(&mut e, "private/*/*", who).unwrap();
+            assert_eq!((a.outcome, a.changes.len()), (Outcome::Deleted(0), 0));
+            assert_eq!(e.store().last_seq(), seq);
+        }
+        // A readable key the caller may not delete is refused, and named: it may read it.
+        let err = del(&mut e, "*/*", &anon).unwrap_err();
+        assert_eq!(err.status(), StatusCode::FORBIDDEN, "{err}");
+        assert!(err.to_string().contains("typed/1") && !err.to_string().contains("alice"));
+        // A broad glob deletes what the caller may read and delete, and leaves alice's key.
+        let a = del(&mut e, "*/*/*", &anon).unwrap();
+        assert_eq!(a.outcome, Outcome::Deleted(1));
+        assert!(e.store().get("public/x/y").is_none());
+        assert!(e.store().get("private/alice/a").is_some());
+        // The owner's glob covers her key.
+        let a = del(&mut e, "private/*/*", &alice).unwrap();
+        assert_eq!(a.outcome, Outcome::Deleted(1));
+    }
+
+    #[test]
     fn rules_refuse_before_anything_changes() {
         let (mut e, alice, bob) = ruled();
         let anon = Identity::Anonymous;
         set_as(&mut e, "private/alice/a", json!("secret"), &alice).unwrap();
         set_as(&mut e, "public/x", json!(1), &anon).unwrap();
         set_as(&mut e, "public/x/y", json!(1), &anon).unwrap();
+        set_as(&mut e, "typed/1", json!(1), &anon).unwrap();
         let seq = e.store().last_seq();
         let denied = [
             (
@@ -1343,8 +1408,9 @@ mod tests {
             ),
             // The glob covers a public key too: refused whole.
             (
+                // A glob over a key bob may read but not delete: refused whole.
                 Op::Delete {
-                    target: "*/*/*".into(),
+                    target: "*/*".into(),
                     cond: Cond::Always,
                 },
                 &bob,
@@ -1405,6 +1471,7 @@ mod tests {
             json!("secret")
         );
         assert_eq!(e.stats().denied.forbidden, 8);
+
         assert_eq!(e.stats().denied.no_token, 2);
         assert_eq!(e.stats().denied.schema, 1);
         let d = e.poll_denial().unwrap();

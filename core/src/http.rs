@@ -163,7 +163,7 @@ pub fn token<B>(req: &Request<B>) -> Option<String> {
             }
         }
     }
-    if wants_events(h) {
+    if opens_event_stream(req) {
         let q = query_pairs(req.uri().query().unwrap_or(""));
         if let Some(t) = query_get(&q, "access_token").or_else(|| query_get(&q, "token")) {
             if !t.is_empty() {
@@ -172,6 +172,102 @@ pub fn token<B>(req: &Request<B>) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the request opens an SSE stream (what [`classify`] calls [`Kind::Events`]): a `GET`
+/// whose `Accept` lists `text/event-stream`, not a WebSocket, on a key, glob or subtree. Only
+/// these may carry their token in the URL (`EventSource` cannot set headers; a URL ends up in
+/// logs and histories, so nothing else may).
+fn opens_event_stream<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path();
+    req.method() == Method::GET
+        && wants_events(req.headers())
+        && !is_websocket(req.headers())
+        && !(path.starts_with("/_") && path != "/")
+        && !(path == "/"
+            && query_get(&query_pairs(req.uri().query().unwrap_or("")), "api").is_some())
+}
+
+/// A token in the URL (`?access_token=`, `?token=`) where it is not honoured: refused rather
+/// than silently ignored, so a client learns at once that it must use `Authorization`.
+fn url_token_misused<B>(req: &Request<B>) -> Option<Error> {
+    let q = req.uri().query()?;
+    let named = query_pairs(q)
+        .iter()
+        .any(|(k, _)| k == "access_token" || k == "token");
+    (named && !opens_event_stream(req)).then(|| {
+        Error::BadRequest(
+            "a token in the URL (?access_token=, ?token=) is accepted only on a GET that opens an \
+             SSE stream (Accept: text/event-stream); send it as Authorization: Bearer <token> \
+             (on a WebSocket: the subprotocols bearer, <token>)"
+                .into(),
+        )
+    })
+}
+
+/// The host name of a `Host` value or of an origin's authority (`name:port` → `name`,
+/// `[::1]:80` → `[::1]`).
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Hosts every server answers to as itself (loopback), besides [`Config::allowed_hosts`].
+///
+/// [`Config::allowed_hosts`]: crate::engine::Config::allowed_hosts
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether `host` (a `Host` header) names this server: a loopback name or one of the configured
+/// hosts (`name` matches on any port, `name:port` on that port only).
+fn host_served(engine: &Engine, host: &str) -> bool {
+    let name = host_name(host);
+    LOOPBACK_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || engine
+            .config()
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+}
+
+/// The origin check, for every request and WebSocket handshake, before anything runs: a request
+/// with an `Origin` header is refused (403) unless `--allow-origin` allows any (`*`), lists that
+/// origin, or the origin is the request's own `Host` **and** that host is one this server serves
+/// (its loopback names and `--allow-host`), so a DNS name rebound to this server does not pass
+/// as same-origin. CORS alone only hides answers from a page; this keeps a disallowed page's
+/// requests from running at all.
+pub fn origin_refused(engine: &Engine, h: &HeaderMap) -> Option<Error> {
+    let origin = header_str(h, header::ORIGIN)?;
+    let allow = &engine.config().cors_origins;
+    if allow.is_empty()
+        || allow
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return None;
+    }
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    let same = header_str(h, header::HOST)
+        .is_some_and(|host| host.eq_ignore_ascii_case(authority) && host_served(engine, host));
+    if same {
+        return None;
+    }
+    Some(Error::Forbidden(format!(
+        "origin {origin} is not allowed (see --allow-origin, --allow-host)"
+    )))
+}
+
+/// The answer to a request refused before it runs (origin, token in the URL): a problem
+/// document on the `/_` routes, ooo's plain text elsewhere.
+fn early_refusal<B>(engine: &Engine, req: &Request<B>) -> Option<Response<Bytes>> {
+    let e = origin_refused(engine, req.headers()).or_else(|| url_token_misused(req))?;
+    let path = req.uri().path();
+    Some(if path.starts_with("/_") {
+        problem(engine, req.headers(), &e)
+    } else {
+        plain_error(engine, req.headers(), &e, req.method().as_str(), "")
+    })
 }
 
 /// Checks, before a WebSocket upgrade or an SSE response, that `who` may open this subscription
@@ -209,6 +305,9 @@ pub fn authorize_connection<B>(
 // The error is the response itself, built once and sent as is; boxing it buys nothing.
 #[allow(clippy::result_large_err)]
 pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<Bytes>> {
+    if let Some(r) = early_refusal(engine, req) {
+        return Err(r);
+    }
     let path = match crate::key::decode_http_path(req.uri().path()) {
         Ok(p) => p,
         Err(e) => return Err(plain_error(engine, req.headers(), &e.into(), "GET", "")),
@@ -250,15 +349,17 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
     }
     let mut version = query_get(&q, "v").and_then(parse_version);
     if sse {
-        // AtomKV's event id is `/<key>:<revision>`; find that change's sequence number in the log.
-        if let Some(id) = header_str(req.headers(), "last-event-id") {
-            if let Some((k, rev)) = id.rsplit_once(':') {
-                let k = k.strip_prefix('/').unwrap_or(k);
-                version = rev
-                    .parse()
-                    .ok()
-                    .and_then(|r| engine.log().find(k, r))
-                    .or(Some(0));
+        if let Some(id) =
+            header_str(req.headers(), "last-event-id").filter(|i| !i.trim().is_empty())
+        {
+            match resume_version(engine, id) {
+                Some(v) => version = Some(v),
+                // Resuming from an id this server never sent would silently start over; say so.
+                None => {
+                    return err(Error::BadRequest(format!(
+                        "Last-Event-ID {id:?} is not an event id of this server (they look like /<key>:<revision>:<version>); reconnect without it to start from the current values"
+                    )))
+                }
             }
         }
         let initial = truthy(query_get(&q, "initial"));
@@ -273,6 +374,25 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
         version,
         initial: true,
     }))
+}
+
+/// The version an SSE stream resumes from, given its `Last-Event-ID`. Ids are
+/// `/<key>:<revision>:<version>` (the version: the store sequence number of that change, in hex;
+/// AtomKV's clients split on `:` and read the first two fields only), unique and ordered across
+/// the whole stream. An old-style `/<key>:<revision>` is looked up in the log (a key's revisions
+/// start again after a delete, so such an id may be ambiguous; one the log no longer holds
+/// resumes from nothing: the current values). `None` for text that is no id of ours.
+fn resume_version(engine: &Engine, id: &str) -> Option<u64> {
+    let mut parts = id.trim().rsplitn(3, ':');
+    let (last, mid, first) = (parts.next(), parts.next(), parts.next());
+    match (first, mid, last) {
+        (Some(_), Some(rev), Some(v)) if rev.parse::<u64>().is_ok() => parse_version(v),
+        (None, Some(k), Some(rev)) if k.starts_with('/') => {
+            let r: u64 = rev.parse().ok()?;
+            Some(engine.log().find(&k[1..], r).unwrap_or(0))
+        }
+        _ => None,
+    }
 }
 
 /// Headers every response carries: AtomKV's CORS set, narrowed to the configured origins.
@@ -476,7 +596,8 @@ fn conditions(h: &HeaderMap) -> Result<Cond, Error> {
 }
 
 fn body_json(engine: &Engine, body: &[u8]) -> Result<Value, Error> {
-    Ok(json::parse(body, engine.config().max_depth)?)
+    let c = engine.config();
+    Ok(json::parse_limited(body, c.max_depth, c.max_nodes)?)
 }
 
 /// Answers a plain HTTP request for whoever its bearer token says (see [`token`]). Changes in
@@ -514,6 +635,12 @@ pub fn handle_as(
         changes: vec![],
     };
 
+    if let Some(response) = early_refusal(engine, req) {
+        return HttpOutcome {
+            response,
+            changes: vec![],
+        };
+    }
     if method == Method::OPTIONS {
         return HttpOutcome {
             response: respond(engine, h, StatusCode::NO_CONTENT, None, Bytes::new()),
@@ -826,9 +953,11 @@ fn extended(
             let by = if body.iter().all(u8::is_ascii_whitespace) {
                 1
             } else {
-                body_json(engine, body)?
-                    .as_i64()
-                    .ok_or_else(|| Error::BadRequest("incr: body must be an integer".into()))?
+                body_json(engine, body)?.as_i64().ok_or_else(|| {
+                    Error::BadRequest(
+                        "incr: body must be an integer from -2^63 to 2^63-1 (no fraction)".into(),
+                    )
+                })?
             };
             let ttl = match parse_ttl(q, h)? {
                 Ttl::Clear => Ttl::Keep,
@@ -918,14 +1047,18 @@ fn api_route(
             } else {
                 None
             };
-            let keys: Vec<&str> = engine
-                .store()
-                .keys()
-                .map(|k| &**k)
-                .filter(|k| match &glob {
-                    Some(g) => g.matches(k),
-                    None => k.starts_with(filter),
-                })
+            // A glob goes through the store's segment index, a prefix through its order: the
+            // page costs what the filter matches, not the whole keyspace.
+            let matched: Vec<&str> = match &glob {
+                Some(g) => engine.store().scan(g).map(|(k, _)| &**k).collect(),
+                None => engine
+                    .store()
+                    .keys_with_prefix(filter)
+                    .map(|k| &**k)
+                    .collect(),
+            };
+            let keys: Vec<&str> = matched
+                .into_iter()
                 // Key names can be personal too: only those the caller may read.
                 .filter(|k| engine.can_read(k, who))
                 .collect();

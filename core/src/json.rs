@@ -20,6 +20,12 @@ pub enum JsonError {
         /// The limit.
         max: usize,
     },
+    /// More values (nodes) than the configured limit: refused before the tree is built.
+    #[error("invalid JSON: the body holds more than {max} values (nodes), the limit")]
+    TooManyNodes {
+        /// The limit.
+        max: usize,
+    },
     /// ooo merge: an object would be replaced by a non-object.
     #[error("merge: patch value must be object for key {0:?}")]
     MergeType(String),
@@ -34,9 +40,67 @@ pub enum JsonError {
     Patch(String),
 }
 
+/// Most values (nodes: every object, array, string, number, `true`, `false`, `null`) one body
+/// may hold. A parsed value costs far more memory than its text (a `{}` is 2 bytes of JSON and
+/// about 80 bytes in memory, so 10 MiB of `[{},{},..]` is ~260 MB), and everything bounded by
+/// bytes (the body cap, the change log) would be 25 times over its budget without this. At the
+/// default a body's tree stays within about 25 MB whatever its shape; a body beyond it gets 400.
+pub const MAX_NODES: usize = 1 << 18;
+
 /// Parses a request body: exactly one JSON value (whitespace around it is fine), at most
-/// `max_depth` levels of arrays and objects.
+/// `max_depth` levels of arrays and objects and at most [`MAX_NODES`] values.
 pub fn parse(body: &[u8], max_depth: usize) -> Result<Value, JsonError> {
+    parse_limited(body, max_depth, MAX_NODES)
+}
+
+/// How many values (nodes) the JSON text holds, counted on the bytes without building anything;
+/// stops counting past `limit`. For invalid JSON the count is meaningless (the parser refuses
+/// it anyway).
+pub fn count_nodes(body: &[u8], limit: usize) -> usize {
+    let mut n = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    // The last byte outside strings and whitespace: a scalar starts after one of `[`, `,`, `:`
+    // or at the beginning.
+    let mut prev = b'[';
+    for &b in body {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+                prev = b'"';
+            }
+            continue;
+        }
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => continue,
+            b'"' => {
+                in_str = true;
+                n += 1;
+            }
+            // A string before `:` was an object key, not a value.
+            b':' => n = n.saturating_sub(1),
+            b'{' | b'[' => n += 1,
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' if matches!(prev, b'[' | b',' | b':') => n += 1,
+            _ => {}
+        }
+        prev = b;
+        if n > limit {
+            break;
+        }
+    }
+    n
+}
+
+/// [`parse`] with an explicit cap on values (nodes), checked on the bytes before the tree is
+/// built, so a refused body never costs more than its bytes.
+pub fn parse_limited(body: &[u8], max_depth: usize, max_nodes: usize) -> Result<Value, JsonError> {
+    if count_nodes(body, max_nodes) > max_nodes {
+        return Err(JsonError::TooManyNodes { max: max_nodes });
+    }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("recursion limit exceeded") {
@@ -162,8 +226,39 @@ pub fn merge_patch(doc: &Value, patch: &Value) -> Value {
 }
 
 /// Parses an RFC 6902 patch document.
+///
+/// The operations' `value`s are set aside while `json-patch` reads the operations and put back
+/// after: its operations are an internally tagged enum, which serde buffers, and the buffer
+/// cannot hold numbers kept as written (beyond 64 bits, `-0`), which would be refused or
+/// rewritten on the way.
 pub fn parse_patch(v: Value) -> Result<json_patch::Patch, JsonError> {
-    serde_json::from_value(v).map_err(|e| JsonError::Patch(e.to_string()))
+    use json_patch::PatchOperation as P;
+    let Value::Array(ops) = v else {
+        return Err(JsonError::Patch(
+            "invalid type: expected a sequence of operations".into(),
+        ));
+    };
+    let mut out = Vec::with_capacity(ops.len());
+    for mut op in ops {
+        let value = match &mut op {
+            Value::Object(o) => o
+                .get_mut("value")
+                .map(|v| std::mem::replace(v, Value::Null)),
+            _ => None,
+        };
+        let mut parsed: P =
+            serde_json::from_value(op).map_err(|e| JsonError::Patch(e.to_string()))?;
+        if let Some(value) = value {
+            match &mut parsed {
+                P::Add(o) => o.value = value,
+                P::Replace(o) => o.value = value,
+                P::Test(o) => o.value = value,
+                P::Remove(_) | P::Move(_) | P::Copy(_) => {}
+            }
+        }
+        out.push(parsed);
+    }
+    Ok(json_patch::Patch(out))
 }
 
 /// RFC 6902 JSON Patch, all or nothing.
@@ -203,6 +298,81 @@ mod tests {
         ));
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({"a":[1]})), 2);
+    }
+
+    #[test]
+    fn nodes_are_counted_and_capped() {
+        for (text, n) in [
+            ("1", 1),
+            ("[]", 1),
+            ("[{},{}]", 3),
+            (r#"{"a":1,"b":[true,false,null],"c":"x:,[{"}"#, 7),
+            (r#"["\"[", -1.5e3, {"k\"":{}}]"#, 5),
+            (" [ 1 , 2 ] ", 3),
+        ] {
+            assert_eq!(count_nodes(text.as_bytes(), usize::MAX), n, "{text}");
+        }
+        // 10 MiB of `{},` would be 3.5 million values: refused before it is parsed.
+        let big = format!("[{}{{}}]", "{},".repeat(300_000));
+        assert!(matches!(
+            parse(big.as_bytes(), 64),
+            Err(JsonError::TooManyNodes { max: MAX_NODES })
+        ));
+        assert!(parse_limited(big.as_bytes(), 64, 400_000).is_ok());
+        assert_eq!(
+            parse_limited(b"[1,2,3]", 64, 3),
+            Err(JsonError::TooManyNodes { max: 3 })
+        );
+        assert!(parse_limited(b"[1,2]", 64, 3).is_ok());
+    }
+
+    #[test]
+    fn numbers_are_kept_as_written() {
+        for n in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "-0",
+            "1.0",
+            "1.50",
+            "1e+400",
+            "0.1000000000000000055511151231257827",
+        ] {
+            let v = parse(n.as_bytes(), 8).unwrap();
+            assert_eq!(encode(&v), n.as_bytes(), "{n}");
+            let doc = format!(r#"{{"n":{n},"l":[{n}]}}"#);
+            let v = parse(doc.as_bytes(), 8).unwrap();
+            assert_eq!(encode(&v), doc.as_bytes(), "{doc}");
+            // Through every patch kind.
+            let merged = ooo_merge(&json!({}), &v).unwrap();
+            assert_eq!(
+                encode(&merged),
+                format!(r#"{{"l":[{n}],"n":{n}}}"#).as_bytes()
+            );
+            assert_eq!(encode(&merge_patch(&json!({}), &v)), doc.as_bytes());
+            let p = parse_patch(
+                parse(
+                    format!(r#"[{{"op":"add","path":"/x","value":{n}}}]"#).as_bytes(),
+                    8,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                encode(&json_patch(&json!({}), &p).unwrap()),
+                format!(r#"{{"x":{n}}}"#).as_bytes()
+            );
+        }
+        // An exponent is kept with its sign spelled out (`1E400` reads back as `1e+400`): the
+        // digits and the value are the same.
+        assert_eq!(encode(&parse(b"1E400", 8).unwrap()), b"1e+400");
+        // Integers still read as integers where the server needs one.
+        assert_eq!(parse(b"42", 8).unwrap().as_i64(), Some(42));
+        assert_eq!(
+            parse(b"123456789012345678901234567890", 8)
+                .unwrap()
+                .as_i64(),
+            None
+        );
     }
 
     #[test]

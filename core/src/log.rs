@@ -8,8 +8,49 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use serde_json::Value;
+
 use crate::key::Pattern;
 use crate::store::{Change, Entry};
+
+/// What the log keeps of an entry: its JSON text, never its parsed tree. A tree costs about 25
+/// times its text (a `{}` is 2 bytes of JSON and ~80 bytes parsed), and a superseded entry's tree
+/// would live on in the log alone; the bytes are what the log is charged for, so the bytes are
+/// what it holds. The tree is parsed again only when a client resumes.
+#[derive(Debug, Clone)]
+struct Kept {
+    created: i64,
+    updated: i64,
+    expires: Option<i64>,
+    json: Bytes,
+}
+
+impl Kept {
+    fn of(e: &Entry) -> Kept {
+        Kept {
+            created: e.created,
+            updated: e.updated,
+            expires: e.expires,
+            json: e.json.clone(),
+        }
+    }
+
+    fn entry(&self, revision: u64, seq: u64) -> Entry {
+        // The text was encoded from a parsed value by this process, so it parses again (numbers
+        // are kept exactly as written, object order is kept).
+        let data: Value = serde_json::from_slice(&self.json).unwrap_or(Value::Null);
+        Entry {
+            created: self.created,
+            updated: self.updated,
+            revision,
+            seq,
+            expires: self.expires,
+            data: Arc::new(data),
+            json: self.json.clone(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Record {
@@ -18,7 +59,7 @@ struct Record {
     revision: u64,
     // `created` of the entry before this change (for resuming list subscriptions by position).
     prev_created: Option<i64>,
-    entry: Option<Entry>,
+    entry: Option<Kept>,
     cost: usize,
 }
 
@@ -137,6 +178,7 @@ impl Log {
         prev_created: Option<i64>,
         entry: Option<Entry>,
     ) {
+        let entry = entry.as_ref().map(Kept::of);
         let cost = RECORD_OVERHEAD + key.len() + entry.as_ref().map_or(0, |e| e.json.len());
         self.records.push_back(Record {
             seq,
@@ -234,8 +276,8 @@ impl Log {
                 let m = match (&r.entry, origin.is_some()) {
                     (None, false) => return None,
                     (None, true) => Missed::Delete(r.key.clone(), r.revision, r.seq),
-                    (Some(e), false) => Missed::Create(r.key.clone(), e.clone()),
-                    (Some(e), true) => Missed::Update(r.key.clone(), e.clone()),
+                    (Some(e), false) => Missed::Create(r.key.clone(), e.entry(r.revision, r.seq)),
+                    (Some(e), true) => Missed::Update(r.key.clone(), e.entry(r.revision, r.seq)),
                 };
                 Some((i, m, origin))
             })
@@ -337,6 +379,54 @@ mod tests {
             small.push(&c);
         }
         assert!(small.bytes() <= 400 && !small.is_empty());
+    }
+
+    #[test]
+    fn charged_for_what_it_holds() {
+        // Values whose tree is ~25 times their text: the log holds their text only, so the
+        // bytes it is charged are the bytes it keeps, and its budget bounds its memory.
+        let mut s = Store::new(0);
+        let budget = 64 << 10;
+        let mut l = Log::new(0, 1000, budget);
+        let body = format!("[{}{{}}]", "{},".repeat(2000));
+        let mut trees = Vec::new();
+        for i in 0..40 {
+            let v = crate::json::parse(body.as_bytes(), 64).unwrap();
+            let c = s.put("k", Entry::value(v), i, Ttl::Clear, None);
+            trees.push(c.entry.as_ref().unwrap().data.clone());
+            l.push(&c);
+        }
+        del(&mut s, &mut l, "k");
+        assert!(s.is_empty());
+        assert!(l.bytes() <= budget, "{} > {budget}", l.bytes());
+        assert!(l.len() < 40, "the oldest were dropped");
+        // No record keeps a tree alive: only this test holds them now.
+        assert!(trees.iter().all(|t| Arc::strong_count(t) == 1));
+        // Resuming parses the text again, exactly.
+        let steps = l.since(l.floor(), s.last_seq(), &Pattern::parse("k").unwrap());
+        assert!(matches!(steps.as_deref(), Ok([Missed::Delete(..)])));
+        let mut s2 = Store::new(0);
+        let mut l2 = Log::new(0, 10, 1 << 20);
+        put(&mut s2, &mut l2, "n", 1);
+        let c = s2.put(
+            "n",
+            Entry::value(
+                crate::json::parse(b"{\"x\":123456789012345678901234567890,\"a\":-0}", 8).unwrap(),
+            ),
+            2,
+            Ttl::Clear,
+            None,
+        );
+        l2.push(&c);
+        let m = l2
+            .since(1, s2.last_seq(), &Pattern::parse("n").unwrap())
+            .unwrap();
+        let Missed::Update(_, e) = &m[0] else {
+            panic!("{m:?}")
+        };
+        assert_eq!(&*e.json, b"{\"x\":123456789012345678901234567890,\"a\":-0}");
+        assert_eq!(crate::json::encode(&e.data), &*e.json);
+        assert_eq!((e.revision, e.seq), (1, 2));
     }
 
     #[test]

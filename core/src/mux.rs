@@ -140,9 +140,27 @@ fn sub_pattern(o: &Map<String, Value>, id: &Value) -> Result<Pattern, Refused> {
     })
 }
 
-/// Parses one client message. `max_depth` bounds the nesting of values, as for HTTP bodies.
+/// Parses one client message. `max_depth` bounds the nesting of values, as for HTTP bodies,
+/// and [`json::MAX_NODES`] the number of values.
 pub fn parse(msg: &[u8], max_depth: usize) -> Result<Message, Refused> {
-    let v = json::parse(msg, max_depth.saturating_add(1)).map_err(|e| Refused {
+    parse_limited(msg, max_depth, json::MAX_NODES)
+}
+
+/// [`parse`] with the engine's limits (`max_depth`, `max_nodes` of its config).
+pub fn parse_for(msg: &[u8], config: &crate::engine::Config) -> Result<Message, Refused> {
+    parse_limited(msg, config.max_depth, config.max_nodes)
+}
+
+/// [`parse`] with an explicit cap on the values (nodes) of the message.
+pub fn parse_limited(msg: &[u8], max_depth: usize, max_nodes: usize) -> Result<Message, Refused> {
+    // The message's own object and its fields count too: one node of slack per field is
+    // plenty (a message has at most a dozen).
+    let v = json::parse_limited(
+        msg,
+        max_depth.saturating_add(1),
+        max_nodes.saturating_add(16),
+    )
+    .map_err(|e| Refused {
         id: Value::Null,
         error: e.into(),
     })?;
@@ -214,7 +232,7 @@ pub fn parse(msg: &[u8], max_depth: usize) -> Result<Message, Refused> {
                 None | Some(Value::Null) => 1,
                 Some(b) => b
                     .as_i64()
-                    .ok_or_else(|| bad(&id, "by must be an integer"))?,
+                    .ok_or_else(|| bad(&id, "by must be an integer from -2^63 to 2^63-1"))?,
             },
             ttl: ttl_field(&o, &id, Ttl::Keep)?,
         }),

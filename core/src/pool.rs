@@ -31,7 +31,7 @@ pub enum Encoding {
     Ooo,
     /// The same envelope with `"sub":"<pattern>"` first, for the multiplexed `/_ws`.
     Mux,
-    /// AtomKV's server-sent events: `data:<json>\nid:/<key>:<revision>\n\n`.
+    /// AtomKV's server-sent events: `data:<json>\nid:/<key>:<revision>:<version>\n\n`.
     Sse,
 }
 
@@ -826,7 +826,12 @@ fn sse_data(key: &str, e: &Entry, filters: &Filters) -> Option<Vec<u8>> {
     Some(crate::json::encode(m.get("data").unwrap_or(&Value::Null)))
 }
 
-fn push_event(out: &mut Vec<u8>, key: &str, revision: u64, data: Option<&[u8]>) {
+/// One event. Its id is AtomKV's `/<key>:<revision>` followed by `:<version>`, the store sequence
+/// number of the change in hex: a key's revisions start again at 0 when it is created after a
+/// delete, so `key:revision` alone may name two points of the stream; the version is unique and
+/// ordered, and `Last-Event-ID` resumes from it. AtomKV's client splits the id on `:` and reads
+/// the first two fields, so it is unaffected.
+fn push_event(out: &mut Vec<u8>, key: &str, revision: u64, seq: u64, data: Option<&[u8]>) {
     match data {
         Some(d) => {
             out.extend_from_slice(b"data:");
@@ -834,17 +839,17 @@ fn push_event(out: &mut Vec<u8>, key: &str, revision: u64, data: Option<&[u8]>) 
         }
         None => out.extend_from_slice(b"event:delete\ndata:null"),
     }
-    out.extend_from_slice(format!("\nid:/{key}:{revision}\n\n").as_bytes());
+    out.extend_from_slice(format!("\nid:/{key}:{revision}:{seq:x}\n\n").as_bytes());
 }
 
 fn encode_event(out: &mut Vec<u8>, c: &Change, filters: &Filters) {
     match &c.entry {
         Some(e) => {
             if let Some(d) = sse_data(&c.key, e, filters) {
-                push_event(out, &c.key, c.revision, Some(&d));
+                push_event(out, &c.key, c.revision, c.seq, Some(&d));
             }
         }
-        None => push_event(out, &c.key, c.revision, None),
+        None => push_event(out, &c.key, c.revision, c.seq, None),
     }
 }
 
@@ -854,17 +859,19 @@ fn encode_missed(m: &[Missed], filters: &Filters) -> Bytes {
         match step {
             Missed::Create(k, e) | Missed::Update(k, e) => {
                 if let Some(d) = sse_data(k, e, filters) {
-                    push_event(&mut out, k, e.revision, Some(&d));
+                    push_event(&mut out, k, e.revision, e.seq, Some(&d));
                 }
             }
-            Missed::Delete(k, rev, _) => push_event(&mut out, k, *rev, None),
+            Missed::Delete(k, rev, seq) => push_event(&mut out, k, *rev, *seq, None),
         }
     }
     out.into()
 }
 
 /// SSE initial values (and resync): the current value of every key matching `pattern`, as
-/// events, oldest first, so the last event is the newest.
+/// events, in the order of their last change (oldest first), so the last event is the newest
+/// and its id's version covers every event before it: a stream cut in the middle of these
+/// resumes from the last one it got without losing the rest (they changed after it).
 fn current_events(
     pattern: &Pattern,
     audience: &Audience,
@@ -877,14 +884,18 @@ fn current_events(
             .get(k)
             .map(|e| vec![(k.as_ref().into(), e.clone())])
             .unwrap_or_default(),
-        p => store.list(p),
+        p => {
+            let mut items: Vec<_> = store.scan(p).map(|(k, e)| (k.clone(), e.clone())).collect();
+            items.sort_by_key(|(_, e)| e.seq);
+            items
+        }
     };
-    for (k, e) in items.iter().rev() {
+    for (k, e) in &items {
         if !filters.visible(k, audience) {
             continue;
         }
         if let Some(d) = sse_data(k, e, filters) {
-            push_event(&mut out, k, e.revision, Some(&d));
+            push_event(&mut out, k, e.revision, e.seq, Some(&d));
         }
     }
     out.into()

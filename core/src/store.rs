@@ -5,13 +5,13 @@
 //! so the engine can make multi-key operations all-or-nothing and roll back a write whose durable
 //! commit failed. It knows nothing of HTTP, filters or subscribers, and never reads a clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::key::Pattern;
+use crate::key::{Pattern, Segment};
 
 /// One stored value with its metadata. Cheap to clone: the value and its bytes are shared.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,10 +81,86 @@ pub enum Ttl {
     After(i64),
 }
 
+/// The keys by their segments, so a glob (`*/x`, `*/*/name`) is answered from the keys it can
+/// match instead of a walk over every key: a glob costs the smallest of its candidate sets (the
+/// keys of its depth with one of its literal segments at that position, or every key of its
+/// depth when it has no literal), never the whole keyspace.
+// A set of keys, sharing the store's allocations.
+type Keys = HashSet<Arc<str>>;
+
+#[derive(Debug, Default)]
+struct SegIndex {
+    // (depth, position) -> segment -> keys of that depth with that segment at that position.
+    postings: HashMap<(u16, u16), HashMap<Box<str>, Keys>>,
+    // depth -> keys with that many segments.
+    by_depth: HashMap<u16, Keys>,
+}
+
+// Keys are at most `MAX_KEY_LEN` (1024) bytes, so depths and positions fit in u16.
+fn small(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+impl SegIndex {
+    fn insert(&mut self, key: &Arc<str>) {
+        let depth = small(key.split('/').count());
+        for (i, seg) in key.split('/').enumerate() {
+            self.postings
+                .entry((depth, small(i)))
+                .or_default()
+                .entry(seg.into())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.by_depth.entry(depth).or_default().insert(key.clone());
+    }
+
+    fn remove(&mut self, key: &Arc<str>) {
+        let depth = small(key.split('/').count());
+        for (i, seg) in key.split('/').enumerate() {
+            let pos = (depth, small(i));
+            if let Some(segs) = self.postings.get_mut(&pos) {
+                if let Some(keys) = segs.get_mut(seg) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        segs.remove(seg);
+                    }
+                }
+                if segs.is_empty() {
+                    self.postings.remove(&pos);
+                }
+            }
+        }
+        if let Some(keys) = self.by_depth.get_mut(&depth) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_depth.remove(&depth);
+            }
+        }
+    }
+
+    /// The smallest set of keys that holds every match of a glob with these segments (`None`:
+    /// no key can match).
+    fn candidates(&self, segs: &[Segment]) -> Option<&Keys> {
+        let depth = small(segs.len());
+        let mut best = self.by_depth.get(&depth)?;
+        for (i, seg) in segs.iter().enumerate() {
+            if let Segment::Lit(l) = seg {
+                let keys = self.postings.get(&(depth, small(i)))?.get(&**l)?;
+                if keys.len() < best.len() {
+                    best = keys;
+                }
+            }
+        }
+        Some(best)
+    }
+}
+
 /// The map of keys. See the module docs.
 #[derive(Debug, Default)]
 pub struct Store {
     map: BTreeMap<Arc<str>, Entry>,
+    index: SegIndex,
     // Ordered by deadline so the next expiry is the first element.
     deadlines: BTreeSet<(i64, Arc<str>)>,
     last_seq: u64,
@@ -150,19 +226,56 @@ impl Store {
         self.map.get_key_value(key).map(|(k, _)| k.clone())
     }
 
-    /// Every (key, entry) matching a pattern, in key order.
+    /// Every (key, entry) matching a pattern, in key order. A key costs one lookup, a subtree
+    /// the keys below it, a glob the smallest candidate set of the segment index (see
+    /// [`Store::scan_visits`]); none walks the whole keyspace unless it matches all of it.
     pub fn scan<'a>(
         &'a self,
         pattern: &'a Pattern,
     ) -> impl Iterator<Item = (&'a Arc<str>, &'a Entry)> + 'a {
-        let prefix = pattern.scan_prefix();
-        self.map
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(move |(k, _)| k.starts_with(prefix))
-            .filter(move |(k, _)| pattern.matches(k))
+        self.scan_counted(pattern).0.into_iter()
+    }
+
+    /// How many stored entries a [`Store::scan`] of `pattern` looks at (matches included):
+    /// the measure of its cost, for tests and gauges.
+    pub fn scan_visits(&self, pattern: &Pattern) -> usize {
+        self.scan_counted(pattern).1
+    }
+
+    fn scan_counted<'a>(&'a self, pattern: &Pattern) -> (Vec<(&'a Arc<str>, &'a Entry)>, usize) {
+        match pattern {
+            Pattern::Key(k) => {
+                let hit: Vec<_> = self.map.get_key_value(&**k).into_iter().collect();
+                (hit, 1)
+            }
+            Pattern::Subtree(_) => {
+                let prefix = pattern.scan_prefix();
+                let mut visited = 0;
+                let hits = self
+                    .map
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .inspect(|_| visited += 1)
+                    .filter(|(k, _)| pattern.matches(k))
+                    .collect();
+                (hits, visited)
+            }
+            Pattern::Glob(_, segs) => {
+                let Some(keys) = self.index.candidates(segs) else {
+                    return (Vec::new(), 0);
+                };
+                let mut hits: Vec<_> = keys
+                    .iter()
+                    .filter(|k| pattern.matches(k))
+                    .filter_map(|k| self.map.get_key_value(&**k))
+                    .collect();
+                hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                (hits, keys.len())
+            }
+        }
     }
 
     /// Every (key, entry) matching a pattern, newest first (created descending, then key descending
@@ -179,6 +292,20 @@ impl Store {
     /// All keys in order, for paging.
     pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
         self.map.keys()
+    }
+
+    /// Keys starting with `prefix`, in order (a range of the map, not a walk of every key).
+    pub fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+        self.map
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k)
+            .take_while(move |k| k.starts_with(prefix))
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -272,9 +399,19 @@ impl Store {
                     self.deadlines.insert((d, key.clone()));
                 }
                 // Replaces in one walk of the map.
-                self.map.insert(key.clone(), e)
+                let old = self.map.insert(key.clone(), e);
+                if old.is_none() {
+                    self.index.insert(key);
+                }
+                old
             }
-            None => self.map.remove(key),
+            None => {
+                let old = self.map.remove(key);
+                if old.is_some() {
+                    self.index.remove(key);
+                }
+                old
+            }
         };
         if let Some(old) = old {
             self.bytes -= old.json.len();
@@ -410,6 +547,52 @@ mod tests {
         let p = Pattern::parse("books/*").unwrap();
         let keys: Vec<_> = s.list(&p).into_iter().map(|(k, _)| k.to_string()).collect();
         assert_eq!(keys, ["books/a", "books/c", "books/b"]);
+    }
+
+    #[test]
+    fn globs_visit_their_candidates_not_the_keyspace() {
+        let mut s = Store::new(0);
+        for i in 0..2000 {
+            s.put(&format!("k{i}/a/b"), v(json!(i)), 1, Ttl::Clear, None);
+            s.put(
+                &format!("user{i}/profile"),
+                v(json!(i)),
+                1,
+                Ttl::Clear,
+                None,
+            );
+        }
+        s.put("x/nomatch", v(json!(1)), 1, Ttl::Clear, None);
+        s.put("y/nomatch", v(json!(1)), 1, Ttl::Clear, None);
+        let p = |g: &str| Pattern::parse(g).unwrap();
+        fn keys_of(s: &Store, g: &str) -> Vec<String> {
+            let p = Pattern::parse(g).unwrap();
+            s.scan(&p).map(|(k, _)| k.to_string()).collect()
+        }
+        // A leading `*`: only the two keys with that segment are looked at.
+        assert_eq!(keys_of(&s, "*/nomatch"), ["x/nomatch", "y/nomatch"]);
+        assert_eq!(s.scan_visits(&p("*/nomatch")), 2);
+        // No key of that depth or with that segment: nothing is looked at.
+        assert_eq!(s.scan_visits(&p("*/missing")), 0);
+        assert_eq!(s.scan_visits(&p("*/*/*/*")), 0);
+        assert_eq!(s.scan_visits(&p("*/a/nothing")), 0);
+        // The smallest literal decides: `*/a/b` has 2000 candidates, `k7/*/b` one.
+        assert_eq!(keys_of(&s, "k7/*/b"), ["k7/a/b"]);
+        assert_eq!(s.scan_visits(&p("k7/*/b")), 1);
+        // Only stars: every key of that depth, which is what it matches.
+        assert_eq!(s.scan(&p("*/*/*")).count(), 2000);
+        assert_eq!(s.scan_visits(&p("*/*/*")), 2000);
+        // Deletes leave the index.
+        s.remove("x/nomatch");
+        assert_eq!(keys_of(&s, "*/nomatch"), ["y/nomatch"]);
+        assert_eq!(s.scan_visits(&p("*/nomatch")), 1);
+        s.remove("y/nomatch");
+        assert_eq!(s.scan_visits(&p("*/nomatch")), 0);
+        // Key order, as before.
+        let all: Vec<String> = keys_of(&s, "*/profile");
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted);
     }
 
     #[test]

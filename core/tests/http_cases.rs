@@ -477,6 +477,237 @@ fn case_25_cors_everywhere() {
     );
     let no = strict.req("GET", "/k", &[("origin", "https://evil.example")], "");
     assert_eq!(no.header("access-control-allow-origin"), None);
+    assert_eq!(no.status, StatusCode::FORBIDDEN);
+}
+
+fn strict(hosts: &[&str]) -> T {
+    T {
+        e: Engine::new(
+            Tick::from_wall(0),
+            Config {
+                cors_origins: vec!["https://app.example".into()],
+                allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                ..Config::default()
+            },
+            Filters::new(),
+        ),
+        now: 0,
+    }
+}
+
+#[test]
+fn a_disallowed_origin_is_refused_before_anything_runs() {
+    let mut t = strict(&[]);
+    assert_eq!(t.post("/k", "1").status, StatusCode::OK);
+    let evil = [("origin", "https://evil.example")];
+    for (m, path, body) in [
+        ("POST", "/k", "2"),
+        ("PUT", "/k", "2"),
+        ("PATCH", "/k", "{}"),
+        ("DELETE", "/k", ""),
+        ("POST", "/_incr/n", ""),
+        ("POST", "/_take/k", ""),
+        ("POST", "/_rename/k", r#"{"to":"j"}"#),
+        ("GET", "/k", ""),
+        ("GET", "/?api=keys", ""),
+    ] {
+        let r = t.req(m, path, &evil, body);
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {path}: {}", r.text());
+        assert!(
+            r.text()
+                .contains("origin https://evil.example is not allowed"),
+            "{}",
+            r.text()
+        );
+    }
+    // Nothing ran: one key, at its first revision.
+    assert_eq!(t.e.store().len(), 1);
+    assert_eq!(t.e.store().get("k").unwrap().revision, 0);
+    assert_eq!(t.e.stats().writes, 1);
+    // Listed origins, the server's own origin on a host it serves, and no Origin pass.
+    for (origin, host) in [
+        ("https://app.example", "anything"),
+        ("http://localhost:8800", "localhost:8800"),
+        ("http://127.0.0.1:8800", "127.0.0.1:8800"),
+        ("http://[::1]:8800", "[::1]:8800"),
+    ] {
+        let r = t.req(
+            "POST",
+            "/_incr/n",
+            &[("origin", origin), ("host", host)],
+            "",
+        );
+        assert_eq!(r.status, StatusCode::OK, "{origin} on {host}: {}", r.text());
+    }
+    assert_eq!(t.req("POST", "/_incr/n", &[], "").status, StatusCode::OK);
+    // DNS rebinding: Origin and Host agree, but the server does not serve that host.
+    for host in [
+        "evil.example",
+        "evil.example:8800",
+        "localhost.evil.example",
+    ] {
+        let origin = format!("http://{host}");
+        let r = t.req(
+            "POST",
+            "/_incr/n",
+            &[("origin", origin.as_str()), ("host", host)],
+            "",
+        );
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{host}: {}", r.text());
+        let ws = Request::get("/k")
+            .header("upgrade", "websocket")
+            .header("host", host)
+            .header("origin", &origin)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            stateline_core::http::classify(&t.e, &ws)
+                .unwrap_err()
+                .status(),
+            StatusCode::FORBIDDEN,
+            "{host}"
+        );
+    }
+    // Hosts the operator names: `name` on any port, `name:port` on that port only.
+    let mut t = strict(&["state.example", "other.example:443"]);
+    for (host, ok) in [
+        ("state.example", true),
+        ("state.example:8443", true),
+        ("other.example:443", true),
+        ("other.example:444", false),
+    ] {
+        let ws = Request::get("/_ws")
+            .header("upgrade", "websocket")
+            .header("host", host)
+            .header("origin", format!("https://{host}"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            stateline_core::http::classify(&t.e, &ws).is_ok(),
+            ok,
+            "{host}"
+        );
+        let origin = format!("https://{host}");
+        let r = t.req(
+            "POST",
+            "/x",
+            &[("origin", origin.as_str()), ("host", host)],
+            "1",
+        );
+        assert_eq!(r.status == StatusCode::OK, ok, "{host}: {}", r.text());
+    }
+    // Without a restriction (`*`, the default) nothing changes.
+    let mut open = T::new();
+    let r = open.req(
+        "POST",
+        "/x",
+        &[("origin", "http://evil.example"), ("host", "evil.example")],
+        "1",
+    );
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[test]
+fn a_token_in_the_url_only_opens_event_streams() {
+    use stateline_core::http::token;
+    let sse = Request::get("/k?access_token=abc")
+        .header("accept", "text/event-stream")
+        .body(())
+        .unwrap();
+    assert_eq!(token(&sse).as_deref(), Some("abc"));
+    let t2 = Request::get("/k/?token=abc")
+        .header("accept", "text/html, text/event-stream")
+        .body(())
+        .unwrap();
+    assert_eq!(token(&t2).as_deref(), Some("abc"));
+    let mut t = T::new();
+    t.post("/k", "1");
+    for (m, path) in [
+        ("POST", "/k?access_token=abc"),
+        ("DELETE", "/k?access_token=abc"),
+        ("PUT", "/k?token=abc"),
+        ("POST", "/_take/k?access_token=abc"),
+        ("POST", "/_incr/n?access_token=abc"),
+        ("GET", "/?api=keys&access_token=abc"),
+        ("GET", "/k?access_token=abc"),
+    ] {
+        for accept in ["text/event-stream", "application/json"] {
+            if m == "GET" && path.starts_with("/k") && accept == "text/event-stream" {
+                continue; // that one opens an SSE stream
+            }
+            let req = Request::builder()
+                .method(m)
+                .uri(path)
+                .header("accept", accept)
+                .body(())
+                .unwrap();
+            assert_eq!(token(&req), None, "{m} {path} ({accept})");
+            let r = t.req(m, path, &[("accept", accept)], "1");
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "{m} {path}: {}",
+                r.text()
+            );
+            assert!(r.text().contains("Authorization: Bearer"), "{}", r.text());
+        }
+    }
+    // WebSocket upgrades use the `bearer` subprotocol, not the URL.
+    let ws = Request::get("/k?access_token=abc")
+        .header("upgrade", "websocket")
+        .header("accept", "text/event-stream")
+        .body(())
+        .unwrap();
+    assert_eq!(token(&ws), None);
+    assert_eq!(
+        stateline_core::http::classify(&t.e, &ws)
+            .unwrap_err()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(t.e.store().get("k").unwrap().revision, 0, "nothing ran");
+    assert!(t.e.store().get("n").is_none());
+}
+
+#[test]
+fn numbers_round_trip_and_counters_refuse_what_they_cannot_hold() {
+    let mut t = T::new();
+    for n in [
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "-0",
+        "1.50",
+    ] {
+        assert_eq!(t.post("/n", n).status, StatusCode::OK);
+        let g = t.get("/n");
+        assert!(
+            g.text().ends_with(&format!(r#""data":{n}}}"#)),
+            "{}",
+            g.text()
+        );
+    }
+    t.post("/big", "123456789012345678901234567890");
+    let r = t.req("POST", "/_incr/big", &[], "");
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(
+        r.text().contains("not an integer from -2^63 to 2^63-1"),
+        "{}",
+        r.text()
+    );
+    let r = t.req("POST", "/_incr/c", &[], "18446744073709551616");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(t.e.store().get("c").is_none());
+    assert_eq!(t.e.store().get("big").unwrap().revision, 0);
+    assert_eq!(
+        t.req("POST", "/_incr/c", &[], "9223372036854775807").status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        t.req("POST", "/_incr/c", &[], "").status,
+        StatusCode::CONFLICT,
+        "overflow"
+    );
+    assert!(t.get("/c").text().contains(r#""data":9223372036854775807"#));
 }
 
 #[test]

@@ -299,17 +299,19 @@ fn resume_sends_missed_changes_or_a_snapshot() {
     set(&mut e, "s/k", json!(2));
     set(&mut e, "sx", json!(0));
     let (_, j) = e.join(p.clone(), Encoding::Sse, Some(v), false).unwrap();
-    assert_eq!(
-        j,
-        Join::Missed(bytes::Bytes::from_static(b"data:2\nid:/s/k:1\n\n"))
+    // The id ends with the version of the change (unique and ordered across the stream).
+    let event = format!(
+        "data:2\nid:/s/k:1:{:x}\n\n",
+        e.store().get("s/k").unwrap().seq
     );
+    assert_eq!(j, Join::Missed(bytes::Bytes::from(event.clone())));
     for i in 0..5 {
         set(&mut e, "other", json!(i));
     }
     let (_, j) = e.join(p.clone(), Encoding::Sse, Some(v), false).unwrap();
     assert_eq!(
         j,
-        Join::Frame(bytes::Bytes::from_static(b"data:2\nid:/s/k:1\n\n")),
+        Join::Frame(bytes::Bytes::from(event)),
         "too old: resync with current values"
     );
     let (_, j) = e.join(p, Encoding::Sse, None, false).unwrap();

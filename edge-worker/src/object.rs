@@ -615,10 +615,11 @@ impl Namespace {
         };
         let mut live = self.live()?;
         let depth = live.engine.config().max_depth;
+        let nodes = live.engine.config().max_nodes;
         let t = tick();
         let mut wrote = false;
         let who = live.who.get(&att.id).cloned().unwrap_or_default();
-        let (reply, first) = match mux::parse(msg, depth) {
+        let (reply, first) = match mux::parse_limited(msg, depth, nodes) {
             Err(r) => (mux::reply_error(&r.id, &r.error), None),
             Ok(m) => {
                 let outside = (!att.ns.is_empty())

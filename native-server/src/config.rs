@@ -173,6 +173,19 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_MAX_DEPTH", default_value_t = 64, value_parser = at_least_one)]
     pub max_depth: usize,
 
+    /// Most JSON values (objects, arrays, strings, numbers, literals) one body or `/_ws` message
+    /// may hold; more get 400. A parsed value costs ~25 times its text in memory, so the body cap
+    /// alone does not bound it: at the default (262144) one body's tree stays within ~25 MB.
+    #[arg(long, env = "STATELINE_MAX_NODES", default_value_t = stateline_core::json::MAX_NODES)]
+    pub max_nodes: usize,
+
+    /// Host names this server is reached by (comma-separated; `name` for any port, `name:port`
+    /// for one), besides localhost, 127.0.0.1, [::1] and the --addr host. With a restricted
+    /// --allow-origin, a request whose Origin is its own Host is same-origin only for these
+    /// hosts (a DNS name rebound to this server is not).
+    #[arg(long, env = "STATELINE_ALLOW_HOST", value_delimiter = ',')]
+    pub allow_host: Vec<String>,
+
     /// Time allowed to receive a request body and answer it; then 503 (ooo's deadline).
     #[arg(long, env = "STATELINE_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub deadline: Duration,
@@ -315,8 +328,24 @@ impl ServeArgs {
             log_entries: self.log_entries,
             log_bytes: self.log_bytes,
             cors_origins: self.allow_origin.clone(),
+            max_nodes: self.max_nodes,
+            allowed_hosts: self.served_hosts(),
             ..Config::default()
         }
+    }
+
+    /// `--allow-host`, and the host of `--addr` unless it is a wildcard (0.0.0.0, [::]).
+    fn served_hosts(&self) -> Vec<String> {
+        let mut hosts = self.allow_host.clone();
+        if let Ok(a) = self.addr.parse::<std::net::SocketAddr>() {
+            if !a.ip().is_unspecified() {
+                hosts.push(match a.ip() {
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                });
+            }
+        }
+        hosts
     }
 
     /// The filters the flags ask for.

@@ -48,21 +48,6 @@ const WRITE_BUFFER: usize = 4 << 10;
 // A `/_ws` client sends at most this many subscriptions on one socket (bounds its pool state).
 const MAX_MUX_SUBS: usize = 1024;
 
-fn origin_allowed(allow: &[String], req: &http::HeaderMap) -> bool {
-    let Some(origin) = req.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    if allow.is_empty() || allow.iter().any(|a| a == "*") {
-        return true;
-    }
-    let host = req.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-    if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
-        return true;
-    }
-    allow.iter().any(|a| a.eq_ignore_ascii_case(origin))
-}
-
 fn refuse(status: StatusCode, body: &'static str) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
@@ -76,9 +61,7 @@ fn refuse(status: StatusCode, body: &'static str) -> Response {
 /// Checks the handshake and upgrades; the connection then runs in its own task as `who` (the
 /// access rules were checked for the subscription before this).
 pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind, who: Identity) -> Response {
-    if !origin_allowed(&sh.limits.allow_origin, req.headers()) {
-        return refuse(StatusCode::FORBIDDEN, "origin not allowed\n");
-    }
+    // The Origin (and Host) check ran in the core, before the upgrade (`core_http::classify`).
     if *sh.shutdown.borrow() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
@@ -249,7 +232,8 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
     {
         let mut hub = sh.lock();
         let depth = hub.engine.config().max_depth;
-        let (reply, first) = match mux::parse(msg, depth) {
+        let nodes = hub.engine.config().max_nodes;
+        let (reply, first) = match mux::parse_limited(msg, depth, nodes) {
             Err(r) => (mux::reply_error(&r.id, &r.error), None),
             Ok(m) => match m.request {
                 MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),

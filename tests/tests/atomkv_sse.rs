@@ -120,8 +120,8 @@ async fn case24_sse_subtree_and_key() {
     c.request(Method::POST, &format!("/{p}x"), &[], "0")
         .await
         .unwrap();
-    let e1 = format!("data:{{\"v\":1}}\nid:/{p}/k:0\n\n");
-    let e2 = format!("data:\"deep\"\nid:/{p}/kk/x:0\n\n");
+    let e1 = format!("data:{{\"v\":1}}\nid:/{p}/k:0:");
+    let e2 = format!("data:\"deep\"\nid:/{p}/kk/x:0:");
     assert!(tree.wait_for(&e2, SOON).await, "{}", tree.text());
     tree.drain_for(QUIET).await;
     let t = tree.text();
@@ -177,7 +177,7 @@ async fn sse_initial_value_and_accept_lists() {
     .await;
     assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
     assert!(
-        sse.wait_for(&format!("data:{{\"v\":1}}\nid:/{k}:0\n\n"), SOON)
+        sse.wait_for(&format!("data:{{\"v\":1}}\nid:/{k}:0:"), SOON)
             .await,
         "{}",
         sse.text()
@@ -186,7 +186,7 @@ async fn sse_initial_value_and_accept_lists() {
         .await
         .unwrap();
     assert!(
-        sse.wait_for(&format!("data:{{\"v\":2}}\nid:/{k}:1\n\n"), SOON)
+        sse.wait_for(&format!("data:{{\"v\":2}}\nid:/{k}:1:"), SOON)
             .await
     );
     c.delete(&k).await.unwrap();
@@ -215,7 +215,7 @@ async fn sse_last_event_id_resumes() {
     c.request(Method::POST, &format!("/{p}/a"), &[], "2")
         .await
         .unwrap();
-    assert!(first.wait_for(&format!("id:/{p}/a:1\n\n"), SOON).await);
+    assert!(first.wait_for(&format!("id:/{p}/a:1:"), SOON).await);
     drop(first);
     // Missed while away: two writes to a, one to b.
     c.request(Method::POST, &format!("/{p}/a"), &[], "3")
@@ -232,18 +232,106 @@ async fn sse_last_event_id_resumes() {
     )
     .await;
     assert!(
-        again
-            .wait_for(&format!("data:4\nid:/{p}/b:0\n\n"), SOON)
-            .await,
+        again.wait_for(&format!("data:4\nid:/{p}/b:0:"), SOON).await,
         "{}",
         again.text()
     );
     let t = again.text();
-    assert!(t.contains(&format!("data:3\nid:/{p}/a:2\n\n")), "{t}");
+    assert!(t.contains(&format!("data:3\nid:/{p}/a:2:")), "{t}");
     assert!(
-        !t.contains(&format!("id:/{p}/a:1\n")),
+        !t.contains(&format!("id:/{p}/a:1:")),
         "nothing already seen: {t}"
     );
+}
+
+/// The version at the end of the last event id for `key:rev` in an SSE text
+/// (`id:/<key>:<rev>:<version>`).
+fn id_of(text: &str, key_rev: &str) -> String {
+    let start = text
+        .rfind(&format!("id:/{key_rev}:"))
+        .unwrap_or_else(|| panic!("no id for {key_rev} in {text}"));
+    let line = text[start..].lines().next().unwrap();
+    line.trim_start_matches("id:").to_string()
+}
+
+#[tokio::test]
+async fn sse_ids_are_unique_across_a_key_created_again() {
+    // A key's revision starts again at 0 when it is created after a delete, so `key:revision`
+    // names two points of the stream; the version in the id tells them apart.
+    let s = Server::start().await;
+    let c = s.client();
+    let p = unique("r");
+    let mut first = Sse::open(&s, &format!("/{p}/"), "text/event-stream", "").await;
+    c.request(Method::POST, &format!("/{p}/z"), &[], r#""a1""#)
+        .await
+        .unwrap();
+    c.request(Method::POST, &format!("/{p}/z"), &[], r#""a2""#)
+        .await
+        .unwrap();
+    assert!(
+        first
+            .wait_for(&format!("data:\"a2\"\nid:/{p}/z:1:"), SOON)
+            .await
+    );
+    c.delete(&format!("{p}/z")).await.unwrap();
+    assert!(
+        first.wait_for("event:delete", SOON).await,
+        "{}",
+        first.text()
+    );
+    first.drain_for(QUIET).await;
+    let t = first.text();
+    let seen = id_of(&t, &format!("{p}/z:1"));
+    let deleted = id_of(&t, &format!("{p}/z:2"));
+    drop(first);
+    // Missed while away: z created again (revisions 0 and 1 once more) and a change to other.
+    c.request(Method::POST, &format!("/{p}/z"), &[], r#""b1""#)
+        .await
+        .unwrap();
+    c.request(Method::POST, &format!("/{p}/other"), &[], "7")
+        .await
+        .unwrap();
+    c.request(Method::POST, &format!("/{p}/z"), &[], r#""b2""#)
+        .await
+        .unwrap();
+    for (from, what) in [
+        (&seen, "the first life's last write"),
+        (&deleted, "the delete"),
+    ] {
+        let mut again = Sse::open(
+            &s,
+            &format!("/{p}/"),
+            "text/event-stream",
+            &format!("Last-Event-ID: {from}\r\n"),
+        )
+        .await;
+        assert!(
+            again
+                .wait_for(&format!("data:\"b2\"\nid:/{p}/z:1:"), SOON)
+                .await,
+            "resumed from {what}: {}",
+            again.text()
+        );
+        assert!(
+            again
+                .wait_for(&format!("data:7\nid:/{p}/other:0:"), SOON)
+                .await,
+            "resumed from {what}, the change to other is replayed: {}",
+            again.text()
+        );
+        let t = again.text();
+        assert!(
+            !t.contains("\"a1\"") && !t.contains("\"a2\""),
+            "nothing already seen: {t}"
+        );
+        // Ids are unique and ordered: the versions grow along the stream.
+        let versions: Vec<u64> = t
+            .lines()
+            .filter_map(|l| l.strip_prefix("id:"))
+            .map(|id| u64::from_str_radix(id.rsplit(':').next().unwrap(), 16).unwrap())
+            .collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{t}");
+    }
 }
 
 #[tokio::test]

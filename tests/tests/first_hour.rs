@@ -142,3 +142,27 @@ async fn mux_push_to_a_key_says_push_needs_a_list() {
     assert!(detail.contains("push needs a list pattern"), "{r}");
     assert!(!detail.contains("glob pattern must be"), "{r}");
 }
+
+#[tokio::test]
+async fn a_garbage_last_event_id_is_refused_not_ignored() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("sse");
+    c.set(&k, &json!(1)).await.unwrap();
+    for id in ["garbage", "/x:notanumber", "1:2:zz"] {
+        let r = tokio::time::timeout(
+            SOON,
+            c.request(
+                Method::GET,
+                &format!("/{k}"),
+                &[("accept", "text/event-stream"), ("last-event-id", id)],
+                "",
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{id}: the stream opened instead of a 400"))
+        .unwrap();
+        assert_eq!(r.status, 400, "{id}: {}", r.text());
+        assert!(r.text().contains("Last-Event-ID"), "{}", r.text());
+    }
+}

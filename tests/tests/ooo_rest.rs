@@ -2,7 +2,10 @@
 
 use http::Method;
 use serde_json::{json, Value};
-use stateline_conformance::{differs, unique, Server};
+use stateline_conformance::{
+    differs, next_event, next_json, raw, read_until, send_text, unique, ws, Server, Sse, WsEvent,
+    SOON,
+};
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -485,4 +488,188 @@ async fn extended_http_etag_counters_take_rename() {
         .await
         .unwrap();
     assert!(r.status.is_client_error());
+}
+
+/// Numbers a JSON store must return exactly as it was given them: beyond 64 bits, beyond u64 by
+/// one, and negative zero.
+const EXACT: [&str; 3] = [
+    "123456789012345678901234567890",
+    "18446744073709551616",
+    "-0",
+];
+
+#[tokio::test]
+async fn numbers_are_kept_exactly_over_rest_ws_and_sse() {
+    let s = Server::start().await;
+    let c = s.client();
+    let p = unique("num");
+    let mut sse = Sse::open(&s, &format!("/{p}/"), "text/event-stream", "").await;
+    assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
+    let mux = if differs("mux-per-namespace") {
+        format!("/_ws?ns={p}")
+    } else {
+        "/_ws".to_string()
+    };
+    let mut w = ws(&s, &mux).await;
+    send_text(&mut w, &json!({"id":1,"op":"sub","path":format!("{p}/*")})).await;
+    assert_eq!(next_json(&mut w).await["ok"], json!(true));
+    next_json(&mut w).await; // the first snapshot
+    for (i, n) in EXACT.iter().enumerate() {
+        let k = format!("{p}/k{i}");
+        let body = format!(r#"{{"n":{n},"l":[{n}]}}"#);
+        let r = c
+            .request(Method::POST, &format!("/{k}"), &[], body.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{n}: {}", r.text());
+        let g = c
+            .request(Method::GET, &format!("/{k}"), &[], "")
+            .await
+            .unwrap();
+        assert!(
+            g.text().contains(&format!(r#""data":{body}"#)),
+            "REST {n}: {}",
+            g.text()
+        );
+        assert!(
+            sse.wait_for(&format!("data:{body}\n"), SOON).await,
+            "SSE {n}: {}",
+            sse.text()
+        );
+        match next_event(&mut w, SOON).await {
+            WsEvent::Data(b, _) => {
+                let t = String::from_utf8_lossy(&b);
+                assert!(t.contains(&body), "/_ws {n}: {t}");
+            }
+            other => panic!("/_ws {n}: {other:?}"),
+        }
+    }
+    // Written over /_ws, read over REST.
+    let k = format!("{p}/w");
+    let msg = format!(
+        r#"{{"id":2,"op":"set","key":"{k}","value":[{}]}}"#,
+        EXACT.join(",")
+    );
+    use futures_util::SinkExt;
+    w.send(tokio_tungstenite::tungstenite::Message::Text(msg.into()))
+        .await
+        .unwrap();
+    let mut acked = false;
+    for _ in 0..5 {
+        let m = next_json(&mut w).await;
+        if m["id"] == json!(2) {
+            assert_eq!(m["ok"], json!(true), "{m}");
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked);
+    let g = c
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    assert!(
+        g.text()
+            .contains(&format!(r#""data":[{}]"#, EXACT.join(","))),
+        "{}",
+        g.text()
+    );
+    // A counter beyond 64-bit integers is refused, never rounded; nothing changes.
+    let r = c
+        .request(Method::POST, &format!("/_incr/{p}/k0"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = c
+        .request(Method::POST, &format!("/_incr/{p}/c"), &[], EXACT[1])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let g = c
+        .request(Method::GET, &format!("/{p}/k0"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(g.header("x-revision"), Some("0"));
+    assert!(g.text().contains(EXACT[0]), "{}", g.text());
+}
+
+#[tokio::test]
+async fn disallowed_origin_is_refused_before_it_runs() {
+    let Some(s) = Server::with_flags(&["--allow-origin", "https://app.example"]).await else {
+        return;
+    };
+    let c = s.client();
+    let k = unique("o");
+    c.request(Method::POST, &format!("/{k}"), &[], "1")
+        .await
+        .unwrap();
+    c.request(Method::POST, &format!("/{k}n"), &[], "5")
+        .await
+        .unwrap();
+    let evil = [("origin", "https://evil.example")];
+    let rename = json!({"to": format!("{k}r")}).to_string();
+    for (m, path, body) in [
+        (Method::POST, format!("/{k}"), "2"),
+        (Method::PUT, format!("/{k}"), "2"),
+        (Method::PATCH, format!("/{k}"), "{}"),
+        (Method::DELETE, format!("/{k}"), ""),
+        (Method::POST, format!("/_incr/{k}n"), ""),
+        (Method::POST, format!("/_rename/{k}"), rename.as_str()),
+        (Method::POST, format!("/_take/{k}"), ""),
+        (Method::GET, format!("/{k}"), ""),
+    ] {
+        let r = c
+            .request(m.clone(), &path, &evil, body.to_string())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{m} {path}: {}", r.text());
+        assert!(r.text().contains("origin"), "{m} {path}: {}", r.text());
+        assert_eq!(r.header("access-control-allow-origin"), None);
+    }
+    // Nothing ran.
+    let g = c
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (g.status.as_u16(), g.header("x-revision")),
+        (200, Some("0"))
+    );
+    let n = c
+        .request(Method::GET, &format!("/{k}n"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(n.header("x-revision"), Some("0"));
+    // The allowed origin, the server's own origin, and no Origin at all work.
+    let own = format!("http://{}", s.authority());
+    for origin in [Some("https://app.example"), Some(own.as_str()), None] {
+        let h: Vec<(&str, &str)> = origin.map(|o| vec![("origin", o)]).unwrap_or_default();
+        let r = c
+            .request(Method::POST, &format!("/_incr/{k}n"), &h, "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{origin:?}: {}", r.text());
+    }
+    // A rebound DNS name is not the server's own origin, even when Host agrees with Origin.
+    let mut tcp = raw(
+        &s,
+        &format!(
+            "POST /_incr/{k}n HTTP/1.1\r\nHost: evil.example\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        b"",
+    )
+    .await;
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let n = c
+        .request(Method::GET, &format!("/{k}n"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        n.header("x-revision"),
+        Some("3"),
+        "only the three allowed increments ran"
+    );
 }

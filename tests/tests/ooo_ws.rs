@@ -6,8 +6,8 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{json, Value};
 use stateline_conformance::{
-    apply, assert_quiet, connections, next_event, next_json, raw_ws, read_to_eof, unique,
-    wait_connections, ws, Server, WsEvent, SOON,
+    apply, assert_quiet, connections, next_event, next_json, raw, raw_ws, read_to_eof, read_until,
+    unique, wait_connections, ws, Server, WsEvent, SOON,
 };
 
 fn empty() -> Value {
@@ -228,6 +228,90 @@ async fn case19_origin_allow_list() {
         head.starts_with("HTTP/1.1 101"),
         "no Origin: accepted. {head}"
     );
+    // Same origin as the server's own address: accepted.
+    let own = format!("Origin: http://{}\r\n", s.authority());
+    let (_, head) = raw_ws(&s, "/x", &own).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "own origin: {head}");
+    let (_, head) = raw_ws(&s, "/_ws", &own).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "own origin, /_ws: {head}");
+}
+
+#[tokio::test]
+async fn dns_rebinding_host_is_not_same_origin() {
+    // A page on evil.example whose name was rebound to this server's address sends
+    // `Host: evil.example` and `Origin: http://evil.example`: they agree, but the server does not
+    // serve evil.example, so this is not same-origin.
+    let Some(s) = Server::with_flags(&["--allow-origin", "http://good.example"]).await else {
+        return;
+    };
+    let handshake = |path: &str, host: &str, origin: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let port = s.authority().rsplit(':').next().unwrap().to_string();
+    for (path, host, origin, want) in [
+        (
+            "/x",
+            "evil.example".to_string(),
+            "http://evil.example".to_string(),
+            "403",
+        ),
+        (
+            "/_ws",
+            "evil.example".to_string(),
+            "http://evil.example".to_string(),
+            "403",
+        ),
+        (
+            "/",
+            "evil.example:80".to_string(),
+            "http://evil.example:80".to_string(),
+            "403",
+        ),
+        (
+            "/x",
+            format!("localhost:{port}"),
+            format!("http://localhost:{port}"),
+            "101",
+        ),
+        (
+            "/x",
+            s.authority().to_string(),
+            format!("http://{}", s.authority()),
+            "101",
+        ),
+    ] {
+        let mut tcp = raw(&s, &handshake(path, &host, &origin), b"").await;
+        let mut buf = Vec::new();
+        read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
+        let head = String::from_utf8_lossy(&buf);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path} Host {host} Origin {origin}: {head}"
+        );
+    }
+    // The operator may name the hosts it serves.
+    let Some(s) = Server::with_flags(&[
+        "--allow-origin",
+        "http://good.example",
+        "--allow-host",
+        "state.example",
+    ])
+    .await
+    else {
+        return;
+    };
+    let mut tcp = raw(
+        &s,
+        &handshake("/x", "state.example:8443", "http://state.example:8443"),
+        b"",
+    )
+    .await;
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
 
 #[tokio::test]
@@ -279,9 +363,9 @@ async fn upgrade_is_case_insensitive_and_bearer_is_accepted() {
         "GET /{k} HTTP/1.1\r\nHost: {}\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: bearer, {token}\r\n\r\n",
         s.authority()
     );
-    let mut tcp = stateline_conformance::raw(&s, &head, b"").await;
+    let mut tcp = raw(&s, &head, b"").await;
     let mut buf = Vec::new();
-    stateline_conformance::read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
+    read_until(&mut tcp, &mut buf, b"\r\n\r\n", SOON).await;
     let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 101"), "{text}");
     assert!(text.contains("sec-websocket-protocol: bearer"), "{text}");

@@ -270,6 +270,14 @@ async fn rest_writes_of_every_kind_are_refused() {
                 .request(m.clone(), path, &h, body.to_string())
                 .await
                 .unwrap();
+            // A glob delete considers only keys the caller may read: over keys it may not read
+            // it deletes nothing and answers 204, as if they did not exist (a refused token
+            // still gets 401).
+            let status = if *m == Method::DELETE && path.contains('*') && who != "expired" {
+                204
+            } else {
+                status
+            };
             assert_eq!(r.status, status, "{m} {path} as {who}: {}", r.text());
             f.assert_no_leak(who, &r.text());
             if path.starts_with("/_") {
@@ -502,6 +510,11 @@ async fn mux_socket_subscriptions_writes_and_auth() {
         }
         for m in ops(round) {
             let r = call(&mut ws, m.clone(), &mut seen).await;
+            if m["op"] == "del" && m["key"].as_str().is_some_and(|k| k.contains('*')) {
+                // A glob delete considers only keys the caller may read: none here.
+                assert_eq!(r["deleted"], json!(0), "{m} -> {r}");
+                continue;
+            }
             assert_eq!(r["error"]["status"], expect, "{m} -> {r}");
         }
         for (i, p) in [format!("{d}/*"), "private/".into(), "private/*/*/*".into()]
@@ -648,4 +661,104 @@ async fn sse_key_subtree_and_resume() {
         f.assert_no_leak(&path, &s.text());
         assert!(!s.text().contains(&marker2), "{path}: {}", s.text());
     }
+}
+
+#[tokio::test]
+async fn glob_writes_never_name_keys_the_caller_may_not_read() {
+    let Some(f) = fixture().await else { return };
+    let before = f.owner_view().await;
+    // Bob may read (and delete) his own keys only; alice's are invisible to him.
+    let u = f.dir.rsplit('/').next().unwrap().to_string();
+    let bob_dir = format!("private/bob/{u}");
+    let bob = Fixture::bearer(&f.tok.bob);
+    let r = f
+        .req(Method::POST, &format!("/{bob_dir}/x"), Some(&bob), "1")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Bob's globs stay within this test's keys (`u`): the server may be shared.
+    let mine = format!("/private/*/{u}/*");
+    for (who, auth, globs) in [
+        (
+            "no token",
+            None,
+            ["/private/*/*/*", "/*/alice/*/*", mine.as_str()],
+        ),
+        (
+            "bob",
+            Some(bob.as_str()),
+            ["/*/alice/*/*", "/private/alice/*/*", mine.as_str()],
+        ),
+    ] {
+        for glob in globs {
+            let r = f.req(Method::DELETE, glob, auth, "").await;
+            assert_eq!(
+                r.status,
+                204,
+                "DELETE {glob} as {who} covers nothing it may read: {}",
+                r.text()
+            );
+            assert!(
+                !r.text().contains("alice") && !r.text().contains(&f.key),
+                "a refusal never names an unreadable key: {}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(f.owner_view().await, before, "alice's keys are untouched");
+    // Bob's own key matched his last glob and he may delete it: it is gone.
+    let r = f
+        .req(Method::GET, &format!("/{bob_dir}/x"), Some(&bob), "")
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+#[tokio::test]
+async fn url_tokens_only_open_event_streams() {
+    let Some(f) = fixture().await else { return };
+    let before = f.owner_view().await;
+    let k = &f.key;
+    let t = &f.tok.alice;
+    // The owner's valid token in the URL: honoured for an SSE GET only.
+    let sse = Sse::open(
+        &f.server,
+        &format!("/{k}?access_token={t}&initial=1"),
+        "text/event-stream",
+        "",
+    )
+    .await;
+    assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
+    drop(sse);
+    let take = json!({"to": format!("{}/moved", f.dir)}).to_string();
+    for (m, path, body) in [
+        (Method::POST, format!("/{k}?access_token={t}"), "{\"m\":1}"),
+        (Method::PUT, format!("/{k}?token={t}"), "{\"m\":1}"),
+        (Method::DELETE, format!("/{k}?access_token={t}"), ""),
+        (Method::POST, format!("/_take/{k}?access_token={t}"), ""),
+        (
+            Method::POST,
+            format!("/_rename/{k}?access_token={t}"),
+            take.as_str(),
+        ),
+        (Method::GET, format!("/{k}?access_token={t}"), ""),
+    ] {
+        for accept in ["text/event-stream", "application/json"] {
+            if m == Method::GET && accept == "text/event-stream" {
+                continue; // that one opens an event stream: the one place a URL token is read
+            }
+            let r = f
+                .server
+                .client()
+                .request(m.clone(), &path, &[("accept", accept)], body.to_string())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 400, "{m} {path} ({accept}): {}", r.text());
+            assert!(
+                r.text().contains("Authorization"),
+                "the refusal says what to do: {}",
+                r.text()
+            );
+            f.assert_no_leak("url token", &r.text());
+        }
+    }
+    assert_eq!(f.owner_view().await, before, "nothing changed");
 }
