@@ -29,8 +29,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download a consistent snapshot of a running server's store (`GET /_backup`).
     Backup(BackupArgs),
-    /// Replace the store in a data folder with a backup (the server must be stopped).
+    /// Replace the store in a data folder with a backup (refused while a server uses the folder).
     Restore(RestoreArgs),
+    /// Salvage a damaged store in place: keep what is readable, report what is lost (refused
+    /// while a server uses the folder; the damaged file is kept beside the result).
+    Repair(RepairArgs),
 }
 
 /// `stateline backup` flags.
@@ -56,6 +59,14 @@ pub struct RestoreArgs {
     /// The backup file (from `stateline backup`).
     #[arg(long)]
     pub from: PathBuf,
+}
+
+/// `stateline repair` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// Data folder whose store to salvage.
+    #[arg(long, env = "STATELINE_DATA", default_value = "./data")]
+    pub data: PathBuf,
 }
 
 /// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
