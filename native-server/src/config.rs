@@ -29,10 +29,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download a consistent snapshot of a running server's store (`GET /_backup`).
     Backup(BackupArgs),
-    /// Replace the store in a data folder with a backup (the server must be stopped).
+    /// Replace the store in a data folder with a backup (refused while a server uses the folder).
     Restore(RestoreArgs),
     /// Sign a development token for a rules file's HS256 secret, printed on stdout.
     Token(TokenArgs),
+    /// Salvage a damaged store in place: keep what is readable, report what is lost (refused
+    /// while a server uses the folder; the damaged file is kept beside the result).
+    Repair(RepairArgs),
 }
 
 /// `stateline token` flags.
@@ -102,6 +105,14 @@ pub struct RestoreArgs {
     /// The backup file (from `stateline backup`).
     #[arg(long)]
     pub from: PathBuf,
+}
+
+/// `stateline repair` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// Data folder whose store to salvage.
+    #[arg(long, env = "STATELINE_DATA", default_value = "./data")]
+    pub data: PathBuf,
 }
 
 /// Longest duration a server flag takes (about 11 days): far beyond any sensible timeout, and

@@ -18,18 +18,37 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::config::ServeArgs;
 
 /// Per-connection control shared between the publisher (under the hub lock) and the connection
-/// task: set when the send queue overflowed.
+/// task: set when the send queue overflowed, and the holds of [`Shared::hold_until_committed`].
 #[derive(Debug, Default)]
 pub struct Ctl {
     lagged: AtomicBool,
     /// Wakes the connection task when it must close.
     pub wake: Notify,
+    // Subscriptions joined while writes were pending, not yet committed: until they are, the
+    // connection sends nothing from its queue (its first frame may show those writes).
+    held: AtomicUsize,
+    // One of those writes was rolled back: the first frame showed it, the connection must close.
+    hold_failed: AtomicBool,
+    /// Wakes the connection task when a hold ends.
+    pub released: Notify,
 }
 
 impl Ctl {
     /// Whether this connection fell behind and must be closed.
     pub fn is_lagged(&self) -> bool {
         self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection must not send from its queue yet (a subscription's first frame
+    /// waits for the commit of the writes it shows).
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether a write a held first frame showed was rolled back: the connection must close
+    /// without sending it (the client subscribes again).
+    pub fn hold_failed(&self) -> bool {
+        self.hold_failed.load(Ordering::Acquire)
     }
 }
 
@@ -70,6 +89,11 @@ pub struct Hub {
     clocks: Vec<Sink>,
     /// Hooks and endpoints registered on the builder (set once at start).
     pub ext: Arc<crate::ext::Extensions>,
+    // With a disk: the sequence number through which every change is committed. Changes after
+    // it are applied in memory and waiting for their group commit ("pending").
+    durable: u64,
+    // With a disk: why the last commit failed, until one succeeds again (`/_health` says it).
+    storage_error: Option<String>,
 }
 
 impl Hub {
@@ -181,6 +205,11 @@ impl Hub {
     /// Number of clock subscribers.
     pub fn clock_subscribers(&self) -> usize {
         self.clocks.len()
+    }
+
+    /// Why the store is failing (the last commit failed and none has succeeded since), if it is.
+    pub fn storage_error(&self) -> Option<&str> {
+        self.storage_error.as_deref()
     }
 }
 
@@ -295,6 +324,8 @@ impl Shared {
                 subs: HashMap::new(),
                 clocks: Vec::new(),
                 ext: Arc::default(),
+                durable: 0,
+                storage_error: None,
             }),
             limits,
             shutdown,
@@ -390,10 +421,22 @@ impl Shared {
                     let mut hub = sh.lock();
                     match result {
                         Ok(()) => {
+                            // Barriers (jobs without changes) write nothing: only a group that
+                            // wrote, or the probe (no jobs at all), shows the store works again.
+                            let wrote =
+                                jobs.is_empty() || jobs.iter().any(|j| !j.changes.is_empty());
                             for j in jobs {
                                 // Durable: publish to subscribers, then acknowledge.
                                 hub.commit(&j.changes);
+                                if let Some(c) = j.changes.last() {
+                                    hub.durable = hub.durable.max(c.seq);
+                                }
                                 (j.done)(Ok(()));
+                            }
+                            if wrote {
+                                if let Some(was) = hub.storage_error.take() {
+                                    tracing::warn!(was = %was, "storage recovered: commits succeed again");
+                                }
                             }
                         }
                         Err(e) => {
@@ -401,13 +444,18 @@ impl Shared {
                             // of it back, newest first, so memory matches the disk again.
                             let mut all = jobs;
                             all.extend(drain());
-                            tracing::error!(error = %e, writes = all.len(), "commit failed; rolling back unacknowledged writes");
+                            let msg = e.to_string();
+                            if hub.storage_error.is_none() {
+                                tracing::error!(error = %e, writes = all.len(), "commit failed; rolling back unacknowledged writes; writes answer 503 until a commit succeeds (retried with each write, and probed every second)");
+                            } else {
+                                tracing::debug!(error = %e, writes = all.len(), "commit failed again");
+                            }
+                            hub.storage_error = Some(msg.clone());
                             for j in all.iter().rev() {
                                 hub.engine.revert(&j.changes);
                             }
                             // Pools built while those writes were applied resync with a snapshot.
                             hub.fan_out();
-                            let msg = e.to_string();
                             for j in all {
                                 (j.done)(Err(msg.clone()));
                             }
@@ -416,6 +464,10 @@ impl Shared {
                 },
             ),
         );
+        // Under the lock, so no write applied before the committer takes over is left behind
+        // `durable` (it would count as pending forever).
+        let mut hub = self.lock();
+        hub.durable = hub.engine.store().last_seq();
         let _ = self.disk.set(disk);
         let _ = self.committer.set(committer);
     }
@@ -424,9 +476,13 @@ impl Shared {
     /// now; with a disk they are queued for the group commit and `done` runs once they are
     /// durable (and published) or rolled back. Call with the hub lock held (`hub` is its guard),
     /// so the commit queue stays in sequence order.
+    ///
+    /// An operation that changed nothing (a read, a refusal, a delete of nothing) has its answer
+    /// computed from memory, which may hold pending writes: `done` then runs as
+    /// [`Shared::after_pending`] says, so the answer is given only once what it saw is committed.
     pub fn persist(&self, hub: &mut Hub, changes: Vec<Change>, done: Done) {
         if changes.is_empty() {
-            done(Ok(()));
+            self.after_pending(hub, done);
             return;
         }
         match self.committer.get() {
@@ -449,6 +505,63 @@ impl Shared {
     /// Whether writes go to disk.
     pub fn is_durable(&self) -> bool {
         self.committer.get().is_some()
+    }
+
+    /// Whether memory holds writes whose commit has not finished (never in memory mode). Call
+    /// with the hub lock held.
+    pub fn pending(&self, hub: &Hub) -> bool {
+        self.committer.get().is_some() && hub.engine.store().last_seq() > hub.durable
+    }
+
+    /// Readers see committed state only (docs/protocol.md §2): an answer computed from memory
+    /// while writes are pending may show them, and one of them may still fail and be rolled back.
+    /// So such an answer waits: `done(Ok)` runs once every write applied so far is committed
+    /// (the answer is then true of the disk), `done(Err)` if they were rolled back (the caller
+    /// computes its answer again). With nothing pending, `done(Ok)` runs at once.
+    ///
+    /// Why waiting, rather than answering from the state before the pending writes: memory keeps
+    /// only the newest state of each key, and the wait is a barrier in the commit queue (a job
+    /// with no changes, which costs no disk write), so it costs nothing when no write is pending
+    /// and at most one group commit (one fsync) when one is: etcd's linearizable read.
+    /// Call with the hub lock held, so the barrier is queued behind the writes the answer saw.
+    pub fn after_pending(&self, hub: &Hub, done: Done) {
+        if !self.pending(hub) {
+            done(Ok(()));
+            return;
+        }
+        let Some(c) = self.committer.get() else {
+            done(Ok(()));
+            return;
+        };
+        if let Err(job) = c.submit_or_return(Job {
+            changes: Vec::new(),
+            done,
+        }) {
+            (job.done)(Err("the commit thread stopped".into()));
+        }
+    }
+
+    /// After a subscription was joined under the hub lock: if writes are pending, its first frame
+    /// (queued already) may show them, so the connection is held (sends nothing from its queue)
+    /// until they are committed; if they are rolled back instead, the connection is told to
+    /// close without sending it (its client subscribes again). Nothing happens when no write is
+    /// pending.
+    pub fn hold_until_committed(&self, hub: &Hub, ctl: &Arc<Ctl>) {
+        if !self.pending(hub) {
+            return;
+        }
+        ctl.held.fetch_add(1, Ordering::AcqRel);
+        let c = ctl.clone();
+        self.after_pending(
+            hub,
+            Box::new(move |r| {
+                if r.is_err() {
+                    c.hold_failed.store(true, Ordering::Release);
+                }
+                c.held.fetch_sub(1, Ordering::AcqRel);
+                c.released.notify_one();
+            }),
+        );
     }
 }
 

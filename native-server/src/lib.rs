@@ -304,7 +304,9 @@ impl State {
         State { sh }
     }
 
-    /// The value stored at `key` (rules do not apply: the handler decides).
+    /// The value stored at `key` (rules do not apply: the handler decides). This is the live
+    /// state, which may include writes whose commit is still pending (unlike HTTP reads, which
+    /// wait for it); [`State::execute`] waits for it.
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
         let hub = self.sh.lock();
         hub.engine.store().get(key).map(|e| (*e.data).clone())
@@ -509,7 +511,13 @@ async fn timer_task(sh: Arc<Shared>) {
                 hub.clock_tick(tick);
                 next_clock += second;
             }
-            let expired = hub.engine.handle_timeout(tick);
+            // While the store is failing, expiry waits for it (checked once a second): each
+            // attempt would be rolled back, and the keys would expire again at once.
+            let expired = if hub.storage_error().is_some() {
+                Vec::new()
+            } else {
+                hub.engine.handle_timeout(tick)
+            };
             if !expired.is_empty() {
                 let n = expired.len();
                 sh.persist(
@@ -523,7 +531,11 @@ async fn timer_task(sh: Arc<Shared>) {
                     }),
                 );
             }
-            hub.engine.timeout_in(tick)
+            if hub.storage_error().is_some() {
+                None
+            } else {
+                hub.engine.timeout_in(tick)
+            }
         };
         let mut wake = next_clock;
         if let Some(ns) = ttl_in {

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         }
         Command::Backup(b) => return backup(b),
         Command::Token(t) => return token(t),
+        Command::Repair(r) => return repair(&r.data),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,6 +96,26 @@ fn token(t: stateline_server::config::TokenArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("stateline token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stateline repair`: salvages a damaged store in place and reports what was lost.
+fn repair(data: &std::path::Path) -> ExitCode {
+    // Reading a damaged file may make redb panic; repair catches that and reads around it, so
+    // the panic messages would only be noise.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = stateline_disk::repair(data);
+    std::panic::set_hook(hook);
+    match r {
+        Ok(report) => {
+            eprintln!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stateline repair: {e}");
             ExitCode::FAILURE
         }
     }

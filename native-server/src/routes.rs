@@ -266,6 +266,10 @@ async fn read_body(
     }
 }
 
+/// How many times an answer is computed again because the pending writes it saw were rolled
+/// back (the store is failing while writes keep coming), before it is given up with 503.
+const READ_ATTEMPTS: u32 = 4;
+
 async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Identity) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match read_body(sh, &parts, body).await {
@@ -273,41 +277,78 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
         Err(r) => return r,
     };
     let req = Request::from_parts(parts, bytes);
-    let tick = sh.tick();
-    let mut wake_timer = false;
-    let (response, durable) = {
-        let mut hub = sh.lock();
-        let out = core_http::handle_as(&mut hub.engine, tick, &req, who);
-        hub.log_denials();
-        if out.changes.is_empty() {
-            (out.response, None)
-        } else {
-            wake_timer = crate::hub::sets_expiry(&out.changes);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            sh.persist(
-                &mut hub,
-                out.changes,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            (out.response, Some(rx))
+    let health = req.uri().path() == "/_health";
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tick = sh.tick();
+        let mut wake_timer = false;
+        let (response, wait, wrote) = {
+            let mut hub = sh.lock();
+            if health {
+                if let Some(why) = hub.storage_error() {
+                    let body = serde_json::json!({
+                        "status": "unavailable",
+                        "reason": why,
+                        "keys": hub.engine.store().len(),
+                        "seq": format!("{:x}", hub.engine.store().last_seq()),
+                    });
+                    drop(hub);
+                    return unhealthy(sh, req.headers(), body);
+                }
+            }
+            let out = core_http::handle_as(&mut hub.engine, tick, &req, who);
+            hub.log_denials();
+            let wrote = !out.changes.is_empty();
+            if !wrote && !sh.pending(&hub) {
+                // The common read: no write is pending, so what it saw is committed.
+                (out.response, None, false)
+            } else {
+                // A write waits for its commit; an answer that saw pending writes waits for
+                // theirs (`Shared::after_pending`).
+                wake_timer = crate::hub::sets_expiry(&out.changes);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                sh.persist(
+                    &mut hub,
+                    out.changes,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+                (out.response, Some(rx), wrote)
+            }
+        };
+        if wake_timer {
+            sh.ttl_wake.notify_one();
         }
-    };
-    // Acknowledge only once the write is on disk (at once in memory mode).
-    let committed = match durable {
-        Some(rx) => rx
+        let Some(rx) = wait else {
+            return response.map(Body::from);
+        };
+        // Acknowledge only once the write is on disk (at once in memory mode).
+        match rx
             .await
-            .unwrap_or_else(|_| Err("the commit was dropped".into())),
-        None => Ok(()),
-    };
-    if wake_timer {
-        sh.ttl_wake.notify_one();
+            .unwrap_or_else(|_| Err("the commit was dropped".into()))
+        {
+            Ok(()) => return response.map(Body::from),
+            Err(e) if wrote || attempt >= READ_ATTEMPTS => {
+                return storage_failed(sh, req.headers(), req.uri().path(), &e)
+            }
+            // What the answer saw was rolled back: compute it again from what is left.
+            Err(_) => continue,
+        }
     }
-    match committed {
-        Ok(()) => response.map(Body::from),
-        Err(e) => storage_failed(sh, req.headers(), req.uri().path(), &e),
-    }
+}
+
+/// `GET /_health` while the store is failing: 503 with the reason, as etcd's health reports its
+/// NOSPACE alarm, until a commit succeeds again.
+fn unhealthy(sh: &Shared, headers: &HeaderMap, body: serde_json::Value) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    with_cors(sh, headers, r)
 }
 
 fn problem(
@@ -367,25 +408,44 @@ async fn backup(sh: &Arc<Shared>, headers: &HeaderMap) -> Response {
             "this server runs with --memory: there is no store to back up",
         );
     };
-    let tmp = disk
-        .path()
-        .with_extension(format!("backup-{}", std::process::id()));
-    // The copy reads the whole file: off the async threads.
+    // The copy reads the whole store: off the async threads. Each backup gets a temporary file
+    // of its own (any number may run at once), streamed from disk, never held in memory; the
+    // file is gone once the response body is dropped (at once on Unix, where it stays readable).
     let made = tokio::task::spawn_blocking(move || {
-        let keys = disk.backup(&tmp)?;
-        let bytes = std::fs::read(&tmp).map_err(|e| stateline_disk::DiskError::Io(e.to_string()));
-        let _ = std::fs::remove_file(&tmp);
-        bytes.map(|b| (keys, b))
+        let snap = disk.snapshot()?;
+        let file = snap
+            .file
+            .try_clone()
+            .map_err(|e| stateline_disk::DiskError::Io(e.to_string()))?;
+        Ok::<_, stateline_disk::DiskError>((snap, file))
     })
     .await;
     match made {
-        Ok(Ok((keys, bytes))) => {
-            tracing::info!(keys, bytes = bytes.len(), "backup served");
-            let mut r = Response::new(Body::from(bytes));
+        Ok(Ok((snap, file))) => {
+            let (keys, len) = (snap.keys, snap.len);
+            tracing::info!(keys, bytes = len, "backup served");
+            let file = tokio::fs::File::from_std(file);
+            let chunks = futures_util::stream::unfold(Some((file, snap)), |state| async move {
+                use tokio::io::AsyncReadExt;
+                let (mut file, snap) = state?;
+                let mut buf = bytes::BytesMut::zeroed(64 << 10);
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(buf.freeze()), Some((file, snap))))
+                    }
+                    // The body fails: with its length announced, the client sees it cut short.
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
+            let mut r = Response::new(Body::from_stream(chunks));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             r.headers_mut().insert(
                 header::CONTENT_DISPOSITION,
                 HeaderValue::from_static("attachment; filename=\"stateline-backup.redb\""),
@@ -395,13 +455,14 @@ async fn backup(sh: &Arc<Shared>, headers: &HeaderMap) -> Response {
             }
             with_cors(sh, headers, r)
         }
-        Ok(Err(e)) => problem(
-            sh,
-            headers,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage",
-            &e.to_string(),
-        ),
+        Ok(Err(e)) => {
+            let status = if matches!(e, stateline_disk::DiskError::Unavailable(_)) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            problem(sh, headers, status, "storage", &e.to_string())
+        }
         Err(e) => problem(
             sh,
             headers,
@@ -412,21 +473,26 @@ async fn backup(sh: &Arc<Shared>, headers: &HeaderMap) -> Response {
     }
 }
 
-/// 500 for a write that could not be made durable (and was rolled back).
+/// Why a write was not made durable, as clients and `/_health` say it:
+/// `storage unavailable: <what failed>`.
+pub(crate) fn unavailable(e: &str) -> String {
+    if e.starts_with("storage unavailable") {
+        e.to_string()
+    } else {
+        format!("storage unavailable: {e}")
+    }
+}
+
+/// 503 for a write that could not be made durable (and was rolled back), or an answer whose view
+/// kept being rolled back: the store is failing (`/_health` says why) and recovers by itself.
 fn storage_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Response {
-    let err = stateline_core::Error::Storage(e.to_string());
-    let detail = format!("{err}; nothing was changed");
+    let code = stateline_core::Error::Storage(String::new()).code();
+    let detail = format!("{}; nothing was changed", unavailable(e));
     if path.starts_with("/_") {
-        return problem(
-            sh,
-            headers,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            err.code(),
-            &detail,
-        );
+        return problem(sh, headers, StatusCode::SERVICE_UNAVAILABLE, code, &detail);
     }
     let mut r = Response::new(Body::from(format!("{detail}\n")));
-    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -471,6 +537,7 @@ fn events(
             if let Some(b) = first {
                 sink.offer(b);
             }
+            sh.hold_until_committed(&hub, &reg.ctl);
             id
         })
     };
@@ -507,15 +574,21 @@ fn events(
                     (reg, rx, shutdown, ticker, None),
                 ));
             }
-            if *shutdown.borrow() || reg.ctl.is_lagged() {
-                return None;
-            }
-            let next = tokio::select! {
-                _ = reg.ctl.wake.notified() => None,
-                _ = shutdown.changed() => None,
-                _ = crate::hub::until(expires) => None,
-                m = rx.recv() => m,
-                _ = ticker.tick() => Some(Bytes::from_static(b":keep-alive\n\n")),
+            let next = loop {
+                // A first frame that showed a write since rolled back is never sent: the stream
+                // ends and `EventSource` reconnects.
+                if *shutdown.borrow() || reg.ctl.is_lagged() || reg.ctl.hold_failed() {
+                    return None;
+                }
+                break tokio::select! {
+                    _ = reg.ctl.wake.notified() => None,
+                    _ = shutdown.changed() => None,
+                    _ = crate::hub::until(expires) => None,
+                    // Held: the first frame waits for the commit of the writes it shows.
+                    _ = reg.ctl.released.notified(), if reg.ctl.is_held() => continue,
+                    m = rx.recv(), if !reg.ctl.is_held() => m,
+                    _ = ticker.tick() => Some(Bytes::from_static(b":keep-alive\n\n")),
+                };
             };
             next.map(|b| (Ok(b), (reg, rx, shutdown, ticker, None)))
         },

@@ -37,6 +37,9 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: the peer broke the WebSocket protocol.
 pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code (RFC 6455 "Try Again Later"): a subscription started while writes were pending and
+/// their commit failed, so its first frame (which showed them) is never sent; subscribe again.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code: a message was larger than the body cap.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -101,6 +104,7 @@ enum Exit {
     WriteFailed,
     Refused,
     TokenExpired,
+    RolledBack,
 }
 
 impl Exit {
@@ -113,6 +117,7 @@ impl Exit {
             Exit::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
             Exit::Refused => Some((CLOSE_REFUSED, "subscription refused")),
             Exit::TokenExpired => Some((CLOSE_TOKEN_EXPIRED, "token expired")),
+            Exit::RolledBack => Some((CLOSE_TRY_AGAIN, "storage failed, subscribe again")),
             Exit::PeerClosed | Exit::WriteFailed => None,
         }
     }
@@ -135,6 +140,7 @@ async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, who: Identit
             if let Some(b) = first {
                 sink.offer(b);
             }
+            sh.hold_until_committed(&hub, &reg.ctl);
             id
         })
     };
@@ -257,6 +263,7 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
                             Ok((pool, first)) => {
                                 let r = mux::reply_sub(&m.id, &pattern);
                                 reg.pools.insert(pattern, pool);
+                                sh.hold_until_committed(&hub, &reg.ctl);
                                 (r, first)
                             }
                             Err(e) => (mux::reply_error(&m.id, &e), None),
@@ -292,14 +299,29 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
                                 Box::new(move |r| {
                                     let reply = match r {
                                         Ok(()) => ok,
-                                        Err(e) => mux::reply_error(&id, &Error::Storage(e)),
+                                        Err(e) => storage_reply(&id, &e),
                                     };
                                     sink.offer(reply);
                                 }),
                             );
                             (Bytes::new(), None)
                         }
-                        Err(e) => (mux::reply_error(&m.id, &e), None),
+                        Err(e) => {
+                            // A refusal is an answer about the state too: with writes pending it
+                            // waits for their commit (`Shared::after_pending`).
+                            let no = mux::reply_error(&m.id, &e);
+                            let (id, sink) = (m.id.clone(), sink.clone());
+                            sh.after_pending(
+                                &hub,
+                                Box::new(move |r| {
+                                    sink.offer(match r {
+                                        Ok(()) => no,
+                                        Err(e) => storage_reply(&id, &e),
+                                    });
+                                }),
+                            );
+                            (Bytes::new(), None)
+                        }
                     }
                 }
             },
@@ -314,6 +336,21 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
     if wrote {
         sh.ttl_wake.notify_one();
     }
+}
+
+/// The `/_ws` reply to a write that could not be made durable (rolled back): status 503, as the
+/// HTTP answer.
+fn storage_reply(id: &Value, e: &str) -> Bytes {
+    let reply = serde_json::json!({
+        "id": id,
+        "ok": false,
+        "error": {
+            "status": 503,
+            "code": Error::Storage(String::new()).code(),
+            "detail": format!("{}; nothing was changed", crate::routes::unavailable(e)),
+        },
+    });
+    Bytes::from(reply.to_string())
 }
 
 /// The connection loop: write queued frames, ping, read, and close on the first reason to.
@@ -350,6 +387,9 @@ async fn run(
         if ctl.is_lagged() {
             break Exit::Lagging;
         }
+        if ctl.hold_failed() {
+            break Exit::RolledBack;
+        }
         if reg.expires != expires {
             expires = reg.expires;
             expiry.set(crate::hub::until(expires));
@@ -358,7 +398,9 @@ async fn run(
             biased;
             e = &mut closing => break e,
             _ = &mut expiry => break Exit::TokenExpired,
-            m = rx.recv() => {
+            // Held: a subscription's first frame waits for the commit of the writes it shows.
+            _ = ctl.released.notified(), if ctl.is_held() => {}
+            m = rx.recv(), if !ctl.is_held() => {
                 let Some(first) = m else { break Exit::WriteFailed };
                 // Coalesce: everything already queued goes out with one flush. Bounded by the
                 // queue's capacity so a fast publisher cannot keep this loop from reading.

@@ -1,5 +1,6 @@
 //! Online backup through the running server (`GET /_backup`, `stateline backup`) and restore into
-//! a new data folder (`stateline restore`), with the binaries as a user runs them.
+//! a new data folder (`stateline restore`), with the binaries as a user runs them: concurrent
+//! backups each get their own file, and a restore never replaces the store of a running server.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -100,5 +101,111 @@ async fn backup_while_serving_then_restore() {
         .await
         .unwrap();
     assert_eq!(off.status, 404, "backups are off without --backup-token");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test]
+async fn concurrent_backups_all_succeed_and_each_restores() {
+    let root = std::env::temp_dir().join(format!("stateline-backups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("a");
+    let (_server, base) = start(&data, Some("s3cret"));
+    let c = stateline_server::client::Client::new(&base).unwrap();
+    for i in 0..300 {
+        c.set(
+            &format!("items/{i}"),
+            &serde_json::json!({"i": i, "pad": "x".repeat(200)}),
+        )
+        .await
+        .unwrap();
+    }
+    let backups = (0..6).map(|_| {
+        let c = c.clone();
+        async move {
+            c.request(
+                http::Method::GET,
+                "/_backup",
+                &[("authorization", "Bearer s3cret")],
+                "",
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let got = futures_util::future::join_all(backups).await;
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.headers.get("x-keys").unwrap(), "300");
+        assert_eq!(
+            r.headers.get("content-length").unwrap().to_str().unwrap(),
+            r.body.len().to_string()
+        );
+        let out = root.join(format!("backup-{i}.redb"));
+        std::fs::write(&out, &r.body).unwrap();
+        let into = root.join(format!("restored-{i}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateline"));
+        let out = cmd
+            .args(["restore", "--data"])
+            .arg(&into)
+            .arg("--from")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let disk = stateline_disk::Disk::open(&into, 1000).unwrap();
+        let (store, _) = disk.load(1000, 1 << 20).unwrap();
+        assert_eq!(store.len(), 300);
+    }
+    // Every temporary copy is gone.
+    let left: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("backup"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test]
+async fn restore_refuses_a_folder_a_server_uses_and_the_data_stays() {
+    let root = std::env::temp_dir().join(format!("stateline-restore-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("a");
+    let (server, base) = start(&data, Some("t"));
+    let c = stateline_server::client::Client::new(&base).unwrap();
+    c.set("before", &serde_json::json!(1)).await.unwrap();
+    let backup = root.join("old.redb");
+    let status = Command::new(env!("CARGO_BIN_EXE_stateline"))
+        .args(["backup", "--url", &base, "--token", "t", "--out"])
+        .arg(&backup)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    c.set("after", &serde_json::json!(2)).await.unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_stateline"))
+        .args(["restore", "--data"])
+        .arg(&data)
+        .arg("--from")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore must refuse: {err}");
+    assert!(err.contains("in use by") && err.contains("pid"), "{err}");
+    // The server goes on, with its file: a write now is still there after a restart.
+    c.set("later", &serde_json::json!(3)).await.unwrap();
+    drop(server);
+    let (_server, base) = start(&data, None);
+    let c = stateline_server::client::Client::new(&base).unwrap();
+    for k in ["before", "after", "later"] {
+        assert!(c.get(k).await.unwrap().is_some(), "{k} is gone");
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
