@@ -73,6 +73,56 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether the request declares (`Content-Length`) a body larger than `max_body`: it is refused
+/// with [`too_large`] before a byte of it is read.
+pub fn declares_too_large(headers: &HeaderMap, max_body: usize) -> bool {
+    header_str(headers, header::CONTENT_LENGTH)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max_body as u64)
+}
+
+/// The 413 for a body over the cap, as [`handle`] answers it: a problem document on Stateline's
+/// `/_` routes, ooo's text elsewhere. Without CORS headers (the adapter adds its own), for an
+/// adapter that refuses before it has the body or the engine.
+pub fn too_large(path: &str) -> Response<Bytes> {
+    let e = Error::TooLarge;
+    let status = e.status();
+    let (ctype, body) = if path.starts_with("/_") {
+        let doc = json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or(""),
+            "status": status.as_u16(),
+            "code": e.code(),
+            "detail": e.to_string(),
+        });
+        (PROBLEM, Bytes::from(doc.to_string()))
+    } else {
+        (TEXT, Bytes::from(format!("{e}\n")))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+/// The answer to a connection beyond the server's connection limit (the adapter sends it and
+/// closes): 503 with `Retry-After`, so a client backs off instead of waiting in a listen queue.
+pub fn too_many_connections(retry_after_secs: u64) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from_static(
+        b"too many connections: the server is at its connection limit, retry later\n",
+    ));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Whether `Accept` lists `text/event-stream` (other types may be listed too, unlike AtomKV).
 pub fn wants_events(headers: &HeaderMap) -> bool {
     header_str(headers, header::ACCEPT).is_some_and(|a| {

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         }
         Command::Backup(b) => return backup(b),
     };
+    // Before any socket is opened: the limit sizes the default --max-connections.
+    let fds = stateline_server::raise_fd_limit();
+    tracing::debug!(open_files = fds, "open-file limit");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -223,21 +223,7 @@ fn with_cors(sh: &Shared, req: &HeaderMap, mut r: Response) -> Response {
 }
 
 fn too_large(sh: &Shared, path: &str, req: &HeaderMap) -> Response {
-    let r = if path.starts_with("/_") {
-        let mut r = Response::new(Body::from(
-            r#"{"type":"about:blank","title":"Payload Too Large","status":413,"code":"too-large","detail":"Request Entity Too Large"}"#,
-        ));
-        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        r
-    } else {
-        // ooo's (Go http.Error) text.
-        text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large\n")
-    };
-    with_cors(sh, req, r)
+    with_cors(sh, req, core_http::too_large(path).map(Body::from))
 }
 
 // Reads a request body under the cap (never more than `--max-body` bytes buffered) and the
@@ -248,12 +234,7 @@ async fn read_body(
     body: Body,
 ) -> Result<Bytes, Response> {
     let max = sh.limits.max_body;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if core_http::declares_too_large(&parts.headers, max) {
         return Err(too_large(sh, parts.uri.path(), &parts.headers));
     }
     let read = tokio::time::timeout(sh.limits.deadline, Limited::new(body, max).collect()).await;
@@ -526,7 +507,7 @@ fn events(
                 _ = reg.ctl.wake.notified() => None,
                 _ = shutdown.changed() => None,
                 _ = crate::hub::until(expires) => None,
-                m = rx.recv() => m,
+                m = rx.recv() => m.map(|(b, _)| b),
                 _ = ticker.tick() => Some(Bytes::from_static(b":keep-alive\n\n")),
             };
             next.map(|b| (Ok(b), (reg, rx, shutdown, ticker, None)))
