@@ -78,18 +78,16 @@ impl Frames {
                     self.header_len = 0;
                     self.payload_left = len;
                     self.ends_message = false;
-                    match h.opcode {
-                        OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
-                            if !self.in_message {
-                                self.in_message = true;
-                                seen.started += 1;
-                            }
-                            self.ends_message = h.is_final;
-                            if h.is_final && len == 0 {
-                                self.end(&mut seen);
-                            }
+                    // Control frames (ping, pong, close) may come between fragments.
+                    if let OpCode::Data(Data::Text | Data::Binary | Data::Continue) = h.opcode {
+                        if !self.in_message {
+                            self.in_message = true;
+                            seen.started += 1;
                         }
-                        _ => {}
+                        self.ends_message = h.is_final;
+                        if h.is_final && len == 0 {
+                            self.end(&mut seen);
+                        }
                     }
                 }
                 Err(_) => self.lost = true,

@@ -217,10 +217,9 @@ async fn huge_keys_get_a_client_error() {
     let c = s.client();
     for len in [10_000usize, 60_000] {
         let key = "k".repeat(len);
-        match c.request(Method::POST, &format!("/{key}"), &[], "1").await {
-            Ok(r) => assert!(r.status.is_client_error(), "{len}: {}", r.status),
-            // A server may also close on a request line this long.
-            Err(_) => {}
+        // A server may also close on a request line this long (an `Err` here).
+        if let Ok(r) = c.request(Method::POST, &format!("/{key}"), &[], "1").await {
+            assert!(r.status.is_client_error(), "{len}: {}", r.status);
         }
         let key = format!("{}/x", unique("hk"));
         let long_segment = "s".repeat(len);
