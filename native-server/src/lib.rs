@@ -417,6 +417,9 @@ const FD_RESERVE: usize = 64;
 /// without an answer (a flood must not spend the reserve).
 const REFUSING: usize = 32;
 
+/// How often, at most, the connection limit is logged while it refuses connections.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a connection over the limit may take to send its request head before it is closed
 /// without its 503 (it must not hold a descriptor for the whole `--header-timeout`).
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -539,8 +542,10 @@ async fn accept_loop(
 
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
-    // Logged once each time the limit is reached (again after a connection got a slot).
-    let mut at_limit = false;
+    // Logged when the limit is first reached, then at most once a minute while connections are
+    // refused (with how many were), so a flood does not flood the log.
+    let mut warned: Option<tokio::time::Instant> = None;
+    let mut refused = 0u64;
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -560,12 +565,15 @@ async fn accept_loop(
         };
         let _ = io.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if !at_limit {
-                at_limit = true;
+            refused += 1;
+            if warned.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+                warned = Some(tokio::time::Instant::now());
                 tracing::warn!(
                     max_connections,
+                    refused,
                     "connection limit reached: new connections get 503 until one closes"
                 );
+                refused = 0;
             }
             // Answered outside `conns`: shutdown does not wait for them, and a flood of them
             // beyond `REFUSING` is closed without an answer.
@@ -577,7 +585,6 @@ async fn accept_loop(
             }
             continue;
         };
-        at_limit = false;
         let io = Counted { io, _slot: slot };
         let sh = shared.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

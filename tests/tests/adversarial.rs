@@ -351,7 +351,8 @@ async fn many_subscriptions_on_one_socket_are_bounded() {
                     if v["ok"] == json!(true) {
                         ok += 1;
                     } else {
-                        assert_eq!(v["error"]["status"], json!(400), "{v}");
+                        let st = v["error"]["status"].as_u64().unwrap_or(0);
+                        assert!((400..500).contains(&st), "{v}");
                         refused += 1;
                     }
                 }
