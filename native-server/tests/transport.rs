@@ -291,3 +291,21 @@ async fn connections_over_the_limit_get_503_and_a_freed_slot_is_reused() {
     assert!(reused, "a freed slot is reused");
     drop(held_b);
 }
+
+#[test]
+fn the_open_file_limit_is_raised_and_sizes_the_default_cap() {
+    let (before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    let now = stateline_server::raise_fd_limit().expect("the limit is readable");
+    assert!(
+        now >= before && now <= hard,
+        "{before} -> {now} (hard {hard})"
+    );
+    #[cfg(target_os = "linux")]
+    assert_eq!(now, hard, "the soft limit is raised to the hard limit");
+    if now < u64::from(u32::MAX) {
+        assert_eq!(
+            stateline_server::default_max_connections(),
+            (now as usize).saturating_sub(64).max(16)
+        );
+    }
+}
