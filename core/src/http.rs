@@ -73,6 +73,56 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether the request declares (`Content-Length`) a body larger than `max_body`: it is refused
+/// with [`too_large`] before a byte of it is read.
+pub fn declares_too_large(headers: &HeaderMap, max_body: usize) -> bool {
+    header_str(headers, header::CONTENT_LENGTH)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max_body as u64)
+}
+
+/// The 413 for a body over the cap, as [`handle`] answers it: a problem document on Stateline's
+/// `/_` routes, ooo's text elsewhere. Without CORS headers (the adapter adds its own), for an
+/// adapter that refuses before it has the body or the engine.
+pub fn too_large(path: &str, max_body: usize) -> Response<Bytes> {
+    let e = Error::TooLarge(max_body);
+    let status = e.status();
+    let (ctype, body) = if path.starts_with("/_") {
+        let doc = json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or(""),
+            "status": status.as_u16(),
+            "code": e.code(),
+            "detail": e.to_string(),
+        });
+        (PROBLEM, Bytes::from(doc.to_string()))
+    } else {
+        (TEXT, Bytes::from(format!("{e}\n")))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+/// The answer to a connection beyond the server's connection limit (the adapter sends it and
+/// closes): 503 with `Retry-After`, so a client backs off instead of waiting in a listen queue.
+pub fn too_many_connections(retry_after_secs: u64) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from_static(
+        b"too many connections: the server is at its connection limit, retry later\n",
+    ));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Whether `Accept` lists `text/event-stream` (other types may be listed too, unlike AtomKV).
 pub fn wants_events(headers: &HeaderMap) -> bool {
     header_str(headers, header::ACCEPT).is_some_and(|a| {
@@ -518,18 +568,6 @@ fn plain_error(
     r
 }
 
-/// The answer to a body over the engine's `max_body` (413), for adapters that refuse it before
-/// reading it (a declared `Content-Length`, or a stream cut off at the cap): a problem document
-/// on Stateline's own routes (`/_...`), ooo's plain text elsewhere, naming the limit.
-pub fn too_large<B>(engine: &Engine, req: &Request<B>) -> Response<Bytes> {
-    let e = Error::TooLarge(engine.config().max_body);
-    if req.uri().path().starts_with("/_") {
-        problem(engine, req.headers(), &e)
-    } else {
-        plain_error(engine, req.headers(), &e, req.method().as_str(), "")
-    }
-}
-
 /// A problem document (RFC 9457) for the routes new in Stateline.
 fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
     let status = e.status();
@@ -649,7 +687,11 @@ pub fn handle_as(
     }
     if req.body().len() > engine.config().max_body {
         return HttpOutcome {
-            response: too_large(engine, req),
+            response: {
+                let mut r = too_large(req.uri().path(), engine.config().max_body);
+                cors_headers(engine, h, r.headers_mut());
+                r
+            },
             changes: vec![],
         };
     }

@@ -834,3 +834,41 @@ fn keys_and_info_apis() {
     assert_eq!(t.get("/?api=nope").status, StatusCode::BAD_REQUEST);
     assert_eq!(t.get("/_health").status, StatusCode::OK);
 }
+
+#[test]
+fn refusals_before_the_body_match_the_engine() {
+    use stateline_core::http::{declares_too_large, too_large, too_many_connections};
+    let mut t = T::new();
+    // The 413 an adapter sends from Content-Length alone is the one the engine sends once it
+    // has the body: the same status, type and bytes.
+    for path in ["/k", "/_incr/k"] {
+        let engine = t.req("POST", path, &[], &"1".repeat(2000));
+        let early = too_large(path, 1024);
+        assert_eq!(early.status(), engine.status, "{path}");
+        assert_eq!(
+            early.headers().get("content-type").unwrap(),
+            engine.header("content-type").unwrap(),
+            "{path}"
+        );
+        assert_eq!(early.body(), &engine.body, "{path}");
+    }
+    let mut h = http::HeaderMap::new();
+    assert!(!declares_too_large(&h, 1024));
+    h.insert("content-length", "1024".parse().unwrap());
+    assert!(!declares_too_large(&h, 1024));
+    h.insert("content-length", "1025".parse().unwrap());
+    assert!(declares_too_large(&h, 1024));
+    h.insert("content-length", "99999999999999999999999".parse().unwrap());
+    assert!(
+        !declares_too_large(&h, 1024),
+        "unparsable: left to the body reader"
+    );
+
+    let r = too_many_connections(1);
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(r.headers().get("connection").unwrap(), "close");
+    assert!(std::str::from_utf8(r.body())
+        .unwrap()
+        .contains("too many connections"));
+}

@@ -66,6 +66,18 @@ pub fn text(status: u16, ctype: &str, body: impl Into<Vec<u8>>) -> Result<Respon
         .with_headers(h))
 }
 
+/// A response the core built without CORS headers (e.g. `too_large`), with the worker's CORS set.
+pub fn with_cors(r: http::Response<Bytes>) -> Result<Response> {
+    let ctype = r
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain; charset=utf-8")
+        .to_string();
+    let status = r.status().as_u16();
+    text(status, &ctype, r.into_body().to_vec())
+}
+
 /// A problem+json error, as the native server sends on `/_` routes.
 pub fn problem(status: u16, code: &str, detail: &str) -> Result<Response> {
     let title = http::StatusCode::from_u16(status)

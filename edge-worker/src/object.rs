@@ -398,15 +398,11 @@ impl Namespace {
         who: &Identity,
     ) -> Result<Response> {
         let max = Config::default().max_body;
-        let declared = head
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > max) {
-            // Refused before reading a byte of it, as the native server does; the core words it.
-            let live = self.live()?;
-            return convert::response(core_http::too_large(&live.engine, &head));
+        if core_http::declares_too_large(head.headers(), max) {
+            // Refused before reading a byte of it, as the native server does (problem+json on
+            // Stateline's own routes, ooo's text elsewhere). The worker refuses such requests
+            // before forwarding them; this covers a request that reaches the object directly.
+            return convert::with_cors(core_http::too_large(head.uri().path(), max));
         }
         let body = if convert::has_body(&req.method()) {
             Bytes::from(req.bytes().await.unwrap_or_default())

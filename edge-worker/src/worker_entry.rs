@@ -34,6 +34,18 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let websocket = core_http::is_websocket(head.headers());
     let events = core_http::wants_events(head.headers());
     let method = req.method();
+    if convert::has_body(&method)
+        && core_http::declares_too_large(head.headers(), stateline_core::Config::default().max_body)
+    {
+        // Refused here, before the request reaches its object, and without touching the body
+        // stream: forwarded, the stream would still be piped into the object's request after
+        // the object had answered 413, and workerd fails such a read ("Can't read from request
+        // stream after response has been sent") by restarting the worker mid-request.
+        return convert::with_cors(core_http::too_large(
+            &path,
+            stateline_core::Config::default().max_body,
+        ));
+    }
     // A rename across namespaces is refused here, which needs the target from the body.
     let mut body: Option<Vec<u8>> = None;
     let mut rename_to = None;

@@ -201,11 +201,35 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub deadline: Duration,
 
-    /// Frames queued per connection (WebSocket or SSE). A subscriber whose queue is full is
-    /// cut off (WebSocket close 4008) so it never slows the others; it resumes with `?v=`.
-    /// At least 1 (a queue of 0 would cut off every subscriber at its first frame).
+    /// Broadcast frames queued per connection (WebSocket or SSE). A subscriber whose queue is
+    /// full is cut off (WebSocket close 4008) so it never slows the others; it resumes with
+    /// `?v=`. Replies to a `/_ws` client's own requests do not count (see --ws-inflight). At
+    /// least 1 (a queue of 0 would cut off every subscriber at its first frame).
     #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256, value_parser = at_least_one)]
     pub queue: usize,
+
+    /// Requests one `/_ws` connection may have in flight (read, reply not yet sent). At the
+    /// limit the server stops reading that socket until replies go out: TCP backpressure on a
+    /// pipelining client, so every request it sent is answered (an acknowledgement is never
+    /// dropped) and its replies take bounded memory. Half the default `--queue`, so a client's
+    /// own writes to keys it watches cannot fill its queue by themselves.
+    #[arg(long, env = "STATELINE_WS_INFLIGHT", default_value_t = 128)]
+    pub ws_inflight: usize,
+
+    /// Time a WebSocket peer has to finish a message once its first frame has started (the
+    /// WebSocket form of a body timeout; the same default as --deadline for HTTP bodies). A peer
+    /// that has not sent the final fragment by then is closed with 1008, so an unfinished
+    /// message cannot pin its buffer for as long as the peer keeps pinging.
+    #[arg(long, env = "STATELINE_MESSAGE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub message_timeout: Duration,
+
+    /// Open client connections (HTTP, WebSocket and SSE) at most. A connection beyond it is
+    /// answered at once with 503 and `Retry-After`, then closed, instead of waiting in the
+    /// listen queue. Default: the open-file limit (raised to its hard limit at start) minus a
+    /// reserve for the store, the listener and the 503 answers themselves (like Redis'
+    /// `maxclients`).
+    #[arg(long, env = "STATELINE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Time a client may take to send a request's headers (and an idle keep-alive connection to
     /// start its next request) before the connection is closed: the slowloris guard.

@@ -22,6 +22,8 @@ use crate::config::ServeArgs;
 #[derive(Debug, Default)]
 pub struct Ctl {
     lagged: AtomicBool,
+    /// Broadcast frames queued and not yet taken by the connection task (replies do not count).
+    queued: AtomicUsize,
     /// Wakes the connection task when it must close.
     pub wake: Notify,
     // Subscriptions joined while writes were pending, not yet committed: until they are, the
@@ -52,31 +54,90 @@ impl Ctl {
     }
 }
 
+/// One queued frame: a broadcast (counted against `--queue`) or a reply to the connection's own
+/// request (never dropped; bounded by `--ws-inflight` instead).
+#[derive(Debug)]
+struct Item {
+    bytes: Bytes,
+    reply: bool,
+}
+
 /// The sending half of one connection's queue.
 #[derive(Debug, Clone)]
 pub struct Sink {
     conn: u64,
-    // Bounded: a subscriber that does not read can hold at most `--queue` frames (shared bytes,
-    // not copies); past that it is cut off instead of growing memory or slowing the publisher.
-    tx: mpsc::Sender<Bytes>,
+    // At most `cap` broadcast frames (shared bytes, not copies) wait here: a subscriber that does
+    // not read is cut off past that instead of growing memory or slowing the publisher. Replies
+    // to the connection's own requests go through the same channel (so a client sees its own
+    // change before the acknowledgement) but are never refused: the connection stops reading
+    // requests while `--ws-inflight` replies are pending, which bounds them.
+    tx: mpsc::UnboundedSender<Item>,
+    cap: usize,
     ctl: Arc<Ctl>,
 }
 
 impl Sink {
-    /// Queues a frame without waiting. A full queue marks the connection as lagging and wakes
-    /// its task, which closes it; the frame is dropped (the client resumes from its version).
-    /// Returns whether the connection is (now) lagging.
+    /// Queues a broadcast frame without waiting. A full queue marks the connection as lagging
+    /// and wakes its task, which closes it; the frame is dropped (the client resumes from its
+    /// version). Returns whether the connection is (now) lagging.
     pub fn offer(&self, b: Bytes) -> bool {
-        match self.tx.try_send(b) {
-            Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.ctl.lagged.swap(true, Ordering::AcqRel) {
-                    self.ctl.wake.notify_one();
-                }
-                true
+        if self.ctl.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+            if !self.ctl.lagged.swap(true, Ordering::AcqRel) {
+                self.ctl.wake.notify_one();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            return true;
         }
+        if self
+            .tx
+            .send(Item {
+                bytes: b,
+                reply: false,
+            })
+            .is_err()
+        {
+            // The connection is gone; nothing waits for the frame.
+            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        false
+    }
+
+    /// Queues the reply to one of the connection's own requests (an acknowledgement or an
+    /// error). Never dropped and never counted as lagging: the connection bounds these by how
+    /// many requests it lets be in flight.
+    pub fn reply(&self, b: Bytes) {
+        let _ = self.tx.send(Item {
+            bytes: b,
+            reply: true,
+        });
+    }
+}
+
+/// The receiving half of one connection's queue (read by its task).
+#[derive(Debug)]
+pub struct Queue {
+    rx: mpsc::UnboundedReceiver<Item>,
+    ctl: Arc<Ctl>,
+}
+
+impl Queue {
+    fn take(&self, i: Item) -> (Bytes, bool) {
+        if !i.reply {
+            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        (i.bytes, i.reply)
+    }
+
+    /// The next frame and whether it is a reply; `None` when every sender is gone.
+    pub async fn recv(&mut self) -> Option<(Bytes, bool)> {
+        let i = self.rx.recv().await?;
+        Some(self.take(i))
+    }
+
+    /// The next frame if one is queued now.
+    pub fn try_recv(&mut self) -> Option<(Bytes, bool)> {
+        let i = self.rx.try_recv().ok()?;
+        Some(self.take(i))
     }
 }
 
@@ -220,8 +281,13 @@ pub struct Limits {
     pub max_body: usize,
     /// Request deadline.
     pub deadline: Duration,
-    /// Frames per connection queue.
+    /// Broadcast frames per connection queue.
     pub queue: usize,
+    /// Requests a `/_ws` connection may have in flight (replies not yet sent) before the server
+    /// stops reading it.
+    pub ws_inflight: usize,
+    /// Time a WebSocket peer has to finish a message it started.
+    pub message_timeout: Duration,
     /// WebSocket ping interval.
     pub ping_interval: Duration,
     /// One socket write's limit.
@@ -241,6 +307,8 @@ impl Limits {
             max_body: a.max_body,
             deadline: a.deadline,
             queue: a.queue.max(1),
+            ws_inflight: a.ws_inflight.max(1),
+            message_timeout: a.message_timeout,
             ping_interval: a.ping_interval,
             write_timeout: a.write_timeout,
             sse_keepalive: a.sse_keepalive,
@@ -356,10 +424,10 @@ impl Shared {
     }
 
     /// A new connection: its queue and its registration (which unregisters it when dropped).
-    pub fn connect(self: &Arc<Shared>) -> (Registration, Sink, mpsc::Receiver<Bytes>) {
+    pub fn connect(self: &Arc<Shared>) -> (Registration, Sink, Queue) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_add(1, Ordering::AcqRel);
-        let (tx, rx) = mpsc::channel(self.limits.queue);
+        let (tx, rx) = mpsc::unbounded_channel();
         let ctl = Arc::new(Ctl::default());
         let reg = Registration {
             shared: self.clone(),
@@ -369,7 +437,12 @@ impl Shared {
             ctl: ctl.clone(),
             expires: None,
         };
-        (reg, Sink { conn, tx, ctl }, rx)
+        let queue = Queue {
+            rx,
+            ctl: ctl.clone(),
+        };
+        let cap = self.limits.queue;
+        (reg, Sink { conn, tx, cap, ctl }, queue)
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod config;
 pub mod ext;
+pub mod frames;
 pub mod hub;
 pub mod routes;
 pub mod ws;
@@ -406,11 +407,14 @@ async fn run_shared(
     log_settings(&args, &shared);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
+    let max_connections = args.max_connections.unwrap_or_else(default_max_connections);
+    tracing::info!(max_connections, "connection limit");
     let server = accept_loop(
         listener,
         shared.clone(),
         stop_rx.clone(),
         args.header_timeout,
+        max_connections.max(1),
     );
     let drain = args.drain;
     let stopper = async move {
@@ -434,21 +438,144 @@ async fn run_shared(
     Ok(())
 }
 
+/// File descriptors kept out of `--max-connections`' default: the store, the listener, standard
+/// streams, a backup download, and the short-lived 503 answers to connections over the limit
+/// ([`REFUSING`]). Redis keeps 32; the 503 answers need their own.
+const FD_RESERVE: usize = 64;
+
+/// Connections over the limit being answered 503 at once; past this many they are closed
+/// without an answer (a flood must not spend the reserve).
+const REFUSING: usize = 32;
+
+/// How often, at most, the connection limit is logged while it refuses connections.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a connection over the limit may take to send its request head before it is closed
+/// without its 503 (it must not hold a descriptor for the whole `--header-timeout`).
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Raises the soft open-file limit to the hard limit (as Redis and nginx do), so the default
+/// `--max-connections` is not the distribution's 1024. Returns the soft limit now in force;
+/// `None` where it cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            fd_limit()
+        }
+    }
+}
+
+/// The soft open-file limit in force (`None` where there is none or it cannot be read).
+fn fd_limit() -> Option<u64> {
+    if !rlimit::Resource::NOFILE.is_supported() {
+        return None;
+    }
+    rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
+}
+
+/// `--max-connections` when not given: the open-file limit minus [`FD_RESERVE`] (at least 16);
+/// 10,000 (Redis' `maxclients`) where the platform has no such limit or it is unlimited.
+pub fn default_max_connections() -> usize {
+    match fd_limit() {
+        Some(n) if n < u64::from(u32::MAX) => (n as usize).saturating_sub(FD_RESERVE).max(16),
+        _ => 10_000,
+    }
+}
+
+/// A client connection that holds one of the `--max-connections` slots until it is closed
+/// (after an upgrade too: the upgraded socket owns it).
+struct Counted<T> {
+    io: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Answers a connection over the limit: reads its request head (so closing does not reset the
+/// answer away), sends the core's 503 with `Retry-After`, and closes, all within
+/// [`REFUSE_TIMEOUT`].
+async fn refuse_connection(io: tokio::net::TcpStream) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        let r = stateline_core::http::too_many_connections(1);
+        Ok::<_, std::convert::Infallible>(r.map(http_body_util::Full::new))
+    });
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(REFUSE_TIMEOUT);
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT * 2, conn).await;
+}
+
 /// Accepts connections and serves HTTP/1.1 on each (with upgrades for WebSockets) until `stop`
 /// flips, then asks every connection to finish its current request and waits for them all.
 /// Unlike `axum::serve`, hyper gets a timer here, so a client that sends its request headers too
 /// slowly (slowloris) is dropped after `header_timeout`. Requests go straight to
 /// [`routes::serve_request`]: the core routes every path, so a router in front of it (the
 /// [`router`] for embedding) would only add a boxed service call per request.
+///
+/// At most `max_connections` client connections are open at once (WebSockets and SSE streams
+/// included); one more is answered 503 at once and closed (Redis' `maxclients`).
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
+    max_connections: usize,
 ) -> Result<(), std::io::Error> {
     use hyper::server::conn::http1;
     use hyper_util::rt::{TokioIo, TokioTimer};
 
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
+    // Logged when the limit is first reached, then at most once a minute while connections are
+    // refused (with how many were), so a flood does not flood the log.
+    let mut warned: Option<tokio::time::Instant> = None;
+    let mut refused = 0u64;
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -467,6 +594,28 @@ async fn accept_loop(
             }
         };
         let _ = io.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if warned.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+                warned = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    max_connections,
+                    refused,
+                    "connection limit reached: new connections get 503 until one closes"
+                );
+                refused = 0;
+            }
+            // Answered outside `conns`: shutdown does not wait for them, and a flood of them
+            // beyond `REFUSING` is closed without an answer.
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_connection(io).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        };
+        let io = Counted { io, _slot: slot };
         let sh = shared.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let sh = sh.clone();

@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         Command::Token(t) => return token(t),
         Command::Repair(r) => return repair(&r.data),
     };
+    // Before any socket is opened: the limit sizes the default --max-connections.
+    let fds = stateline_server::raise_fd_limit();
+    tracing::debug!(open_files = fds, "open-file limit");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

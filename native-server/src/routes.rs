@@ -224,10 +224,12 @@ fn with_cors(sh: &Shared, req: &HeaderMap, mut r: Response) -> Response {
     r
 }
 
-fn too_large(sh: &Shared, parts: &http::request::Parts) -> Response {
-    let head = Request::from_parts(parts.clone(), ());
-    let hub = sh.lock();
-    core_http::too_large(&hub.engine, &head).map(Body::from)
+fn too_large(sh: &Shared, path: &str, req: &HeaderMap) -> Response {
+    with_cors(
+        sh,
+        req,
+        core_http::too_large(path, sh.limits.max_body).map(Body::from),
+    )
 }
 
 // Reads a request body under the cap (never more than `--max-body` bytes buffered) and the
@@ -238,13 +240,8 @@ async fn read_body(
     body: Body,
 ) -> Result<Bytes, Response> {
     let max = sh.limits.max_body;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(sh, parts));
+    if core_http::declares_too_large(&parts.headers, max) {
+        return Err(too_large(sh, parts.uri.path(), &parts.headers));
     }
     let read = tokio::time::timeout(sh.limits.deadline, Limited::new(body, max).collect()).await;
     match read {
@@ -256,7 +253,9 @@ async fn read_body(
                 "ooo: server deadline reached\n",
             ),
         )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(sh, parts)),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large(sh, parts.uri.path(), &parts.headers))
+        }
         Ok(Err(_)) => Err(with_cors(
             sh,
             &parts.headers,
@@ -586,7 +585,7 @@ fn events(
                     _ = crate::hub::until(expires) => None,
                     // Held: the first frame waits for the commit of the writes it shows.
                     _ = reg.ctl.released.notified(), if reg.ctl.is_held() => continue,
-                    m = rx.recv(), if !reg.ctl.is_held() => m,
+                    m = rx.recv(), if !reg.ctl.is_held() => m.map(|(b, _)| b),
                     _ = ticker.tick() => Some(Bytes::from_static(b":keep-alive\n\n")),
                 };
             };

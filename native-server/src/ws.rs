@@ -10,20 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::FromRequestParts;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use stateline_core::http::{Kind, Subscription};
 use stateline_core::mux::{self, Request as MuxRequest};
 use stateline_core::{Encoding, Error, Identity};
-use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
-use crate::hub::{Registration, Shared, Sink};
+use crate::frames::{Deadline, MessageTimedOut};
+use crate::hub::{Queue, Registration, Shared, Sink};
+
+/// An upgraded connection: tungstenite over the socket, with the message deadline in between.
+type WebSocket = WebSocketStream<Deadline<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Close code: the connection's send queue overflowed; reconnect with `?v=<last version>`.
 pub const CLOSE_LAGGING: u16 = 4008;
@@ -42,6 +48,8 @@ pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code: a message was larger than the body cap.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code (policy violation): a message was not completed within `--message-timeout`.
+pub const CLOSE_MESSAGE_TIMEOUT: u16 = 1008;
 
 // Socket buffers. tungstenite reserves 128 KiB each for reading and writing by default, which
 // alone breaks the 16 KiB-per-idle-subscriber budget; frames larger than these still go through
@@ -61,36 +69,106 @@ fn refuse(status: StatusCode, body: &'static str) -> Response {
     r
 }
 
+fn header_has(req: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    req.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
 /// Checks the handshake and upgrades; the connection then runs in its own task as `who` (the
 /// access rules were checked for the subscription before this).
+///
+/// The handshake is done here rather than by axum's extractor so the upgraded socket can be
+/// wrapped in the message deadline ([`Deadline`]) before tungstenite reads from it. The checks
+/// and refusals are the extractor's (RFC 6455, section 4.2.1).
 pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind, who: Identity) -> Response {
     // The Origin (and Host) check ran in the core, before the upgrade (`core_http::classify`).
     if *sh.shutdown.borrow() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let (mut parts, _body) = req.into_parts();
-    let up = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(u) => u,
-        Err(rej) => return rej.into_response(),
+    let h = &parts.headers;
+    if parts.method != Method::GET {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Request method must be `GET`",
+        );
+    }
+    if !header_has(h, header::CONNECTION, "upgrade") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        );
+    }
+    if !header_has(h, header::UPGRADE, "websocket") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` header did not include 'websocket'",
+        );
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        );
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` header missing",
+        );
     };
+    let accept = derive_accept_key(key.as_bytes());
     // `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set Authorization on a
     // WebSocket): the token was read with the request (`core_http::token`); the server selects
     // `bearer` as the protocol, as the browser requires one of those it offered.
+    let bearer = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|p| p.trim_ascii() == b"bearer");
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        );
+    };
     let max = sh.limits.max_body;
-    let up = up
-        .protocols(["bearer"])
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max);
-    up.on_upgrade(move |socket| async move {
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let timeout = sh.limits.message_timeout;
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = Deadline::new(TokioIo::new(upgraded), timeout);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match kind {
             Kind::Subscribe(sub) => ooo(sh, socket, sub, who).await,
             Kind::Clock => clock(sh, socket).await,
             Kind::Mux => mux_conn(sh, socket, who).await,
             _ => {}
         }
-    })
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let out = r.headers_mut();
+    out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        out.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if bearer {
+        out.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bearer"),
+        );
+    }
+    r
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +179,7 @@ enum Exit {
     PeerClosed,
     Protocol,
     TooBig,
+    MessageTimeout,
     WriteFailed,
     Refused,
     TokenExpired,
@@ -115,6 +194,7 @@ impl Exit {
             Exit::Shutdown => Some((CLOSE_GOING_AWAY, "server shutting down")),
             Exit::Protocol => Some((CLOSE_PROTOCOL, "protocol error")),
             Exit::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
+            Exit::MessageTimeout => Some((CLOSE_MESSAGE_TIMEOUT, "message not completed in time")),
             Exit::Refused => Some((CLOSE_REFUSED, "subscription refused")),
             Exit::TokenExpired => Some((CLOSE_TOKEN_EXPIRED, "token expired")),
             Exit::RolledBack => Some((CLOSE_TRY_AGAIN, "storage failed, subscribe again")),
@@ -150,7 +230,7 @@ async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, who: Identit
         Ok(id) => {
             reg.pools.insert(sub.pattern, id);
             drop(sink);
-            run(&sh, socket, reg, rx, |_, _| {}).await;
+            run(&sh, socket, reg, rx, |_, _| false).await;
         }
         Err(e) => {
             tracing::debug!(%pattern, error = %e, "ws subscription refused");
@@ -168,7 +248,7 @@ async fn clock(sh: Arc<Shared>, socket: WebSocket) {
     }
     reg.clock = true;
     drop(sink);
-    run(&sh, socket, reg, rx, |_, _| {}).await;
+    run(&sh, socket, reg, rx, |_, _| false).await;
 }
 
 async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
@@ -185,7 +265,8 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
     // Who the connection speaks for: from the handshake, replaced by `auth` messages.
     let mut who = who;
     run(&sh, socket, reg, rx, move |reg, msg| {
-        mux_message(&shared, reg, &own, msg, &mut who)
+        mux_message(&shared, reg, &own, msg, &mut who);
+        true
     })
     .await;
 }
@@ -231,7 +312,9 @@ fn mux_auth(
 }
 
 /// Handles one `/_ws` message under the hub lock: the reply is queued after the frames the
-/// operation produced, so a client sees its own change before the acknowledgement.
+/// operation produced, so a client sees its own change before the acknowledgement. Every
+/// message gets exactly one reply ([`Sink::reply`], never dropped), now or once its write is
+/// durable: the connection counts them to bound what it has in flight.
 fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who: &mut Identity) {
     let tick = sh.tick();
     let mut wrote = false;
@@ -301,7 +384,7 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
                                         Ok(()) => ok,
                                         Err(e) => storage_reply(&id, &e),
                                     };
-                                    sink.offer(reply);
+                                    sink.reply(reply);
                                 }),
                             );
                             (Bytes::new(), None)
@@ -327,7 +410,7 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
             },
         };
         if !reply.is_empty() {
-            sink.offer(reply);
+            sink.reply(reply);
         }
         if let Some(f) = first {
             sink.offer(f);
@@ -354,12 +437,16 @@ fn storage_reply(id: &Value, e: &str) -> Bytes {
 }
 
 /// The connection loop: write queued frames, ping, read, and close on the first reason to.
+///
+/// `on_message` handles one message from the peer and says whether it will be answered (a
+/// `/_ws` request): while `--ws-inflight` answers are pending the socket is not read, so a
+/// pipelining client is slowed by TCP instead of having its acknowledgements dropped.
 async fn run(
     sh: &Shared,
     mut socket: WebSocket,
     mut reg: Registration,
-    mut rx: mpsc::Receiver<Bytes>,
-    mut on_message: impl FnMut(&mut Registration, &[u8]),
+    mut rx: Queue,
+    mut on_message: impl FnMut(&mut Registration, &[u8]) -> bool,
 ) {
     let limits = &sh.limits;
     let mut shutdown = sh.shutdown.clone();
@@ -367,6 +454,8 @@ async fn run(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
+    // Requests read whose reply has not been taken from the queue yet.
+    let mut inflight = 0usize;
     let ctl = reg.ctl.clone();
     // The reasons to close are waited for by futures made once per connection, not once per
     // frame: a `Notified` or `changed()` built in the loop would enter and leave its waiter
@@ -394,6 +483,7 @@ async fn run(
             expires = reg.expires;
             expiry.set(crate::hub::until(expires));
         }
+        let reading = inflight < limits.ws_inflight;
         tokio::select! {
             biased;
             e = &mut closing => break e,
@@ -401,15 +491,19 @@ async fn run(
             // Held: a subscription's first frame waits for the commit of the writes it shows.
             _ = ctl.released.notified(), if ctl.is_held() => {}
             m = rx.recv(), if !ctl.is_held() => {
-                let Some(first) = m else { break Exit::WriteFailed };
+                let Some((first, reply)) = m else { break Exit::WriteFailed };
+                inflight = inflight.saturating_sub(usize::from(reply));
                 // Coalesce: everything already queued goes out with one flush. Bounded by the
                 // queue's capacity so a fast publisher cannot keep this loop from reading.
                 let write = async {
                     socket.feed(Message::Binary(first)).await?;
                     for _ in 1..limits.queue {
                         match rx.try_recv() {
-                            Ok(b) => socket.feed(Message::Binary(b)).await?,
-                            Err(_) => break,
+                            Some((b, reply)) => {
+                                inflight = inflight.saturating_sub(usize::from(reply));
+                                socket.feed(Message::Binary(b)).await?
+                            }
+                            None => break,
                         }
                     }
                     socket.flush().await
@@ -423,7 +517,8 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
-                if awaiting_pong {
+                // Not reading (replies pending) is the server's wait, not the peer's silence.
+                if awaiting_pong && reading {
                     break Exit::PingTimeout;
                 }
                 awaiting_pong = true;
@@ -435,25 +530,27 @@ async fn run(
                     break Exit::WriteFailed;
                 }
             }
-            m = socket.recv() => match m {
+            m = socket.next(), if reading => match m {
                 None => break Exit::PeerClosed,
                 Some(Err(e)) => {
-                    let big = matches!(
-                        std::error::Error::source(&e)
-                            .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>()),
-                        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-                    ) || e.to_string().contains("too long") || e.to_string().contains("Space limit");
                     tracing::debug!(conn = reg.conn, error = %e, "websocket read error");
-                    break if big { Exit::TooBig } else { Exit::Protocol };
+                    break match e {
+                        WsError::Capacity(_) => Exit::TooBig,
+                        WsError::Io(io) if io.get_ref().is_some_and(|i| i.is::<MessageTimedOut>()) => {
+                            Exit::MessageTimeout
+                        }
+                        _ => Exit::Protocol,
+                    };
                 }
                 Some(Ok(msg)) => {
                     awaiting_pong = false;
-                    match msg {
+                    let answered = match msg {
                         Message::Text(t) => on_message(&mut reg, t.as_bytes()),
                         Message::Binary(b) => on_message(&mut reg, &b),
                         Message::Close(_) => break Exit::PeerClosed,
-                        Message::Ping(_) | Message::Pong(_) => {}
-                    }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => false,
+                    };
+                    inflight += usize::from(answered);
                 }
             },
         }
@@ -467,14 +564,14 @@ async fn finish(sh: &Shared, mut socket: WebSocket, mut reg: Registration, exit:
     reg.unregister();
     match exit {
         // Worth an operator's attention: a client that cannot keep up, or a dead peer.
-        Exit::Lagging | Exit::PingTimeout | Exit::WriteFailed => {
+        Exit::Lagging | Exit::PingTimeout | Exit::WriteFailed | Exit::MessageTimeout => {
             tracing::info!(conn = reg.conn, ?exit, "websocket closed by the server")
         }
         _ => tracing::debug!(conn = reg.conn, ?exit, "websocket closing"),
     }
     if let Some((code, reason)) = exit.close() {
         let frame = Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         }));
         let limit = sh.limits.write_timeout.min(Duration::from_secs(5));

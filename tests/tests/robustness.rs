@@ -206,6 +206,64 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
     healthy(&s).await;
 }
 
+/// Sends `POST path` declaring and sending `len` bytes of body while reading; returns the
+/// response head (empty if the connection ended without one). Writing stops at the first
+/// failure (the server may close once it has answered) and once the answer is in.
+async fn upload(s: &Server, path: &str, len: usize) -> String {
+    let stream = tokio::net::TcpStream::connect(s.authority()).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        s.authority()
+    );
+    let writer = tokio::spawn(async move {
+        if w.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 256 << 10];
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            if w.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    let mut buf = Vec::new();
+    let read = async {
+        let mut b = [0u8; 4096];
+        while find(&buf, b"\r\n\r\n").is_none() {
+            match tokio::io::AsyncReadExt::read(&mut r, &mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), read).await;
+    writer.abort();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn repeated_oversized_uploads_are_413_every_time() {
+    let s = Server::start().await;
+    let k = unique("upload");
+    // 64 MiB, over the default 10 MiB cap, actually sent, several times in a row: each one is
+    // refused with 413 (never a restart or a 5xx), and nothing is stored.
+    for i in 0..3 {
+        let path = if i % 2 == 0 {
+            format!("/{k}")
+        } else {
+            format!("/_incr/{k}")
+        };
+        let head = upload(&s, &path, 64 << 20).await;
+        assert!(head.starts_with("HTTP/1.1 413"), "upload {i}: {head:?}");
+    }
+    assert!(s.client().get(&k).await.unwrap().is_none());
+    healthy(&s).await;
+}
+
 #[tokio::test]
 async fn chunked_body_over_the_cap_is_413() {
     let Some(s) = Server::with_flags(&["--max-body", "1024"]).await else {
