@@ -88,14 +88,7 @@ pub fn too_large(path: &str, max_body: usize) -> Response<Bytes> {
     let e = Error::TooLarge(max_body);
     let status = e.status();
     let (ctype, body) = if path.starts_with("/_") {
-        let doc = json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or(""),
-            "status": status.as_u16(),
-            "code": e.code(),
-            "detail": e.to_string(),
-        });
-        (PROBLEM, Bytes::from(doc.to_string()))
+        (PROBLEM, problem_body(&e))
     } else {
         (TEXT, Bytes::from(format!("{e}\n")))
     };
@@ -570,6 +563,13 @@ fn plain_error(
 
 /// A problem document (RFC 9457) for the routes new in Stateline.
 fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
+    let mut r = respond(engine, req, e.status(), Some(PROBLEM), problem_body(e));
+    challenge(&mut r, e);
+    r
+}
+
+/// The bytes of `e`'s problem document: `{"type","title","status","code","detail"}`.
+fn problem_body(e: &Error) -> Bytes {
     let status = e.status();
     let body = json!({
         "type": "about:blank",
@@ -578,15 +578,7 @@ fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
         "code": e.code(),
         "detail": e.to_string(),
     });
-    let mut r = respond(
-        engine,
-        req,
-        status,
-        Some(PROBLEM),
-        json::encode(&body).into(),
-    );
-    challenge(&mut r, e);
-    r
+    json::encode(&body).into()
 }
 
 fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
