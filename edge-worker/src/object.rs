@@ -381,7 +381,16 @@ impl Namespace {
             (kind, who)
         };
         match kind {
-            Err(r) => convert::response(r),
+            Err(r) => {
+                // Refused before its body was read (an Origin or a URL token the core refuses):
+                // read it anyway, as workerd restarts the worker when the forwarded body stream
+                // is still being written after the answer ("Can't read from request stream after
+                // response has been sent"). It is within the size cap: the worker refused larger.
+                if convert::has_body(&req.method()) {
+                    let _ = req.bytes().await;
+                }
+                convert::response(r)
+            }
             Ok(Kind::Http) => self.http(&mut req, head, &who).await,
             Ok(Kind::Root { .. }) => convert::problem(404, "no-route", "served by the worker"),
             Ok(Kind::Events(sub)) => self.events(&head, sub, who),

@@ -276,6 +276,13 @@ pub const DIFFERENCES: &[Difference] = &[
                worker sees the request, so /a/../b addresses b instead of being refused",
     },
     Difference {
+        id: "unsent-body",
+        modes: &["namespace", "single"],
+        what: "local workerd (wrangler dev) does not send the worker's answer to a request whose \
+               declared body has not arrived, so an oversized body is refused with 413 once it \
+               is sent; a client that declares one and sends nothing waits",
+    },
+    Difference {
         id: "ws-framing",
         modes: &["namespace", "single"],
         what: "WebSocket framing is the Workers runtime's: it rejects a malformed frame (workerd \
@@ -492,6 +499,45 @@ pub async fn raw(server: &Server, head: &str, body: &[u8]) -> TcpStream {
     s.write_all(head.as_bytes()).await.expect("write head");
     s.write_all(body).await.expect("write body");
     s
+}
+
+/// Sends `POST path` declaring and sending `len` bytes of body while reading; returns the
+/// response head (empty if the connection ended without one). Writing stops at the first
+/// failure (the server may close once it has answered) and once the answer is in.
+pub async fn upload(s: &Server, path: &str, len: usize) -> String {
+    let stream = TcpStream::connect(s.authority()).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        s.authority()
+    );
+    let writer = tokio::spawn(async move {
+        if w.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 256 << 10];
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            if w.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    let mut buf = Vec::new();
+    let read = async {
+        let mut b = [0u8; 4096];
+        while find(&buf, b"\r\n\r\n").is_none() {
+            match r.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), read).await;
+    writer.abort();
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Reads from `s` until `needle` appears in what was read, or `limit` passes, or EOF.

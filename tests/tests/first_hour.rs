@@ -4,7 +4,7 @@
 use http::Method;
 use serde_json::{json, Value};
 use stateline_conformance::{
-    differs, find, next_json, raw, read_until, send_text, unique, ws, Server, SOON,
+    differs, find, next_json, raw, read_until, send_text, unique, upload, ws, Server, SOON,
 };
 
 #[tokio::test]
@@ -108,6 +108,11 @@ async fn too_large_names_the_limit() {
     let s = Server::start().await;
     // Declared, not sent: the server answers from the header alone.
     for path in [format!("/{}", unique("big")), "/_incr/big".to_string()] {
+        if differs("unsent-body") {
+            let head = upload(&s, &path, (10 << 20) + 1).await;
+            assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+            continue;
+        }
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 999999999\r\nConnection: close\r\n\r\n",
             s.authority()
