@@ -322,7 +322,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     if want("durable") {
-        // Issue 6: acknowledged durable writes against in-memory mode and Redis appendfsync always.
+        // Acknowledged durable writes against in-memory mode and Redis appendfsync always.
         for round in 0..rounds {
             for sys in [
                 System::StatelineDurable,

@@ -1,4 +1,4 @@
-//! The four scenarios of issue 9, each against any system: HTTP/SET write throughput, fan-out
+//! The four scenarios of docs/BENCHMARKS.md, each against any system: HTTP/SET write throughput, fan-out
 //! delivery (latency, rate, lost, duplicated), idle subscriber memory, and bytes per update for a
 //! small change to a large document. Every loop is bounded in count and time.
 

@@ -1,4 +1,4 @@
-//! Crash test (issue 6): writers write at full speed and record every acknowledged write; the
+//! Crash test: writers write at full speed and record every acknowledged write; the
 //! server is killed with SIGKILL at a random moment and restarted on the same data directory;
 //! every acknowledged write must be there with its revision, and no write may be half there.
 //! Repeated 20 times on one data directory. Servers listen on 127.0.0.1; each is stopped by the
