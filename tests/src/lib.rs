@@ -540,6 +540,50 @@ pub async fn upload(s: &Server, path: &str, len: usize) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// A masked client frame (mask key 0, so the payload goes as is), for hand-made WebSocket
+/// traffic: fragments, control frames, bad opcodes.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let n = payload.len();
+    if n < 126 {
+        v.push(0x80 | n as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&[0, 0, 0, 0]);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Reads server frames until a data frame (its payload) or the end (`None`), within `limit`.
+pub async fn next_data(t: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            t.read_exact(&mut h).await.ok()?;
+            let mut len = u64::from(h[1] & 0x7f);
+            if len == 126 {
+                let mut l = [0u8; 2];
+                t.read_exact(&mut l).await.ok()?;
+                len = u64::from(u16::from_be_bytes(l));
+            } else if len == 127 {
+                let mut l = [0u8; 8];
+                t.read_exact(&mut l).await.ok()?;
+                len = u64::from_be_bytes(l);
+            }
+            let mut p = vec![0u8; len as usize];
+            t.read_exact(&mut p).await.ok()?;
+            match h[0] & 0x0f {
+                0x1 | 0x2 => return Some(p),
+                0x8 => return None,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()
+}
+
 /// Reads from `s` until `needle` appears in what was read, or `limit` passes, or EOF.
 pub async fn read_until(
     s: &mut TcpStream,

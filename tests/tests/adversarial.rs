@@ -9,10 +9,10 @@ use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use serde_json::{json, Value};
 use stateline_conformance::{
-    differs, edge_mode, next_event, raw, raw_ws, read_to_eof, read_until, unique, ws, Server, Ws,
-    WsEvent, SOON,
+    client_frame, differs, edge_mode, next_data, next_event, raw, raw_ws, read_to_eof, read_until,
+    unique, ws, Server, Ws, WsEvent, SOON,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -402,49 +402,6 @@ async fn many_subscriptions_on_one_socket_are_bounded() {
     healthy(&s).await;
 }
 
-/// A masked client frame (mask key 0).
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    let n = payload.len();
-    if n < 126 {
-        v.push(0x80 | n as u8);
-    } else {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(n as u16).to_be_bytes());
-    }
-    v.extend_from_slice(&[0, 0, 0, 0]);
-    v.extend_from_slice(payload);
-    v
-}
-
-/// Reads server frames until a data frame (its payload) or the end (`None`), within `limit`.
-async fn next_data(t: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
-    let read = async {
-        loop {
-            let mut h = [0u8; 2];
-            t.read_exact(&mut h).await.ok()?;
-            let mut len = u64::from(h[1] & 0x7f);
-            if len == 126 {
-                let mut l = [0u8; 2];
-                t.read_exact(&mut l).await.ok()?;
-                len = u64::from(u16::from_be_bytes(l));
-            } else if len == 127 {
-                let mut l = [0u8; 8];
-                t.read_exact(&mut l).await.ok()?;
-                len = u64::from_be_bytes(l);
-            }
-            let mut p = vec![0u8; len as usize];
-            t.read_exact(&mut p).await.ok()?;
-            match h[0] & 0x0f {
-                0x1 | 0x2 => return Some(p),
-                0x8 => return None,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(limit, read).await.ok().flatten()
-}
-
 #[tokio::test]
 async fn fragment_games() {
     let s = Server::start().await;
@@ -460,9 +417,11 @@ async fn fragment_games() {
     let last = parts.len() - 1;
     for (i, part) in parts.iter().enumerate() {
         let op = if i == 0 { 0x1 } else { 0x0 };
-        t.write_all(&frame(i == last, op, part)).await.unwrap();
+        t.write_all(&client_frame(i == last, op, part))
+            .await
+            .unwrap();
         if i % 10 == 0 {
-            t.write_all(&frame(true, 0x9, b"p")).await.unwrap();
+            t.write_all(&client_frame(true, 0x9, b"p")).await.unwrap();
         }
     }
     let reply = next_data(&mut t, SOON).await.expect("a reply");
@@ -479,9 +438,13 @@ async fn fragment_games() {
         // Protocol violations close that socket: a continuation with nothing to continue, a new
         // message inside an unfinished one, a fragmented control frame.
         for bad in [
-            frame(true, 0x0, b"orphan"),
-            [frame(false, 0x1, b"{\"id\":"), frame(true, 0x1, b"{}")].concat(),
-            frame(false, 0x9, b"ping"),
+            client_frame(true, 0x0, b"orphan"),
+            [
+                client_frame(false, 0x1, b"{\"id\":"),
+                client_frame(true, 0x1, b"{}"),
+            ]
+            .concat(),
+            client_frame(false, 0x9, b"ping"),
         ] {
             let (mut t, head) = raw_ws(&s, &path, "").await;
             assert!(head.starts_with("HTTP/1.1 101"), "{head}");

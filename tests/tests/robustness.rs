@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use serde_json::json;
 use stateline_conformance::{
-    connections, differs, find, next_event, next_json, raw_ws, read_to_eof, unique, upload,
-    wait_connections, ws, Server, Sse, WsEvent, SOON,
+    client_frame, connections, differs, find, next_event, next_json, raw_ws, read_to_eof, unique,
+    upload, wait_connections, ws, Server, Sse, WsEvent, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -347,7 +347,9 @@ async fn lagging_mux_and_sse_subscribers_are_cut_off() {
     let (mut mux, head) = raw_ws(&s, "/_ws", "").await;
     assert!(head.starts_with("HTTP/1.1 101"));
     let sub = json!({"id":1,"op":"sub","path":k}).to_string();
-    mux.write_all(&masked_text(sub.as_bytes())).await.unwrap();
+    mux.write_all(&client_frame(true, 0x1, sub.as_bytes()))
+        .await
+        .unwrap();
     // An SSE client that stops reading.
     let mut sse = Sse::open(&s, &format!("/{k}"), "text/event-stream", "").await;
     assert_eq!(wait_connections(&c, 2).await, 2);
@@ -364,21 +366,6 @@ async fn lagging_mux_and_sse_subscribers_are_cut_off() {
         "the SSE stream ends"
     );
     healthy(&s).await;
-}
-
-/// A masked client text frame (key 0, so the payload is unchanged).
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x81];
-    let n = payload.len();
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    }
-    f.extend_from_slice(&[0, 0, 0, 0]);
-    f.extend_from_slice(payload);
-    f
 }
 
 #[tokio::test]
