@@ -5,10 +5,13 @@
 //! The suite's other storage failure tests inject the same error without mounting anything
 //! (`Disk::fail_writes`, tests/commit_failure.rs).
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::start;
 
 struct Mount(PathBuf);
 
@@ -36,38 +39,6 @@ impl Drop for Mount {
     }
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path) -> (Server, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Server(
-        Command::new(env!("CARGO_BIN_EXE_stateline"))
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, format!("http://127.0.0.1:{port}"))
-}
-
 #[tokio::test]
 async fn a_full_tmpfs_answers_503_and_writing_resumes_when_space_is_freed() {
     let mount = match Mount::tmpfs("3m") {
@@ -81,7 +52,7 @@ async fn a_full_tmpfs_answers_503_and_writing_resumes_when_space_is_freed() {
     // Space to free later.
     let ballast = mount.0.join("ballast");
     std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
-    let (server, base) = start(&data);
+    let (server, base) = start(&data, &[]);
     let c = stateline_server::client::Client::new(&base).unwrap();
     let req = |m: http::Method, path: String, body: String| {
         let c = c.clone();
@@ -144,7 +115,7 @@ async fn a_full_tmpfs_answers_503_and_writing_resumes_when_space_is_freed() {
     assert_eq!(status, 204);
 
     drop(server);
-    let (_server, base) = start(&data);
+    let (_server, base) = start(&data, &[]);
     let c = stateline_server::client::Client::new(&base).unwrap();
     assert!(c.get("fill/0").await.unwrap().is_none());
     for i in &acknowledged[1..] {

@@ -3,62 +3,20 @@
 //! advice and `stateline repair` salvages what is readable, and neither `repair` nor `restore`
 //! touches a folder a server is using.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server(Child);
+use common::{port, serve_cmd, start};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve_cmd(dir: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateline"));
-    cmd.args([
-        "serve",
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--log-entries",
-        "10",
-        "--data",
-    ])
-    .arg(dir);
-    cmd
-}
-
-fn start(dir: &Path) -> (Server, String) {
-    let port = port();
-    let child = Server(
-        serve_cmd(dir, port)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, format!("http://127.0.0.1:{port}"))
-}
+/// The flags these tests serve with: a short change log, so a repair's log replay is small.
+const FLAGS: &[&str] = &["--log-entries", "10"];
 
 /// Runs `serve` expecting it to refuse: its exit status and stderr (killed after 20 s).
 fn serve_refused(dir: &Path) -> (bool, String) {
-    let mut child = serve_cmd(dir, port())
+    let mut child = serve_cmd(dir, port(), FLAGS)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -121,7 +79,7 @@ async fn a_damaged_page_is_refused_and_repair_salvages_the_rest() {
     let dir = root("repair");
     let n = 400;
     {
-        let (_server, base) = start(&dir);
+        let (_server, base) = start(&dir, FLAGS);
         let c = stateline_server::client::Client::new(&base).unwrap();
         for i in 0..n {
             c.set(
@@ -172,7 +130,7 @@ async fn a_damaged_page_is_refused_and_repair_salvages_the_rest() {
         .collect();
     assert_eq!(kept.len(), 1, "the damaged file is kept");
 
-    let (_server, base) = start(&dir);
+    let (_server, base) = start(&dir, FLAGS);
     let c = stateline_server::client::Client::new(&base).unwrap();
     assert!(c.get("items/0000").await.unwrap().is_some());
     assert!(c
