@@ -39,6 +39,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// appear), as a timed-out write does on any database.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a write waits for the NATS client to reconnect before it answers 503.
+const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
 /// How many times one operation is computed again after another node changed its keys first,
 /// before it answers 503 (a key written by many nodes at once). Each attempt first catches up
 /// with the stream, so one attempt is usually enough.
@@ -383,6 +386,24 @@ impl Cluster {
         Ok(())
     }
 
+    // A write while NATS is unreachable answers at once rather than after the publish timeout,
+    // once the client had `RECONNECT_GRACE` to find another server (it does within milliseconds
+    // when one NATS server of several goes away).
+    async fn connected(&self) -> Result<(), Refusal> {
+        let deadline = Instant::now() + RECONNECT_GRACE;
+        loop {
+            match self.client.connection_state() {
+                async_nats::connection::State::Connected => return Ok(()),
+                s if Instant::now() >= deadline => {
+                    return Err(Refusal::Unavailable(format!(
+                        "cluster: NATS is unreachable ({s}); nothing was written"
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     // Waits until this node applied `seq`.
     async fn wait_applied(&self, seq: u64) -> Result<(), String> {
         let mut rx = self.applied.subscribe();
@@ -416,6 +437,7 @@ impl Cluster {
     /// Publishes one operation's writes (atomically when several) and waits until this node
     /// applied them. Returns the sequence number of the last.
     pub async fn order(&self, writes: Vec<Write>) -> Result<u64, Refusal> {
+        self.connected().await?;
         let seq = match writes.len() {
             0 => return Ok(self.applied()),
             1 => {

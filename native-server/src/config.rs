@@ -196,7 +196,7 @@ pub struct ServeArgs {
     /// JetStream orders and stores every change. Any number of nodes started with the same
     /// servers and `--cluster-stream` serve the same keys; a write on one reaches subscribers on
     /// all. JetStream is the store: the node keeps no local disk (`--data` is not used).
-    #[arg(long, env = "STATELINE_CLUSTER", value_delimiter = ',', conflicts_with_all = ["data", "memory"])]
+    #[arg(long, env = "STATELINE_CLUSTER", value_delimiter = ',', conflicts_with_all = ["data", "memory", "backup_token"])]
     pub cluster: Vec<String>,
 
     /// The JetStream stream that holds the cluster's state (created by the first node that
