@@ -158,8 +158,7 @@ fn parse_duration_upto(s: &str, max_secs: f64) -> Result<Duration, String> {
 fn stream_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(s.to_string())
@@ -219,7 +218,12 @@ pub struct ServeArgs {
     pub cluster_user: Option<String>,
 
     /// NATS password (with --cluster-user).
-    #[arg(long, env = "STATELINE_CLUSTER_PASSWORD", requires = "cluster_user", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STATELINE_CLUSTER_PASSWORD",
+        requires = "cluster_user",
+        hide_env_values = true
+    )]
     pub cluster_password: Option<String>,
 
     /// NATS authentication token.
