@@ -243,10 +243,9 @@ mod tests {
     }
 
     fn node() -> (Engine, Replica) {
-        (
-            Engine::from_store(tick(), Store::new(0), Config::default(), Filters::new()),
-            Replica::new(),
-        )
+        let mut e = Engine::from_store(tick(), Store::new(0), Config::default(), Filters::new());
+        e.order_elsewhere();
+        (e, Replica::new())
     }
 
     fn set(key: &str, v: serde_json::Value) -> Op {
@@ -474,6 +473,29 @@ mod tests {
         // Two nodes propose it: the log lets one through.
         assert!(log.publish(&w).is_ok());
         assert!(log.publish(&w).is_err());
+    }
+
+    #[test]
+    fn after_write_hooks_run_once_per_ordered_change_never_for_a_proposal() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut f = Filters::new();
+        let s2 = seen.clone();
+        f.after_write(
+            "*",
+            Arc::new(move |_, _| {
+                s2.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let mut e = Engine::from_store(tick(), Store::new(0), Config::default(), f);
+        e.order_elsewhere();
+        let mut r = Replica::new();
+        let mut log = Log::default();
+        write(&mut e, &r, &mut log, set("k", json!(1)));
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "a proposal runs no hook");
+        log.deliver(&mut e, &mut r, 0);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 
     #[test]
