@@ -49,6 +49,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(claims) = verifier().verify(&token, now) {
         // What the rules read of verified claims.
-        let _ = (claims.text("sub"), claims.exp(), claims.has_role("roles", "admin"));
+        let _ = (
+            claims.text("sub"),
+            claims.exp(),
+            claims.has_role("roles", "admin"),
+        );
     }
 });
