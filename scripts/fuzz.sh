@@ -19,18 +19,26 @@ root="$(pwd)"
 . scripts/ensure-cargo-tools.sh cargo-fuzz
 
 seconds="${FUZZ_SECONDS:-5}"
-work="${CARGO_TARGET_DIR:-$root/target}/fuzz"
+# The targets are built from core/ below: a relative target directory is the repository's.
+case "${CARGO_TARGET_DIR:-}" in
+  "") export CARGO_TARGET_DIR="$root/target" ;;
+  /*) ;;
+  *) export CARGO_TARGET_DIR="$root/$CARGO_TARGET_DIR" ;;
+esac
+work="$CARGO_TARGET_DIR/fuzz"
 # One set of build flags for every call (a different set rebuilds everything): 16 codegen units
 # build in half the time of cargo-fuzz's default of 1, which matters more for runs of seconds.
 flags=(--sanitizer none --debug-assertions --codegen-units 16)
 
 cd core
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
-echo "fuzz: building the targets ($(echo $targets | tr '\n' ' '); about 4 minutes on 2 cores the first time)"
+echo "fuzz: building the targets ($(echo $targets | tr '\n' ' '); about 5 minutes on 2 cores the first time)"
 cargo fuzz build "${flags[@]}"
 
 status=0
 for t in $targets; do
+  # Artifacts are this run's only: a crash named below is one this run found.
+  rm -rf "$work/artifacts/$t"
   mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
   log="$work/$t.log"
   echo "fuzz $t: ${seconds}s, from $(ls "fuzz/seeds/$t" | wc -l) seeds and $(ls "$work/corpus/$t" | wc -l) inputs learnt before"

@@ -23,7 +23,8 @@ step "cargo clippy (native, all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo clippy (the fuzz crate, native, -D warnings)"
-cargo clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
+# Into the project's target directory (not core/fuzz/target): it shares the workspace's builds.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" cargo clippy --manifest-path core/fuzz/Cargo.toml --all-targets -- -D warnings
 
 step "cargo doc (workspace, no dependencies, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
