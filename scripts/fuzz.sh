@@ -5,13 +5,14 @@
 #
 #   FUZZ_SECONDS=5      seconds per target (npm test and CI use the default; 60 or 600 to hunt)
 #   FUZZ_TARGETS="mux"  only these targets (default: all that `cargo fuzz list` names)
+#   FUZZ_SANITIZER=address  with AddressSanitizer (opt-in, see below)
 #
 # cargo-fuzz drives libFuzzer on the stable toolchain: coverage instrumentation only, no
-# sanitizer (a sanitizer needs a nightly `-Z` flag; the core forbids `unsafe`). Debug assertions
-# and overflow checks are on. What the fuzzer learns goes to $CARGO_TARGET_DIR/fuzz/corpus/
-# (kept between local runs, never committed); a crashing input to $CARGO_TARGET_DIR/fuzz/
-# artifacts/, and the script fails naming it. docs/HACKING.md: reproducing a crash, adding a
-# target.
+# sanitizer (a sanitizer needs a nightly `-Z` flag; the core forbids `unsafe`, so a panic is
+# what there is to find). Debug assertions and overflow checks are on. What the fuzzer learns
+# goes to $CARGO_TARGET_DIR/fuzz/corpus/ (kept between local runs, never committed); a crashing
+# input to $CARGO_TARGET_DIR/fuzz/artifacts/, and the script fails naming it. docs/HACKING.md:
+# reproducing a crash, adding a target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -28,7 +29,15 @@ esac
 work="$CARGO_TARGET_DIR/fuzz"
 # One set of build flags for every call (a different set rebuilds everything): 16 codegen units
 # build in half the time of cargo-fuzz's default of 1, which matters more for runs of seconds.
-flags=(--sanitizer none --debug-assertions --codegen-units 16)
+sanitizer="${FUZZ_SANITIZER:-none}"
+flags=(--sanitizer "$sanitizer" --debug-assertions --codegen-units 16)
+if [ "$sanitizer" != none ]; then
+  # Opt-in, never in npm test or CI: `-Zsanitizer` is unstable, and RUSTC_BOOTSTRAP=1 makes the
+  # stable compiler accept it. Built apart, so the plain build is not thrown away.
+  echo "fuzz: with the $sanitizer sanitizer (RUSTC_BOOTSTRAP=1: a nightly flag on the stable compiler)"
+  export RUSTC_BOOTSTRAP=1
+  flags+=(--target-dir "$CARGO_TARGET_DIR/fuzz-$sanitizer")
+fi
 
 cd core
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
