@@ -6,13 +6,17 @@
 #   FUZZ_SECONDS=5      seconds per target (npm test and CI use the default; 60 or 600 to hunt)
 #   FUZZ_TARGETS="mux"  only these targets (default: all that `cargo fuzz list` names)
 #   FUZZ_SANITIZER=address  with AddressSanitizer (opt-in, see below)
+#   FUZZ_KEEP_CORPUS=1  keep what the fuzzer learns in $CARGO_TARGET_DIR/fuzz/corpus/<target>/
+#                       and start from it next time (default: each run starts from the seeds
+#                       alone, so a run of N seconds takes N seconds: libFuzzer replays its
+#                       whole corpus first, whatever the time limit)
 #
 # cargo-fuzz drives libFuzzer on the stable toolchain: coverage instrumentation only, no
 # sanitizer (a sanitizer needs a nightly `-Z` flag; the core forbids `unsafe`, so a panic is
-# what there is to find). Debug assertions and overflow checks are on. What the fuzzer learns
-# goes to $CARGO_TARGET_DIR/fuzz/corpus/ (kept between local runs, never committed); a crashing
-# input to $CARGO_TARGET_DIR/fuzz/artifacts/, and the script fails naming it. docs/HACKING.md:
-# reproducing a crash, adding a target.
+# what there is to find). Debug assertions and overflow checks are on. New inputs go to
+# $CARGO_TARGET_DIR/fuzz/corpus/ (never committed); a crashing input to $CARGO_TARGET_DIR/fuzz/
+# artifacts/, and the script fails naming it. docs/HACKING.md: reproducing a crash, adding a
+# target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -48,6 +52,7 @@ status=0
 for t in $targets; do
   # Artifacts are this run's only: a crash named below is one this run found.
   rm -rf "$work/artifacts/$t"
+  [ "${FUZZ_KEEP_CORPUS:-0}" = 1 ] || rm -rf "$work/corpus/$t"
   mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
   log="$work/$t.log"
   echo "fuzz $t: ${seconds}s, from $(ls "fuzz/seeds/$t" | wc -l) seeds and $(ls "$work/corpus/$t" | wc -l) inputs learnt before"
