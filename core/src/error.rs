@@ -73,6 +73,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a write refused with this error may have been judged on a state older than the
+    /// cluster's (a cluster node catches up and tries once more before it answers).
+    pub fn may_be_stale(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound
+                | Error::RevisionConflict
+                | Error::Precondition(_)
+                | Error::Exists(_)
+                | Error::Counter(_)
+        )
+    }
+
     /// The HTTP status for this error (the only place statuses are chosen for errors).
     pub fn status(&self) -> StatusCode {
         match self {

@@ -589,6 +589,27 @@ fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
     }
 }
 
+/// Gives a write's answer the version its change got when another log ordered it (a cluster
+/// node computes the answer first, with the version it expected; see [`crate::replica`]).
+pub fn restamp(r: &mut Response<Bytes>, seq: u64) {
+    if r.headers().contains_key(header::ETAG) {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{seq:x}\"")) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+    }
+}
+
+/// Whether a refused write may have been refused on a state older than the cluster's (not
+/// found, a failed precondition or compare-and-swap, a conflict): a cluster node catches up
+/// and computes it once more before it answers.
+pub fn refusal_may_be_stale(method: &Method, status: StatusCode) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED
+        )
+}
+
 fn parse_ttl(q: &[(String, String)], h: &HeaderMap) -> Result<Ttl, Error> {
     let raw = query_get(q, "ttl").or_else(|| header_str(h, "x-ttl"));
     let Some(raw) = raw else {

@@ -27,6 +27,7 @@ pub mod log;
 pub mod meta;
 pub mod mux;
 pub mod pool;
+pub mod replica;
 pub mod rules;
 pub mod store;
 pub mod token;

@@ -154,6 +154,22 @@ fn parse_duration_upto(s: &str, max_secs: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+// A JetStream stream name: no spaces, dots, wildcards or path separators (the server's rule).
+fn stream_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a stream name is 1 to 64 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
 /// `stateline serve` flags. Every flag has an environment variable (shown in `--help`).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -175,6 +191,40 @@ pub struct ServeArgs {
     /// No disk at all: state lives in memory and is gone when the server stops.
     #[arg(long, env = "STATELINE_MEMORY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub memory: bool,
+
+    /// Run as one node of a cluster: the NATS servers (comma-separated `nats://HOST:PORT`) whose
+    /// JetStream orders and stores every change. Any number of nodes started with the same
+    /// servers and `--cluster-stream` serve the same keys; a write on one reaches subscribers on
+    /// all. JetStream is the store: the node keeps no local disk (`--data` is not used).
+    #[arg(long, env = "STATELINE_CLUSTER", value_delimiter = ',', conflicts_with_all = ["data", "memory"])]
+    pub cluster: Vec<String>,
+
+    /// The JetStream stream that holds the cluster's state (created by the first node that
+    /// starts; its subjects are `<NAME>.k.<key>`). Clusters that share NATS use different names.
+    #[arg(long, env = "STATELINE_CLUSTER_STREAM", default_value = "stateline", value_parser = stream_name)]
+    pub cluster_stream: String,
+
+    /// How many NATS servers keep each change (1 to 5, at most the servers of the NATS
+    /// cluster; 3 survives the loss of one). Set when the stream is created. A write is
+    /// acknowledged once JetStream has stored it on a majority of them.
+    #[arg(long, env = "STATELINE_CLUSTER_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub cluster_replicas: u8,
+
+    /// NATS credentials file (a `.creds` file: user JWT and NKey seed), as `nats --creds`.
+    #[arg(long, env = "STATELINE_CLUSTER_CREDS")]
+    pub cluster_creds: Option<PathBuf>,
+
+    /// NATS user name (with --cluster-password).
+    #[arg(long, env = "STATELINE_CLUSTER_USER", requires = "cluster_password")]
+    pub cluster_user: Option<String>,
+
+    /// NATS password (with --cluster-user).
+    #[arg(long, env = "STATELINE_CLUSTER_PASSWORD", requires = "cluster_user", hide_env_values = true)]
+    pub cluster_password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(long, env = "STATELINE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
 
     /// Largest request body (and `/_ws` message) in bytes; larger bodies get 413.
     #[arg(long, env = "STATELINE_MAX_BODY", default_value_t = 10 << 20, value_parser = at_least_one)]

@@ -155,6 +155,8 @@ pub struct Hub {
     durable: u64,
     // With a disk: why the last commit failed, until one succeeds again (`/_health` says it).
     storage_error: Option<String>,
+    /// In cluster mode: what the core keeps beside the engine to apply the cluster's log.
+    pub replica: stateline_core::replica::Replica,
 }
 
 impl Hub {
@@ -339,6 +341,8 @@ pub struct Shared {
     pub disk: OnceLock<Arc<Disk>>,
     // Group commit: batches are queued under the hub lock, so the queue is in sequence order.
     committer: OnceLock<Committer>,
+    /// In cluster mode (`--cluster`): the link to NATS JetStream, which orders every write.
+    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// The host's clocks as the core wants them: wall time, and a monotonic reading from one origin.
@@ -394,6 +398,7 @@ impl Shared {
                 ext: Arc::default(),
                 durable: 0,
                 storage_error: None,
+                replica: Default::default(),
             }),
             limits,
             shutdown,
@@ -404,6 +409,7 @@ impl Shared {
             clocks,
             disk: OnceLock::new(),
             committer: OnceLock::new(),
+            cluster: OnceLock::new(),
         })
     }
 

@@ -11,6 +11,7 @@
 //! every subscriber through bounded per-connection queues.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ext;
 pub mod frames;
@@ -58,6 +59,11 @@ pub fn open_store(
     filters: stateline_core::Filters,
 ) -> Result<(Engine, Option<Arc<stateline_disk::Disk>>), ServeError> {
     let config = args.core_config();
+    if !args.cluster.is_empty() {
+        // Versions are the cluster stream's sequence numbers, from 1.
+        let store = stateline_core::Store::new(0);
+        return Ok((Engine::from_store(clocks.tick(), store, config, filters), None));
+    }
     if args.memory {
         tracing::info!("--memory: no disk; state is gone when the server stops");
         return Ok((Engine::new(clocks.tick(), config, filters), None));
@@ -168,6 +174,14 @@ impl Server {
         shared.lock().ext = Arc::new(self.ext);
         if let Some(disk) = disk {
             shared.attach_disk(disk);
+        }
+        if !args.cluster.is_empty() {
+            // Until it has caught up with the cluster, the node answers 503 (`/_health` says
+            // why), so a load balancer's health check keeps clients away.
+            let cluster = cluster::Cluster::connect(&args).await?;
+            let _ = shared.cluster.set(cluster.clone());
+            let sh = shared.clone();
+            tokio::spawn(async move { cluster.start(sh).await });
         }
         run_shared(args, shared, listener, signal, stop_tx, stop_rx).await
     }
@@ -335,6 +349,40 @@ impl State {
         op: stateline_core::Op,
         who: &stateline_core::Identity,
     ) -> Result<stateline_core::Applied, stateline_core::Error> {
+        if let Some(cluster) = self.sh.cluster.get() {
+            let r = cluster
+                .write(&self.sh, |hub, tick| {
+                    let r = hub.engine.execute_as(tick, op.clone(), who);
+                    hub.log_denials();
+                    match r {
+                        Ok(mut a) => {
+                            let changes = a.changes.clone();
+                            a.changes.clear();
+                            cluster::Step {
+                                answer: Ok(a),
+                                changes,
+                                stale: false,
+                            }
+                        }
+                        Err(e) => cluster::Step {
+                            stale: e.may_be_stale(),
+                            answer: Err(e),
+                            changes: Vec::new(),
+                        },
+                    }
+                })
+                .await;
+            return match r {
+                Ok((Ok(mut a), seq)) => {
+                    if let Some(seq) = seq {
+                        a.restamp(seq);
+                    }
+                    Ok(a)
+                }
+                Ok((Err(e), _)) => Err(e),
+                Err(e) => Err(stateline_core::Error::Storage(e)),
+            };
+        }
         let tick = self.sh.tick();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let wake;
@@ -371,7 +419,14 @@ impl State {
 /// Says at start what is on, so an operator sees a missing flag before a client does.
 fn log_settings(args: &ServeArgs, shared: &Shared) {
     let rules = shared.lock().engine.filters().rules().map(|r| r.len());
-    let storage = if args.memory {
+    let storage = if !args.cluster.is_empty() {
+        format!(
+            "cluster: JetStream stream {} on {} ({} replicas asked)",
+            args.cluster_stream,
+            args.cluster.join(","),
+            args.cluster_replicas
+        )
+    } else if args.memory {
         "memory (--memory: gone when the server stops)".to_string()
     } else {
         format!("{}", args.data.join("stateline.redb").display())
@@ -660,9 +715,14 @@ async fn timer_task(sh: Arc<Shared>) {
                 hub.clock_tick(tick);
                 next_clock += second;
             }
+            // In a cluster, expiry is proposed to JetStream like any delete (once per key for
+            // the cluster) and applied when the stream delivers it.
+            if let Some(cluster) = sh.cluster.get() {
+                cluster.expire(&hub, tick);
+            }
             // While the store is failing, expiry waits for it (checked once a second): each
             // attempt would be rolled back, and the keys would expire again at once.
-            let expired = if hub.storage_error().is_some() {
+            let expired = if hub.storage_error().is_some() || sh.cluster.get().is_some() {
                 Vec::new()
             } else {
                 hub.engine.handle_timeout(tick)
@@ -687,8 +747,14 @@ async fn timer_task(sh: Arc<Shared>) {
             }
         };
         let mut wake = next_clock;
+        // A cluster's expiry in flight is waited for (the delete arrives through the stream),
+        // not proposed again every millisecond.
+        let least = match sh.cluster.get() {
+            Some(c) if c.expiring() => 50_000_000,
+            _ => 1_000_000,
+        };
         if let Some(ns) = ttl_in {
-            wake = wake.min(tokio::time::Instant::now() + Duration::from_nanos(ns.max(1_000_000)));
+            wake = wake.min(tokio::time::Instant::now() + Duration::from_nanos(ns.max(least)));
         }
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}

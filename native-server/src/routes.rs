@@ -44,6 +44,14 @@ pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
     if path == "/_metrics" && (method == http::Method::GET || method == http::Method::HEAD) {
         return metrics(&sh, req.headers());
     }
+    if let Some(why) = sh.cluster.get().and_then(|c| c.not_ready()) {
+        // Catching up with the cluster at start: nothing this node would answer is current yet.
+        if path == "/_health" {
+            let body = serde_json::json!({"status": "starting", "reason": why});
+            return unhealthy(&sh, req.headers(), body);
+        }
+        return cluster_failed(&sh, req.headers(), &path, &why);
+    }
     let tick = sh.tick();
     // Identify once; the subscription checks run before any upgrade, so a refused WebSocket or
     // SSE request gets its 401/403 as an HTTP answer.
@@ -277,6 +285,9 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
     };
     let req = Request::from_parts(parts, bytes);
     let health = req.uri().path() == "/_health";
+    if let Some(cluster) = sh.cluster.get() {
+        return clustered(sh, cluster, req, who, health).await;
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -336,6 +347,59 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
             Err(_) => continue,
         }
     }
+}
+
+/// A request in cluster mode: computed on this node's state, its writes ordered by JetStream
+/// (`cluster::Cluster::write`), answered once this node applied them.
+async fn clustered(
+    sh: &Arc<Shared>,
+    cluster: &crate::cluster::Cluster,
+    req: Request<Bytes>,
+    who: &stateline_core::Identity,
+    health: bool,
+) -> Response {
+    if health {
+        if let Some(why) = cluster.problem() {
+            let hub = sh.lock();
+            let body = serde_json::json!({
+                "status": "unavailable",
+                "reason": why,
+                "keys": hub.engine.store().len(),
+                "seq": format!("{:x}", hub.engine.store().last_seq()),
+            });
+            drop(hub);
+            return unhealthy(sh, req.headers(), body);
+        }
+    }
+    let method = req.method().clone();
+    let r = cluster
+        .write(sh, |hub, tick| {
+            let out = core_http::handle_as(&mut hub.engine, tick, &req, who);
+            hub.log_denials();
+            let stale = out.changes.is_empty()
+                && core_http::refusal_may_be_stale(&method, out.response.status());
+            crate::cluster::Step {
+                answer: out.response,
+                changes: out.changes,
+                stale,
+            }
+        })
+        .await;
+    match r {
+        Ok((mut response, seq)) => {
+            if let Some(seq) = seq {
+                core_http::restamp(&mut response, seq);
+            }
+            response.map(Body::from)
+        }
+        Err(e) => cluster_failed(sh, req.headers(), req.uri().path(), &e),
+    }
+}
+
+/// 503 for a write the cluster did not take (NATS unreachable, no JetStream leader, too much
+/// contention), with the reason as it was found.
+fn cluster_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Response {
+    service_unavailable(sh, headers, path, e)
 }
 
 /// `GET /_health` while the store is failing: 503 with the reason, as etcd's health reports its
@@ -485,10 +549,15 @@ pub(crate) fn unavailable(e: &str) -> String {
 /// 503 for a write that could not be made durable (and was rolled back), or an answer whose view
 /// kept being rolled back: the store is failing (`/_health` says why) and recovers by itself.
 fn storage_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Response {
-    let code = stateline_core::Error::Storage(String::new()).code();
     let detail = format!("{}; nothing was changed", unavailable(e));
+    service_unavailable(sh, headers, path, &detail)
+}
+
+// 503 with `detail`: a problem document on the `/_` routes, plain text on keys.
+fn service_unavailable(sh: &Shared, headers: &HeaderMap, path: &str, detail: &str) -> Response {
+    let code = stateline_core::Error::Storage(String::new()).code();
     if path.starts_with("/_") {
-        return problem(sh, headers, StatusCode::SERVICE_UNAVAILABLE, code, &detail);
+        return problem(sh, headers, StatusCode::SERVICE_UNAVAILABLE, code, detail);
     }
     let mut r = Response::new(Body::from(format!("{detail}\n")));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -264,11 +264,62 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
     let shared = sh.clone();
     // Who the connection speaks for: from the handshake, replaced by `auth` messages.
     let mut who = who;
+    // In a cluster, the connection's writes are ordered one after another by a task of its own
+    // (each waits for JetStream), so they reach the stream in the order the client sent them.
+    let writes = shared.cluster.get().map(|c| cluster_writer(&shared, c, &own));
     run(&sh, socket, reg, rx, move |reg, msg| {
-        mux_message(&shared, reg, &own, msg, &mut who);
+        mux_message(&shared, reg, &own, msg, &mut who, writes.as_ref());
         true
     })
     .await;
+}
+
+/// One `/_ws` write waiting for the cluster: its id, operation name, operation and caller.
+type ClusterWrite = (Value, &'static str, stateline_core::Op, Identity);
+
+// Starts the task that orders a connection's writes through the cluster and replies to each.
+fn cluster_writer(
+    sh: &Arc<Shared>,
+    cluster: &Arc<crate::cluster::Cluster>,
+    sink: &Sink,
+) -> tokio::sync::mpsc::UnboundedSender<ClusterWrite> {
+    // Unbounded here, bounded by `--ws-inflight`: the connection stops reading once that many
+    // requests await their reply.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ClusterWrite>();
+    let (sh, cluster, sink) = (sh.clone(), cluster.clone(), sink.clone());
+    tokio::spawn(async move {
+        while let Some((id, name, op, who)) = rx.recv().await {
+            let r = cluster
+                .write(&sh, |hub, tick| {
+                    let r = hub.engine.execute_as(tick, op.clone(), &who);
+                    hub.log_denials();
+                    match r {
+                        Ok(mut a) => crate::cluster::Step {
+                            changes: std::mem::take(&mut a.changes),
+                            answer: Ok(a),
+                            stale: false,
+                        },
+                        Err(e) => crate::cluster::Step {
+                            stale: e.may_be_stale(),
+                            answer: Err(e),
+                            changes: Vec::new(),
+                        },
+                    }
+                })
+                .await;
+            sink.reply(match r {
+                Ok((Ok(mut a), seq)) => {
+                    if let Some(seq) = seq {
+                        a.restamp(seq);
+                    }
+                    mux::reply_applied(&id, name, &a)
+                }
+                Ok((Err(e), _)) => mux::reply_error(&id, &e),
+                Err(e) => unavailable_reply(&id, &e),
+            });
+        }
+    });
+    tx
 }
 
 /// `auth`: verify the token; on success it replaces the connection's identity, and every
@@ -315,7 +366,14 @@ fn mux_auth(
 /// operation produced, so a client sees its own change before the acknowledgement. Every
 /// message gets exactly one reply ([`Sink::reply`], never dropped), now or once its write is
 /// durable: the connection counts them to bound what it has in flight.
-fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who: &mut Identity) {
+fn mux_message(
+    sh: &Shared,
+    reg: &mut Registration,
+    sink: &Sink,
+    msg: &[u8],
+    who: &mut Identity,
+    cluster: Option<&tokio::sync::mpsc::UnboundedSender<ClusterWrite>>,
+) {
     let tick = sh.tick();
     let mut wrote = false;
     {
@@ -364,6 +422,16 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
                         (mux::reply_error(&m.id, &e), None)
                     }
                 },
+                MuxRequest::Op(op) if cluster.is_some() => {
+                    let name = mux::op_name(&op);
+                    let queue = cluster.expect("matched above");
+                    if let Err(e) = queue.send((m.id.clone(), name, op, who.clone())) {
+                        let (id, ..) = e.0;
+                        (unavailable_reply(&id, "the connection's writer stopped"), None)
+                    } else {
+                        (Bytes::new(), None)
+                    }
+                }
                 MuxRequest::Op(op) => {
                     let name = mux::op_name(&op);
                     let done = hub.engine.execute_as(tick, op, who);
@@ -424,13 +492,21 @@ fn mux_message(sh: &Shared, reg: &mut Registration, sink: &Sink, msg: &[u8], who
 /// The `/_ws` reply to a write that could not be made durable (rolled back): status 503, as the
 /// HTTP answer.
 fn storage_reply(id: &Value, e: &str) -> Bytes {
+    unavailable_reply(
+        id,
+        &format!("{}; nothing was changed", crate::routes::unavailable(e)),
+    )
+}
+
+// A 503 reply with `detail` (the cluster's reasons are given as they were found).
+fn unavailable_reply(id: &Value, detail: &str) -> Bytes {
     let reply = serde_json::json!({
         "id": id,
         "ok": false,
         "error": {
             "status": 503,
             "code": Error::Storage(String::new()).code(),
-            "detail": format!("{}; nothing was changed", crate::routes::unavailable(e)),
+            "detail": detail,
         },
     });
     Bytes::from(reply.to_string())
