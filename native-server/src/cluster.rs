@@ -34,10 +34,19 @@ use crate::{ServeArgs, ServeError};
 /// election waits for it rather than failing.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a node waits for its consumer to apply a write JetStream acknowledged (normally
-/// well under a millisecond); past it the write answers 503 though it is stored (and will
-/// appear), as a timed-out write does on any database.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write keeps retrying while JetStream has no stream leader (a NATS server of the
+/// cluster went away and the others are electing one, which takes a few seconds).
+const ELECTION_GRACE: Duration = Duration::from_secs(15);
+
+/// How long a write waits for the NATS client to reconnect before it answers 503.
+const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// The timeout of creating the consumer (retried until it succeeds).
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a change JetStream acknowledged may take to come back through this node's consumer
+/// before the consumer is restarted (normally well under a millisecond).
+const STALL: Duration = Duration::from_secs(1);
 
 /// How many times one operation is computed again after another node changed its keys first,
 /// before it answers 503 (a key written by many nodes at once). Each attempt first catches up
@@ -56,6 +65,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub struct Cluster {
     client: async_nats::Client,
     js: jetstream::Context,
+    js_consumer: jetstream::Context,
     stream: String,
     // Subjects are `<prefix>.<key token>`.
     prefix: String,
@@ -68,6 +78,8 @@ pub struct Cluster {
     counter: AtomicU64,
     // Keys whose expiry this node is proposing (each proposed once at a time).
     expiring: Mutex<std::collections::HashSet<Arc<str>>>,
+    // Notified when the NATS client (re)connects.
+    reconnected: Arc<tokio::sync::Notify>,
 }
 
 /// Why a write could not be ordered.
@@ -111,21 +123,31 @@ impl Cluster {
             }
         }
         let urls = args.cluster.join(",");
+        let reconnected = Arc::new(tokio::sync::Notify::new());
         let mut attempt = 0u32;
         let client = loop {
+            let on_connect = reconnected.clone();
             attempt += 1;
             let mut opts = async_nats::ConnectOptions::new()
                 .name(format!("stateline {}", args.addr))
                 .connection_timeout(Duration::from_secs(5))
                 // Reconnects forever: while NATS is away writes answer 503 and reads go on.
                 .max_reconnects(None)
-                .event_callback(|e| async move {
+                .event_callback(move |e| {
+                    let on_connect = on_connect.clone();
+                    async move {
                     match e {
-                        async_nats::Event::Connected => tracing::info!("cluster: NATS connected"),
+                        async_nats::Event::Connected => {
+                            tracing::info!("cluster: NATS connected");
+                            // The consumer may have been on the server that went away: it
+                            // resubscribes at once instead of waiting for missed heartbeats.
+                            on_connect.notify_one();
+                        }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("cluster: NATS disconnected; writes answer 503 until it is back")
                         }
                         other => tracing::info!(event = %other, "cluster: NATS"),
+                    }
                     }
                 });
             if let Some(f) = &args.cluster_creds {
@@ -149,6 +171,10 @@ impl Cluster {
         };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(REQUEST_TIMEOUT);
+        // Creating the consumer again after a NATS server went away is retried often with a
+        // short timeout: it succeeds as soon as JetStream has elected its new leaders.
+        let mut js_consumer = jetstream::new(client.clone());
+        js_consumer.set_timeout(CONSUMER_TIMEOUT);
         let name = args.cluster_stream.clone();
         let prefix = format!("{name}.k");
         let config = stream::Config {
@@ -208,6 +234,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             client,
             js,
+            js_consumer,
             stream: name,
             prefix,
             applied: watch::channel(0).0,
@@ -215,6 +242,7 @@ impl Cluster {
             nonce,
             counter: AtomicU64::new(1),
             expiring: Mutex::default(),
+            reconnected,
         }))
     }
 
@@ -301,18 +329,23 @@ impl Cluster {
     // (it recreates itself after a gap or a lost connection, from the last one delivered).
     async fn apply_loop(self: Arc<Self>, sh: Arc<Shared>) {
         loop {
-            let from = self.applied() + 1;
-            match self.consume(&sh, from).await {
+            let r = tokio::select! {
+                r = self.consume(&sh, self.applied() + 1) => r,
+                _ = self.reconnected.notified() => Err("NATS reconnected".into()),
+            };
+            match r {
                 Ok(()) => tracing::warn!("cluster: the stream ended; resubscribing"),
-                Err(e) => tracing::warn!(error = %e, from, "cluster: consumer failed; resubscribing in 1s"),
+                Err(e) => {
+                    tracing::warn!(error = %e, from = self.applied() + 1, "cluster: consumer restarts")
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn consume(&self, sh: &Shared, from: u64) -> Result<(), String> {
         let stream = self
-            .js
+            .js_consumer
             .get_stream(&self.stream)
             .await
             .map_err(|e| e.to_string())?;
@@ -383,18 +416,53 @@ impl Cluster {
         Ok(())
     }
 
-    // Waits until this node applied `seq`.
+    // A write while NATS is unreachable answers at once rather than after the publish timeout,
+    // once the client had `RECONNECT_GRACE` to find another server (it does within milliseconds
+    // when one NATS server of several goes away).
+    async fn connected(&self) -> Result<(), Refusal> {
+        let deadline = Instant::now() + RECONNECT_GRACE;
+        loop {
+            match self.client.connection_state() {
+                async_nats::connection::State::Connected => return Ok(()),
+                s if Instant::now() >= deadline => {
+                    return Err(Refusal::Unavailable(format!(
+                        "cluster: NATS is unreachable ({s}); nothing was written"
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    // Waits until this node applied `seq`. JetStream acknowledged it, so it is in the stream: if
+    // the consumer does not deliver it within `STALL`, the consumer is presumed lost (its server
+    // went away; missed heartbeats would tell only after several seconds) and restarted.
     async fn wait_applied(&self, seq: u64) -> Result<(), String> {
         let mut rx = self.applied.subscribe();
-        let reached = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|a| *a >= seq))
-            .await
-            .map(|r| r.is_ok());
-        match reached {
-            Ok(true) => Ok(()),
-            _ => Err(format!(
-                "cluster: the write is stored (version {seq:x}) but this node has not applied it within {}s",
-                APPLY_TIMEOUT.as_secs()
-            )),
+        let started = Instant::now();
+        let mut kicked = false;
+        loop {
+            // After the restart, as long as JetStream may take to elect new leaders; past it the
+            // write answers 503 though it is stored (and will appear), as a timed-out write does
+            // on any replicated store.
+            let wait = if kicked { ELECTION_GRACE } else { STALL };
+            let reached = tokio::time::timeout(wait, rx.wait_for(|a| *a >= seq))
+                .await
+                .map(|r| r.is_ok());
+            match reached {
+                Ok(true) => return Ok(()),
+                _ if !kicked => {
+                    tracing::warn!(seq, "cluster: a stored change is not delivered yet; restarting the consumer");
+                    self.reconnected.notify_one();
+                    kicked = true;
+                }
+                _ => {
+                    return Err(format!(
+                        "cluster: the write is stored (version {seq:x}) but this node has not applied it within {}s",
+                        started.elapsed().as_secs()
+                    ))
+                }
+            }
         }
     }
 
@@ -416,23 +484,33 @@ impl Cluster {
     /// Publishes one operation's writes (atomically when several) and waits until this node
     /// applied them. Returns the sequence number of the last.
     pub async fn order(&self, writes: Vec<Write>) -> Result<u64, Refusal> {
+        self.connected().await?;
         let seq = match writes.len() {
             0 => return Ok(self.applied()),
             1 => {
                 let w = &writes[0];
+                // The same id on every attempt: a retry of a write JetStream stored but whose
+                // acknowledgement was lost is answered with the original (deduplicated).
                 let id = format!("{:032x}", self.batch_id());
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(Bytes::from(w.payload.clone()))
-                    .expected_last_subject_sequence(w.expect)
-                    .message_id(id);
-                let ack = self
-                    .js
-                    .send_publish(self.subject(&w.key), publish)
-                    .await
-                    .map_err(publish_refusal)?
-                    .await
-                    .map_err(publish_refusal)?;
-                ack.sequence
+                let deadline = Instant::now() + ELECTION_GRACE;
+                loop {
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(Bytes::from(w.payload.clone()))
+                        .expected_last_subject_sequence(w.expect)
+                        .message_id(&id);
+                    let sent = match self.js.send_publish(self.subject(&w.key), publish).await {
+                        Ok(ack) => ack.await,
+                        Err(e) => Err(e),
+                    };
+                    match sent {
+                        Ok(ack) => break ack.sequence,
+                        Err(e) if transient(&e) && Instant::now() < deadline => {
+                            tracing::debug!(error = %e, "cluster: no stream leader yet; retrying the write");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(publish_refusal(e)),
+                    }
+                }
             }
             n if n > MAX_BATCH => {
                 return Err(Refusal::Unavailable(format!(
@@ -440,37 +518,57 @@ impl Cluster {
                 )))
             }
             _ => {
-                let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
-                let last = writes.len() - 1;
-                for (i, w) in writes.iter().enumerate() {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(
-                        "Nats-Expected-Last-Subject-Sequence",
-                        w.expect.to_string().as_str(),
-                    );
-                    let m = jetstream::message::OutboundMessage {
-                        subject: self.subject(&w.key).into(),
-                        payload: Bytes::from(w.payload.clone()),
-                        headers: Some(headers),
-                    };
-                    if i < last {
-                        batch.add_message(m).await.map_err(batch_refusal)?;
-                    } else {
-                        let ack = batch.commit_message(m).await.map_err(batch_refusal)?;
-                        return self
-                            .wait_applied(ack.sequence)
-                            .await
-                            .map(|()| ack.sequence)
-                            .map_err(Refusal::Unavailable);
+                let deadline = Instant::now() + ELECTION_GRACE;
+                loop {
+                    match self.publish_batch(&writes).await {
+                        Ok(seq) => break seq,
+                        // The first message is sent as a request: refused there, nothing of the
+                        // batch is stored, so it is tried again while the stream has no leader.
+                        Err((true, Refusal::Unavailable(e))) if Instant::now() < deadline => {
+                            tracing::debug!(error = %e, "cluster: no stream leader yet; retrying the batch");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err((_, r)) => return Err(r),
                     }
                 }
-                unreachable!("the loop returns at the last write")
             }
         };
         self.wait_applied(seq)
             .await
             .map(|()| seq)
             .map_err(Refusal::Unavailable)
+    }
+
+    // Publishes an operation's writes as one atomic batch. On failure, says whether it failed on
+    // the first message (nothing of the batch stored).
+    async fn publish_batch(&self, writes: &[Write]) -> Result<u64, (bool, Refusal)> {
+        let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
+        let last = writes.len() - 1;
+        for (i, w) in writes.iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                w.expect.to_string().as_str(),
+            );
+            let m = jetstream::message::OutboundMessage {
+                subject: self.subject(&w.key).into(),
+                payload: Bytes::from(w.payload.clone()),
+                headers: Some(headers),
+            };
+            if i < last {
+                batch
+                    .add_message(m)
+                    .await
+                    .map_err(|e| (i == 0, batch_refusal(e)))?;
+            } else {
+                let ack = batch
+                    .commit_message(m)
+                    .await
+                    .map_err(|e| (false, batch_refusal(e)))?;
+                return Ok(ack.sequence);
+            }
+        }
+        Err((true, Refusal::Unavailable("cluster: an empty batch".into())))
     }
 
     /// Proposes the deletes of keys whose TTL passed (call under the hub lock, from the timer):
@@ -550,7 +648,10 @@ impl Cluster {
             match self.order(writes).await {
                 Ok(seq) => return Ok((answer, Some(seq))),
                 Err(Refusal::Conflict) => {
-                    tracing::debug!(attempt, "cluster: a key changed on another node first; computing again");
+                    tracing::debug!(
+                        attempt,
+                        "cluster: a key changed on another node first; computing again"
+                    );
                     self.catch_up().await?;
                     caught_up = true;
                 }
@@ -565,6 +666,18 @@ impl Cluster {
 
 // JetStream's "wrong last sequence" (10071): a key changed since the write was computed.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
+
+// A publish that failed because the stream has no leader right now ("no responders", reported as
+// no stream for the subject) or that timed out waiting for one: retried with the same id.
+fn transient(e: &jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind;
+    matches!(
+        e.kind(),
+        PublishErrorKind::StreamNotFound
+            | PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+    )
+}
 
 fn publish_refusal(e: jetstream::context::PublishError) -> Refusal {
     use async_nats::jetstream::context::PublishErrorKind;

@@ -158,8 +158,7 @@ fn parse_duration_upto(s: &str, max_secs: f64) -> Result<Duration, String> {
 fn stream_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(s.to_string())
@@ -196,7 +195,7 @@ pub struct ServeArgs {
     /// JetStream orders and stores every change. Any number of nodes started with the same
     /// servers and `--cluster-stream` serve the same keys; a write on one reaches subscribers on
     /// all. JetStream is the store: the node keeps no local disk (`--data` is not used).
-    #[arg(long, env = "STATELINE_CLUSTER", value_delimiter = ',', conflicts_with_all = ["data", "memory"])]
+    #[arg(long, env = "STATELINE_CLUSTER", value_delimiter = ',', conflicts_with_all = ["data", "memory", "backup_token"])]
     pub cluster: Vec<String>,
 
     /// The JetStream stream that holds the cluster's state (created by the first node that
@@ -219,7 +218,12 @@ pub struct ServeArgs {
     pub cluster_user: Option<String>,
 
     /// NATS password (with --cluster-user).
-    #[arg(long, env = "STATELINE_CLUSTER_PASSWORD", requires = "cluster_user", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STATELINE_CLUSTER_PASSWORD",
+        requires = "cluster_user",
+        hide_env_values = true
+    )]
     pub cluster_password: Option<String>,
 
     /// NATS authentication token.

@@ -62,7 +62,10 @@ pub fn open_store(
     if !args.cluster.is_empty() {
         // Versions are the cluster stream's sequence numbers, from 1.
         let store = stateline_core::Store::new(0);
-        return Ok((Engine::from_store(clocks.tick(), store, config, filters), None));
+        return Ok((
+            Engine::from_store(clocks.tick(), store, config, filters),
+            None,
+        ));
     }
     if args.memory {
         tracing::info!("--memory: no disk; state is gone when the server stops");

@@ -266,7 +266,10 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
     let mut who = who;
     // In a cluster, the connection's writes are ordered one after another by a task of its own
     // (each waits for JetStream), so they reach the stream in the order the client sent them.
-    let writes = shared.cluster.get().map(|c| cluster_writer(&shared, c, &own));
+    let writes = shared
+        .cluster
+        .get()
+        .map(|c| cluster_writer(&shared, c, &own));
     run(&sh, socket, reg, rx, move |reg, msg| {
         mux_message(&shared, reg, &own, msg, &mut who, writes.as_ref());
         true
@@ -427,7 +430,10 @@ fn mux_message(
                     let queue = cluster.expect("matched above");
                     if let Err(e) = queue.send((m.id.clone(), name, op, who.clone())) {
                         let (id, ..) = e.0;
-                        (unavailable_reply(&id, "the connection's writer stopped"), None)
+                        (
+                            unavailable_reply(&id, "the connection's writer stopped"),
+                            None,
+                        )
                     } else {
                         (Bytes::new(), None)
                     }
