@@ -169,6 +169,16 @@ pub struct Applied {
     pub changes: Vec<Change>,
 }
 
+impl Applied {
+    /// Gives the outcome the version its last change got when another log ordered it (a
+    /// cluster node computes the outcome first; see [`crate::replica`]).
+    pub fn restamp(&mut self, seq: u64) {
+        if let Outcome::Written(_, e) = &mut self.outcome {
+            e.seq = seq;
+        }
+    }
+}
+
 /// Counters for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -258,6 +258,19 @@ mod tests {
         }
     }
 
+    fn del(target: &str) -> Op {
+        Op::Delete {
+            target: target.into(),
+            cond: Cond::Always,
+        }
+    }
+
+    // Runs `op` on a node and publishes its proposal to the log.
+    fn write(e: &mut Engine, r: &Replica, log: &mut Log, op: Op) {
+        let x = e.execute(tick(), op).unwrap();
+        log.publish(&r.propose(e, &x.changes, 0)).unwrap();
+    }
+
     // A log: assigns sequence numbers and checks each write's precondition like JetStream's
     // expected-last-subject-sequence; an operation is all or nothing.
     #[derive(Default)]
@@ -285,16 +298,27 @@ mod tests {
             let mut out = Vec::new();
             let total = self.msgs.len() as u64;
             for (seq, key, p) in self.msgs.iter().filter(|(s, _, _)| *s > from) {
-                let m = Delivered {
-                    seq: *seq,
-                    key,
-                    payload: p,
-                    pending: total - seq,
-                };
-                out.extend(r.receive(e, m).unwrap());
+                out.extend(recv(e, r, *seq, key, p, total - seq));
             }
             out
         }
+    }
+
+    fn recv(
+        e: &mut Engine,
+        r: &mut Replica,
+        seq: u64,
+        key: &str,
+        p: &[u8],
+        pending: u64,
+    ) -> Vec<Change> {
+        let m = Delivered {
+            seq,
+            key,
+            payload: p,
+            pending,
+        };
+        r.receive(e, m).unwrap()
     }
 
     #[test]
@@ -346,18 +370,9 @@ mod tests {
     fn a_deleted_key_is_written_against_its_delete() {
         let (mut e, mut r) = node();
         let mut log = Log::default();
-        let x = e.execute(tick(), set("k", json!(1))).unwrap();
-        log.publish(&r.propose(&mut e, &x.changes, 0)).unwrap();
+        write(&mut e, &r, &mut log, set("k", json!(1)));
         log.deliver(&mut e, &mut r, 0);
-        let d = e
-            .execute(
-                tick(),
-                Op::Delete {
-                    target: "k".into(),
-                    cond: Cond::Always,
-                },
-            )
-            .unwrap();
+        let d = e.execute(tick(), del("k")).unwrap();
         let w = r.propose(&mut e, &d.changes, 0);
         assert_eq!(w[0].expect, 1);
         log.publish(&w).unwrap();
@@ -377,52 +392,22 @@ mod tests {
     fn a_batch_is_applied_whole() {
         let (mut e, mut r) = node();
         let mut log = Log::default();
-        let x = e.execute(tick(), set("a/1", json!(1))).unwrap();
-        log.publish(&r.propose(&mut e, &x.changes, 0)).unwrap();
-        let x = e.execute(tick(), set("a/2", json!(2))).unwrap();
+        write(&mut e, &r, &mut log, set("a/1", json!(1)));
         // Not delivered yet: a/1 is not in e, so a/2's proposal is computed without it.
-        log.publish(&r.propose(&mut e, &x.changes, 0)).unwrap();
+        write(&mut e, &r, &mut log, set("a/2", json!(2)));
         log.deliver(&mut e, &mut r, 0);
-        let d = e
-            .execute(
-                tick(),
-                Op::Delete {
-                    target: "a/*".into(),
-                    cond: Cond::Always,
-                },
-            )
-            .unwrap();
+        let d = e.execute(tick(), del("a/*")).unwrap();
         let w = r.propose(&mut e, &d.changes, 99);
         assert_eq!(w.len(), 2);
         assert_eq!(decode(&w[1].payload).unwrap().batch, 99);
         log.publish(&w).unwrap();
         // The first message alone (more pending) applies nothing.
         let (seq, key, p) = &log.msgs[2];
-        let first = r
-            .receive(
-                &mut e,
-                Delivered {
-                    seq: *seq,
-                    key,
-                    payload: p,
-                    pending: 1,
-                },
-            )
-            .unwrap();
+        let first = recv(&mut e, &mut r, *seq, key, p, 1);
         assert!(first.is_empty());
         assert_eq!(e.store().len(), 2);
         let (seq, key, p) = &log.msgs[3];
-        let rest = r
-            .receive(
-                &mut e,
-                Delivered {
-                    seq: *seq,
-                    key,
-                    payload: p,
-                    pending: 0,
-                },
-            )
-            .unwrap();
+        let rest = recv(&mut e, &mut r, *seq, key, p, 0);
         assert_eq!(rest.len(), 2);
         assert_eq!(e.store().len(), 0);
         assert_eq!(e.store().last_seq(), 4);
@@ -444,29 +429,9 @@ mod tests {
         };
         let p1 = encode(Some(&entry), 5, 1, 2);
         let p2 = encode(Some(&entry), 0, 0, 1);
-        let got = r
-            .receive(
-                &mut e,
-                Delivered {
-                    seq: 3,
-                    key: "b",
-                    payload: &p1,
-                    pending: 1,
-                },
-            )
-            .unwrap();
+        let got = recv(&mut e, &mut r, 3, "b", &p1, 1);
         assert!(got.is_empty() || got.len() == 1);
-        let got2 = r
-            .receive(
-                &mut e,
-                Delivered {
-                    seq: 4,
-                    key: "c",
-                    payload: &p2,
-                    pending: 0,
-                },
-            )
-            .unwrap();
+        let got2 = recv(&mut e, &mut r, 4, "c", &p2, 0);
         assert_eq!(got.len() + got2.len(), 2);
         assert_eq!(e.store().last_seq(), 4);
     }
@@ -475,8 +440,7 @@ mod tests {
     fn a_message_seen_twice_is_applied_once() {
         let (mut e, mut r) = node();
         let mut log = Log::default();
-        let x = e.execute(tick(), set("k", json!(1))).unwrap();
-        log.publish(&r.propose(&mut e, &x.changes, 0)).unwrap();
+        write(&mut e, &r, &mut log, set("k", json!(1)));
         assert_eq!(log.deliver(&mut e, &mut r, 0).len(), 1);
         assert_eq!(log.deliver(&mut e, &mut r, 0).len(), 0);
         assert_eq!(e.store().get("k").unwrap().revision, 0);

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use jetstream_extra::batch_publish::BatchPublishExt;
 use stateline_core::replica::{self, Delivered, Write};
-use stateline_core::{Change, Tick};
+use stateline_core::{Change, Identity, Tick};
 use tokio::sync::watch;
 
 use crate::hub::{Hub, Shared};
@@ -101,6 +101,26 @@ pub struct Step<T> {
     pub changes: Vec<Change>,
     /// A refusal that catching up may change (not found, failed precondition).
     pub stale: bool,
+}
+
+impl Step<Result<stateline_core::Applied, stateline_core::Error>> {
+    /// One attempt at a typed operation (`/_ws`, the embedding API) for `who`.
+    pub fn op(hub: &mut Hub, tick: Tick, op: &stateline_core::Op, who: &Identity) -> Self {
+        let r = hub.engine.execute_as(tick, op.clone(), who);
+        hub.log_denials();
+        match r {
+            Ok(mut a) => Step {
+                changes: std::mem::take(&mut a.changes),
+                answer: Ok(a),
+                stale: false,
+            },
+            Err(e) => Step {
+                stale: e.may_be_stale(),
+                answer: Err(e),
+                changes: Vec::new(),
+            },
+        }
+    }
 }
 
 impl Cluster {

@@ -354,26 +354,7 @@ impl State {
     ) -> Result<stateline_core::Applied, stateline_core::Error> {
         if let Some(cluster) = self.sh.cluster.get() {
             let r = cluster
-                .write(&self.sh, |hub, tick| {
-                    let r = hub.engine.execute_as(tick, op.clone(), who);
-                    hub.log_denials();
-                    match r {
-                        Ok(mut a) => {
-                            let changes = a.changes.clone();
-                            a.changes.clear();
-                            cluster::Step {
-                                answer: Ok(a),
-                                changes,
-                                stale: false,
-                            }
-                        }
-                        Err(e) => cluster::Step {
-                            stale: e.may_be_stale(),
-                            answer: Err(e),
-                            changes: Vec::new(),
-                        },
-                    }
-                })
+                .write(&self.sh, |hub, tick| cluster::Step::op(hub, tick, &op, who))
                 .await;
             return match r {
                 Ok((Ok(mut a), seq)) => {

@@ -47,8 +47,7 @@ pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
     if let Some(why) = sh.cluster.get().and_then(|c| c.not_ready()) {
         // Catching up with the cluster at start: nothing this node would answer is current yet.
         if path == "/_health" {
-            let body = serde_json::json!({"status": "starting", "reason": why});
-            return unhealthy(&sh, req.headers(), body);
+            return unhealthy(&sh, req.headers(), "starting", &why);
         }
         return cluster_failed(&sh, req.headers(), &path, &why);
     }
@@ -296,15 +295,9 @@ async fn plain(sh: &Arc<Shared>, req: Request<Body>, who: &stateline_core::Ident
         let (response, wait, wrote) = {
             let mut hub = sh.lock();
             if health {
-                if let Some(why) = hub.storage_error() {
-                    let body = serde_json::json!({
-                        "status": "unavailable",
-                        "reason": why,
-                        "keys": hub.engine.store().len(),
-                        "seq": format!("{:x}", hub.engine.store().last_seq()),
-                    });
+                if let Some(why) = hub.storage_error().map(str::to_string) {
                     drop(hub);
-                    return unhealthy(sh, req.headers(), body);
+                    return unhealthy(sh, req.headers(), "unavailable", &why);
                 }
             }
             let out = core_http::handle_as(&mut hub.engine, tick, &req, who);
@@ -360,15 +353,7 @@ async fn clustered(
 ) -> Response {
     if health {
         if let Some(why) = cluster.problem() {
-            let hub = sh.lock();
-            let body = serde_json::json!({
-                "status": "unavailable",
-                "reason": why,
-                "keys": hub.engine.store().len(),
-                "seq": format!("{:x}", hub.engine.store().last_seq()),
-            });
-            drop(hub);
-            return unhealthy(sh, req.headers(), body);
+            return unhealthy(sh, req.headers(), "unavailable", &why);
         }
     }
     let method = req.method().clone();
@@ -402,9 +387,18 @@ fn cluster_failed(sh: &Shared, headers: &HeaderMap, path: &str, e: &str) -> Resp
     service_unavailable(sh, headers, path, e)
 }
 
-/// `GET /_health` while the store is failing: 503 with the reason, as etcd's health reports its
-/// NOSPACE alarm, until a commit succeeds again.
-fn unhealthy(sh: &Shared, headers: &HeaderMap, body: serde_json::Value) -> Response {
+/// `GET /_health` while the store is failing (as etcd's health reports its NOSPACE alarm, until a
+/// commit succeeds again) or a cluster node cannot serve: 503 with the reason.
+fn unhealthy(sh: &Shared, headers: &HeaderMap, status: &str, why: &str) -> Response {
+    let body = {
+        let hub = sh.lock();
+        serde_json::json!({
+            "status": status,
+            "reason": why,
+            "keys": hub.engine.store().len(),
+            "seq": format!("{:x}", hub.engine.store().last_seq()),
+        })
+    };
     let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     r.headers_mut().insert(

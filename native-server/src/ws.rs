@@ -294,20 +294,7 @@ fn cluster_writer(
         while let Some((id, name, op, who)) = rx.recv().await {
             let r = cluster
                 .write(&sh, |hub, tick| {
-                    let r = hub.engine.execute_as(tick, op.clone(), &who);
-                    hub.log_denials();
-                    match r {
-                        Ok(mut a) => crate::cluster::Step {
-                            changes: std::mem::take(&mut a.changes),
-                            answer: Ok(a),
-                            stale: false,
-                        },
-                        Err(e) => crate::cluster::Step {
-                            stale: e.may_be_stale(),
-                            answer: Err(e),
-                            changes: Vec::new(),
-                        },
-                    }
+                    crate::cluster::Step::op(hub, tick, &op, &who)
                 })
                 .await;
             sink.reply(match r {
