@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `npm run cluster`: a local Stateline cluster on 127.0.0.1. Installs nats-server (2.12+,
-# scripts/ensure-nats.sh), builds the release `stateline`, starts a 3-server NATS JetStream cluster
+# scripts/ensure-nats.sh), builds the JS client, the web UI and the release `stateline` (as
+# `npm start` does), starts a 3-server NATS JetStream cluster
 # and waits until JetStream has elected its meta leader, then starts 3 stateline nodes that serve
 # one state through it (`--cluster ... --cluster-replicas 3`) and waits until each answers
 # `GET /_health` with 200. Ctrl-C (or SIGTERM) stops everything it started, by PID. Extra
@@ -15,6 +16,7 @@
 #   CLUSTER_MONITOR_PORT  first NATS monitoring port [8222] (/healthz, /jsz)
 #   CLUSTER_HTTP_PORT     first stateline port [8801]
 #   CLUSTER_STREAM        the JetStream stream's name [stateline]
+#   CLUSTER_UI=0          do not build the JS client and the web UI (as `npm start` does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -32,6 +34,16 @@ step "nats-server (2.12 or newer: JetStream's atomic batch publish)"
 
 step "toolchain: Rust, as rust-toolchain.toml declares it"
 . scripts/ensure-rust.sh
+
+if [ "${CLUSTER_UI:-1}" != 0 ]; then
+  # As `npm start`: the nodes serve the JS client and the web UI (CLUSTER_UI=0 skips this; the
+  # nodes then answer 503 for /_client.js and have no UI).
+  step "wasm tools and npm packages (the first run installs wasm-bindgen-cli: about 3 minutes)"
+  . scripts/ensure-wasm-tools.sh --client
+  step "building the JS client (served at / and /_client.js) and the web UI"
+  node wasm-client/build.mjs
+  node www/build.mjs
+fi
 
 step "building stateline (release; the first build takes a few minutes)"
 cargo build --release -p stateline-server --bin stateline
