@@ -41,7 +41,10 @@ bash scripts/check-wasm-imports.sh
 step "build the stateline binary (the conformance suite starts it)"
 cargo build -p stateline-server --bin stateline
 
-step "cargo test (workspace: units, core cases, conformance suite against real sockets)"
+step "nats-server 2.12+ for the cluster tests (native-server/tests/cluster.rs)"
+. scripts/ensure-nats.sh
+
+step "cargo test (workspace: units, core cases, conformance suite against real sockets, cluster)"
 # The client script was built above: its absence from the server is a failure, not a skip.
 STATELINE_EXPECT_CLIENT=1 cargo test --workspace
 # The embedded files as the edge worker builds them (no gzipped copies; the workspace build above
