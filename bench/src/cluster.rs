@@ -141,6 +141,37 @@ fn logged_ms(log: &Path, what: &str) -> Option<f64> {
     digits.parse().ok()
 }
 
+/// CPU time (user + system, s) a process has used, from /proc/<pid>/stat (0 if unreadable).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / clock_ticks()
+}
+
+// Clock ticks per second of /proc's CPU times (getconf CLK_TCK; 100 on Linux).
+fn clock_ticks() -> f64 {
+    static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 impl Deployment {
     /// Starts `system` (stateline, stateline-durable, stateline-cluster-1 or -3) and returns once
     /// every node answers `/_health` with 200.
@@ -371,6 +402,16 @@ impl Deployment {
         self.nodes.push(node);
         let took = took.map_err(|e| format!("fresh node: {e}\n{}", tail(&log)))?;
         Ok((took.as_secs_f64() * 1000.0, logged))
+    }
+
+    /// CPU time (user + system, s) used so far by the NATS servers and by the Stateline
+    /// processes of this deployment, from /proc.
+    pub fn cpu(&self) -> (f64, f64) {
+        let sum = |pids: Vec<Option<u32>>| pids.into_iter().flatten().map(cpu_secs).sum();
+        (
+            sum(self.nats.iter().map(|n| n.child.id()).collect()),
+            sum(self.nodes.iter().map(|n| n.child.id()).collect()),
+        )
     }
 
     /// Lines of the nodes' logs at WARN or above (what went wrong during the run), at most `n`.

@@ -445,7 +445,33 @@ async fn cluster_rounds(r: &mut Results, rounds: usize, systems: &[System], keys
                 continue;
             };
             let addrs = d.addrs();
+            let (nats0, nodes0) = d.cpu();
+            let me0 = cluster::cpu_secs(std::process::id());
             if let Some(w) = soft!("writes", scenarios::writes_to(sys, &addrs, 16, 3.0).await) {
+                // Where the CPU of a write goes (all processes share this machine's cores).
+                let (nats1, nodes1) = d.cpu();
+                let me1 = cluster::cpu_secs(std::process::id());
+                let per = |a: f64, b: f64| (b - a) * 1e6 / w.count.max(1) as f64;
+                let (nats_us, nodes_us, me_us) =
+                    (per(nats0, nats1), per(nodes0, nodes1), per(me0, me1));
+                eprintln!(
+                    "   CPU per write: Stateline {nodes_us:.1} µs, NATS {nats_us:.1} µs, load generator {me_us:.1} µs"
+                );
+                add(
+                    r,
+                    "CPU µs per write, Stateline process(es), 16 conns",
+                    sys,
+                    nodes_us,
+                );
+                if sys != System::Stateline && sys != System::StatelineDurable {
+                    add(
+                        r,
+                        "CPU µs per write, NATS server(s), 16 conns",
+                        sys,
+                        nats_us,
+                    );
+                }
+                add(r, "CPU µs per write, load generator, 16 conns", sys, me_us);
                 eprintln!(
                     "   writes x16 over {} node(s): {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
                     addrs.len(),

@@ -104,16 +104,24 @@ pub fn cluster_markdown(r: &Results, systems: &[System]) -> String {
     }
     out.push_str("|\n");
     for (metric, by) in r {
-        out.push_str(&format!("| {metric} |"));
+        // Lost and duplicated messages and errors are summed over the rounds: a median would hide a loss
+        // seen in one round of three.
+        let sum = metric.starts_with("lost+dup") || metric.starts_with("errors");
+        let agg = |v: &Vec<f64>| if sum { v.iter().sum() } else { median(v) };
+        if sum {
+            out.push_str(&format!("| {metric} (sum of all rounds) |"));
+        } else {
+            out.push_str(&format!("| {metric} |"));
+        }
         for c in &cols {
             out.push_str(&format!(
                 " {} |",
-                by.get(*c).map_or("–".into(), |v| fmt(median(v)))
+                by.get(*c).map_or("–".into(), |v| fmt(agg(v)))
             ));
         }
         for (a, b) in &ratios {
-            let ratio = match (by.get(*a).map(|v| median(v)), by.get(*b).map(|v| median(v))) {
-                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+            let ratio = match (by.get(*a).map(agg), by.get(*b).map(agg)) {
+                (Some(x), Some(y)) if y > 0.0 && !sum => format!("{:.2}", x / y),
                 _ => "–".into(),
             };
             out.push_str(&format!(" {ratio} |"));

@@ -81,6 +81,8 @@ impl Hist {
 #[derive(Debug, Clone, Default)]
 pub struct Writes {
     pub ops_per_sec: f64,
+    /// Acknowledged writes in all.
+    pub count: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
@@ -152,6 +154,7 @@ pub async fn writes_to(
     let el = start.elapsed().as_secs_f64();
     Ok(Writes {
         ops_per_sec: hist.count() as f64 / el,
+        count: hist.count(),
         p50_ms: hist.percentile(0.5),
         p99_ms: hist.percentile(0.99),
         errors: errors.load(Ordering::Relaxed),
