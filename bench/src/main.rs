@@ -2,6 +2,7 @@
 //! 127.0.0.1, each started by the benchmark itself, and reports medians of several rounds and
 //! Stateline/peer ratios measured in the same run. See docs/BENCHMARKS.md.
 
+mod cluster;
 mod peers;
 mod proto;
 mod report;
@@ -37,7 +38,8 @@ struct Args {
     /// Smaller runs (1,000 idle connections, 1 round), for a quick look.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run: writes, fanout, idle, patch, durable.
+    /// Scenarios to run: writes, fanout, idle, patch, durable, cluster. The cluster scenario's
+    /// results go to cluster.md and cluster.json, the others' to results.md and results.json.
     #[arg(
         long,
         value_delimiter = ',',
@@ -54,9 +56,21 @@ struct Args {
     /// Folder for results.md, results.json and the SVG plots.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
-    /// Render results.md and the plot again from a results.json of an earlier run; runs nothing.
+    /// Render results.md and the plot again from a results.json of an earlier run (or
+    /// cluster.md from a cluster.json); runs nothing.
     #[arg(long)]
     from_json: Option<PathBuf>,
+    /// The cluster scenario's deployments: stateline (--memory), stateline-durable (--data),
+    /// stateline-cluster-1, stateline-cluster-3.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "stateline,stateline-durable,stateline-cluster-1,stateline-cluster-3"
+    )]
+    cluster_systems: Vec<String>,
+    /// Keys written before a fresh node starts, in the cluster scenario's catch-up measurement.
+    #[arg(long, default_value_t = 100_000)]
+    catchup_keys: u64,
 }
 
 /// metric name → system → values over rounds.
@@ -132,6 +146,16 @@ async fn write_series(
     }
 }
 
+/// Writes cluster.md and cluster.json (the cluster scenario's results).
+fn render_cluster(args: &Args, r: &Results, systems: &[System]) -> Result<(), String> {
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let md = report::cluster_markdown(r, systems);
+    std::fs::write(args.out.join("cluster.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("cluster.json"), report::json(r)).map_err(|e| e.to_string())?;
+    println!("{md}");
+    Ok(())
+}
+
 fn render(args: &Args, r: &Results, systems: &[System]) -> Result<(), String> {
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let md = report::markdown(r, systems);
@@ -153,6 +177,11 @@ async fn run(args: Args) -> Result<(), String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let r: Results =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if r.values()
+            .any(|m| m.keys().any(|s| s.starts_with("stateline-cluster")))
+        {
+            return render_cluster(&args, &r, &CLUSTER_SYSTEMS);
+        }
         let mut systems = vec![System::Stateline, System::Redis, System::Nats, System::Etcd];
         if r.values().any(|m| m.contains_key("stateline-durable")) {
             systems.extend([System::StatelineDurable, System::RedisAof]);
@@ -160,6 +189,16 @@ async fn run(args: Args) -> Result<(), String> {
         return render(&args, &r, &systems);
     }
     let want = |s: &str| args.only.iter().any(|o| o == s);
+    let cluster_systems: Vec<System> = args
+        .cluster_systems
+        .iter()
+        .map(|s| {
+            CLUSTER_SYSTEMS
+                .into_iter()
+                .find(|c| c.name() == s)
+                .ok_or_else(|| format!("unknown cluster system {s}"))
+        })
+        .collect::<Result<_, _>>()?;
     let systems: Vec<System> = args
         .systems
         .iter()
@@ -175,7 +214,11 @@ async fn run(args: Args) -> Result<(), String> {
     let idle_sizes: &[usize] = if args.quick { &[1000] } else { &[1000, 10_000] };
     let sub_counts: &[usize] = &[10, 100, 1000];
     let mut r = Results::new();
-    for round in 0..rounds {
+    // The scenarios that run on every system of --systems (durable and cluster start their own).
+    let per_system = ["writes", "fanout", "idle", "patch"]
+        .iter()
+        .any(|s| want(s));
+    for round in (0..rounds).filter(|_| per_system) {
         for &sys in &systems {
             let tag = format!("{round}");
             eprintln!(
@@ -357,5 +400,212 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     let _ = sub_counts;
-    render(&args, &r, &systems)
+    if want("cluster") {
+        let mut rc = Results::new();
+        cluster_rounds(&mut rc, rounds, &cluster_systems, args.catchup_keys).await;
+        render_cluster(&args, &rc, &cluster_systems)?;
+    }
+    if args.only.iter().any(|o| o != "cluster") {
+        render(&args, &r, &systems)?;
+    }
+    Ok(())
+}
+
+/// Every deployment of the cluster scenario, in the order of its table.
+const CLUSTER_SYSTEMS: [System; 4] = [
+    System::Stateline,
+    System::StatelineDurable,
+    System::Cluster1,
+    System::Cluster3,
+];
+
+/// The cluster scenario's delivery latency: subscribers (each on the glob over the 16 keys the
+/// writers write), the total write rate, and the writer connections sharing it (each on its own
+/// 4 keys, as one writer waiting for each acknowledgement cannot do 1,000/s through a 3-node
+/// cluster: its acknowledgement takes 1–3 ms).
+const CLUSTER_SUBS: usize = 100;
+const CLUSTER_RATE: u64 = 1000;
+const CLUSTER_WRITERS: usize = 4;
+
+/// The cluster scenario: per round, each deployment in turn (started fresh, stopped after):
+/// acknowledged writes with 16 connections over its nodes; delivery latency from a writer on
+/// one node to subscribers on another at a fixed rate; then `keys` keys written and the time a
+/// fresh node takes to serve them.
+async fn cluster_rounds(r: &mut Results, rounds: usize, systems: &[System], keys: u64) {
+    for round in 0..rounds {
+        for &sys in systems {
+            eprintln!(
+                "== cluster round {}/{rounds}: {} ({})",
+                round + 1,
+                sys.name(),
+                sys.durability()
+            );
+            let tag = format!("c{round}");
+            let Some(mut d) = soft!("start", cluster::Deployment::start(sys, &tag).await) else {
+                continue;
+            };
+            let addrs = d.addrs();
+            let (nats0, nodes0) = d.cpu();
+            let me0 = cluster::cpu_secs(std::process::id());
+            if let Some(w) = soft!("writes", scenarios::writes_to(sys, &addrs, 16, 3.0).await) {
+                // Where the CPU of a write goes (all processes share this machine's cores).
+                let (nats1, nodes1) = d.cpu();
+                let me1 = cluster::cpu_secs(std::process::id());
+                let per = |a: f64, b: f64| (b - a) * 1e6 / w.count.max(1) as f64;
+                let (nats_us, nodes_us, me_us) =
+                    (per(nats0, nats1), per(nodes0, nodes1), per(me0, me1));
+                eprintln!(
+                    "   CPU per write: Stateline {nodes_us:.1} µs, NATS {nats_us:.1} µs, load generator {me_us:.1} µs"
+                );
+                add(
+                    r,
+                    "CPU µs per write, Stateline process(es), 16 conns",
+                    sys,
+                    nodes_us,
+                );
+                if sys != System::Stateline && sys != System::StatelineDurable {
+                    add(
+                        r,
+                        "CPU µs per write, NATS server(s), 16 conns",
+                        sys,
+                        nats_us,
+                    );
+                }
+                add(r, "CPU µs per write, load generator, 16 conns", sys, me_us);
+                eprintln!(
+                    "   writes x16 over {} node(s): {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+                    addrs.len(),
+                    w.ops_per_sec,
+                    w.p50_ms,
+                    w.p99_ms,
+                    w.errors
+                );
+                add(
+                    r,
+                    "acknowledged writes/s, 16 conns over the nodes",
+                    sys,
+                    w.ops_per_sec,
+                );
+                add(
+                    r,
+                    "acknowledged write p50 ms, 16 conns over the nodes",
+                    sys,
+                    w.p50_ms,
+                );
+                add(
+                    r,
+                    "acknowledged write p99 ms, 16 conns over the nodes",
+                    sys,
+                    w.p99_ms,
+                );
+                add(
+                    r,
+                    "errors (non-200), 16 conns over the nodes",
+                    sys,
+                    w.errors as f64,
+                );
+            }
+            // Node A writes, node B's subscribers receive (the same node for one process).
+            let at = scenarios::Endpoints {
+                system: sys,
+                write: addrs[0],
+                subscribe: addrs[1 % addrs.len()],
+            };
+            let (subs, rate, writers) = (CLUSTER_SUBS, CLUSTER_RATE, CLUSTER_WRITERS);
+            if let Some(f) = soft!(
+                "delivery",
+                scenarios::fanout_between(at, subs, true, 4000, rate, writers, &format!("{tag}x"))
+                    .await
+            ) {
+                eprintln!("   node A ({writers} writers, {rate}/s) → {subs} glob subs on node B: p50 {:.2} p99 {:.2} max {:.2} ms, {:.0} writes/s, ack p50 {:.2} p99 {:.2} ms, lost {} dup {}", f.p50_ms, f.p99_ms, f.max_ms, f.writes_per_sec, f.ack_p50_ms, f.ack_p99_ms, f.lost, f.duplicated);
+                let on = format!("{subs} subs on node B @{rate}/s");
+                add(
+                    r,
+                    &format!("delivery p50 ms, writes on node A → {on}"),
+                    sys,
+                    f.p50_ms,
+                );
+                add(
+                    r,
+                    &format!("delivery p99 ms, writes on node A → {on}"),
+                    sys,
+                    f.p99_ms,
+                );
+                add(
+                    r,
+                    &format!("delivery max ms, writes on node A → {on}"),
+                    sys,
+                    f.max_ms,
+                );
+                add(
+                    r,
+                    &format!("lost+dup, {on}"),
+                    sys,
+                    (f.lost + f.duplicated) as f64,
+                );
+                add(r, &format!("write ack p50 ms @{rate}/s"), sys, f.ack_p50_ms);
+                add(r, &format!("write ack p99 ms @{rate}/s"), sys, f.ack_p99_ms);
+                add(
+                    r,
+                    &format!("writes/s achieved (target {rate}), {writers} writers"),
+                    sys,
+                    f.writes_per_sec,
+                );
+            }
+            // One key, one writer as fast as acknowledged: how many writes/s one key takes, and
+            // whether node B delivers every one of them.
+            if let Some(f) = soft!(
+                "one key",
+                scenarios::fanout_between(at, subs, false, 2000, 0, 1, &format!("{tag}o")).await
+            ) {
+                eprintln!("   one key, one writer on node A unthrottled → {subs} subs on node B: {:.0} writes/s, delivery p50 {:.2} p99 {:.2} ms, lost {} dup {}", f.writes_per_sec, f.p50_ms, f.p99_ms, f.lost, f.duplicated);
+                let one = format!("one key, one writer unthrottled, {subs} subs on node B");
+                add(r, &format!("writes/s, {one}"), sys, f.writes_per_sec);
+                add(r, &format!("delivery p99 ms, {one}"), sys, f.p99_ms);
+                add(
+                    r,
+                    &format!("lost+dup, {one}"),
+                    sys,
+                    (f.lost + f.duplicated) as f64,
+                );
+            }
+            if matches!(
+                sys,
+                System::StatelineDurable | System::Cluster1 | System::Cluster3
+            ) {
+                let fill = soft!(
+                    "fill",
+                    scenarios::fill(&addrs, &format!("catchup{round}"), keys, 16).await
+                );
+                if let Some(rate) = fill {
+                    eprintln!("   {keys} keys written: {rate:.0}/s (16 conns over the nodes)");
+                    add(
+                        r,
+                        &format!("fill writes/s, {keys} keys, 16 conns"),
+                        sys,
+                        rate,
+                    );
+                    if let Some((ms, logged)) = soft!("fresh node", d.time_fresh_node().await) {
+                        eprintln!(
+                            "   a fresh node serves {keys} keys after {ms:.0} ms (its log: {} ms)",
+                            logged.map_or("–".into(), |l| format!("{l:.0}"))
+                        );
+                        add(r, &format!("start → /_health 200 ms, {keys} keys"), sys, ms);
+                        if let Some(l) = logged {
+                            add(
+                                r,
+                                &format!("caught up / store loaded ms (its log), {keys} keys"),
+                                sys,
+                                l,
+                            );
+                        }
+                    }
+                }
+            }
+            for w in d.warnings(10) {
+                eprintln!("   log: {w}");
+            }
+            d.stop().await;
+        }
+    }
 }

@@ -22,6 +22,11 @@ pub enum System {
     Nats,
     /// etcd (WAL fsync on every write; its only mode).
     Etcd,
+    /// Stateline in cluster mode: one node on one JetStream server, 1 replica (`crate::cluster`).
+    Cluster1,
+    /// Stateline in cluster mode: three nodes, each on its own server of a 3-server JetStream
+    /// cluster, 3 replicas (`crate::cluster`).
+    Cluster3,
 }
 
 impl System {
@@ -33,6 +38,8 @@ impl System {
             System::RedisAof => "redis-aof-always",
             System::Nats => "nats",
             System::Etcd => "etcd",
+            System::Cluster1 => "stateline-cluster-1",
+            System::Cluster3 => "stateline-cluster-3",
         }
     }
 
@@ -47,6 +54,12 @@ impl System {
             System::RedisAof => "AOF, appendfsync always",
             System::Nats => "core NATS, no persistence",
             System::Etcd => "WAL fsync per write (etcd's only mode)",
+            System::Cluster1 => {
+                "1 node on 1 JetStream server, 1 replica (file store; fsync every 2 min, NATS's default sync_interval)"
+            }
+            System::Cluster3 => {
+                "3 nodes on 3 JetStream servers, 3 replicas (acknowledged once a majority stored it; file store, fsync every 2 min)"
+            }
         }
     }
 }
@@ -97,6 +110,12 @@ pub async fn start(system: System, tag: &str) -> Result<Running, String> {
             }
             c.env("RUST_LOG", "warn");
             c
+        }
+        System::Cluster1 | System::Cluster3 => {
+            return Err(format!(
+                "{}: started by cluster::Deployment, not as one process",
+                system.name()
+            ))
         }
         System::Redis | System::RedisAof => {
             let mut c = Command::new("redis-server");

@@ -81,6 +81,65 @@ pub fn markdown(r: &Results, systems: &[System]) -> String {
     out
 }
 
+/// The cluster scenario's table: one column per deployment, then each cluster against the
+/// single in-memory process and the 3-node cluster against the 1-node one.
+pub fn cluster_markdown(r: &Results, systems: &[System]) -> String {
+    let cols: Vec<&str> = systems.iter().map(|s| s.name()).collect();
+    let ratios: Vec<(&str, &str)> = [
+        ("stateline-cluster-1", "stateline"),
+        ("stateline-cluster-3", "stateline"),
+        ("stateline-cluster-3", "stateline-cluster-1"),
+    ]
+    .into_iter()
+    .filter(|(a, b)| cols.contains(a) && cols.contains(b))
+    .collect();
+    let mut out = String::from("| metric (median) | ");
+    out.push_str(&cols.join(" | "));
+    for (a, b) in &ratios {
+        out.push_str(&format!(" | {a}/{b}"));
+    }
+    out.push_str(" |\n|---");
+    for _ in 0..cols.len() + ratios.len() {
+        out.push_str("|---");
+    }
+    out.push_str("|\n");
+    for (metric, by) in r {
+        // Lost and duplicated messages and errors are summed over the rounds: a median would hide a loss
+        // seen in one round of three.
+        let sum = metric.starts_with("lost+dup") || metric.starts_with("errors");
+        let agg = |v: &Vec<f64>| if sum { v.iter().sum() } else { median(v) };
+        if sum {
+            out.push_str(&format!("| {metric} (sum of all rounds) |"));
+        } else {
+            out.push_str(&format!("| {metric} |"));
+        }
+        for c in &cols {
+            out.push_str(&format!(
+                " {} |",
+                by.get(*c).map_or("–".into(), |v| fmt(agg(v)))
+            ));
+        }
+        for (a, b) in &ratios {
+            let ratio = match (by.get(*a).map(agg), by.get(*b).map(agg)) {
+                (Some(x), Some(y)) if y > 0.0 && !sum => format!("{:.2}", x / y),
+                _ => "–".into(),
+            };
+            out.push_str(&format!(" {ratio} |"));
+        }
+        out.push('\n');
+    }
+    out.push_str("\nHow each keeps its data in this run: ");
+    out.push_str(
+        &systems
+            .iter()
+            .map(|s| format!("{}: {}", s.name(), s.durability()))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    out.push('\n');
+    out
+}
+
 pub fn json(r: &Results) -> String {
     serde_json::to_string_pretty(r).unwrap_or_default()
 }

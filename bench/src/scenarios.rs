@@ -2,6 +2,7 @@
 //! delivery (latency, rate, lost, duplicated), idle subscriber memory, and bytes per update for a
 //! small change to a large document. Every loop is bounded in count and time.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -80,6 +81,8 @@ impl Hist {
 #[derive(Debug, Clone, Default)]
 pub struct Writes {
     pub ops_per_sec: f64,
+    /// Acknowledged writes in all.
+    pub count: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
@@ -87,16 +90,30 @@ pub struct Writes {
 
 /// N connections, each writing sequentially for `secs`: Stateline `POST /bench/w<c>`, Redis `SET`.
 pub async fn writes(run: &Running, conns: usize, secs: f64) -> Result<Writes, String> {
+    writes_to(run.system, &[run.addr], conns, secs).await
+}
+
+/// [`writes`] with the connections spread over several servers of one system (connection `c`
+/// goes to `addrs[c % addrs.len()]`): the nodes of a cluster.
+pub async fn writes_to(
+    sys: System,
+    addrs: &[SocketAddr],
+    conns: usize,
+    secs: f64,
+) -> Result<Writes, String> {
     let hist = Arc::new(Hist::new());
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for c in 0..conns {
-        let (addr, sys, hist, errors) = (run.addr, run.system, hist.clone(), errors.clone());
+        let (addr, hist, errors) = (addrs[c % addrs.len()], hist.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let body = br#"{"m":"a small value of about forty bytes"}"#;
             match sys {
-                System::Stateline | System::StatelineDurable => {
+                System::Stateline
+                | System::StatelineDurable
+                | System::Cluster1
+                | System::Cluster3 => {
                     let mut h = Http::connect(addr).await.map_err(|e| e.to_string())?;
                     let path = format!("/bench/w{c}");
                     while Instant::now() < stop {
@@ -137,10 +154,49 @@ pub async fn writes(run: &Running, conns: usize, secs: f64) -> Result<Writes, St
     let el = start.elapsed().as_secs_f64();
     Ok(Writes {
         ops_per_sec: hist.count() as f64 / el,
+        count: hist.count(),
         p50_ms: hist.percentile(0.5),
         p99_ms: hist.percentile(0.99),
         errors: errors.load(Ordering::Relaxed),
     })
+}
+
+/// Writes `keys` distinct Stateline keys `/<prefix>/k<i>` (a ~40-byte value each) over `conns`
+/// keep-alive connections spread over `addrs`, each write waiting for its acknowledgement.
+/// Returns the acknowledged writes per second; any refused write is an error.
+pub async fn fill(
+    addrs: &[SocketAddr],
+    prefix: &str,
+    keys: u64,
+    conns: usize,
+) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (addr, prefix) = (addrs[c % addrs.len()], prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Http::connect(addr).await.map_err(|e| e.to_string())?;
+            let body = br#"{"m":"a small value of about forty bytes"}"#;
+            let mut i = c as u64;
+            while i < keys {
+                let path = format!("/{prefix}/k{i:07}");
+                match h
+                    .request_status("POST", &path, "application/json", body)
+                    .await
+                {
+                    Ok(200) => {}
+                    Ok(s) => return Err(format!("fill: {path} answered {s}")),
+                    Err(e) => return Err(format!("fill: {path}: {e}")),
+                }
+                i += conns as u64;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(keys as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Result of a fan-out run.
@@ -154,6 +210,10 @@ pub struct Fanout {
     pub duplicated: u64,
     /// Writes per second the writer achieved (it waits for each acknowledgement).
     pub writes_per_sec: f64,
+    /// The writer's acknowledgement latency (send to answer; for NATS, the time to hand the
+    /// message to the socket, as core NATS acknowledges nothing).
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
 }
 
 struct Seen {
@@ -172,6 +232,40 @@ pub async fn fanout(
     rate: u64,
     tag: &str,
 ) -> Result<Fanout, String> {
+    let at = Endpoints {
+        system: run.system,
+        write: run.addr,
+        subscribe: run.addr,
+    };
+    let writers = if rate == 0 { 4 } else { 1 };
+    fanout_between(at, subs, glob, messages, rate, writers, tag).await
+}
+
+/// Where a fan-out run writes and where its subscribers are: the same server, or two nodes of
+/// a cluster (a write on one, delivered by the other).
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub system: System,
+    pub write: SocketAddr,
+    pub subscribe: SocketAddr,
+}
+
+/// [`fanout`] with the writers on `at.write` and the subscribers on `at.subscribe`, and
+/// `writers` writer connections sharing `rate` (each at `rate / writers`). Writer `w` sends
+/// messages `w`, `w + writers`, …; with `glob`, message `i` goes to key `k<i % 16>`, so with 2,
+/// 4, 8 or 16 writers no two writers share a key (a cluster orders each key's writes, and two
+/// writers on one key would conflict).
+#[allow(clippy::too_many_arguments)]
+pub async fn fanout_between(
+    at: Endpoints,
+    subs: usize,
+    glob: bool,
+    messages: u64,
+    rate: u64,
+    writers: usize,
+    tag: &str,
+) -> Result<Fanout, String> {
+    let acks = Arc::new(Hist::new());
     let hist = Arc::new(Hist::new());
     let last_delivery = Arc::new(AtomicU64::new(0));
     let total_unique = Arc::new(AtomicU64::new(0));
@@ -205,8 +299,8 @@ pub async fn fanout(
             }
             s.unique < messages
         };
-        let addr = run.addr;
-        let sys = run.system;
+        let addr = at.subscribe;
+        let sys = at.system;
         let ns = ns.clone();
         handles.push(tokio::spawn(async move {
             let go = on_marker;
@@ -216,7 +310,10 @@ pub async fn fanout(
                 more
             };
             let r = match sys {
-                System::Stateline | System::StatelineDurable => {
+                System::Stateline
+                | System::StatelineDurable
+                | System::Cluster1
+                | System::Cluster3 => {
                     let path = if glob {
                         format!("/{ns}/*")
                     } else {
@@ -286,16 +383,19 @@ pub async fn fanout(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = now_ns();
-    let writers = if rate == 0 { 4 } else { 1 };
     let mut wt = Vec::new();
     for w in 0..writers {
-        let (addr, sys, ns) = (run.addr, run.system, ns.clone());
+        let (addr, sys, ns, acks) = (at.write, at.system, ns.clone(), acks.clone());
         wt.push(tokio::spawn(async move {
             let mut http = None;
             let mut redis = None;
             let mut nats = None;
             match sys {
-                System::Stateline | System::StatelineDurable | System::Etcd => {
+                System::Stateline
+                | System::StatelineDurable
+                | System::Cluster1
+                | System::Cluster3
+                | System::Etcd => {
                     http = Some(Http::connect(addr).await.map_err(|e| e.to_string())?)
                 }
                 System::Redis | System::RedisAof => {
@@ -313,8 +413,11 @@ pub async fn fanout(
                     nats = Some(s);
                 }
             }
-            let mut tick = (rate > 0)
-                .then(|| tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1))));
+            let mut tick = (rate > 0).then(|| {
+                tokio::time::interval(Duration::from_nanos(
+                    1_000_000_000 * writers as u64 / rate.max(1),
+                ))
+            });
             let mut i = w as u64;
             while i < messages {
                 if let Some(t) = tick.as_mut() {
@@ -325,9 +428,13 @@ pub async fn fanout(
                 } else {
                     "k".to_string()
                 };
-                let m = proto::marker(i, now_ns());
+                let sent = now_ns();
+                let m = proto::marker(i, sent);
                 match sys {
-                    System::Stateline | System::StatelineDurable => {
+                    System::Stateline
+                    | System::StatelineDurable
+                    | System::Cluster1
+                    | System::Cluster3 => {
                         let body = format!("{{\"m\":\"{m}\"}}");
                         let (s, b) = http
                             .as_mut()
@@ -379,6 +486,7 @@ pub async fn fanout(
                             .map_err(|e| e.to_string())?;
                     }
                 }
+                acks.record((now_ns() - sent) / 1000);
                 i += writers as u64;
             }
             if let Some(mut s) = nats {
@@ -414,10 +522,28 @@ pub async fn fanout(
         h.abort();
     }
     let (mut unique, mut dup) = (0, 0);
+    // Which messages went missing, and for how many subscribers: said when any did.
+    let mut missed = std::collections::BTreeMap::<usize, u64>::new();
     for s in seen_all.lock().unwrap().iter() {
         let s = s.lock().unwrap();
         unique += s.unique;
         dup += s.dup;
+        for (i, _) in s.bits.iter().enumerate().filter(|(_, b)| **b == 0) {
+            *missed.entry(i).or_default() += 1;
+        }
+    }
+    if !missed.is_empty() {
+        let shown: Vec<String> = missed
+            .iter()
+            .take(12)
+            .map(|(i, n)| format!("#{i} by {n}"))
+            .collect();
+        eprintln!(
+            "   {} of {messages} messages missed by some subscriber: {}{}",
+            missed.len(),
+            shown.join(", "),
+            if missed.len() > 12 { ", …" } else { "" }
+        );
     }
     let elapsed = (last_delivery.load(Ordering::Relaxed).saturating_sub(start)) as f64 / 1e9;
     Ok(Fanout {
@@ -432,6 +558,8 @@ pub async fn fanout(
         lost: expected - unique,
         duplicated: dup,
         writes_per_sec: messages as f64 / writer_secs.max(1e-9),
+        ack_p50_ms: acks.percentile(0.5),
+        ack_p99_ms: acks.percentile(0.99),
     })
 }
 
@@ -449,7 +577,12 @@ pub async fn idle(run: &Running, n: usize, sse: bool, tag: &str) -> Result<f64, 
         handles.push(tokio::spawn(async move {
             let hold = async move {
                 match sys {
-                    System::Stateline | System::StatelineDurable if sse => {
+                    System::Stateline
+                    | System::StatelineDurable
+                    | System::Cluster1
+                    | System::Cluster3
+                        if sse =>
+                    {
                         let _ = proto::http_stream(
                             addr,
                             "GET",
@@ -461,7 +594,10 @@ pub async fn idle(run: &Running, n: usize, sse: bool, tag: &str) -> Result<f64, 
                         )
                         .await;
                     }
-                    System::Stateline | System::StatelineDurable => {
+                    System::Stateline
+                    | System::StatelineDurable
+                    | System::Cluster1
+                    | System::Cluster3 => {
                         let _ = proto::tcp_subscribe(
                             addr,
                             proto::ws_upgrade(addr, &format!("/idle{tag}/k")),
@@ -533,7 +669,10 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
     let (addr, sys) = (run.addr, run.system);
     let key = format!("doc{tag}");
     let first = doc(0);
-    if matches!(sys, System::Stateline | System::StatelineDurable) {
+    if matches!(
+        sys,
+        System::Stateline | System::StatelineDurable | System::Cluster1 | System::Cluster3
+    ) {
         let (s, _) = Http::connect(addr)
             .await
             .map_err(|e| e.to_string())?
@@ -551,7 +690,10 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
     }
     let (r2, k2) = (received.clone(), key.clone());
     let sub = tokio::spawn(async move {
-        let mut skip_first = matches!(sys, System::Stateline | System::StatelineDurable);
+        let mut skip_first = matches!(
+            sys,
+            System::Stateline | System::StatelineDurable | System::Cluster1 | System::Cluster3
+        );
         let mut count = |n: usize| {
             if skip_first {
                 skip_first = false;
@@ -560,7 +702,7 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
             r2.fetch_add(n as u64, Ordering::Relaxed);
         };
         match sys {
-            System::Stateline | System::StatelineDurable => {
+            System::Stateline | System::StatelineDurable | System::Cluster1 | System::Cluster3 => {
                 let _ = proto::ws_subscribe(
                     &format!("ws://{addr}/{k2}"),
                     |b| {
@@ -626,7 +768,7 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
     for n in 1..=updates {
         let d = doc(n);
         match sys {
-            System::Stateline | System::StatelineDurable => {
+            System::Stateline | System::StatelineDurable | System::Cluster1 | System::Cluster3 => {
                 http.request("POST", &format!("/{key}"), "application/json", d.as_bytes())
                     .await
                     .map_err(|e| e.to_string())?;
