@@ -17,6 +17,8 @@
 #   CLUSTER_HTTP_PORT     first stateline port [8801]
 #   CLUSTER_STREAM        the JetStream stream's name [stateline]
 #   CLUSTER_UI=0          do not build the JS client and the web UI (as `npm start` does)
+#   CLUSTER_BIN           a stateline binary to run instead of building the release one (the
+#                         test suite runs its debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -45,9 +47,13 @@ if [ "${CLUSTER_UI:-1}" != 0 ]; then
   node www/build.mjs
 fi
 
-step "building stateline (release; the first build takes a few minutes)"
-cargo build --release -p stateline-server --bin stateline
-stateline="${CARGO_TARGET_DIR:-target}/release/stateline"
+if [ -n "${CLUSTER_BIN:-}" ]; then
+  stateline="$CLUSTER_BIN"
+else
+  step "building stateline (release; the first build takes a few minutes)"
+  cargo build --release -p stateline-server --bin stateline
+  stateline="${CARGO_TARGET_DIR:-target}/release/stateline"
+fi
 
 # Nothing may listen on our ports yet: a stale cluster would answer our health checks.
 busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
