@@ -804,6 +804,59 @@ async fn compare_and_swap_across_nodes_loses_no_increment() {
     }
 }
 
+/// (b, without compare-and-swap) 3 nodes × 4 writers each `POST /_incr` one counter 25 times:
+/// a node whose increment lost the race to another node computes it again, so every request is
+/// answered 200 and the counter is exactly 300.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_from_every_node_are_all_counted() {
+    const WRITERS: usize = 4;
+    const EACH: u64 = 25;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start("incr", 3).await;
+    let clients: Vec<Client> = (0..3).map(|i| cluster.client(i)).collect();
+    let mut tasks = Vec::new();
+    for (n, c) in clients.iter().enumerate() {
+        for w in 0..WRITERS {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                for k in 0..EACH {
+                    let r = call(&c, Method::POST, "/_incr/b/hits", &[], "").await?;
+                    if r.status != 200 {
+                        return Err(format!(
+                            "node {} writer {w}, increment {k}: {} {}",
+                            node_name(n),
+                            r.status,
+                            r.text()
+                        ));
+                    }
+                }
+                Ok(())
+            }));
+        }
+    }
+    let errors: Vec<String> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter_map(|r| r.expect("writer task").err())
+        .collect();
+    assert!(errors.is_empty(), "increments failed: {errors:#?}");
+    let want = 3 * WRITERS as u64 * EACH;
+    for c in &clients {
+        eventually(
+            "the counter is 300 on every node",
+            CONVERGE,
+            || async move {
+                let r = call(c, Method::GET, "/b/hits", &[], "").await?;
+                let v = r.json().map_err(|e| e.to_string())?["data"].clone();
+                (v == json!(want))
+                    .then_some(())
+                    .ok_or(format!("{}: {v}", c.base()))
+            },
+        )
+        .await;
+    }
+}
+
 /// (c) A client following a subtree over SSE on node A moves to node C mid-stream with
 /// `Last-Event-ID` and gets every later change exactly once; and a version from A is current on
 /// C (an ooo WebSocket with `?v=` gets nothing).
