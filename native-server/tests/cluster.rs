@@ -3,8 +3,9 @@
 //!
 //! Each case starts its own NATS cluster and its own nodes on free 127.0.0.1 ports (one case at a
 //! time: they share two cores) and kills every process it started, by its own handle, when it
-//! ends, pass or fail; a failing case prints the last lines of every process's log. Every wait is
-//! bounded.
+//! ends, pass or fail; a failing case prints the last lines of every process's log and keeps the
+//! logs in its temporary folder (`STATELINE_TEST_LOG` sets the nodes' log filter, default
+//! `info`). Every wait is bounded.
 //!
 //! nats-server (2.12 or newer: JetStream's atomic batch publish) comes from `NATS_SERVER_BIN`,
 //! else from `.tools/nats/bin/nats-server` as `bash scripts/ensure-nats.sh` installs it (`npm
@@ -346,7 +347,14 @@ impl Drop for Cluster {
         for p in &mut self.nats {
             p.kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "\nthe logs (and JetStream stores) are kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -653,19 +661,36 @@ async fn subscribers_on_other_nodes_see_every_write_in_order() {
 
     // SSE on B: every value, in order, revisions 0.., versions increasing.
     let mut sse_versions = BTreeMap::new();
-    let mut last = 0;
-    for i in 0..N {
+    let mut events = Vec::new();
+    while events.last().map(|e: &SseEvent| e.parts().1) != Some(N - 1) {
         let ev = sse
             .next(CONVERGE)
             .await
-            .unwrap_or_else(|e| panic!("SSE on B after {i} of {N} events: {e}"));
-        assert_eq!(ev.data, i.to_string(), "SSE on B: event {i} ({ev:?})");
+            .unwrap_or_else(|e| panic!("SSE on B after {} events (of {N}): {e}", events.len()));
         let (key, rev, version) = ev.parts();
-        assert_eq!((key.as_str(), rev), ("/a/seq", i), "SSE on B: event {i}");
-        assert!(version > last, "SSE on B: versions must increase: {ev:?}");
-        last = version;
+        assert_eq!(key, "/a/seq", "SSE on B: {ev:?}");
+        assert_eq!(
+            ev.data,
+            rev.to_string(),
+            "SSE on B: value and revision: {ev:?}"
+        );
+        if let Some((_, v)) = sse_versions.last_key_value() {
+            assert!(version > *v, "SSE on B: versions must increase: {ev:?}");
+        }
         sse_versions.insert(rev, version);
+        events.push(ev);
+        assert!(
+            events.len() <= N as usize,
+            "SSE on B: more events than writes"
+        );
     }
+    let missing: Vec<u64> = (0..N).filter(|r| !sse_versions.contains_key(r)).collect();
+    assert!(
+        missing.is_empty(),
+        "SSE on B: revisions {missing:?} of 0..{N} never arrived (each was written on A, one \
+         after the other); the events had revisions {:?}",
+        sse_versions.keys().collect::<Vec<_>>()
+    );
 
     // /_ws on C: every revision in order, the value after each frame, the versions of B.
     let mut revs = Vec::new();
@@ -703,7 +728,12 @@ async fn subscribers_on_other_nodes_see_every_write_in_order() {
         );
         revs.extend(frame_revs);
     }
-    assert_eq!(revs, (0..N).collect::<Vec<_>>(), "/_ws on C: revisions");
+    let missing: Vec<u64> = (0..N).filter(|r| !revs.contains(r)).collect();
+    assert_eq!(
+        revs,
+        (0..N).collect::<Vec<_>>(),
+        "/_ws on C: the frames' revisions (missing: {missing:?})"
+    );
 }
 
 /// (b) 3 nodes × 4 writers each add 1 to one counter 50 times with compare-and-swap (read the
