@@ -1364,3 +1364,28 @@ async fn node_state(c: &Client) -> Result<BTreeMap<String, KeyState>, String> {
     }
     Ok(out)
 }
+
+/// While every NATS server is gone, a node keeps serving reads from its copy, answers writes
+/// 503 with the reason (changing nothing), and `/_health` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_reads_go_on_and_writes_answer_503() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start("nonats", 1).await;
+    let c = cluster.client(0);
+    write(&c, "u/kept", &json!("before")).await.unwrap();
+    for p in &mut cluster.nats {
+        p.kill();
+    }
+    let read = call(&c, Method::GET, "/u/kept", &[], "").await.unwrap();
+    assert_eq!(read.status, 200, "reads are served: {}", read.text());
+    assert_eq!(read.json().unwrap()["data"], json!("before"));
+    let w = call(&c, Method::POST, "/u/new", &[], "1").await.unwrap();
+    assert_eq!(w.status, 503, "{}", w.text());
+    assert!(w.text().contains("NATS is unreachable"), "{}", w.text());
+    let gone = call(&c, Method::GET, "/u/new", &[], "").await.unwrap();
+    assert_eq!(gone.status, 404, "the refused write changed nothing");
+    let h = call(&c, Method::GET, "/_health", &[], "").await.unwrap();
+    assert_eq!(h.status, 503);
+    let reason = h.json().unwrap()["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("NATS is unreachable"), "{reason}");
+}
