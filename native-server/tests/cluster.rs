@@ -1386,6 +1386,9 @@ async fn without_nats_reads_go_on_and_writes_answer_503() {
     assert_eq!(gone.status, 404, "the refused write changed nothing");
     let h = call(&c, Method::GET, "/_health", &[], "").await.unwrap();
     assert_eq!(h.status, 503);
-    let reason = h.json().unwrap()["reason"].as_str().unwrap_or("").to_string();
+    let reason = h.json().unwrap()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(reason.contains("NATS is unreachable"), "{reason}");
 }
