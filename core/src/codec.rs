@@ -37,7 +37,7 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
 }
 
 fn take8(b: &[u8], at: usize) -> Result<[u8; 8], Corrupt> {
-    b.get(at..at + 8)
+    b.get(at..at.saturating_add(8))
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| Corrupt("short entry".into()))
 }
@@ -92,8 +92,11 @@ pub fn decode_log(seq: u64, b: &[u8]) -> Result<LogRecord, Corrupt> {
             .and_then(|s| s.try_into().ok())
             .ok_or_else(bad)?,
     ) as usize;
-    let key = std::str::from_utf8(b.get(14..14 + klen).ok_or_else(bad)?).map_err(|_| bad())?;
-    let mut at = 14 + klen;
+    // The length is read from the record: on a 32-bit target (the edge worker's wasm32) `14 +
+    // klen` can overflow `usize`, so the end is computed with a check.
+    let end = 14usize.checked_add(klen).ok_or_else(bad)?;
+    let key = std::str::from_utf8(b.get(14..end).ok_or_else(bad)?).map_err(|_| bad())?;
+    let mut at = end;
     let prev_created = if existed {
         at += 8;
         Some(i64::from_le_bytes(take8(b, at - 8)?))
@@ -159,5 +162,22 @@ mod tests {
         assert_eq!((&entry.json, &*entry.data), (&want.json, &*want.data));
         assert!(decode_entry(&[1, 2, 3]).is_err());
         assert!(decode_log(9, &[0; 12]).is_err());
+    }
+
+    #[test]
+    fn lengths_past_the_record_are_corrupt_not_a_panic() {
+        // A key length of u32::MAX: past the end of any record, and past usize::MAX on wasm32
+        // when 14 is added without a check.
+        let mut rec = vec![0u8; 8];
+        rec.extend_from_slice(&[1, 1]);
+        rec.extend_from_slice(&u32::MAX.to_le_bytes());
+        rec.extend_from_slice(b"key");
+        assert!(decode_log(1, &rec).is_err());
+        // A key that fits, then the previous `created` cut short.
+        let mut rec = vec![0u8; 8];
+        rec.extend_from_slice(&[1, 0]);
+        rec.extend_from_slice(&3u32.to_le_bytes());
+        rec.extend_from_slice(b"key\x01\x02");
+        assert_eq!(decode_log(1, &rec), Err(Corrupt("short entry".into())));
     }
 }

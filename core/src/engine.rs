@@ -255,6 +255,8 @@ pub struct Engine {
     stats: Stats,
     frames: VecDeque<Frame>,
     denials: VecDeque<Denial>,
+    // An external log orders every write (a cluster node): see `Engine::order_elsewhere`.
+    ordered_elsewhere: bool,
 }
 
 impl Engine {
@@ -304,6 +306,7 @@ impl Engine {
             stats: Stats::default(),
             frames: VecDeque::new(),
             denials: VecDeque::new(),
+            ordered_elsewhere: false,
         }
     }
 
@@ -800,7 +803,16 @@ impl Engine {
         Applied { outcome, changes }
     }
 
+    // After-write hooks of an operation this engine applied. When an external log orders the
+    // writes, they run when the ordered change is applied instead (once, never for a proposal
+    // the log refused).
     fn after(&self, changes: &[Change]) {
+        if !self.ordered_elsewhere {
+            self.notify(changes);
+        }
+    }
+
+    fn notify(&self, changes: &[Change]) {
         for c in changes {
             self.filters.notify_write(
                 &c.key,
@@ -869,6 +881,13 @@ impl Engine {
         }
     }
 
+    /// Says that an external log orders every write of this engine (a cluster node: see
+    /// [`crate::replica`]): after-write hooks then run when [`Engine::apply_ordered`] applies a
+    /// change, not when an operation computes its proposal.
+    pub fn order_elsewhere(&mut self) {
+        self.ordered_elsewhere = true;
+    }
+
     /// Takes back changes [`Engine::execute_as`] just applied, under the same lock, before anyone
     /// saw them (not published; no pool joined since): memory and the log are as they were.
     /// A cluster node does this with every write and lets the cluster's log order it instead
@@ -922,7 +941,7 @@ impl Engine {
         }
         self.log.push(&change);
         self.stats.writes += 1;
-        self.after(std::slice::from_ref(&change));
+        self.notify(std::slice::from_ref(&change));
         Some(change)
     }
 

@@ -9,10 +9,10 @@
 //! sequence numbers as versions ([`Replica::receive`]), so all nodes hold the same store and a
 //! version means the same on each.
 //!
-//! The log keeps one message per key (its latest change, a delete included), so a node that
-//! starts late reads the state and the tail in one pass. An operation that changes several keys is
-//! published as one atomic batch; [`Replica::receive`] applies its messages together, so
-//! subscribers never see half of it.
+//! The log keeps the last changes of each key (the latest, a delete included, is the state), so a
+//! node that starts late reads the state and the tail in one pass. An operation that changes
+//! several keys is published as one atomic batch; [`Replica::receive`] applies its messages
+//! together, so subscribers never see half of it.
 //!
 //! Message payload: `kind u8` (`b'S'` set, `b'D'` delete), `batch u128`, `index u32`, `count u32`
 //! (little-endian; a single write is batch 0, index 0, count 1), then for a set the entry in
@@ -127,7 +127,7 @@ pub fn decode(b: &[u8]) -> Result<Decoded, Corrupt> {
 #[derive(Debug, Default)]
 pub struct Replica {
     // Deleted keys and the sequence number of their delete, which the log still holds as the
-    // key's last message. One entry per deleted key, as the log holds one message per key.
+    // key's last message. One entry per deleted key.
     tombstones: HashMap<Arc<str>, u64>,
     // The batch being received: its id, the last index seen, and its writes.
     open: Option<(u128, u32)>,
@@ -243,10 +243,9 @@ mod tests {
     }
 
     fn node() -> (Engine, Replica) {
-        (
-            Engine::from_store(tick(), Store::new(0), Config::default(), Filters::new()),
-            Replica::new(),
-        )
+        let mut e = Engine::from_store(tick(), Store::new(0), Config::default(), Filters::new());
+        e.order_elsewhere();
+        (e, Replica::new())
     }
 
     fn set(key: &str, v: serde_json::Value) -> Op {
@@ -474,6 +473,29 @@ mod tests {
         // Two nodes propose it: the log lets one through.
         assert!(log.publish(&w).is_ok());
         assert!(log.publish(&w).is_err());
+    }
+
+    #[test]
+    fn after_write_hooks_run_once_per_ordered_change_never_for_a_proposal() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut f = Filters::new();
+        let s2 = seen.clone();
+        f.after_write(
+            "*",
+            Arc::new(move |_, _| {
+                s2.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let mut e = Engine::from_store(tick(), Store::new(0), Config::default(), f);
+        e.order_elsewhere();
+        let mut r = Replica::new();
+        let mut log = Log::default();
+        write(&mut e, &r, &mut log, set("k", json!(1)));
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "a proposal runs no hook");
+        log.deliver(&mut e, &mut r, 0);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 
     #[test]

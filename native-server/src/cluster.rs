@@ -29,10 +29,14 @@ use tokio::sync::watch;
 use crate::hub::{Hub, Shared};
 use crate::{ServeArgs, ServeError};
 
-/// How long a publish or a JetStream API call may take before the write answers 503. JetStream
-/// elects a new stream leader within a few seconds when a NATS server dies; a write caught in the
-/// election waits for it rather than failing.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one publish attempt or JetStream API call waits for its answer. A single write is
+/// tried again with the same `Nats-Msg-Id` (stored at most once) until `ELECTION_GRACE`, so an
+/// attempt sent to a stream leader that just died costs this, not the whole election.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an atomic batch's commit waits for its acknowledgement. A batch cannot be
+/// deduplicated, so it is not retried after its commit was sent: it waits out an election.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a write keeps retrying while JetStream has no stream leader (a NATS server of the
 /// cluster went away and the others are electing one, which takes a few seconds).
@@ -52,6 +56,12 @@ const STALL: Duration = Duration::from_secs(1);
 /// before it answers 503 (a key written by many nodes at once). Each attempt first catches up
 /// with the stream, so one attempt is usually enough.
 const MAX_ATTEMPTS: u32 = 100;
+
+/// How many changes of each key the stream keeps. Only the latest is needed for the state; the
+/// ones before it let a node whose consumer is behind (by up to this many writes to one key)
+/// still deliver every change to its subscribers instead of skipping to the latest. Catching up
+/// reads at most this many messages per key.
+const HISTORY: i64 = 64;
 
 /// JetStream's limit on the messages of one atomic batch: an operation that changes more keys
 /// (a glob delete of many keys) is refused in cluster mode.
@@ -144,9 +154,12 @@ impl Cluster {
         }
         let urls = args.cluster.join(",");
         let reconnected = Arc::new(tokio::sync::Notify::new());
+        // The first connection is not a reconnection: the consumer starts after it anyway.
+        let connected_before = Arc::new(AtomicBool::new(false));
         let mut attempt = 0u32;
         let client = loop {
             let on_connect = reconnected.clone();
+            let before = connected_before.clone();
             attempt += 1;
             let mut opts = async_nats::ConnectOptions::new()
                 .name(format!("stateline {}", args.addr))
@@ -155,13 +168,16 @@ impl Cluster {
                 .max_reconnects(None)
                 .event_callback(move |e| {
                     let on_connect = on_connect.clone();
+                    let before = before.clone();
                     async move {
                     match e {
                         async_nats::Event::Connected => {
                             tracing::info!("cluster: NATS connected");
                             // The consumer may have been on the server that went away: it
                             // resubscribes at once instead of waiting for missed heartbeats.
-                            on_connect.notify_one();
+                            if before.swap(true, Ordering::AcqRel) {
+                                on_connect.notify_one();
+                            }
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("cluster: NATS disconnected; writes answer 503 until it is back")
@@ -200,9 +216,9 @@ impl Cluster {
         let config = stream::Config {
             name: name.clone(),
             subjects: vec![format!("{prefix}.>")],
-            // One message per key: its latest change (a delete included), so the stream is the
-            // state, and a node that starts reads it and the tail in one pass.
-            max_messages_per_subject: 1,
+            // The last HISTORY changes of each key (a delete included): the stream is the state
+            // plus a tail, and a node that starts reads both in one pass.
+            max_messages_per_subject: HISTORY,
             num_replicas: args.cluster_replicas as usize,
             storage: stream::StorageType::File,
             allow_atomic_publish: true,
@@ -230,7 +246,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
         let c = &info.config;
-        if c.max_messages_per_subject != 1 || !c.allow_atomic_publish {
+        if c.max_messages_per_subject != HISTORY || !c.allow_atomic_publish {
             return Err(ServeError::Config(format!(
                 "cluster: the stream {name} exists with other settings (max messages per subject {}, atomic publish {}); give another --cluster-stream, or delete it",
                 c.max_messages_per_subject, c.allow_atomic_publish
@@ -562,7 +578,7 @@ impl Cluster {
     // Publishes an operation's writes as one atomic batch. On failure, says whether it failed on
     // the first message (nothing of the batch stored).
     async fn publish_batch(&self, writes: &[Write]) -> Result<u64, (bool, Refusal)> {
-        let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
+        let mut batch = self.js.batch_publish().timeout(BATCH_TIMEOUT).build();
         let last = writes.len() - 1;
         for (i, w) in writes.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
@@ -684,8 +700,9 @@ impl Cluster {
     }
 }
 
-// JetStream's "wrong last sequence" (10071): a key changed since the write was computed.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
+// JetStream's "wrong last sequence" (10071; 10164 for a subject's expectation on 2.12+): a key
+// changed since the write was computed.
+const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
 
 // A publish that failed because the stream has no leader right now ("no responders", reported as
 // no stream for the subject) or that timed out waiting for one: retried with the same id.
@@ -701,8 +718,12 @@ fn transient(e: &jetstream::context::PublishError) -> bool {
 
 fn publish_refusal(e: jetstream::context::PublishError) -> Refusal {
     use async_nats::jetstream::context::PublishErrorKind;
+    // nats-server 2.12+ answers a stale expectation with error code 10164, which async-nats
+    // does not map to `WrongLastSequence`; its text names it either way.
+    let stale = e.to_string().contains("wrong last sequence");
     match e.kind() {
         PublishErrorKind::WrongLastSequence => Refusal::Conflict,
+        _ if stale => Refusal::Conflict,
         _ => Refusal::Unavailable(format!("cluster: JetStream did not store the write: {e}")),
     }
 }
@@ -711,7 +732,7 @@ fn batch_refusal(e: jetstream_extra::batch_publish::BatchPublishError) -> Refusa
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(api) = s.downcast_ref::<jetstream::Error>() {
-            if api.error_code().0 == WRONG_LAST_SEQUENCE {
+            if WRONG_LAST_SEQUENCE.contains(&api.error_code().0) {
                 return Refusal::Conflict;
             }
         }

@@ -245,7 +245,7 @@ pub struct ServeArgs {
     pub max_nodes: usize,
 
     /// Host names this server is reached by (comma-separated; `name` for any port, `name:port`
-    /// for one), besides localhost, 127.0.0.1, [::1] and the --addr host. With a restricted
+    /// for one), besides `localhost`, `127.0.0.1`, `[::1]` and the --addr host. With a restricted
     /// --allow-origin, a request whose Origin is its own Host is same-origin only for these
     /// hosts (a DNS name rebound to this server is not).
     #[arg(long, env = "STATELINE_ALLOW_HOST", value_delimiter = ',')]

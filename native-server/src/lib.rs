@@ -514,7 +514,7 @@ fn fd_limit() -> Option<u64> {
     rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
 }
 
-/// `--max-connections` when not given: the open-file limit minus [`FD_RESERVE`] (at least 16);
+/// `--max-connections` when not given: the open-file limit minus a reserve of 64 (at least 16);
 /// 10,000 (Redis' `maxclients`) where the platform has no such limit or it is unlimited.
 pub fn default_max_connections() -> usize {
     match fd_limit() {

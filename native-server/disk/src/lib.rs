@@ -2,7 +2,7 @@
 //!
 //! Owns the on-disk layout (entries, the change log, the last sequence number), the group commit
 //! that lets many concurrent writers share one fsync, consistent backups, restore, salvage of a
-//! damaged file ([`repair`]), and the data folder's lock ([`DirLock`]). It knows nothing of HTTP
+//! damaged file ([`repair()`]), and the data folder's lock ([`DirLock`]). It knows nothing of HTTP
 //! or subscribers: it stores [`Change`]s the core produced and gives back a [`Store`] and a
 //! [`Log`] at start. redb is crash-safe: a commit either lands whole or not at all, so after a
 //! crash the file holds exactly the acknowledged writes.
