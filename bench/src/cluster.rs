@@ -264,11 +264,7 @@ impl Deployment {
                 c.args(["--cluster", &format!("nats://127.0.0.1:{route}")]);
                 c.args(["--routes", &routes.join(",")]);
             }
-            let out = std::fs::File::create(&log).map_err(io)?;
-            c.stdout(Stdio::null())
-                .stderr(Stdio::from(out))
-                .kill_on_drop(true);
-            let child = c.spawn().map_err(|e| {
+            let child = spawn_logged(&mut c, &log).map_err(|e| {
                 format!(
                     "starting {} (nats-server 2.12 or newer with JetStream; scripts/bench.sh installs it): {e}",
                     bin.display()
@@ -347,11 +343,7 @@ impl Deployment {
         }
         // Warnings, and the server's own start-up lines (its load and catch-up times).
         c.env("RUST_LOG", "warn,stateline_server=info");
-        let out = std::fs::File::create(&log).map_err(io)?;
-        c.stdout(Stdio::null())
-            .stderr(Stdio::from(out))
-            .kill_on_drop(true);
-        let child = c.spawn().map_err(|e| {
+        let child = spawn_logged(&mut c, &log).map_err(|e| {
             format!(
                 "starting {}: {e} (build it: cargo build --release -p stateline-server)",
                 stateline_bin().display()
@@ -448,4 +440,13 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+// Starts a process with its standard error in `log` (killed when its handle is dropped).
+fn spawn_logged(c: &mut Command, log: &Path) -> std::io::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    c.stdout(Stdio::null())
+        .stderr(Stdio::from(out))
+        .kill_on_drop(true)
+        .spawn()
 }

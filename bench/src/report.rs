@@ -69,15 +69,7 @@ pub fn markdown(r: &Results, systems: &[System]) -> String {
         }
         out.push('\n');
     }
-    out.push_str("\nDurability of each system in this run: ");
-    out.push_str(
-        &systems
-            .iter()
-            .map(|s| format!("{}: {}", s.name(), s.durability()))
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
-    out.push('\n');
+    durability(&mut out, "Durability of each system in this run", systems);
     out
 }
 
@@ -128,7 +120,13 @@ pub fn cluster_markdown(r: &Results, systems: &[System]) -> String {
         }
         out.push('\n');
     }
-    out.push_str("\nHow each keeps its data in this run: ");
+    durability(&mut out, "How each keeps its data in this run", systems);
+    out
+}
+
+// The line that says how each system keeps its data.
+fn durability(out: &mut String, label: &str, systems: &[System]) {
+    out.push_str(&format!("\n{label}: "));
     out.push_str(
         &systems
             .iter()
@@ -137,7 +135,6 @@ pub fn cluster_markdown(r: &Results, systems: &[System]) -> String {
             .join("; "),
     );
     out.push('\n');
-    out
 }
 
 pub fn json(r: &Results) -> String {
