@@ -141,7 +141,7 @@ fn logged_ms(log: &Path, what: &str) -> Option<f64> {
     digits.parse().ok()
 }
 
-/// CPU time (user + system, s) a process has used, from /proc/<pid>/stat (0 if unreadable).
+/// CPU time (user + system, s) a process has used, from `/proc/<pid>/stat` (0 if unreadable).
 pub fn cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
