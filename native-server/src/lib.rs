@@ -697,7 +697,10 @@ async fn timer_task(sh: Arc<Shared>) {
             if tokio::time::Instant::now() >= next_clock {
                 hub.engine.correct_clock(tick);
                 hub.clock_tick(tick);
-                next_clock += second;
+                // A second from this tick, not from the one due: after a stall (a loaded machine)
+                // the clock stream resumes at its pace instead of sending the missed ticks in a
+                // burst.
+                next_clock = tokio::time::Instant::now() + second;
             }
             // In a cluster, expiry is proposed to JetStream like any delete (once per key for
             // the cluster) and applied when the stream delivers it.
