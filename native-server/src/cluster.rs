@@ -520,18 +520,26 @@ impl Cluster {
     /// Publishes one operation's writes (atomically when several) and waits until this node
     /// applied them. Returns the sequence number of the last.
     pub async fn order(&self, writes: Vec<Write>) -> Result<u64, Refusal> {
+        // Each payload becomes `Bytes` once, however often it is sent again.
+        let writes: Vec<(Write, Bytes)> = writes
+            .into_iter()
+            .map(|mut w| {
+                let p = Bytes::from(std::mem::take(&mut w.payload));
+                (w, p)
+            })
+            .collect();
         self.connected().await?;
         let seq = match writes.len() {
             0 => return Ok(self.applied()),
             1 => {
-                let w = &writes[0];
+                let (w, payload) = &writes[0];
                 // The same id on every attempt: a retry of a write JetStream stored but whose
                 // acknowledgement was lost is answered with the original (deduplicated).
                 let id = format!("{:032x}", self.batch_id());
                 let deadline = Instant::now() + ELECTION_GRACE;
                 loop {
                     let publish = jetstream::message::PublishMessage::build()
-                        .payload(Bytes::from(w.payload.clone()))
+                        .payload(payload.clone())
                         .expected_last_subject_sequence(w.expect)
                         .message_id(&id);
                     let sent = match self.js.send_publish(self.subject(&w.key), publish).await {
@@ -577,10 +585,10 @@ impl Cluster {
 
     // Publishes an operation's writes as one atomic batch. On failure, says whether it failed on
     // the first message (nothing of the batch stored).
-    async fn publish_batch(&self, writes: &[Write]) -> Result<u64, (bool, Refusal)> {
+    async fn publish_batch(&self, writes: &[(Write, Bytes)]) -> Result<u64, (bool, Refusal)> {
         let mut batch = self.js.batch_publish().timeout(BATCH_TIMEOUT).build();
         let last = writes.len() - 1;
-        for (i, w) in writes.iter().enumerate() {
+        for (i, (w, payload)) in writes.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 "Nats-Expected-Last-Subject-Sequence",
@@ -588,7 +596,7 @@ impl Cluster {
             );
             let m = jetstream::message::OutboundMessage {
                 subject: self.subject(&w.key).into(),
-                payload: Bytes::from(w.payload.clone()),
+                payload: payload.clone(),
                 headers: Some(headers),
             };
             if i < last {
