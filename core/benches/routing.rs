@@ -28,7 +28,7 @@ fn median_ns(rounds: usize, iters: u64, mut f: impl FnMut(u64)) -> f64 {
 }
 
 fn set(e: &mut Engine, key: &str, value: Value, t: i64) -> Vec<stateline_core::Change> {
-    e.execute(
+    e.execute_as_system(
         Tick::from_wall(t),
         Op::Set {
             key: key.into(),
@@ -52,7 +52,7 @@ fn routing() {
     );
     let t0 = Instant::now();
     for i in 0..100_000 {
-        e.join(
+        e.join_as_system(
             Pattern::parse(&format!("obj/{i}")).unwrap(),
             Encoding::Ooo,
             None,
@@ -61,7 +61,7 @@ fn routing() {
         .unwrap();
     }
     for j in 0..1_000 {
-        e.join(
+        e.join_as_system(
             Pattern::parse(&format!("g{j}/*")).unwrap(),
             Encoding::Ooo,
             None,
@@ -132,7 +132,7 @@ fn frames() {
         let bytes = serde_json::to_vec(&d).unwrap().len();
         set(&mut e, "doc", d.clone(), 1);
         let (id, _) = e
-            .join(Pattern::parse("doc").unwrap(), Encoding::Ooo, None, true)
+            .join_as_system(Pattern::parse("doc").unwrap(), Encoding::Ooo, None, true)
             .unwrap();
         let iters = if size > 10_000 { 500 } else { 20_000 };
         let mut frame_len = 0;
@@ -151,7 +151,7 @@ fn frames() {
                 .unwrap();
         let ns = median_ns(5, iters, |_| {
             let c = e
-                .execute(
+                .execute_as_system(
                     Tick::from_wall(1),
                     Op::Patch {
                         key: "doc".into(),
@@ -170,7 +170,7 @@ fn frames() {
         e.leave(id);
         let ns = median_ns(5, iters, |_| {
             let (id, first) = e
-                .join(Pattern::parse("doc").unwrap(), Encoding::Ooo, None, true)
+                .join_as_system(Pattern::parse("doc").unwrap(), Encoding::Ooo, None, true)
                 .unwrap();
             black_box(first);
             e.leave(id);

@@ -124,7 +124,7 @@ mod tests {
         };
         let mut e = Engine::new(t, Config::default(), Filters::default());
         let set = |e: &mut Engine, v: serde_json::Value| {
-            e.execute(
+            e.execute_as_system(
                 t,
                 Op::Set {
                     key: "a/b".into(),

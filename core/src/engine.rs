@@ -461,17 +461,17 @@ impl Engine {
         })
     }
 
-    /// Applies an operation, all or nothing, as the embedding program (no access rules: use
-    /// [`Engine::execute_as`] for requests from clients). The changes are applied to memory and
-    /// logged but not yet published: call [`Engine::publish`] after making them durable, or
-    /// [`Engine::revert`] if that failed.
-    pub fn execute(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
-        self.execute_as(tick, op, &Identity::System)
+    /// Applies an operation, all or nothing, as the embedding program itself: no access rules
+    /// apply. Requests from clients go through [`Engine::execute`], which takes their identity.
+    pub fn execute_as_system(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
+        self.execute(tick, op, &Identity::System)
     }
 
-    /// Applies an operation for `who`: the access rules are checked (and the schema, TTL and
-    /// limits of the rule for each key applied) before anything changes.
-    pub fn execute_as(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
+    /// Applies an operation, all or nothing, for `who`: the access rules are checked (and the
+    /// schema, TTL and limits of the rule for each key applied) before anything changes. The
+    /// changes are applied to memory and logged but not yet published: call
+    /// [`Engine::publish`] after making them durable, or [`Engine::revert`] if that failed.
+    pub fn execute(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
         let r = self.execute_inner(tick, op, who);
         match &r {
             Ok(a) => {
@@ -888,7 +888,7 @@ impl Engine {
         self.ordered_elsewhere = true;
     }
 
-    /// Takes back changes [`Engine::execute_as`] just applied, under the same lock, before anyone
+    /// Takes back changes [`Engine::execute`] just applied, under the same lock, before anyone
     /// saw them (not published; no pool joined since): memory and the log are as they were.
     /// A cluster node does this with every write and lets the cluster's log order it instead
     /// (see [`crate::replica`]).
@@ -956,21 +956,22 @@ impl Engine {
             .collect()
     }
 
-    /// Joins a pool as the embedding program (sees everything); see [`Engine::join_as`].
-    pub fn join(
+    /// Joins a pool as the embedding program itself (sees everything, no access rules); clients
+    /// join through [`Engine::join`], which takes their identity.
+    pub fn join_as_system(
         &mut self,
         pattern: Pattern,
         enc: Encoding,
         version: Option<u64>,
         initial: bool,
     ) -> Result<(PoolId, Join), Error> {
-        self.join_as(pattern, enc, version, initial, &Identity::System)
+        self.join(pattern, enc, version, initial, &Identity::System)
     }
 
     /// Joins a pool for `who`; see [`Pools::join`]. Refused by static mode without a read
     /// filter, and by the access rules for a key `who` may not read. A glob or subtree joins the
     /// pool of `who`'s audience, which holds only the keys that audience may read.
-    pub fn join_as(
+    pub fn join(
         &mut self,
         pattern: Pattern,
         enc: Encoding,
@@ -1050,7 +1051,7 @@ mod tests {
     }
 
     fn set(e: &mut Engine, k: &str, v: Value) -> Result<Applied, Error> {
-        e.execute(
+        e.execute_as_system(
             t(1),
             Op::Set {
                 key: k.into(),
@@ -1120,7 +1121,7 @@ mod tests {
             },
         ];
         for op in bad {
-            assert!(e.execute(t(2), op.clone()).is_err(), "{op:?}");
+            assert!(e.execute_as_system(t(2), op.clone()).is_err(), "{op:?}");
         }
         assert_eq!(e.store().last_seq(), seq);
         assert_eq!(*e.store().get("a").unwrap().data, json!({"nest":{"x":1}}));
@@ -1131,7 +1132,7 @@ mod tests {
     fn counters_take_rename_ttl() {
         let mut e = engine();
         let incr = |e: &mut Engine, by| {
-            e.execute(
+            e.execute_as_system(
                 t(1),
                 Op::Incr {
                     key: "c".into(),
@@ -1147,7 +1148,7 @@ mod tests {
         assert_eq!(e.store().get("c").unwrap().revision, 2);
         set(&mut e, "big", json!(i64::MAX)).unwrap();
         assert!(matches!(
-            e.execute(
+            e.execute_as_system(
                 t(1),
                 Op::Incr {
                     key: "big".into(),
@@ -1158,11 +1159,13 @@ mod tests {
             Err(Error::Counter(_))
         ));
 
-        let a = e.execute(t(2), Op::Take { key: "c".into() }).unwrap();
+        let a = e
+            .execute_as_system(t(2), Op::Take { key: "c".into() })
+            .unwrap();
         assert!(matches!(a.outcome, Outcome::Taken(_, ref en) if *en.data == json!(-3)));
         assert!(e.store().get("c").is_none());
         assert_eq!(
-            e.execute(t(2), Op::Take { key: "c".into() }),
+            e.execute_as_system(t(2), Op::Take { key: "c".into() }),
             Err(Error::NotFound)
         );
 
@@ -1170,7 +1173,7 @@ mod tests {
         set(&mut e, "y", json!(2)).unwrap();
         let created = e.store().get("x").unwrap().created;
         assert_eq!(
-            e.execute(
+            e.execute_as_system(
                 t(3),
                 Op::Rename {
                     from: "x".into(),
@@ -1181,7 +1184,7 @@ mod tests {
             Err(Error::Exists("y".into()))
         );
         let r = e
-            .execute(
+            .execute_as_system(
                 t(3),
                 Op::Rename {
                     from: "x".into(),
@@ -1198,7 +1201,7 @@ mod tests {
             (json!(1), created, 1)
         );
 
-        e.execute(
+        e.execute_as_system(
             t(4),
             Op::Set {
                 key: "tmp".into(),
@@ -1228,7 +1231,7 @@ mod tests {
         .unwrap();
         let mut e = Engine::new(Tick::from_wall(0), Config::default(), f);
         for i in 0..8 {
-            e.execute(
+            e.execute_as_system(
                 t(i),
                 Op::Push {
                     target: "limited/*".into(),
@@ -1255,7 +1258,7 @@ mod tests {
         )
         .unwrap();
         let mut e = Engine::new(Tick::from_wall(0), Config::default(), f);
-        e.execute(
+        e.execute_as_system(
             t(0),
             Op::Push {
                 target: "recent/*".into(),
@@ -1264,7 +1267,7 @@ mod tests {
             },
         )
         .unwrap();
-        e.execute(
+        e.execute_as_system(
             t(60),
             Op::Push {
                 target: "recent/*".into(),
@@ -1298,7 +1301,7 @@ mod tests {
         // The wall clock is now an hour before the stored write.
         let back = Tick::from_wall(created - 3_600_000_000_000);
         let mut r = Engine::restore(back, store, log, Config::default(), Filters::new());
-        r.execute(
+        r.execute_as_system(
             back,
             Op::Push {
                 target: "l/*".into(),
@@ -1318,7 +1321,7 @@ mod tests {
         let a = set(&mut e, "k", json!(2)).unwrap();
         // A subscriber joins while the write waits for its commit: its snapshot holds 2.
         let (id, first) = e
-            .join(Pattern::parse("k").unwrap(), Encoding::Ooo, None, true)
+            .join_as_system(Pattern::parse("k").unwrap(), Encoding::Ooo, None, true)
             .unwrap();
         let Join::Frame(b) = first else {
             panic!("snapshot expected")
@@ -1396,7 +1399,7 @@ mod tests {
     }
 
     fn set_as(e: &mut Engine, k: &str, v: Value, who: &Identity) -> Result<Applied, Error> {
-        e.execute_as(
+        e.execute(
             t(1),
             Op::Set {
                 key: k.into(),
@@ -1416,7 +1419,7 @@ mod tests {
         set_as(&mut e, "public/x/y", json!(1), &anon).unwrap();
         set_as(&mut e, "typed/1", json!(1), &anon).unwrap();
         let del = |e: &mut Engine, g: &str, who: &Identity| {
-            e.execute_as(
+            e.execute(
                 t(2),
                 Op::Delete {
                     target: g.into(),
@@ -1559,7 +1562,7 @@ mod tests {
             ),
         ];
         for (op, who, status) in denied {
-            let r = e.execute_as(t(2), op.clone(), who);
+            let r = e.execute(t(2), op.clone(), who);
             assert_eq!(r.map(|_| ()).map_err(|e| e.status()), Err(status), "{op:?}");
         }
         assert_eq!(e.store().last_seq(), seq, "nothing changed");
@@ -1577,7 +1580,7 @@ mod tests {
             ("write", "forbidden", Some("bob"))
         );
         // The owner may; the rule's default TTL applies to a write without one.
-        e.execute_as(
+        e.execute(
             t(3),
             Op::Delete {
                 target: "private/alice/*".into(),
@@ -1599,16 +1602,16 @@ mod tests {
         let all = Pattern::Subtree("".into());
         let v0 = e.store().last_seq();
         let (pa, _) = e
-            .join_as(all.clone(), Encoding::Mux, None, true, &alice)
+            .join(all.clone(), Encoding::Mux, None, true, &alice)
             .unwrap();
         let (pb, _) = e
-            .join_as(all.clone(), Encoding::Mux, None, true, &bob)
+            .join(all.clone(), Encoding::Mux, None, true, &bob)
             .unwrap();
         let (pn, _) = e
-            .join_as(all.clone(), Encoding::Mux, None, true, &anon)
+            .join(all.clone(), Encoding::Mux, None, true, &anon)
             .unwrap();
         let (pn2, _) = e
-            .join_as(all.clone(), Encoding::Mux, None, true, &Identity::Anonymous)
+            .join(all.clone(), Encoding::Mux, None, true, &Identity::Anonymous)
             .unwrap();
         assert_eq!(pn, pn2, "anonymous subscribers share one pool");
         assert!(pa != pb && pa != pn && pb != pn);
@@ -1619,11 +1622,11 @@ mod tests {
         assert_eq!(frames[0].pool, pa);
         // Replay from an old version leaves out what the audience may not read.
         let (_, j) = e
-            .join_as(all.clone(), Encoding::Sse, Some(v0), false, &bob)
+            .join(all.clone(), Encoding::Sse, Some(v0), false, &bob)
             .unwrap();
         assert_eq!(j, Join::Current);
         let (_, j) = e
-            .join_as(all.clone(), Encoding::Sse, Some(v0), false, &alice)
+            .join(all.clone(), Encoding::Sse, Some(v0), false, &alice)
             .unwrap();
         assert!(
             matches!(j, Join::Missed(b) if std::str::from_utf8(&b).unwrap().contains("alice-secret"))
@@ -1631,13 +1634,13 @@ mod tests {
         // A protected key cannot be joined at all by others.
         let key = Pattern::parse("private/alice/a").unwrap();
         assert_eq!(
-            e.join_as(key.clone(), Encoding::Ooo, None, true, &bob)
+            e.join(key.clone(), Encoding::Ooo, None, true, &bob)
                 .map(|_| ())
                 .map_err(|e| e.status()),
             Err(StatusCode::FORBIDDEN)
         );
         assert_eq!(
-            e.join_as(key, Encoding::Ooo, None, true, &anon)
+            e.join(key, Encoding::Ooo, None, true, &anon)
                 .map(|_| ())
                 .map_err(|e| e.status()),
             Err(StatusCode::UNAUTHORIZED)
@@ -1648,7 +1651,7 @@ mod tests {
     fn atomkv_revisions() {
         let mut e = engine();
         let put = |e: &mut Engine, n| {
-            e.execute(
+            e.execute_as_system(
                 t(1),
                 Op::Set {
                     key: "x".into(),
@@ -1669,10 +1672,10 @@ mod tests {
             cond: Cond::IfMatch(tags),
         };
         assert!(matches!(
-            e.execute(t(1), ifm(vec!["\"nope\"".into()])),
+            e.execute_as_system(t(1), ifm(vec!["\"nope\"".into()])),
             Err(Error::Precondition(_))
         ));
-        e.execute(t(1), ifm(vec![tag])).unwrap();
+        e.execute_as_system(t(1), ifm(vec![tag])).unwrap();
         let absent = Op::Set {
             key: "x".into(),
             value: json!(1),
@@ -1680,7 +1683,7 @@ mod tests {
             cond: Cond::IfAbsent,
         };
         assert!(matches!(
-            e.execute(t(1), absent),
+            e.execute_as_system(t(1), absent),
             Err(Error::Precondition(_))
         ));
     }

@@ -826,7 +826,7 @@ fn data_route(
                     ttl,
                 },
             };
-            let a = engine.execute_as(tick, op, who)?;
+            let a = engine.execute(tick, op, who)?;
             written(engine, h, a, None, StatusCode::OK)
         }
         "PUT" => {
@@ -851,7 +851,7 @@ fn data_route(
                 e => e,
             })?;
             let ttl = parse_ttl(q, h)?;
-            let a = engine.execute_as(
+            let a = engine.execute(
                 tick,
                 Op::Set {
                     key: key.to_string(),
@@ -881,7 +881,7 @@ fn data_route(
                 "application/merge-patch+json" => PatchKind::MergePatch(v),
                 _ => PatchKind::Merge(v),
             };
-            let a = engine.execute_as(
+            let a = engine.execute(
                 tick,
                 Op::Patch {
                     key: key.to_string(),
@@ -895,7 +895,7 @@ fn data_route(
         "DELETE" => {
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
             Pattern::from_http_path(path, false)?;
-            let a = engine.execute_as(
+            let a = engine.execute(
                 tick,
                 Op::Delete {
                     target: target.into(),
@@ -1018,7 +1018,7 @@ fn extended(
                 Ttl::Clear => Ttl::Keep,
                 t => t,
             };
-            let a = engine.execute_as(
+            let a = engine.execute(
                 tick,
                 Op::Incr {
                     key: key.into(),
@@ -1036,7 +1036,7 @@ fn extended(
         }
         "take" => {
             post_only(method)?;
-            let a = engine.execute_as(tick, Op::Take { key: key.into() }, who)?;
+            let a = engine.execute(tick, Op::Take { key: key.into() }, who)?;
             let Outcome::Taken(k, e) = &a.outcome else {
                 unreachable!("take takes")
             };
@@ -1050,7 +1050,7 @@ fn extended(
                 Error::BadRequest("rename: body must be {\"to\": \"<key>\"}".into())
             })?;
             let overwrite = v.get("overwrite").and_then(Value::as_bool).unwrap_or(false);
-            let a = engine.execute_as(
+            let a = engine.execute(
                 tick,
                 Op::Rename {
                     from: key.into(),

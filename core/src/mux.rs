@@ -477,7 +477,7 @@ mod tests {
             panic!("an op")
         };
         let name = op_name(&op);
-        let a = e.execute(Tick::from_wall(2_000), op).unwrap();
+        let a = e.execute_as_system(Tick::from_wall(2_000), op).unwrap();
         let r: Value = serde_json::from_slice(&reply_applied(&m.id, name, &a)).unwrap();
         assert_eq!(
             r,

@@ -2,7 +2,7 @@
 //! native server's cluster mode) orders every change, the node's own included.
 //!
 //! A node never applies its own writes directly. It runs the operation as usual
-//! ([`Engine::execute_as`]), takes the changes back at once ([`Replica::propose`], under the same
+//! ([`Engine::execute`]), takes the changes back at once ([`Replica::propose`], under the same
 //! lock, before anyone saw them), and hands the adapter one [`Write`] per changed key: the bytes to
 //! publish, and the precondition the log must check (the sequence number of the key's last change,
 //! 0 for none). Every node then applies what the log delivers, in its order, with the log's
@@ -266,7 +266,7 @@ mod tests {
 
     // Runs `op` on a node and publishes its proposal to the log.
     fn write(e: &mut Engine, r: &Replica, log: &mut Log, op: Op) {
-        let x = e.execute(tick(), op).unwrap();
+        let x = e.execute_as_system(tick(), op).unwrap();
         log.publish(&r.propose(e, &x.changes, 0)).unwrap();
     }
 
@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn a_proposal_changes_nothing_until_the_log_delivers_it() {
         let (mut e, r) = node();
-        let a = e.execute(tick(), set("a", json!(1))).unwrap();
+        let a = e.execute_as_system(tick(), set("a", json!(1))).unwrap();
         let writes = r.propose(&mut e, &a.changes, 7);
         assert!(e.store().get("a").is_none(), "withdrawn");
         assert_eq!(e.store().last_seq(), 0);
@@ -339,17 +339,23 @@ mod tests {
         let (mut a, mut ra) = node();
         let (mut b, mut rb) = node();
         let mut log = Log::default();
-        let x = a.execute(tick(), set("k", json!("from a"))).unwrap();
+        let x = a
+            .execute_as_system(tick(), set("k", json!("from a")))
+            .unwrap();
         let w = ra.propose(&mut a, &x.changes, 1);
         assert_eq!(log.publish(&w), Ok(1));
         // b computed on the same (empty) state: its precondition fails, nothing is stored.
-        let y = b.execute(tick(), set("k", json!("from b"))).unwrap();
+        let y = b
+            .execute_as_system(tick(), set("k", json!("from b")))
+            .unwrap();
         let w = rb.propose(&mut b, &y.changes, 2);
         assert_eq!(log.publish(&w), Err(()));
         log.deliver(&mut a, &mut ra, 0);
         log.deliver(&mut b, &mut rb, 0);
         // b retries on the state the log gave it.
-        let y = b.execute(tick(), set("k", json!("from b"))).unwrap();
+        let y = b
+            .execute_as_system(tick(), set("k", json!("from b")))
+            .unwrap();
         let w = rb.propose(&mut b, &y.changes, 3);
         assert_eq!(w[0].expect, 1);
         assert_eq!(log.publish(&w), Ok(2));
@@ -371,14 +377,14 @@ mod tests {
         let mut log = Log::default();
         write(&mut e, &r, &mut log, set("k", json!(1)));
         log.deliver(&mut e, &mut r, 0);
-        let d = e.execute(tick(), del("k")).unwrap();
+        let d = e.execute_as_system(tick(), del("k")).unwrap();
         let w = r.propose(&mut e, &d.changes, 0);
         assert_eq!(w[0].expect, 1);
         log.publish(&w).unwrap();
         let c = log.deliver(&mut e, &mut r, 1);
         assert!(c[0].is_delete());
         assert_eq!(r.tombstones(), 1);
-        let x = e.execute(tick(), set("k", json!(2))).unwrap();
+        let x = e.execute_as_system(tick(), set("k", json!(2))).unwrap();
         let w = r.propose(&mut e, &x.changes, 0);
         assert_eq!(w[0].expect, 2, "the delete is the key's last message");
         log.publish(&w).unwrap();
@@ -395,7 +401,7 @@ mod tests {
         // Not delivered yet: a/1 is not in e, so a/2's proposal is computed without it.
         write(&mut e, &r, &mut log, set("a/2", json!(2)));
         log.deliver(&mut e, &mut r, 0);
-        let d = e.execute(tick(), del("a/*")).unwrap();
+        let d = e.execute_as_system(tick(), del("a/*")).unwrap();
         let w = r.propose(&mut e, &d.changes, 99);
         assert_eq!(w.len(), 2);
         assert_eq!(decode(&w[1].payload).unwrap().batch, 99);
@@ -450,7 +456,7 @@ mod tests {
         let (mut e, mut r) = node();
         let mut log = Log::default();
         let x = e
-            .execute(
+            .execute_as_system(
                 tick(),
                 Op::Set {
                     key: "t".into(),

@@ -191,7 +191,7 @@ proptest! {
         let mut clients = Vec::new();
         for p in &patterns {
             for enc in [Encoding::Ooo, Encoding::Mux] {
-                let (id, first) = e.join(p.clone(), enc, None, true).unwrap();
+                let (id, first) = e.join_as_system(p.clone(), enc, None, true).unwrap();
                 let mut cache = Value::Null;
                 let mut version = String::new();
                 match first {
@@ -203,7 +203,7 @@ proptest! {
         }
         let rejoin = |e: &mut Engine, c: &mut (stateline_core::PoolId, Pattern, Encoding, Value, String, bool)| {
             let v = u64::from_str_radix(&c.4, 16).unwrap();
-            let (id, first) = e.join(c.1.clone(), c.2, Some(v), true).unwrap();
+            let (id, first) = e.join_as_system(c.1.clone(), c.2, Some(v), true).unwrap();
             c.0 = id;
             c.5 = true;
             match first {
@@ -229,7 +229,7 @@ proptest! {
                     continue;
                 }
                 _ => match op(s, i) {
-                    Some(op) => match e.execute(tick, op) { Ok(a) => a.changes, Err(_) => continue },
+                    Some(op) => match e.execute_as_system(tick, op) { Ok(a) => a.changes, Err(_) => continue },
                     None => e.handle_timeout(Tick::from_wall(1_000 + i as i64 + 10)),
                 },
             };
@@ -256,7 +256,7 @@ proptest! {
         // and a snapshot equal to its cache once it does not.
         for (_, p, enc, cache, version, _) in &clients {
             let v = u64::from_str_radix(version, 16).unwrap();
-            let (_, again) = e.join(p.clone(), *enc, Some(v), true).unwrap();
+            let (_, again) = e.join_as_system(p.clone(), *enc, Some(v), true).unwrap();
             if e.log().covers(v, e.store().last_seq()) {
                 prop_assert_eq!(again, Join::Current, "pattern {}", p);
             } else {
@@ -282,7 +282,7 @@ fn resume_sends_missed_changes_or_a_snapshot() {
     let p = Pattern::from_http_path("/s/", true).unwrap();
     let set = |e: &mut Engine, k: &str, v: Value| {
         let a = e
-            .execute(
+            .execute_as_system(
                 Tick::from_wall(1),
                 Op::Set {
                     key: k.into(),
@@ -298,7 +298,9 @@ fn resume_sends_missed_changes_or_a_snapshot() {
     let v = e.store().last_seq();
     set(&mut e, "s/k", json!(2));
     set(&mut e, "sx", json!(0));
-    let (_, j) = e.join(p.clone(), Encoding::Sse, Some(v), false).unwrap();
+    let (_, j) = e
+        .join_as_system(p.clone(), Encoding::Sse, Some(v), false)
+        .unwrap();
     // The id ends with the version of the change (unique and ordered across the stream).
     let event = format!(
         "data:2\nid:/s/k:1:{:x}\n\n",
@@ -308,13 +310,15 @@ fn resume_sends_missed_changes_or_a_snapshot() {
     for i in 0..5 {
         set(&mut e, "other", json!(i));
     }
-    let (_, j) = e.join(p.clone(), Encoding::Sse, Some(v), false).unwrap();
+    let (_, j) = e
+        .join_as_system(p.clone(), Encoding::Sse, Some(v), false)
+        .unwrap();
     assert_eq!(
         j,
         Join::Frame(bytes::Bytes::from(event)),
         "too old: resync with current values"
     );
-    let (_, j) = e.join(p, Encoding::Sse, None, false).unwrap();
+    let (_, j) = e.join_as_system(p, Encoding::Sse, None, false).unwrap();
     assert_eq!(j, Join::Current, "AtomKV sends nothing at subscribe time");
 }
 
@@ -322,7 +326,7 @@ fn resume_sends_missed_changes_or_a_snapshot() {
 fn list_resume_sends_positional_ops_not_a_snapshot() {
     let mut e = Engine::new(Tick::from_wall(0), Config::default(), Filters::new());
     let w = |e: &mut Engine, op: Op| {
-        let a = e.execute(Tick::from_wall(1), op).unwrap();
+        let a = e.execute_as_system(Tick::from_wall(1), op).unwrap();
         e.publish(&a.changes);
     };
     for k in ["l/a", "l/b", "l/c", "l/d"] {
@@ -337,7 +341,9 @@ fn list_resume_sends_positional_ops_not_a_snapshot() {
         );
     }
     let p = Pattern::parse("l/*").unwrap();
-    let (id, first) = e.join(p.clone(), Encoding::Ooo, None, true).unwrap();
+    let (id, first) = e
+        .join_as_system(p.clone(), Encoding::Ooo, None, true)
+        .unwrap();
     let Join::Frame(first) = first else { panic!() };
     let mut cache = Value::Null;
     let mut version = String::new();
@@ -369,7 +375,9 @@ fn list_resume_sends_positional_ops_not_a_snapshot() {
         },
     );
     let v = u64::from_str_radix(&version, 16).unwrap();
-    let (_, again) = e.join(p.clone(), Encoding::Ooo, Some(v), true).unwrap();
+    let (_, again) = e
+        .join_as_system(p.clone(), Encoding::Ooo, Some(v), true)
+        .unwrap();
     let Join::Frame(b) = again else {
         panic!("expected the missed changes")
     };

@@ -165,7 +165,7 @@ impl Live {
         who: &Identity,
     ) -> std::result::Result<Option<Bytes>, Error> {
         let (Sub::Ws(id) | Sub::Sse(id)) = sub;
-        let (pool, first) = self.engine.join_as(p.clone(), enc, version, initial, who)?;
+        let (pool, first) = self.engine.join(p.clone(), enc, version, initial, who)?;
         self.subs.entry(pool).or_default().push(sub);
         self.joined
             .entry(id)
@@ -690,7 +690,7 @@ impl Namespace {
                         }
                         MuxRequest::Op(op) => {
                             let name = mux::op_name(&op);
-                            let done = live.engine.execute_as(t, op, &who);
+                            let done = live.engine.execute(t, op, &who);
                             log_denials(&mut live.engine);
                             match done {
                                 Ok(mut a) => {

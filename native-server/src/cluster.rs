@@ -116,7 +116,7 @@ pub struct Step<T> {
 impl Step<Result<stateline_core::Applied, stateline_core::Error>> {
     /// One attempt at a typed operation (`/_ws`, the embedding API) for `who`.
     pub fn op(hub: &mut Hub, tick: Tick, op: &stateline_core::Op, who: &Identity) -> Self {
-        let r = hub.engine.execute_as(tick, op.clone(), who);
+        let r = hub.engine.execute(tick, op.clone(), who);
         hub.log_denials();
         match r {
             Ok(mut a) => Step {

@@ -204,7 +204,7 @@ impl Hub {
         if let Err(why) = self.ext.subscribe(&pattern, who) {
             return Err(Error::Forbidden(why));
         }
-        let joined = self.engine.join_as(pattern, enc, version, initial, who);
+        let joined = self.engine.join(pattern, enc, version, initial, who);
         self.log_denials();
         let (id, first) = joined?;
         self.subs.entry(id).or_default().push(sink.clone());

@@ -372,7 +372,7 @@ impl State {
         let wake;
         let applied = {
             let mut hub = self.sh.lock();
-            let r = hub.engine.execute_as(tick, op, who);
+            let r = hub.engine.execute(tick, op, who);
             hub.log_denials();
             let mut a = r?;
             let changes = std::mem::take(&mut a.changes);

@@ -427,7 +427,7 @@ fn mux_message(
                 }
                 MuxRequest::Op(op) => {
                     let name = mux::op_name(&op);
-                    let done = hub.engine.execute_as(tick, op, who);
+                    let done = hub.engine.execute(tick, op, who);
                     hub.log_denials();
                     match done {
                         Ok(mut a) => {

@@ -49,7 +49,7 @@ fn subscribe(
     let who = engine.identify(t, http::token(req).as_deref());
     if http::authorize_subscription(engine, req, &sub, &who).is_ok() {
         // The subscription stays: the input's later requests publish to it.
-        let _ = engine.join_as(sub.pattern, enc, sub.version, sub.initial, &who);
+        let _ = engine.join(sub.pattern, enc, sub.version, sub.initial, &who);
     }
 }
 

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 Request::Sub { pattern, version } => {
-                    match engine.join_as(pattern.clone(), Encoding::Mux, version, true, &who) {
+                    match engine.join(pattern.clone(), Encoding::Mux, version, true, &who) {
                         Ok((pool, _first)) => {
                             if let Some(old) = subs.insert(pattern.clone(), pool) {
                                 engine.leave(old);
@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Request::Op(op) => {
                     let name = mux::op_name(&op);
-                    match engine.execute_as(t, op, &who) {
+                    match engine.execute(t, op, &who) {
                         Ok(a) => {
                             for c in &a.changes {
                                 // What the storage writes must read back as the same change.

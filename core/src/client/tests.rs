@@ -55,7 +55,7 @@ impl Server {
     /// Runs an operation for another client (or this one) and fans its frames out.
     fn run(&mut self, op: crate::Op) -> Result<crate::Applied, crate::Error> {
         let t = self.tick();
-        let a = self.e.execute(t, op)?;
+        let a = self.e.execute_as_system(t, op)?;
         self.history.extend(a.changes.iter().cloned());
         self.e.publish(&a.changes);
         while let Some(f) = self.e.poll_frame() {
@@ -84,7 +84,7 @@ impl Server {
             Request::Sub { pattern, version } => {
                 let (id, first) = self
                     .e
-                    .join(pattern.clone(), Encoding::Mux, version, true)
+                    .join_as_system(pattern.clone(), Encoding::Mux, version, true)
                     .unwrap();
                 conn.pools.insert(pattern.clone(), id);
                 conn.to_client

@@ -30,8 +30,8 @@ pub extern "C" fn stateline_probe(now: i64) -> u32 {
     let Ok(pattern) = Pattern::parse("a/*") else {
         return 0;
     };
-    let _ = e.join_as(pattern, Encoding::Ooo, None, true, &who);
-    let _ = e.join(Pattern::Subtree("a".into()), Encoding::Sse, Some(0), true);
+    let _ = e.join(pattern, Encoding::Ooo, None, true, &who);
+    let _ = e.join_as_system(Pattern::Subtree("a".into()), Encoding::Sse, Some(0), true);
     let mut frames = 0;
     for (i, (m, p, b)) in [
         ("POST", "/a/*", "{\"x\":1}"),

@@ -42,7 +42,7 @@ fn main() {
             cond: Cond::Always,
         };
         batch.push(
-            e.execute(Tick::from_wall(1 + i as i64), op)
+            e.execute_as_system(Tick::from_wall(1 + i as i64), op)
                 .expect("valid")
                 .changes,
         );

@@ -877,7 +877,7 @@ mod tests {
     use stateline_core::{Filters, Tick, Ttl};
 
     fn set(e: &mut Engine, k: &str, v: serde_json::Value) -> Vec<Change> {
-        e.execute(
+        e.execute_as_system(
             Tick::from_wall(10),
             Op::Set {
                 key: k.into(),
@@ -903,7 +903,7 @@ mod tests {
             let b = set(&mut e, "a/1", json!({"x":2}));
             let c = set(&mut e, "a/2", json!("two"));
             let d = e
-                .execute(
+                .execute_as_system(
                     Tick::from_wall(11),
                     Op::Delete {
                         target: "a/2".into(),
