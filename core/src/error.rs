@@ -54,9 +54,29 @@ pub enum Error {
     /// A patch content type the server does not know.
     #[error("unsupported content type {0:?}")]
     UnsupportedMediaType(String),
-    /// The adapter failed to make the change durable; nothing was applied.
-    #[error("storage: {0}")]
+    /// The adapter failed to make the change durable (it was rolled back): 503, as the store
+    /// recovers by itself. Built with [`Error::storage`], which words it the one way clients and
+    /// `/_health` see it: `storage unavailable: <what failed>; nothing was changed`.
+    #[error("{0}; nothing was changed")]
     Storage(String),
+    /// The server cannot take writes now (a cluster node that cannot reach its log, or is still
+    /// catching up): 503 with the reason as it was found.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request body could not be read (the connection broke, or the body was malformed at
+    /// the transport level): 400, nothing was changed.
+    #[error("could not read the request body")]
+    BodyUnreadable,
+    /// The request (reading its body included) did not finish within the server's deadline.
+    #[error("ooo: server deadline reached")]
+    Deadline,
+    /// A connection's token does not fit the state its host keeps for it (the limit in bytes:
+    /// the edge's socket attachment): 431.
+    #[error("the token does not fit this connection's state ({0} bytes: the edge keeps it in the socket's hibernation attachment)")]
+    TokenTooLarge(usize),
+    /// An embedding program's audit hook refused the request (its reason): 401, in ooo's words.
+    #[error("ooo: request is not authorized: {0}")]
+    NotAuthorized(String),
     /// A token that was refused (expired, bad signature, ...): 401 with `error="invalid_token"`.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -73,6 +93,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failed commit, worded once: `storage unavailable: <why>` (the reason may already say
+    /// so).
+    pub fn storage(why: &str) -> Error {
+        if why.starts_with("storage unavailable") {
+            Error::Storage(why.to_string())
+        } else {
+            Error::Storage(format!("storage unavailable: {why}"))
+        }
+    }
+
     /// Whether a write refused with this error may have been judged on a state older than the
     /// cluster's (a cluster node catches up and tries once more before it answers).
     pub fn may_be_stale(&self) -> bool {
@@ -99,8 +129,14 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Unauthorized(_) | Error::NoToken(_) => StatusCode::UNAUTHORIZED,
+            Error::Storage(_) | Error::Unavailable(_) | Error::Deadline => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Error::TokenTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::Unauthorized(_) | Error::NoToken(_) | Error::NotAuthorized(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Schema(_) => StatusCode::BAD_REQUEST,
         }
@@ -125,8 +161,13 @@ impl Error {
             Error::NoRoute => "no-route",
             Error::MethodNotAllowed => "method-not-allowed",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
-            Error::Storage(_) => "storage",
-            Error::Unauthorized(_) | Error::NoToken(_) => "unauthorized",
+            // A cluster that cannot take writes reports as a store that cannot: clients treat
+            // both the same way (retry later).
+            Error::Storage(_) | Error::Unavailable(_) => "storage",
+            Error::BodyUnreadable => "body-unreadable",
+            Error::Deadline => "deadline",
+            Error::TokenTooLarge(_) => "token-too-large",
+            Error::Unauthorized(_) | Error::NoToken(_) | Error::NotAuthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::Schema(_) => "schema",
         }

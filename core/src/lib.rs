@@ -29,6 +29,7 @@ pub mod mux;
 pub mod pool;
 pub mod replica;
 pub mod rules;
+pub mod session;
 pub mod store;
 pub mod token;
 
