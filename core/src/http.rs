@@ -20,7 +20,7 @@ use crate::filter::Need;
 use crate::json;
 use crate::key::{KeyError, Pattern};
 use crate::meta;
-use crate::rules::{Action, Identity};
+use crate::rules::{Action as RuleAction, Identity};
 use crate::store::{Change, Entry, Ttl};
 
 /// The response to send and the changes to persist and publish (in that order) before sending it.
@@ -440,7 +440,12 @@ fn resume_version(engine: &Engine, id: &str) -> Option<u64> {
 
 /// Headers every response carries: AtomKV's CORS set, narrowed to the configured origins.
 pub fn cors_headers(engine: &Engine, req: &HeaderMap, out: &mut HeaderMap) {
-    let origins = &engine.config().cors_origins;
+    cors(&engine.config().cors_origins, req, out)
+}
+
+/// [`cors_headers`] for a host without an engine at hand (the edge's worker): `origins` as in
+/// [`Config::cors_origins`](crate::engine::Config::cors_origins).
+pub fn cors(origins: &[String], req: &HeaderMap, out: &mut HeaderMap) {
     // Static values, parsed once: every response carries these (AtomKV's contract).
     let allow = if origins.iter().any(|o| o == "*") {
         Some(HeaderValue::from_static("*"))
@@ -466,6 +471,51 @@ pub fn cors_headers(engine: &Engine, req: &HeaderMap, out: &mut HeaderMap) {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("X-Revision, ETag, X-Version"),
         );
+    }
+}
+
+/// The comment an SSE stream starts with: the headers and a first byte go out at once, so
+/// proxies and `EventSource` see the stream open before the first event.
+pub const SSE_HELLO: &[u8] = b":stateline\n\n";
+
+/// The comment an idle SSE stream sends at the keep-alive interval, so proxies do not close it.
+pub const SSE_KEEPALIVE: &[u8] = b":keep-alive\n\n";
+
+/// The headers of an SSE response: the event-stream type, no caching, no proxy buffering
+/// (nginx's `X-Accel-Buffering`), and CORS.
+pub fn sse_headers(engine: &Engine, req: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(8);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    cors_headers(engine, req, &mut h);
+    h
+}
+
+/// Whether a WebSocket handshake offers the `bearer` subprotocol (`Sec-WebSocket-Protocol:
+/// bearer, <token>`, as browsers must send a token): the server then selects `bearer`, or the
+/// browser drops the connection.
+pub fn offers_bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("bearer"))
+}
+
+/// The answer to a request refused with `e`, as every route answers errors: a problem document
+/// (RFC 9457) on Stateline's own `/_` routes, ooo's plain text elsewhere; CORS and, for a 401,
+/// the `WWW-Authenticate` challenge included.
+pub fn refusal<B>(engine: &Engine, req: &Request<B>, e: &Error) -> Response<Bytes> {
+    let path = req.uri().path();
+    if path.starts_with("/_") {
+        problem(engine, req.headers(), e)
+    } else {
+        plain_error(engine, req.headers(), e, req.method().as_str(), path)
     }
 }
 
@@ -517,6 +567,8 @@ fn challenge(r: &mut Response<Bytes>, e: &Error) {
     let v = match e {
         Error::Unauthorized(why) => www_authenticate(why, true),
         Error::NoToken(why) => www_authenticate(why, false),
+        // An embedding program's audit hook: the bare challenge, as it says nothing of a token.
+        Error::NotAuthorized(_) => www_authenticate("", false),
         _ => return,
     };
     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -570,15 +622,29 @@ fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
 
 /// The bytes of `e`'s problem document: `{"type","title","status","code","detail"}`.
 fn problem_body(e: &Error) -> Bytes {
-    let status = e.status();
+    problem_json(e.status(), e.code(), &e.to_string())
+}
+
+/// The one shape of every problem document (RFC 9457).
+fn problem_json(status: StatusCode, code: &str, detail: &str) -> Bytes {
     let body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or(""),
         "status": status.as_u16(),
-        "code": e.code(),
-        "detail": e.to_string(),
+        "code": code,
+        "detail": detail,
     });
     json::encode(&body).into()
+}
+
+/// A problem document with a host's own code (e.g. the edge's `spans-namespaces`), without
+/// CORS headers, for a host that answers before it has an engine (add [`cors`]).
+pub fn problem_with(status: StatusCode, code: &str, detail: &str) -> Response<Bytes> {
+    let mut r = Response::new(problem_json(status, code, detail));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM));
+    r
 }
 
 fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
@@ -802,7 +868,7 @@ fn data_route(
             let pattern = Pattern::from_http_path(path, true)?;
             // Before anything else (even 404): a refusal must not tell whether the key exists.
             match &pattern {
-                Pattern::Key(k) => engine.authorize(Action::Read, k, who)?,
+                Pattern::Key(k) => engine.authorize(RuleAction::Read, k, who)?,
                 p => engine.authorize_caller(&p.as_str(), who)?,
             }
             engine.filters().check(Need::Read, &pattern.as_str())?;
@@ -1079,24 +1145,8 @@ fn api_route(
     let engine = &*engine;
     match api {
         "keys" => {
-            let page: usize = match query_get(q, "page") {
-                Some(p) => p
-                    .parse()
-                    .ok()
-                    .filter(|p| *p >= 1)
-                    .ok_or_else(|| Error::BadRequest("page must be a number from 1".into()))?,
-                None => 1,
-            };
-            let max = engine.config().max_keys_page;
-            let limit: usize = match query_get(q, "limit") {
-                Some(l) => l
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=max).contains(l))
-                    .ok_or_else(|| Error::BadRequest(format!("limit must be from 1 to {max}")))?,
-                None => 50,
-            };
-            let filter = query_get(q, "filter").unwrap_or("");
+            let kp = KeysPage::parse(q, engine.config().max_keys_page)?;
+            let filter = kp.filter.as_str();
             let glob = if filter.contains('*') {
                 Some(Pattern::parse(filter)?)
             } else {
@@ -1117,12 +1167,7 @@ fn api_route(
                 // Key names can be personal too: only those the caller may read.
                 .filter(|k| engine.can_read(k, who))
                 .collect();
-            let page_keys: Vec<&str> = keys
-                .iter()
-                .skip((page - 1) * limit)
-                .take(limit)
-                .copied()
-                .collect();
+            let page_keys = &keys[kp.range(keys.len())];
             // Each listed key's metadata too, in the same order, so a listing needs no GET per key.
             let items: Vec<Value> = page_keys
                 .iter()
@@ -1131,9 +1176,7 @@ fn api_route(
                     Some(json!({"key": k, "created": e.created, "updated": e.updated, "revision": e.revision}))
                 })
                 .collect();
-            Ok(
-                json!({"keys": page_keys, "items": items, "total": keys.len(), "page": page, "limit": limit, "filter": filter}),
-            )
+            Ok(kp.body(page_keys, &items, keys.len()))
         }
         "info" => Ok(json!({
             "name": "stateline",
@@ -1253,4 +1296,354 @@ pub fn metrics(engine: &Engine) -> String {
 /// Parses an HTTP method name for adapters that receive it as text.
 pub fn method(s: &str) -> Option<Method> {
     Method::from_bytes(s.as_bytes()).ok()
+}
+
+/// The keys API's page (`GET /?api=keys&filter=&page=&limit=`): parsed and answered here, for
+/// the core's own listing and for a host that merges several (the edge, across namespaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysPage {
+    /// From 1.
+    pub page: usize,
+    /// Keys per page, from 1 to the server's `max_keys_page`.
+    pub limit: usize,
+    /// A key prefix, or a glob.
+    pub filter: String,
+}
+
+impl KeysPage {
+    /// Reads `page` (default 1), `limit` (default 50, at most `max`) and `filter` (default
+    /// none); a bad value is a 400 that says what is allowed.
+    pub fn parse(q: &[(String, String)], max: usize) -> Result<KeysPage, Error> {
+        let page = match query_get(q, "page") {
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| Error::BadRequest("page must be a number from 1".into()))?,
+            None => 1,
+        };
+        let limit = match query_get(q, "limit") {
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|l| (1..=max).contains(l))
+                .ok_or_else(|| Error::BadRequest(format!("limit must be from 1 to {max}")))?,
+            None => 50,
+        };
+        let filter = query_get(q, "filter").unwrap_or("").to_string();
+        Ok(KeysPage {
+            page,
+            limit,
+            filter,
+        })
+    }
+
+    /// The index range of this page in a listing of any length.
+    pub fn range(&self, total: usize) -> std::ops::Range<usize> {
+        let start = (self.page - 1).saturating_mul(self.limit).min(total);
+        start..start.saturating_add(self.limit).min(total)
+    }
+
+    /// The answer: this page's keys and their metadata items (in the same order) and the total.
+    pub fn body<K: serde::Serialize>(&self, keys: &[K], items: &[Value], total: usize) -> Value {
+        json!({"keys": keys, "items": items, "total": total, "page": self.page, "limit": self.limit, "filter": self.filter})
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The front door: one call per request.
+
+/// Where an embedding program's socket kinds go (an ooo subscription, the clock stream, `/_ws`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Socket {
+    /// ooo's per-path subscription.
+    Subscribe(Subscription),
+    /// ooo's clock stream.
+    Clock,
+    /// The multiplexed `/_ws`.
+    Mux,
+}
+
+/// What the adapter does with a request, as [`serve`] decides it.
+#[derive(Debug)]
+pub enum Action {
+    /// Persist and publish `changes` (if any), then send `response`. With pending writes, the
+    /// answer waits for their commit too (it may have seen them).
+    Respond(HttpOutcome),
+    /// Upgrade to a WebSocket of this kind, for `who` (already authorized).
+    Upgrade {
+        /// The kind of socket.
+        socket: Socket,
+        /// Who opened it.
+        who: Identity,
+    },
+    /// Open an SSE stream (headers: [`sse_headers`], first bytes: [`SSE_HELLO`]).
+    Events {
+        /// What it watches.
+        sub: Subscription,
+        /// Who opened it.
+        who: Identity,
+    },
+    /// Serve the embedded file at `path` (the UI, the client script) with CORS; `head`: no body.
+    Asset {
+        /// `/` (the UI for browsers, the client script otherwise), `/_client.js` or `/_ui/...`.
+        path: String,
+        /// A `HEAD` request.
+        head: bool,
+    },
+    /// Stream a backup of the store (`GET /_backup` with the backup token).
+    Backup,
+    /// Run the embedding program's endpoint for this route, for `who`.
+    Endpoint {
+        /// Who asked (the audit hook passed).
+        who: Identity,
+    },
+}
+
+/// An embedding program's checks and routes (the native server's builder API).
+pub trait Hooks {
+    /// Refuses a request before it runs (401, in ooo's words, with this reason).
+    fn audit(&self, req: &Request<Bytes>, who: &Identity) -> Result<(), String>;
+    /// Whether one of its endpoints serves `path`: `Some(true)` for this method, `Some(false)`
+    /// when the path is its but the method is not (405).
+    fn endpoint(&self, method: &Method, path: &str) -> Option<bool>;
+    /// Its endpoints, for `GET /?api=endpoints`.
+    fn describe(&self) -> Value;
+}
+
+/// One counter or gauge only the adapter knows, for `/_metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric<'a> {
+    /// The metric's name.
+    pub name: &'a str,
+    /// `counter` or `gauge`.
+    pub kind: &'a str,
+    /// The `# HELP` text.
+    pub help: &'a str,
+    /// Its value.
+    pub value: u64,
+}
+
+/// `GET /_backup`: whether the host makes backups, with which token.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Backups<'a> {
+    /// Off: the host was started without a backup token.
+    #[default]
+    Off,
+    /// On: the request must carry `Authorization: Bearer <token>`; `store` says whether there is
+    /// a store to back up (not in memory mode).
+    On {
+        /// The backup token.
+        token: &'a str,
+        /// Whether the host has a store.
+        store: bool,
+    },
+}
+
+/// What the host knows about itself that answers depend on.
+#[derive(Default)]
+pub struct Host<'a> {
+    /// Why nothing this server would answer is current yet (a cluster node catching up): every
+    /// request gets 503 with it; `/_health` says `starting`.
+    pub starting: Option<&'a str>,
+    /// Why writes fail now (the store, or the cluster's log): `/_health` answers 503 with it.
+    pub unhealthy: Option<&'a str>,
+    /// The adapter's own counters and gauges, listed first in `/_metrics`.
+    pub metrics: &'a [Metric<'a>],
+    /// The embedding program's hooks, if any.
+    pub hooks: Option<&'a dyn Hooks>,
+    /// `GET /_backup`.
+    pub backups: Backups<'a>,
+    /// The body could not be read (too large, broken off, too slow): why.
+    pub body_error: Option<Error>,
+}
+
+/// The front door: the adapter hands each request here once (its body read under the cap and
+/// the deadline, or the reason it could not be in [`Host::body_error`]) and does what comes
+/// back. Every status, error body, CORS header and access decision is made here.
+pub fn serve(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, host: &Host<'_>) -> Action {
+    let respond = |response| {
+        Action::Respond(HttpOutcome {
+            response,
+            changes: vec![],
+        })
+    };
+    let path = req.uri().path();
+    let method = req.method();
+    let get = method == Method::GET || method == Method::HEAD;
+    if get && (path == "/_client.js" || path.starts_with("/_ui/")) {
+        return Action::Asset {
+            path: path.to_string(),
+            head: method == Method::HEAD,
+        };
+    }
+    if path == "/_backup" {
+        // Its own token, not a JWT: the route is outside the rules.
+        return backup(engine, req, host.backups);
+    }
+    if get && path == "/_metrics" {
+        return respond(metrics_response(engine, req.headers(), host.metrics));
+    }
+    if let Some(why) = host.starting {
+        if path == "/_health" {
+            return respond(unhealthy(engine, req.headers(), "starting", why));
+        }
+        return respond(refusal(engine, req, &Error::Unavailable(why.to_string())));
+    }
+    if let Some(e) = &host.body_error {
+        return respond(refusal(engine, req, e));
+    }
+    let who = engine.identify(tick, token(req).as_deref());
+    let kind = match classify(engine, req) {
+        Ok(k @ (Kind::Subscribe(_) | Kind::Events(_))) => {
+            let (Kind::Subscribe(sub) | Kind::Events(sub)) = &k else {
+                return respond(refusal(engine, req, &Error::NoRoute));
+            };
+            authorize_subscription(engine, req, sub, &who).map(|_| k)
+        }
+        Ok(Kind::Mux) => authorize_connection(engine, req, &who).map(|_| Kind::Mux),
+        other => other,
+    };
+    if let Some(hooks) = host.hooks {
+        if let Err(why) = hooks.audit(req, &who) {
+            return respond(refusal(engine, req, &Error::NotAuthorized(why)));
+        }
+        match hooks.endpoint(method, path) {
+            Some(true) => return Action::Endpoint { who },
+            Some(false) => return respond(refusal(engine, req, &Error::MethodNotAllowed)),
+            None => {}
+        }
+        let q = query_pairs(req.uri().query().unwrap_or(""));
+        if path == "/" && query_get(&q, "api") == Some("endpoints") {
+            let body = json::encode(&hooks.describe()).into();
+            return respond(respond_with(
+                engine,
+                req.headers(),
+                StatusCode::OK,
+                JSON,
+                body,
+            ));
+        }
+    }
+    match kind {
+        Err(r) => respond(r),
+        Ok(Kind::Http) => {
+            if path == "/_health" {
+                if let Some(why) = host.unhealthy {
+                    return respond(unhealthy(engine, req.headers(), "unavailable", why));
+                }
+            }
+            Action::Respond(handle_as(engine, tick, req, &who))
+        }
+        Ok(Kind::Root { .. }) => Action::Asset {
+            path: "/".into(),
+            head: method == Method::HEAD,
+        },
+        Ok(Kind::Events(sub)) => Action::Events { sub, who },
+        Ok(Kind::Clock) => Action::Upgrade {
+            socket: Socket::Clock,
+            who,
+        },
+        Ok(Kind::Mux) => Action::Upgrade {
+            socket: Socket::Mux,
+            who,
+        },
+        Ok(Kind::Subscribe(sub)) => Action::Upgrade {
+            socket: Socket::Subscribe(sub),
+            who,
+        },
+    }
+}
+
+fn respond_with(
+    engine: &Engine,
+    req: &HeaderMap,
+    status: StatusCode,
+    ctype: &'static str,
+    body: Bytes,
+) -> Response<Bytes> {
+    respond(engine, req, status, Some(ctype), body)
+}
+
+/// `GET /_health` when this server cannot serve writes (`status`: `unavailable`, or `starting`
+/// while a cluster node catches up): 503 with the reason, as etcd's health reports its NOSPACE
+/// alarm, until it can again.
+fn unhealthy(engine: &Engine, req: &HeaderMap, status: &str, why: &str) -> Response<Bytes> {
+    let v = json!({
+        "status": status,
+        "reason": why,
+        "keys": engine.store().len(),
+        "seq": format!("{:x}", engine.store().last_seq()),
+    });
+    respond_with(
+        engine,
+        req,
+        StatusCode::SERVICE_UNAVAILABLE,
+        JSON,
+        json::encode(&v).into(),
+    )
+}
+
+/// `/_metrics`: the adapter's own counters first, then the engine's, as Prometheus text.
+fn metrics_response(engine: &Engine, req: &HeaderMap, extra: &[Metric<'_>]) -> Response<Bytes> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for m in extra {
+        let _ = writeln!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}",
+            m.name, m.help, m.kind, m.value
+        );
+    }
+    out.push_str(&metrics(engine));
+    respond_with(
+        engine,
+        req,
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out.into(),
+    )
+}
+
+/// Compares two byte strings in time that depends on their lengths only, not on where they
+/// differ (a backup token must not leak through response timing).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn backup<B>(engine: &Engine, req: &Request<B>, backups: Backups<'_>) -> Action {
+    let refuse = |status: StatusCode, code: &'static str, detail: &str| {
+        let body = problem_json(status, code, detail);
+        Action::Respond(HttpOutcome {
+            response: respond_with(engine, req.headers(), status, PROBLEM, body),
+            changes: vec![],
+        })
+    };
+    let Backups::On { token, store } = backups else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "backup-disabled",
+            "backups are off; start the server with --backup-token",
+        );
+    };
+    // The scheme in any case (RFC 9110), as for access tokens.
+    let given = header_str(req.headers(), header::AUTHORIZATION)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "GET /_backup needs Authorization: Bearer <the --backup-token>",
+        );
+    }
+    if !store {
+        return refuse(
+            StatusCode::CONFLICT,
+            "no-store",
+            "this server runs with --memory: there is no store to back up",
+        );
+    }
+    Action::Backup
 }

@@ -14,18 +14,11 @@ pub fn serve(method: &worker::Method, path: &str, headers: &http::HeaderMap) -> 
     plain.remove(http::header::ACCEPT_ENCODING);
     match stateline_assets::serve(path, head, &plain) {
         Some(r) => {
-            let mut r = convert::response(r)?;
-            // The CORS set every answer carries (the core adds it to its own).
-            for (k, v) in [
-                ("access-control-allow-origin", "*"),
-                (
-                    "access-control-expose-headers",
-                    "X-Revision, ETag, X-Version",
-                ),
-            ] {
-                r.headers_mut().set(k, v)?;
-            }
-            Ok(r)
+            // The CORS set every answer carries, as the core decides it.
+            let mut r = r;
+            let origins = stateline_core::Config::default().cors_origins;
+            stateline_core::http::cors(&origins, headers, r.headers_mut());
+            convert::response(r)
         }
         None => convert::problem(404, "no-route", "no such file"),
     }

@@ -49,24 +49,20 @@ pub fn headers(h: &http::HeaderMap) -> Result<Headers> {
     Ok(out)
 }
 
-/// A response with a body and a content type.
+/// A response with a body and a content type, with the core's CORS set (the edge serves the
+/// default origins: any).
 pub fn text(status: u16, ctype: &str, body: impl Into<Vec<u8>>) -> Result<Response> {
-    let h = Headers::new();
+    let mut h = http::HeaderMap::new();
+    let origins = stateline_core::Config::default().cors_origins;
+    stateline_core::http::cors(&origins, &http::HeaderMap::new(), &mut h);
+    let h = headers(&h)?;
     h.set("content-type", ctype)?;
-    // The CORS set the core sends (AtomKV's), for the answers the worker gives itself.
-    h.set("access-control-allow-origin", "*")?;
-    h.set("access-control-allow-headers", "*")?;
-    h.set("access-control-allow-methods", "*")?;
-    h.set(
-        "access-control-expose-headers",
-        "X-Revision, ETag, X-Version",
-    )?;
     Ok(Response::from_bytes(body.into())?
         .with_status(status)
         .with_headers(h))
 }
 
-/// A response the core built without CORS headers (e.g. `too_large`), with the worker's CORS set.
+/// A response the core built without CORS headers, with the core's CORS set.
 pub fn with_cors(r: http::Response<Bytes>) -> Result<Response> {
     let ctype = r
         .headers()
@@ -78,23 +74,15 @@ pub fn with_cors(r: http::Response<Bytes>) -> Result<Response> {
     text(status, &ctype, r.into_body().to_vec())
 }
 
-/// A problem+json error, as the native server sends on `/_` routes.
+/// A problem document with the edge's own code (the core writes it).
 pub fn problem(status: u16, code: &str, detail: &str) -> Result<Response> {
-    let title = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let body = serde_json::json!({
-        "type": "about:blank", "title": title, "status": status, "code": code, "detail": detail,
-    });
-    text(status, "application/problem+json", body.to_string())
+    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    with_cors(stateline_core::http::problem_with(status, code, detail))
 }
 
-/// A subscription the core refused, answered before any upgrade (as the native server does).
-pub fn refused(e: &stateline_core::Error) -> Result<Response> {
-    text(
-        e.status().as_u16(),
-        "text/plain; charset=utf-8",
-        format!("{e}\n"),
-    )
+/// A refusal the worker answers itself (before any object has an engine): the core's problem
+/// document for `e`.
+pub fn refusal(e: &stateline_core::Error) -> Result<Response> {
+    let status = e.status().as_u16();
+    problem(status, e.code(), &e.to_string())
 }

@@ -14,11 +14,10 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use futures_channel::mpsc;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use stateline_core::http::{self as core_http, Kind};
+use stateline_core::http::{self as core_http, Action, Host, Metric, Socket};
 use stateline_core::key::Pattern;
-use stateline_core::mux::{self, Request as MuxRequest};
 use stateline_core::rules::{Identity, Resolve, Rules};
+use stateline_core::session::{Close, Limits, Reply, Session};
 use stateline_core::{Change, Config, Encoding, Engine, Error, Filters, PoolId, Tick};
 use worker::{
     durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -88,12 +87,11 @@ struct Live {
     engine: Engine,
     ns: String,
     subs: HashMap<PoolId, Vec<Sub>>,
-    /// Pools per socket id, to leave them when the socket goes.
-    joined: HashMap<u32, Vec<(String, PoolId)>>,
+    /// Each WebSocket's and SSE stream's session (the core's): its identity, subscriptions and
+    /// token deadline.
+    sessions: HashMap<u32, Session>,
     sockets: HashMap<u32, WebSocket>,
     sse: HashMap<u32, mpsc::Sender<Result<Vec<u8>>>>,
-    /// Who each connection is (access rules); checked for expiry before each frame.
-    who: HashMap<u32, Identity>,
     clocks: Vec<u32>,
     /// Requests this object answered since it was loaded (for `/_metrics`).
     requests: u64,
@@ -102,33 +100,48 @@ struct Live {
 }
 
 impl Live {
-    /// Connections whose token expired (with the rules' leeway) are closed with 4001 instead of
-    /// being sent more, as the native server does.
-    fn expired(&self, id: u32, now_secs: i64) -> bool {
-        let leeway = self
-            .engine
-            .filters()
-            .rules()
-            .map_or(0, |r| r.verifier().leeway_secs);
-        self.who
-            .get(&id)
-            .and_then(Identity::expires)
-            .is_some_and(|exp| exp.saturating_add(leeway) < now_secs)
+    /// Whether connection `id`'s token expired (with the rules' leeway): it is closed with 4001
+    /// instead of being sent more, as the native server does.
+    fn expired(&self, id: u32, t: Tick) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.expired(t))
+    }
+
+    /// The earliest token deadline among open connections (Unix seconds), for the alarm.
+    fn next_deadline(&self) -> Option<i64> {
+        self.sessions.values().filter_map(Session::deadline).min()
+    }
+
+    /// Closes every connection whose token expired (4001 on sockets; SSE streams end).
+    fn close_expired(&mut self, t: Tick) {
+        let expired: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expired(t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(ws) = self.sockets.get(&id) {
+                let c = Close::TokenExpired;
+                let _ = ws.close(Some(c.code()), Some(c.reason()));
+            }
+            self.drop_conn(id);
+        }
     }
 
     fn fan_out(&mut self) {
-        let now_secs = (js_sys::Date::now() / 1000.0) as i64;
+        let t = tick();
         while let Some(frame) = self.engine.poll_frame() {
             let Some(targets) = self.subs.get(&frame.pool) else {
                 continue;
             };
             let mut dead = Vec::new();
-            for t in targets {
-                match *t {
+            for target in targets {
+                match *target {
                     Sub::Ws(id) => {
-                        if self.expired(id, now_secs) {
+                        if self.expired(id, t) {
                             if let Some(ws) = self.sockets.get(&id) {
-                                let _ = ws.close(Some(4001), Some("token expired"));
+                                let c = Close::TokenExpired;
+                                let _ = ws.close(Some(c.code()), Some(c.reason()));
                             }
                             dead.push(id);
                         } else if let Some(ws) = self.sockets.get(&id) {
@@ -138,7 +151,7 @@ impl Live {
                         }
                     }
                     Sub::Sse(id) => {
-                        let full = self.expired(id, now_secs)
+                        let full = self.expired(id, t)
                             || self
                                 .sse
                                 .get_mut(&id)
@@ -155,40 +168,30 @@ impl Live {
         }
     }
 
-    fn join(
+    /// Subscribes connection `sub`'s session (an ooo socket, an SSE stream, or a hibernated
+    /// socket's pattern) and sends it that pool's frames from now on.
+    fn subscribe(
         &mut self,
         sub: Sub,
         p: &Pattern,
         enc: Encoding,
         version: Option<u64>,
         initial: bool,
-        who: &Identity,
     ) -> std::result::Result<Option<Bytes>, Error> {
         let (Sub::Ws(id) | Sub::Sse(id)) = sub;
-        let (pool, first) = self.engine.join(p.clone(), enc, version, initial, who)?;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Err(Error::NoRoute);
+        };
+        let (pool, first) = session.subscribe(
+            &mut self.engine,
+            p.clone(),
+            enc,
+            version,
+            initial,
+            &mut admit,
+        )?;
         self.subs.entry(pool).or_default().push(sub);
-        self.joined
-            .entry(id)
-            .or_default()
-            .push((http_path(p), pool));
-        Ok(match first {
-            stateline_core::Join::Current => None,
-            stateline_core::Join::Frame(b) | stateline_core::Join::Missed(b) => {
-                Some(b).filter(|b| !b.is_empty())
-            }
-        })
-    }
-
-    fn leave(&mut self, id: u32, path: &str) -> bool {
-        let Some(list) = self.joined.get_mut(&id) else {
-            return false;
-        };
-        let Some(i) = list.iter().position(|(p, _)| p == path) else {
-            return false;
-        };
-        let (_, pool) = list.swap_remove(i);
-        self.leave_pool(id, pool);
-        true
+        Ok(first)
     }
 
     fn leave_pool(&mut self, id: u32, pool: PoolId) {
@@ -203,18 +206,48 @@ impl Live {
 
     /// Forgets a connection: its pools, its socket or stream, its clock subscription.
     fn drop_conn(&mut self, id: u32) {
-        for (_, pool) in self.joined.remove(&id).unwrap_or_default() {
-            self.leave_pool(id, pool);
+        if let Some(mut s) = self.sessions.remove(&id) {
+            for pool in s.close() {
+                self.leave_pool(id, pool);
+            }
         }
         self.sockets.remove(&id);
         self.sse.remove(&id);
-        self.who.remove(&id);
         self.clocks.retain(|c| *c != id);
     }
 
     fn next_id(&mut self) -> u32 {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.next_id
+    }
+}
+
+/// The edge has no embedding program to add subscription checks: the rules decide alone.
+fn admit(_: &Pattern, _: &Identity) -> std::result::Result<(), String> {
+    Ok(())
+}
+
+/// A socket's session limits: its patterns and token must fit the hibernation attachment
+/// beside the attachment's own fields.
+fn limits(att: &Attachment) -> Limits {
+    let bare = Attachment {
+        subs: Vec::new(),
+        token: None,
+        ..att.clone()
+    };
+    let base = serde_json::to_string(&bare).map_or(MAX_ATTACHMENT, |s| s.len());
+    Limits {
+        state_bytes: Some(MAX_ATTACHMENT.saturating_sub(base)),
+        ..Limits::default()
+    }
+}
+
+/// The attachment that describes `session` now.
+fn attachment_of(att: &Attachment, session: &Session) -> Attachment {
+    Attachment {
+        subs: session.subscriptions().map(|(p, _)| http_path(p)).collect(),
+        token: session.token().map(str::to_string),
+        ..att.clone()
     }
 }
 
@@ -256,10 +289,9 @@ impl Namespace {
             engine,
             ns,
             subs: HashMap::new(),
-            joined: HashMap::new(),
+            sessions: HashMap::new(),
             sockets: HashMap::new(),
             sse: HashMap::new(),
-            who: HashMap::new(),
             clocks: Vec::new(),
             requests: 0,
             next_id: 0,
@@ -283,14 +315,24 @@ impl Namespace {
                     } else {
                         Encoding::Ooo
                     };
-                    // The token is verified again: one that expired meanwhile gets no frames.
+                    // The token is verified again: one that expired meanwhile gets no frames
+                    // (and the alarm closes its socket).
                     let who = live.engine.identify(t, att.token.as_deref());
-                    for path in &att.subs {
-                        if let Ok(p) = Pattern::from_http_path(path, true) {
-                            let _ = live.join(Sub::Ws(att.id), &p, enc, Some(current), false, &who);
+                    // The token fitted when it was stored, so opening cannot fail.
+                    if let Ok(mut session) =
+                        Session::open(&live.engine, who, att.token.clone(), limits(&att))
+                    {
+                        if att.kind == "mux" {
+                            session = session.within_namespace(att.ns.clone());
+                        }
+                        live.sessions.insert(att.id, session);
+                        for path in &att.subs {
+                            if let Ok(p) = Pattern::from_http_path(path, true) {
+                                let _ =
+                                    live.subscribe(Sub::Ws(att.id), &p, enc, Some(current), false);
+                            }
                         }
                     }
-                    live.who.insert(att.id, who);
                 }
             }
             live.sockets.insert(att.id, ws);
@@ -312,16 +354,26 @@ impl Namespace {
         Ok(())
     }
 
-    /// Arms the alarm for the next TTL expiry or clock tick, whichever comes first.
+    /// Arms the alarm for the next TTL expiry, clock tick or token deadline (a connection
+    /// whose token expires is closed then, even if it is idle), whichever comes first.
     async fn arm(&self) -> Result<()> {
-        let (ttl_ns, clocks) = {
+        let (ttl_ns, clocks, deadline) = {
             let live = self.live()?;
-            (live.engine.timeout_in(tick()), !live.clocks.is_empty())
+            (
+                live.engine.timeout_in(tick()),
+                !live.clocks.is_empty(),
+                live.next_deadline(),
+            )
         };
         let mut at: Option<i64> = ttl_ns.map(|ns| now_ms() + (ns / 1_000_000) as i64 + 1);
         if clocks {
             let c = now_ms() + CLOCK_NS / 1_000_000;
             at = Some(at.map_or(c, |a| a.min(c)));
+        }
+        if let Some(secs) = deadline {
+            // Just past the deadline's second: `Session::expired` is strict.
+            let d = secs.saturating_add(1).saturating_mul(1000);
+            at = Some(at.map_or(d, |a| a.min(d)));
         }
         let storage = self.state.storage();
         if let Some(ms) = at {
@@ -345,9 +397,25 @@ impl Namespace {
             _ => {}
         }
         let token = core_http::token(&head);
-        // Identify once; subscriptions are authorised before any upgrade, so a refused WebSocket
-        // or SSE request gets its 401/403 as an HTTP answer, as on the native server.
-        let (kind, who) = {
+        // The body first, whole (the worker refused a declared oversize before forwarding): the
+        // front door answers a body that could not be read, as the native server does. It is
+        // read even when the answer will not need it: workerd restarts the worker when a
+        // forwarded body stream is still being written after the answer.
+        let max = Config::default().max_body;
+        let (body, body_error) = if core_http::declares_too_large(head.headers(), max) {
+            (Bytes::new(), Some(Error::TooLarge(max)))
+        } else if convert::has_body(&req.method()) {
+            match req.bytes().await {
+                Ok(b) if b.len() > max => (Bytes::new(), Some(Error::TooLarge(max))),
+                Ok(b) => (Bytes::from(b), None),
+                Err(_) => (Bytes::new(), Some(Error::BodyUnreadable)),
+            }
+        } else {
+            (Bytes::new(), None)
+        };
+        let (parts, _) = head.into_parts();
+        let full = http::Request::from_parts(parts, body);
+        let (action, wrote) = {
             let mut live = self.live()?;
             if live.ns != ns {
                 sql::set_meta(&self.state.storage().sql(), "namespace", &ns)
@@ -355,93 +423,63 @@ impl Namespace {
                 live.ns = ns.clone();
             }
             live.requests += 1;
-            if head.uri().path() == "/_metrics" {
-                // The adapter's counters (this object's, since it was loaded), then the core's.
-                let body = format!(
-                    "# HELP stateline_requests_total HTTP requests received by this object since it was loaded.\n# TYPE stateline_requests_total counter\nstateline_requests_total {}\n# HELP stateline_connections Open WebSocket and SSE connections of this object.\n# TYPE stateline_connections gauge\nstateline_connections {}\n{}",
-                    live.requests,
-                    live.sockets.len() + live.sse.len(),
-                    core_http::metrics(&live.engine)
-                );
-                return convert::text(200, "text/plain; version=0.0.4; charset=utf-8", body);
-            }
-            let who = live.engine.identify(tick(), token.as_deref());
-            let kind = match core_http::classify(&live.engine, &head) {
-                Ok(k @ (Kind::Subscribe(_) | Kind::Events(_))) => {
-                    let (Kind::Subscribe(sub) | Kind::Events(sub)) = &k else {
-                        unreachable!("matched above")
-                    };
-                    core_http::authorize_subscription(&mut live.engine, &head, sub, &who).map(|_| k)
-                }
-                Ok(Kind::Mux) => core_http::authorize_connection(&mut live.engine, &head, &who)
-                    .map(|_| Kind::Mux),
-                other => other,
+            let metrics = [
+                Metric {
+                    name: "stateline_requests_total",
+                    kind: "counter",
+                    help: "HTTP requests received by this object since it was loaded.",
+                    value: live.requests,
+                },
+                Metric {
+                    name: "stateline_connections",
+                    kind: "gauge",
+                    help: "Open WebSocket and SSE connections of this object.",
+                    value: (live.sockets.len() + live.sse.len()) as u64,
+                },
+            ];
+            let host = Host {
+                metrics: &metrics,
+                body_error,
+                ..Host::default()
             };
+            let action = core_http::serve(&mut live.engine, tick(), &full, &host);
             log_denials(&mut live.engine);
-            (kind, who)
-        };
-        match kind {
-            Err(r) => {
-                // Refused before its body was read (an Origin or a URL token the core refuses):
-                // read it anyway, as workerd restarts the worker when the forwarded body stream
-                // is still being written after the answer ("Can't read from request stream after
-                // response has been sent"). It is within the size cap: the worker refused larger.
-                if convert::has_body(&req.method()) {
-                    let _ = req.bytes().await;
+            match action {
+                Action::Respond(out) => {
+                    let wrote = !out.changes.is_empty();
+                    let response = match self.commit(&mut live, out.changes) {
+                        Ok(()) => out.response,
+                        Err(e) => core_http::refusal(&live.engine, &full, &Error::storage(&e)),
+                    };
+                    (Ok(response), wrote)
                 }
-                convert::response(r)
+                // The worker serves the UI and the client script from its bundle; there is no
+                // embedding program (no backups, no endpoints) at the edge.
+                Action::Asset { .. } | Action::Backup | Action::Endpoint { .. } => (
+                    Ok(core_http::refusal(&live.engine, &full, &Error::NoRoute)),
+                    false,
+                ),
+                other => (Err(other), false),
             }
-            Ok(Kind::Http) => self.http(&mut req, head, &who).await,
-            Ok(Kind::Root { .. }) => convert::problem(404, "no-route", "served by the worker"),
-            Ok(Kind::Events(sub)) => self.events(&head, sub, who),
-            Ok(Kind::Clock) => self.accept(&head, "clock", None, &ns, token, who),
-            Ok(Kind::Mux) => self.accept(&head, "mux", None, &ns, token, who),
-            Ok(Kind::Subscribe(sub)) => self.accept(&head, "ooo", Some(sub), &ns, token, who),
-        }
-    }
-
-    async fn http(
-        &self,
-        req: &mut Request,
-        head: http::Request<Bytes>,
-        who: &Identity,
-    ) -> Result<Response> {
-        let max = Config::default().max_body;
-        if core_http::declares_too_large(head.headers(), max) {
-            // Refused before reading a byte of it, as the native server does (problem+json on
-            // Stateline's own routes, ooo's text elsewhere). The worker refuses such requests
-            // before forwarding them; this covers a request that reaches the object directly.
-            return convert::with_cors(core_http::too_large(head.uri().path(), max));
-        }
-        let body = if convert::has_body(&req.method()) {
-            Bytes::from(req.bytes().await.unwrap_or_default())
-        } else {
-            Bytes::new()
         };
-        let (parts, _) = head.into_parts();
-        let full = http::Request::from_parts(parts, body);
-        let path = full.uri().path().to_string();
-        let wrote = {
-            let mut live = self.live()?;
-            let out = core_http::handle_as(&mut live.engine, tick(), &full, who);
-            log_denials(&mut live.engine);
-            let wrote = !out.changes.is_empty();
-            if let Err(e) = self.commit(&mut live, out.changes) {
-                let err = Error::Storage(e);
-                let detail = format!("{err}; nothing was changed");
-                return if path.starts_with("/_") {
-                    convert::problem(500, err.code(), &detail)
-                } else {
-                    convert::text(500, "text/plain; charset=utf-8", format!("{detail}\n"))
-                };
-            }
-            (wrote, convert::response(out.response))
-        };
-        if wrote.0 {
+        if wrote {
             // The alarm is re-armed by `fetch` after every request.
             self.announce().await?;
         }
-        wrote.1
+        match action {
+            Ok(response) => convert::response(response),
+            Err(Action::Events { sub, who }) => self.events(&full, sub, who),
+            Err(Action::Upgrade { socket, who }) => match socket {
+                Socket::Clock => self.accept(&full, "clock", None, &ns, token, who),
+                Socket::Mux => self.accept(&full, "mux", None, &ns, token, who),
+                Socket::Subscribe(sub) => self.accept(&full, "ooo", Some(sub), &ns, token, who),
+            },
+            Err(_) => convert::response(core_http::refusal(
+                &self.live()?.engine,
+                &full,
+                &Error::NoRoute,
+            )),
+        }
     }
 
     fn events(
@@ -452,21 +490,24 @@ impl Namespace {
     ) -> Result<Response> {
         let (tx, rx) = mpsc::channel::<Result<Vec<u8>>>(SSE_QUEUE);
         let mut live = self.live()?;
+        let session = match Session::open(&live.engine, who, None, Limits::default()) {
+            Ok(s) => s,
+            Err(e) => return convert::response(core_http::refusal(&live.engine, head, &e)),
+        };
         let id = live.next_id();
         live.sse.insert(id, tx);
-        let joined = live.join(
+        live.sessions.insert(id, session);
+        let joined = live.subscribe(
             Sub::Sse(id),
             &sub.pattern,
             Encoding::Sse,
             sub.version,
             sub.initial,
-            &who,
         );
-        live.who.insert(id, who);
         match joined {
             Ok(first) => {
                 if let Some(tx) = live.sse.get_mut(&id) {
-                    let _ = tx.try_send(Ok(b":stateline\n\n".to_vec()));
+                    let _ = tx.try_send(Ok(core_http::SSE_HELLO.to_vec()));
                     if let Some(b) = first {
                         let _ = tx.try_send(Ok(b.to_vec()));
                     }
@@ -474,14 +515,10 @@ impl Namespace {
             }
             Err(e) => {
                 live.drop_conn(id);
-                return convert::refused(&e);
+                return convert::response(core_http::refusal(&live.engine, head, &e));
             }
         }
-        let mut headers = http::HeaderMap::new();
-        core_http::cors_headers(&live.engine, head.headers(), &mut headers);
-        let h = convert::headers(&headers)?;
-        h.set("content-type", "text/event-stream")?;
-        h.set("cache-control", "no-cache")?;
+        let h = convert::headers(&core_http::sse_headers(&live.engine, head.headers()))?;
         Ok(Response::from_stream(rx)?.with_headers(h))
     }
 
@@ -498,48 +535,40 @@ impl Namespace {
         let ws = pair.server;
         let mut live = self.live()?;
         let id = live.next_id();
-        let mut att = Attachment {
+        let att = Attachment {
             id,
             kind: kind.into(),
             ns: ns.into(),
             subs: vec![],
-            token,
+            token: token.clone(),
         };
-        if serde_json::to_string(&att).map_or(usize::MAX, |s| s.len()) > MAX_ATTACHMENT {
-            return convert::problem(
-                431,
-                "token-too-large",
-                "the token does not fit this socket's hibernation attachment (2 KiB)",
-            );
-        }
         let mut first = None;
-        match (kind, &sub) {
-            ("clock", _) => {
-                first = Some(live.engine.clock_frame(tick()));
-                live.clocks.push(id);
+        if kind == "clock" {
+            first = Some(live.engine.clock_frame(tick()));
+            live.clocks.push(id);
+        } else {
+            let mut session = match Session::open(&live.engine, who, token, limits(&att)) {
+                Ok(s) => s,
+                Err(e) => return convert::response(core_http::refusal(&live.engine, head, &e)),
+            };
+            if kind == "mux" {
+                session = session.within_namespace(ns);
             }
-            ("ooo", Some(s)) => {
-                match live.join(
-                    Sub::Ws(id),
-                    &s.pattern,
-                    Encoding::Ooo,
-                    s.version,
-                    true,
-                    &who,
-                ) {
-                    Ok(f) => {
-                        first = f;
-                        att.subs.push(http_path(&s.pattern));
-                    }
+            live.sessions.insert(id, session);
+            if let Some(s) = &sub {
+                match live.subscribe(Sub::Ws(id), &s.pattern, Encoding::Ooo, s.version, true) {
+                    Ok(f) => first = f,
                     Err(e) => {
                         live.drop_conn(id);
-                        return convert::refused(&e);
+                        return convert::response(core_http::refusal(&live.engine, head, &e));
                     }
                 }
             }
-            _ => {}
         }
-        live.who.insert(id, who);
+        let att = match live.sessions.get(&id) {
+            Some(session) => attachment_of(&att, session),
+            None => att,
+        };
         self.state
             .accept_websocket_with_tags(&ws, &[&id.to_string()]);
         ws.serialize_attachment(&att)?;
@@ -550,13 +579,7 @@ impl Namespace {
         drop(live);
         // Browsers put the token in `Sec-WebSocket-Protocol: bearer, <token>`: the server must
         // choose `bearer` or the browser drops the connection.
-        let bearer = head
-            .headers()
-            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim().eq_ignore_ascii_case("bearer"));
+        let bearer = core_http::offers_bearer(head.headers());
         let r = Response::from_websocket(pair.client)?;
         if bearer {
             r.headers().set("sec-websocket-protocol", "bearer")?;
@@ -614,109 +637,55 @@ impl Namespace {
         Response::from_json(&list)
     }
 
+    /// One `/_ws` message: the core's [`Session`] decides; this moves its effects (pools,
+    /// the attachment, the commit) and sends the reply, then the first frame. Returns whether
+    /// the alarm or the registry may need attention (a write, or a moved token deadline).
     fn mux_message(&self, ws: &WebSocket, msg: &[u8]) -> Result<bool> {
-        let Ok(Some(mut att)) = ws.deserialize_attachment::<Attachment>() else {
+        let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() else {
             return Ok(false);
         };
         let mut live = self.live()?;
-        let depth = live.engine.config().max_depth;
-        let nodes = live.engine.config().max_nodes;
         let t = tick();
+        let Live {
+            engine, sessions, ..
+        } = &mut *live;
+        let Some(session) = sessions.get_mut(&att.id) else {
+            return Ok(false);
+        };
+        let fx = session.handle(engine, t, msg, &mut admit);
+        let saved = fx.state_changed.then(|| attachment_of(&att, session));
+        log_denials(&mut live.engine);
+        for pool in fx.left {
+            live.leave_pool(att.id, pool);
+        }
+        if let Some(pool) = fx.joined {
+            live.subs.entry(pool).or_default().push(Sub::Ws(att.id));
+        }
+        if let Some(next) = saved {
+            ws.serialize_attachment(&next)?;
+        }
         let mut wrote = false;
-        let who = live.who.get(&att.id).cloned().unwrap_or_default();
-        let (reply, first) = match mux::parse_limited(msg, depth, nodes) {
-            Err(r) => (mux::reply_error(&r.id, &r.error), None),
-            Ok(m) => {
-                let outside = (!att.ns.is_empty())
-                    .then(|| route::mux_outside(&att.ns, &m.request))
-                    .flatten();
-                if let Some(why) = outside {
-                    (mux::reply_error(&m.id, &Error::BadRequest(why)), None)
-                } else {
-                    match m.request {
-                        MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),
-                        MuxRequest::Auth { token } => {
-                            (mux_auth(&mut live, ws, &mut att, t, &m.id, token)?, None)
-                        }
-                        MuxRequest::Sub { pattern, version } => {
-                            let path = http_path(&pattern);
-                            if att.subs.contains(&path) {
-                                let e = Error::BadRequest(format!(
-                                    "already subscribed to {}",
-                                    pattern.as_str()
-                                ));
-                                (mux::reply_error(&m.id, &e), None)
-                            } else {
-                                let mut next = att.clone();
-                                next.subs.push(path.clone());
-                                let size =
-                                    serde_json::to_string(&next).map_or(usize::MAX, |s| s.len());
-                                if size > MAX_ATTACHMENT {
-                                    let e = Error::BadRequest(format!(
-                                        "too many subscriptions on one edge socket (their patterns must fit {MAX_ATTACHMENT} bytes); open another connection"
-                                    ));
-                                    (mux::reply_error(&m.id, &e), None)
-                                } else {
-                                    match live.join(
-                                        Sub::Ws(att.id),
-                                        &pattern,
-                                        Encoding::Mux,
-                                        version,
-                                        true,
-                                        &who,
-                                    ) {
-                                        Ok(first) => {
-                                            ws.serialize_attachment(&next)?;
-                                            (mux::reply_sub(&m.id, &pattern), first)
-                                        }
-                                        Err(e) => (mux::reply_error(&m.id, &e), None),
-                                    }
-                                }
-                            }
-                        }
-                        MuxRequest::Unsub { pattern } => {
-                            let path = http_path(&pattern);
-                            if live.leave(att.id, &path) {
-                                att.subs.retain(|p| *p != path);
-                                ws.serialize_attachment(&att)?;
-                                (mux::reply_sub(&m.id, &pattern), None)
-                            } else {
-                                let e = Error::BadRequest(format!(
-                                    "not subscribed to {}",
-                                    pattern.as_str()
-                                ));
-                                (mux::reply_error(&m.id, &e), None)
-                            }
-                        }
-                        MuxRequest::Op(op) => {
-                            let name = mux::op_name(&op);
-                            let done = live.engine.execute(t, op, &who);
-                            log_denials(&mut live.engine);
-                            match done {
-                                Ok(mut a) => {
-                                    let changes = std::mem::take(&mut a.changes);
-                                    wrote = !changes.is_empty();
-                                    // Frames first, then the acknowledgement: the client sees
-                                    // its own change before the reply, as on the native server.
-                                    match self.commit(&mut live, changes) {
-                                        Ok(()) => (mux::reply_applied(&m.id, name, &a), None),
-                                        Err(e) => {
-                                            (mux::reply_error(&m.id, &Error::Storage(e)), None)
-                                        }
-                                    }
-                                }
-                                Err(e) => (mux::reply_error(&m.id, &e), None),
-                            }
-                        }
-                    }
+        let reply = match fx.reply {
+            Reply::Now(b) => b,
+            Reply::Write(mut w) => {
+                let changes = std::mem::take(&mut w.changes);
+                wrote = !changes.is_empty();
+                // Frames first, then the acknowledgement: the client sees its own change before
+                // the reply, as on the native server.
+                match self.commit(&mut live, changes) {
+                    Ok(()) => w.ok,
+                    Err(e) => w.failed(&e),
                 }
             }
+            // Storage is synchronous here: nothing is pending, so a refusal is final now.
+            Reply::Refusal(r) => r.no,
+            Reply::Forward(f) => f.unavailable("the edge orders its own writes"),
         };
         ws.send_with_bytes(&reply)?;
-        if let Some(f) = first {
+        if let Some(f) = fx.first {
             ws.send_with_bytes(&f)?;
         }
-        Ok(wrote)
+        Ok(wrote || fx.deadline_moved)
     }
 }
 
@@ -788,6 +757,7 @@ impl DurableObject for Namespace {
         {
             let mut live = self.live()?;
             let t = tick();
+            live.close_expired(t);
             live.engine.correct_clock(t);
             let expired = live.engine.handle_timeout(t);
             if let Err(e) = self.commit(&mut live, expired) {
@@ -862,56 +832,4 @@ fn log_denials(engine: &mut Engine) {
             d.detail
         );
     }
-}
-
-/// `/_ws` `auth`: a new token for the connection. Subscriptions the new identity would see
-/// differently are dropped (and listed), as on the native server; a refused token changes
-/// nothing.
-fn mux_auth(
-    live: &mut Live,
-    ws: &WebSocket,
-    att: &mut Attachment,
-    t: Tick,
-    id: &Value,
-    token: String,
-) -> Result<Bytes> {
-    let new = live.engine.identify(t, Some(&token));
-    if let Identity::Invalid(_) = new {
-        let e = live
-            .engine
-            .authorize_caller("_ws auth", &new)
-            .expect_err("an invalid token is refused");
-        log_denials(&mut live.engine);
-        return Ok(mux::reply_error(id, &e));
-    }
-    let mut next = att.clone();
-    next.token = Some(token);
-    if serde_json::to_string(&next).map_or(usize::MAX, |s| s.len()) > MAX_ATTACHMENT {
-        let e = Error::BadRequest(
-            "the token does not fit this socket's hibernation attachment (2 KiB)".into(),
-        );
-        return Ok(mux::reply_error(id, &e));
-    }
-    let mut dropped = Vec::new();
-    let joined = live.joined.get(&att.id).cloned().unwrap_or_default();
-    for (path, pool) in joined {
-        let Ok(p) = Pattern::from_http_path(&path, true) else {
-            continue;
-        };
-        if !live.engine.keeps_pool(&p, pool, &new) {
-            live.leave(att.id, &path);
-            next.subs.retain(|s| *s != path);
-            dropped.push(p.as_str());
-        }
-    }
-    log_denials(&mut live.engine);
-    ws.serialize_attachment(&next)?;
-    *att = next;
-    let reply = serde_json::json!({
-        "subject": new.subject(),
-        "exp": new.expires(),
-        "dropped": dropped,
-    });
-    live.who.insert(att.id, new);
-    Ok(mux::reply_ok(id, reply))
 }

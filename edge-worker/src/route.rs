@@ -5,10 +5,6 @@
 //! actor and namespaces scale out across objects; in single mode one object holds everything. It
 //! must not touch Workers APIs, so `cargo test -p stateline-edge` runs it on the host.
 
-use stateline_core::key::Pattern;
-use stateline_core::mux::Request as MuxRequest;
-use stateline_core::Op;
-
 /// The object that serves every request in single mode, and the system routes in namespace mode.
 pub const SYSTEM: &str = "_system";
 
@@ -52,56 +48,7 @@ pub enum Target {
     Refuse(u16, String),
 }
 
-/// The namespace a key belongs to: its first segment.
-pub fn key_namespace(key: &str) -> &str {
-    key.split('/').next().unwrap_or(key)
-}
-
-/// The one namespace a pattern stays within, or `None` when it spans namespaces (a `*` first
-/// segment, or the whole tree).
-pub fn pattern_namespace(p: &Pattern) -> Option<String> {
-    let text = p.as_str();
-    let first = text.split('/').next().unwrap_or("");
-    if first.is_empty() || first == "*" {
-        None
-    } else {
-        Some(first.to_string())
-    }
-}
-
-/// Every key an operation touches (a rename touches two).
-pub fn op_keys(op: &Op) -> Vec<&str> {
-    match op {
-        Op::Set { key, .. } | Op::Patch { key, .. } | Op::Incr { key, .. } | Op::Take { key } => {
-            vec![key]
-        }
-        Op::Push { target, .. } | Op::Delete { target, .. } => vec![target],
-        Op::Rename { from, to, .. } => vec![from, to],
-    }
-}
-
-/// Why a `/_ws` message may not run on a connection bound to namespace `ns`, if it may not.
-pub fn mux_outside(ns: &str, req: &MuxRequest) -> Option<String> {
-    let outside = |what: &str| {
-        Some(format!(
-            "{what} is outside this connection's namespace \"{ns}\" (namespace mode: one /_ws \
-             connection per namespace, /_ws?ns=<first key segment>)"
-        ))
-    };
-    match req {
-        MuxRequest::Sub { pattern, .. } | MuxRequest::Unsub { pattern } => {
-            match pattern_namespace(pattern) {
-                Some(n) if n == ns => None,
-                _ => outside(&pattern.as_str()),
-            }
-        }
-        MuxRequest::Op(op) => op_keys(op)
-            .into_iter()
-            .find(|k| key_namespace(k.trim_start_matches('/')) != ns)
-            .and_then(outside),
-        MuxRequest::Ping | MuxRequest::Auth { .. } => None,
-    }
-}
+pub use stateline_core::session::{key_namespace, op_keys, pattern_namespace};
 
 fn query_ns(query: &str) -> Option<String> {
     stateline_core::http::query_pairs(query)
@@ -312,20 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn mux_messages_stay_in_their_namespace() {
-        let sub = |p: &str| MuxRequest::Sub {
-            pattern: Pattern::parse(p).unwrap(),
-            version: None,
-        };
-        assert_eq!(mux_outside("a", &sub("a/*")), None);
-        assert!(mux_outside("a", &sub("b/*")).is_some());
-        assert!(mux_outside("a", &sub("*/x")).is_some());
-        let rename = MuxRequest::Op(Op::Rename {
-            from: "a/1".into(),
-            to: "b/1".into(),
-            overwrite: false,
-        });
-        assert!(mux_outside("a", &rename).is_some());
+    fn modes_parse() {
         assert_eq!(Mode::parse(Some("single")), Ok(Mode::Single));
         assert!(Mode::parse(Some("sharded")).is_err());
     }

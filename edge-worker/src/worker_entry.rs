@@ -9,8 +9,11 @@ use crate::object::{BINDING, NAMESPACES, NS_HEADER};
 use crate::route::{self, Mode, Target};
 use crate::{assets, convert};
 
-// ooo's largest keys page; the merge asks each namespace for pages of this size.
-const KEYS_PAGE: usize = 500;
+// The merge asks each namespace for pages of the largest size the objects allow, and pages the
+// merged list with the same limit.
+fn keys_page() -> usize {
+    stateline_core::Config::default().max_keys_page
+}
 
 fn mode(env: &Env) -> std::result::Result<Mode, String> {
     let v = env.var("STATELINE_MODE").ok().map(|v| v.to_string());
@@ -50,7 +53,10 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let mut body: Option<Vec<u8>> = None;
     let mut rename_to = None;
     if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
-        let b = req.bytes().await.unwrap_or_default();
+        let b = match req.bytes().await {
+            Ok(b) => b,
+            Err(_) => return convert::refusal(&stateline_core::Error::BodyUnreadable),
+        };
         rename_to = serde_json::from_slice::<Value>(&b)
             .ok()
             .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
@@ -128,21 +134,10 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
             )?)
             .await;
     }
-    let page: usize = match get("page").map(str::parse) {
-        None => 1,
-        Some(Ok(p)) if p >= 1 => p,
-        _ => return convert::problem(400, "bad-request", "page must be a number from 1"),
-    };
-    let limit: usize = match get("limit").map(str::parse) {
-        None => 50,
-        Some(Ok(l)) if (1..=KEYS_PAGE).contains(&l) => l,
-        _ => {
-            return convert::problem(
-                400,
-                "bad-request",
-                &format!("limit must be from 1 to {KEYS_PAGE}"),
-            )
-        }
+    let max = keys_page();
+    let kp = match core_http::KeysPage::parse(&q, max) {
+        Ok(kp) => kp,
+        Err(e) => return convert::refusal(&e),
     };
     let names = namespaces(env).await?;
     // (key, its metadata item as the object listed it), merged across namespaces.
@@ -160,7 +155,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
         let mut p = 1;
         loop {
             let url = format!(
-                "https://edge/?api=keys&ns={}&filter={}&limit={KEYS_PAGE}&page={p}",
+                "https://edge/?api=keys&ns={}&filter={}&limit={max}&page={p}",
                 enc(&ns),
                 enc(filter)
             );
@@ -186,21 +181,17 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
                 let item = items.next().unwrap_or_else(|| json!({ "key": k.as_str() }));
                 (k, item)
             }));
-            if n < KEYS_PAGE || p * KEYS_PAGE >= total {
+            if n < max || p * max >= total {
                 break;
             }
             p += 1;
         }
     }
     keys.sort_by(|a, b| a.0.cmp(&b.0));
-    let total = keys.len();
-    let (page_keys, items): (Vec<&String>, Vec<&Value>) = keys
-        .iter()
-        .skip((page - 1) * limit)
-        .take(limit)
-        .map(|(k, item)| (k, item))
-        .unzip();
-    let body = json!({"keys": page_keys, "items": items, "total": total, "page": page, "limit": limit, "filter": filter});
+    let page = &keys[kp.range(keys.len())];
+    let names: Vec<&str> = page.iter().map(|(k, _)| k.as_str()).collect();
+    let items: Vec<Value> = page.iter().map(|(_, item)| item.clone()).collect();
+    let body = kp.body(&names, &items, keys.len());
     let mut r = convert::text(200, "application/json", body.to_string())?;
     r.headers_mut().set("cache-control", "no-cache")?;
     Ok(r)

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use stateline_core::{Change, Encoding, Engine, Error, Identity, Join, Pattern, PoolId, Tick};
+use stateline_core::http::Subscription;
+use stateline_core::session::Session;
+use stateline_core::{Change, Encoding, Engine, Error, PoolId, Tick};
 use stateline_disk::{Committer, Disk, DiskError, Done, Job};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -189,30 +191,35 @@ impl Hub {
         }
     }
 
-    /// Joins a pool and registers the sink, returning the pool and the first frame to send (if
-    /// any). The caller queues that frame before releasing the lock, so no broadcast can slip in
-    /// between.
-    pub fn join(
+    /// Subscribes a connection's session to `pattern` (an ooo WebSocket or an SSE stream) and
+    /// attaches its sink, returning the first frame to send (if any). The caller queues that
+    /// frame before releasing the lock, so no broadcast can slip in between.
+    pub fn subscribe(
         &mut self,
-        pattern: Pattern,
+        session: &mut Session,
+        sub: &Subscription,
         enc: Encoding,
-        version: Option<u64>,
         initial: bool,
         sink: &Sink,
-        who: &Identity,
     ) -> Result<(PoolId, Option<Bytes>), Error> {
-        if let Err(why) = self.ext.subscribe(&pattern, who) {
-            return Err(Error::Forbidden(why));
-        }
-        let joined = self.engine.join(pattern, enc, version, initial, who);
+        let ext = self.ext.clone();
+        let joined = session.subscribe(
+            &mut self.engine,
+            sub.pattern.clone(),
+            enc,
+            sub.version,
+            initial,
+            &mut |p, who| ext.subscribe(p, who),
+        );
         self.log_denials();
-        let (id, first) = joined?;
-        self.subs.entry(id).or_default().push(sink.clone());
-        let first = match first {
-            Join::Current => None,
-            Join::Frame(b) | Join::Missed(b) => Some(b).filter(|b| !b.is_empty()),
-        };
-        Ok((id, first))
+        let (pool, first) = joined?;
+        self.attach(pool, sink);
+        Ok((pool, first))
+    }
+
+    /// Sends a pool's frames to `sink` from now on (the session joined it).
+    pub fn attach(&mut self, pool: PoolId, sink: &Sink) {
+        self.subs.entry(pool).or_default().push(sink.clone());
     }
 
     /// Logs every attempt the access rules refused since the last call (the engine counts them
@@ -438,7 +445,7 @@ impl Shared {
         let reg = Registration {
             shared: self.clone(),
             conn,
-            pools: HashMap::new(),
+            pools: Vec::new(),
             clock: false,
             ctl: ctl.clone(),
             expires: None,
@@ -452,15 +459,11 @@ impl Shared {
     }
 }
 
-/// [`Shared::token_deadline`] for a caller that holds the hub lock.
-pub fn token_deadline(engine: &Engine, tick: Tick, who: &Identity) -> Option<tokio::time::Instant> {
-    let exp = who.expires()?;
-    let leeway = engine
-        .filters()
-        .rules()
-        .map_or(0, |r| r.verifier().leeway_secs);
+/// The moment a session's deadline (Unix seconds, [`Session::deadline`]) falls, on the runtime's
+/// clock.
+pub fn deadline_at(tick: Tick, deadline: Option<i64>) -> Option<tokio::time::Instant> {
     let now = tick.wall_ns.div_euclid(1_000_000_000);
-    let left = exp.saturating_add(leeway).saturating_sub(now).max(0) as u64;
+    let left = deadline?.saturating_sub(now).max(0) as u64;
     Some(tokio::time::Instant::now() + Duration::from_secs(left))
 }
 
@@ -473,14 +476,6 @@ pub async fn until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Shared {
-    /// When a connection opened with `who`'s token must end: its `exp` plus the rules' leeway
-    /// (`None`: no token, or no `exp`).
-    pub fn token_deadline(&self, who: &Identity) -> Option<tokio::time::Instant> {
-        who.expires()?;
-        let tick = self.tick();
-        token_deadline(&self.lock().engine, tick, who)
-    }
-
     /// Makes the server durable: every later write is committed to `disk` (group commit) before
     /// it is published to subscribers and acknowledged.
     pub fn attach_disk(self: &Arc<Shared>, disk: Arc<Disk>) {
@@ -651,8 +646,8 @@ pub struct Registration {
     shared: Arc<Shared>,
     /// The connection id.
     pub conn: u64,
-    /// Pools joined, by pattern.
-    pub pools: HashMap<Pattern, PoolId>,
+    /// Pools the connection's sink is attached to.
+    pub pools: Vec<PoolId>,
     /// Whether it is a clock subscriber.
     pub clock: bool,
     /// Lag flag and wake-up.
@@ -668,7 +663,7 @@ impl Registration {
             return;
         }
         let mut hub = self.shared.lock();
-        for (_, id) in self.pools.drain() {
+        for id in self.pools.drain(..) {
             hub.leave(id, self.conn);
         }
         if self.clock {

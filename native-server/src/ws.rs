@@ -16,10 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
-use stateline_core::http::{Kind, Subscription};
-use stateline_core::mux::{self, Request as MuxRequest};
-use stateline_core::{Encoding, Error, Identity};
+use stateline_core::http::{self as core_http, Socket, Subscription};
+use stateline_core::session::{Close, Forward, Limits, Reply, Session};
+use stateline_core::{Encoding, Identity};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -31,33 +30,11 @@ use crate::hub::{Queue, Registration, Shared, Sink};
 /// An upgraded connection: tungstenite over the socket, with the message deadline in between.
 type WebSocket = WebSocketStream<Deadline<TokioIo<hyper::upgrade::Upgraded>>>;
 
-/// Close code: the connection's send queue overflowed; reconnect with `?v=<last version>`.
-pub const CLOSE_LAGGING: u16 = 4008;
-/// Close code: no answer to a ping within the interval.
-pub const CLOSE_PING_TIMEOUT: u16 = 4009;
-/// Close code: the subscription was refused after the handshake (e.g. by a filter).
-pub const CLOSE_REFUSED: u16 = 4003;
-/// Close code: the token the connection was opened (or authenticated) with has expired.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-/// Close code: the server is shutting down.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: the peer broke the WebSocket protocol.
-pub const CLOSE_PROTOCOL: u16 = 1002;
-/// Close code (RFC 6455 "Try Again Later"): a subscription started while writes were pending and
-/// their commit failed, so its first frame (which showed them) is never sent; subscribe again.
-pub const CLOSE_TRY_AGAIN: u16 = 1013;
-/// Close code: a message was larger than the body cap.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code (policy violation): a message was not completed within `--message-timeout`.
-pub const CLOSE_MESSAGE_TIMEOUT: u16 = 1008;
-
 // Socket buffers. tungstenite reserves 128 KiB each for reading and writing by default, which
 // alone breaks the 16 KiB-per-idle-subscriber budget; frames larger than these still go through
 // (the buffers grow for them), they just do not stay reserved by default.
 const READ_BUFFER: usize = 4 << 10;
 const WRITE_BUFFER: usize = 4 << 10;
-// A `/_ws` client sends at most this many subscriptions on one socket (bounds its pool state).
-const MAX_MUX_SUBS: usize = 1024;
 
 fn refuse(status: StatusCode, body: &'static str) -> Response {
     let mut r = Response::new(Body::from(body));
@@ -82,7 +59,12 @@ fn header_has(req: &http::HeaderMap, name: header::HeaderName, token: &str) -> b
 /// The handshake is done here rather than by axum's extractor so the upgraded socket can be
 /// wrapped in the message deadline ([`Deadline`]) before tungstenite reads from it. The checks
 /// and refusals are the extractor's (RFC 6455, section 4.2.1).
-pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind, who: Identity) -> Response {
+pub async fn upgrade(
+    sh: Arc<Shared>,
+    req: Request<Bytes>,
+    kind: Socket,
+    who: Identity,
+) -> Response {
     // The Origin (and Host) check ran in the core, before the upgrade (`core_http::classify`).
     if *sh.shutdown.borrow() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -123,11 +105,7 @@ pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind, who: Ident
     // `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set Authorization on a
     // WebSocket): the token was read with the request (`core_http::token`); the server selects
     // `bearer` as the protocol, as the browser requires one of those it offered.
-    let bearer = h
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|p| p.trim_ascii() == b"bearer");
+    let bearer = core_http::offers_bearer(h);
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(
             StatusCode::UPGRADE_REQUIRED,
@@ -148,10 +126,9 @@ pub async fn upgrade(sh: Arc<Shared>, req: Request<Body>, kind: Kind, who: Ident
         let io = Deadline::new(TokioIo::new(upgraded), timeout);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match kind {
-            Kind::Subscribe(sub) => ooo(sh, socket, sub, who).await,
-            Kind::Clock => clock(sh, socket).await,
-            Kind::Mux => mux_conn(sh, socket, who).await,
-            _ => {}
+            Socket::Subscribe(sub) => ooo(sh, socket, sub, who).await,
+            Socket::Clock => clock(sh, socket).await,
+            Socket::Mux => mux_conn(sh, socket, who).await,
         }
     });
     let mut r = Response::new(Body::empty());
@@ -187,17 +164,17 @@ enum Exit {
 }
 
 impl Exit {
-    fn close(self) -> Option<(u16, &'static str)> {
+    fn close(self) -> Option<Close> {
         match self {
-            Exit::Lagging => Some((CLOSE_LAGGING, "lagging, resume with ?v=")),
-            Exit::PingTimeout => Some((CLOSE_PING_TIMEOUT, "ping timeout")),
-            Exit::Shutdown => Some((CLOSE_GOING_AWAY, "server shutting down")),
-            Exit::Protocol => Some((CLOSE_PROTOCOL, "protocol error")),
-            Exit::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
-            Exit::MessageTimeout => Some((CLOSE_MESSAGE_TIMEOUT, "message not completed in time")),
-            Exit::Refused => Some((CLOSE_REFUSED, "subscription refused")),
-            Exit::TokenExpired => Some((CLOSE_TOKEN_EXPIRED, "token expired")),
-            Exit::RolledBack => Some((CLOSE_TRY_AGAIN, "storage failed, subscribe again")),
+            Exit::Lagging => Some(Close::Lagging),
+            Exit::PingTimeout => Some(Close::PingTimeout),
+            Exit::Shutdown => Some(Close::GoingAway),
+            Exit::Protocol => Some(Close::Protocol),
+            Exit::TooBig => Some(Close::TooBig),
+            Exit::MessageTimeout => Some(Close::MessageTimeout),
+            Exit::Refused => Some(Close::Refused),
+            Exit::TokenExpired => Some(Close::TokenExpired),
+            Exit::RolledBack => Some(Close::TryAgain),
             Exit::PeerClosed | Exit::WriteFailed => None,
         }
     }
@@ -205,30 +182,24 @@ impl Exit {
 
 async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, who: Identity) {
     let (mut reg, sink, rx) = sh.connect();
-    reg.expires = sh.token_deadline(&who);
+    let tick = sh.tick();
+    let pattern = sub.pattern.as_str();
+    tracing::debug!(conn = reg.conn, %pattern, subject = who.subject().as_deref().unwrap_or("-"), "ws subscribe");
     let joined = {
         let mut hub = sh.lock();
-        hub.join(
-            sub.pattern.clone(),
-            Encoding::Ooo,
-            sub.version,
-            true,
-            &sink,
-            &who,
-        )
-        .map(|(id, first)| {
+        Session::open(&hub.engine, who, None, Limits::default()).and_then(|mut session| {
+            let (pool, first) = hub.subscribe(&mut session, &sub, Encoding::Ooo, true, &sink)?;
             if let Some(b) = first {
                 sink.offer(b);
             }
             sh.hold_until_committed(&hub, &reg.ctl);
-            id
+            Ok((pool, session))
         })
     };
-    let pattern = sub.pattern.as_str();
-    tracing::debug!(conn = reg.conn, %pattern, subject = who.subject().as_deref().unwrap_or("-"), "ws subscribe");
     match joined {
-        Ok(id) => {
-            reg.pools.insert(sub.pattern, id);
+        Ok((pool, session)) => {
+            reg.pools.push(pool);
+            reg.expires = crate::hub::deadline_at(tick, session.deadline());
             drop(sink);
             run(&sh, socket, reg, rx, |_, _| false).await;
         }
@@ -253,256 +224,147 @@ async fn clock(sh: Arc<Shared>, socket: WebSocket) {
 
 async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
     let (mut reg, sink, rx) = sh.connect();
-    reg.expires = sh.token_deadline(&who);
     tracing::debug!(
         conn = reg.conn,
         subject = who.subject().as_deref().unwrap_or("-"),
         "mux connected"
     );
+    let cluster = sh.cluster.get().cloned();
+    let session = {
+        let hub = sh.lock();
+        Session::open(&hub.engine, who, None, Limits::default())
+    };
+    // Without a host-kept state limit, opening cannot fail.
+    let Ok(mut session) = session else {
+        finish(&sh, socket, reg, Exit::Refused).await;
+        return;
+    };
+    if cluster.is_some() {
+        session = session.ordered_elsewhere();
+    }
+    reg.expires = crate::hub::deadline_at(sh.tick(), session.deadline());
     // The connection keeps one sender to queue its own replies; the hub holds clones per pool.
     let own = sink;
     let shared = sh.clone();
-    // Who the connection speaks for: from the handshake, replaced by `auth` messages.
-    let mut who = who;
     // In a cluster, the connection's writes are ordered one after another by a task of its own
     // (each waits for JetStream), so they reach the stream in the order the client sent them.
-    let writes = shared
-        .cluster
-        .get()
-        .map(|c| cluster_writer(&shared, c, &own));
+    let writes = cluster.map(|c| cluster_writer(&shared, &c, &own));
     run(&sh, socket, reg, rx, move |reg, msg| {
-        mux_message(&shared, reg, &own, msg, &mut who, writes.as_ref());
+        mux_message(&shared, reg, &mut session, &own, msg, writes.as_ref());
         true
     })
     .await;
 }
-
-/// One `/_ws` write waiting for the cluster: its id, operation name, operation and caller.
-type ClusterWrite = (Value, &'static str, stateline_core::Op, Identity);
 
 // Starts the task that orders a connection's writes through the cluster and replies to each.
 fn cluster_writer(
     sh: &Arc<Shared>,
     cluster: &Arc<crate::cluster::Cluster>,
     sink: &Sink,
-) -> tokio::sync::mpsc::UnboundedSender<ClusterWrite> {
+) -> tokio::sync::mpsc::UnboundedSender<Forward> {
     // Unbounded here, bounded by `--ws-inflight`: the connection stops reading once that many
     // requests await their reply.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ClusterWrite>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Forward>();
     let (sh, cluster, sink) = (sh.clone(), cluster.clone(), sink.clone());
     tokio::spawn(async move {
-        while let Some((id, name, op, who)) = rx.recv().await {
+        while let Some(f) = rx.recv().await {
             let r = cluster
                 .write(&sh, |hub, tick| {
-                    crate::cluster::Step::op(hub, tick, &op, &who)
+                    crate::cluster::Step::op(hub, tick, &f.op, &f.who)
                 })
                 .await;
             sink.reply(match r {
-                Ok((Ok(mut a), seq)) => {
-                    if let Some(seq) = seq {
-                        a.restamp(seq);
-                    }
-                    mux::reply_applied(&id, name, &a)
-                }
-                Ok((Err(e), _)) => mux::reply_error(&id, &e),
-                Err(e) => unavailable_reply(&id, &e),
+                Ok((r, seq)) => f.answer(r, seq),
+                Err(e) => f.unavailable(&e),
             });
         }
     });
     tx
 }
 
-/// `auth`: verify the token; on success it replaces the connection's identity, and every
-/// subscription the new identity would not see the same way (another audience, or a key it may
-/// not read) is left and named in `dropped`. A refused token changes nothing.
-fn mux_auth(
-    hub: &mut crate::hub::Hub,
-    tick: stateline_core::Tick,
-    reg: &mut Registration,
-    id: &Value,
-    token: &str,
-    who: &mut Identity,
-) -> Bytes {
-    let new = hub.engine.identify(tick, Some(token));
-    if let Identity::Invalid(_) = new {
-        let e = hub
-            .engine
-            .authorize_caller("_ws auth", &new)
-            .expect_err("an invalid token is refused");
-        hub.log_denials();
-        return mux::reply_error(id, &e);
-    }
-    let mut dropped = Vec::new();
-    let subs: Vec<_> = reg.pools.iter().map(|(p, i)| (p.clone(), *i)).collect();
-    for (pattern, pool) in subs {
-        if !hub.engine.keeps_pool(&pattern, pool, &new) {
-            reg.pools.remove(&pattern);
-            hub.leave(pool, reg.conn);
-            dropped.push(pattern.as_str());
-        }
-    }
-    hub.log_denials();
-    reg.expires = crate::hub::token_deadline(&hub.engine, tick, &new);
-    let reply = serde_json::json!({
-        "subject": new.subject(),
-        "exp": new.expires(),
-        "dropped": dropped,
-    });
-    *who = new;
-    mux::reply_ok(id, reply)
-}
-
-/// Handles one `/_ws` message under the hub lock: the reply is queued after the frames the
-/// operation produced, so a client sees its own change before the acknowledgement. Every
-/// message gets exactly one reply ([`Sink::reply`], never dropped), now or once its write is
-/// durable: the connection counts them to bound what it has in flight.
+/// Handles one `/_ws` message under the hub lock (the core's [`Session`] decides; this moves
+/// its effects): the reply is queued after the frames the operation produced, so a client sees
+/// its own change before the acknowledgement. Every message gets exactly one reply
+/// ([`Sink::reply`], never dropped), now or once its write is durable: the connection counts
+/// them to bound what it has in flight.
 fn mux_message(
     sh: &Shared,
     reg: &mut Registration,
+    session: &mut Session,
     sink: &Sink,
     msg: &[u8],
-    who: &mut Identity,
-    cluster: Option<&tokio::sync::mpsc::UnboundedSender<ClusterWrite>>,
+    cluster: Option<&tokio::sync::mpsc::UnboundedSender<Forward>>,
 ) {
     let tick = sh.tick();
     let mut wrote = false;
     {
         let mut hub = sh.lock();
-        let depth = hub.engine.config().max_depth;
-        let nodes = hub.engine.config().max_nodes;
-        let (reply, first) = match mux::parse_limited(msg, depth, nodes) {
-            Err(r) => (mux::reply_error(&r.id, &r.error), None),
-            Ok(m) => match m.request {
-                MuxRequest::Ping => (mux::reply_ok(&m.id, Value::Null), None),
-                MuxRequest::Auth { token } => {
-                    (mux_auth(&mut hub, tick, reg, &m.id, &token, who), None)
-                }
-                MuxRequest::Sub { pattern, version } => {
-                    if reg.pools.contains_key(&pattern) {
-                        let e = Error::BadRequest(format!(
-                            "already subscribed to {}",
-                            pattern.as_str()
-                        ));
-                        (mux::reply_error(&m.id, &e), None)
-                    } else if reg.pools.len() >= MAX_MUX_SUBS {
-                        let e = Error::BadRequest(format!(
-                            "at most {MAX_MUX_SUBS} subscriptions per connection"
-                        ));
-                        (mux::reply_error(&m.id, &e), None)
-                    } else {
-                        match hub.join(pattern.clone(), Encoding::Mux, version, true, sink, who) {
-                            Ok((pool, first)) => {
-                                let r = mux::reply_sub(&m.id, &pattern);
-                                reg.pools.insert(pattern, pool);
-                                sh.hold_until_committed(&hub, &reg.ctl);
-                                (r, first)
-                            }
-                            Err(e) => (mux::reply_error(&m.id, &e), None),
-                        }
-                    }
-                }
-                MuxRequest::Unsub { pattern } => match reg.pools.remove(&pattern) {
-                    Some(pool) => {
-                        hub.leave(pool, reg.conn);
-                        (mux::reply_sub(&m.id, &pattern), None)
-                    }
-                    None => {
-                        let e =
-                            Error::BadRequest(format!("not subscribed to {}", pattern.as_str()));
-                        (mux::reply_error(&m.id, &e), None)
-                    }
-                },
-                MuxRequest::Op(op) if cluster.is_some() => {
-                    let name = mux::op_name(&op);
-                    let queue = cluster.expect("matched above");
-                    if let Err(e) = queue.send((m.id.clone(), name, op, who.clone())) {
-                        let (id, ..) = e.0;
-                        (
-                            unavailable_reply(&id, "the connection's writer stopped"),
-                            None,
-                        )
-                    } else {
-                        (Bytes::new(), None)
-                    }
-                }
-                MuxRequest::Op(op) => {
-                    let name = mux::op_name(&op);
-                    let done = hub.engine.execute(tick, op, who);
-                    hub.log_denials();
-                    match done {
-                        Ok(mut a) => {
-                            let changes = std::mem::take(&mut a.changes);
-                            wrote = crate::hub::sets_expiry(&changes);
-                            let ok = mux::reply_applied(&m.id, name, &a);
-                            let (id, sink) = (m.id.clone(), sink.clone());
-                            // The acknowledgement waits for the commit (with a disk); the frames
-                            // are queued just before it, so the client still sees its change first.
-                            sh.persist(
-                                &mut hub,
-                                changes,
-                                Box::new(move |r| {
-                                    let reply = match r {
-                                        Ok(()) => ok,
-                                        Err(e) => storage_reply(&id, &e),
-                                    };
-                                    sink.reply(reply);
-                                }),
-                            );
-                            (Bytes::new(), None)
-                        }
-                        Err(e) => {
-                            // A refusal is an answer about the state too: with writes pending it
-                            // waits for their commit (`Shared::after_pending`).
-                            let no = mux::reply_error(&m.id, &e);
-                            let (id, sink) = (m.id.clone(), sink.clone());
-                            sh.after_pending(
-                                &hub,
-                                Box::new(move |r| {
-                                    sink.offer(match r {
-                                        Ok(()) => no,
-                                        Err(e) => storage_reply(&id, &e),
-                                    });
-                                }),
-                            );
-                            (Bytes::new(), None)
-                        }
-                    }
-                }
-            },
-        };
-        if !reply.is_empty() {
-            sink.reply(reply);
+        let ext = hub.ext.clone();
+        let fx = session.handle(&mut hub.engine, tick, msg, &mut |p, who| {
+            ext.subscribe(p, who)
+        });
+        hub.log_denials();
+        for pool in fx.left {
+            reg.pools.retain(|p| *p != pool);
+            hub.leave(pool, reg.conn);
         }
-        if let Some(f) = first {
+        if let Some(pool) = fx.joined {
+            hub.attach(pool, sink);
+            reg.pools.push(pool);
+            sh.hold_until_committed(&hub, &reg.ctl);
+        }
+        if fx.deadline_moved {
+            reg.expires = crate::hub::deadline_at(tick, session.deadline());
+        }
+        match fx.reply {
+            Reply::Now(b) => sink.reply(b),
+            Reply::Write(mut w) => {
+                let changes = std::mem::take(&mut w.changes);
+                wrote = crate::hub::sets_expiry(&changes);
+                let sink = sink.clone();
+                // The acknowledgement waits for the commit (with a disk); the frames are queued
+                // just before it, so the client still sees its change first.
+                sh.persist(
+                    &mut hub,
+                    changes,
+                    Box::new(move |r| {
+                        sink.reply(match r {
+                            Ok(()) => w.ok,
+                            Err(e) => w.failed(&e),
+                        })
+                    }),
+                );
+            }
+            Reply::Refusal(no) => {
+                // A refusal is an answer about the state too: with writes pending it waits for
+                // their commit (`Shared::after_pending`).
+                let sink = sink.clone();
+                sh.after_pending(
+                    &hub,
+                    Box::new(move |r| {
+                        sink.reply(match r {
+                            Ok(()) => no.no,
+                            Err(e) => no.failed(&e),
+                        })
+                    }),
+                );
+            }
+            Reply::Forward(f) => match cluster {
+                Some(q) => {
+                    if let Err(e) = q.send(f) {
+                        sink.reply(e.0.unavailable("the connection's writer stopped"));
+                    }
+                }
+                None => sink.reply(f.unavailable("this server is not in a cluster")),
+            },
+        }
+        if let Some(f) = fx.first {
             sink.offer(f);
         }
     }
     if wrote {
         sh.ttl_wake.notify_one();
     }
-}
-
-/// The `/_ws` reply to a write that could not be made durable (rolled back): status 503, as the
-/// HTTP answer.
-fn storage_reply(id: &Value, e: &str) -> Bytes {
-    unavailable_reply(
-        id,
-        &format!("{}; nothing was changed", crate::routes::unavailable(e)),
-    )
-}
-
-// A 503 reply with `detail` (the cluster's reasons are given as they were found).
-fn unavailable_reply(id: &Value, detail: &str) -> Bytes {
-    let reply = serde_json::json!({
-        "id": id,
-        "ok": false,
-        "error": {
-            "status": 503,
-            "code": Error::Storage(String::new()).code(),
-            "detail": detail,
-        },
-    });
-    Bytes::from(reply.to_string())
 }
 
 /// The connection loop: write queued frames, ping, read, and close on the first reason to.
@@ -638,10 +500,10 @@ async fn finish(sh: &Shared, mut socket: WebSocket, mut reg: Registration, exit:
         }
         _ => tracing::debug!(conn = reg.conn, ?exit, "websocket closing"),
     }
-    if let Some((code, reason)) = exit.close() {
+    if let Some(close) = exit.close() {
         let frame = Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: Utf8Bytes::from_static(reason),
+            code: close.code().into(),
+            reason: Utf8Bytes::from_static(close.reason()),
         }));
         let limit = sh.limits.write_timeout.min(Duration::from_secs(5));
         let _ = tokio::time::timeout(limit, socket.send(frame)).await;

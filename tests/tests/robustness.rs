@@ -415,3 +415,38 @@ async fn ttl_expiry_reaches_subscribers() {
     assert_eq!(cache["created"], json!(0));
     assert!(c.get(&k).await.unwrap().is_none());
 }
+
+/// A body cut short (the client declares more than it sends, then closes its side) is refused
+/// with 400 and changes nothing, on every server: a problem document on Stateline's routes,
+/// ooo's text on keys. (The edge once read such a body as empty.)
+#[tokio::test]
+async fn a_truncated_body_is_400_and_changes_nothing() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("cut");
+    for (path, ctype) in [
+        (format!("/{k}"), "text/plain"),
+        (format!("/_incr/{k}"), "application/problem+json"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+            s.authority()
+        );
+        let mut t = stateline_conformance::raw(&s, &head, b"{\"half\": ").await;
+        t.shutdown().await.expect("half-close");
+        let mut buf = Vec::new();
+        read_to_eof(&mut t, &mut buf, SOON).await;
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 400"), "{path}: {text}");
+        assert!(
+            text.contains(&format!("content-type: {ctype}")),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains("could not read the request body"),
+            "{path}: {text}"
+        );
+    }
+    assert!(c.get(&k).await.unwrap().is_none());
+    healthy(&s).await;
+}

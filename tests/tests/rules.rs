@@ -762,3 +762,43 @@ async fn url_tokens_only_open_event_streams() {
     }
     assert_eq!(f.owner_view().await, before, "nothing changed");
 }
+
+/// A socket that stays idle past its token's expiry (plus the rules' leeway) is closed with 4001
+/// on time: ooo's per-path socket and `/_ws` alike, on the native server and at the edge (whose
+/// object arms an alarm for the deadline instead of noticing only when it next sends a frame).
+#[tokio::test]
+async fn an_idle_socket_is_closed_when_its_token_expires() {
+    let Some((server, secret)) = Server::with_rules().await else {
+        return;
+    };
+    // Expired 27 s ago: inside the 30 s leeway of examples/rules.toml for 3 more seconds.
+    let tok = sign_hs256(
+        &json!({"sub": "alice", "exp": now() - 27}),
+        secret.as_bytes(),
+    );
+    let dir = unique("idle");
+    let paths = [format!("/private/alice/{dir}/*"), "/_ws".to_string()];
+    let mut sockets = Vec::new();
+    for path in &paths {
+        let (ws, _) = ws_with(&server, path, Some(&tok))
+            .await
+            .unwrap_or_else(|s| panic!("{path}: refused with {s} while the token is valid"));
+        sockets.push(ws);
+    }
+    let (mut ooo, mut mux) = (sockets.remove(0), sockets.remove(0));
+    // The ooo socket gets its (empty) snapshot; the `/_ws` one answers a ping: both are open.
+    assert!(matches!(
+        next_event(&mut ooo, SOON).await,
+        WsEvent::Data(..)
+    ));
+    send_text(&mut mux, &json!({"id": 1, "op": "ping"})).await;
+    assert_eq!(next_json(&mut mux).await["ok"], json!(true));
+    // Idle from here on: nothing is written, so only a timer can close them.
+    let limit = std::time::Duration::from_secs(12);
+    for (name, ws) in [("ooo", &mut ooo), ("/_ws", &mut mux)] {
+        match next_event(ws, limit).await {
+            WsEvent::Close(code) => assert_eq!(code, Some(4001), "{name}: close code"),
+            other => panic!("{name}: expected a 4001 close within {limit:?}, got {other:?}"),
+        }
+    }
+}
