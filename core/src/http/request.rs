@@ -1,0 +1,379 @@
+//! Reading a request: what it wants ([`classify`]), who sends it ([`token`]), whether its
+//! origin and host may ([`origin_refused`]), and its query.
+
+use super::*;
+
+/// Whether the request asks for a WebSocket (`Upgrade` compared case-insensitively, unlike ooo).
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    })
+}
+
+/// Whether the request declares (`Content-Length`) a body larger than `max_body`: it is refused
+/// with [`too_large`] before a byte of it is read.
+pub fn declares_too_large(headers: &HeaderMap, max_body: usize) -> bool {
+    header_str(headers, header::CONTENT_LENGTH)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max_body as u64)
+}
+
+/// The 413 for a body over the cap, as [`handle`] answers it: a problem document on Stateline's
+/// `/_` routes, ooo's text elsewhere. Without CORS headers (the adapter adds its own), for an
+/// adapter that refuses before it has the body or the engine.
+pub fn too_large(path: &str, max_body: usize) -> Response<Bytes> {
+    let e = Error::TooLarge(max_body);
+    let status = e.status();
+    let (ctype, body) = if path.starts_with("/_") {
+        (PROBLEM, problem_body(&e))
+    } else {
+        (TEXT, Bytes::from(format!("{e}\n")))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+/// The answer to a connection beyond the server's connection limit (the adapter sends it and
+/// closes): 503 with `Retry-After`, so a client backs off instead of waiting in a listen queue.
+pub fn too_many_connections(retry_after_secs: u64) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from_static(
+        b"too many connections: the server is at its connection limit, retry later\n",
+    ));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Whether `Accept` lists `text/event-stream` (other types may be listed too, unlike AtomKV).
+pub fn wants_events(headers: &HeaderMap) -> bool {
+    header_str(headers, header::ACCEPT).is_some_and(|a| {
+        a.split(',').any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+    })
+}
+
+pub(super) fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decodes `application/x-www-form-urlencoded` query pairs.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+pub(super) fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(super) fn query_get<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+pub(super) fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("" | "1" | "true" | "yes"))
+}
+
+/// Parses a version as clients send it (lowercase hex, ooo's `?v=`). Anything else is no version.
+pub fn parse_version(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// The bearer token a request carries: `Authorization: Bearer <t>`; on a WebSocket upgrade
+/// `Sec-WebSocket-Protocol: bearer, <t>` (browsers cannot set headers on a WebSocket); on an SSE
+/// request `?access_token=<t>` or `?token=<t>` (`EventSource` cannot set headers either).
+pub fn token<B>(req: &Request<B>) -> Option<String> {
+    let h = req.headers();
+    if let Some(a) = header_str(h, header::AUTHORIZATION) {
+        let (scheme, t) = a.trim().split_once(' ').unwrap_or((a, ""));
+        if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() {
+            return Some(t.trim().to_string());
+        }
+    }
+    if is_websocket(h) {
+        let offered: Vec<&str> = h
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if let Some(i) = offered
+            .iter()
+            .position(|p| p.eq_ignore_ascii_case("bearer"))
+        {
+            if let Some(t) = offered.get(i + 1).filter(|t| !t.is_empty()) {
+                return Some(t.to_string());
+            }
+        }
+    }
+    if opens_event_stream(req) {
+        let q = query_pairs(req.uri().query().unwrap_or(""));
+        if let Some(t) = query_get(&q, "access_token").or_else(|| query_get(&q, "token")) {
+            if !t.is_empty() {
+                return Some(t.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Whether the request opens an SSE stream (what [`classify`] calls [`Kind::Events`]): a `GET`
+/// whose `Accept` lists `text/event-stream`, not a WebSocket, on a key, glob or subtree. Only
+/// these may carry their token in the URL (`EventSource` cannot set headers; a URL ends up in
+/// logs and histories, so nothing else may).
+pub(super) fn opens_event_stream<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path();
+    req.method() == Method::GET
+        && wants_events(req.headers())
+        && !is_websocket(req.headers())
+        && !(path.starts_with("/_") && path != "/")
+        && !(path == "/"
+            && query_get(&query_pairs(req.uri().query().unwrap_or("")), "api").is_some())
+}
+
+/// A token in the URL (`?access_token=`, `?token=`) where it is not honoured: refused rather
+/// than silently ignored, so a client learns at once that it must use `Authorization`.
+pub(super) fn url_token_misused<B>(req: &Request<B>) -> Option<Error> {
+    let q = req.uri().query()?;
+    let named = query_pairs(q)
+        .iter()
+        .any(|(k, _)| k == "access_token" || k == "token");
+    (named && !opens_event_stream(req)).then(|| {
+        Error::BadRequest(
+            "a token in the URL (?access_token=, ?token=) is accepted only on a GET that opens an \
+             SSE stream (Accept: text/event-stream); send it as Authorization: Bearer <token> \
+             (on a WebSocket: the subprotocols bearer, <token>)"
+                .into(),
+        )
+    })
+}
+
+/// The host name of a `Host` value or of an origin's authority (`name:port` → `name`,
+/// `[::1]:80` → `[::1]`).
+pub(super) fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Hosts every server answers to as itself (loopback), besides [`Config::allowed_hosts`].
+///
+/// [`Config::allowed_hosts`]: crate::engine::Config::allowed_hosts
+pub(super) const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether `host` (a `Host` header) names this server: a loopback name or one of the configured
+/// hosts (`name` matches on any port, `name:port` on that port only).
+pub(super) fn host_served(engine: &Engine, host: &str) -> bool {
+    let name = host_name(host);
+    LOOPBACK_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || engine
+            .config()
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+}
+
+/// The origin check, for every request and WebSocket handshake, before anything runs: a request
+/// with an `Origin` header is refused (403) unless `--allow-origin` allows any (`*`), lists that
+/// origin, or the origin is the request's own `Host` **and** that host is one this server serves
+/// (its loopback names and `--allow-host`), so a DNS name rebound to this server does not pass
+/// as same-origin. CORS alone only hides answers from a page; this keeps a disallowed page's
+/// requests from running at all.
+pub fn origin_refused(engine: &Engine, h: &HeaderMap) -> Option<Error> {
+    let origin = header_str(h, header::ORIGIN)?;
+    let allow = &engine.config().cors_origins;
+    if allow.is_empty()
+        || allow
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return None;
+    }
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    let same = header_str(h, header::HOST)
+        .is_some_and(|host| host.eq_ignore_ascii_case(authority) && host_served(engine, host));
+    if same {
+        return None;
+    }
+    Some(Error::Forbidden(format!(
+        "origin {origin} is not allowed (see --allow-origin, --allow-host)"
+    )))
+}
+
+/// The answer to a request refused before it runs (origin, token in the URL): a problem
+/// document on the `/_` routes, ooo's plain text elsewhere.
+pub(super) fn early_refusal<B>(engine: &Engine, req: &Request<B>) -> Option<Response<Bytes>> {
+    let e = origin_refused(engine, req.headers()).or_else(|| url_token_misused(req))?;
+    let path = req.uri().path();
+    Some(if path.starts_with("/_") {
+        problem(engine, req.headers(), &e)
+    } else {
+        plain_error(engine, req.headers(), &e, req.method().as_str(), "")
+    })
+}
+
+/// Checks, before a WebSocket upgrade or an SSE response, that `who` may open this subscription
+/// (a key it may read; any glob or subtree, whose frames are then filtered to what it may
+/// read). The error is the response to send (401 with `WWW-Authenticate`, or 403).
+// The error is the response itself, built once and sent as is; boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+pub fn authorize_subscription<B>(
+    engine: &mut Engine,
+    req: &Request<B>,
+    sub: &Subscription,
+    who: &Identity,
+) -> Result<(), Response<Bytes>> {
+    engine
+        .audience(&sub.pattern, who)
+        .map(|_| ())
+        .map_err(|e| plain_error(engine, req.headers(), &e, "GET", req.uri().path()))
+}
+
+/// Checks a connection that is not about one key (`/_ws`): only a refused token is refused
+/// here (401); each subscription and operation is checked on its own later.
+#[allow(clippy::result_large_err)]
+pub fn authorize_connection<B>(
+    engine: &mut Engine,
+    req: &Request<B>,
+    who: &Identity,
+) -> Result<(), Response<Bytes>> {
+    engine
+        .authorize_caller(req.uri().path(), who)
+        .map_err(|e| problem(engine, req.headers(), &e))
+}
+
+/// Tells the adapter what a request wants. An invalid subscription path is answered with the
+/// error response to send.
+// The error is the response itself, built once and sent as is; boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<Bytes>> {
+    if let Some(r) = early_refusal(engine, req) {
+        return Err(r);
+    }
+    let path = match crate::key::decode_http_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return Err(plain_error(engine, req.headers(), &e.into(), "GET", "")),
+    };
+    let path = &*path;
+    let q = query_pairs(req.uri().query().unwrap_or(""));
+    let ws = is_websocket(req.headers());
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if !get {
+        return Ok(Kind::Http);
+    }
+    if path == "/" {
+        if ws {
+            return Ok(Kind::Clock);
+        }
+        if query_get(&q, "api").is_some() {
+            return Ok(Kind::Http);
+        }
+        if !wants_events(req.headers()) {
+            let html =
+                header_str(req.headers(), header::ACCEPT).is_some_and(|a| a.contains("text/html"));
+            return Ok(Kind::Root { wants_html: html });
+        }
+    }
+    if path == "/_ws" && ws {
+        return Ok(Kind::Mux);
+    }
+    let sse = wants_events(req.headers());
+    if !(ws || sse) || (path.starts_with("/_") && path != "/") {
+        return Ok(Kind::Http);
+    }
+    let err = |e: Error| Err(plain_error(engine, req.headers(), &e, "GET", path));
+    let pattern = match Pattern::from_http_path(path, true) {
+        Ok(p) => p,
+        Err(e) => return err(e.into()),
+    };
+    if let Err(e) = engine.filters().check(Need::Read, &pattern.as_str()) {
+        return err(e.into());
+    }
+    let mut version = query_get(&q, "v").and_then(parse_version);
+    if sse {
+        if let Some(id) =
+            header_str(req.headers(), "last-event-id").filter(|i| !i.trim().is_empty())
+        {
+            match resume_version(engine, id) {
+                Some(v) => version = Some(v),
+                // Resuming from an id this server never sent would silently start over; say so.
+                None => {
+                    return err(Error::BadRequest(format!(
+                        "Last-Event-ID {id:?} is not an event id of this server (they look like /<key>:<revision>:<version>); reconnect without it to start from the current values"
+                    )))
+                }
+            }
+        }
+        let initial = truthy(query_get(&q, "initial"));
+        return Ok(Kind::Events(Subscription {
+            pattern,
+            version,
+            initial,
+        }));
+    }
+    Ok(Kind::Subscribe(Subscription {
+        pattern,
+        version,
+        initial: true,
+    }))
+}
+
+/// The version an SSE stream resumes from, given its `Last-Event-ID`. Ids are
+/// `/<key>:<revision>:<version>` (the version: the store sequence number of that change, in hex;
+/// AtomKV's clients split on `:` and read the first two fields only), unique and ordered across
+/// the whole stream. An old-style `/<key>:<revision>` is looked up in the log (a key's revisions
+/// start again after a delete, so such an id may be ambiguous; one the log no longer holds
+/// resumes from nothing: the current values). `None` for text that is no id of ours.
+pub(super) fn resume_version(engine: &Engine, id: &str) -> Option<u64> {
+    let mut parts = id.trim().rsplitn(3, ':');
+    let (last, mid, first) = (parts.next(), parts.next(), parts.next());
+    match (first, mid, last) {
+        (Some(_), Some(rev), Some(v)) if rev.parse::<u64>().is_ok() => parse_version(v),
+        (None, Some(k), Some(rev)) if k.starts_with('/') => {
+            let r: u64 = rev.parse().ok()?;
+            Some(engine.log().find(&k[1..], r).unwrap_or(0))
+        }
+        _ => None,
+    }
+}
