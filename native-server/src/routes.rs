@@ -99,6 +99,33 @@ fn resident_bytes() -> Option<u64> {
         .map(|pages| pages * 4096)
 }
 
+/// What this server knows about itself for the front door ([`Host`]), gathered once a request.
+struct Known<'a> {
+    starting: Option<String>,
+    cluster_problem: Option<String>,
+    metrics: Vec<Metric<'static>>,
+    hooks: Hooks<'a>,
+    backups: Backups<'a>,
+}
+
+impl Known<'_> {
+    /// The host as the core sees it, with the store's failure (if any) and the body's.
+    fn host<'s>(
+        &'s self,
+        storage_error: Option<&'s str>,
+        body_error: Option<stateline_core::Error>,
+    ) -> Host<'s> {
+        Host {
+            starting: self.starting.as_deref(),
+            unhealthy: self.cluster_problem.as_deref().or(storage_error),
+            metrics: &self.metrics,
+            hooks: Some(&self.hooks),
+            backups: self.backups,
+            body_error,
+        }
+    }
+}
+
 /// How many times an answer is computed again because the pending writes it saw were rolled
 /// back (the store is failing while writes keep coming), before it is given up with 503.
 const READ_ATTEMPTS: u32 = 4;
@@ -147,28 +174,19 @@ async fn front_door(
     let cluster = sh.cluster.get();
     let starting = cluster.and_then(|c| c.not_ready());
     let cluster_problem = cluster.and_then(|c| c.problem());
-    let host = |storage_error: Option<&str>| -> (Option<String>, Option<String>) {
-        (
-            starting.clone(),
-            cluster_problem
-                .clone()
-                .or(storage_error.map(str::to_string)),
-        )
+    let known = Known {
+        starting,
+        cluster_problem,
+        metrics,
+        hooks,
+        backups,
     };
     if let Some(cluster) = cluster {
         let method = req.method().clone();
-        let (starting, unhealthy) = host(None);
         let mut body_error = body_error;
         let r = cluster
             .write(sh, |hub, tick| {
-                let h = Host {
-                    starting: starting.as_deref(),
-                    unhealthy: unhealthy.as_deref(),
-                    metrics: &metrics,
-                    hooks: Some(&hooks),
-                    backups,
-                    body_error: body_error.take(),
-                };
+                let h = known.host(None, body_error.take());
                 match core_http::serve(&mut hub.engine, tick, req, &h) {
                     Action::Respond(out) => {
                         hub.log_denials();
@@ -211,15 +229,7 @@ async fn front_door(
         let (response, wait, wrote) = {
             let mut hub = sh.lock();
             let storage_error = hub.storage_error().map(str::to_string);
-            let (starting, unhealthy) = host(storage_error.as_deref());
-            let h = Host {
-                starting: starting.as_deref(),
-                unhealthy: unhealthy.as_deref(),
-                metrics: &metrics,
-                hooks: Some(&hooks),
-                backups,
-                body_error: body_error.take(),
-            };
+            let h = known.host(storage_error.as_deref(), body_error.take());
             let out = match core_http::serve(&mut hub.engine, tick, req, &h) {
                 Action::Respond(out) => out,
                 other => {

@@ -217,7 +217,12 @@ pub(super) fn respond_with(
 /// `GET /_health` when this server cannot serve writes (`status`: `unavailable`, or `starting`
 /// while a cluster node catches up): 503 with the reason, as etcd's health reports its NOSPACE
 /// alarm, until it can again.
-pub(super) fn unhealthy(engine: &Engine, req: &HeaderMap, status: &str, why: &str) -> Response<Bytes> {
+pub(super) fn unhealthy(
+    engine: &Engine,
+    req: &HeaderMap,
+    status: &str,
+    why: &str,
+) -> Response<Bytes> {
     let v = json!({
         "status": status,
         "reason": why,
@@ -232,7 +237,6 @@ pub(super) fn unhealthy(engine: &Engine, req: &HeaderMap, status: &str, why: &st
         json::encode(&v).into(),
     )
 }
-
 
 /// Compares two byte strings in time that depends on their lengths only, not on where they
 /// differ (a backup token must not leak through response timing).

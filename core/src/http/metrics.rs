@@ -71,9 +71,12 @@ pub fn metrics(engine: &Engine) -> String {
     out
 }
 
-
 /// `/_metrics`: the adapter's own counters first, then the engine's, as Prometheus text.
-pub(super) fn metrics_response(engine: &Engine, req: &HeaderMap, extra: &[Metric<'_>]) -> Response<Bytes> {
+pub(super) fn metrics_response(
+    engine: &Engine,
+    req: &HeaderMap,
+    extra: &[Metric<'_>],
+) -> Response<Bytes> {
     use std::fmt::Write;
     let mut out = String::new();
     for m in extra {
