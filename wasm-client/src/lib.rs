@@ -1,4 +1,4 @@
-//! # stateline-client
+//! # stateline-wasm-client
 //!
 //! The WebAssembly half of Stateline's JavaScript client. It wires the core's sync state machine
 //! (`stateline_core::sync`) to the host's WebSocket, `fetch` and timers, and nothing else: what
