@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use stateline_core::Filters;
 use stateline_disk::Disk;
-use stateline_server::client::Client;
+use stateline_client::Client;
 use stateline_server::hub::{Clocks, Limits};
 use stateline_server::{open_store, router, Cli, Command, ServeArgs, Shared};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
