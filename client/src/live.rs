@@ -344,7 +344,9 @@ async fn drive(live: Weak<Live>, wake: Arc<Notify>, url: String) {
                         open = None;
                         let url = url.clone();
                         connecting = Some(Box::pin(async move {
-                            tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws)
+                            tokio_tungstenite::connect_async(url)
+                                .await
+                                .map(|(ws, _)| ws)
                         }));
                     }
                     Io::Send(m) => {

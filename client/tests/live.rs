@@ -195,7 +195,10 @@ async fn reconnects_and_resumes_across_a_restart() {
     // The client notices the lost socket and waits for the next attempt.
     let deadline = tokio::time::Instant::now() + SOON;
     while c.state() == State::Open {
-        assert!(tokio::time::Instant::now() < deadline, "the close went unnoticed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the close went unnoticed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     s.launch().await;

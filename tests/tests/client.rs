@@ -89,7 +89,10 @@ async fn subscribe_to_a_key_and_a_glob() {
     c.delete(&pushed[1]).await.unwrap();
     let u = list.next_update(SOON).await.unwrap();
     assert_eq!(u.changes.len(), 1);
-    assert_eq!((&u.changes[0].key, &u.changes[0].value), (&pushed[1], &None));
+    assert_eq!(
+        (&u.changes[0].key, &u.changes[0].value),
+        (&pushed[1], &None)
+    );
     assert_eq!(keys(&u.value), vec![pushed[0].clone(), pushed[2].clone()]);
 
     // A second subscription to the same pattern gets the current value at once.
@@ -167,7 +170,10 @@ async fn reconnects_after_a_restart_and_reports_what_changed() {
     assert_eq!(states.last(), Some(&State::Open), "{states:?}");
     assert_eq!(u.value, json!([]));
     assert_eq!(u.changes.len(), 1);
-    assert_eq!((u.changes[0].key.as_str(), &u.changes[0].value), ("re/a", &None));
+    assert_eq!(
+        (u.changes[0].key.as_str(), &u.changes[0].value),
+        ("re/a", &None)
+    );
     c.set("re/b", &json!(2)).await.unwrap();
     let u = sub.next_update(SOON).await.unwrap();
     assert_eq!(keys(&u.value), ["re/b"]);
