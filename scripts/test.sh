@@ -38,7 +38,7 @@ cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-wasm-client 
 step "core builds for wasm32 and its .wasm imports nothing from the host"
 bash scripts/check-wasm-imports.sh
 
-step "build the stateline binary (the conformance suite starts it)"
+step "build the stateline binary (the conformance suite and the Rust client's tests start it)"
 cargo build -p stateline-server --bin stateline
 
 step "nats-server 2.12+ for the cluster tests (native-server/tests/cluster.rs)"

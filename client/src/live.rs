@@ -81,9 +81,11 @@ pub(crate) struct Live {
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `try_lock`: formatting must not wait on (or deadlock with) the driver.
+        let state = self.inner.try_lock().ok().map(|i| i.core.state());
         f.debug_struct("Live")
             .field("url", &self.url)
-            .field("state", &self.state())
+            .field("state", &state)
             .finish_non_exhaustive()
     }
 }
