@@ -33,12 +33,12 @@ step "dependencies: licences, bans, sources (cargo-deny, deny.toml); advisories 
 bash scripts/deny.sh
 
 step "cargo clippy (wasm32: the core, the JS client crate and the edge worker)"
-cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-client -p stateline-edge --target wasm32-unknown-unknown -- -D warnings
+cargo clippy -p stateline-core -p stateline-wasm-probe -p stateline-wasm-client -p stateline-edge --target wasm32-unknown-unknown -- -D warnings
 
 step "core builds for wasm32 and its .wasm imports nothing from the host"
 bash scripts/check-wasm-imports.sh
 
-step "build the stateline binary (the conformance suite starts it)"
+step "build the stateline binary (the conformance suite and the Rust client's tests start it)"
 cargo build -p stateline-server --bin stateline
 
 step "nats-server 2.12+ for the cluster tests (native-server/tests/cluster.rs)"

@@ -24,9 +24,11 @@ const wasmBindgen = process.env.WASM_BINDGEN_BIN || "wasm-bindgen";
 const wasmOpt = process.env.WASM_OPT_BIN || join(root, "node_modules/.bin/wasm-opt");
 const env = { ...process.env, PATH: `${home}/.cargo/bin:${process.env.PATH}` };
 
-run("cargo", ["build", "-p", "stateline-client", "--target", "wasm32-unknown-unknown", "--profile", "wasm-release"], { env });
-const raw = join(root, "target/wasm32-unknown-unknown/wasm-release/stateline_client.wasm");
-const out = join(root, "target/stateline-client");
+run("cargo", ["build", "-p", "stateline-wasm-client", "--target", "wasm32-unknown-unknown", "--profile", "wasm-release"], { env });
+// Where cargo puts its output: CARGO_TARGET_DIR when set, as for cargo itself.
+const target = process.env.CARGO_TARGET_DIR || join(root, "target");
+const raw = join(target, "wasm32-unknown-unknown/wasm-release/stateline_wasm_client.wasm");
+const out = join(target, "stateline-wasm-client");
 rmSync(out, { recursive: true, force: true });
 run(wasmBindgen, [raw, "--target", "no-modules", "--out-dir", join(out, "no-modules")], { env });
 run(wasmBindgen, [raw, "--target", "web", "--out-dir", join(out, "web")], { env });
@@ -34,9 +36,9 @@ const opt = join(out, "stateline_bg.wasm");
 // rustc's default wasm features must be named, or binaryen 132 refuses the module.
 run(wasmOpt, ["-Oz", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext",
   "--enable-mutable-globals", "--enable-reference-types", "--enable-multivalue",
-  join(out, "web/stateline_client_bg.wasm"), "-o", opt], { env });
+  join(out, "web/stateline_wasm_client_bg.wasm"), "-o", opt], { env });
 // Both glues import the same wasm: one optimized module serves both.
-const same = readFileSync(join(out, "web/stateline_client_bg.wasm")).equals(readFileSync(join(out, "no-modules/stateline_client_bg.wasm")));
+const same = readFileSync(join(out, "web/stateline_wasm_client_bg.wasm")).equals(readFileSync(join(out, "no-modules/stateline_wasm_client_bg.wasm")));
 if (!same) throw new Error("wasm-bindgen produced different modules for no-modules and web");
 
 const wasm = readFileSync(opt);
@@ -54,7 +56,7 @@ var __statelineWasm = "${b64}";
 `;
 
 // (a) the classic script: everything inside one function, so it adds only its two globals.
-const glueClassic = readFileSync(join(out, "no-modules/stateline_client.js"), "utf8");
+const glueClassic = readFileSync(join(out, "no-modules/stateline_wasm_client.js"), "utf8");
 const classic = `${banner}(function () {
 // The script's own URL, read while it runs (document.currentScript is null afterwards).
 var __statelineSrc = typeof document !== "undefined" && document.currentScript ? document.currentScript.src : "";
@@ -76,7 +78,7 @@ globalThis.AtomKV = __api.makeAtomKV(__statelineSrc ? new URL(__statelineSrc).or
 
 // (b) the ES modules: the web glue (it exports initSync and Client), then the API.
 // Its own exports (the raw Client class, init functions, a default) are not the package's API.
-const glueWeb = readFileSync(join(out, "web/stateline_client.js"), "utf8")
+const glueWeb = readFileSync(join(out, "web/stateline_wasm_client.js"), "utf8")
   .replace(/^export \{[^}]*\};?\s*$/gm, "")
   .replace(/^export (class|function|async function|const|let) /gm, "$1 ");
 const nodeWs = `async function __statelineWs() {
@@ -121,7 +123,7 @@ copyFileSync(join(here, "js/stateline.d.ts"), join(dist, "esm/stateline.workerd.
 const gz = (b) => gzipSync(b, { level: 9 }).length;
 const sizes = {
   wasmCargo: readFileSync(raw).length,
-  wasmBindgen: readFileSync(join(out, "web/stateline_client_bg.wasm")).length,
+  wasmBindgen: readFileSync(join(out, "web/stateline_wasm_client_bg.wasm")).length,
   wasmOpt: wasm.length,
   wasmOptGzip: gz(wasm),
   script: Buffer.byteLength(classic),

@@ -14,7 +14,6 @@
 #![deny(clippy::disallowed_methods)]
 #![warn(missing_docs)]
 
-pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod engine;
@@ -31,6 +30,7 @@ pub mod replica;
 pub mod rules;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod token;
 
 pub use clock::{Clock, Tick};

@@ -2,15 +2,13 @@
 //!
 //! The native server: a thin tokio/axum adapter around `stateline-core`. It owns sockets,
 //! timers, limits and shutdown; every semantic decision (routes, status codes, frames, versions)
-//! is the core's. Entry points: [`serve`] (run on a bound listener until a shutdown signal), the
-//! `stateline` binary (`src/main.rs`), and [`client`], the Rust client used by the conformance
-//! suite.
+//! is the core's. Entry points: [`serve`] (run on a bound listener until a shutdown signal) and
+//! the `stateline` binary (`src/main.rs`). The Rust client is its own crate, `stateline-client`.
 //!
 //! **Architecture invariant:** the engine lives behind one `std::sync::Mutex` that is never held
 //! across an `.await`; frames are encoded once per pool by the core and the same bytes go to
 //! every subscriber through bounded per-connection queues.
 
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod ext;

@@ -137,7 +137,7 @@ fn backup(b: stateline_server::config::BackupArgs) -> ExitCode {
         }
     };
     let result: Result<usize, String> = rt.block_on(async {
-        let client = stateline_server::client::Client::new(&b.url).map_err(|e| e.to_string())?;
+        let client = stateline_client::Client::new(&b.url).map_err(|e| e.to_string())?;
         let auth = format!("Bearer {}", b.token);
         let r = client
             .request(

@@ -47,7 +47,7 @@ async fn backup_while_serving_then_restore() {
     let root = std::env::temp_dir().join(format!("stateline-backup-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let (server, base) = start(&root.join("a"), Some("s3cret"));
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     for i in 0..50 {
         c.set(&format!("items/{i}"), &serde_json::json!({"i": i}))
             .await
@@ -90,7 +90,7 @@ async fn backup_while_serving_then_restore() {
         .unwrap();
     assert!(status.success());
     let (_server, base) = start(&root.join("b"), None);
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     assert_eq!(
         c.get("items/7").await.unwrap().unwrap()["data"],
         serde_json::json!({"i": 7})
@@ -110,7 +110,7 @@ async fn concurrent_backups_all_succeed_and_each_restores() {
     let _ = std::fs::remove_dir_all(&root);
     let data = root.join("a");
     let (_server, base) = start(&data, Some("s3cret"));
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     for i in 0..300 {
         c.set(
             &format!("items/{i}"),
@@ -177,7 +177,7 @@ async fn restore_refuses_a_folder_a_server_uses_and_the_data_stays() {
     let _ = std::fs::remove_dir_all(&root);
     let data = root.join("a");
     let (server, base) = start(&data, Some("t"));
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     c.set("before", &serde_json::json!(1)).await.unwrap();
     let backup = root.join("old.redb");
     let status = Command::new(env!("CARGO_BIN_EXE_stateline"))
@@ -203,7 +203,7 @@ async fn restore_refuses_a_folder_a_server_uses_and_the_data_stays() {
     c.set("later", &serde_json::json!(3)).await.unwrap();
     drop(server);
     let (_server, base) = start(&data, None);
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     for k in ["before", "after", "later"] {
         assert!(c.get(k).await.unwrap().is_some(), "{k} is gone");
     }

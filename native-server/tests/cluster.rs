@@ -28,7 +28,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use stateline_server::client::{Client, Response};
+use stateline_client::{Client, Response};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -53,7 +53,7 @@ async fn a_full_tmpfs_answers_503_and_writing_resumes_when_space_is_freed() {
     let ballast = mount.0.join("ballast");
     std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
     let (server, base) = start(&data, &[]);
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     let req = |m: http::Method, path: String, body: String| {
         let c = c.clone();
         async move {
@@ -116,7 +116,7 @@ async fn a_full_tmpfs_answers_503_and_writing_resumes_when_space_is_freed() {
 
     drop(server);
     let (_server, base) = start(&data, &[]);
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     assert!(c.get("fill/0").await.unwrap().is_none());
     for i in &acknowledged[1..] {
         assert!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::Method;
-use stateline_server::client::Client;
+use stateline_client::Client;
 use stateline_server::ServeArgs;
 
 #[tokio::test]

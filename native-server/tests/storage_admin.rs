@@ -80,7 +80,7 @@ async fn a_damaged_page_is_refused_and_repair_salvages_the_rest() {
     let n = 400;
     {
         let (_server, base) = start(&dir, FLAGS);
-        let c = stateline_server::client::Client::new(&base).unwrap();
+        let c = stateline_client::Client::new(&base).unwrap();
         for i in 0..n {
             c.set(
                 &format!("items/{i:04}"),
@@ -131,7 +131,7 @@ async fn a_damaged_page_is_refused_and_repair_salvages_the_rest() {
     assert_eq!(kept.len(), 1, "the damaged file is kept");
 
     let (_server, base) = start(&dir, FLAGS);
-    let c = stateline_server::client::Client::new(&base).unwrap();
+    let c = stateline_client::Client::new(&base).unwrap();
     assert!(c.get("items/0000").await.unwrap().is_some());
     assert!(c
         .get(&format!("items/{:04}", n - 1))

@@ -19,12 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use stateline_server::client::Client;
+use stateline_client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-pub use stateline_server::client;
 
 /// A WebSocket client stream.
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -416,6 +414,60 @@ pub fn apply(cache: &mut Value, frame: &Value) {
         let p: json_patch_lite::Patch =
             serde_json::from_value(frame["data"].clone()).expect("patch");
         json_patch_lite::apply(cache, &p).expect("patch applies");
+    }
+}
+
+/// One ooo WebSocket subscription on a path (`/key`, `/list/*`), read by hand: the cache its
+/// frames describe (a snapshot, then RFC 6902 patches, applied with [`apply`]) and the last
+/// version. Reconnecting is the test's own step ([`PathSub::reopen`], with `?v=`), so ooo's
+/// per-path protocol is checked without a client state machine in between.
+#[derive(Debug)]
+pub struct PathSub {
+    ws: Ws,
+    path: String,
+    /// The value the frames so far describe (the meta object, or the list of them).
+    pub cache: Value,
+    /// The version of the last frame.
+    pub version: Option<String>,
+}
+
+impl PathSub {
+    /// Opens `path` (a key or a glob, with its leading `/`, no query).
+    pub async fn open(server: &Server, path: &str) -> PathSub {
+        PathSub {
+            ws: ws(server, path).await,
+            path: path.to_string(),
+            cache: Value::Null,
+            version: None,
+        }
+    }
+
+    /// Opens the path again with `?v=<last version>` (as ooo's clients reconnect).
+    pub async fn reopen(&mut self, server: &Server) {
+        let target = match &self.version {
+            Some(v) => format!("{}?v={v}", self.path),
+            None => self.path.clone(),
+        };
+        self.ws = ws(server, &target).await;
+    }
+
+    /// The next frame, applied to the cache: its version, whether it was a snapshot, and the
+    /// cache after it. What ended the wait otherwise (close, end, timeout) is the error.
+    pub async fn next(&mut self, limit: Duration) -> Result<(String, bool, Value), WsEvent> {
+        let b = match next_event(&mut self.ws, limit).await {
+            WsEvent::Data(b, _) => b,
+            other => return Err(other),
+        };
+        let frame: Value = serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b)));
+        apply(&mut self.cache, &frame);
+        let version = frame["version"].as_str().unwrap_or_default().to_string();
+        self.version = Some(version.clone());
+        Ok((
+            version,
+            frame["snapshot"] == Value::Bool(true),
+            self.cache.clone(),
+        ))
     }
 }
 

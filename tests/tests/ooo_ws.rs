@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::{json, Value};
 use stateline_conformance::{
     apply, assert_quiet, connections, next_event, next_json, raw, raw_ws, read_to_eof, read_until,
-    unique, wait_connections, ws, Server, WsEvent, SOON,
+    unique, wait_connections, ws, PathSub, Server, WsEvent, SOON,
 };
 
 fn empty() -> Value {
@@ -376,4 +376,61 @@ async fn upgrade_is_case_insensitive_and_bearer_is_accepted() {
         .await
         .unwrap();
     assert_eq!(r.status, 404);
+}
+
+/// A per-path subscription as ooo's Go client reads it: a key's first frame is a snapshot of its
+/// (empty) meta object, later changes are patches; a list's items come newest first.
+#[tokio::test]
+async fn path_subscription_snapshot_then_patches_lists_newest_first() {
+    let s = Server::start().await;
+    let c = s.client();
+    let k = unique("sub");
+    let mut sub = PathSub::open(&s, &format!("/{k}")).await;
+    let (_, snap, v) = sub.next(SOON).await.expect("first frame");
+    assert!(snap);
+    assert_eq!(v["created"], json!(0));
+    c.set(&k, &json!({"n":1})).await.unwrap();
+    let (_, _, v) = sub.next(SOON).await.unwrap();
+    assert_eq!(v["data"], json!({"n":1}));
+    c.set(&k, &json!({"n":2})).await.unwrap();
+    let (_, snap, v) = sub.next(SOON).await.unwrap();
+    assert!(!snap, "a patch");
+    assert_eq!(v["data"], json!({"n":2}));
+
+    let l = unique("subl");
+    let mut list = PathSub::open(&s, &format!("/{l}/*")).await;
+    assert_eq!(list.next(SOON).await.unwrap().2, json!([]));
+    for i in 0..3 {
+        c.push(&format!("{l}/*"), &json!(i)).await.unwrap();
+        let (_, _, v) = list.next(SOON).await.unwrap();
+        assert_eq!(v.as_array().unwrap().len(), i + 1);
+        assert_eq!(v[0]["data"], json!(i), "newest first");
+    }
+}
+
+/// Reconnecting with a version the server does not know (an in-memory server restarted) gets a
+/// snapshot with a new version, and changes flow again.
+#[tokio::test]
+async fn path_resume_after_a_restart_gets_a_snapshot() {
+    let Some(mut s) = Server::with_flags(&[]).await else {
+        return;
+    };
+    let c = s.client();
+    let mut sub = PathSub::open(&s, "/re").await;
+    sub.next(SOON).await.unwrap();
+    c.set("re", &json!(1)).await.unwrap();
+    let (v1, _, _) = sub.next(SOON).await.unwrap();
+    s.restart().await;
+    match sub.next(SOON).await {
+        Err(WsEvent::Close(_) | WsEvent::Ended) => {}
+        other => panic!("the old connection should end: {other:?}"),
+    }
+    sub.reopen(&s).await;
+    let (v2, snap, v) = sub.next(SOON).await.expect("a frame after ?v=");
+    assert!(snap, "an unknown version gets a snapshot");
+    assert_ne!(v2, v1);
+    assert_eq!(v["created"], json!(0), "the new server starts empty");
+    c.set("re", &json!(2)).await.unwrap();
+    let (_, _, v) = sub.next(SOON).await.unwrap();
+    assert_eq!(v["data"], json!(2));
 }

@@ -93,7 +93,7 @@ impl Fixture {
         path: &str,
         auth: Option<&str>,
         body: &str,
-    ) -> stateline_server::client::Response {
+    ) -> stateline_client::Response {
         let mut h: Vec<(&str, &str)> = vec![];
         if let Some(a) = auth {
             h.push(("authorization", a));

@@ -1,7 +1,7 @@
-//! # stateline-client
+//! # stateline-wasm-client
 //!
 //! The WebAssembly half of Stateline's JavaScript client. It wires the core's sync state machine
-//! (`stateline_core::client`) to the host's WebSocket, `fetch` and timers, and nothing else: what
+//! (`stateline_core::sync`) to the host's WebSocket, `fetch` and timers, and nothing else: what
 //! to send, what a frame means, when to reconnect and what to report all come from the core.
 //! The JS wrapper (`js/api.js`) turns the events into the `Stateline` and `AtomKV` APIs.
 //!
@@ -21,7 +21,7 @@ use std::rc::{Rc, Weak};
 
 use js_sys::{Array, Function, Promise, Reflect};
 use serde_json::{json, Value};
-use stateline_core::client::{Client as Core, Config, Event, Failure, Io, KeyChange, State};
+use stateline_core::sync::{Client as Core, Config, Event, Failure, Io, KeyChange, State};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};

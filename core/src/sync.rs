@@ -7,8 +7,9 @@
 //! reconnect; a failed compare-and-swap comes back as a visible conflict), request ids and their
 //! replies, a liveness ping, and the reconnect backoff schedule.
 //!
-//! It does no IO, like the rest of the core and in the style of quinn-proto: the adapter (the wasm
-//! client, or a test) reports what happened with `handle_*(now, ..)` and drains what to do with
+//! It does no IO, like the rest of the core and in the style of quinn-proto: the adapter (the JS
+//! client's `stateline-wasm-client`, the Rust client `stateline-client`, or a test) reports what
+//! happened with `handle_*(now, ..)` and drains what to do with
 //! [`Client::poll_io`] (open a socket, send a text message, close it), [`Client::poll_event`]
 //! (views, replies, state changes) and [`Client::poll_timeout`] (when to call
 //! [`Client::handle_timeout`]). Time is milliseconds on any monotonic clock the adapter likes;
