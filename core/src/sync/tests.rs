@@ -4,17 +4,29 @@
 use super::*;
 use crate::engine::{Config as EngineConfig, Engine};
 use crate::filter::Filters;
-use crate::mux::{self, Request};
-use crate::pool::{Encoding, Join, PoolId};
+use crate::pool::PoolId;
+use crate::session::{Limits, Reply, Session};
 use crate::store::Change;
-use crate::Tick;
+use crate::{Identity, Tick};
 use proptest::prelude::*;
 
-/// One server connection: the pools it joined and the messages on their way to the client.
-#[derive(Default)]
+/// One server connection: its session (the core's, as both servers drive it), the pools it
+/// receives frames from, and the messages on their way to the client.
 struct Conn {
-    pools: HashMap<Pattern, PoolId>,
+    session: Session,
+    pools: Vec<PoolId>,
     to_client: VecDeque<Vec<u8>>,
+}
+
+impl Conn {
+    fn new(e: &Engine) -> Conn {
+        Conn {
+            session: Session::open(e, Identity::Anonymous, None, Limits::default())
+                .expect("no state limit"),
+            pools: Vec::new(),
+            to_client: VecDeque::new(),
+        }
+    }
 }
 
 struct Server {
@@ -45,8 +57,8 @@ impl Server {
     }
 
     fn drop_conn(&mut self) {
-        if let Some(c) = self.conn.take() {
-            for (_, id) in c.pools {
+        if let Some(mut c) = self.conn.take() {
+            for id in c.session.close() {
                 self.e.leave(id);
             }
         }
@@ -60,7 +72,7 @@ impl Server {
         self.e.publish(&a.changes);
         while let Some(f) = self.e.poll_frame() {
             if let Some(c) = &mut self.conn {
-                if c.pools.values().any(|p| *p == f.pool) {
+                if c.pools.contains(&f.pool) {
                     c.to_client.push_back(f.bytes.to_vec());
                 }
             }
@@ -68,51 +80,42 @@ impl Server {
         Ok(a)
     }
 
+    /// One `/_ws` message, through the core's session: the reply after the frames its write
+    /// produced, a subscription's first frame after its reply.
     fn receive(&mut self, msg: &str) {
+        let t = self.tick();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let m = match mux::parse(msg.as_bytes(), 64) {
-            Ok(m) => m,
-            Err(r) => {
-                conn.to_client
-                    .push_back(mux::reply_error(&r.id, &r.error).to_vec());
-                return;
+        let fx = conn
+            .session
+            .handle(&mut self.e, t, msg.as_bytes(), &mut |_, _| Ok(()));
+        for id in fx.left {
+            conn.pools.retain(|p| *p != id);
+            self.e.leave(id);
+        }
+        if let Some(id) = fx.joined {
+            conn.pools.push(id);
+        }
+        let reply = match fx.reply {
+            Reply::Now(b) => b,
+            Reply::Refusal(r) => r.no,
+            Reply::Forward(f) => f.unavailable("not a cluster"),
+            Reply::Write(mut w) => {
+                let changes = std::mem::take(&mut w.changes);
+                self.history.extend(changes.iter().cloned());
+                self.e.publish(&changes);
+                while let Some(f) = self.e.poll_frame() {
+                    if conn.pools.contains(&f.pool) {
+                        conn.to_client.push_back(f.bytes.to_vec());
+                    }
+                }
+                w.ok
             }
         };
-        match m.request {
-            Request::Sub { pattern, version } => {
-                let (id, first) = self
-                    .e
-                    .join_as_system(pattern.clone(), Encoding::Mux, version, true)
-                    .unwrap();
-                conn.pools.insert(pattern.clone(), id);
-                conn.to_client
-                    .push_back(mux::reply_sub(&m.id, &pattern).to_vec());
-                if let Join::Frame(b) | Join::Missed(b) = first {
-                    conn.to_client.push_back(b.to_vec());
-                }
-            }
-            Request::Unsub { pattern } => {
-                if let Some(id) = conn.pools.remove(&pattern) {
-                    self.e.leave(id);
-                }
-                conn.to_client
-                    .push_back(mux::reply_sub(&m.id, &pattern).to_vec());
-            }
-            Request::Ping | Request::Auth { .. } => conn
-                .to_client
-                .push_back(mux::reply_ok(&m.id, Value::Null).to_vec()),
-            Request::Op(op) => {
-                let name = mux::op_name(&op);
-                let reply = match self.run(op) {
-                    Ok(a) => mux::reply_applied(&m.id, name, &a),
-                    Err(e) => mux::reply_error(&m.id, &e),
-                };
-                if let Some(c) = self.conn.as_mut() {
-                    c.to_client.push_back(reply.to_vec());
-                }
-            }
+        conn.to_client.push_back(reply.to_vec());
+        if let Some(b) = fx.first {
+            conn.to_client.push_back(b.to_vec());
         }
     }
 }
@@ -147,7 +150,7 @@ impl Rig {
             match io {
                 Io::Connect => {
                     self.s.drop_conn();
-                    self.s.conn = Some(Conn::default());
+                    self.s.conn = Some(Conn::new(&self.s.e));
                     self.c.handle_open(self.now);
                 }
                 Io::Send(m) => {
