@@ -2,7 +2,7 @@
 //! running the same core as the native server.
 //!
 //! Owns only the Workers side: routing (`route`, pure and tested on the host), the Durable
-//! Object adapter (`object`), its SQLite storage (`sql`) and conversions between Workers and
+//! Object adapter (`object`; its in-memory state and fan-out: `live`), its SQLite storage (`sql`) and conversions between Workers and
 //! `http` types (`convert`). What a request means is the core's business.
 
 pub mod route;
@@ -11,6 +11,8 @@ pub mod route;
 mod assets;
 #[cfg(target_arch = "wasm32")]
 mod convert;
+#[cfg(target_arch = "wasm32")]
+mod live;
 #[cfg(target_arch = "wasm32")]
 mod object;
 #[cfg(target_arch = "wasm32")]

@@ -13,17 +13,17 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_channel::mpsc;
-use serde::{Deserialize, Serialize};
 use stateline_core::http::{self as core_http, Action, Host, Metric, Socket};
 use stateline_core::key::Pattern;
 use stateline_core::rules::{Identity, Resolve, Rules};
-use stateline_core::session::{Close, Limits, Reply, Session};
-use stateline_core::{Change, Config, Encoding, Engine, Error, Filters, PoolId, Tick};
+use stateline_core::session::{Limits, Reply, Session};
+use stateline_core::{Change, Config, Encoding, Engine, Error, Filters};
 use worker::{
     durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair,
 };
 
+use crate::live::{admit, attachment_of, limits, now_ms, tick, Attachment, Live, Sub};
 use crate::{convert, route, sql};
 
 /// Header the worker sets to tell an object its namespace (`""` in single mode).
@@ -35,221 +35,11 @@ pub const NAMESPACES: &str = "/_edge/namespaces";
 /// The Durable Object binding in wrangler.toml.
 pub const BINDING: &str = "NAMESPACES";
 
-// A `/_ws` socket's subscriptions live in its attachment, which the runtime caps at 2 KiB; this
-// bounds how many patterns one edge socket may hold (the native server allows 1024).
-const MAX_ATTACHMENT: usize = 2000;
 // SSE streams have no hibernation; each one keeps a bounded queue, and a stream that falls this
 // far behind is closed (the client resumes with Last-Event-ID) rather than grow without bound.
 const SSE_QUEUE: usize = 256;
 // ooo's clock stream ticks once a second.
 const CLOCK_NS: i64 = 1_000_000_000;
-
-fn tick() -> Tick {
-    Tick::from_wall((js_sys::Date::now() * 1e6) as i64)
-}
-
-fn now_ms() -> i64 {
-    js_sys::Date::now() as i64
-}
-
-/// What a socket is, stored in its attachment so a woken object can serve it again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Attachment {
-    /// Unique among this object's sockets.
-    id: u32,
-    /// `ooo`, `mux` or `clock`.
-    kind: String,
-    /// The namespace a `/_ws` socket is bound to (namespace mode).
-    ns: String,
-    /// The HTTP paths of its subscriptions (`/books/*`, `/books/`).
-    subs: Vec<String>,
-    /// The bearer token it presented (handshake or `/_ws` auth), verified again when a woken
-    /// object rebuilds its pools: access rules apply to hibernated sockets as to live ones.
-    #[serde(default)]
-    token: Option<String>,
-}
-
-fn http_path(p: &Pattern) -> String {
-    match p.as_str() {
-        s if s == "/" => s,
-        s => format!("/{s}"),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
-    Ws(u32),
-    Sse(u32),
-}
-
-/// The object's state while it is in memory.
-struct Live {
-    engine: Engine,
-    ns: String,
-    subs: HashMap<PoolId, Vec<Sub>>,
-    /// Each WebSocket's and SSE stream's session (the core's): its identity, subscriptions and
-    /// token deadline.
-    sessions: HashMap<u32, Session>,
-    sockets: HashMap<u32, WebSocket>,
-    sse: HashMap<u32, mpsc::Sender<Result<Vec<u8>>>>,
-    clocks: Vec<u32>,
-    /// Requests this object answered since it was loaded (for `/_metrics`).
-    requests: u64,
-    next_id: u32,
-    log_keep: usize,
-}
-
-impl Live {
-    /// Whether connection `id`'s token expired (with the rules' leeway): it is closed with 4001
-    /// instead of being sent more, as the native server does.
-    fn expired(&self, id: u32, t: Tick) -> bool {
-        self.sessions.get(&id).is_some_and(|s| s.expired(t))
-    }
-
-    /// The earliest token deadline among open connections (Unix seconds), for the alarm.
-    fn next_deadline(&self) -> Option<i64> {
-        self.sessions.values().filter_map(Session::deadline).min()
-    }
-
-    /// Closes every connection whose token expired (4001 on sockets; SSE streams end).
-    fn close_expired(&mut self, t: Tick) {
-        let expired: Vec<u32> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.expired(t))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(ws) = self.sockets.get(&id) {
-                let c = Close::TokenExpired;
-                let _ = ws.close(Some(c.code()), Some(c.reason()));
-            }
-            self.drop_conn(id);
-        }
-    }
-
-    fn fan_out(&mut self) {
-        let t = tick();
-        while let Some(frame) = self.engine.poll_frame() {
-            let Some(targets) = self.subs.get(&frame.pool) else {
-                continue;
-            };
-            let mut dead = Vec::new();
-            for target in targets {
-                match *target {
-                    Sub::Ws(id) => {
-                        if self.expired(id, t) {
-                            if let Some(ws) = self.sockets.get(&id) {
-                                let c = Close::TokenExpired;
-                                let _ = ws.close(Some(c.code()), Some(c.reason()));
-                            }
-                            dead.push(id);
-                        } else if let Some(ws) = self.sockets.get(&id) {
-                            if ws.send_with_bytes(&frame.bytes).is_err() {
-                                dead.push(id);
-                            }
-                        }
-                    }
-                    Sub::Sse(id) => {
-                        let full = self.expired(id, t)
-                            || self
-                                .sse
-                                .get_mut(&id)
-                                .is_none_or(|tx| tx.try_send(Ok(frame.bytes.to_vec())).is_err());
-                        if full {
-                            dead.push(id);
-                        }
-                    }
-                }
-            }
-            for id in dead {
-                self.drop_conn(id);
-            }
-        }
-    }
-
-    /// Subscribes connection `sub`'s session (an ooo socket, an SSE stream, or a hibernated
-    /// socket's pattern) and sends it that pool's frames from now on.
-    fn subscribe(
-        &mut self,
-        sub: Sub,
-        p: &Pattern,
-        enc: Encoding,
-        version: Option<u64>,
-        initial: bool,
-    ) -> std::result::Result<Option<Bytes>, Error> {
-        let (Sub::Ws(id) | Sub::Sse(id)) = sub;
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return Err(Error::NoRoute);
-        };
-        let (pool, first) = session.subscribe(
-            &mut self.engine,
-            p.clone(),
-            enc,
-            version,
-            initial,
-            &mut admit,
-        )?;
-        self.subs.entry(pool).or_default().push(sub);
-        Ok(first)
-    }
-
-    fn leave_pool(&mut self, id: u32, pool: PoolId) {
-        if let Some(v) = self.subs.get_mut(&pool) {
-            v.retain(|s| !matches!(*s, Sub::Ws(x) | Sub::Sse(x) if x == id));
-            if v.is_empty() {
-                self.subs.remove(&pool);
-            }
-        }
-        self.engine.leave(pool);
-    }
-
-    /// Forgets a connection: its pools, its socket or stream, its clock subscription.
-    fn drop_conn(&mut self, id: u32) {
-        if let Some(mut s) = self.sessions.remove(&id) {
-            for pool in s.close() {
-                self.leave_pool(id, pool);
-            }
-        }
-        self.sockets.remove(&id);
-        self.sse.remove(&id);
-        self.clocks.retain(|c| *c != id);
-    }
-
-    fn next_id(&mut self) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.next_id
-    }
-}
-
-/// The edge has no embedding program to add subscription checks: the rules decide alone.
-fn admit(_: &Pattern, _: &Identity) -> std::result::Result<(), String> {
-    Ok(())
-}
-
-/// A socket's session limits: its patterns and token must fit the hibernation attachment
-/// beside the attachment's own fields.
-fn limits(att: &Attachment) -> Limits {
-    let bare = Attachment {
-        subs: Vec::new(),
-        token: None,
-        ..att.clone()
-    };
-    let base = serde_json::to_string(&bare).map_or(MAX_ATTACHMENT, |s| s.len());
-    Limits {
-        state_bytes: Some(MAX_ATTACHMENT.saturating_sub(base)),
-        ..Limits::default()
-    }
-}
-
-/// The attachment that describes `session` now.
-fn attachment_of(att: &Attachment, session: &Session) -> Attachment {
-    Attachment {
-        subs: session.subscriptions().map(|(p, _)| http_path(p)).collect(),
-        token: session.token().map(str::to_string),
-        ..att.clone()
-    }
-}
 
 /// One namespace's (or, in single mode, the whole deployment's) state.
 #[durable_object]
