@@ -188,7 +188,7 @@ fn http_writes() {
             .header("content-type", "application/json")
             .body(body.clone())
             .unwrap();
-        let out = stateline_core::http::handle(&mut e, Tick::from_wall(i as i64), &req);
+        let out = stateline_core::web::handle(&mut e, Tick::from_wall(i as i64), &req);
         e.publish(&out.changes);
         black_box(out.response);
     });

@@ -19,7 +19,6 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod filter;
-pub mod http;
 pub mod json;
 pub mod key;
 pub mod log;
@@ -32,6 +31,7 @@ pub mod session;
 pub mod store;
 pub mod sync;
 pub mod token;
+pub mod web;
 
 pub use clock::{Clock, Tick};
 pub use engine::{Applied, Cond, Config, Engine, Op, Outcome, PatchKind};

@@ -176,7 +176,7 @@ pub fn parse_limited(msg: &[u8], max_depth: usize, max_nodes: usize) -> Result<M
             version: match o.get("v") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(
-                    crate::http::parse_version(s)
+                    crate::web::parse_version(s)
                         .ok_or_else(|| bad(&id, "v must be a hex version"))?,
                 ),
                 Some(_) => return Err(bad(&id, "v must be a hex version string")),

@@ -646,7 +646,7 @@ impl Client {
         let version = m
             .get("version")
             .and_then(Value::as_str)
-            .and_then(crate::http::parse_version);
+            .and_then(crate::web::parse_version);
         let data = m.remove("data").unwrap_or(Value::Null);
         let revs: Vec<(String, i64)> = match m.get("revs") {
             Some(Value::Array(a)) => a

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use serde_json::{json, Value};
 use stateline_core::filter::{Filters, Limit};
-use stateline_core::http::handle;
+use stateline_core::web::handle;
 use stateline_core::{Config, Engine, Tick};
 
 struct T {
@@ -361,7 +361,7 @@ fn case_10_static_mode() {
         .body(())
         .unwrap();
     assert_eq!(
-        stateline_core::http::classify(&t.e, &req)
+        stateline_core::web::classify(&t.e, &req)
             .unwrap_err()
             .status(),
         StatusCode::BAD_REQUEST
@@ -561,7 +561,7 @@ fn a_disallowed_origin_is_refused_before_anything_runs() {
             .body(())
             .unwrap();
         assert_eq!(
-            stateline_core::http::classify(&t.e, &ws)
+            stateline_core::web::classify(&t.e, &ws)
                 .unwrap_err()
                 .status(),
             StatusCode::FORBIDDEN,
@@ -583,7 +583,7 @@ fn a_disallowed_origin_is_refused_before_anything_runs() {
             .body(())
             .unwrap();
         assert_eq!(
-            stateline_core::http::classify(&t.e, &ws).is_ok(),
+            stateline_core::web::classify(&t.e, &ws).is_ok(),
             ok,
             "{host}"
         );
@@ -609,7 +609,7 @@ fn a_disallowed_origin_is_refused_before_anything_runs() {
 
 #[test]
 fn a_token_in_the_url_only_opens_event_streams() {
-    use stateline_core::http::token;
+    use stateline_core::web::token;
     let sse = Request::get("/k?access_token=abc")
         .header("accept", "text/event-stream")
         .body(())
@@ -660,7 +660,7 @@ fn a_token_in_the_url_only_opens_event_streams() {
         .unwrap();
     assert_eq!(token(&ws), None);
     assert_eq!(
-        stateline_core::http::classify(&t.e, &ws)
+        stateline_core::web::classify(&t.e, &ws)
             .unwrap_err()
             .status(),
         StatusCode::BAD_REQUEST
@@ -837,7 +837,7 @@ fn keys_and_info_apis() {
 
 #[test]
 fn refusals_before_the_body_match_the_engine() {
-    use stateline_core::http::{declares_too_large, too_large, too_many_connections};
+    use stateline_core::web::{declares_too_large, too_large, too_many_connections};
     let mut t = T::new();
     // The 413 an adapter sends from Content-Length alone is the one the engine sends once it
     // has the body: the same status, type and bytes.

@@ -17,7 +17,7 @@ pub fn serve(method: &worker::Method, path: &str, headers: &http::HeaderMap) -> 
             // The CORS set every answer carries, as the core decides it.
             let mut r = r;
             let origins = stateline_core::Config::default().cors_origins;
-            stateline_core::http::cors(&origins, headers, r.headers_mut());
+            stateline_core::web::cors(&origins, headers, r.headers_mut());
             convert::response(r)
         }
         None => convert::problem(404, "no-route", "no such file"),

@@ -54,7 +54,7 @@ pub fn headers(h: &http::HeaderMap) -> Result<Headers> {
 pub fn text(status: u16, ctype: &str, body: impl Into<Vec<u8>>) -> Result<Response> {
     let mut h = http::HeaderMap::new();
     let origins = stateline_core::Config::default().cors_origins;
-    stateline_core::http::cors(&origins, &http::HeaderMap::new(), &mut h);
+    stateline_core::web::cors(&origins, &http::HeaderMap::new(), &mut h);
     let h = headers(&h)?;
     h.set("content-type", ctype)?;
     Ok(Response::from_bytes(body.into())?
@@ -77,7 +77,7 @@ pub fn with_cors(r: http::Response<Bytes>) -> Result<Response> {
 /// A problem document with the edge's own code (the core writes it).
 pub fn problem(status: u16, code: &str, detail: &str) -> Result<Response> {
     let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
-    with_cors(stateline_core::http::problem_with(status, code, detail))
+    with_cors(stateline_core::web::problem_with(status, code, detail))
 }
 
 /// A refusal the worker answers itself (before any object has an engine): the core's problem

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_channel::mpsc;
-use stateline_core::http::{self as core_http, Action, Host, Metric, Socket};
+use stateline_core::web::{self, Action, Host, Metric, Socket};
 use stateline_core::key::Pattern;
 use stateline_core::rules::{Identity, Resolve, Rules};
 use stateline_core::session::{Limits, Reply, Session};
@@ -186,13 +186,13 @@ impl Namespace {
             NAMESPACES => return self.namespaces(),
             _ => {}
         }
-        let token = core_http::token(&head);
+        let token = web::token(&head);
         // The body first, whole (the worker refused a declared oversize before forwarding): the
         // front door answers a body that could not be read, as the native server does. It is
         // read even when the answer will not need it: workerd restarts the worker when a
         // forwarded body stream is still being written after the answer.
         let max = Config::default().max_body;
-        let (body, body_error) = if core_http::declares_too_large(head.headers(), max) {
+        let (body, body_error) = if web::declares_too_large(head.headers(), max) {
             (Bytes::new(), Some(Error::TooLarge(max)))
         } else if convert::has_body(&req.method()) {
             match req.bytes().await {
@@ -232,21 +232,21 @@ impl Namespace {
                 body_error,
                 ..Host::default()
             };
-            let action = core_http::serve(&mut live.engine, tick(), &full, &host);
+            let action = web::serve(&mut live.engine, tick(), &full, &host);
             log_denials(&mut live.engine);
             match action {
                 Action::Respond(out) => {
                     let wrote = !out.changes.is_empty();
                     let response = match self.commit(&mut live, out.changes) {
                         Ok(()) => out.response,
-                        Err(e) => core_http::refusal(&live.engine, &full, &Error::storage(&e)),
+                        Err(e) => web::refusal(&live.engine, &full, &Error::storage(&e)),
                     };
                     (Ok(response), wrote)
                 }
                 // The worker serves the UI and the client script from its bundle; there is no
                 // embedding program (no backups, no endpoints) at the edge.
                 Action::Asset { .. } | Action::Backup | Action::Endpoint { .. } => (
-                    Ok(core_http::refusal(&live.engine, &full, &Error::NoRoute)),
+                    Ok(web::refusal(&live.engine, &full, &Error::NoRoute)),
                     false,
                 ),
                 other => (Err(other), false),
@@ -264,7 +264,7 @@ impl Namespace {
                 Socket::Mux => self.accept(&full, "mux", None, &ns, token, who),
                 Socket::Subscribe(sub) => self.accept(&full, "ooo", Some(sub), &ns, token, who),
             },
-            Err(_) => convert::response(core_http::refusal(
+            Err(_) => convert::response(web::refusal(
                 &self.live()?.engine,
                 &full,
                 &Error::NoRoute,
@@ -275,14 +275,14 @@ impl Namespace {
     fn events(
         &self,
         head: &http::Request<Bytes>,
-        sub: core_http::Subscription,
+        sub: web::Subscription,
         who: Identity,
     ) -> Result<Response> {
         let (tx, rx) = mpsc::channel::<Result<Vec<u8>>>(SSE_QUEUE);
         let mut live = self.live()?;
         let session = match Session::open(&live.engine, who, None, Limits::default()) {
             Ok(s) => s,
-            Err(e) => return convert::response(core_http::refusal(&live.engine, head, &e)),
+            Err(e) => return convert::response(web::refusal(&live.engine, head, &e)),
         };
         let id = live.next_id();
         live.sse.insert(id, tx);
@@ -297,7 +297,7 @@ impl Namespace {
         match joined {
             Ok(first) => {
                 if let Some(tx) = live.sse.get_mut(&id) {
-                    let _ = tx.try_send(Ok(core_http::SSE_HELLO.to_vec()));
+                    let _ = tx.try_send(Ok(web::SSE_HELLO.to_vec()));
                     if let Some(b) = first {
                         let _ = tx.try_send(Ok(b.to_vec()));
                     }
@@ -305,10 +305,10 @@ impl Namespace {
             }
             Err(e) => {
                 live.drop_conn(id);
-                return convert::response(core_http::refusal(&live.engine, head, &e));
+                return convert::response(web::refusal(&live.engine, head, &e));
             }
         }
-        let h = convert::headers(&core_http::sse_headers(&live.engine, head.headers()))?;
+        let h = convert::headers(&web::sse_headers(&live.engine, head.headers()))?;
         Ok(Response::from_stream(rx)?.with_headers(h))
     }
 
@@ -316,7 +316,7 @@ impl Namespace {
         &self,
         head: &http::Request<Bytes>,
         kind: &str,
-        sub: Option<core_http::Subscription>,
+        sub: Option<web::Subscription>,
         ns: &str,
         token: Option<String>,
         who: Identity,
@@ -339,7 +339,7 @@ impl Namespace {
         } else {
             let mut session = match Session::open(&live.engine, who, token, limits(&att)) {
                 Ok(s) => s,
-                Err(e) => return convert::response(core_http::refusal(&live.engine, head, &e)),
+                Err(e) => return convert::response(web::refusal(&live.engine, head, &e)),
             };
             if kind == "mux" {
                 session = session.within_namespace(ns);
@@ -350,7 +350,7 @@ impl Namespace {
                     Ok(f) => first = f,
                     Err(e) => {
                         live.drop_conn(id);
-                        return convert::response(core_http::refusal(&live.engine, head, &e));
+                        return convert::response(web::refusal(&live.engine, head, &e));
                     }
                 }
             }
@@ -369,7 +369,7 @@ impl Namespace {
         drop(live);
         // Browsers put the token in `Sec-WebSocket-Protocol: bearer, <token>`: the server must
         // choose `bearer` or the browser drops the connection.
-        let bearer = core_http::offers_bearer(head.headers());
+        let bearer = web::offers_bearer(head.headers());
         let r = Response::from_websocket(pair.client)?;
         if bearer {
             r.headers().set("sec-websocket-protocol", "bearer")?;
@@ -408,7 +408,7 @@ impl Namespace {
     }
 
     fn register(&self, head: &http::Request<Bytes>) -> Result<Response> {
-        let ns = core_http::query_pairs(head.uri().query().unwrap_or(""))
+        let ns = web::query_pairs(head.uri().query().unwrap_or(""))
             .into_iter()
             .find(|(k, _)| k == "ns")
             .map(|(_, v)| v)

@@ -51,7 +51,7 @@ pub enum Target {
 pub use stateline_core::session::{key_namespace, op_keys, pattern_namespace};
 
 fn query_ns(query: &str) -> Option<String> {
-    stateline_core::http::query_pairs(query)
+    stateline_core::web::query_pairs(query)
         .into_iter()
         .find(|(k, _)| k == "ns")
         .map(|(_, v)| v)
@@ -81,7 +81,7 @@ pub fn target(
     rename_to: Option<&str>,
 ) -> Target {
     let get = method == "GET" || method == "HEAD";
-    let has_api = stateline_core::http::query_pairs(query)
+    let has_api = stateline_core::web::query_pairs(query)
         .iter()
         .any(|(k, _)| k == "api");
     if get
@@ -112,7 +112,7 @@ pub fn target(
         if let Some(ns) = ns {
             return Target::Object(ns);
         }
-        let api = stateline_core::http::query_pairs(query)
+        let api = stateline_core::web::query_pairs(query)
             .into_iter()
             .find(|(k, _)| k == "api")
             .map(|(_, v)| v);

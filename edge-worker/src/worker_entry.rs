@@ -2,7 +2,7 @@
 //! the keys API across namespaces.
 
 use serde_json::{json, Value};
-use stateline_core::http as core_http;
+use stateline_core::web;
 use worker::{event, Context, Env, Method, Request, RequestInit, Response, Result};
 
 use crate::object::{BINDING, NAMESPACES, NS_HEADER};
@@ -34,17 +34,17 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
         return convert::problem(404, "no-route", "no such route");
     }
     let head = convert::head(&req)?;
-    let websocket = core_http::is_websocket(head.headers());
-    let events = core_http::wants_events(head.headers());
+    let websocket = web::is_websocket(head.headers());
+    let events = web::wants_events(head.headers());
     let method = req.method();
     if convert::has_body(&method)
-        && core_http::declares_too_large(head.headers(), stateline_core::Config::default().max_body)
+        && web::declares_too_large(head.headers(), stateline_core::Config::default().max_body)
     {
         // Refused here, before the request reaches its object, and without touching the body
         // stream: forwarded, the stream would still be piped into the object's request after
         // the object had answered 413, and workerd fails such a read ("Can't read from request
         // stream after response has been sent") by restarting the worker mid-request.
-        return convert::with_cors(core_http::too_large(
+        return convert::with_cors(web::too_large(
             &path,
             stateline_core::Config::default().max_body,
         ));
@@ -119,7 +119,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
 /// `GET /?api=keys` across namespaces: one namespace when the filter names it, otherwise every
 /// namespace in the registry, merged in key order and paged as the core pages.
 async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<Response> {
-    let q = core_http::query_pairs(query);
+    let q = web::query_pairs(query);
     let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let filter = get("filter").unwrap_or("");
     let objects = env.durable_object(BINDING)?;
@@ -135,7 +135,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
             .await;
     }
     let max = keys_page();
-    let kp = match core_http::KeysPage::parse(&q, max) {
+    let kp = match web::KeysPage::parse(&q, max) {
         Ok(kp) => kp,
         Err(e) => return convert::refusal(&e),
     };

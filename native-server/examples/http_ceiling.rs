@@ -47,7 +47,7 @@ async fn answer(
         let tick = clocks.tick();
         let out = {
             let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
-            let out = stateline_core::http::handle(&mut e, tick, &req);
+            let out = stateline_core::web::handle(&mut e, tick, &req);
             e.publish(&out.changes);
             out
         };

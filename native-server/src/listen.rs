@@ -182,7 +182,7 @@ pub(crate) async fn refuse_connection(io: tokio::net::TcpStream) {
     use hyper::server::conn::http1;
     use hyper_util::rt::{TokioIo, TokioTimer};
     let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-        let r = stateline_core::http::too_many_connections(1);
+        let r = stateline_core::web::too_many_connections(1);
         Ok::<_, std::convert::Infallible>(r.map(http_body_util::Full::new))
     });
     let mut b = http1::Builder::new();

@@ -2,7 +2,7 @@
 //!
 //! Owns reading request bodies under the size cap and the deadline, handing them to the core's
 //! HTTP function, and streaming SSE frames from a connection's queue. What a route means is the
-//! core's business (`stateline_core::http`); this module only moves bytes.
+//! core's business (`stateline_core::web`); this module only moves bytes.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use stateline_core::http::{self as core_http, Action, Backups, Host, Metric, Subscription};
+use stateline_core::web::{self, Action, Backups, Host, Metric, Subscription};
 use stateline_core::session::{Limits, Session};
 use stateline_core::Encoding;
 
@@ -28,7 +28,7 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
 }
 
 /// Serves one request: reads its body (under the cap and the deadline), hands it to the core's
-/// front door once (`core_http::serve`), and does what comes back.
+/// front door once (`web::serve`), and does what comes back.
 pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
     let started = std::time::Instant::now();
     sh.requests.fetch_add(1, Ordering::Relaxed);
@@ -68,7 +68,7 @@ enum Door {
 /// The core's hooks, as the builder registered them.
 struct Hooks<'a>(&'a crate::ext::Extensions);
 
-impl core_http::Hooks for Hooks<'_> {
+impl web::Hooks for Hooks<'_> {
     fn audit(&self, req: &Request<Bytes>, who: &stateline_core::Identity) -> Result<(), String> {
         let r = self.0.audit(&crate::ext::AuditEvent {
             method: req.method(),
@@ -187,11 +187,11 @@ async fn front_door(
         let r = cluster
             .write(sh, |hub, tick| {
                 let h = known.host(None, body_error.take());
-                match core_http::serve(&mut hub.engine, tick, req, &h) {
+                match web::serve(&mut hub.engine, tick, req, &h) {
                     Action::Respond(out) => {
                         hub.log_denials();
                         let stale = out.changes.is_empty()
-                            && core_http::refusal_may_be_stale(&method, out.response.status());
+                            && web::refusal_may_be_stale(&method, out.response.status());
                         crate::cluster::Step {
                             answer: Ok(out.response),
                             changes: out.changes,
@@ -212,7 +212,7 @@ async fn front_door(
         return match r {
             Ok((Ok(mut response), seq)) => {
                 if let Some(seq) = seq {
-                    core_http::restamp(&mut response, seq);
+                    web::restamp(&mut response, seq);
                 }
                 Door::Answered(response.map(Body::from))
             }
@@ -230,7 +230,7 @@ async fn front_door(
             let mut hub = sh.lock();
             let storage_error = hub.storage_error().map(str::to_string);
             let h = known.host(storage_error.as_deref(), body_error.take());
-            let out = match core_http::serve(&mut hub.engine, tick, req, &h) {
+            let out = match web::serve(&mut hub.engine, tick, req, &h) {
                 Action::Respond(out) => out,
                 other => {
                     hub.log_denials();
@@ -281,7 +281,7 @@ async fn front_door(
 /// The core's answer to a request refused with `e` (problem document or ooo's text, CORS).
 fn refused(sh: &Shared, req: &Request<Bytes>, e: &stateline_core::Error) -> Response {
     let hub = sh.lock();
-    core_http::refusal(&hub.engine, req, e).map(Body::from)
+    web::refusal(&hub.engine, req, e).map(Body::from)
 }
 
 /// Runs a custom endpoint's handler (the front door found it and the audit hook passed).
@@ -296,7 +296,7 @@ async fn endpoint(
         let req = Request::from_parts(parts, body);
         return refused(sh, &req, &stateline_core::Error::MethodNotAllowed);
     };
-    let query = core_http::query_pairs(parts.uri.query().unwrap_or(""));
+    let query = web::query_pairs(parts.uri.query().unwrap_or(""));
     let r = handler(crate::ext::EndpointRequest {
         method: parts.method.clone(),
         vars,
@@ -322,7 +322,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 
 fn with_cors(sh: &Shared, req: &HeaderMap, mut r: Response) -> Response {
     let hub = sh.lock();
-    core_http::cors_headers(&hub.engine, req, r.headers_mut());
+    web::cors_headers(&hub.engine, req, r.headers_mut());
     r
 }
 
@@ -335,7 +335,7 @@ async fn read_body(
     body: Body,
 ) -> Result<Bytes, stateline_core::Error> {
     let max = sh.limits.max_body;
-    if core_http::declares_too_large(&parts.headers, max) {
+    if web::declares_too_large(&parts.headers, max) {
         return Err(stateline_core::Error::TooLarge(max));
     }
     let read = tokio::time::timeout(sh.limits.deadline, Limited::new(body, max).collect()).await;
@@ -459,7 +459,7 @@ fn events(
         rx,
         sh.shutdown.clone(),
         ticker,
-        Some(Bytes::from_static(core_http::SSE_HELLO)),
+        Some(Bytes::from_static(web::SSE_HELLO)),
     );
     let stream = futures_util::stream::unfold(
         state,
@@ -483,7 +483,7 @@ fn events(
                     // Held: the first frame waits for the commit of the writes it shows.
                     _ = reg.ctl.released.notified(), if reg.ctl.is_held() => continue,
                     m = rx.recv(), if !reg.ctl.is_held() => m.map(|(b, _)| b),
-                    _ = ticker.tick() => Some(Bytes::from_static(core_http::SSE_KEEPALIVE)),
+                    _ = ticker.tick() => Some(Bytes::from_static(web::SSE_KEEPALIVE)),
                 };
             };
             next.map(|b| (Ok(b), (reg, rx, shutdown, ticker, None)))
@@ -492,7 +492,7 @@ fn events(
     let mut r = Response::new(Body::from_stream(stream));
     *r.headers_mut() = {
         let hub = sh.lock();
-        core_http::sse_headers(&hub.engine, req.headers())
+        web::sse_headers(&hub.engine, req.headers())
     };
     r
 }

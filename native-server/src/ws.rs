@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use stateline_core::http::{self as core_http, Socket, Subscription};
+use stateline_core::web::{self, Socket, Subscription};
 use stateline_core::session::{Close, Forward, Limits, Reply, Session};
 use stateline_core::{Encoding, Identity};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -65,7 +65,7 @@ pub async fn upgrade(
     kind: Socket,
     who: Identity,
 ) -> Response {
-    // The Origin (and Host) check ran in the core, before the upgrade (`core_http::classify`).
+    // The Origin (and Host) check ran in the core, before the upgrade (`web::classify`).
     if *sh.shutdown.borrow() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
@@ -103,9 +103,9 @@ pub async fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     // `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set Authorization on a
-    // WebSocket): the token was read with the request (`core_http::token`); the server selects
+    // WebSocket): the token was read with the request (`web::token`); the server selects
     // `bearer` as the protocol, as the browser requires one of those it offered.
-    let bearer = core_http::offers_bearer(h);
+    let bearer = web::offers_bearer(h);
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(
             StatusCode::UPGRADE_REQUIRED,

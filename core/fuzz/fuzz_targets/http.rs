@@ -1,6 +1,7 @@
-//! HTTP requests through the core's front door: `http::classify` (what the adapters ask first),
-//! then `http::handle` for a plain request, or the subscription check and pool join for a
-//! WebSocket or SSE one, as the servers do, on an engine with access rules.
+//! HTTP requests through the core's front door, `web::serve`, as both servers hand them in
+//! (with or without a body that could be read), then what its action asks for: the changes
+//! published, or a subscription joined through a connection's `session::Session`, on an engine
+//! with access rules.
 //!
 //! The input is a few requests in a readable form (the seeds are real requests), separated by a
 //! line `~~~`:
@@ -14,13 +15,15 @@
 //! ```
 //!
 //! A request line or header that `http` itself refuses (no server could hand it to the core)
-//! skips that request. Any other request must get a response, never a panic.
+//! skips that request. Any other request must get a response, never a panic. A request whose
+//! first line starts with `!` stands for one whose body the server could not read.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use stateline_core::http::{self, Kind, Subscription};
-use stateline_core::{Encoding, Engine, Tick};
+use stateline_core::session::{Limits, Session};
+use stateline_core::web::{self, Action, Host, Socket, Subscription};
+use stateline_core::{Encoding, Engine, Error, Identity, Tick};
 use stateline_core_fuzz::{engine, tick};
 
 fn request(text: &[u8]) -> Option<::http::Request<Bytes>> {
@@ -39,34 +42,37 @@ fn request(text: &[u8]) -> Option<::http::Request<Bytes>> {
     b.body(Bytes::copy_from_slice(body)).ok()
 }
 
-fn subscribe(
-    engine: &mut Engine,
-    t: Tick,
-    req: &::http::Request<Bytes>,
-    sub: Subscription,
-    enc: Encoding,
-) {
-    let who = engine.identify(t, http::token(req).as_deref());
-    if http::authorize_subscription(engine, req, &sub, &who).is_ok() {
-        // The subscription stays: the input's later requests publish to it.
-        let _ = engine.join(sub.pattern, enc, sub.version, sub.initial, &who);
-    }
+fn subscribe(engine: &mut Engine, sub: Subscription, enc: Encoding, who: Identity) {
+    let Ok(mut session) = Session::open(engine, who, None, Limits::default()) else {
+        return;
+    };
+    // The subscription stays: the input's later requests publish to it.
+    let _ = session.subscribe(
+        engine,
+        sub.pattern,
+        enc,
+        sub.version,
+        sub.initial,
+        &mut |_, _| Ok(()),
+    );
 }
 
-fn run(engine: &mut Engine, t: Tick, req: &::http::Request<Bytes>) {
-    match http::classify(engine, req) {
-        Err(_refused) => {}
-        Ok(Kind::Http) => {
-            let out = http::handle(engine, t, req);
-            engine.publish(&out.changes);
-        }
-        Ok(Kind::Subscribe(sub)) => subscribe(engine, t, req, sub, Encoding::Ooo),
-        Ok(Kind::Events(sub)) => subscribe(engine, t, req, sub, Encoding::Sse),
-        Ok(Kind::Mux | Kind::Clock) => {
-            let who = engine.identify(t, http::token(req).as_deref());
-            let _ = http::authorize_connection(engine, req, &who);
-        }
-        Ok(Kind::Root { .. }) => {}
+fn run(engine: &mut Engine, t: Tick, req: &::http::Request<Bytes>, unreadable: bool) {
+    let host = Host {
+        body_error: unreadable.then_some(Error::BodyUnreadable),
+        ..Host::default()
+    };
+    match web::serve(engine, t, req, &host) {
+        Action::Respond(out) => engine.publish(&out.changes),
+        Action::Upgrade {
+            socket: Socket::Subscribe(sub),
+            who,
+        } => subscribe(engine, sub, Encoding::Ooo, who),
+        Action::Events { sub, who } => subscribe(engine, sub, Encoding::Sse, who),
+        Action::Upgrade { .. }
+        | Action::Asset { .. }
+        | Action::Backup
+        | Action::Endpoint { .. } => {}
     }
     while engine.poll_frame().is_some() {}
     while engine.poll_denial().is_some() {}
@@ -83,8 +89,13 @@ fuzz_target!(|data: &[u8]| {
         };
         rest = tail;
         n += 1;
+        // A request written `!PUT ...` stands for one whose body could not be read.
+        let (unreadable, one) = match one.strip_prefix(b"!") {
+            Some(rest) => (true, rest),
+            None => (false, one),
+        };
         if let Some(req) = request(one) {
-            run(&mut engine, tick(n), &req);
+            run(&mut engine, tick(n), &req, unreadable);
         }
     }
 });

@@ -3,7 +3,7 @@
 //! section shows what the core needs from its host: nothing (no `env` imports, no WASI).
 
 use bytes::Bytes;
-use stateline_core::http::handle;
+use stateline_core::web::handle;
 use stateline_core::pool::Encoding;
 use stateline_core::{Config, Engine, Filters, Pattern, Tick};
 
