@@ -13,10 +13,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_channel::mpsc;
-use stateline_core::web::{self, Action, Host, Metric, Socket};
 use stateline_core::key::Pattern;
 use stateline_core::rules::{Identity, Resolve, Rules};
 use stateline_core::session::{Limits, Reply, Session};
+use stateline_core::web::{self, Action, Host, Metric, Socket};
 use stateline_core::{Change, Config, Encoding, Engine, Error, Filters};
 use worker::{
     durable_object, DurableObject, Env, Request, Response, Result, State, WebSocket,
@@ -264,11 +264,7 @@ impl Namespace {
                 Socket::Mux => self.accept(&full, "mux", None, &ns, token, who),
                 Socket::Subscribe(sub) => self.accept(&full, "ooo", Some(sub), &ns, token, who),
             },
-            Err(_) => convert::response(web::refusal(
-                &self.live()?.engine,
-                &full,
-                &Error::NoRoute,
-            )),
+            Err(_) => convert::response(web::refusal(&self.live()?.engine, &full, &Error::NoRoute)),
         }
     }
 

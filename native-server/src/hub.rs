@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use stateline_core::web::Subscription;
 use stateline_core::session::Session;
+use stateline_core::web::Subscription;
 use stateline_core::{Change, Encoding, Engine, Error, PoolId, Tick};
 use stateline_disk::{Committer, Disk, DiskError, Done, Job};
 use tokio::sync::{mpsc, watch, Notify};

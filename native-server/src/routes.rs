@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use stateline_core::web::{self, Action, Backups, Host, Metric, Subscription};
 use stateline_core::session::{Limits, Session};
+use stateline_core::web::{self, Action, Backups, Host, Metric, Subscription};
 use stateline_core::Encoding;
 
 use std::sync::atomic::Ordering;

@@ -3,8 +3,8 @@
 //! section shows what the core needs from its host: nothing (no `env` imports, no WASI).
 
 use bytes::Bytes;
-use stateline_core::web::handle;
 use stateline_core::pool::Encoding;
+use stateline_core::web::handle;
 use stateline_core::{Config, Engine, Filters, Pattern, Tick};
 
 /// Runs a short scenario and returns the number of frames produced (CI only checks imports).
