@@ -141,7 +141,12 @@ impl Engine {
     }
 
     // The rule's JSON Schema, on the value about to be stored (after write filters).
-    pub(super) fn validate(&mut self, key: &str, v: &Value, who: &Identity) -> Result<(), Error> {
+    pub(super) fn check_schema(
+        &mut self,
+        key: &str,
+        v: &Value,
+        who: &Identity,
+    ) -> Result<(), Error> {
         let Some(schema) = self
             .filters
             .rules()

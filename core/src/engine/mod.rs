@@ -5,6 +5,12 @@
 //! the [`Change`]s it applied. The adapter makes them durable if it has a disk, then calls
 //! [`Engine::publish`] to get one frame per affected pool, or [`Engine::revert`] if the commit
 //! failed. Time enters as a [`Tick`]; nothing here blocks, sleeps or touches a socket.
+//!
+//! Every operation takes one path (`run`, in `engine/checks.rs`): its doc lists the order of
+//! the checks, all of them before the first mutation. The files of this module: `ops` (what
+//! each kind of [`Op`] reads, touches, computes and mutates), `access` (identities, rules,
+//! schemas, denials), `subscriptions` (pools and frames), `time` (clock and TTL),
+//! `replication` (a cluster node's hooks).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use crate::rules::Identity;
 use crate::store::{Change, Entry, Store, Ttl};
 
 mod access;
+mod checks;
 mod ops;
 mod replication;
 mod subscriptions;
@@ -312,12 +319,14 @@ impl Engine {
         self.execute(tick, op, &Identity::System)
     }
 
-    /// Applies an operation, all or nothing, for `who`: the access rules are checked (and the
-    /// schema, TTL and limits of the rule for each key applied) before anything changes. The
-    /// changes are applied to memory and logged but not yet published: call
+    /// Applies an operation, all or nothing, for `who`: keys, access rules, static mode,
+    /// delete filters, existence and preconditions, the new value, write filters, JSON depth
+    /// and the rule's schema are checked, in that order, before anything changes (then the
+    /// limits and TTLs of the filters and rules apply). The changes are applied to memory and
+    /// logged but not yet published: call
     /// [`Engine::publish`] after making them durable, or [`Engine::revert`] if that failed.
     pub fn execute(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
-        let r = self.execute_inner(tick, op, who);
+        let r = self.run(tick, op, who);
         match &r {
             Ok(a) => {
                 self.stats.writes += 1;

@@ -1,58 +1,371 @@
-//! The operations: checks, values and mutations of each `Op`.
+//! The operations, one kind at a time: what each reads from its [`Op`], what the checks of
+//! [`Engine::run`] look at for it, how it computes its new value and how it mutates.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::{Applied, Cond, Engine, Op, Outcome, PatchKind};
-use crate::clock::Tick;
+use crate::clock::{Clock, Tick};
 use crate::error::Error;
 use crate::filter::{Need, WriteOp};
-use crate::json::{self, JsonError};
+use crate::json;
 use crate::key::{self, Pattern};
-use crate::rules::{Action, Identity};
+use crate::rules::Action;
 use crate::store::{Change, Entry, Ttl};
 
-impl Engine {
-    fn check_cond(&self, key: &str, cond: &Cond) -> Result<(), Error> {
-        if let Cond::Always = cond {
-            // Most writes: no lookup.
-            return Ok(());
-        }
-        let cur = self.store.get(key);
-        match cond {
-            Cond::Always => Ok(()),
-            Cond::NextRevision(n) => {
-                let current = cur.map_or(-1, |e| e.revision as i128);
-                if *n as i128 == current + 1 {
-                    Ok(())
-                } else {
-                    Err(Error::RevisionConflict)
-                }
+/// An operation whose keys were read (step 1 of [`Engine::run`]): what it touches. What it
+/// brings towards the new value is its [`Source`].
+#[derive(Debug)]
+pub(super) enum Plan {
+    /// [`Op::Set`].
+    Set { key: String, ttl: Ttl, cond: Cond },
+    /// [`Op::Push`]: `key` is the key it creates under `glob`.
+    Push { glob: String, key: String, ttl: Ttl },
+    /// [`Op::Patch`].
+    Patch { key: String, cond: Cond },
+    /// [`Op::Delete`] of one key.
+    DeleteKey { key: String, cond: Cond },
+    /// [`Op::Delete`] of every key matching a glob or subtree.
+    DeleteGlob {
+        glob: String,
+        pattern: Pattern,
+        cond: Cond,
+    },
+    /// [`Op::Incr`].
+    Incr { key: String, ttl: Ttl },
+    /// [`Op::Take`].
+    Take { key: String },
+    /// [`Op::Rename`].
+    Rename {
+        from: String,
+        to: String,
+        overwrite: bool,
+    },
+}
+
+/// Where an operation's new value comes from (step 6 of [`Engine::run`]).
+#[derive(Debug)]
+pub(super) enum Source {
+    /// No new value: a delete or a take.
+    Nothing,
+    /// The request's value (set, push).
+    Given(Value),
+    /// The request's patch, on the current value.
+    Patch(PatchKind),
+    /// The current integer plus this (a missing key counts as 0).
+    Add(i64),
+    /// The rename source's value.
+    Moved,
+}
+
+impl Source {
+    /// Whether the value is made from the request's JSON (its depth is checked).
+    pub(super) fn is_from_request(&self) -> bool {
+        matches!(self, Source::Given(_) | Source::Patch(_))
+    }
+}
+
+/// What the preconditions (step 5) found: the entry the new value is computed from (a patch's
+/// or a counter's key, a rename's source) and a rename's existing target.
+#[derive(Debug, Default)]
+pub(super) struct Found {
+    pub(super) current: Option<Entry>,
+    pub(super) target: Option<Entry>,
+}
+
+impl Plan {
+    /// Step 1: reads the keys. A push takes its key's time-ordered name from the clock.
+    pub(super) fn read(op: Op, clock: &mut Clock, tick: Tick) -> Result<(Plan, Source), Error> {
+        Ok(match op {
+            Op::Set {
+                key,
+                value,
+                ttl,
+                cond,
+            } => {
+                key::validate_key(&key)?;
+                (Plan::Set { key, ttl, cond }, Source::Given(value))
             }
-            Cond::IfMatch(tags) => match cur {
-                Some(e) if tags.iter().any(|t| t == "*" || *t == e.etag()) => Ok(()),
-                _ => Err(Error::Precondition(
-                    "If-Match does not match the current version",
-                )),
-            },
-            Cond::IfAbsent => match cur {
-                None => Ok(()),
-                Some(_) => Err(Error::Precondition("the key exists (If-None-Match: *)")),
-            },
+            Op::Push { target, value, ttl } => {
+                let prefix = key::validate_push(&target)?;
+                let index = format!("{:x}", clock.now(tick));
+                let key = if prefix.is_empty() {
+                    index
+                } else {
+                    format!("{prefix}/{index}")
+                };
+                let plan = Plan::Push {
+                    glob: target,
+                    key,
+                    ttl,
+                };
+                (plan, Source::Given(value))
+            }
+            Op::Patch { key, patch, cond } => {
+                key::validate_key(&key)?;
+                (Plan::Patch { key, cond }, Source::Patch(patch))
+            }
+            Op::Delete { target, cond } => {
+                let plan = match Pattern::parse(&target)? {
+                    Pattern::Key(_) => Plan::DeleteKey { key: target, cond },
+                    pattern => Plan::DeleteGlob {
+                        glob: target,
+                        pattern,
+                        cond,
+                    },
+                };
+                (plan, Source::Nothing)
+            }
+            Op::Incr { key, by, ttl } => {
+                key::validate_key(&key)?;
+                (Plan::Incr { key, ttl }, Source::Add(by))
+            }
+            Op::Take { key } => {
+                key::validate_key(&key)?;
+                (Plan::Take { key }, Source::Nothing)
+            }
+            Op::Rename {
+                from,
+                to,
+                overwrite,
+            } => {
+                key::validate_key(&from)?;
+                key::validate_key(&to)?;
+                if from == to {
+                    return Err(Error::BadRequest(
+                        "rename: source and target are the same key".into(),
+                    ));
+                }
+                let plan = Plan::Rename {
+                    from,
+                    to,
+                    overwrite,
+                };
+                (plan, Source::Moved)
+            }
+        })
+    }
+
+    /// Step 2: the keys the access rules judge, each with the action, in order (a glob delete
+    /// is judged key by key instead: see [`Engine::run`]).
+    pub(super) fn access(&self) -> [Option<(Action, &str)>; 3] {
+        use Action::{Delete, Read, Write};
+        match self {
+            // The rules judge the key a push creates, like any other write.
+            Plan::Set { key, .. } | Plan::Push { key, .. } => [Some((Write, key)), None, None],
+            // A patch reads too: its errors (and RFC 6902 `test`) tell what the value holds;
+            // a counter's reply carries the new value.
+            Plan::Patch { key, .. } | Plan::Incr { key, .. } => {
+                [Some((Read, key)), Some((Write, key)), None]
+            }
+            Plan::DeleteKey { key, .. } => [Some((Delete, key)), None, None],
+            Plan::DeleteGlob { .. } => [None, None, None],
+            Plan::Take { key } => [Some((Read, key)), Some((Delete, key)), None],
+            // Both ends: the value moves from a key the caller reads and deletes to one it
+            // writes.
+            Plan::Rename { from, to, .. } => {
+                [Some((Read, from)), Some((Delete, from)), Some((Write, to))]
+            }
         }
     }
 
-    fn check_value(&self, v: &Value) -> Result<(), Error> {
-        let d = json::depth(v);
-        if d > self.config.max_depth {
-            return Err(JsonError::TooDeep {
-                depth: d,
-                max: self.config.max_depth,
+    /// Step 3: what static mode needs a filter for, target by target.
+    pub(super) fn needs(&self) -> [Option<(Need, &str)>; 2] {
+        match self {
+            Plan::Set { key, .. } | Plan::Patch { key, .. } | Plan::Incr { key, .. } => {
+                [Some((Need::Write, key)), None]
             }
-            .into());
+            Plan::Push { glob, .. } => [Some((Need::Write, glob)), None],
+            Plan::DeleteKey { key: target, .. } | Plan::DeleteGlob { glob: target, .. } => {
+                [Some((Need::Delete, target)), None]
+            }
+            Plan::Take { key } => [Some((Need::Read, key)), Some((Need::Delete, key))],
+            Plan::Rename { from, to, .. } => [Some((Need::Delete, from)), Some((Need::Write, to))],
         }
-        Ok(())
+    }
+
+    /// Step 4: the key or glob whose delete filters are asked.
+    pub(super) fn deleted(&self) -> Option<&str> {
+        match self {
+            Plan::DeleteKey { key: t, .. } | Plan::DeleteGlob { glob: t, .. } => Some(t),
+            Plan::Take { key } => Some(key),
+            Plan::Rename { from, .. } => Some(from),
+            Plan::Set { .. } | Plan::Push { .. } | Plan::Patch { .. } | Plan::Incr { .. } => None,
+        }
+    }
+
+    /// The key the operation writes (a rename: its target; its rule's schema applies to the
+    /// new value), or the key or glob it deletes.
+    pub(super) fn target(&self) -> &str {
+        match self {
+            Plan::Set { key, .. }
+            | Plan::Push { key, .. }
+            | Plan::Patch { key, .. }
+            | Plan::Incr { key, .. } => key,
+            Plan::Rename { to, .. } => to,
+            Plan::DeleteKey { key, .. } | Plan::Take { key } => key,
+            Plan::DeleteGlob { glob, .. } => glob,
+        }
+    }
+
+    /// Where the write filters of a new value are looked up: the key written, or a push's glob.
+    pub(super) fn write_filter_target(&self) -> &str {
+        match self {
+            Plan::Push { glob, .. } => glob,
+            _ => self.target(),
+        }
+    }
+}
+
+/// A new value, and the JSON Patch that made it (forwarded to subscribers as the write's diff).
+type NewValue = (Value, Option<json_patch::Patch>);
+
+impl Engine {
+    /// Step 6: the new value, if the operation writes one.
+    pub(super) fn new_value(
+        &self,
+        plan: &Plan,
+        source: Source,
+        found: &Found,
+    ) -> Result<Option<NewValue>, Error> {
+        let current = || {
+            found
+                .current
+                .as_ref()
+                .expect("step 5 found the current entry")
+        };
+        Ok(Some(match source {
+            Source::Nothing => return Ok(None),
+            Source::Given(v) => (v, None),
+            Source::Patch(patch) => {
+                let cur = &current().data;
+                match patch {
+                    PatchKind::Merge(p) => (json::ooo_merge(cur, &p)?, None),
+                    PatchKind::MergePatch(p) => (json::merge_patch(cur, &p), None),
+                    PatchKind::JsonPatch(p) => (json::json_patch(cur, &p)?, Some(p)),
+                }
+            }
+            Source::Add(by) => (Value::from(counter(plan.target(), found, by)?), None),
+            Source::Moved => ((*current().data).clone(), None),
+        }))
+    }
+
+    /// The mutation, one function per kind of operation. Every check passed: nothing here
+    /// fails.
+    pub(super) fn apply(
+        &mut self,
+        tick: Tick,
+        plan: Plan,
+        new: Option<NewValue>,
+        found: Found,
+        readable: Vec<Arc<str>>,
+    ) -> Applied {
+        match (plan, new) {
+            (Plan::Set { key, ttl, .. } | Plan::Push { key, ttl, .. }, Some((value, _))) => {
+                self.set(tick, &key, value, ttl)
+            }
+            (Plan::Patch { key, .. }, Some((value, forward))) => {
+                self.patch(tick, &key, value, forward)
+            }
+            (Plan::Incr { key, ttl }, Some((value, _))) => self.incr(tick, &key, value, ttl),
+            (Plan::Rename { from, to, .. }, Some((value, _))) => {
+                self.rename(tick, &from, &to, value, found)
+            }
+            (Plan::DeleteKey { key, .. }, None) => self.delete_key(&key),
+            (Plan::DeleteGlob { .. }, None) => self.delete_glob(&readable),
+            (Plan::Take { key }, None) => self.take(&key),
+            (plan, new) => unreachable!(
+                "step 6 makes a new value for exactly the writes: {plan:?}, {}",
+                new.is_some()
+            ),
+        }
+    }
+
+    // `Op::Set` and `Op::Push`.
+    fn set(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
+        let now = self.clock.now(tick);
+        let changes = self.write_value(key, value, now, ttl, None);
+        self.written(changes)
+    }
+
+    // `Op::Patch`: the TTL stays.
+    fn patch(
+        &mut self,
+        tick: Tick,
+        key: &str,
+        value: Value,
+        forward: Option<json_patch::Patch>,
+    ) -> Applied {
+        let forward = forward.map(Arc::new);
+        let now = self.clock.now(tick);
+        let changes = self.write_value(key, value, now, Ttl::Keep, forward);
+        self.written(changes)
+    }
+
+    // `Op::Incr`: a counter keeps its TTL unless the operation sets one.
+    fn incr(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
+        let now = self.clock.now(tick);
+        let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
+        let changes = self.write_value(key, value, now, ttl, None);
+        self.written(changes)
+    }
+
+    // `Op::Rename`: the entry moves with its creation time and expiry; the target's revision
+    // goes on from the entry it replaces.
+    fn rename(&mut self, tick: Tick, from: &str, to: &str, value: Value, found: Found) -> Applied {
+        let src = found.current.expect("step 5 found the source");
+        let now = self.clock.now(tick);
+        let mut changes = vec![self.store.remove(from).expect("checked above")];
+        let (data, json) = if value == *src.data {
+            (src.data.clone(), src.json.clone())
+        } else {
+            Entry::value(value)
+        };
+        let entry = Entry {
+            created: src.created,
+            updated: now,
+            revision: found.target.map_or(0, |t| t.revision + 1),
+            seq: 0,
+            expires: src.expires,
+            data,
+            json,
+        };
+        changes.push(self.store.put_entry(to, entry));
+        self.written(changes)
+    }
+
+    // `Op::Delete` of one key.
+    fn delete_key(&mut self, key: &str) -> Applied {
+        let c = self.store.remove(key).into_iter().collect::<Vec<_>>();
+        self.after(&c);
+        Applied {
+            outcome: Outcome::Deleted(1),
+            changes: c,
+        }
+    }
+
+    // `Op::Delete` of a glob: the keys the access rules let the caller see.
+    fn delete_glob(&mut self, keys: &[Arc<str>]) -> Applied {
+        let changes: Vec<Change> = keys.iter().filter_map(|k| self.store.remove(k)).collect();
+        self.after(&changes);
+        Applied {
+            outcome: Outcome::Deleted(changes.len()),
+            changes,
+        }
+    }
+
+    // `Op::Take`.
+    fn take(&mut self, key: &str) -> Applied {
+        let c = self.store.remove(key).expect("checked above");
+        let entry = c.prev.clone().expect("a delete has a previous entry");
+        let k = c.key.clone();
+        let changes = vec![c];
+        self.after(&changes);
+        Applied {
+            outcome: Outcome::Taken(k, entry),
+            changes,
+        }
     }
 
     // Deletes that a limit filter asks for before `key` is written (oldest beyond the count).
@@ -108,228 +421,6 @@ impl Engine {
         changes
     }
 
-    pub(super) fn execute_inner(
-        &mut self,
-        tick: Tick,
-        op: Op,
-        who: &Identity,
-    ) -> Result<Applied, Error> {
-        match op {
-            Op::Set {
-                key,
-                value,
-                ttl,
-                cond,
-            } => {
-                key::validate_key(&key)?;
-                self.authorize(Action::Write, &key, who)?;
-                self.filters.check(Need::Write, &key)?;
-                self.check_cond(&key, &cond)?;
-                let value = self.filters.apply_write(&key, value)?;
-                self.check_value(&value)?;
-                self.validate(&key, &value, who)?;
-                let now = self.clock.now(tick);
-                let changes = self.write_value(&key, value, now, ttl, None);
-                Ok(self.written(changes))
-            }
-            Op::Push { target, value, ttl } => {
-                let prefix = key::validate_push(&target)?.to_string();
-                let index = format!("{:x}", self.clock.now(tick));
-                let key = if prefix.is_empty() {
-                    index
-                } else {
-                    format!("{prefix}/{index}")
-                };
-                // The rules judge the key the push creates, like any other write.
-                self.authorize(Action::Write, &key, who)?;
-                self.filters.check(Need::Write, &target)?;
-                let value = self.filters.apply_write(&target, value)?;
-                self.check_value(&value)?;
-                self.validate(&key, &value, who)?;
-                let now = self.clock.now(tick);
-                let changes = self.write_value(&key, value, now, ttl, None);
-                Ok(self.written(changes))
-            }
-            Op::Patch { key, patch, cond } => {
-                key::validate_key(&key)?;
-                // A patch reads too: its errors (and RFC 6902 `test`) tell what the value holds.
-                self.authorize(Action::Read, &key, who)?;
-                self.authorize(Action::Write, &key, who)?;
-                self.filters.check(Need::Write, &key)?;
-                let cur = self.store.get(&key).ok_or(Error::NotFound)?;
-                self.check_cond(&key, &cond)?;
-                let (value, used) = match patch {
-                    PatchKind::Merge(p) => (json::ooo_merge(&cur.data, &p)?, None),
-                    PatchKind::MergePatch(p) => (json::merge_patch(&cur.data, &p), None),
-                    PatchKind::JsonPatch(p) => (json::json_patch(&cur.data, &p)?, Some(p)),
-                };
-                // The write's own patch goes to subscribers only if no filter rewrote the value.
-                let (filtered, used) = if self.filters.has_write_filters(&key) {
-                    let filtered = self.filters.apply_write(&key, value.clone())?;
-                    let same = filtered == value;
-                    (filtered, used.filter(|_| same))
-                } else {
-                    (value, used)
-                };
-                self.check_value(&filtered)?;
-                self.validate(&key, &filtered, who)?;
-                let used = used.map(Arc::new);
-                let now = self.clock.now(tick);
-                let changes = self.write_value(&key, filtered, now, Ttl::Keep, used);
-                Ok(self.written(changes))
-            }
-            Op::Delete { target, cond } => {
-                let pattern = Pattern::parse(&target)?;
-                // A glob delete considers only the keys the caller may read (as lists and the keys
-                // API do): a key it may not read is neither deleted nor named in a refusal, so the
-                // answer never tells whether such a key exists.
-                let mut glob_keys: Vec<Arc<str>> = Vec::new();
-                if let Pattern::Key(_) = pattern {
-                    self.authorize(Action::Delete, &target, who)?;
-                } else {
-                    // Refused whole if it covers one readable key the caller may not delete:
-                    // never a partial write.
-                    self.authorize_caller(&target, who)?;
-                    glob_keys = self
-                        .store
-                        .scan(&pattern)
-                        .map(|(k, _)| k.clone())
-                        .filter(|k| self.can_read(k, who))
-                        .collect();
-                    for k in &glob_keys {
-                        self.authorize(Action::Delete, k, who)?;
-                    }
-                }
-                self.filters.check(Need::Delete, &target)?;
-                self.filters.check_delete(&target)?;
-                match pattern {
-                    Pattern::Key(_) => {
-                        if self.store.get(&target).is_none() {
-                            return Err(Error::NotFound);
-                        }
-                        self.check_cond(&target, &cond)?;
-                        let c = self.store.remove(&target).into_iter().collect::<Vec<_>>();
-                        self.after(&c);
-                        Ok(Applied {
-                            outcome: Outcome::Deleted(1),
-                            changes: c,
-                        })
-                    }
-                    _ => {
-                        if cond != Cond::Always {
-                            return Err(Error::BadRequest(
-                                "preconditions apply to single keys, not globs".into(),
-                            ));
-                        }
-                        let changes: Vec<Change> = glob_keys
-                            .iter()
-                            .filter_map(|k| self.store.remove(k))
-                            .collect();
-                        self.after(&changes);
-                        Ok(Applied {
-                            outcome: Outcome::Deleted(changes.len()),
-                            changes,
-                        })
-                    }
-                }
-            }
-            Op::Incr { key, by, ttl } => {
-                key::validate_key(&key)?;
-                // The reply carries the new value: reading is needed too.
-                self.authorize(Action::Read, &key, who)?;
-                self.authorize(Action::Write, &key, who)?;
-                self.filters.check(Need::Write, &key)?;
-                let value = match self.store.get(&key) {
-                    None => by,
-                    Some(e) => {
-                        // Numbers are kept as written: one beyond 64-bit integers (or a
-                        // fraction) is refused, never rounded.
-                        let n = e.data.as_i64().ok_or_else(|| {
-                            Error::Counter(if e.data.is_number() {
-                                format!(
-                                    "{key} holds a number that is not an integer from -2^63 to 2^63-1"
-                                )
-                            } else {
-                                format!("{key} does not hold an integer")
-                            })
-                        })?;
-                        n.checked_add(by)
-                            .ok_or_else(|| Error::Counter(format!("{key} would overflow")))?
-                    }
-                };
-                let value = self.filters.apply_write(&key, Value::from(value))?;
-                self.validate(&key, &value, who)?;
-                let now = self.clock.now(tick);
-                let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
-                let changes = self.write_value(&key, value, now, ttl, None);
-                Ok(self.written(changes))
-            }
-            Op::Take { key } => {
-                key::validate_key(&key)?;
-                self.authorize(Action::Read, &key, who)?;
-                self.authorize(Action::Delete, &key, who)?;
-                self.filters.check(Need::Read, &key)?;
-                self.filters.check(Need::Delete, &key)?;
-                self.filters.check_delete(&key)?;
-                let c = self.store.remove(&key).ok_or(Error::NotFound)?;
-                let entry = c.prev.clone().expect("a delete has a previous entry");
-                let k = c.key.clone();
-                let changes = vec![c];
-                self.after(&changes);
-                Ok(Applied {
-                    outcome: Outcome::Taken(k, entry),
-                    changes,
-                })
-            }
-            Op::Rename {
-                from,
-                to,
-                overwrite,
-            } => {
-                key::validate_key(&from)?;
-                key::validate_key(&to)?;
-                if from == to {
-                    return Err(Error::BadRequest(
-                        "rename: source and target are the same key".into(),
-                    ));
-                }
-                // Both ends: the value moves from a key the caller reads and deletes to one it
-                // writes.
-                self.authorize(Action::Read, &from, who)?;
-                self.authorize(Action::Delete, &from, who)?;
-                self.authorize(Action::Write, &to, who)?;
-                self.filters.check(Need::Delete, &from)?;
-                self.filters.check(Need::Write, &to)?;
-                self.filters.check_delete(&from)?;
-                let src = self.store.get(&from).ok_or(Error::NotFound)?.clone();
-                let target = self.store.get(&to).cloned();
-                if target.is_some() && !overwrite {
-                    return Err(Error::Exists(to));
-                }
-                let value = self.filters.apply_write(&to, (*src.data).clone())?;
-                self.validate(&to, &value, who)?;
-                let now = self.clock.now(tick);
-                let mut changes = vec![self.store.remove(&from).expect("checked above")];
-                let (data, json) = if value == *src.data {
-                    (src.data.clone(), src.json.clone())
-                } else {
-                    Entry::value(value)
-                };
-                let entry = Entry {
-                    created: src.created,
-                    updated: now,
-                    revision: target.map_or(0, |t| t.revision + 1),
-                    seq: 0,
-                    expires: src.expires,
-                    data,
-                    json,
-                };
-                changes.push(self.store.put_entry(&to, entry));
-                Ok(self.written(changes))
-            }
-        }
-    }
-
     fn written(&mut self, changes: Vec<Change>) -> Applied {
         self.after(&changes);
         let last = changes.last().expect("a write has a change");
@@ -358,4 +449,21 @@ impl Engine {
             );
         }
     }
+}
+
+// A counter's next value. Numbers are kept as written: one beyond 64-bit integers (or a
+// fraction) is refused, never rounded.
+fn counter(key: &str, found: &Found, by: i64) -> Result<i64, Error> {
+    let Some(e) = &found.current else {
+        return Ok(by);
+    };
+    let n = e.data.as_i64().ok_or_else(|| {
+        Error::Counter(if e.data.is_number() {
+            format!("{key} holds a number that is not an integer from -2^63 to 2^63-1")
+        } else {
+            format!("{key} does not hold an integer")
+        })
+    })?;
+    n.checked_add(by)
+        .ok_or_else(|| Error::Counter(format!("{key} would overflow")))
 }
