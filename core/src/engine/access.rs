@@ -1,11 +1,49 @@
 //! Access control: who is asking, the rules' verdicts and schemas, and the denials they leave.
 
+use std::fmt;
+
 use serde_json::Value;
 
 use super::Engine;
 use crate::clock::Tick;
 use crate::error::Error;
 use crate::rules::{Action, Denied, Identity};
+use crate::token::TokenError;
+
+/// Why the access rules refused an attempt: the `reason` label of `/_metrics` and of the
+/// denials log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenialReason {
+    /// No token where one is needed (401).
+    NoToken,
+    /// A token that is malformed, badly signed or for another algorithm (401).
+    BadToken,
+    /// An expired or not-yet-valid token (401).
+    Expired,
+    /// A valid token that the rules do not allow (403).
+    Forbidden,
+    /// A written value that does not match the rule's schema (400).
+    Schema,
+}
+
+impl DenialReason {
+    /// The label (`no_token`, `bad_token`, `expired`, `forbidden`, `schema`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialReason::NoToken => "no_token",
+            DenialReason::BadToken => "bad_token",
+            DenialReason::Expired => "expired",
+            DenialReason::Forbidden => "forbidden",
+            DenialReason::Schema => "schema",
+        }
+    }
+}
+
+impl fmt::Display for DenialReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Refusals by the access rules, by reason (the `reason` label of `/_metrics`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,24 +64,47 @@ impl DeniedStats {
     /// `(reason, count)` pairs in a fixed order.
     pub fn by_reason(&self) -> [(&'static str, u64); 5] {
         [
-            ("no_token", self.no_token),
-            ("bad_token", self.bad_token),
-            ("expired", self.expired),
-            ("forbidden", self.forbidden),
-            ("schema", self.schema),
+            DenialReason::NoToken,
+            DenialReason::BadToken,
+            DenialReason::Expired,
+            DenialReason::Forbidden,
+            DenialReason::Schema,
         ]
+        .map(|r| (r.as_str(), self.count(r)))
+    }
+
+    /// The count of one reason.
+    pub fn count(&self, reason: DenialReason) -> u64 {
+        match reason {
+            DenialReason::NoToken => self.no_token,
+            DenialReason::BadToken => self.bad_token,
+            DenialReason::Expired => self.expired,
+            DenialReason::Forbidden => self.forbidden,
+            DenialReason::Schema => self.schema,
+        }
+    }
+
+    fn add(&mut self, reason: DenialReason) {
+        let n = match reason {
+            DenialReason::NoToken => &mut self.no_token,
+            DenialReason::BadToken => &mut self.bad_token,
+            DenialReason::Expired => &mut self.expired,
+            DenialReason::Forbidden => &mut self.forbidden,
+            DenialReason::Schema => &mut self.schema,
+        };
+        *n += 1;
     }
 }
 
 /// One refused attempt, for the adapter to log (drain with [`Engine::poll_denial`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    /// `read`, `write` or `delete`.
-    pub action: &'static str,
+    /// What was attempted (a refused token or subscription: [`Action::Read`]).
+    pub action: Action,
     /// The key (or pattern) asked for.
     pub target: String,
-    /// The metrics reason (`no_token`, `bad_token`, `expired`, `forbidden`, `schema`).
-    pub reason: &'static str,
+    /// Why it was refused.
+    pub reason: DenialReason,
     /// The token's `sub`, if it had a valid one.
     pub subject: Option<String>,
     /// The text the client was given.
@@ -66,34 +127,22 @@ impl Engine {
     fn record(&mut self, action: Action, target: &str, who: &Identity, e: &Error) {
         let reason = match e {
             Error::Unauthorized(_) | Error::NoToken(_) => match who {
-                Identity::Invalid(t) if t.label() == "expired" || t.label() == "not_yet_valid" => {
-                    self.stats.denied.expired += 1;
-                    "expired"
+                Identity::Invalid(TokenError::Expired | TokenError::NotYetValid) => {
+                    DenialReason::Expired
                 }
-                Identity::Invalid(_) => {
-                    self.stats.denied.bad_token += 1;
-                    "bad_token"
-                }
-                _ => {
-                    self.stats.denied.no_token += 1;
-                    "no_token"
-                }
+                Identity::Invalid(_) => DenialReason::BadToken,
+                _ => DenialReason::NoToken,
             },
-            Error::Forbidden(_) => {
-                self.stats.denied.forbidden += 1;
-                "forbidden"
-            }
-            Error::Schema(_) => {
-                self.stats.denied.schema += 1;
-                "schema"
-            }
+            Error::Forbidden(_) => DenialReason::Forbidden,
+            Error::Schema(_) => DenialReason::Schema,
             _ => return,
         };
+        self.stats.denied.add(reason);
         if self.denials.len() >= MAX_DENIALS {
             self.denials.pop_front();
         }
         self.denials.push_back(Denial {
-            action: action.as_str(),
+            action,
             target: target.to_string(),
             reason,
             subject: who.subject(),

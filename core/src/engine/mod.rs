@@ -35,7 +35,7 @@ mod subscriptions;
 mod tests;
 mod time;
 
-pub use access::{Denial, DeniedStats};
+pub use access::{Denial, DenialReason, DeniedStats};
 
 /// Limits and knobs. Defaults follow ooo where it has one.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 use super::*;
 use crate::key::Pattern;
 use crate::pool::{Encoding, Join};
+use crate::rules::Action;
 use http::StatusCode;
 use serde_json::json;
 
@@ -539,7 +540,7 @@ fn rules_refuse_before_anything_changes() {
     let d = e.poll_denial().unwrap();
     assert_eq!(
         (d.action, d.reason, d.subject.as_deref()),
-        ("write", "forbidden", Some("bob"))
+        (Action::Write, DenialReason::Forbidden, Some("bob"))
     );
     // The owner may; the rule's default TTL applies to a write without one.
     e.execute(

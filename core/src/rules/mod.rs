@@ -58,6 +58,12 @@ impl Action {
     }
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One way to be allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
