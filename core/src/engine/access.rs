@@ -118,7 +118,7 @@ impl Engine {
     /// Who presents `token` now: verified against the access rules' keys with the wall clock
     /// of `tick`. Without rules every caller is anonymous (and everything is allowed).
     pub fn identify(&self, tick: Tick, token: Option<&str>) -> Identity {
-        match self.filters.rules() {
+        match self.rules() {
             None => Identity::Anonymous,
             Some(r) => r.identify(token, tick.wall_ns.div_euclid(1_000_000_000)),
         }
@@ -158,7 +158,7 @@ impl Engine {
     /// Checks the access rules for `who` doing `action` on `key`; a refusal is counted and
     /// queued for the adapter's log. Always allowed without rules.
     pub fn authorize(&mut self, action: Action, key: &str, who: &Identity) -> Result<(), Error> {
-        let Some(rules) = self.filters.rules() else {
+        let Some(rules) = self.rules() else {
             return Ok(());
         };
         let e = match rules.check(action, key, who) {
@@ -174,7 +174,7 @@ impl Engine {
     /// Refuses a caller whose token was refused, for routes that are not about one key (lists,
     /// subscriptions to globs, the keys API): they still answer 401, never a silently public view.
     pub fn authorize_caller(&mut self, target: &str, who: &Identity) -> Result<(), Error> {
-        if let (Some(_), Identity::Invalid(t)) = (self.filters.rules(), who) {
+        if let (Some(_), Identity::Invalid(t)) = (self.rules(), who) {
             let e = Error::Unauthorized(t.to_string());
             self.record(Action::Read, target, who, &e);
             return Err(e);
@@ -197,7 +197,6 @@ impl Engine {
         who: &Identity,
     ) -> Result<(), Error> {
         let Some(schema) = self
-            .filters
             .rules()
             .and_then(|r| r.rule_for(key))
             .and_then(|r| r.schema.clone())

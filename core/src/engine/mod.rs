@@ -1,4 +1,5 @@
-//! The engine: one Stateline state (clock, store, log, filters, pools) driven by its adapter.
+//! The engine: one Stateline state (clock, store, log, filters and rules, pools) driven by its
+//! adapter.
 //!
 //! Owns the order of effects. Inputs arrive through [`Engine::execute`] (typed operations),
 //! [`Engine::handle_timeout`] (TTL expiry) and the HTTP function in [`crate::http`]; each returns
@@ -23,7 +24,7 @@ use crate::filter::Filters;
 use crate::json;
 use crate::log::Log;
 use crate::pool::{Frame, Pools};
-use crate::rules::Identity;
+use crate::rules::{Identity, Rules};
 use crate::store::{Change, Entry, Store, Ttl};
 
 mod access;
@@ -218,6 +219,7 @@ pub struct Engine {
     clock: Clock,
     store: Store,
     log: Log,
+    // The filters, and the access rules (`Engine::rules`): pools read both.
     filters: Filters,
     pools: Pools,
     config: Config,
@@ -288,13 +290,18 @@ impl Engine {
     pub fn log(&self) -> &Log {
         &self.log
     }
-    /// The filters.
+    /// The filters, and the access rules they carry.
     pub fn filters(&self) -> &Filters {
         &self.filters
     }
     /// The filters, to register more.
     pub fn filters_mut(&mut self) -> &mut Filters {
         &mut self.filters
+    }
+    /// The access rules, if any: the ones installed in the filters with
+    /// [`Filters::set_rules`].
+    pub fn rules(&self) -> Option<&Rules> {
+        self.filters.rules()
     }
     /// The pools (read-only).
     pub fn pools(&self) -> &Pools {

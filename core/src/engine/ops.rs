@@ -409,7 +409,6 @@ impl Engine {
         };
         // The rule's default TTL for writes that set none (and counters that create the key).
         let rule_ttl = self
-            .filters
             .rules()
             .and_then(|r| r.rule_for(key))
             .and_then(|r| r.ttl_ns);

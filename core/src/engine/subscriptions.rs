@@ -68,7 +68,7 @@ impl Engine {
     /// What `who` sees of `pattern`: refused (and recorded) for a key it may not read or a
     /// refused token; for a glob or subtree, its audience (every key it may read).
     pub fn audience(&mut self, pattern: &Pattern, who: &Identity) -> Result<Audience, Error> {
-        let Some(rules) = self.filters.rules() else {
+        let Some(rules) = self.rules() else {
             return Ok(Audience::all());
         };
         match pattern {

@@ -13,6 +13,14 @@
 //! a pattern that ends exactly at the key beats one that goes on with `**`. Two rules that can
 //! match the same key with the same specificity (`a/*` and `a/{sub}`, or the same pattern
 //! twice) are refused at load. A key no rule matches can be read, written and deleted by nobody.
+//!
+//! The compiled [`Rules`] are installed in the engine's filters
+//! ([`Filters::set_rules`](crate::filter::Filters::set_rules)), beside the filters they register
+//! for their limits; the engine reads them back with [`Engine::rules`](crate::Engine::rules).
+//!
+//! Files: `file` (the rules file and compiling it), `pattern` ([`RulePattern`]), `schema`,
+//! `identity` ([`Identity`], [`Audience`]), `decide` (which rule decides, the verdicts,
+//! audiences), `tokens` (verifying and minting).
 
 use serde_json::Value;
 
