@@ -193,7 +193,7 @@ impl Rules {
                 pattern: r.pattern.clone(),
                 detail,
             };
-            let pattern = RulePattern::parse(&r.pattern).map_err(bad)?;
+            let pattern = RulePattern::parse(&r.pattern).map_err(|e| bad(e.to_string()))?;
             let grants = |g: &Option<OneOrMany>, what: &str| -> Result<Vec<Grant>, RulesError> {
                 let list = match g {
                     None => return Ok(Vec::new()),
@@ -223,12 +223,12 @@ impl Rules {
                 (Some(_), Some(_)) => {
                     return Err(bad("give schema or schema_file, not both".into()))
                 }
-                (Some(s), None) => Some(Schema::new(s).map_err(bad)?),
+                (Some(s), None) => Some(Schema::new(s).map_err(|e| bad(e.to_string()))?),
                 (None, Some(f)) => {
                     let text = env.file(f).map_err(bad)?;
                     let v: Value = serde_json::from_str(&text)
                         .map_err(|e| bad(format!("schema_file {f}: {e}")))?;
-                    Some(Schema::new(v).map_err(bad)?)
+                    Some(Schema::new(v).map_err(|e| bad(e.to_string()))?)
                 }
                 (None, None) => None,
             };

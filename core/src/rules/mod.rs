@@ -41,8 +41,8 @@ pub use file::{Inline, Resolve, RulesError};
 use identity::Principal;
 pub use identity::{Audience, Identity};
 use pattern::same_shape;
-pub use pattern::RulePattern;
-pub use schema::Schema;
+pub use pattern::{RulePattern, RulePatternError};
+pub use schema::{Schema, SchemaError};
 
 /// What is being done to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,28 @@
 //! Rule patterns: parsing, matching with `{claim}` captures, specificity and overlaps.
 
-use crate::key::{Pattern, Segment};
+use crate::key::{KeyError, Pattern, Segment};
+
+/// Why a rule pattern could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulePatternError {
+    /// Nothing but spaces and slashes.
+    #[error("empty pattern (use ** for every key)")]
+    Empty,
+    /// `**` before the last segment.
+    #[error("** may only be the last segment")]
+    RestNotLast,
+    /// A `{claim}` whose name is not ASCII letters, digits and `_`.
+    #[error("bad claim name {0:?} in {{...}}")]
+    ClaimName(String),
+    /// A literal segment that cannot be part of a key.
+    #[error("segment {segment:?}: {error}")]
+    Segment {
+        /// The segment.
+        segment: String,
+        /// Why.
+        error: KeyError,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {
@@ -37,27 +59,30 @@ pub struct RulePattern {
 
 impl RulePattern {
     /// Parses a rule pattern.
-    pub fn parse(s: &str) -> Result<RulePattern, String> {
+    pub fn parse(s: &str) -> Result<RulePattern, RulePatternError> {
         let s = s.trim().trim_start_matches('/');
         if s.is_empty() {
-            return Err("empty pattern (use ** for every key)".into());
+            return Err(RulePatternError::Empty);
         }
         let parts: Vec<&str> = s.split('/').collect();
         let mut segs = Vec::with_capacity(parts.len());
         for (i, p) in parts.iter().enumerate() {
             let seg = match *p {
                 "**" if i + 1 == parts.len() => Seg::Rest,
-                "**" => return Err("** may only be the last segment".into()),
+                "**" => return Err(RulePatternError::RestNotLast),
                 "*" => Seg::Any,
                 p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
                     let name = &p[1..p.len() - 1];
                     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(format!("bad claim name {name:?} in {{...}}"));
+                        return Err(RulePatternError::ClaimName(name.into()));
                     }
                     Seg::Capture(name.into())
                 }
                 p => {
-                    crate::key::validate_key(p).map_err(|e| format!("segment {p:?}: {e}"))?;
+                    crate::key::validate_key(p).map_err(|error| RulePatternError::Segment {
+                        segment: p.into(),
+                        error,
+                    })?;
                     Seg::Lit((*p).into())
                 }
             };

@@ -4,35 +4,50 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+/// A JSON Schema that cannot be used, or a value that does not match one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    /// The schema library cannot read the document.
+    #[error("schema: {0}")]
+    Unusable(String),
+    /// The schema does not match its metaschema: up to three reasons.
+    #[error("schema is not valid: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// A value does not match the schema: up to three violations, one line each (`at /path:
+    /// what is wrong`).
+    #[error("{}", .0.join("; "))]
+    Violations(Vec<String>),
+}
+
 /// A compiled JSON Schema (drafts 4, 6 and 7; `$ref` within the document).
 #[derive(Debug, Clone)]
 pub struct Schema(Arc<Value>);
 
 impl Schema {
     /// Checks the schema against its metaschema.
-    pub fn new(schema: Value) -> Result<Schema, String> {
+    pub fn new(schema: Value) -> Result<Schema, SchemaError> {
         let cfg = jsonschema_valid::Config::from_schema(&schema, None)
-            .map_err(|e| format!("schema: {e}"))?;
+            .map_err(|e| SchemaError::Unusable(e.to_string()))?;
         if let Err(errs) = cfg.validate_schema() {
-            let msgs: Vec<String> = errs.take(3).map(|e| e.to_string()).collect();
-            return Err(format!("schema is not valid: {}", msgs.join("; ")));
+            return Err(SchemaError::Invalid(
+                errs.take(3).map(|e| e.to_string()).collect(),
+            ));
         }
         drop(cfg);
         Ok(Schema(Arc::new(schema)))
     }
 
     /// Validates a value; the error names up to three violations.
-    pub fn validate(&self, v: &Value) -> Result<(), String> {
+    pub fn validate(&self, v: &Value) -> Result<(), SchemaError> {
         let cfg = jsonschema_valid::Config::from_schema(&self.0, None)
-            .map_err(|e| format!("schema: {e}"))?;
+            .map_err(|e| SchemaError::Unusable(e.to_string()))?;
         let r = match cfg.validate(v) {
             Ok(()) => Ok(()),
-            Err(errs) => {
-                // One line per violation: where in the value, and what is wrong (the error's own
-                // Display adds the pretty-printed instance and schema over several lines).
-                let msgs: Vec<String> = errs.take(3).map(|e| violation(&e)).collect();
-                Err(msgs.join("; "))
-            }
+            // One line per violation: where in the value, and what is wrong (the error's own
+            // Display adds the pretty-printed instance and schema over several lines).
+            Err(errs) => Err(SchemaError::Violations(
+                errs.take(3).map(|e| violation(&e)).collect(),
+            )),
         };
         r
     }
