@@ -389,6 +389,8 @@ impl Engine {
         (victims, limit.max_age_ns)
     }
 
+    // Stores a new value (set, push, patch, counter): first the evictions of the key's limit,
+    // then the TTL a limit or the key's rule gives a write that sets none.
     fn write_value(
         &mut self,
         key: &str,
