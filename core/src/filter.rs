@@ -1,4 +1,5 @@
-//! Filters: per-pattern hooks that validate, transform, authorise and limit (ooo §1.8).
+//! Filters: per-pattern hooks that validate, transform, authorise and limit (ooo §1.8), and the
+//! access rules that go with them.
 //!
 //! Owns the registry of filters and how they compose. Unlike ooo, where the first matching
 //! filter wins and a later one is silently ignored, every matching filter applies, in
@@ -6,6 +7,12 @@
 //! delete filter can refuse. Two limits on overlapping patterns are refused at registration. In
 //! static mode an operation needs a matching filter of its kind (or an open filter). Filters are
 //! plain functions: they must not do IO, so the same registry runs at the edge and in tests.
+//!
+//! [`Filters`] also carries the declarative access rules ([`Rules`], `--rules`), installed with
+//! [`Filters::set_rules`]: a rule's limit is registered here as a limit filter, and every pool
+//! asks [`Filters::visible`] which keys its audience may see, so the one value the engine hands
+//! to its pools holds both. The engine checks the rules ([`Filters::rules`], also
+//! [`Engine::rules`](crate::Engine::rules)) before any filter runs.
 
 use std::sync::Arc;
 
@@ -96,8 +103,9 @@ impl Kind {
     }
 }
 
+// One registered filter.
 #[derive(Clone)]
-struct Rule {
+struct Filter {
     pattern: Pattern,
     kind: Kind,
 }
@@ -113,21 +121,23 @@ pub enum Need {
     Delete,
 }
 
-/// The registry. See the module docs.
+/// The registry of filters, and the access rules if any. See the module docs.
 #[derive(Clone, Default)]
 pub struct Filters {
-    rules: Vec<Rule>,
+    // In registration order.
+    filters: Vec<Filter>,
     static_mode: bool,
     // Declarative access rules (`--rules`): checked by the engine before any filter runs, and
     // consulted by pools for what each audience may see.
-    access: Option<Arc<Rules>>,
+    rules: Option<Arc<Rules>>,
 }
 
 impl std::fmt::Debug for Filters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Filters")
             .field("static_mode", &self.static_mode)
-            .field("rules", &self.describe())
+            .field("filters", &self.describe())
+            .field("rules", &self.rules.as_deref().map(Rules::len))
             .finish()
     }
 }
@@ -154,18 +164,18 @@ impl Filters {
         for (glob, l) in rules.limits() {
             self.limit(&glob, l)?;
         }
-        self.access = Some(Arc::new(rules));
+        self.rules = Some(Arc::new(rules));
         Ok(())
     }
 
     /// The access rules, if any.
     pub fn rules(&self) -> Option<&Rules> {
-        self.access.as_deref()
+        self.rules.as_deref()
     }
 
     /// Whether a pool of this audience may show `key` (always, without rules).
     pub fn visible(&self, key: &str, aud: &Audience) -> bool {
-        match &self.access {
+        match &self.rules {
             None => true,
             Some(r) => r.visible(key, aud),
         }
@@ -173,7 +183,7 @@ impl Filters {
 
     fn add(&mut self, pattern: &str, kind: Kind) -> Result<(), FilterError> {
         let pattern = Pattern::parse(pattern)?;
-        self.rules.push(Rule { pattern, kind });
+        self.filters.push(Filter { pattern, kind });
         Ok(())
     }
 
@@ -208,12 +218,15 @@ impl Filters {
         {
             return Err(FilterError::BadLimit(pattern.to_string()));
         }
-        for r in &self.rules {
-            if let Kind::Limit(_) = r.kind {
-                if r.pattern.covers(&p) || p.covers(&r.pattern) || overlaps(&r.pattern, &p) {
+        for filter in &self.filters {
+            if let Kind::Limit(_) = filter.kind {
+                if filter.pattern.covers(&p)
+                    || p.covers(&filter.pattern)
+                    || overlaps(&filter.pattern, &p)
+                {
                     return Err(FilterError::Conflict {
                         new: pattern.to_string(),
-                        existing: r.pattern.as_str(),
+                        existing: filter.pattern.as_str(),
                     });
                 }
             }
@@ -221,8 +234,10 @@ impl Filters {
         self.add(pattern, Kind::Limit(limit))
     }
 
-    fn matching<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules.iter().filter(move |r| r.pattern.matches(target))
+    fn matching<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a Filter> + 'a {
+        self.filters
+            .iter()
+            .filter(move |filter| filter.pattern.matches(target))
     }
 
     /// Static-mode check for `target` (a key, or the glob being read, written or deleted).
@@ -230,9 +245,9 @@ impl Filters {
         if !self.static_mode {
             return Ok(());
         }
-        let ok = self.matching(target).any(|r| {
+        let ok = self.matching(target).any(|filter| {
             matches!(
-                (need, &r.kind),
+                (need, &filter.kind),
                 (_, Kind::Open)
                     | (_, Kind::Limit(_))
                     | (Need::Write, Kind::Write(_))
@@ -249,15 +264,15 @@ impl Filters {
 
     // ooo's CheckWithListFallback: a list filter on `logs/*` also authorises reading `logs/1`.
     fn list_fallback(&self, key: &str) -> bool {
-        self.rules
+        self.filters
             .iter()
-            .any(|r| matches!(r.kind, Kind::ReadList(_)) && r.pattern.matches(key))
+            .any(|filter| matches!(filter.kind, Kind::ReadList(_)) && filter.pattern.matches(key))
     }
 
     /// Runs every matching write filter in order; `target` is the key, or the glob for a push.
     pub fn apply_write(&self, target: &str, mut v: Value) -> Result<Value, FilterError> {
-        for r in self.matching(target) {
-            if let Kind::Write(f) = &r.kind {
+        for filter in self.matching(target) {
+            if let Kind::Write(f) = &filter.kind {
                 v = f(target, v).map_err(FilterError::Refused)?;
             }
         }
@@ -267,13 +282,13 @@ impl Filters {
     /// Whether any write filter matches `target` (when none does, a value is written as given).
     pub fn has_write_filters(&self, target: &str) -> bool {
         self.matching(target)
-            .any(|r| matches!(r.kind, Kind::Write(_)))
+            .any(|filter| matches!(filter.kind, Kind::Write(_)))
     }
 
     /// Asks every matching delete filter.
     pub fn check_delete(&self, target: &str) -> Result<(), FilterError> {
-        for r in self.matching(target) {
-            if let Kind::Delete(f) = &r.kind {
+        for filter in self.matching(target) {
+            if let Kind::Delete(f) = &filter.kind {
                 f(target).map_err(FilterError::Refused)?;
             }
         }
@@ -282,8 +297,8 @@ impl Filters {
 
     /// Tells every matching after-write hook.
     pub fn notify_write(&self, key: &str, op: WriteOp) {
-        for r in self.matching(key) {
-            if let Kind::AfterWrite(f) = &r.kind {
+        for filter in self.matching(key) {
+            if let Kind::AfterWrite(f) = &filter.kind {
                 f(key, op);
             }
         }
@@ -292,13 +307,13 @@ impl Filters {
     /// Whether reads of `target` go through any read filter (pools then compare filtered views).
     pub fn has_read_filters(&self, target: &str) -> bool {
         self.matching(target)
-            .any(|r| matches!(r.kind, Kind::ReadObject(_) | Kind::ReadList(_)))
+            .any(|filter| matches!(filter.kind, Kind::ReadObject(_) | Kind::ReadList(_)))
     }
 
     /// Runs the object read filters over a meta object.
     pub fn read_object_value(&self, key: &str, mut meta: Value) -> Result<Value, FilterError> {
-        for r in self.matching(key) {
-            if let Kind::ReadObject(f) = &r.kind {
+        for filter in self.matching(key) {
+            if let Kind::ReadObject(f) = &filter.kind {
                 meta = f(key, meta).map_err(FilterError::Refused)?;
             }
         }
@@ -311,8 +326,8 @@ impl Filters {
         pattern: &str,
         mut list: Vec<Value>,
     ) -> Result<Vec<Value>, FilterError> {
-        for r in self.matching(pattern) {
-            if let Kind::ReadList(f) = &r.kind {
+        for filter in self.matching(pattern) {
+            if let Kind::ReadList(f) = &filter.kind {
                 list = f(pattern, list).map_err(FilterError::Refused)?;
             }
         }
@@ -321,17 +336,17 @@ impl Filters {
 
     /// The limit that applies to writes of `key`, with its pattern.
     pub fn limit_for(&self, key: &str) -> Option<(&Pattern, Limit)> {
-        self.rules.iter().find_map(|r| match r.kind {
-            Kind::Limit(l) if r.pattern.matches(key) => Some((&r.pattern, l)),
+        self.filters.iter().find_map(|filter| match filter.kind {
+            Kind::Limit(l) if filter.pattern.matches(key) => Some((&filter.pattern, l)),
             _ => None,
         })
     }
 
     /// `(pattern, kind)` of every filter, for `/?api=filters`.
     pub fn describe(&self) -> Vec<(String, &'static str)> {
-        self.rules
+        self.filters
             .iter()
-            .map(|r| (r.pattern.as_str(), r.kind.name()))
+            .map(|filter| (filter.pattern.as_str(), filter.kind.name()))
             .collect()
     }
 }

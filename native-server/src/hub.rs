@@ -228,9 +228,9 @@ impl Hub {
         while let Some(d) = self.engine.poll_denial() {
             // Info, the binary's default level: an audit trail, not an alarm for the operator.
             tracing::info!(
-                action = d.action,
+                action = d.action.as_str(),
                 target = %d.target,
-                reason = d.reason,
+                reason = d.reason.as_str(),
                 subject = d.subject.as_deref().unwrap_or("-"),
                 detail = %d.detail,
                 "denied"

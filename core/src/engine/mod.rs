@@ -1,0 +1,362 @@
+//! The engine: one Stateline state (clock, store, log, filters and rules, pools) driven by its
+//! adapter.
+//!
+//! Owns the order of effects. Inputs arrive through [`Engine::execute`] (typed operations),
+//! [`Engine::handle_timeout`] (TTL expiry) and the HTTP function in [`crate::http`]; each returns
+//! the [`Change`]s it applied. The adapter makes them durable if it has a disk, then calls
+//! [`Engine::publish`] to get one frame per affected pool, or [`Engine::revert`] if the commit
+//! failed. Time enters as a [`Tick`]; nothing here blocks, sleeps or touches a socket.
+//!
+//! Every operation takes one path (`run`, in `engine/checks.rs`): its doc lists the order of
+//! the checks, all of them before the first mutation. The files of this module: `ops` (what
+//! each kind of [`Op`] reads, touches, computes and mutates), `access` (identities, rules,
+//! schemas, denials), `subscriptions` (pools and frames), `time` (clock and TTL),
+//! `replication` (a cluster node's hooks).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::clock::{Clock, Tick};
+use crate::error::Error;
+use crate::filter::Filters;
+use crate::json;
+use crate::log::Log;
+use crate::pool::{Frame, Pools};
+use crate::rules::{Identity, Rules};
+use crate::store::{Change, Entry, Store, Ttl};
+
+mod access;
+mod checks;
+mod ops;
+mod replication;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+mod time;
+
+pub use access::{Denial, DenialReason, DeniedStats};
+
+/// Limits and knobs. Defaults follow ooo where it has one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest request body in bytes (ooo: 10 MiB).
+    pub max_body: usize,
+    /// Deepest JSON nesting accepted in a value.
+    pub max_depth: usize,
+    /// Changes kept in the log for resume.
+    pub log_entries: usize,
+    /// Bytes of keys and values kept in the log for resume.
+    pub log_bytes: usize,
+    /// Origins allowed by CORS; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Largest page of the keys API (ooo: 500).
+    pub max_keys_page: usize,
+    /// Most JSON values (nodes) one body or `/_ws` message may hold (see [`json::MAX_NODES`]):
+    /// a parsed tree costs ~25 times its text, so bytes alone do not bound memory.
+    pub max_nodes: usize,
+    /// Host names (`name` or `name:port`) this server is reached by, besides `localhost`,
+    /// `127.0.0.1` and `[::1]`: a request whose `Origin` is its own `Host` is same-origin only
+    /// when that host is one of these (else a rebinding DNS name would pass as same-origin).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_body: 10 << 20,
+            max_depth: 64,
+            log_entries: 100_000,
+            log_bytes: 64 << 20,
+            cors_origins: vec!["*".into()],
+            max_keys_page: 500,
+            max_nodes: json::MAX_NODES,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// A write's precondition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cond {
+    /// None.
+    #[default]
+    Always,
+    /// AtomKV `PUT` + `X-Revision: n`: `n` must be the current revision plus one (0 creates).
+    NextRevision(u64),
+    /// `If-Match`: the current entity tag must be one of these (`*`: the key must exist).
+    IfMatch(Vec<String>),
+    /// `If-None-Match: *`: the key must not exist.
+    IfAbsent,
+}
+
+/// How a `PATCH` body is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchKind {
+    /// ooo's deep merge (the default for `application/json`).
+    Merge(Value),
+    /// RFC 7396 merge patch (`application/merge-patch+json`).
+    MergePatch(Value),
+    /// RFC 6902 JSON Patch (`application/json-patch+json`).
+    JsonPatch(json_patch::Patch),
+}
+
+/// A typed operation: what HTTP routes, `/_ws` messages and the Rust API all become.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Create or replace a key.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Value,
+        /// TTL change.
+        ttl: Ttl,
+        /// Precondition.
+        cond: Cond,
+    },
+    /// Add a value under `prefix/*` with a new time-ordered key.
+    Push {
+        /// The glob `prefix/*`.
+        target: String,
+        /// The value.
+        value: Value,
+        /// TTL change.
+        ttl: Ttl,
+    },
+    /// Patch an existing key.
+    Patch {
+        /// The key.
+        key: String,
+        /// The patch.
+        patch: PatchKind,
+        /// Precondition.
+        cond: Cond,
+    },
+    /// Delete a key, or every key matching a glob.
+    Delete {
+        /// Key or glob.
+        target: String,
+        /// Precondition (keys only).
+        cond: Cond,
+    },
+    /// Add `by` to an integer, creating it when missing.
+    Incr {
+        /// The key.
+        key: String,
+        /// The amount (may be negative).
+        by: i64,
+        /// TTL change.
+        ttl: Ttl,
+    },
+    /// Read and delete in one step.
+    Take {
+        /// The key.
+        key: String,
+    },
+    /// Move a key atomically.
+    Rename {
+        /// Source key.
+        from: String,
+        /// Target key.
+        to: String,
+        /// Replace the target if it exists.
+        overwrite: bool,
+    },
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A key now holds this entry.
+    Written(Arc<str>, Entry),
+    /// Keys were deleted (how many).
+    Deleted(usize),
+    /// A key was read and deleted; its last entry.
+    Taken(Arc<str>, Entry),
+}
+
+/// An applied operation: its outcome and the changes to persist and publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The changes, in sequence order.
+    pub changes: Vec<Change>,
+}
+
+impl Applied {
+    /// Gives the outcome the version its last change got when another log ordered it (a
+    /// cluster node computes the outcome first; see [`crate::replica`]).
+    pub fn restamp(&mut self, seq: u64) {
+        if let Outcome::Written(_, e) = &mut self.outcome {
+            e.seq = seq;
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Operations applied.
+    pub writes: u64,
+    /// Operations refused.
+    pub refused: u64,
+    /// Frames produced for pools.
+    pub frames: u64,
+    /// Bytes of frames produced (each sent to every subscriber of its pool).
+    pub frame_bytes: u64,
+    /// Keys expired by TTL.
+    pub expired: u64,
+    /// Requests refused by the access rules, by reason.
+    pub denied: DeniedStats,
+}
+
+/// The state machine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    clock: Clock,
+    store: Store,
+    log: Log,
+    // The filters, and the access rules (`Engine::rules`): pools read both.
+    filters: Filters,
+    pools: Pools,
+    config: Config,
+    started: i64,
+    stats: Stats,
+    frames: VecDeque<Frame>,
+    denials: VecDeque<Denial>,
+    // An external log orders every write (a cluster node): see `Engine::order_elsewhere`.
+    ordered_elsewhere: bool,
+}
+
+impl Engine {
+    /// A fresh, empty state. The first sequence number is the clock's time at start, so versions
+    /// a client kept from an earlier in-memory run are never mistaken for this run's.
+    pub fn new(tick: Tick, config: Config, filters: Filters) -> Engine {
+        let mut clock = Clock::new(tick);
+        let started = clock.now(tick);
+        let first = started.max(0) as u64;
+        Engine::with_store(clock, Store::new(first), config, filters, started)
+    }
+
+    /// A state over an existing store (loaded from disk), continuing its sequence.
+    pub fn from_store(tick: Tick, store: Store, config: Config, filters: Filters) -> Engine {
+        let mut clock = Clock::new(tick);
+        let started = clock.now(tick);
+        Engine::with_store(clock, store, config, filters, started)
+    }
+
+    /// A state restored from disk: the store and the change log as they were, so clients resume
+    /// across a restart instead of taking a snapshot.
+    pub fn restore(tick: Tick, store: Store, log: Log, config: Config, filters: Filters) -> Engine {
+        let newest = store.newest_timestamp();
+        let mut e = Engine::from_store(tick, store, config, filters);
+        e.log = log;
+        // Timestamps stay above the stored ones even if the wall clock went back while down.
+        e.clock.advance_past(newest);
+        e
+    }
+
+    fn with_store(
+        clock: Clock,
+        store: Store,
+        config: Config,
+        filters: Filters,
+        started: i64,
+    ) -> Engine {
+        let log = Log::new(store.last_seq(), config.log_entries, config.log_bytes);
+        Engine {
+            clock,
+            store,
+            log,
+            filters,
+            pools: Pools::new(),
+            config,
+            started,
+            stats: Stats::default(),
+            frames: VecDeque::new(),
+            denials: VecDeque::new(),
+            ordered_elsewhere: false,
+        }
+    }
+
+    /// The store (read-only).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// The change log (read-only).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    /// The filters, and the access rules they carry.
+    pub fn filters(&self) -> &Filters {
+        &self.filters
+    }
+    /// The filters, to register more.
+    pub fn filters_mut(&mut self) -> &mut Filters {
+        &mut self.filters
+    }
+    /// The access rules, if any: the ones installed in the filters with
+    /// [`Filters::set_rules`].
+    pub fn rules(&self) -> Option<&Rules> {
+        self.filters.rules()
+    }
+    /// The pools (read-only).
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Clock time at start.
+    pub fn started(&self) -> i64 {
+        self.started
+    }
+
+    /// Applies an operation, all or nothing, as the embedding program itself: no access rules
+    /// apply. Requests from clients go through [`Engine::execute`], which takes their identity.
+    pub fn execute_as_system(&mut self, tick: Tick, op: Op) -> Result<Applied, Error> {
+        self.execute(tick, op, &Identity::System)
+    }
+
+    /// Applies an operation, all or nothing, for `who`: keys, access rules, static mode,
+    /// delete filters, existence and preconditions, the new value, write filters, JSON depth
+    /// and the rule's schema are checked, in that order, before anything changes (then the
+    /// limits and TTLs of the filters and rules apply). The changes are applied to memory and
+    /// logged but not yet published: call
+    /// [`Engine::publish`] after making them durable, or [`Engine::revert`] if that failed.
+    pub fn execute(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
+        let r = self.run(tick, op, who);
+        match &r {
+            Ok(a) => {
+                self.stats.writes += 1;
+                for c in &a.changes {
+                    self.log.push(c);
+                }
+            }
+            Err(_) => self.stats.refused += 1,
+        }
+        r
+    }
+
+    /// Rolls back applied-but-unpublished changes (their durable commit failed). They must be the
+    /// latest changes applied.
+    pub fn revert(&mut self, changes: &[Change]) {
+        if let Some(first) = changes.first() {
+            self.store.undo(changes);
+            self.log.truncate_from(first.seq);
+            // A pool joined while these changes were applied saw them: it resyncs.
+            let frames = self
+                .pools
+                .rebuild_after_revert(first.seq, &self.store, &self.filters);
+            self.frames.extend(frames);
+        }
+    }
+}
