@@ -2,7 +2,7 @@
 //! adapter.
 //!
 //! Owns the order of effects. Inputs arrive through [`Engine::execute`] (typed operations),
-//! [`Engine::handle_timeout`] (TTL expiry) and the HTTP function in [`crate::http`]; each returns
+//! [`Engine::handle_timeout`] (TTL expiry) and the front door in [`crate::web`]; each returns
 //! the [`Change`]s it applied. The adapter makes them durable if it has a disk, then calls
 //! [`Engine::publish`] to get one frame per affected pool, or [`Engine::revert`] if the commit
 //! failed. Time enters as a [`Tick`]; nothing here blocks, sleeps or touches a socket.
