@@ -279,7 +279,7 @@ async fn front_door(
 }
 
 /// The core's answer to a request refused with `e` (problem document or ooo's text, CORS).
-fn refused(sh: &Shared, req: &Request<Bytes>, e: &stateline_core::Error) -> Response {
+pub(crate) fn refused(sh: &Shared, req: &Request<Bytes>, e: &stateline_core::Error) -> Response {
     let hub = sh.lock();
     web::refusal(&hub.engine, req, e).map(Body::from)
 }

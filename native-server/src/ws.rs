@@ -14,11 +14,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode};
+use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use stateline_core::session::{Close, Forward, Limits, Reply, Session};
 use stateline_core::web::{self, Socket, Subscription};
-use stateline_core::{Encoding, Identity};
+use stateline_core::{Encoding, Error, Identity};
+
+use crate::routes::refused;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -36,24 +38,7 @@ type WebSocket = WebSocketStream<Deadline<TokioIo<hyper::upgrade::Upgraded>>>;
 const READ_BUFFER: usize = 4 << 10;
 const WRITE_BUFFER: usize = 4 << 10;
 
-fn refuse(status: StatusCode, body: &'static str) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn header_has(req: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    req.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
-/// Checks the handshake and upgrades; the connection then runs in its own task as `who` (the
+/// Upgrades (the front door checked the handshake); the connection then runs in its own task as `who` (the
 /// access rules were checked for the subscription before this).
 ///
 /// The handshake is done here rather than by axum's extractor so the upgraded socket can be
@@ -65,41 +50,19 @@ pub async fn upgrade(
     kind: Socket,
     who: Identity,
 ) -> Response {
-    // The Origin (and Host) check ran in the core, before the upgrade (`web::classify`).
+    // The front door checked the handshake (`web::serve`), the Origin and Host, and who asks.
     if *sh.shutdown.borrow() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return refused(
+            &sh,
+            &req,
+            &Error::Unavailable("the server is shutting down".into()),
+        );
     }
     let (mut parts, _body) = req.into_parts();
     let h = &parts.headers;
-    if parts.method != Method::GET {
-        return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Request method must be `GET`",
-        );
-    }
-    if !header_has(h, header::CONNECTION, "upgrade") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "Connection header did not include 'upgrade'",
-        );
-    }
-    if !header_has(h, header::UPGRADE, "websocket") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "`Upgrade` header did not include 'websocket'",
-        );
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "`Sec-WebSocket-Version` header did not include '13'",
-        );
-    }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "`Sec-WebSocket-Key` header missing",
-        );
+        let req = Request::from_parts(parts, Bytes::new());
+        return refused(&sh, &req, &Error::BadRequest("no Sec-WebSocket-Key".into()));
     };
     let accept = derive_accept_key(key.as_bytes());
     // `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set Authorization on a
@@ -107,10 +70,10 @@ pub async fn upgrade(
     // `bearer` as the protocol, as the browser requires one of those it offered.
     let bearer = web::offers_bearer(h);
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "WebSocket request couldn't be upgraded since no upgrade state was present",
-        );
+        // A connection hyper cannot upgrade (HTTP/2 without extended CONNECT).
+        let req = Request::from_parts(parts, Bytes::new());
+        let e = Error::BadRequest("this connection cannot be upgraded to a WebSocket".into());
+        return refused(&sh, &req, &e);
     };
     let max = sh.limits.max_body;
     let config = WebSocketConfig::default()

@@ -174,6 +174,11 @@ pub fn serve(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, host: &Host<
             ));
         }
     }
+    if matches!(kind, Ok(Kind::Clock | Kind::Mux | Kind::Subscribe(_))) {
+        if let Err(e) = websocket_handshake(req) {
+            return respond(refusal(engine, req, &e));
+        }
+    }
     match kind {
         Err(r) => respond(r),
         Ok(Kind::Http) => {
@@ -279,4 +284,99 @@ pub(super) fn backup<B>(engine: &Engine, req: &Request<B>, backups: Backups<'_>)
         );
     }
     Action::Backup
+}
+
+/// The checks of a WebSocket opening handshake (RFC 6455, section 4.2.1) a server makes before
+/// it upgrades: `GET`, `Connection: upgrade`, `Upgrade: websocket`, version 13 and a key.
+fn websocket_handshake<B>(req: &Request<B>) -> Result<(), Error> {
+    let h = req.headers();
+    let has = |name: HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if req.method() != Method::GET {
+        return Err(Error::MethodNotAllowed);
+    }
+    let missing = if !has(header::CONNECTION, "upgrade") {
+        "a WebSocket handshake needs `Connection: upgrade`"
+    } else if !has(header::UPGRADE, "websocket") {
+        "a WebSocket handshake needs `Upgrade: websocket`"
+    } else if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        "a WebSocket handshake needs `Sec-WebSocket-Version: 13`"
+    } else if !h.contains_key(header::SEC_WEBSOCKET_KEY) {
+        "a WebSocket handshake needs a `Sec-WebSocket-Key`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadRequest(missing.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Filters};
+
+    fn ws_request(skip: &str) -> Request<Bytes> {
+        let mut b = Request::builder().method("GET").uri("/_ws");
+        for (k, v) in [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ] {
+            if k != skip {
+                b = b.header(k, v);
+            }
+        }
+        b.body(Bytes::new()).unwrap()
+    }
+
+    #[test]
+    fn a_websocket_handshake_is_checked_before_the_upgrade() {
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        let t = Tick::from_wall(2);
+        let host = Host::default();
+        assert!(matches!(
+            serve(&mut e, t, &ws_request(""), &host),
+            Action::Upgrade {
+                socket: Socket::Mux,
+                ..
+            }
+        ));
+        for (skip, says) in [
+            ("connection", "Connection: upgrade"),
+            ("sec-websocket-version", "Sec-WebSocket-Version: 13"),
+            ("sec-websocket-key", "Sec-WebSocket-Key"),
+        ] {
+            let Action::Respond(out) = serve(&mut e, t, &ws_request(skip), &host) else {
+                panic!("without {skip}: not refused");
+            };
+            assert_eq!(out.response.status(), StatusCode::BAD_REQUEST, "{skip}");
+            let body = String::from_utf8_lossy(out.response.body()).into_owned();
+            assert!(body.contains(says), "{skip}: {body}");
+            assert!(out.changes.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_body_that_could_not_be_read_changes_nothing() {
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        let req = Request::builder()
+            .method("PUT")
+            .uri("/k")
+            .body(Bytes::from_static(b"1"))
+            .unwrap();
+        let host = Host {
+            body_error: Some(Error::BodyUnreadable),
+            ..Host::default()
+        };
+        let Action::Respond(out) = serve(&mut e, Tick::from_wall(2), &req, &host) else {
+            panic!("refused with an answer");
+        };
+        assert_eq!(out.response.status(), StatusCode::BAD_REQUEST);
+        assert!(out.changes.is_empty());
+        assert!(e.store().get("k").is_none());
+    }
 }
