@@ -74,7 +74,9 @@ impl Server {
         let clocks = hub::Clocks::new();
         let (engine, disk) = open_store(&args, &clocks, self.filters)?;
         let shared = Shared::new(engine, clocks, limits, stop_rx.clone());
-        shared.lock().ext = Arc::new(self.ext);
+        let ext = Arc::new(self.ext);
+        let _ = shared.ext.set(ext.clone());
+        shared.lock().ext = ext;
         if let Some(disk) = disk {
             shared.attach_disk(disk);
         }

@@ -350,6 +350,9 @@ pub struct Shared {
     committer: OnceLock<Committer>,
     /// In cluster mode (`--cluster`): the link to NATS JetStream, which orders every write.
     pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The builder's hooks and endpoints (set once at start, the same as [`Hub::ext`]), for
+    /// the front door outside the lock.
+    pub ext: OnceLock<Arc<crate::ext::Extensions>>,
 }
 
 /// The host's clocks as the core wants them: wall time, and a monotonic reading from one origin.
@@ -417,6 +420,7 @@ impl Shared {
             disk: OnceLock::new(),
             committer: OnceLock::new(),
             cluster: OnceLock::new(),
+            ext: OnceLock::new(),
         })
     }
 

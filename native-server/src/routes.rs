@@ -39,7 +39,7 @@ pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
         Err(e) => (Bytes::new(), Some(e)),
     };
     let req = Request::from_parts(parts, bytes);
-    let ext = sh.lock().ext.clone();
+    let ext = sh.ext.get().cloned().unwrap_or_default();
     let resp = match front_door(&sh, &req, &ext, body_error).await {
         Door::Answered(r) => r,
         Door::Action(action) => match action {
@@ -91,6 +91,33 @@ impl web::Hooks for Hooks<'_> {
     }
 }
 
+/// The adapter's counters for `/_metrics`: requests, open connections, resident memory.
+fn adapter_metrics(sh: &Shared) -> Vec<Metric<'static>> {
+    let mut metrics = vec![
+        Metric {
+            name: "stateline_requests_total",
+            kind: "counter",
+            help: "HTTP requests received (every route).",
+            value: sh.requests.load(Ordering::Relaxed),
+        },
+        Metric {
+            name: "stateline_connections",
+            kind: "gauge",
+            help: "Open WebSocket and SSE connections.",
+            value: sh.live() as u64,
+        },
+    ];
+    if let Some(v) = resident_bytes() {
+        metrics.push(Metric {
+            name: "process_resident_memory_bytes",
+            kind: "gauge",
+            help: "Resident memory size in bytes.",
+            value: v,
+        });
+    }
+    metrics
+}
+
 /// The process's resident memory (Linux: /proc/self/statm, in pages of 4 KiB).
 fn resident_bytes() -> Option<u64> {
     std::fs::read_to_string("/proc/self/statm")
@@ -139,31 +166,13 @@ async fn front_door(
     body_error: Option<stateline_core::Error>,
 ) -> Door {
     let hooks = Hooks(ext);
-    let requests = sh.requests.load(Ordering::Relaxed);
-    let live = sh.live() as u64;
-    let rss = resident_bytes();
-    let mut metrics = vec![
-        Metric {
-            name: "stateline_requests_total",
-            kind: "counter",
-            help: "HTTP requests received (every route).",
-            value: requests,
-        },
-        Metric {
-            name: "stateline_connections",
-            kind: "gauge",
-            help: "Open WebSocket and SSE connections.",
-            value: live,
-        },
-    ];
-    if let Some(v) = rss {
-        metrics.push(Metric {
-            name: "process_resident_memory_bytes",
-            kind: "gauge",
-            help: "Resident memory size in bytes.",
-            value: v,
-        });
-    }
+    // The adapter's own counters, gathered only for `/_metrics` (reading the resident memory
+    // is a file read: not for every request).
+    let metrics = if req.uri().path() == "/_metrics" {
+        adapter_metrics(sh)
+    } else {
+        Vec::new()
+    };
     let backups = match sh.limits.backup_token.as_deref() {
         None => Backups::Off,
         Some(token) => Backups::On {
