@@ -149,6 +149,7 @@ impl Known<'_> {
             hooks: Some(&self.hooks),
             backups: self.backups,
             body_error,
+            checks_handshakes: true,
         }
     }
 }

@@ -60,6 +60,7 @@ fn subscribe(engine: &mut Engine, sub: Subscription, enc: Encoding, who: Identit
 fn run(engine: &mut Engine, t: Tick, req: &::http::Request<Bytes>, unreadable: bool) {
     let host = Host {
         body_error: unreadable.then_some(Error::BodyUnreadable),
+        checks_handshakes: true,
         ..Host::default()
     };
     match web::serve(engine, t, req, &host) {

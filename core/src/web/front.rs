@@ -105,6 +105,10 @@ pub struct Host<'a> {
     pub backups: Backups<'a>,
     /// The body could not be read (too large, broken off, too slow): why.
     pub body_error: Option<Error>,
+    /// The host completes WebSocket handshakes itself (the native server), so the front door
+    /// checks them (RFC 6455, section 4.2.1) before an upgrade. Off where the platform has
+    /// checked them already (Workers hand the object only a request it can upgrade).
+    pub checks_handshakes: bool,
 }
 
 /// The front door: the adapter hands each request here once (its body read under the cap and
@@ -174,7 +178,7 @@ pub fn serve(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, host: &Host<
             ));
         }
     }
-    if matches!(kind, Ok(Kind::Clock | Kind::Mux | Kind::Subscribe(_))) {
+    if host.checks_handshakes && matches!(kind, Ok(Kind::Clock | Kind::Mux | Kind::Subscribe(_))) {
         if let Err(e) = websocket_handshake(req) {
             return respond(refusal(engine, req, &e));
         }
@@ -337,7 +341,10 @@ mod tests {
     fn a_websocket_handshake_is_checked_before_the_upgrade() {
         let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
         let t = Tick::from_wall(2);
-        let host = Host::default();
+        let host = Host {
+            checks_handshakes: true,
+            ..Host::default()
+        };
         assert!(matches!(
             serve(&mut e, t, &ws_request(""), &host),
             Action::Upgrade {
