@@ -80,9 +80,9 @@ pub fn problem(status: u16, code: &str, detail: &str) -> Result<Response> {
     with_cors(stateline_core::web::problem_with(status, code, detail))
 }
 
-/// A refusal the worker answers itself (before any object has an engine): the core's problem
-/// document for `e`.
-pub fn refusal(e: &stateline_core::Error) -> Result<Response> {
-    let status = e.status().as_u16();
-    problem(status, e.code(), &e.to_string())
+/// A refusal the worker answers itself (before any object has an engine), as the core words
+/// it for `req` (a problem document on `/_` routes, ooo's text elsewhere).
+pub fn refusal<B>(req: &http::Request<B>, e: &stateline_core::Error) -> Result<Response> {
+    let origins = stateline_core::Config::default().cors_origins;
+    response(stateline_core::web::refusal(origins.as_slice(), req, e))
 }

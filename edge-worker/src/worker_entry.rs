@@ -49,17 +49,22 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
             stateline_core::Config::default().max_body,
         ));
     }
-    // A rename across namespaces is refused here, which needs the target from the body.
+    // The body is read here, whole (its size is within the cap, checked above), and forwarded as
+    // bytes: a body the client broke off is then refused with 400 by the core's words, where a
+    // forwarded stream that fails mid-pipe makes workerd restart the worker mid-request. A
+    // rename across namespaces is refused here too, which needs the target from the body.
     let mut body: Option<Vec<u8>> = None;
     let mut rename_to = None;
-    if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
+    if convert::has_body(&method) && !websocket {
         let b = match req.bytes().await {
             Ok(b) => b,
-            Err(_) => return convert::refusal(&stateline_core::Error::BodyUnreadable),
+            Err(_) => return convert::refusal(&head, &stateline_core::Error::BodyUnreadable),
         };
-        rename_to = serde_json::from_slice::<Value>(&b)
-            .ok()
-            .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
+        if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
+            rename_to = serde_json::from_slice::<Value>(&b)
+                .ok()
+                .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
+        }
         body = Some(b);
     }
     let target = route::target(
@@ -79,7 +84,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
             "application/json",
             json!({"status": "ok", "mode": "namespace"}).to_string(),
         ),
-        Target::AllKeys => all_keys(&env, &query, head.headers()).await,
+        Target::AllKeys => all_keys(&env, &query, &head).await,
         Target::AllState(api) => all_state(&env, &api, head.headers()).await,
         Target::Object(name) => {
             let ns = if mode == Mode::Single || name == route::SYSTEM {
@@ -118,7 +123,8 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
 
 /// `GET /?api=keys` across namespaces: one namespace when the filter names it, otherwise every
 /// namespace in the registry, merged in key order and paged as the core pages.
-async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<Response> {
+async fn all_keys(env: &Env, query: &str, head: &http::Request<bytes::Bytes>) -> Result<Response> {
+    let headers = head.headers();
     let q = web::query_pairs(query);
     let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let filter = get("filter").unwrap_or("");
@@ -137,7 +143,7 @@ async fn all_keys(env: &Env, query: &str, headers: &http::HeaderMap) -> Result<R
     let max = keys_page();
     let kp = match web::KeysPage::parse(&q, max) {
         Ok(kp) => kp,
-        Err(e) => return convert::refusal(&e),
+        Err(e) => return convert::refusal(head, &e),
     };
     let names = namespaces(env).await?;
     // (key, its metadata item as the object listed it), merged across namespaces.

@@ -75,7 +75,8 @@ pub fn offers_bearer(headers: &HeaderMap) -> bool {
 /// The answer to a request refused with `e`, as every route answers errors: a problem document
 /// (RFC 9457) on Stateline's own `/_` routes, ooo's plain text elsewhere; CORS and, for a 401,
 /// the `WWW-Authenticate` challenge included.
-pub fn refusal<B>(engine: &Engine, req: &Request<B>, e: &Error) -> Response<Bytes> {
+/// `engine` is the engine, or the CORS origins of a host that answers without one.
+pub fn refusal<B>(engine: &(impl Cors + ?Sized), req: &Request<B>, e: &Error) -> Response<Bytes> {
     let path = req.uri().path();
     if path.starts_with("/_") {
         problem(engine, req.headers(), e)
@@ -88,7 +89,7 @@ pub fn refusal<B>(engine: &Engine, req: &Request<B>, e: &Error) -> Response<Byte
 pub(super) const X_REVISION: HeaderName = HeaderName::from_static("x-revision");
 
 pub(super) fn respond(
-    engine: &Engine,
+    engine: &(impl Cors + ?Sized),
     req: &HeaderMap,
     status: StatusCode,
     ctype: Option<&'static str>,
@@ -103,8 +104,27 @@ pub(super) fn respond(
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(c));
     }
-    cors_headers(engine, req, r.headers_mut());
+    cors(engine.cors_origins(), req, r.headers_mut());
     r
+}
+
+/// Where the CORS origins come from: an engine's configuration, or a list a host has at hand
+/// without an engine (the edge's worker).
+pub trait Cors {
+    /// The allowed origins (`*`: any), as [`Config::cors_origins`](crate::engine::Config::cors_origins).
+    fn cors_origins(&self) -> &[String];
+}
+
+impl Cors for Engine {
+    fn cors_origins(&self) -> &[String] {
+        &self.config().cors_origins
+    }
+}
+
+impl Cors for [String] {
+    fn cors_origins(&self) -> &[String] {
+        self
+    }
 }
 
 /// RFC 6750's challenge for a 401. A request that sent a token which was refused gets
@@ -146,7 +166,7 @@ pub(super) const PROBLEM: &str = "application/problem+json";
 /// ooo's (and AtomKV's) plain-text error: the message and a newline, as Go's `http.Error` writes.
 /// `path` is the request's (decoded) path, named where ooo's own text would not say which key.
 pub(super) fn plain_error(
-    engine: &Engine,
+    engine: &(impl Cors + ?Sized),
     req: &HeaderMap,
     e: &Error,
     method: &str,
@@ -179,7 +199,11 @@ pub(super) fn plain_error(
 }
 
 /// A problem document (RFC 9457) for the routes new in Stateline.
-pub(super) fn problem(engine: &Engine, req: &HeaderMap, e: &Error) -> Response<Bytes> {
+pub(super) fn problem(
+    engine: &(impl Cors + ?Sized),
+    req: &HeaderMap,
+    e: &Error,
+) -> Response<Bytes> {
     let mut r = respond(engine, req, e.status(), Some(PROBLEM), problem_body(e));
     challenge(&mut r, e);
     r
