@@ -49,22 +49,17 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
             stateline_core::Config::default().max_body,
         ));
     }
-    // The body is read here, whole (its size is within the cap, checked above), and forwarded as
-    // bytes: a body the client broke off is then refused with 400 by the core's words, where a
-    // forwarded stream that fails mid-pipe makes workerd restart the worker mid-request. A
-    // rename across namespaces is refused here too, which needs the target from the body.
+    // A rename across namespaces is refused here, which needs the target from the body.
     let mut body: Option<Vec<u8>> = None;
     let mut rename_to = None;
-    if convert::has_body(&method) && !websocket {
+    if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
         let b = match req.bytes().await {
             Ok(b) => b,
             Err(_) => return convert::refusal(&head, &stateline_core::Error::BodyUnreadable),
         };
-        if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
-            rename_to = serde_json::from_slice::<Value>(&b)
-                .ok()
-                .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
-        }
+        rename_to = serde_json::from_slice::<Value>(&b)
+            .ok()
+            .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
         body = Some(b);
     }
     let target = route::target(

