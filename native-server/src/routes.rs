@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use stateline_core::session::{Limits, Session};
 use stateline_core::web::{self, Action, Backups, Host, Metric, Subscription};
@@ -43,11 +43,9 @@ pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
     let resp = match front_door(&sh, &req, &ext, body_error).await {
         Door::Answered(r) => r,
         Door::Action(action) => match action {
-            Action::Respond(_) => {
-                // Plain answers are made inside `front_door`, with their commits.
-                text(StatusCode::INTERNAL_SERVER_ERROR, "unreachable\n")
-            }
-            Action::Asset { path, head } => asset(&sh, req.headers(), &path, head),
+            // `front_door` answers plain requests itself, with their commits: none is left here.
+            Action::Respond(out) => out.response.map(Body::from),
+            Action::Asset { path, head } => asset(&sh, &req, &path, head),
             Action::Backup => backup(&sh, &req).await,
             Action::Events { sub, who } => events(&sh, &req, sub, who),
             Action::Upgrade { socket, who } => ws::upgrade(sh.clone(), req, socket, who).await,
@@ -320,16 +318,6 @@ async fn endpoint(
     with_cors(sh, &parts.headers, r.map(Body::from))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
 fn with_cors(sh: &Shared, req: &HeaderMap, mut r: Response) -> Response {
     let hub = sh.lock();
     web::cors_headers(&hub.engine, req, r.headers_mut());
@@ -364,7 +352,12 @@ async fn read_body(
 async fn backup(sh: &Arc<Shared>, req: &Request<Bytes>) -> Response {
     let headers = req.headers();
     let Some(disk) = sh.disk.get().cloned() else {
-        return text(StatusCode::CONFLICT, "no store\n");
+        // The front door answered 409 already when there is no store; this cannot happen.
+        return refused(
+            sh,
+            req,
+            &stateline_core::Error::storage("there is no store"),
+        );
     };
     // The copy reads the whole store: off the async threads. Each backup gets a temporary file
     // of its own (any number may run at once), streamed from disk, never held in memory; the
@@ -420,10 +413,10 @@ async fn backup(sh: &Arc<Shared>, req: &Request<Bytes>) -> Response {
 }
 
 /// The client script and the UI (`stateline-assets`, embedded at build time), with CORS.
-fn asset(sh: &Shared, req: &HeaderMap, path: &str, head: bool) -> Response {
-    match stateline_assets::serve(path, head, req) {
-        Some(r) => with_cors(sh, req, r.map(Body::from)),
-        None => with_cors(sh, req, text(StatusCode::NOT_FOUND, "no such file\n")),
+fn asset(sh: &Shared, req: &Request<Bytes>, path: &str, head: bool) -> Response {
+    match stateline_assets::serve(path, head, req.headers()) {
+        Some(r) => with_cors(sh, req.headers(), r.map(Body::from)),
+        None => refused(sh, req, &stateline_core::Error::NoRoute),
     }
 }
 
