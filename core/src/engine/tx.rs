@@ -26,7 +26,10 @@ impl Engine {
     ///    undoes the ones applied before it ([`Error::TxWrite`] names it).
     ///
     /// The changes of every write form one [`Applied`], so a store commits them together and
-    /// each pool gets one frame for the whole; after-write hooks run once, at the end.
+    /// each pool gets one frame for the whole; a key written more than once has one change,
+    /// from its entry before the transaction to its entry after it (a cluster orders each key
+    /// of a batch once against its last sequence number). After-write hooks run once, at the
+    /// end.
     pub(super) fn run_tx(&mut self, tick: Tick, tx: Tx, who: &Identity) -> Result<Applied, Error> {
         let Tx { compares, writes } = tx;
         // 1.
@@ -132,11 +135,56 @@ impl Engine {
             self.store.undo(&changes);
             return Err(e);
         }
+        let changes = self.coalesce(changes, &mut results);
         self.after(&changes);
         let version = changes.last().map_or(self.store.last_seq(), |c| c.seq);
         Ok(Applied {
             outcome: Outcome::Tx(TxOutcome { results, version }),
             changes,
         })
+    }
+
+    // One change per key: the writes are undone and each key written again once, from its
+    // entry before the transaction to its last one, in the order of its last change. A key
+    // created and deleted within the transaction has no change left. Each result names the
+    // sequence number of its key's one change.
+    fn coalesce(
+        &mut self,
+        changes: Vec<Change>,
+        results: &mut [(&'static str, Outcome)],
+    ) -> Vec<Change> {
+        let mut seen = std::collections::HashSet::with_capacity(changes.len());
+        if changes.iter().all(|c| seen.insert(c.key.clone())) {
+            return changes;
+        }
+        self.store.undo(&changes);
+        let mut last: std::collections::HashMap<Arc<str>, usize> =
+            std::collections::HashMap::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(c.key.clone(), i);
+        }
+        let mut out: Vec<Change> = Vec::with_capacity(last.len());
+        for (i, c) in changes.into_iter().enumerate() {
+            if last.get(&c.key) != Some(&i) {
+                continue;
+            }
+            let existed = self.store.get(&c.key).is_some();
+            let redone = match c.entry {
+                Some(entry) => Some(self.store.put_entry(&c.key, entry)),
+                None if existed => self.store.remove(&c.key),
+                None => None,
+            };
+            out.extend(redone);
+        }
+        let seq_of: std::collections::HashMap<&str, u64> =
+            out.iter().map(|c| (&*c.key, c.seq)).collect();
+        for (_, r) in results.iter_mut() {
+            if let Outcome::Written(k, e) = r {
+                if let Some(seq) = seq_of.get(&**k) {
+                    e.seq = *seq;
+                }
+            }
+        }
+        out
     }
 }

@@ -73,7 +73,7 @@ fn every_compare_holds_then_every_write_applies_in_order() {
     assert_eq!(value(&e, "b"), Some(json!({"x": 1, "y": 2})));
     assert_eq!(value(&e, "n"), Some(json!(5)));
     assert_eq!(value(&e, "a"), None);
-    assert_eq!(a.changes.len(), 4);
+    assert_eq!(a.changes.len(), 3, "b is written twice: one change");
     let Outcome::Tx(o) = &a.outcome else {
         panic!("{:?}", a.outcome)
     };
@@ -316,4 +316,55 @@ fn the_wire_form_parses_and_bad_ones_are_refused_with_the_reason() {
         assert_eq!(r.error.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert!(r.error.to_string().contains(says), "{bad}: {}", r.error);
     }
+}
+
+#[test]
+fn a_key_written_more_than_once_has_one_change() {
+    let mut e = engine();
+    e.execute_as_system(t(1), set("old", json!(1))).unwrap();
+    let seq = e.store().last_seq();
+    let patch = |k: &str, v: Value| Op::Patch {
+        key: k.into(),
+        patch: PatchKind::Merge(v),
+        cond: Cond::Always,
+    };
+    let del = |k: &str| Op::Delete {
+        target: k.into(),
+        cond: Cond::Always,
+    };
+    let a = e
+        .execute_as_system(
+            t(2),
+            tx(
+                vec![],
+                vec![
+                    set("b", json!({"x": 1})),
+                    set("gone", json!(1)),
+                    patch("b", json!({"y": 2})),
+                    patch("old", json!({})),
+                    del("gone"),
+                    set("old", json!(3)),
+                ],
+            ),
+        )
+        .unwrap();
+    let keys: Vec<&str> = a.changes.iter().map(|c| &*c.key).collect();
+    assert_eq!(keys, ["b", "old"], "one change per key, none for one made and deleted");
+    let seqs: Vec<u64> = a.changes.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [seq + 1, seq + 2]);
+    assert_eq!(e.store().last_seq(), seq + 2);
+    assert!(a.changes[0].prev.is_none());
+    assert_eq!(a.changes[1].prev.as_ref().map(|p| p.revision), Some(0));
+    assert_eq!(value(&e, "b"), Some(json!({"x": 1, "y": 2})));
+    assert_eq!(value(&e, "old"), Some(json!(3)));
+    assert_eq!(e.store().get("b").unwrap().seq, seq + 1);
+    assert!(e.store().get("gone").is_none());
+    let Outcome::Tx(o) = &a.outcome else { panic!() };
+    assert_eq!(o.version, seq + 2);
+    match &o.results[0].1 {
+        Outcome::Written(_, en) => assert_eq!(en.seq, seq + 1),
+        other => panic!("{other:?}"),
+    }
+    // The log holds what subscribers resume from: the same two changes.
+    assert_eq!(e.log().len(), 3);
 }
