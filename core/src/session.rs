@@ -87,17 +87,42 @@ pub struct Limits {
     /// keeps that state in a bounded place: the edge stores it in the socket's hibernation
     /// attachment, which Cloudflare caps at 2 KiB. `None`: no such bound.
     pub state_bytes: Option<usize>,
+    /// Keys one connection may hold with a lease (`"lease": true`). Default [`MAX_LEASES`].
+    pub leases: usize,
+    /// On-close writes one connection may register. Default [`MAX_ONCLOSE`].
+    pub onclose: usize,
+    /// A leased key's TTL in ns: renewed while the connection lives (when half of it is left),
+    /// so after a crash the key expires by itself at most this long after its connection died.
+    /// Default [`LEASE_TTL`].
+    pub lease_ttl: i64,
 }
 
 /// The default of [`Limits::subscriptions`]. A browser tab rarely holds more than a few dozen;
 /// 1024 leaves room for generous pages while keeping a hostile client's pool state small.
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
 
+/// The default of [`Limits::leases`]. Each lease is a key deleted (and renewed) for the
+/// connection under the engine's lock; a presence client holds one or a few per room it shows,
+/// so 64 is generous while bounding what one connection's end costs.
+pub const MAX_LEASES: usize = 64;
+
+/// The default of [`Limits::onclose`]. Each is a write run under the engine's lock when the
+/// connection ends, so one connection's end stays a handful of writes, not a batch job.
+pub const MAX_ONCLOSE: usize = 16;
+
+/// The default of [`Limits::lease_ttl`]: 60 s. Short enough that a crashed server's leased keys
+/// are gone a minute after it comes back; long enough that renewing (every 30 s, one write per
+/// lease) costs little.
+pub const LEASE_TTL: i64 = 60_000_000_000;
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             subscriptions: MAX_SUBSCRIPTIONS,
             state_bytes: None,
+            leases: MAX_LEASES,
+            onclose: MAX_ONCLOSE,
+            lease_ttl: LEASE_TTL,
         }
     }
 }
@@ -222,6 +247,12 @@ pub struct Session {
     namespace: Option<String>,
     ordered_elsewhere: bool,
     deadline: Option<i64>,
+    // Keys the connection holds, each with the entity tag of the lease's last write: deleted
+    // (if still that write) when the connection ends.
+    leases: Vec<end::Lease>,
+    // Writes registered with `onclose`, in registration order.
+    onclose: Vec<end::OnClose>,
+    next_handle: u64,
 }
 
 /// The JSON bytes a [`Limits::state_bytes`] counts for one pattern: its text, its quotes and a
@@ -254,6 +285,9 @@ impl Session {
             namespace: None,
             ordered_elsewhere: false,
             deadline,
+            leases: Vec::new(),
+            onclose: Vec::new(),
+            next_handle: 0,
         })
     }
 
@@ -315,6 +349,8 @@ impl Session {
                 .iter()
                 .map(|(p, _)| pattern_cost(p))
                 .sum::<usize>()
+            + self.leases.iter().map(end::Lease::cost).sum::<usize>()
+            + self.onclose.iter().map(end::OnClose::cost).sum::<usize>()
             + extra
     }
 
@@ -406,6 +442,9 @@ impl Session {
                     Effects::reply(mux::reply_error(&id, &e))
                 }
             },
+            Request::Leased(op) => self.lease(engine, tick, id, op),
+            Request::OnClose { op, raw } => self.register_onclose(engine, &id, op, raw),
+            Request::OnCloseCancel { handle } => self.cancel_onclose(&id, handle),
             Request::Op(op) => {
                 let name = mux::op_name(&op);
                 if self.ordered_elsewhere {
@@ -496,11 +535,11 @@ impl Session {
                     _ => outside(&pattern.as_str()),
                 }
             }
-            Request::Op(op) => op_keys(op)
+            Request::Op(op) | Request::Leased(op) | Request::OnClose { op, .. } => op_keys(op)
                 .into_iter()
                 .find(|k| key_namespace(k.trim_start_matches('/')) != ns)
                 .and_then(outside),
-            Request::Ping | Request::Auth { .. } => None,
+            Request::Ping | Request::Auth { .. } | Request::OnCloseCancel { .. } => None,
         }
     }
 }
@@ -542,6 +581,9 @@ pub fn op_keys(op: &Op) -> Vec<&str> {
         Op::Rename { from, to, .. } => vec![from, to],
     }
 }
+
+mod end;
+pub use end::EndWrite;
 
 #[cfg(test)]
 mod tests;
