@@ -9,6 +9,11 @@
 //! core's own test server all drive this one type; each keeps only transport (sockets, queues,
 //! attachments, storage transactions, timers).
 //!
+//! A `/_ws` connection may also hold leased keys and register on-close writes (`end.rs`): the
+//! adapter renews the leases ([`Session::renew_in`], [`Session::renew`]) and, once the
+//! connection ends however it ends, commits and publishes what [`Session::end`] (or, in a
+//! cluster, [`Session::end_writes`]) returns, exactly once.
+//!
 //! **Invariant:** every message gets exactly one reply, and a reply to a write is sent only after
 //! the frames that write produced were queued, so a client sees its own change before the
 //! acknowledgement; a subscription's first frame follows the reply that accepted it.

@@ -110,7 +110,9 @@ impl Live {
                 .map(|(k, e)| (k.to_string(), e.to_string()))
                 .collect();
             changes.extend(s.renew(&mut self.engine, t));
-            if s.leases().map(|(k, e)| (k.to_string(), e.to_string())).collect::<Vec<_>>()
+            if s.leases()
+                .map(|(k, e)| (k.to_string(), e.to_string()))
+                .collect::<Vec<_>>()
                 != before
             {
                 moved.push(*id);

@@ -33,13 +33,14 @@ async fn wait_healthy(c: &Client) {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn send(w: &mut Ws, v: serde_json::Value) {
     use futures_util::StreamExt;
-    w.send(Message::Text(v.to_string().into())).await.expect("send");
+    w.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
     let id = v["id"].clone();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), w.next())
@@ -131,7 +132,11 @@ async fn shutdown_runs_every_connections_end_writes_before_the_store_closes() {
     let (_server, base) = common::start(&d, &[]);
     let c = Client::new(&base).unwrap();
     wait_healthy(&c).await;
-    assert_eq!(status(&c, "presence/r/bob").await, 404, "released at shutdown");
+    assert_eq!(
+        status(&c, "presence/r/bob").await,
+        404,
+        "released at shutdown"
+    );
     assert_eq!(status(&c, "seen/bob").await, 200, "the on-close write ran");
     let _ = std::fs::remove_dir_all(&d);
 }

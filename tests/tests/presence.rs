@@ -43,7 +43,11 @@ struct Watcher {
 impl Watcher {
     async fn open(s: &Server, ns: &str, room: &str) -> Watcher {
         let mut w = ws(s, &mux_path(ns)).await;
-        let r = call(&mut w, json!({"id":"sub","op":"sub","path":format!("{room}/*")})).await;
+        let r = call(
+            &mut w,
+            json!({"id":"sub","op":"sub","path":format!("{room}/*")}),
+        )
+        .await;
         assert_eq!(r["ok"], json!(true), "{r}");
         let mut list = Value::Null;
         apply(&mut list, &next_json(&mut w).await);
@@ -210,11 +214,7 @@ async fn disconnect_writes_fire_once_in_order_and_never_when_cancelled() {
     )
     .await;
     let h = r["onclose"].clone();
-    let r = call(
-        &mut w,
-        json!({"id":"x","op":"onclose_cancel","onclose":h}),
-    )
-    .await;
+    let r = call(&mut w, json!({"id":"x","op":"onclose_cancel","onclose":h})).await;
     assert_eq!(r, json!({"id":"x","ok":true,"onclose":h}));
     // A write the server could not take is refused when registered.
     let r = call(

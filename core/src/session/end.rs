@@ -81,7 +81,9 @@ impl Session {
     /// The keys the connection holds with their leases' entity tags (for hosts that keep the
     /// session outside memory).
     pub fn leases(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.leases.iter().map(|l| (l.key.as_str(), l.etag.as_str()))
+        self.leases
+            .iter()
+            .map(|l| (l.key.as_str(), l.etag.as_str()))
     }
 
     /// The registered on-close writes: handle and message, in registration order.
@@ -335,7 +337,9 @@ impl Session {
             .iter()
             .map(|l| match engine.store().get(&l.key) {
                 Some(e) if e.etag() == l.etag => match e.expires {
-                    Some(x) => x.saturating_sub(self.limits.lease_ttl / 2).saturating_sub(now),
+                    Some(x) => x
+                        .saturating_sub(self.limits.lease_ttl / 2)
+                        .saturating_sub(now),
                     None => 0,
                 },
                 // Gone or replaced: renewing forgets it.
@@ -426,5 +430,8 @@ impl Session {
 
 // Whether the lease's write is still the key's entry.
 fn holds(engine: &Engine, l: &Lease) -> bool {
-    engine.store().get(&l.key).is_some_and(|e| e.etag() == l.etag)
+    engine
+        .store()
+        .get(&l.key)
+        .is_some_and(|e| e.etag() == l.etag)
 }

@@ -438,9 +438,17 @@ fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
         &mut e,
         json!({"op": "patch", "key": "p/x", "value": {"b": 2}, "lease": true}),
     ));
-    assert_eq!(changes.len(), 2, "the patch, then its lease TTL, in one commit");
+    assert_eq!(
+        changes.len(),
+        2,
+        "the patch, then its lease TTL, in one commit"
+    );
     let entry = e.store().get("p/x").unwrap().clone();
-    assert_eq!(ok["etag"], json!(entry.etag()), "the reply names the current entry");
+    assert_eq!(
+        ok["etag"],
+        json!(entry.etag()),
+        "the reply names the current entry"
+    );
     assert_eq!(*entry.data, json!({"a": 1, "b": 2}));
     assert!(entry.expires.is_some());
     let (_, ok) = write_of(handle(
@@ -462,7 +470,10 @@ fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
     assert_eq!(renewed.len(), 2);
     let x = e.store().get("p/x").unwrap().clone();
     assert_eq!(*x.data, json!({"a": 1, "b": 2}), "the same value");
-    assert!(x.expires.unwrap() > entry.expires.unwrap(), "a later deadline");
+    assert!(
+        x.expires.unwrap() > entry.expires.unwrap(),
+        "a later deadline"
+    );
     assert!(s.renew_in(&e, later).unwrap() > 0);
     // The renewed keys are still the lease's: the end deletes both.
     assert_eq!(s.end(&mut e, later).len(), 2);
@@ -486,7 +497,10 @@ fn onclose_writes_fire_once_in_order_and_a_cancelled_one_never() {
         assert_eq!(r["id"], json!(k));
         handles.push(r["onclose"].as_u64().unwrap());
     }
-    assert!(e.store().get("last").is_none(), "nothing runs before the end");
+    assert!(
+        e.store().get("last").is_none(),
+        "nothing runs before the end"
+    );
     let r = now(&handle(
         &mut s,
         &mut e,
