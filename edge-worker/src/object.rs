@@ -625,6 +625,7 @@ impl DurableObject for Namespace {
                     }
                 }
             }
+            self.flush_ended(&mut live);
         }
         self.arm().await?;
         Response::ok("")
