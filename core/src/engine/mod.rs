@@ -31,6 +31,7 @@ mod access;
 mod checks;
 mod ops;
 mod replication;
+mod server_value;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
