@@ -69,6 +69,11 @@ impl Clock {
         self.raw(tick.mono_ns).max(self.last.saturating_add(1))
     }
 
+    /// The latest timestamp handed out (or the start time), without a reading.
+    pub fn latest(&self) -> i64 {
+        self.last.max(self.base_wall.saturating_add(self.offset))
+    }
+
     /// Never hand out `t` or anything below it again: used after a restart, so timestamps stay
     /// above those already stored even if the wall clock went back while the process was down.
     pub fn advance_past(&mut self, t: i64) {

@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::clock::{Clock, Tick};
 use crate::error::Error;
 use crate::filter::Filters;
+use crate::history::History;
 use crate::json;
 use crate::log::Log;
 use crate::pool::{Frame, Pools};
@@ -61,6 +62,9 @@ pub struct Config {
     /// `127.0.0.1` and `[::1]`: a request whose `Origin` is its own `Host` is same-origin only
     /// when that host is one of these (else a rebinding DNS name would pass as same-origin).
     pub allowed_hosts: Vec<String>,
+    /// Key history (`GET /<key>?history=N`): versions kept per key (the largest `N`; 0 turns
+    /// history off) and bytes kept in total (see [`crate::history`] for why each).
+    pub history: crate::history::Limits,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             max_keys_page: 500,
             max_nodes: json::MAX_NODES,
             allowed_hosts: Vec::new(),
+            history: crate::history::Limits::default(),
         }
     }
 }
@@ -230,6 +235,7 @@ pub struct Engine {
     denials: VecDeque<Denial>,
     // An external log orders every write (a cluster node): see `Engine::order_elsewhere`.
     ordered_elsewhere: bool,
+    history: History,
 }
 
 impl Engine {
@@ -268,6 +274,7 @@ impl Engine {
         started: i64,
     ) -> Engine {
         let log = Log::new(store.last_seq(), config.log_entries, config.log_bytes);
+        let history = History::new(config.history);
         Engine {
             clock,
             store,
@@ -280,12 +287,26 @@ impl Engine {
             frames: VecDeque::new(),
             denials: VecDeque::new(),
             ordered_elsewhere: false,
+            history,
         }
     }
 
     /// The store (read-only).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+    /// Every key's history (read-only).
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+    /// Takes what storage must write to hold the same history as memory (see
+    /// [`crate::history::Delta`]): adapters with storage call it with every commit.
+    pub fn take_history_delta(&mut self) -> crate::history::Delta {
+        self.history.take_delta()
+    }
+    /// Installs a history given back by storage at start (see [`History::restore`]).
+    pub fn restore_history(&mut self, history: History) {
+        self.history = history;
     }
     /// The change log (read-only).
     pub fn log(&self) -> &Log {
@@ -338,8 +359,14 @@ impl Engine {
         match &r {
             Ok(a) => {
                 self.stats.writes += 1;
+                let at = self.clock.peek(tick);
                 for c in &a.changes {
                     self.log.push(c);
+                    // A cluster node's proposal is withdrawn at once: its history comes with
+                    // the ordered change (`apply_ordered`).
+                    if !self.ordered_elsewhere {
+                        self.history.push(c, at);
+                    }
                 }
             }
             Err(_) => self.stats.refused += 1,
@@ -353,6 +380,7 @@ impl Engine {
         if let Some(first) = changes.first() {
             self.store.undo(changes);
             self.log.truncate_from(first.seq);
+            self.history.undo_from(first.seq);
             // A pool joined while these changes were applied saw them: it resyncs.
             let frames = self
                 .pools
