@@ -93,6 +93,8 @@ pub struct History {
     bytes: usize,
     limits: Limits,
     delta: Delta,
+    // Whether storage takes the delta (else nothing is queued for it).
+    stored: bool,
 }
 
 impl History {
@@ -139,7 +141,9 @@ impl History {
                 .map_or(at, |e| if e.updated != 0 { e.updated } else { e.created }),
             json: c.entry.as_ref().map(|e| e.json.clone()),
         };
-        self.delta.put.push((v.seq, encode(&c.key, &v)));
+        if self.stored {
+            self.delta.put.push((v.seq, encode(&c.key, &v)));
+        }
         self.insert(c.key.clone(), v);
     }
 
@@ -152,7 +156,9 @@ impl History {
             let old = versions.pop_front().expect("longer than keep");
             self.bytes -= old.cost(&key);
             self.order.remove(&old.seq);
-            self.delta.drop.push(old.seq);
+            if self.stored {
+                self.delta.drop.push(old.seq);
+            }
         }
         while self.bytes > self.limits.max_bytes && self.order.len() > 1 {
             let Some((seq, k)) = self.order.pop_first() else {
@@ -173,7 +179,9 @@ impl History {
                 self.keys.remove(k);
             }
         }
-        self.delta.drop.push(seq);
+        if self.stored {
+            self.delta.drop.push(seq);
+        }
     }
 
     /// Forgets changes from `seq` on (their durable commit failed and they were reverted; they
@@ -199,6 +207,12 @@ impl History {
         self.delta.put.retain(|(s, _)| *s < seq);
     }
 
+    /// Says that storage keeps this history: from now on every version added or dropped is
+    /// queued for [`History::take_delta`] (without storage nothing is queued).
+    pub fn store_in_storage(&mut self) {
+        self.stored = true;
+    }
+
     /// Takes what storage must write since the last call.
     pub fn take_delta(&mut self) -> Delta {
         std::mem::take(&mut self.delta)
@@ -212,6 +226,7 @@ impl History {
         rows: impl IntoIterator<Item = (u64, Vec<u8>)>,
     ) -> Result<History, Corrupt> {
         let mut h = History::new(limits);
+        h.stored = true;
         let mut decoded = Vec::new();
         for (seq, bytes) in rows {
             let (key, v) = decode(seq, &bytes)?;
@@ -345,6 +360,7 @@ mod tests {
             keep: 3,
             max_bytes: 1 << 20,
         });
+        h.store_in_storage();
         h.push(&change(1, "a", 0, Some("1")), 0);
         h.push(&change(2, "b", 0, Some("\"x\"")), 0);
         h.push(&change(3, "a", 1, Some("2")), 0);
@@ -376,6 +392,7 @@ mod tests {
             keep: 10,
             max_bytes: one * 3,
         });
+        h.store_in_storage();
         for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
             h.push(&change(i as u64 + 1, k, 0, Some("1")), 0);
         }
@@ -388,6 +405,7 @@ mod tests {
     #[test]
     fn restores_what_was_stored_and_trims_to_new_limits() {
         let mut h = History::new(Limits::default());
+        h.store_in_storage();
         for i in 1..=5 {
             h.push(&change(i, "名前/😀", i - 1, Some(&i.to_string())), 0);
         }
@@ -419,6 +437,7 @@ mod tests {
     #[test]
     fn undo_forgets_reverted_changes() {
         let mut h = History::new(Limits::default());
+        h.store_in_storage();
         h.push(&change(1, "a", 0, Some("1")), 0);
         h.take_delta();
         h.push(&change(2, "a", 1, Some("2")), 0);
@@ -427,5 +446,9 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert!(h.versions("b", 1).is_empty());
         assert!(h.take_delta().put.is_empty());
+        // Without storage nothing is queued.
+        let mut m = History::new(Limits::default());
+        m.push(&change(1, "a", 0, Some("1")), 0);
+        assert!(m.take_delta().is_empty());
     }
 }

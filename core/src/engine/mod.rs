@@ -305,7 +305,8 @@ impl Engine {
         self.history.take_delta()
     }
     /// Installs a history given back by storage at start (see [`History::restore`]).
-    pub fn restore_history(&mut self, history: History) {
+    pub fn restore_history(&mut self, mut history: History) {
+        history.store_in_storage();
         self.history = history;
     }
     /// The change log (read-only).
