@@ -135,10 +135,13 @@ impl History {
         let v = Version {
             seq: c.seq,
             revision: c.revision,
-            updated: c
-                .entry
-                .as_ref()
-                .map_or(at, |e| if e.updated != 0 { e.updated } else { e.created }),
+            updated: c.entry.as_ref().map_or(at, |e| {
+                if e.updated != 0 {
+                    e.updated
+                } else {
+                    e.created
+                }
+            }),
             json: c.entry.as_ref().map(|e| e.json.clone()),
         };
         if self.stored {
@@ -301,8 +304,8 @@ pub fn encode(key: &str, v: &Version) -> Vec<u8> {
 /// Reads [`encode`]'s bytes back (the sequence number is the row's key).
 pub fn decode(seq: u64, b: &[u8]) -> Result<(Arc<str>, Version), Corrupt> {
     let bad = || Corrupt(format!("history record {seq} is truncated or malformed"));
-    let len = u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
-        as usize;
+    let len =
+        u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
     let rest = &b[4..];
     let key = std::str::from_utf8(rest.get(..len).ok_or_else(bad)?).map_err(|_| bad())?;
     let rest = &rest[len..];

@@ -190,7 +190,8 @@ pub fn decode_http_path(path: &str) -> Result<std::borrow::Cow<'_, str>, KeyErro
 /// ASCII letters, digits, `_`, `.`, `-`, `~`, `/` and `*` becomes `%XX` (UTF-8 bytes), so
 /// [`decode_http_path`] gives the key back. ASCII keys of ooo's alphabet come out unchanged.
 pub fn encode_http_path(key: &str) -> std::borrow::Cow<'_, str> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b'/' | b'*');
+    let plain =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b'/' | b'*');
     if key.bytes().all(plain) {
         return key.into();
     }
@@ -427,7 +428,10 @@ mod tests {
         // meant, and an escaped allowed character is that character; decoded once only.
         let check = |p: &str| decode_http_path(p).and_then(|d| Pattern::from_http_path(&d, false));
         assert_eq!(check("/caf%C3%A9"), Ok(Pattern::Key("café".into())));
-        assert_eq!(check("/%E5%90%8D%E5%89%8D"), Ok(Pattern::Key("名前".into())));
+        assert_eq!(
+            check("/%E5%90%8D%E5%89%8D"),
+            Ok(Pattern::Key("名前".into()))
+        );
         assert_eq!(check("/a%0Ab"), Err(KeyError::InvalidChar('\n', 1)));
         assert_eq!(check("/a/%2A"), Ok(Pattern::parse("a/*").unwrap()));
         assert_eq!(check("/a%2Db"), Ok(Pattern::Key("a-b".into())));
@@ -436,10 +440,19 @@ mod tests {
         assert_eq!(check("/a%FF"), Err(KeyError::BadEscape(2)));
         assert_eq!(check("/a%2541"), Ok(Pattern::Key("a%41".into())));
         assert_eq!(decode_http_path("/plain"), Ok("/plain".into()));
-        for k in ["a/b-c.d_e", "users/alice@example.com", "名前", "e/😀", "a%b:c d?e#f\"g"] {
+        for k in [
+            "a/b-c.d_e",
+            "users/alice@example.com",
+            "名前",
+            "e/😀",
+            "a%b:c d?e#f\"g",
+        ] {
             let enc = encode_http_path(k);
             assert!(enc.is_ascii(), "{enc}");
-            assert_eq!(decode_http_path(&format!("/{enc}")).unwrap(), format!("/{k}"));
+            assert_eq!(
+                decode_http_path(&format!("/{enc}")).unwrap(),
+                format!("/{k}")
+            );
         }
         assert_eq!(encode_http_path("a/b"), "a/b");
         assert_eq!(encode_http_path("é:"), "%C3%A9%3A");

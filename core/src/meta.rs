@@ -93,7 +93,12 @@ mod tests {
             data,
             json,
         };
-        for key in ["名前", "a/\"q\"", "back\\slash/😀", "users/alice@example.com"] {
+        for key in [
+            "名前",
+            "a/\"q\"",
+            "back\\slash/😀",
+            "users/alice@example.com",
+        ] {
             let parsed: Value = serde_json::from_slice(&bytes(key, &e)).unwrap();
             assert_eq!(parsed, value(key, &e), "{key}");
             assert_eq!(parsed["path"], key);

@@ -37,7 +37,13 @@ async fn history_lists_sets_patches_and_deletes_newest_first() {
     let h = h.as_array().unwrap();
     let shape: Vec<(Value, Value, Value)> = h
         .iter()
-        .map(|v| (v["revision"].clone(), v["data"].clone(), v["deleted"].clone()))
+        .map(|v| {
+            (
+                v["revision"].clone(),
+                v["data"].clone(),
+                v["deleted"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         shape,
@@ -80,7 +86,12 @@ async fn history_lists_sets_patches_and_deletes_newest_first() {
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
     let r = c
-        .request(Method::GET, &format!("/{}?history=3", unique("none")), &[], "")
+        .request(
+            Method::GET,
+            &format!("/{}?history=3", unique("none")),
+            &[],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 404, "{}", r.text());
@@ -96,10 +107,18 @@ async fn history_is_read_under_the_keys_rules() {
     let k = format!("private/{user}/notes");
     let exp = 4_000_000_000i64;
     let tok = sign_hs256(&json!({"sub": user, "exp": exp}), secret.as_bytes());
-    let other = sign_hs256(&json!({"sub": "someone-else", "exp": exp}), secret.as_bytes());
+    let other = sign_hs256(
+        &json!({"sub": "someone-else", "exp": exp}),
+        secret.as_bytes(),
+    );
     let auth = format!("Bearer {tok}");
     let r = c
-        .request(Method::POST, &format!("/{k}"), &[("authorization", &auth)], "1")
+        .request(
+            Method::POST,
+            &format!("/{k}"),
+            &[("authorization", &auth)],
+            "1",
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -116,10 +135,7 @@ async fn history_is_read_under_the_keys_rules() {
     assert_eq!(body(&r)[0]["data"], json!(1));
     // Whoever may not read the key gets what a read gets.
     for who in [None, Some(format!("Bearer {other}"))] {
-        let h: Vec<(&str, &str)> = who
-            .iter()
-            .map(|a| ("authorization", a.as_str()))
-            .collect();
+        let h: Vec<(&str, &str)> = who.iter().map(|a| ("authorization", a.as_str())).collect();
         let read = c
             .request(Method::GET, &format!("/{k}"), &h, "")
             .await
@@ -190,12 +206,21 @@ async fn utf8_keys_round_trip_everywhere() {
     // Refused: a `*` inside a segment, control characters.
     for bad in ["a*b", "a%00b", "a%0Ab", "a%7Fb"] {
         let r = c
-            .request(Method::POST, &format!("/{}/{bad}", encode_http_path(&p)), &[], "1")
+            .request(
+                Method::POST,
+                &format!("/{}/{bad}", encode_http_path(&p)),
+                &[],
+                "1",
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
-    send_text(&mut w, &json!({"id":3,"op":"set","key":format!("{p}/a\u{1}b"),"value":1})).await;
+    send_text(
+        &mut w,
+        &json!({"id":3,"op":"set","key":format!("{p}/a\u{1}b"),"value":1}),
+    )
+    .await;
     let r = next_json(&mut w).await;
     assert_eq!(r["error"]["code"], json!("invalid-key"), "{r}");
 }
@@ -209,9 +234,12 @@ async fn a_server_timestamp_becomes_the_write_time_in_ms() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    c.set(&k, &json!({"at": {".sv": "timestamp"}, "deep": [{"t": {".sv": "timestamp"}}]}))
-        .await
-        .unwrap();
+    c.set(
+        &k,
+        &json!({"at": {".sv": "timestamp"}, "deep": [{"t": {".sv": "timestamp"}}]}),
+    )
+    .await
+    .unwrap();
     let m = c.get(&k).await.unwrap().expect("stored");
     let at = m["data"]["at"].as_i64().expect("a number");
     assert!((at - now).abs() < 60_000, "{at} vs {now}");

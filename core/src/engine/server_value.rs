@@ -90,11 +90,16 @@ mod tests {
 
     #[test]
     fn placeholders_become_the_stamp_in_ms_at_any_depth() {
-        let mut s = Source::Given(json!({"at":{".sv":"timestamp"},"l":[1,{"x":{".sv":"timestamp"}}],"s":".sv"}));
+        let mut s = Source::Given(
+            json!({"at":{".sv":"timestamp"},"l":[1,{"x":{".sv":"timestamp"}}],"s":".sv"}),
+        );
         assert!(present(&s));
         resolve(&mut s, 1_700_000_000_123_456_789).unwrap();
         let Source::Given(v) = s else { unreachable!() };
-        assert_eq!(v, json!({"at":1_700_000_000_123i64,"l":[1,{"x":1_700_000_000_123i64}],"s":".sv"}));
+        assert_eq!(
+            v,
+            json!({"at":1_700_000_000_123i64,"l":[1,{"x":1_700_000_000_123i64}],"s":".sv"})
+        );
         let mut top = Source::Given(json!({".sv":"timestamp"}));
         resolve(&mut top, 5_000_000).unwrap();
         assert!(matches!(top, Source::Given(Value::Number(ref n)) if n.as_i64() == Some(5)));
@@ -103,9 +108,16 @@ mod tests {
 
     #[test]
     fn unknown_server_values_are_refused() {
-        for bad in [json!({".sv":"now"}), json!({".sv":"timestamp","x":1}), json!([{".sv":1}])] {
+        for bad in [
+            json!({".sv":"now"}),
+            json!({".sv":"timestamp","x":1}),
+            json!([{".sv":1}]),
+        ] {
             let mut s = Source::Given(bad.clone());
-            assert!(matches!(resolve(&mut s, 1), Err(Error::BadRequest(_))), "{bad}");
+            assert!(
+                matches!(resolve(&mut s, 1), Err(Error::BadRequest(_))),
+                "{bad}"
+            );
         }
     }
 

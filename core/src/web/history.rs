@@ -111,11 +111,7 @@ pub(super) fn add_ttl(engine: &Engine, tick: Tick, pattern: &Pattern, r: &mut Re
     let Pattern::Key(k) = pattern else {
         return;
     };
-    let Some(left) = engine
-        .store()
-        .get(k)
-        .and_then(|e| engine.ttl_left(tick, e))
-    else {
+    let Some(left) = engine.store().get(k).and_then(|e| engine.ttl_left(tick, e)) else {
         return;
     };
     let secs = ttl_seconds(left);

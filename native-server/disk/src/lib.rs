@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log, Corrupt};
-use stateline_core::log::Log;
 use stateline_core::history::Delta;
+use stateline_core::log::Log;
 use stateline_core::store::{Change, Store};
 
 use backend::{Backend, Faults};
