@@ -74,9 +74,9 @@ impl Namespace {
                 .set_rules(rules)
                 .map_err(|e| format!("STATELINE_RULES: {e}"))?;
         }
-        let limits = config.history;
+        let history_limits = config.history;
         let mut engine = Engine::restore(tick(), store, log, config, filters);
-        engine.restore_history(sql::load_history(&db, limits)?);
+        engine.restore_history(sql::load_history(&db, history_limits)?);
         let mut live = Live {
             engine,
             ns,
