@@ -51,6 +51,8 @@ step "conformance suite against a node of a 3-node cluster (3 NATS JetStream ser
 # Ports away from the defaults, so a cluster a developer runs is left alone; the script stops
 # everything it started when it gets TERM.
 ctarget="${CARGO_TARGET_DIR:-target}"
+# Emptied first: the wait below must not find an earlier run's "cluster running".
+: >"$ctarget/cluster-suite.log"
 CLUSTER_BIN="$ctarget/debug/stateline" CLUSTER_UI=0 CLUSTER_FRESH=1 CLUSTER_DIR="$ctarget/cluster-suite" \
   CLUSTER_NATS_PORT=17222 CLUSTER_ROUTE_PORT=17322 CLUSTER_MONITOR_PORT=17422 CLUSTER_HTTP_PORT=17801 \
   bash scripts/cluster.sh >"$ctarget/cluster-suite.log" 2>&1 &

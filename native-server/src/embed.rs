@@ -84,6 +84,9 @@ impl Server {
             // Until it has caught up with the cluster, the node answers 503 (`/_health` says
             // why), so a load balancer's health check keeps clients away.
             let cluster = cluster::Cluster::connect(&args).await?;
+            // The stream orders every write: after-write hooks and key history follow the
+            // ordered changes, not this node's proposals.
+            shared.lock().engine.order_elsewhere();
             let _ = shared.cluster.set(cluster.clone());
             let sh = shared.clone();
             tokio::spawn(async move { cluster.start(sh).await });

@@ -355,7 +355,7 @@ mod tests {
             Err(EndpointError::Reserved(_))
         ));
         assert!(matches!(
-            x.add_endpoint(ep("/a b")),
+            x.add_endpoint(ep("/a\u{1}b")),
             Err(EndpointError::Path(_))
         ));
         assert!(matches!(
