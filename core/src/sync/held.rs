@@ -4,8 +4,8 @@
 //!
 //! - **Leases.** Every acknowledged leased `set`, `patch` or `push` is remembered per key as the
 //!   writes that recreate it: a `set` (a push becomes a `set` of the key the server named), with
-//!   later patches of that key folded into its value with the core's own merge code (a patch the
-//!   client cannot fold is kept after it, at most [`MAX_HELD_WRITES`] per key). A plain `set` or
+//!   later RFC 7396 merge patches of that key folded into its value with the core's own code
+//!   (other patches are kept after it, in order, at most [`MAX_HELD_WRITES`] per key). A plain `set` or
 //!   a `del` of the key (acknowledged) drops it. On every reconnect the held writes are sent
 //!   again, before the queued writes, each with `"lease": true` and without `rev`/`ifAbsent`
 //!   (the old connection's end deleted the key, so the compare would fail).
@@ -20,8 +20,6 @@
 //!
 //! [`Client::close`] forgets both (a closed client starts afresh; the server carried out the
 //! disconnect writes when the socket closed).
-
-use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
@@ -47,15 +45,26 @@ pub(super) struct OnClose {
     reported: bool,
 }
 
-/// The leased keys and disconnect writes a client holds.
+/// The leased keys and disconnect writes a client holds. Vectors searched linearly, not maps: a
+/// page holds a handful, and each map type would add kilobytes to the browser client's wasm.
 #[derive(Debug, Default)]
 pub(super) struct Held {
-    /// Leased key → the writes that recreate it.
-    leases: BTreeMap<String, Vec<Map<String, Value>>>,
-    /// The user's handle (the registering request's id) → the registration.
-    onclose: BTreeMap<u64, OnClose>,
+    /// Leased key → the writes that recreate it, in the order the leases were taken.
+    leases: Vec<(String, Vec<Map<String, Value>>)>,
+    /// The user's handle (the registering request's id) → the registration, oldest first.
+    onclose: Vec<(u64, OnClose)>,
     /// A cancel in flight (its request id) → the user's handle it cancels.
-    cancels: BTreeMap<u64, u64>,
+    cancels: Vec<(u64, u64)>,
+}
+
+/// Removes and returns the value at `k` of an association list.
+fn take<K: PartialEq, V>(list: &mut Vec<(K, V)>, k: &K) -> Option<V> {
+    let i = list.iter().position(|(x, _)| x == k)?;
+    Some(list.remove(i).1)
+}
+
+fn find<'a, K: PartialEq, V>(list: &'a mut [(K, V)], k: &K) -> Option<&'a mut V> {
+    list.iter_mut().find(|(x, _)| x == k).map(|(_, v)| v)
 }
 
 fn op(msg: &Map<String, Value>) -> &str {
@@ -72,13 +81,12 @@ fn leased(msg: &Map<String, Value>) -> bool {
     msg.get("lease").and_then(Value::as_bool) == Some(true)
 }
 
-/// A patch message applied to a value with the merge the server uses for its `type`.
+/// A patch message applied to a value: RFC 7396 merge patches only (the others are kept as
+/// they are and sent after the `set`; folding them would bring their merge code into the
+/// browser client's wasm, which has a size budget).
 fn fold(value: &Value, patch: &Map<String, Value>) -> Option<Value> {
-    let p = patch.get("value")?;
-    match patch.get("type").and_then(Value::as_str).unwrap_or("merge") {
-        "merge" => json::ooo_merge(value, p).ok(),
-        "merge-patch" => Some(json::merge_patch(value, p)),
-        "json-patch" => json::json_patch(value, &json::parse_patch(p.clone()).ok()?).ok(),
+    match patch.get("type").and_then(Value::as_str) {
+        Some("merge-patch") => Some(json::merge_patch(value, patch.get("value")?)),
         _ => None,
     }
 }
@@ -96,14 +104,15 @@ impl Held {
                     m.remove("ifAbsent");
                     m.remove("ifMatch");
                     m.insert("key".into(), Value::String(k.clone()));
-                    self.leases.insert(k, vec![m]);
+                    take(&mut self.leases, &k);
+                    self.leases.push((k, vec![m]));
                 } else {
-                    self.leases.remove(&k);
+                    take(&mut self.leases, &k);
                 }
             }
             "del" => {
                 if let Some(k) = key(msg) {
-                    self.leases.remove(&k);
+                    take(&mut self.leases, &k);
                 }
             }
             "push" if lease => {
@@ -115,14 +124,20 @@ impl Held {
                     m["ttl"] = t.clone();
                 }
                 let Value::Object(m) = m else { return };
-                self.leases.insert(k.to_string(), vec![m]);
+                let k = k.to_string();
+                take(&mut self.leases, &k);
+                self.leases.push((k, vec![m]));
             }
             "patch" => {
                 let Some(k) = key(msg) else { return };
-                let held = match self.leases.get_mut(&k) {
-                    Some(h) => h,
-                    None if lease => self.leases.entry(k.clone()).or_default(),
-                    None => return,
+                if !self.leases.iter().any(|(x, _)| *x == k) {
+                    if !lease {
+                        return;
+                    }
+                    self.leases.push((k.clone(), Vec::new()));
+                }
+                let Some(held) = find(&mut self.leases, &k) else {
+                    return;
                 };
                 let mut m = msg.clone();
                 m.remove("ifMatch");
@@ -147,12 +162,12 @@ impl Held {
 impl Client {
     /// The leased keys held (to be taken again after a reconnect), in key order.
     pub fn leases(&self) -> Vec<String> {
-        self.held.leases.keys().cloned().collect()
+        self.held.leases.iter().map(|(k, _)| k.clone()).collect()
     }
 
     /// The disconnect writes registered (the users' handles), in order.
     pub fn disconnect_writes(&self) -> Vec<u64> {
-        self.held.onclose.keys().copied().collect()
+        self.held.onclose.iter().map(|(h, _)| *h).collect()
     }
 
     /// `write` of an `onclose` registration or an `onclose_cancel`: handled here, not queued.
@@ -172,7 +187,7 @@ impl Client {
                     });
                     return true;
                 }
-                self.held.onclose.insert(
+                self.held.onclose.push((
                     req,
                     OnClose {
                         msg: msg.clone(),
@@ -180,7 +195,7 @@ impl Client {
                         sent: false,
                         reported: false,
                     },
-                );
+                ));
                 if self.state == State::Open {
                     self.send_onclose(req);
                 }
@@ -195,7 +210,7 @@ impl Client {
     }
 
     fn send_onclose(&mut self, handle: u64) {
-        let Some(reg) = self.held.onclose.get_mut(&handle) else {
+        let Some(reg) = find(&mut self.held.onclose, &handle) else {
             return;
         };
         reg.sent = true;
@@ -210,7 +225,7 @@ impl Client {
 
     fn cancel_onclose(&mut self, req: u64, msg: &Map<String, Value>) {
         let handle = msg.get("onclose").and_then(Value::as_u64);
-        let Some(reg) = handle.and_then(|h| self.held.onclose.remove(&h)) else {
+        let Some(reg) = handle.and_then(|h| take(&mut self.held.onclose, &h)) else {
             self.events.push_back(Event::Reply {
                 req,
                 queued: false,
@@ -241,7 +256,7 @@ impl Client {
                     },
                     queued: false,
                 };
-                self.held.cancels.insert(req, handle);
+                self.held.cancels.push((req, handle));
                 self.send_write(w);
             }
             // Not live on this connection: nothing on the server to cancel (a registration in
@@ -265,7 +280,7 @@ impl Client {
             .ok()
             .and_then(|m| m.get("onclose"))
             .and_then(Value::as_u64);
-        let Some(reg) = self.held.onclose.get_mut(&handle) else {
+        let Some(reg) = find(&mut self.held.onclose, &handle) else {
             // Cancelled while in flight: cancel it on the server now.
             if let Some(h) = server {
                 let id = self.next_id;
@@ -294,7 +309,7 @@ impl Client {
             Err(f) => {
                 // Refused (on a later connection too: e.g. the token expired): forgotten.
                 let reported = reg.reported;
-                self.held.onclose.remove(&handle);
+                take(&mut self.held.onclose, &handle);
                 if !reported {
                     self.events.push_back(Event::Reply {
                         req: handle,
@@ -308,7 +323,7 @@ impl Client {
 
     /// An acknowledged user write: leases made or ended; a cancel's reply names the user's handle.
     pub(super) fn held_acknowledged(&mut self, w: &Write, reply: &mut Map<String, Value>) {
-        if let Some(handle) = self.held.cancels.remove(&w.req) {
+        if let Some(handle) = take(&mut self.held.cancels, &w.req) {
             reply.insert("onclose".into(), Value::from(handle));
             return;
         }
@@ -317,13 +332,18 @@ impl Client {
 
     /// A user write failed: a cancel in flight forgets its translation.
     pub(super) fn held_failed(&mut self, w: &Write) {
-        self.held.cancels.remove(&w.req);
+        take(&mut self.held.cancels, &w.req);
     }
 
     /// The socket opened: take the leases again and register the disconnect writes again, before
     /// the queued writes are sent.
     pub(super) fn retake_held(&mut self) {
-        let writes: Vec<Map<String, Value>> = self.held.leases.values().flatten().cloned().collect();
+        let writes: Vec<Map<String, Value>> = self
+            .held
+            .leases
+            .iter()
+            .flat_map(|(_, w)| w.iter().cloned())
+            .collect();
         for mut m in writes {
             let id = self.next_id;
             self.next_id += 1;
@@ -332,7 +352,7 @@ impl Client {
             self.pending.insert(id, Pending::Internal);
             self.io.push_back(Io::Send(Value::Object(m).to_string()));
         }
-        let handles: Vec<u64> = self.held.onclose.keys().copied().collect();
+        let handles = self.disconnect_writes();
         for h in handles {
             self.send_onclose(h);
         }
@@ -342,13 +362,13 @@ impl Client {
     /// cancel in flight has nothing left to cancel, so it succeeds. Returns the cancels' replies
     /// to report instead of failing them.
     pub(super) fn held_lost(&mut self, inflight: &mut Vec<Write>) {
-        for reg in self.held.onclose.values_mut() {
+        for (_, reg) in self.held.onclose.iter_mut() {
             reg.server = None;
             reg.sent = false;
         }
         let cancels = std::mem::take(&mut self.held.cancels);
-        inflight.retain(|w| match cancels.get(&w.req) {
-            Some(&handle) => {
+        inflight.retain(|w| match cancels.iter().find(|(r, _)| *r == w.req) {
+            Some(&(_, handle)) => {
                 self.events.push_back(Event::Reply {
                     req: w.req,
                     queued: w.queued,

@@ -74,37 +74,50 @@ fn ok_reply(evs: &[Event], req: u64) -> Value {
 #[test]
 fn leased_writes_are_taken_again_after_a_reconnect() {
     let mut c = open();
-    let a = c.write(json!({"op":"set","key":"presence/r/me","value":{"n":"ann"},"lease":true,"rev":0}));
+    let a =
+        c.write(json!({"op":"set","key":"presence/r/me","value":{"n":"ann"},"lease":true,"rev":0}));
     let m = sent(&mut c);
-    reply(&mut c, &m[0]["id"], json!({"key":"presence/r/me","revision":0}));
-    // A patch is folded into the held value; a plain set of another key is not held.
-    c.write(json!({"op":"patch","key":"presence/r/me","value":{"typing":true},"lease":true}));
+    reply(
+        &mut c,
+        &m[0]["id"],
+        json!({"key":"presence/r/me","revision":0}),
+    );
+    // A merge patch is folded into the held value; a plain set of another key is not held.
+    c.write(json!({"op":"patch","key":"presence/r/me","value":{"typing":true},"type":"merge-patch","lease":true}));
     c.write(json!({"op":"set","key":"plain","value":1}));
     let p = c.write(json!({"op":"push","path":"cursors/*","value":[1,2],"lease":true}));
     let m = sent(&mut c);
-    reply(&mut c, &m[0]["id"], json!({"key":"presence/r/me","revision":1}));
+    reply(
+        &mut c,
+        &m[0]["id"],
+        json!({"key":"presence/r/me","revision":1}),
+    );
     reply(&mut c, &m[1]["id"], json!({"key":"plain","revision":0}));
-    reply(&mut c, &m[2]["id"], json!({"key":"cursors/00ab","revision":0,"index":"00ab"}));
+    reply(
+        &mut c,
+        &m[2]["id"],
+        json!({"key":"cursors/00ab","revision":0,"index":"00ab"}),
+    );
     let evs = events(&mut c);
     assert_eq!(ok_reply(&evs, p)["key"], "cursors/00ab");
     assert!(a < p);
-    assert_eq!(c.leases(), vec!["cursors/00ab", "presence/r/me"]);
+    assert_eq!(c.leases(), vec!["presence/r/me", "cursors/00ab"]);
 
     reconnect(&mut c);
-    let again: Vec<Value> = sent(&mut c)
-        .into_iter()
-        .map(without_id)
-        .collect();
+    let again: Vec<Value> = sent(&mut c).into_iter().map(without_id).collect();
     assert_eq!(
         again,
         vec![
-            json!({"op":"set","key":"cursors/00ab","value":[1,2],"lease":true}),
             // No `rev`: the old connection's end deleted the key.
             json!({"op":"set","key":"presence/r/me","value":{"n":"ann","typing":true},"lease":true}),
+            json!({"op":"set","key":"cursors/00ab","value":[1,2],"lease":true}),
         ]
     );
     // The re-take's replies are not reported to the user.
-    assert_eq!(events(&mut c), vec![Event::State(State::Connecting), Event::State(State::Open)]);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::State(State::Connecting), Event::State(State::Open)]
+    );
 }
 
 #[test]
@@ -159,7 +172,8 @@ fn unfoldable_patches_are_kept_in_order_and_bounded() {
 #[test]
 fn disconnect_writes_are_registered_again_and_cancel_maps_handles() {
     let mut c = open();
-    let h = c.write(json!({"op":"onclose","write":{"op":"set","key":"status/me","value":"offline"}}));
+    let h =
+        c.write(json!({"op":"onclose","write":{"op":"set","key":"status/me","value":"offline"}}));
     let m = sent(&mut c);
     assert_eq!(
         without_id(m[0].clone()),
@@ -176,12 +190,18 @@ fn disconnect_writes_are_registered_again_and_cancel_maps_handles() {
     assert_eq!(m[0]["op"], "onclose");
     reply(&mut c, &m[0]["id"], json!({"onclose": 1}));
     // Registered again silently: the user was answered once.
-    assert_eq!(events(&mut c), vec![Event::State(State::Connecting), Event::State(State::Open)]);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::State(State::Connecting), Event::State(State::Open)]
+    );
 
     // Cancel with the user's handle: sent with the new server handle, answered with the user's.
     let k = c.write(json!({"op":"onclose_cancel","onclose": h}));
     let m = sent(&mut c);
-    assert_eq!(without_id(m[0].clone()), json!({"op":"onclose_cancel","onclose":1}));
+    assert_eq!(
+        without_id(m[0].clone()),
+        json!({"op":"onclose_cancel","onclose":1})
+    );
     reply(&mut c, &m[0]["id"], json!({"onclose": 1}));
     assert_eq!(ok_reply(&events(&mut c), k)["onclose"], json!(h));
     assert!(c.disconnect_writes().is_empty());
@@ -194,7 +214,9 @@ fn disconnect_writes_are_registered_again_and_cancel_maps_handles() {
     let u = c.write(json!({"op":"onclose_cancel","onclose": 999}));
     assert!(sent(&mut c).is_empty());
     let evs = events(&mut c);
-    assert!(matches!(&evs[..], [Event::Reply { req, result: Err(f), .. }] if *req == u && f.code == "not-found"));
+    assert!(
+        matches!(&evs[..], [Event::Reply { req, result: Err(f), .. }] if *req == u && f.code == "not-found")
+    );
 }
 
 #[test]
@@ -215,7 +237,10 @@ fn offline_registration_and_cancel() {
     assert_eq!(ok_reply(&evs, h)["cancelled"], true);
     reply(&mut c, &m[0]["id"], json!({"onclose": 5}));
     let m = sent(&mut c);
-    assert_eq!(without_id(m[0].clone()), json!({"op":"onclose_cancel","onclose":5}));
+    assert_eq!(
+        without_id(m[0].clone()),
+        json!({"op":"onclose_cancel","onclose":5})
+    );
     assert!(events(&mut c).is_empty());
 
     // A cancel in flight when the socket drops succeeds: the registration ended with it.
@@ -239,7 +264,9 @@ fn a_refused_registration_fails_and_close_fails_unacknowledged_ones() {
     let m = sent(&mut c);
     refuse(&mut c, &m[0]["id"], "forbidden");
     let evs = events(&mut c);
-    assert!(matches!(&evs[..], [Event::Reply { req, result: Err(f), .. }] if *req == h && f.code == "forbidden"));
+    assert!(
+        matches!(&evs[..], [Event::Reply { req, result: Err(f), .. }] if *req == h && f.code == "forbidden")
+    );
     assert!(c.disconnect_writes().is_empty());
 
     c.handle_close(5, 0.0);
@@ -247,7 +274,9 @@ fn a_refused_registration_fails_and_close_fails_unacknowledged_ones() {
     events(&mut c);
     c.close();
     let evs = events(&mut c);
-    assert!(evs.iter().any(|e| matches!(e, Event::Reply { req, result: Err(f), .. } if *req == h && f.code == "closed")));
+    assert!(evs.iter().any(
+        |e| matches!(e, Event::Reply { req, result: Err(f), .. } if *req == h && f.code == "closed")
+    ));
     assert!(c.disconnect_writes().is_empty());
 }
 
@@ -262,6 +291,8 @@ fn registrations_are_bounded_by_max_queue() {
     }
     let r = c.write(json!({"op":"onclose","write":{"op":"del","key":"a"}}));
     let evs = events(&mut c);
-    assert!(matches!(&evs[..], [Event::Reply { req, result: Err(f), .. }] if *req == r && f.code == "queue-full"));
+    assert!(
+        matches!(&evs[..], [Event::Reply { req, result: Err(f), .. }] if *req == r && f.code == "queue-full")
+    );
     assert_eq!(c.disconnect_writes().len(), 2);
 }
