@@ -6,6 +6,7 @@
 import { createJSONEditor } from "vanilla-jsoneditor";
 import { live } from "./live.js";
 import { chartSvg, Rates, Series } from "./chart.js";
+import { lineDiff } from "./diff.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const view = $("#view");
@@ -151,7 +152,9 @@ async function keyPage(arg) {
         ${creating ? "" : `<button class="danger" id="delete">Delete</button>`}
       </div>
       <div id="outcome"></div>
-    </div>`;
+    </div>
+    ${glob || creating ? "" : `<div class="panel" id="history-panel"><h3 style="margin-top:0">History</h3>
+      <div id="history"><p class="muted">Loading…</p></div><div id="history-diff"></div></div>`}`;
   let revision = null; // the revision the editor's content is based on
   let etag = null;     // and its entity tag, for the compare-and-swap
   // What the meta panel shows: the last loaded metadata, then the live subscription's updates.
@@ -200,9 +203,14 @@ async function keyPage(arg) {
   if (!creating && !glob) await load().catch((e) => { if (e.status === 404) showMeta(null, null); else throw e; });
   if (glob || creating) showMeta(null, null);
 
+  // History: the key's last versions, two of them compared.
+  const history = glob || creating ? null : historyPanel(key);
+  if (history) onLeave(history.stop);
+
   // Live: every change to this key shows what changed; the editor keeps the user's draft.
   if (!glob) {
     const stop = live.watch(key, (value, info) => {
+      if (!info?.initial) history?.refresh();
       const before = current;
       current = value;
       const changes = diffPaths(before, value);
@@ -288,6 +296,65 @@ async function keyPage(arg) {
       outcome(`<p class="error">${esc(e.message)}${e.status === 412 || e.status === 409 ? " — the key changed since you loaded it; reload first." : ""}</p>`);
     }
   });
+}
+
+// How many versions the key page's history asks for.
+const HISTORY_VERSIONS = 20;
+
+// The key page's history panel: the last versions (`GET /<key>?history=N`), newest first, with
+// two chosen (A, B: by default the previous and the newest) and the line diff between them.
+// `refresh()` reloads it (debounced: a burst of live changes is one request).
+function historyPanel(key) {
+  let versions = [], a = 1, b = 0, timer = null, stopped = false;
+  const el = () => $("#history"), out = () => $("#history-diff");
+  const label = (v) => (v.deleted ? "deleted" : "");
+  const render = () => {
+    if (!el()) return;
+    if (versions.length === 0) {
+      el().innerHTML = '<p class="muted">No versions yet.</p>';
+      out().innerHTML = "";
+      return;
+    }
+    a = Math.min(a, versions.length - 1);
+    b = Math.min(b, versions.length - 1);
+    el().innerHTML = `<table class="history"><thead><tr><th>A</th><th>B</th><th>Revision</th><th>Written</th><th class="hide-sm">Value</th></tr></thead><tbody>
+      ${versions.map((v, i) => `<tr data-revision="${esc(v.revision)}"${v.deleted ? ' class="deleted"' : ""}>
+        <td><input type="radio" name="hist-a" value="${i}" ${i === a ? "checked" : ""} aria-label="compare from revision ${esc(v.revision)}"></td>
+        <td><input type="radio" name="hist-b" value="${i}" ${i === b ? "checked" : ""} aria-label="compare to revision ${esc(v.revision)}"></td>
+        <td>${esc(v.revision)} ${label(v) ? `<span class="badge bad">${label(v)}</span>` : ""}</td><td>${esc(fmtTime(v.updated))}</td>
+        <td class="hide-sm"><code class="clip">${esc(v.deleted ? "—" : JSON.stringify(v.data))}</code></td></tr>`).join("")}</tbody></table>`;
+    el().querySelectorAll("input[type=radio]").forEach((r) => r.addEventListener("change", () => {
+      if (r.name === "hist-a") a = Number(r.value); else b = Number(r.value);
+      showDiff();
+    }));
+    showDiff();
+  };
+  const showDiff = () => {
+    const va = versions[a], vb = versions[b];
+    if (!va || !vb) return;
+    const lines = lineDiff(va.deleted ? undefined : va.data, vb.deleted ? undefined : vb.data);
+    const changed = lines.some((l) => l.op !== " ");
+    out().innerHTML = `<p class="muted">From revision <b id="diff-a">${esc(va.revision)}</b>${va.deleted ? " (deleted)" : ""} to revision <b id="diff-b">${esc(vb.revision)}</b>${vb.deleted ? " (deleted)" : ""}${changed ? "" : ": the same value"}.</p>
+      <pre class="diff">${lines.map((l) => `<span class="${l.op === "+" ? "add" : l.op === "-" ? "del" : "same"}">${esc(l.op)} ${esc(l.line)}</span>`).join("\n")}</pre>`;
+  };
+  const load = async () => {
+    timer = null;
+    try {
+      const { json } = await api("GET", `${keyUrl(key)}?history=${HISTORY_VERSIONS}`);
+      if (stopped) return;
+      versions = Array.isArray(json) ? json : [];
+      render();
+    } catch (e) {
+      if (stopped || !el()) return;
+      if (e.status === 404) { versions = []; render(); return; }
+      el().innerHTML = `<p class="muted">History is not available: ${esc(e.message)}</p>`;
+    }
+  };
+  load();
+  return {
+    refresh() { if (!timer && !stopped) timer = setTimeout(load, 150); },
+    stop() { stopped = true; clearTimeout(timer); },
+  };
 }
 
 // Live: subscribe to a key or a glob and watch every change arrive.
