@@ -335,7 +335,7 @@ function historyPanel(key) {
     const lines = lineDiff(va.deleted ? undefined : va.data, vb.deleted ? undefined : vb.data);
     const changed = lines.some((l) => l.op !== " ");
     out().innerHTML = `<p class="muted">From revision <b id="diff-a">${esc(va.revision)}</b>${va.deleted ? " (deleted)" : ""} to revision <b id="diff-b">${esc(vb.revision)}</b>${vb.deleted ? " (deleted)" : ""}${changed ? "" : ": the same value"}.</p>
-      <pre class="diff">${lines.map((l) => `<span class="${l.op === "+" ? "add" : l.op === "-" ? "del" : "same"}">${esc(l.op)} ${esc(l.line)}</span>`).join("\n")}</pre>`;
+      <pre class="diff">${lines.map((l) => `<span class="${l.op === "+" ? "add" : l.op === "-" ? "del" : "same"}">${esc(l.op)} ${esc(l.line)}</span>`).join("")}</pre>`;
   };
   const load = async () => {
     timer = null;
