@@ -33,6 +33,25 @@ pub enum Error {
     /// `If-Match` / `If-None-Match` did not hold.
     #[error("precondition failed: {0}")]
     Precondition(&'static str),
+    /// A transaction's compare did not hold (the first one that failed, by its place in `if`).
+    #[error("precondition failed: compare {index} on {key}: {why}; nothing was changed")]
+    Compare {
+        /// Its place in the transaction's `if` list, from 0.
+        index: usize,
+        /// The key it compared.
+        key: String,
+        /// What was found instead.
+        why: String,
+    },
+    /// A transaction's write was refused (by its place in `then`): the whole transaction
+    /// changed nothing. Status and code are the write's own refusal's.
+    #[error("transaction write {index} refused, nothing was changed: {error}")]
+    TxWrite {
+        /// Its place in the transaction's `then` list, from 0.
+        index: usize,
+        /// Why it was refused.
+        error: Box<Error>,
+    },
     /// The target of a rename exists and overwriting was not asked for.
     #[error("key {0} already exists")]
     Exists(String),
@@ -106,14 +125,36 @@ impl Error {
     /// Whether a write refused with this error may have been judged on a state older than the
     /// cluster's (a cluster node catches up and tries once more before it answers).
     pub fn may_be_stale(&self) -> bool {
-        matches!(
-            self,
-            Error::NotFound
-                | Error::RevisionConflict
-                | Error::Precondition(_)
-                | Error::Exists(_)
-                | Error::Counter(_)
-        )
+        match self {
+            Error::TxWrite { error, .. } => error.may_be_stale(),
+            _ => matches!(
+                self,
+                Error::NotFound
+                    | Error::RevisionConflict
+                    | Error::Precondition(_)
+                    | Error::Compare { .. }
+                    | Error::Exists(_)
+                    | Error::Counter(_)
+            ),
+        }
+    }
+
+    /// Members an error adds to its problem document and its `/_ws` error object, beside
+    /// `status`, `code` and `detail`: which compare or write of a transaction failed.
+    pub fn members(&self) -> Option<serde_json::Value> {
+        match self {
+            Error::Compare { index, key, .. } => {
+                Some(serde_json::json!({"compare": {"index": index, "key": key}}))
+            }
+            Error::TxWrite { index, error } => {
+                let mut m = serde_json::json!({"write": index});
+                if let Some(serde_json::Value::Object(inner)) = error.members() {
+                    m.as_object_mut().expect("an object").extend(inner);
+                }
+                Some(m)
+            }
+            _ => None,
+        }
     }
 
     /// The HTTP status for this error (the only place statuses are chosen for errors).
@@ -124,7 +165,11 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::NotFound | Error::NoRoute => StatusCode::NOT_FOUND,
-            Error::RevisionConflict | Error::Exists(_) | Error::Counter(_) => StatusCode::CONFLICT,
+            Error::RevisionConflict
+            | Error::Exists(_)
+            | Error::Counter(_)
+            | Error::Compare { .. } => StatusCode::CONFLICT,
+            Error::TxWrite { error, .. } => error.status(),
             Error::Precondition(_) => StatusCode::PRECONDITION_FAILED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -153,7 +198,8 @@ impl Error {
             Error::MissingRevision => "missing-revision",
             Error::InvalidRevision => "invalid-revision",
             Error::RevisionConflict => "revision-conflict",
-            Error::Precondition(_) => "precondition-failed",
+            Error::Precondition(_) | Error::Compare { .. } => "precondition-failed",
+            Error::TxWrite { error, .. } => error.code(),
             Error::Exists(_) => "exists",
             Error::Counter(_) => "counter",
             Error::TooLarge(_) => "too-large",

@@ -30,7 +30,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::engine::{Applied, Cond, Op, Outcome, PatchKind};
+use crate::engine::{Applied, Compare, Cond, Op, Outcome, PatchKind, Tx};
 use crate::error::Error;
 use crate::json;
 use crate::key::{self, Pattern};
@@ -169,39 +169,45 @@ pub fn parse_limited(msg: &[u8], max_depth: usize, max_nodes: usize) -> Result<M
     };
     let id = o.get("id").cloned().unwrap_or(Value::Null);
     let op = str_field(&o, &id, "op")?;
-    let key = |o: &Map<String, Value>| str_field(o, &id, "key").map(str::to_string);
-    let request = match op {
+    let request = request(op, &o, &id)?;
+    Ok(Message { id, request })
+}
+
+// The request a message's `op` names, from the message's fields.
+fn request(op: &str, o: &Map<String, Value>, id: &Value) -> Result<Request, Refused> {
+    let key = |o: &Map<String, Value>| str_field(o, id, "key").map(str::to_string);
+    Ok(match op {
         "sub" => Request::Sub {
-            pattern: sub_pattern(&o, &id)?,
+            pattern: sub_pattern(o, id)?,
             version: match o.get("v") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(
                     crate::web::parse_version(s)
-                        .ok_or_else(|| bad(&id, "v must be a hex version"))?,
+                        .ok_or_else(|| bad(id, "v must be a hex version"))?,
                 ),
-                Some(_) => return Err(bad(&id, "v must be a hex version string")),
+                Some(_) => return Err(bad(id, "v must be a hex version string")),
             },
         },
         "unsub" => Request::Unsub {
-            pattern: sub_pattern(&o, &id)?,
+            pattern: sub_pattern(o, id)?,
         },
         "ping" => Request::Ping,
         "auth" => Request::Auth {
-            token: str_field(&o, &id, "token")?.to_string(),
+            token: str_field(o, id, "token")?.to_string(),
         },
         "set" => Request::Op(Op::Set {
-            key: key(&o)?,
-            value: value_field(&o, &id)?,
-            ttl: ttl_field(&o, &id, Ttl::Clear)?,
-            cond: cond_field(&o, &id)?,
+            key: key(o)?,
+            value: value_field(o, id)?,
+            ttl: ttl_field(o, id, Ttl::Clear)?,
+            cond: cond_field(o, id)?,
         }),
         "push" => Request::Op(Op::Push {
-            target: str_field(&o, &id, "path")?.to_string(),
-            value: value_field(&o, &id)?,
-            ttl: ttl_field(&o, &id, Ttl::Clear)?,
+            target: str_field(o, id, "path")?.to_string(),
+            value: value_field(o, id)?,
+            ttl: ttl_field(o, id, Ttl::Clear)?,
         }),
         "patch" => {
-            let v = value_field(&o, &id)?;
+            let v = value_field(o, id)?;
             let patch = match o.get("type").and_then(Value::as_str).unwrap_or("merge") {
                 "merge" => PatchKind::Merge(v),
                 "merge-patch" => PatchKind::MergePatch(v),
@@ -211,47 +217,121 @@ pub fn parse_limited(msg: &[u8], max_depth: usize, max_nodes: usize) -> Result<M
                 })?),
                 other => {
                     return Err(Refused {
-                        id,
+                        id: id.clone(),
                         error: Error::UnsupportedMediaType(other.to_string()),
                     })
                 }
             };
             Request::Op(Op::Patch {
-                key: key(&o)?,
+                key: key(o)?,
                 patch,
-                cond: cond_field(&o, &id)?,
+                cond: cond_field(o, id)?,
             })
         }
         "del" => Request::Op(Op::Delete {
-            target: key(&o)?,
-            cond: cond_field(&o, &id)?,
+            target: key(o)?,
+            cond: cond_field(o, id)?,
         }),
         "incr" => Request::Op(Op::Incr {
-            key: key(&o)?,
+            key: key(o)?,
             by: match o.get("by") {
                 None | Some(Value::Null) => 1,
                 Some(b) => b
                     .as_i64()
-                    .ok_or_else(|| bad(&id, "by must be an integer from -2^63 to 2^63-1"))?,
+                    .ok_or_else(|| bad(id, "by must be an integer from -2^63 to 2^63-1"))?,
             },
-            ttl: ttl_field(&o, &id, Ttl::Keep)?,
+            ttl: ttl_field(o, id, Ttl::Keep)?,
         }),
-        "take" => Request::Op(Op::Take { key: key(&o)? }),
+        "take" => Request::Op(Op::Take { key: key(o)? }),
+        "tx" => Request::Op(Op::Tx(tx(o, id)?)),
         "rename" => Request::Op(Op::Rename {
-            from: key(&o)?,
-            to: str_field(&o, &id, "to")?.to_string(),
+            from: key(o)?,
+            to: str_field(o, id, "to")?.to_string(),
             overwrite: o.get("overwrite").and_then(Value::as_bool).unwrap_or(false),
         }),
         other => {
             return Err(bad(
-                &id,
+                id,
                 format!(
-                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, ping, auth"
+                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, tx, ping, auth"
                 ),
             ))
         }
+    })
+}
+
+/// Parses a transaction: `{"if":[<compare>, ...],"then":[<write message without id>, ...]}`
+/// (the body of `POST /_tx`, or the fields of a `tx` message). A compare is
+/// `{"key":K,"revision":N}`, `{"key":K,"absent":true}` or `{"key":K,"exists":true}`; a write is
+/// a `set`, `push`, `patch`, `del` or `incr` message as on `/_ws` (an `id` in it is ignored).
+pub fn tx(o: &Map<String, Value>, id: &Value) -> Result<Tx, Refused> {
+    let list = |name: &str| -> Result<&[Value], Refused> {
+        match o.get(name) {
+            None | Some(Value::Null) => Ok(&[]),
+            Some(Value::Array(a)) => Ok(a),
+            Some(_) => Err(bad(id, format!("tx: {name:?} must be an array"))),
+        }
     };
-    Ok(Message { id, request })
+    let mut compares = Vec::new();
+    for (i, c) in list("if")?.iter().enumerate() {
+        let Value::Object(c) = c else {
+            return Err(bad(id, format!("tx: if[{i}] must be an object")));
+        };
+        let key = c
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(id, format!("tx: if[{i}] needs \"key\" (a string)")))?
+            .to_string();
+        let compare = match (c.get("revision"), c.get("absent"), c.get("exists")) {
+            (Some(r), None, None) => Compare::Revision {
+                key,
+                revision: r.as_u64().ok_or_else(|| {
+                    bad(id, format!("tx: if[{i}].revision must be a non-negative integer"))
+                })?,
+            },
+            (None, Some(Value::Bool(true)), None) => Compare::Absent { key },
+            (None, None, Some(Value::Bool(true))) => Compare::Exists { key },
+            _ => {
+                return Err(bad(
+                    id,
+                    format!(
+                        "tx: if[{i}] must be {{\"key\":K,\"revision\":N}}, {{\"key\":K,\"absent\":true}} or {{\"key\":K,\"exists\":true}}"
+                    ),
+                ))
+            }
+        };
+        compares.push(compare);
+    }
+    let mut writes = Vec::new();
+    for (i, w) in list("then")?.iter().enumerate() {
+        let Value::Object(w) = w else {
+            return Err(bad(id, format!("tx: then[{i}] must be an object")));
+        };
+        let op = w
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(id, format!("tx: then[{i}] needs \"op\"")))?;
+        if !matches!(op, "set" | "push" | "patch" | "del" | "incr") {
+            return Err(bad(
+                id,
+                format!("tx: then[{i}]: op {op:?} cannot be part of a transaction; its writes are set, push, patch, del and incr"),
+            ));
+        }
+        match request(op, w, id) {
+            Ok(Request::Op(op)) => writes.push(op),
+            Ok(_) => unreachable!("the ops above are writes"),
+            Err(Refused { id, error }) => {
+                return Err(Refused {
+                    id,
+                    error: Error::TxWrite {
+                        index: i,
+                        error: Box::new(error),
+                    },
+                })
+            }
+        }
+    }
+    Ok(Tx { compares, writes })
 }
 
 fn encode(mut fields: Map<String, Value>, id: &Value, ok: bool) -> Bytes {
@@ -277,7 +357,13 @@ pub fn reply_sub(id: &Value, pattern: &Pattern) -> Bytes {
 
 /// The acknowledgement of an applied operation (see the module docs for its fields).
 pub fn reply_applied(id: &Value, op_name: &str, a: &Applied) -> Bytes {
-    let fields = match &a.outcome {
+    reply_ok(id, applied_fields(op_name, &a.outcome))
+}
+
+/// The fields of an operation's acknowledgement (see the module docs); a transaction's are
+/// `version` and `results`, one object per write as its own op would be acknowledged.
+pub fn applied_fields(op_name: &str, outcome: &Outcome) -> Value {
+    match outcome {
         Outcome::Written(k, e) => {
             let mut f = json!({"key": &**k, "revision": e.revision, "etag": e.etag()});
             if op_name == "incr" {
@@ -290,8 +376,11 @@ pub fn reply_applied(id: &Value, op_name: &str, a: &Applied) -> Bytes {
         }
         Outcome::Taken(k, e) => json!({"key": &**k, "value": *e.data, "revision": e.revision}),
         Outcome::Deleted(n) => json!({ "deleted": n }),
-    };
-    reply_ok(id, fields)
+        Outcome::Tx(tx) => json!({
+            "version": format!("{:x}", tx.version),
+            "results": tx.results.iter().map(|(name, r)| applied_fields(name, r)).collect::<Vec<_>>(),
+        }),
+    }
 }
 
 /// The op name of a request, as the client spelled it (for [`reply_applied`]).
@@ -304,16 +393,19 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::Incr { .. } => "incr",
         Op::Take { .. } => "take",
         Op::Rename { .. } => "rename",
+        Op::Tx(_) => "tx",
     }
 }
 
 /// An error reply.
 pub fn reply_error(id: &Value, e: &Error) -> Bytes {
     let mut f = Map::new();
-    f.insert(
-        "error".into(),
-        json!({"status": e.status().as_u16(), "code": e.code(), "detail": e.to_string()}),
-    );
+    let mut error =
+        json!({"status": e.status().as_u16(), "code": e.code(), "detail": e.to_string()});
+    if let (Value::Object(o), Some(Value::Object(more))) = (&mut error, e.members()) {
+        o.extend(more);
+    }
+    f.insert("error".into(), error);
     encode(f, id, false)
 }
 

@@ -532,7 +532,8 @@ pub fn pattern_namespace(p: &Pattern) -> Option<String> {
     }
 }
 
-/// Every key an operation touches (a rename touches two).
+/// Every key an operation touches (a rename touches two; a transaction, those of its compares
+/// and writes).
 pub fn op_keys(op: &Op) -> Vec<&str> {
     match op {
         Op::Set { key, .. } | Op::Patch { key, .. } | Op::Incr { key, .. } | Op::Take { key } => {
@@ -540,6 +541,12 @@ pub fn op_keys(op: &Op) -> Vec<&str> {
         }
         Op::Push { target, .. } | Op::Delete { target, .. } => vec![target],
         Op::Rename { from, to, .. } => vec![from, to],
+        Op::Tx(tx) => tx
+            .compares
+            .iter()
+            .map(|c| c.key())
+            .chain(tx.writes.iter().flat_map(op_keys))
+            .collect(),
     }
 }
 

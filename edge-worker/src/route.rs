@@ -70,7 +70,10 @@ fn spans(what: &str) -> Target {
 
 /// Decides where a request goes. `websocket` and `events` say whether it upgrades or asks for
 /// Server-Sent Events; `rename_to` is the target key of a `POST /_rename/...` (read from its body
-/// by the caller), so a rename across namespaces is refused here.
+/// by the caller), so a rename across namespaces is refused here; `tx_keys` are the keys a
+/// `POST /_tx` compares and writes (read from its body by the caller): a transaction runs in
+/// the one object of their namespace.
+#[allow(clippy::too_many_arguments)]
 pub fn target(
     mode: Mode,
     method: &str,
@@ -79,6 +82,7 @@ pub fn target(
     websocket: bool,
     events: bool,
     rename_to: Option<&str>,
+    tx_keys: &[String],
 ) -> Target {
     let get = method == "GET" || method == "HEAD";
     let has_api = stateline_core::web::query_pairs(query)
@@ -149,6 +153,21 @@ pub fn target(
                 }
                 Target::Object(ns.into())
             }
+            // A body that names no key (or does not parse) is the core's to answer.
+            "tx" if key.is_empty() => match tx_keys.first() {
+                None => Target::Object(SYSTEM.into()),
+                Some(first) => {
+                    let ns = key_namespace(first.trim_start_matches('/'));
+                    if tx_keys
+                        .iter()
+                        .any(|k| key_namespace(k.trim_start_matches('/')) != ns)
+                    {
+                        spans("a transaction over keys of more than one namespace")
+                    } else {
+                        Target::Object(ns.into())
+                    }
+                }
+            },
             _ => Target::Object(SYSTEM.into()),
         };
     }
@@ -168,7 +187,7 @@ mod tests {
     use super::*;
 
     fn ns(method: &str, path: &str, query: &str, ws: bool, sse: bool) -> Target {
-        target(Mode::Namespace, method, path, query, ws, sse, None)
+        target(Mode::Namespace, method, path, query, ws, sse, None, &[])
     }
 
     #[test]
@@ -223,6 +242,17 @@ mod tests {
                 false,
                 false,
                 Some("b/1"),
+                &[],
+            ),
+            target(
+                Mode::Namespace,
+                "POST",
+                "/_tx",
+                "",
+                false,
+                false,
+                None,
+                &["a/1".into(), "b/1".into()],
             ),
         ] {
             assert!(matches!(t, Target::Refuse(400, _)), "{t:?}");
@@ -235,10 +265,17 @@ mod tests {
                 "",
                 false,
                 false,
-                Some("a/2")
+                Some("a/2"),
+                &[],
             ),
             Target::Object("a".into())
         );
+        let tx = |keys: &[&str]| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            target(Mode::Namespace, "POST", "/_tx", "", false, false, None, &keys)
+        };
+        assert_eq!(tx(&["a/1", "a/2/x"]), Target::Object("a".into()));
+        assert_eq!(tx(&[]), Target::Object(SYSTEM.into()));
     }
 
     #[test]
@@ -250,10 +287,10 @@ mod tests {
             ("GET", "/_ws", "", true, false),
             ("GET", "/", "api=keys", false, false),
         ] {
-            assert_eq!(target(Mode::Single, m, p, q, ws, sse, None), one);
+            assert_eq!(target(Mode::Single, m, p, q, ws, sse, None, &[]), one);
         }
         assert_eq!(
-            target(Mode::Single, "GET", "/", "", false, false, None),
+            target(Mode::Single, "GET", "/", "", false, false, None, &[]),
             Target::Root
         );
     }

@@ -50,16 +50,23 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
         ));
     }
     // A rename across namespaces is refused here, which needs the target from the body.
+    // So is a transaction over keys of more than one namespace: its keys are in its body.
     let mut body: Option<Vec<u8>> = None;
     let mut rename_to = None;
-    if mode == Mode::Namespace && method == Method::Post && path.starts_with("/_rename/") {
+    let mut tx_keys = Vec::new();
+    let reads_body = path.starts_with("/_rename/") || path == "/_tx";
+    if mode == Mode::Namespace && method == Method::Post && reads_body {
         let b = match req.bytes().await {
             Ok(b) => b,
             Err(_) => return convert::refusal(&head, &stateline_core::Error::BodyUnreadable),
         };
-        rename_to = serde_json::from_slice::<Value>(&b)
-            .ok()
-            .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
+        if path == "/_tx" {
+            tx_keys = stateline_core::web::tx_keys(&b);
+        } else {
+            rename_to = serde_json::from_slice::<Value>(&b)
+                .ok()
+                .and_then(|v| v.get("to").and_then(Value::as_str).map(str::to_string));
+        }
         body = Some(b);
     }
     let target = route::target(
@@ -70,6 +77,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
         websocket,
         events,
         rename_to.as_deref(),
+        &tx_keys,
     );
     match target {
         Target::Refuse(status, why) => convert::problem(status, "spans-namespaces", &why),

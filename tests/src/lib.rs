@@ -258,8 +258,8 @@ pub const DIFFERENCES: &[Difference] = &[
     Difference {
         id: "spans-namespaces",
         modes: &["namespace"],
-        what: "a pattern, list or rename that spans namespaces (first key segments) is refused \
-               with 400: each namespace is its own Durable Object",
+        what: "a pattern, list, rename or transaction that spans namespaces (first key \
+               segments) is refused with 400: each namespace is its own Durable Object",
     },
     Difference {
         id: "mux-per-namespace",

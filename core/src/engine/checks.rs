@@ -38,10 +38,26 @@ impl Engine {
     ///
     /// [`Need`]: crate::filter::Need
     pub(super) fn run(&mut self, tick: Tick, op: Op, who: &Identity) -> Result<Applied, Error> {
+        if let Op::Tx(tx) = op {
+            return self.run_tx(tick, tx, who);
+        }
         // 1.
         let (plan, source) = Plan::read(op, &mut self.clock, tick)?;
         // 2.
         let readable = self.check_rules(&plan, who)?;
+        self.run_checked(tick, plan, source, readable, who)
+    }
+
+    /// Steps 3 to 9 of [`Engine::run`] and the mutation, for an operation whose keys and
+    /// access rules were checked (a transaction checks every write's before the first runs).
+    pub(super) fn run_checked(
+        &mut self,
+        tick: Tick,
+        plan: Plan,
+        source: super::ops::Source,
+        readable: Vec<Arc<str>>,
+        who: &Identity,
+    ) -> Result<Applied, Error> {
         // 3.
         for (need, target) in plan.needs().into_iter().flatten() {
             self.filters.check(need, target)?;
@@ -71,7 +87,11 @@ impl Engine {
     // Step 2. Returns the keys a glob delete deletes: the ones the caller may read (as lists
     // and the keys API show them), so a key it may not read is neither deleted nor named in a
     // refusal, and the answer never tells whether such a key exists.
-    fn check_rules(&mut self, plan: &Plan, who: &Identity) -> Result<Vec<Arc<str>>, Error> {
+    pub(super) fn check_rules(
+        &mut self,
+        plan: &Plan,
+        who: &Identity,
+    ) -> Result<Vec<Arc<str>>, Error> {
         if let Plan::DeleteGlob { glob, pattern, .. } = plan {
             // Refused whole if it covers one readable key the caller may not delete: never a
             // partial write.

@@ -35,6 +35,9 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 mod time;
+mod tx;
+#[cfg(test)]
+mod tx_tests;
 
 pub use access::{Denial, DenialReason, DeniedStats};
 
@@ -164,6 +167,62 @@ pub enum Op {
         /// Replace the target if it exists.
         overwrite: bool,
     },
+    /// A transaction: every compare holds, then every write applies in order, or nothing
+    /// changes (see [`Tx`]).
+    Tx(Tx),
+}
+
+/// A transaction (`POST /_tx`, the `tx` op on `/_ws`): compares on any keys, judged against the
+/// state before the first write, then writes applied in order (each sees the ones before it),
+/// all or nothing, with one frame per pool for the whole.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tx {
+    /// The compares (etcd's `compare`), all of which must hold.
+    pub compares: Vec<Compare>,
+    /// The writes: [`Op::Set`], [`Op::Push`], [`Op::Patch`], [`Op::Delete`] and [`Op::Incr`].
+    pub writes: Vec<Op>,
+}
+
+/// Most writes one transaction may hold: each is checked and applied under the engine's one
+/// lock, and a cluster orders the whole as one JetStream atomic batch, which holds at most
+/// 1000 messages (a write may change more than one key: keep room for a limit's evictions).
+pub const MAX_TX_WRITES: usize = 100;
+
+/// Most compares one transaction may hold: each is one lookup, and 100 is more keys than any
+/// invariant a client checks in one step spans.
+pub const MAX_TX_COMPARES: usize = 100;
+
+/// A transaction's precondition on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key exists with this revision.
+    Revision {
+        /// The key.
+        key: String,
+        /// Its revision.
+        revision: u64,
+    },
+    /// The key does not exist.
+    Absent {
+        /// The key.
+        key: String,
+    },
+    /// The key exists.
+    Exists {
+        /// The key.
+        key: String,
+    },
+}
+
+impl Compare {
+    /// The key compared.
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::Revision { key, .. } | Compare::Absent { key } | Compare::Exists { key } => {
+                key
+            }
+        }
+    }
 }
 
 /// What an operation did.
@@ -175,6 +234,39 @@ pub enum Outcome {
     Deleted(usize),
     /// A key was read and deleted; its last entry.
     Taken(Arc<str>, Entry),
+    /// A transaction: each write's outcome, in order.
+    Tx(TxOutcome),
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxOutcome {
+    /// Each write's op name (as on `/_ws`: `set`, `push`, ...) and outcome, in the order of
+    /// [`Tx::writes`].
+    pub results: Vec<(&'static str, Outcome)>,
+    /// The version the transaction leaves the state at: its last change's sequence number (the
+    /// current one if it changed nothing).
+    pub version: u64,
+}
+
+impl Outcome {
+    /// Gives the outcome the version `seq` its last change got in another log; a
+    /// transaction's writes keep their distance from its last change (a cluster orders a
+    /// transaction as one batch of consecutive sequence numbers).
+    pub fn restamp(&mut self, seq: u64) {
+        match self {
+            Outcome::Written(_, e) => e.seq = seq,
+            Outcome::Tx(tx) => {
+                for (_, r) in &mut tx.results {
+                    if let Outcome::Written(_, e) = r {
+                        e.seq = seq.saturating_sub(tx.version.saturating_sub(e.seq));
+                    }
+                }
+                tx.version = seq;
+            }
+            Outcome::Deleted(_) | Outcome::Taken(..) => {}
+        }
+    }
 }
 
 /// An applied operation: its outcome and the changes to persist and publish.
@@ -190,9 +282,7 @@ impl Applied {
     /// Gives the outcome the version its last change got when another log ordered it (a
     /// cluster node computes the outcome first; see [`crate::replica`]).
     pub fn restamp(&mut self, seq: u64) {
-        if let Outcome::Written(_, e) = &mut self.outcome {
-            e.seq = seq;
-        }
+        self.outcome.restamp(seq);
     }
 }
 
@@ -229,6 +319,8 @@ pub struct Engine {
     denials: VecDeque<Denial>,
     // An external log orders every write (a cluster node): see `Engine::order_elsewhere`.
     ordered_elsewhere: bool,
+    // A transaction is running: after-write hooks wait for its end (it may be undone).
+    in_tx: bool,
 }
 
 impl Engine {
@@ -279,6 +371,7 @@ impl Engine {
             frames: VecDeque::new(),
             denials: VecDeque::new(),
             ordered_elsewhere: false,
+            in_tx: false,
         }
     }
 

@@ -125,6 +125,11 @@ impl Plan {
                 key::validate_key(&key)?;
                 (Plan::Take { key }, Source::Nothing)
             }
+            Op::Tx(_) => {
+                return Err(Error::BadRequest(
+                    "a transaction cannot hold another transaction".into(),
+                ))
+            }
             Op::Rename {
                 from,
                 to,
@@ -433,7 +438,7 @@ impl Engine {
     // writes, they run when the ordered change is applied instead (once, never for a proposal
     // the log refused).
     pub(super) fn after(&self, changes: &[Change]) {
-        if !self.ordered_elsewhere {
+        if !self.ordered_elsewhere && !self.in_tx {
             self.notify(changes);
         }
     }

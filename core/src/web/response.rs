@@ -211,19 +211,32 @@ pub(super) fn problem(
 
 /// The bytes of `e`'s problem document: `{"type","title","status","code","detail"}`.
 pub(super) fn problem_body(e: &Error) -> Bytes {
-    problem_json(e.status(), e.code(), &e.to_string())
+    match e.members() {
+        None => problem_json(e.status(), e.code(), &e.to_string()),
+        Some(Value::Object(more)) => {
+            let mut body = problem_value(e.status(), e.code(), &e.to_string());
+            if let Value::Object(o) = &mut body {
+                o.extend(more);
+            }
+            json::encode(&body).into()
+        }
+        Some(_) => problem_json(e.status(), e.code(), &e.to_string()),
+    }
 }
 
 /// The one shape of every problem document (RFC 9457).
 pub(super) fn problem_json(status: StatusCode, code: &str, detail: &str) -> Bytes {
-    let body = json!({
+    json::encode(&problem_value(status, code, detail)).into()
+}
+
+fn problem_value(status: StatusCode, code: &str, detail: &str) -> Value {
+    json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or(""),
         "status": status.as_u16(),
         "code": code,
         "detail": detail,
-    });
-    json::encode(&body).into()
+    })
 }
 
 /// A problem document with a host's own code (e.g. the edge's `spans-namespaces`), without
@@ -247,6 +260,11 @@ pub(super) fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
 /// Gives a write's answer the version its change got when another log ordered it (a cluster
 /// node computes the answer first, with the version it expected; see [`crate::replica`]).
 pub fn restamp(r: &mut Response<Bytes>, seq: u64) {
+    if let Some(TxAnswer(mut outcome)) = r.extensions_mut().remove() {
+        outcome.restamp(seq);
+        *r.body_mut() = tx_body(&outcome);
+        return;
+    }
     if r.headers().contains_key(header::ETAG) {
         if let Ok(v) = HeaderValue::from_str(&format!("\"{seq:x}\"")) {
             r.headers_mut().insert(header::ETAG, v);

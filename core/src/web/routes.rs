@@ -155,6 +155,38 @@ pub(super) fn index_body(key: &str) -> Bytes {
     out.into()
 }
 
+/// A transaction's answer, kept on its response so a cluster node can give it the versions
+/// the cluster's log gave its changes ([`super::restamp`]).
+#[derive(Debug, Clone)]
+pub(super) struct TxAnswer(pub(super) Outcome);
+
+/// The keys a `POST /_tx` body compares and writes (none if it does not parse: the route
+/// refuses it with the reason), for a host that places a transaction before it runs it (the
+/// edge: one Durable Object per namespace).
+pub fn tx_keys(body: &[u8]) -> Vec<String> {
+    let Ok(Value::Object(o)) = json::parse_limited(body, 64, json::MAX_NODES) else {
+        return Vec::new();
+    };
+    match crate::mux::tx(&o, &Value::Null) {
+        Ok(tx) => crate::session::op_keys(&Op::Tx(tx))
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The body of a transaction's answer: `{"ok":true,"version":..,"results":[..]}`.
+pub(super) fn tx_body(outcome: &Outcome) -> Bytes {
+    let mut v = json!({"ok": true});
+    if let (Value::Object(o), Value::Object(more)) =
+        (&mut v, crate::mux::applied_fields("tx", outcome))
+    {
+        o.extend(more);
+    }
+    json::encode(&v).into()
+}
+
 pub(super) fn written(
     engine: &Engine,
     h: &HeaderMap,
@@ -169,6 +201,11 @@ pub(super) fn written(
                 respond(engine, h, StatusCode::NO_CONTENT, None, Bytes::new()),
                 a.changes,
             ))
+        }
+        Outcome::Tx(_) => {
+            let mut r = respond(engine, h, status, Some(JSON), tx_body(&a.outcome));
+            r.extensions_mut().insert(TxAnswer(a.outcome));
+            return Ok((r, a.changes));
         }
     };
     let body = body.unwrap_or_else(|| index_body(&key));
@@ -435,6 +472,17 @@ pub(super) fn extended(
             };
             let body = meta::bytes(k, e);
             written(engine, h, a.clone(), Some(body), StatusCode::OK)
+        }
+        "tx" if key.is_empty() => {
+            post_only(method)?;
+            let Value::Object(o) = body_json(engine, body)? else {
+                return Err(Error::BadRequest(
+                    "tx: the body must be a JSON object {\"if\":[...],\"then\":[...]}".into(),
+                ));
+            };
+            let tx = crate::mux::tx(&o, &Value::Null).map_err(|r| r.error)?;
+            let a = engine.execute(tick, Op::Tx(tx), who)?;
+            written(engine, h, a, None, StatusCode::OK)
         }
         "rename" => {
             post_only(method)?;
