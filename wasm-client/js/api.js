@@ -239,7 +239,8 @@ function __statelineApi(loadWasm, env) {
   // do not clash.
   function httpError(r) {
     var b = r.body && typeof r.body === "object" ? r.body : {};
-    var err = StatelineError({ status: r.status, code: b.code || "http", detail: b.detail || String(r.body).trim() });
+    var code = b.code || "http";
+    var err = StatelineError({ status: r.status, code: code, detail: b.detail || String(r.body).trim(), conflict: /^(revision-conflict|precondition-failed|exists)$/.test(code) });
     err.body = r.body;
     for (var f in b) if (!(f in err)) err[f] = b[f];
     return err;
@@ -303,7 +304,8 @@ function __statelineApi(loadWasm, env) {
     return this._http("GET", keyPath(key) + "?history=" + encodeURIComponent(q)).then(function (r) {
       if (r.status === 404) return [];
       if (r.status !== 200) throw httpError(r);
-      return (r.body || []).map(function (v) {
+      if (!Array.isArray(r.body)) throw StatelineError({ status: 0, code: "unsupported", detail: "this server keeps no history (GET ?history answered no list)" });
+      return r.body.map(function (v) {
         var o = { revision: v.revision, updated: v.updated, value: v.deleted ? null : v.data, deleted: !!v.deleted };
         return o;
       });
