@@ -21,6 +21,7 @@
 //! | `incr` | `key`, `by` (default 1), `ttl` | `key`, `value`, `revision` |
 //! | `take` | `key` | `key`, `value`, `revision` |
 //! | `rename` | `key`, `to`, `overwrite` | `key`, `revision` |
+//! | `tx` | `if` (compares), `then` (writes as above, without `id`): see [`tx`] | `version` (hex), `results` (one per write) |
 //! | `ping` | — | — |
 //! | `auth` | `token` (a JWT) | `subject` (its `sub`), `exp`, `dropped` (subscriptions left because the new identity may not see them the same way) |
 //!

@@ -272,7 +272,16 @@ mod tests {
         );
         let tx = |keys: &[&str]| {
             let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-            target(Mode::Namespace, "POST", "/_tx", "", false, false, None, &keys)
+            target(
+                Mode::Namespace,
+                "POST",
+                "/_tx",
+                "",
+                false,
+                false,
+                None,
+                &keys,
+            )
         };
         assert_eq!(tx(&["a/1", "a/2/x"]), Target::Object("a".into()));
         assert_eq!(tx(&[]), Target::Object(SYSTEM.into()));

@@ -22,7 +22,9 @@ for (const mode of ["namespace", "single"]) {
   const edge = await startEdge({ state, mode, vars });
   console.log(`==> conformance suite against the edge worker (${mode} mode${vars.STATELINE_RULES ? ", examples/rules.toml" : ""}) at ${edge.url}`);
   try {
-    const r = spawnSync("cargo", ["test", "-p", "stateline-conformance", "--no-fail-fast"], {
+    // CONFORMANCE_TEST=<file> runs one file of tests/tests/ (e.g. tx) instead of the whole suite.
+    const only = process.env.CONFORMANCE_TEST ? ["--test", process.env.CONFORMANCE_TEST] : [];
+    const r = spawnSync("cargo", ["test", "-p", "stateline-conformance", "--no-fail-fast", ...only], {
       cwd: root,
       stdio: "inherit",
       env: {

@@ -3,9 +3,7 @@
 
 use http::Method;
 use serde_json::{json, Value};
-use stateline_conformance::{
-    assert_quiet, differs, next_json, send_text, unique, ws, Server, Ws,
-};
+use stateline_conformance::{assert_quiet, differs, next_json, send_text, unique, ws, Server, Ws};
 
 async fn post_tx(s: &Server, body: &Value) -> (u16, Value) {
     let r = s
@@ -81,7 +79,10 @@ async fn a_transaction_whose_compares_hold_applies_every_write() {
     assert_eq!(r[2]["value"], json!(3));
     assert!(r[3]["index"].is_string(), "{v}");
     assert_eq!(r[4]["deleted"], json!(1));
-    assert_eq!(get(&s, &format!("{p}/b")).await, Some(json!({"x": 1, "y": 2})));
+    assert_eq!(
+        get(&s, &format!("{p}/b")).await,
+        Some(json!({"x": 1, "y": 2}))
+    );
     assert_eq!(get(&s, &format!("{p}/n")).await, Some(json!(3)));
     assert_eq!(get(&s, &format!("{p}/a")).await, None);
     // The version is the last write's: the ETag of the last key written.
@@ -91,7 +92,10 @@ async fn a_transaction_whose_compares_hold_applies_every_write() {
         .unwrap();
     let etag = last.header("etag").unwrap().trim_matches('"').to_string();
     let version = u64::from_str_radix(v["version"].as_str().unwrap(), 16).unwrap();
-    assert!(u64::from_str_radix(&etag, 16).unwrap() < version, "{etag} {v}");
+    assert!(
+        u64::from_str_radix(&etag, 16).unwrap() < version,
+        "{etag} {v}"
+    );
 }
 
 #[tokio::test]
@@ -147,8 +151,14 @@ async fn a_refused_write_undoes_the_ones_before_it() {
     for (body, says) in [
         (json!([1]), "JSON object"),
         (json!({"if": [{"key": format!("{p}/b")}]}), "if[0]"),
-        (json!({"then": [{"op": "take", "key": format!("{p}/b")}]}), "cannot be part"),
-        (json!({"then": [{"op": "set", "key": format!("{p}/b")}]}), "value"),
+        (
+            json!({"then": [{"op": "take", "key": format!("{p}/b")}]}),
+            "cannot be part",
+        ),
+        (
+            json!({"then": [{"op": "set", "key": format!("{p}/b")}]}),
+            "value",
+        ),
     ] {
         let (status, v) = post_tx(&s, &body).await;
         assert_eq!(status, 400, "{body}: {v}");

@@ -94,7 +94,11 @@ fn a_failed_compare_changes_nothing_and_names_itself() {
     for (compares, index, why) in [
         (vec![rev("a", 0), rev("a", 3)], 1, "revision 0 where 3"),
         (vec![Compare::Absent { key: "a".into() }], 0, "exists"),
-        (vec![Compare::Exists { key: "zz".into() }], 0, "does not exist"),
+        (
+            vec![Compare::Exists { key: "zz".into() }],
+            0,
+            "does not exist",
+        ),
         (vec![rev("zz", 0)], 0, "does not exist"),
     ] {
         let err = e
@@ -153,11 +157,15 @@ fn a_refused_write_undoes_the_writes_before_it() {
 #[test]
 fn shape_limits_and_kinds() {
     let mut e = engine();
-    let many = (0..=MAX_TX_WRITES).map(|i| set(&format!("k{i}"), json!(i))).collect();
+    let many = (0..=MAX_TX_WRITES)
+        .map(|i| set(&format!("k{i}"), json!(i)))
+        .collect();
     let err = e.execute_as_system(t(1), tx(vec![], many)).unwrap_err();
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     assert!(err.to_string().contains("at most 100 writes"), "{err}");
-    let many = (0..=MAX_TX_COMPARES).map(|i| rev(&format!("k{i}"), 0)).collect();
+    let many = (0..=MAX_TX_COMPARES)
+        .map(|i| rev(&format!("k{i}"), 0))
+        .collect();
     let err = e.execute_as_system(t(1), tx(many, vec![])).unwrap_err();
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     for w in [
@@ -206,7 +214,10 @@ fn subscribers_see_one_frame_per_pool() {
     let frames: Vec<Frame> = std::iter::from_fn(|| e.poll_frame()).collect();
     assert_eq!(frames.len(), 1, "{frames:?}");
     let text = std::str::from_utf8(&frames[0].bytes).unwrap();
-    assert!(text.contains(&format!("{:x}", e.store().last_seq())), "{text}");
+    assert!(
+        text.contains(&format!("{:x}", e.store().last_seq())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -231,14 +242,18 @@ fn every_key_is_checked_against_the_rules_before_the_first_change() {
     let mut f = Filters::new();
     f.set_rules(rules).unwrap();
     let mut e = Engine::new(t(0), Config::default(), f);
-    e.execute_as_system(t(1), set("secret/alice/x", json!(1))).unwrap();
+    e.execute_as_system(t(1), set("secret/alice/x", json!(1)))
+        .unwrap();
     let seq = e.store().last_seq();
     let anon = Identity::Anonymous;
     // A write to a key it may not write, after one it may.
     let err = e
         .execute(
             t(2),
-            tx(vec![], vec![set("open", json!(1)), set("secret/alice/y", json!(1))]),
+            tx(
+                vec![],
+                vec![set("open", json!(1)), set("secret/alice/y", json!(1))],
+            ),
             &anon,
         )
         .unwrap_err();
@@ -304,10 +319,22 @@ fn the_wire_form_parses_and_bad_ones_are_refused_with_the_reason() {
     for (bad, says) in [
         (r#"{"op":"tx","if":{}}"#, "\"if\" must be an array"),
         (r#"{"op":"tx","if":[{"key":"a"}]}"#, "if[0] must be"),
-        (r#"{"op":"tx","if":[{"key":"a","revision":-1}]}"#, "non-negative"),
-        (r#"{"op":"tx","if":[{"key":"a","absent":false}]}"#, "if[0] must be"),
-        (r#"{"op":"tx","if":[{"key":"a","absent":true,"exists":true}]}"#, "if[0] must be"),
-        (r#"{"op":"tx","then":[{"op":"take","key":"a"}]}"#, "cannot be part"),
+        (
+            r#"{"op":"tx","if":[{"key":"a","revision":-1}]}"#,
+            "non-negative",
+        ),
+        (
+            r#"{"op":"tx","if":[{"key":"a","absent":false}]}"#,
+            "if[0] must be",
+        ),
+        (
+            r#"{"op":"tx","if":[{"key":"a","absent":true,"exists":true}]}"#,
+            "if[0] must be",
+        ),
+        (
+            r#"{"op":"tx","then":[{"op":"take","key":"a"}]}"#,
+            "cannot be part",
+        ),
         (r#"{"op":"tx","then":[{"op":"tx"}]}"#, "cannot be part"),
         (r#"{"op":"tx","then":[{"op":"set","key":"a"}]}"#, "write 0"),
         (r#"{"op":"tx","then":[1]}"#, "then[0] must be an object"),
@@ -349,7 +376,11 @@ fn a_key_written_more_than_once_has_one_change() {
         )
         .unwrap();
     let keys: Vec<&str> = a.changes.iter().map(|c| &*c.key).collect();
-    assert_eq!(keys, ["b", "old"], "one change per key, none for one made and deleted");
+    assert_eq!(
+        keys,
+        ["b", "old"],
+        "one change per key, none for one made and deleted"
+    );
     let seqs: Vec<u64> = a.changes.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, [seq + 1, seq + 2]);
     assert_eq!(e.store().last_seq(), seq + 2);
