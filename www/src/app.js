@@ -438,7 +438,7 @@ async function statePage() {
     samples.writes.add(now, w);
     samples.frames.add(now, f);
     samples.connections.add(now, conns);
-    const shown = (s) => (s.last == null ? "…" : s.last.toFixed(1));
+    const shown = (s) => (s.last == null ? "…" : Number.isInteger(s.last) ? String(s.last) : s.last.toFixed(1));
     const uptime = info.started ? Math.max(0, Date.now() - Number(BigInt(info.started) / 1000000n)) / 1000 : null;
     const mem = m.process_resident_memory_bytes;
     const cards = [
@@ -449,7 +449,7 @@ async function statePage() {
     ];
     $("#cards").innerHTML = cards.map(([l, n]) => `<div class="card"><div class="n">${esc(n)}</div><div class="l">${esc(l)}</div></div>`).join("");
     $("#charts").innerHTML = CHARTS.map(([name, label, color]) => `<figure class="chart-box" data-chart="${name}">
-      <figcaption><span>${esc(label)}</span> <b>${esc(samples[name].last == null ? "…" : samples[name].last.toFixed(1))}</b></figcaption>
+      <figcaption><span>${esc(label)}</span> <b>${esc(shown(samples[name]))}</b></figcaption>
       ${chartSvg(samples[name], { now, label, color })}</figure>`).join("");
     const pools = state.pools || [];
     $("#pools").innerHTML = pools.length === 0 ? '<p class="muted">No subscriptions.</p>'
