@@ -6,6 +6,18 @@ use crate::filter::FilterError;
 use crate::json::JsonError;
 use crate::key::KeyError;
 
+/// Which compare of a transaction failed, and why ([`Error::Compare`]; boxed, as errors travel
+/// in every `Result` of the core).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompareFailed {
+    /// Its place in the transaction's `if` list, from 0.
+    pub index: usize,
+    /// The key it compared.
+    pub key: String,
+    /// What was found instead.
+    pub why: String,
+}
+
 /// Everything an operation can be refused for. Nothing is changed when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -34,15 +46,8 @@ pub enum Error {
     #[error("precondition failed: {0}")]
     Precondition(&'static str),
     /// A transaction's compare did not hold (the first one that failed, by its place in `if`).
-    #[error("precondition failed: compare {index} on {key}: {why}; nothing was changed")]
-    Compare {
-        /// Its place in the transaction's `if` list, from 0.
-        index: usize,
-        /// The key it compared.
-        key: String,
-        /// What was found instead.
-        why: String,
-    },
+    #[error("precondition failed: compare {} on {}: {}; nothing was changed", .0.index, .0.key, .0.why)]
+    Compare(Box<CompareFailed>),
     /// A transaction's write was refused (by its place in `then`): the whole transaction
     /// changed nothing. Status and code are the write's own refusal's.
     #[error("transaction write {index} refused, nothing was changed: {error}")]
@@ -132,7 +137,7 @@ impl Error {
                 Error::NotFound
                     | Error::RevisionConflict
                     | Error::Precondition(_)
-                    | Error::Compare { .. }
+                    | Error::Compare(_)
                     | Error::Exists(_)
                     | Error::Counter(_)
             ),
@@ -143,8 +148,8 @@ impl Error {
     /// `status`, `code` and `detail`: which compare or write of a transaction failed.
     pub fn members(&self) -> Option<serde_json::Value> {
         match self {
-            Error::Compare { index, key, .. } => {
-                Some(serde_json::json!({"compare": {"index": index, "key": key}}))
+            Error::Compare(c) => {
+                Some(serde_json::json!({"compare": {"index": c.index, "key": c.key}}))
             }
             Error::TxWrite { index, error } => {
                 let mut m = serde_json::json!({"write": index});
@@ -165,10 +170,9 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::NotFound | Error::NoRoute => StatusCode::NOT_FOUND,
-            Error::RevisionConflict
-            | Error::Exists(_)
-            | Error::Counter(_)
-            | Error::Compare { .. } => StatusCode::CONFLICT,
+            Error::RevisionConflict | Error::Exists(_) | Error::Counter(_) | Error::Compare(_) => {
+                StatusCode::CONFLICT
+            }
             Error::TxWrite { error, .. } => error.status(),
             Error::Precondition(_) => StatusCode::PRECONDITION_FAILED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -198,7 +202,7 @@ impl Error {
             Error::MissingRevision => "missing-revision",
             Error::InvalidRevision => "invalid-revision",
             Error::RevisionConflict => "revision-conflict",
-            Error::Precondition(_) | Error::Compare { .. } => "precondition-failed",
+            Error::Precondition(_) | Error::Compare(_) => "precondition-failed",
             Error::TxWrite { error, .. } => error.code(),
             Error::Exists(_) => "exists",
             Error::Counter(_) => "counter",

@@ -61,7 +61,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
             Err(_) => return convert::refusal(&head, &stateline_core::Error::BodyUnreadable),
         };
         if path == "/_tx" {
-            tx_keys = stateline_core::web::tx_keys(&b);
+            tx_keys = web::tx_keys(&b);
         } else {
             rename_to = serde_json::from_slice::<Value>(&b)
                 .ok()

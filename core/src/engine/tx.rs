@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::ops::Plan;
 use super::{Applied, Compare, Engine, Op, Outcome, Tx, TxOutcome, MAX_TX_COMPARES, MAX_TX_WRITES};
 use crate::clock::Tick;
-use crate::error::Error;
+use crate::error::{CompareFailed, Error};
 use crate::key;
 use crate::rules::{Action, Identity};
 use crate::store::Change;
@@ -94,11 +94,11 @@ impl Engine {
                 (Compare::Exists { .. }, None) => Some("the key does not exist".into()),
             };
             if let Some(why) = why {
-                return Err(Error::Compare {
+                return Err(Error::Compare(Box::new(CompareFailed {
                     index,
                     key: c.key().to_string(),
                     why,
-                });
+                })));
             }
         }
         // 4.
