@@ -297,10 +297,10 @@ function __statelineApi(loadWasm, env) {
     return b;
   }
 
-  // A key's last `n` versions, newest first: `{ revision, updated, value }`, a delete as
+  // A key's last `n` versions (default 10), newest first: `{ revision, updated, value }`, a delete as
   // `{ revision, updated, deleted: true }` (`GET /<key>?history=n`). `[]` when the server has none.
   Client.prototype.history = function (key, n) {
-    var q = n === undefined ? "" : String(n);
+    var q = n === undefined ? "10" : String(n);
     return this._http("GET", keyPath(key) + "?history=" + encodeURIComponent(q)).then(function (r) {
       if (r.status === 404) return [];
       if (r.status !== 200) throw httpError(r);

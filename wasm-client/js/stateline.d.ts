@@ -223,7 +223,8 @@ export interface Client {
    * queued while offline: it rejects. */
   transaction(tx: Transaction): Promise<TxResult>;
   transaction(): TransactionBuilder;
-  /** The key's last `n` versions, newest first (`GET /<key>?history=n`); `[]` when none. */
+  /** The key's last `n` versions (default 10), newest first (`GET /<key>?history=n`); `[]` when
+   * none. Rejects with code `unsupported` on a server that keeps no history. */
   history<T = unknown>(key: string, n?: number): Promise<Version<T>[]>;
   /** Writes the server makes when this connection ends (Firebase's `onDisconnect`). */
   onDisconnect(key: string): OnDisconnect;
