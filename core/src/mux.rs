@@ -24,6 +24,11 @@
 //! | `tx` | `if` (compares), `then` (writes as above, without `id`): see [`tx`] | `version` (hex), `results` (one per write) |
 //! | `ping` | — | — |
 //! | `auth` | `token` (a JWT) | `subject` (its `sub`), `exp`, `dropped` (subscriptions left because the new identity may not see them the same way) |
+//! | `onclose` | `write` (a `set`, `patch` or `del` message without `id`) | `onclose` (the handle, a number) |
+//! | `onclose_cancel` | `onclose` (a handle) | `onclose` |
+//!
+//! `set`, `patch` and `push` also take `"lease": true`: the key is deleted when the connection
+//! ends (see [`crate::session`]; not with `ttl`, which the lease sets).
 //!
 //! Replies: `{"id":..,"ok":true,...}` or
 //! `{"id":..,"ok":false,"error":{"status":<http status>,"code":"<Error::code>","detail":".."}}`.
@@ -60,6 +65,21 @@ pub enum Request {
     Auth {
         /// The token.
         token: String,
+    },
+    /// A `set`, `patch` or `push` with `"lease": true`: the key is held by the connection and
+    /// deleted when it ends.
+    Leased(Op),
+    /// Register a write (a `set`, `patch` or `del`) to run when the connection ends.
+    OnClose {
+        /// The write.
+        op: Op,
+        /// Its message as registered (compact JSON), for hosts that keep it outside memory.
+        raw: String,
+    },
+    /// Cancel a registered on-close write.
+    OnCloseCancel {
+        /// Its handle.
+        handle: u64,
     },
 }
 
@@ -170,7 +190,11 @@ pub fn parse_limited(msg: &[u8], max_depth: usize, max_nodes: usize) -> Result<M
     };
     let id = o.get("id").cloned().unwrap_or(Value::Null);
     let op = str_field(&o, &id, "op")?;
-    let request = request(op, &o, &id)?;
+    let request = match op {
+        "onclose" => on_close(&o, &id, max_depth, max_nodes)?,
+        _ => request(op, &o, &id)?,
+    };
+    let request = leased(&o, &id, request)?;
     Ok(Message { id, request })
 }
 
@@ -250,11 +274,17 @@ fn request(op: &str, o: &Map<String, Value>, id: &Value) -> Result<Request, Refu
             to: str_field(o, id, "to")?.to_string(),
             overwrite: o.get("overwrite").and_then(Value::as_bool).unwrap_or(false),
         }),
+        "onclose_cancel" => Request::OnCloseCancel {
+            handle: o
+                .get("onclose")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad(id, "field \"onclose\" (a handle, a number) is required"))?,
+        },
         other => {
             return Err(bad(
                 id,
                 format!(
-                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, tx, ping, auth"
+                    "unknown op {other:?}; known: sub, unsub, set, push, patch, del, incr, take, rename, tx, ping, auth, onclose, onclose_cancel"
                 ),
             ))
         }
@@ -318,6 +348,12 @@ pub fn tx(o: &Map<String, Value>, id: &Value) -> Result<Tx, Refused> {
                 format!("tx: then[{i}]: op {op:?} cannot be part of a transaction; its writes are set, push, patch, del and incr"),
             ));
         }
+        if w.get("lease").is_some_and(|l| !l.is_null()) {
+            return Err(bad(
+                id,
+                format!("tx: then[{i}]: a transaction's writes take no lease (lease a key with its own set)"),
+            ));
+        }
         match request(op, w, id) {
             Ok(Request::Op(op)) => writes.push(op),
             Ok(_) => unreachable!("the ops above are writes"),
@@ -333,6 +369,63 @@ pub fn tx(o: &Map<String, Value>, id: &Value) -> Result<Tx, Refused> {
         }
     }
     Ok(Tx { compares, writes })
+}
+
+/// `"lease": true` on a `set`, `patch` or `push` makes it a [`Request::Leased`]; anywhere else
+/// (or with `ttl`, which the lease sets) it is refused.
+fn leased(o: &Map<String, Value>, id: &Value, request: Request) -> Result<Request, Refused> {
+    match o.get("lease") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(request),
+        Some(Value::Bool(true)) => {
+            if o.get("ttl").is_some_and(|t| !t.is_null()) {
+                return Err(bad(
+                    id,
+                    "lease and ttl cannot be combined: a leased key's TTL is the lease's",
+                ));
+            }
+            match request {
+                Request::Op(op @ (Op::Set { .. } | Op::Patch { .. } | Op::Push { .. })) => {
+                    Ok(Request::Leased(op))
+                }
+                _ => Err(bad(id, "lease applies to set, patch and push only")),
+            }
+        }
+        Some(_) => Err(bad(id, "lease must be true or false")),
+    }
+}
+
+/// `onclose`: its `write` is parsed as a message of its own (under the same limits) and must be
+/// a `set`, `patch` or `del` without `id` or `lease`.
+fn on_close(
+    o: &Map<String, Value>,
+    id: &Value,
+    max_depth: usize,
+    max_nodes: usize,
+) -> Result<Request, Refused> {
+    let Some(Value::Object(w)) = o.get("write") else {
+        return Err(bad(
+            id,
+            "field \"write\" (a set, patch or del message) is required",
+        ));
+    };
+    if w.contains_key("id") || w.contains_key("lease") {
+        return Err(bad(id, "an onclose write has no id and no lease"));
+    }
+    if !matches!(
+        w.get("op").and_then(Value::as_str),
+        Some("set" | "patch" | "del")
+    ) {
+        return Err(bad(id, "an onclose write is a set, patch or del"));
+    }
+    let raw = String::from_utf8_lossy(&json::encode(&Value::Object(w.clone()))).into_owned();
+    let m = parse_limited(raw.as_bytes(), max_depth, max_nodes).map_err(|r| Refused {
+        id: id.clone(),
+        error: r.error,
+    })?;
+    match m.request {
+        Request::Op(op) => Ok(Request::OnClose { op, raw }),
+        _ => Err(bad(id, "an onclose write is a set, patch or del")),
+    }
 }
 
 fn encode(mut fields: Map<String, Value>, id: &Value, ok: bool) -> Bytes {

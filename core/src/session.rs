@@ -9,6 +9,11 @@
 //! core's own test server all drive this one type; each keeps only transport (sockets, queues,
 //! attachments, storage transactions, timers).
 //!
+//! A `/_ws` connection may also hold leased keys and register on-close writes (`end.rs`): the
+//! adapter renews the leases ([`Session::renew_in`], [`Session::renew`]) and, once the
+//! connection ends however it ends, commits and publishes what [`Session::end`] (or, in a
+//! cluster, [`Session::end_writes`]) returns, exactly once.
+//!
 //! **Invariant:** every message gets exactly one reply, and a reply to a write is sent only after
 //! the frames that write produced were queued, so a client sees its own change before the
 //! acknowledgement; a subscription's first frame follows the reply that accepted it.
@@ -87,17 +92,42 @@ pub struct Limits {
     /// keeps that state in a bounded place: the edge stores it in the socket's hibernation
     /// attachment, which Cloudflare caps at 2 KiB. `None`: no such bound.
     pub state_bytes: Option<usize>,
+    /// Keys one connection may hold with a lease (`"lease": true`). Default [`MAX_LEASES`].
+    pub leases: usize,
+    /// On-close writes one connection may register. Default [`MAX_ONCLOSE`].
+    pub onclose: usize,
+    /// A leased key's TTL in ns: renewed while the connection lives (when half of it is left),
+    /// so after a crash the key expires by itself at most this long after its connection died.
+    /// Default [`LEASE_TTL`].
+    pub lease_ttl: i64,
 }
 
 /// The default of [`Limits::subscriptions`]. A browser tab rarely holds more than a few dozen;
 /// 1024 leaves room for generous pages while keeping a hostile client's pool state small.
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
 
+/// The default of [`Limits::leases`]. Each lease is a key deleted (and renewed) for the
+/// connection under the engine's lock; a presence client holds one or a few per room it shows,
+/// so 64 is generous while bounding what one connection's end costs.
+pub const MAX_LEASES: usize = 64;
+
+/// The default of [`Limits::onclose`]. Each is a write run under the engine's lock when the
+/// connection ends, so one connection's end stays a handful of writes, not a batch job.
+pub const MAX_ONCLOSE: usize = 16;
+
+/// The default of [`Limits::lease_ttl`]: 60 s. Short enough that a crashed server's leased keys
+/// are gone a minute after it comes back; long enough that renewing (every 30 s, one write per
+/// lease) costs little.
+pub const LEASE_TTL: i64 = 60_000_000_000;
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             subscriptions: MAX_SUBSCRIPTIONS,
             state_bytes: None,
+            leases: MAX_LEASES,
+            onclose: MAX_ONCLOSE,
+            lease_ttl: LEASE_TTL,
         }
     }
 }
@@ -222,6 +252,12 @@ pub struct Session {
     namespace: Option<String>,
     ordered_elsewhere: bool,
     deadline: Option<i64>,
+    // Keys the connection holds, each with the entity tag of the lease's last write: deleted
+    // (if still that write) when the connection ends.
+    leases: Vec<end::Lease>,
+    // Writes registered with `onclose`, in registration order.
+    onclose: Vec<end::OnClose>,
+    next_handle: u64,
 }
 
 /// The JSON bytes a [`Limits::state_bytes`] counts for one pattern: its text, its quotes and a
@@ -254,6 +290,9 @@ impl Session {
             namespace: None,
             ordered_elsewhere: false,
             deadline,
+            leases: Vec::new(),
+            onclose: Vec::new(),
+            next_handle: 0,
         })
     }
 
@@ -315,6 +354,8 @@ impl Session {
                 .iter()
                 .map(|(p, _)| pattern_cost(p))
                 .sum::<usize>()
+            + self.leases.iter().map(end::Lease::cost).sum::<usize>()
+            + self.onclose.iter().map(end::OnClose::cost).sum::<usize>()
             + extra
     }
 
@@ -406,6 +447,9 @@ impl Session {
                     Effects::reply(mux::reply_error(&id, &e))
                 }
             },
+            Request::Leased(op) => self.lease(engine, tick, id, op),
+            Request::OnClose { op, raw } => self.register_onclose(engine, &id, op, raw),
+            Request::OnCloseCancel { handle } => self.cancel_onclose(&id, handle),
             Request::Op(op) => {
                 let name = mux::op_name(&op);
                 if self.ordered_elsewhere {
@@ -496,11 +540,11 @@ impl Session {
                     _ => outside(&pattern.as_str()),
                 }
             }
-            Request::Op(op) => op_keys(op)
+            Request::Op(op) | Request::Leased(op) | Request::OnClose { op, .. } => op_keys(op)
                 .into_iter()
                 .find(|k| key_namespace(k.trim_start_matches('/')) != ns)
                 .and_then(outside),
-            Request::Ping | Request::Auth { .. } => None,
+            Request::Ping | Request::Auth { .. } | Request::OnCloseCancel { .. } => None,
         }
     }
 }
@@ -549,6 +593,9 @@ pub fn op_keys(op: &Op) -> Vec<&str> {
             .collect(),
     }
 }
+
+mod end;
+pub use end::EndWrite;
 
 #[cfg(test)]
 mod tests;

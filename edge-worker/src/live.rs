@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use stateline_core::key::Pattern;
 use stateline_core::rules::Identity;
 use stateline_core::session::{Close, Limits, Session};
-use stateline_core::{Encoding, Engine, Error, PoolId, Tick};
+use stateline_core::{Change, Encoding, Engine, Error, PoolId, Tick};
 use worker::{Result, WebSocket};
 
 // A `/_ws` socket's subscriptions live in its attachment, which the runtime caps at 2 KiB; this
@@ -39,6 +39,13 @@ pub(crate) struct Attachment {
     /// object rebuilds its pools: access rules apply to hibernated sockets as to live ones.
     #[serde(default)]
     pub(crate) token: Option<String>,
+    /// The keys a `/_ws` socket holds with a lease, each with its lease's entity tag: deleted
+    /// when the socket closes, even if the object was evicted meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) leases: Vec<(String, String)>,
+    /// Its registered on-close writes: handle and message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) onclose: Vec<(u64, String)>,
 }
 
 pub(crate) fn http_path(p: &Pattern) -> String {
@@ -69,6 +76,9 @@ pub(crate) struct Live {
     pub(crate) requests: u64,
     pub(crate) next_id: u32,
     pub(crate) log_keep: usize,
+    /// Changes made by connections that ended (their on-close writes and lease releases),
+    /// applied and waiting for the object to commit and publish them.
+    pub(crate) ended: Vec<Change>,
 }
 
 impl Live {
@@ -76,6 +86,39 @@ impl Live {
     /// instead of being sent more, as the native server does.
     pub(crate) fn expired(&self, id: u32, t: Tick) -> bool {
         self.sessions.get(&id).is_some_and(|s| s.expired(t))
+    }
+
+    /// How long until a connection's lease needs renewing (ns), for the alarm.
+    pub(crate) fn renew_in(&self, t: Tick) -> Option<u64> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.renew_in(&self.engine, t))
+            .min()
+    }
+
+    /// Renews every lease that is due; returns the changes to commit and the sockets whose
+    /// attachment must be saved again.
+    pub(crate) fn renew(&mut self, t: Tick) -> (Vec<Change>, Vec<u32>) {
+        let mut changes = Vec::new();
+        let mut moved = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if s.leases().next().is_none() {
+                continue;
+            }
+            let before: Vec<(String, String)> = s
+                .leases()
+                .map(|(k, e)| (k.to_string(), e.to_string()))
+                .collect();
+            changes.extend(s.renew(&mut self.engine, t));
+            if s.leases()
+                .map(|(k, e)| (k.to_string(), e.to_string()))
+                .collect::<Vec<_>>()
+                != before
+            {
+                moved.push(*id);
+            }
+        }
+        (changes, moved)
     }
 
     /// The earliest token deadline among open connections (Unix seconds), for the alarm.
@@ -176,12 +219,16 @@ impl Live {
         self.engine.leave(pool);
     }
 
-    /// Forgets a connection: its pools, its socket or stream, its clock subscription.
+    /// Forgets a connection: its pools, its socket or stream, its clock subscription; runs what
+    /// it leaves behind (on-close writes, lease releases) into [`Live::ended`], for the object
+    /// to commit.
     pub(crate) fn drop_conn(&mut self, id: u32) {
         if let Some(mut s) = self.sessions.remove(&id) {
             for pool in s.close() {
                 self.leave_pool(id, pool);
             }
+            let ended = s.end(&mut self.engine, tick());
+            self.ended.extend(ended);
         }
         self.sockets.remove(&id);
         self.sse.remove(&id);
@@ -205,6 +252,8 @@ pub(crate) fn limits(att: &Attachment) -> Limits {
     let bare = Attachment {
         subs: Vec::new(),
         token: None,
+        leases: Vec::new(),
+        onclose: Vec::new(),
         ..att.clone()
     };
     let base = serde_json::to_string(&bare).map_or(MAX_ATTACHMENT, |s| s.len());
@@ -219,6 +268,14 @@ pub(crate) fn attachment_of(att: &Attachment, session: &Session) -> Attachment {
     Attachment {
         subs: session.subscriptions().map(|(p, _)| http_path(p)).collect(),
         token: session.token().map(str::to_string),
+        leases: session
+            .leases()
+            .map(|(k, e)| (k.to_string(), e.to_string()))
+            .collect(),
+        onclose: session
+            .onclose_writes()
+            .map(|(h, w)| (h, w.to_string()))
+            .collect(),
         ..att.clone()
     }
 }

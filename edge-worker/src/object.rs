@@ -86,6 +86,7 @@ impl Namespace {
             requests: 0,
             next_id: 0,
             log_keep,
+            ended: Vec::new(),
         };
         // Hibernated sockets: every change was fanned out before the object went away (the
         // object is only evicted when idle), so each socket holds the current state and joins
@@ -115,6 +116,11 @@ impl Namespace {
                         if att.kind == "mux" {
                             session = session.within_namespace(att.ns.clone());
                         }
+                        session.restore_end_state(
+                            &live.engine,
+                            att.leases.clone(),
+                            att.onclose.clone(),
+                        );
                         live.sessions.insert(att.id, session);
                         for path in &att.subs {
                             if let Ok(p) = Pattern::from_http_path(path, true) {
@@ -131,7 +137,15 @@ impl Namespace {
     }
 
     /// Makes `changes` durable, then publishes them; on a storage failure memory is rolled back.
+    /// Connections that ended meanwhile (a socket found dead while fanning out) leave writes
+    /// behind: they are committed and published after, in turn, until none is left.
     fn commit(&self, live: &mut Live, changes: Vec<Change>) -> std::result::Result<(), String> {
+        self.commit_one(live, changes)?;
+        self.flush_ended(live);
+        Ok(())
+    }
+
+    fn commit_one(&self, live: &mut Live, changes: Vec<Change>) -> std::result::Result<(), String> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -144,18 +158,39 @@ impl Namespace {
         Ok(())
     }
 
+    /// Commits and publishes the writes of connections that ended ([`Live::ended`]). If storage
+    /// fails they are rolled back: leased keys then expire by their TTL.
+    fn flush_ended(&self, live: &mut Live) {
+        loop {
+            let ended = std::mem::take(&mut live.ended);
+            if ended.is_empty() {
+                return;
+            }
+            if let Err(e) = self.commit_one(live, ended) {
+                worker::console_error!("disconnect writes not stored: {e}");
+            }
+        }
+    }
+
     /// Arms the alarm for the next TTL expiry, clock tick or token deadline (a connection
     /// whose token expires is closed then, even if it is idle), whichever comes first.
     async fn arm(&self) -> Result<()> {
-        let (ttl_ns, clocks, deadline) = {
+        let (ttl_ns, clocks, deadline, renew_ns) = {
             let live = self.live()?;
+            let t = tick();
             (
-                live.engine.timeout_in(tick()),
+                live.engine.timeout_in(t),
                 !live.clocks.is_empty(),
                 live.next_deadline(),
+                live.renew_in(t),
             )
         };
         let mut at: Option<i64> = ttl_ns.map(|ns| now_ms() + (ns / 1_000_000) as i64 + 1);
+        if let Some(ns) = renew_ns {
+            // The leases' renewal (a lease's TTL must not run out while its socket lives).
+            let r = now_ms() + (ns / 1_000_000) as i64 + 1;
+            at = Some(at.map_or(r, |a| a.min(r)));
+        }
         if clocks {
             let c = now_ms() + CLOCK_NS / 1_000_000;
             at = Some(at.map_or(c, |a| a.min(c)));
@@ -327,6 +362,8 @@ impl Namespace {
             ns: ns.into(),
             subs: vec![],
             token: token.clone(),
+            leases: vec![],
+            onclose: vec![],
         };
         let mut first = None;
         if kind == "clock" {
@@ -421,6 +458,26 @@ impl Namespace {
         let db = self.state.storage().sql();
         let list = sql::namespaces(&db).map_err(worker::Error::RustError)?;
         Response::from_json(&list)
+    }
+
+    /// A socket closed or failed: its connection ends, and what it leaves behind (on-close
+    /// writes, lease releases) is committed and published, exactly once (its session is gone
+    /// after the first call).
+    async fn socket_ended(&self, ws: &WebSocket) -> Result<()> {
+        let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() else {
+            return Ok(());
+        };
+        let wrote = {
+            let mut live = self.live()?;
+            live.drop_conn(att.id);
+            let wrote = !live.ended.is_empty();
+            self.flush_ended(&mut live);
+            wrote
+        };
+        if wrote {
+            self.arm().await?;
+        }
+        Ok(())
     }
 
     /// One `/_ws` message: the core's [`Session`] decides; this moves its effects (pools,
@@ -523,20 +580,13 @@ impl DurableObject for Namespace {
         reason: String,
         _clean: bool,
     ) -> Result<()> {
-        if let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() {
-            let mut live = self.live()?;
-            live.drop_conn(att.id);
-        }
+        self.socket_ended(&ws).await?;
         let _ = ws.close(Some(code.clamp(1000, 4999) as u16), Some(reason));
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        if let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() {
-            let mut live = self.live()?;
-            live.drop_conn(att.id);
-        }
-        Ok(())
+        self.socket_ended(&ws).await
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -544,7 +594,20 @@ impl DurableObject for Namespace {
             let mut live = self.live()?;
             let t = tick();
             live.close_expired(t);
+            self.flush_ended(&mut live);
             live.engine.correct_clock(t);
+            let (renewed, moved) = live.renew(t);
+            if let Err(e) = self.commit(&mut live, renewed) {
+                worker::console_error!("lease renewal not stored, retried at the next alarm: {e}");
+            }
+            for id in moved {
+                let saved = live.sessions.get(&id).zip(live.sockets.get(&id));
+                if let Some((session, ws)) = saved {
+                    if let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() {
+                        let _ = ws.serialize_attachment(attachment_of(&att, session));
+                    }
+                }
+            }
             let expired = live.engine.handle_timeout(t);
             if let Err(e) = self.commit(&mut live, expired) {
                 worker::console_error!("ttl expiry not stored, retried at the next alarm: {e}");
@@ -562,6 +625,7 @@ impl DurableObject for Namespace {
                     }
                 }
             }
+            self.flush_ended(&mut live);
         }
         self.arm().await?;
         Response::ok("")

@@ -295,6 +295,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
+    /// TTL of a key written on `/_ws` with `"lease": true`. The server renews it while the
+    /// connection lives (when half of it is left) and deletes the key when the connection ends;
+    /// after a crash the key expires by itself at most this long after the server stopped.
+    #[arg(long, env = "STATELINE_LEASE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
     /// Longest time one write to a socket may take before the peer is dropped.
     #[arg(long, env = "STATELINE_WRITE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub write_timeout: Duration,

@@ -299,6 +299,8 @@ pub struct Limits {
     pub message_timeout: Duration,
     /// WebSocket ping interval.
     pub ping_interval: Duration,
+    /// The TTL of a `/_ws` leased key (`--lease-ttl`).
+    pub lease_ttl: Duration,
     /// One socket write's limit.
     pub write_timeout: Duration,
     /// SSE keep-alive interval.
@@ -319,6 +321,8 @@ impl Limits {
             ws_inflight: a.ws_inflight.max(1),
             message_timeout: a.message_timeout,
             ping_interval: a.ping_interval,
+            // A lease shorter than a second would be renewed in a busy loop.
+            lease_ttl: a.lease_ttl.max(Duration::from_secs(1)),
             write_timeout: a.write_timeout,
             sse_keepalive: a.sse_keepalive,
             allow_origin: a.allow_origin.clone(),
@@ -453,6 +457,7 @@ impl Shared {
             clock: false,
             ctl: ctl.clone(),
             expires: None,
+            renew_at: None,
         };
         let queue = Queue {
             rx,
@@ -658,6 +663,8 @@ pub struct Registration {
     pub ctl: Arc<Ctl>,
     /// When the connection's token expires: the connection is closed then (4001).
     pub expires: Option<tokio::time::Instant>,
+    /// When the connection's next lease is due for renewal (`/_ws` leased keys).
+    pub renew_at: Option<tokio::time::Instant>,
 }
 
 impl Registration {

@@ -164,7 +164,8 @@ async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, who: Identit
             reg.pools.push(pool);
             reg.expires = crate::hub::deadline_at(tick, session.deadline());
             drop(sink);
-            run(&sh, socket, reg, rx, |_, _| false).await;
+            let (socket, reg, exit) = run(&sh, socket, reg, rx, |_, _| false).await;
+            finish(&sh, socket, reg, exit).await;
         }
         Err(e) => {
             tracing::debug!(%pattern, error = %e, "ws subscription refused");
@@ -182,7 +183,8 @@ async fn clock(sh: Arc<Shared>, socket: WebSocket) {
     }
     reg.clock = true;
     drop(sink);
-    run(&sh, socket, reg, rx, |_, _| false).await;
+    let (socket, reg, exit) = run(&sh, socket, reg, rx, |_, _| false).await;
+    finish(&sh, socket, reg, exit).await;
 }
 
 async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
@@ -193,9 +195,13 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
         "mux connected"
     );
     let cluster = sh.cluster.get().cloned();
+    let limits = Limits {
+        lease_ttl: i64::try_from(sh.limits.lease_ttl.as_nanos()).unwrap_or(i64::MAX),
+        ..Limits::default()
+    };
     let session = {
         let hub = sh.lock();
-        Session::open(&hub.engine, who, None, Limits::default())
+        Session::open(&hub.engine, who, None, limits)
     };
     // Without a host-kept state limit, opening cannot fail.
     let Ok(mut session) = session else {
@@ -211,12 +217,127 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
     let shared = sh.clone();
     // In a cluster, the connection's writes are ordered one after another by a task of its own
     // (each waits for JetStream), so they reach the stream in the order the client sent them.
-    let writes = cluster.map(|c| cluster_writer(&shared, &c, &own));
-    run(&sh, socket, reg, rx, move |reg, msg| {
-        mux_message(&shared, reg, &mut session, &own, msg, writes.as_ref());
-        true
+    let writes = cluster.as_ref().map(|c| cluster_writer(&shared, c, &own));
+    let (socket, mut reg, exit) = run(&sh, socket, reg, rx, |reg, event| match event {
+        Event::Message(msg) => {
+            mux_message(
+                &shared,
+                reg,
+                &mut session,
+                &own,
+                msg,
+                writes.as_ref().map(|w| &w.0),
+            );
+            true
+        }
+        Event::Renew => {
+            renew(&shared, reg, &mut session);
+            false
+        }
     })
     .await;
+    // Stop sending first (a lagging connection stops counting at once), then run what the
+    // connection leaves behind, then say why with the close frame.
+    reg.unregister();
+    end(&sh, &mut session, cluster.as_ref(), writes).await;
+    finish(&sh, socket, reg, exit).await;
+}
+
+/// Runs what a `/_ws` connection leaves behind (its on-close writes, then the release of its
+/// leased keys), however it ended, and waits until they are durable and published: the
+/// connection counts as open until then, so a shutdown waits for them (within `--drain`).
+async fn end(
+    sh: &Arc<Shared>,
+    session: &mut Session,
+    cluster: Option<&Arc<crate::cluster::Cluster>>,
+    writes: Option<(
+        tokio::sync::mpsc::UnboundedSender<Forward>,
+        tokio::task::JoinHandle<()>,
+    )>,
+) {
+    if !session.has_end_writes() {
+        return;
+    }
+    if let (Some(cluster), Some((tx, task))) = (cluster, writes) {
+        // After the connection's own writes still in flight: they were sent first.
+        drop(tx);
+        let _ = task.await;
+        for w in session.end_writes(sh.tick()) {
+            let r = cluster
+                .write(sh, |hub, tick| {
+                    crate::cluster::Step::op(hub, tick, &w.op, &w.who)
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a disconnect write could not be ordered");
+            }
+        }
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    {
+        let tick = sh.tick();
+        let mut hub = sh.lock();
+        let changes = session.end(&mut hub.engine, tick);
+        hub.log_denials();
+        if changes.is_empty() {
+            return;
+        }
+        let wake = crate::hub::sets_expiry(&changes);
+        sh.persist(
+            &mut hub,
+            changes,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        if wake {
+            sh.ttl_wake.notify_one();
+        }
+    }
+    match rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            // Rolled back: leased keys expire by their TTL.
+            tracing::warn!(error = %e, "disconnect writes could not be committed")
+        }
+        Err(_) => tracing::warn!("disconnect writes: the commit thread stopped"),
+    }
+}
+
+/// Renews the connection's leases that are due and re-arms the renewal timer.
+fn renew(sh: &Shared, reg: &mut Registration, session: &mut Session) {
+    let tick = sh.tick();
+    let mut hub = sh.lock();
+    let changes = session.renew(&mut hub.engine, tick);
+    let n = changes.len();
+    if n > 0 {
+        sh.persist(
+            &mut hub,
+            changes,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, leases = n, "lease renewal could not be committed");
+                }
+            }),
+        );
+    }
+    reg.renew_at = renewal_at(&hub, session, tick);
+    drop(hub);
+    if n > 0 {
+        sh.ttl_wake.notify_one();
+    }
+}
+
+// When the session's next lease renewal is due, on the runtime's clock.
+fn renewal_at(
+    hub: &crate::hub::Hub,
+    session: &Session,
+    tick: stateline_core::Tick,
+) -> Option<tokio::time::Instant> {
+    let ns = session.renew_in(&hub.engine, tick)?;
+    // At least a millisecond apart, so a lease that cannot be renewed does not spin.
+    Some(tokio::time::Instant::now() + Duration::from_nanos(ns.max(1_000_000)))
 }
 
 // Starts the task that orders a connection's writes through the cluster and replies to each.
@@ -224,12 +345,15 @@ fn cluster_writer(
     sh: &Arc<Shared>,
     cluster: &Arc<crate::cluster::Cluster>,
     sink: &Sink,
-) -> tokio::sync::mpsc::UnboundedSender<Forward> {
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Forward>,
+    tokio::task::JoinHandle<()>,
+) {
     // Unbounded here, bounded by `--ws-inflight`: the connection stops reading once that many
     // requests await their reply.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Forward>();
     let (sh, cluster, sink) = (sh.clone(), cluster.clone(), sink.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
             let r = cluster
                 .write(&sh, |hub, tick| {
@@ -242,7 +366,7 @@ fn cluster_writer(
             });
         }
     });
-    tx
+    (tx, task)
 }
 
 /// Handles one `/_ws` message under the hub lock (the core's [`Session`] decides; this moves
@@ -278,6 +402,9 @@ fn mux_message(
         }
         if fx.deadline_moved {
             reg.expires = crate::hub::deadline_at(tick, session.deadline());
+        }
+        if fx.state_changed || matches!(fx.reply, Reply::Write(_)) {
+            reg.renew_at = renewal_at(&hub, session, tick);
         }
         match fx.reply {
             Reply::Now(b) => sink.reply(b),
@@ -330,9 +457,18 @@ fn mux_message(
     }
 }
 
-/// The connection loop: write queued frames, ping, read, and close on the first reason to.
+/// What the connection loop hands to its connection's handler.
+enum Event<'a> {
+    /// A message from the peer.
+    Message(&'a [u8]),
+    /// [`Registration::renew_at`] passed: renew the leases due.
+    Renew,
+}
+
+/// The connection loop: write queued frames, ping, read, and stop on the first reason to close;
+/// returns the socket, the registration and why, for the caller to finish.
 ///
-/// `on_message` handles one message from the peer and says whether it will be answered (a
+/// `on_event` handles one message from the peer and says whether it will be answered (a
 /// `/_ws` request): while `--ws-inflight` answers are pending the socket is not read, so a
 /// pipelining client is slowed by TCP instead of having its acknowledgements dropped.
 async fn run(
@@ -340,8 +476,8 @@ async fn run(
     mut socket: WebSocket,
     mut reg: Registration,
     mut rx: Queue,
-    mut on_message: impl FnMut(&mut Registration, &[u8]) -> bool,
-) {
+    mut on_event: impl FnMut(&mut Registration, Event<'_>) -> bool,
+) -> (WebSocket, Registration, Exit) {
     let limits = &sh.limits;
     let mut shutdown = sh.shutdown.clone();
     let interval = limits.ping_interval;
@@ -366,6 +502,10 @@ async fn run(
     let mut expires = reg.expires;
     let expiry = crate::hub::until(expires);
     tokio::pin!(expiry);
+    // The next lease renewal, if the connection holds leases.
+    let mut renew_at = reg.renew_at;
+    let renewal = crate::hub::until(renew_at);
+    tokio::pin!(renewal);
     let exit = loop {
         if ctl.is_lagged() {
             break Exit::Lagging;
@@ -377,11 +517,22 @@ async fn run(
             expires = reg.expires;
             expiry.set(crate::hub::until(expires));
         }
+        if reg.renew_at != renew_at {
+            renew_at = reg.renew_at;
+            renewal.set(crate::hub::until(renew_at));
+        }
         let reading = inflight < limits.ws_inflight;
         tokio::select! {
             biased;
             e = &mut closing => break e,
             _ = &mut expiry => break Exit::TokenExpired,
+            _ = &mut renewal => {
+                // Done: wait for nothing until the handler sets the next renewal.
+                renew_at = None;
+                renewal.set(crate::hub::until(None));
+                reg.renew_at = None;
+                on_event(&mut reg, Event::Renew);
+            }
             // Held: a subscription's first frame waits for the commit of the writes it shows.
             _ = ctl.released.notified(), if ctl.is_held() => {}
             m = rx.recv(), if !ctl.is_held() => {
@@ -439,8 +590,8 @@ async fn run(
                 Some(Ok(msg)) => {
                     awaiting_pong = false;
                     let answered = match msg {
-                        Message::Text(t) => on_message(&mut reg, t.as_bytes()),
-                        Message::Binary(b) => on_message(&mut reg, &b),
+                        Message::Text(t) => on_event(&mut reg, Event::Message(t.as_bytes())),
+                        Message::Binary(b) => on_event(&mut reg, Event::Message(&b)),
                         Message::Close(_) => break Exit::PeerClosed,
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => false,
                     };
@@ -449,7 +600,7 @@ async fn run(
             },
         }
     };
-    finish(sh, socket, reg, exit).await;
+    (socket, reg, exit)
 }
 
 /// Leaves the pools first (so a lagging subscriber stops counting at once), then says why with a

@@ -29,6 +29,7 @@ use crate::store::{Change, Entry, Store, Ttl};
 
 mod access;
 mod checks;
+mod lease;
 mod ops;
 mod replication;
 mod subscriptions;

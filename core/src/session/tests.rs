@@ -121,6 +121,7 @@ fn the_subscription_cap_and_the_state_limit_refuse_and_change_nothing() {
     let limits = Limits {
         subscriptions: 2,
         state_bytes: None,
+        ..Limits::default()
     };
     let mut s = Session::open(&e, Identity::Anonymous, None, limits).unwrap();
     for p in ["a", "b"] {
@@ -140,6 +141,7 @@ fn the_subscription_cap_and_the_state_limit_refuse_and_change_nothing() {
     let small = Limits {
         subscriptions: 100,
         state_bytes: Some(20),
+        ..Limits::default()
     };
     assert!(matches!(
         Session::open(&e, Identity::Anonymous, Some("x".repeat(21)), small.clone()),
@@ -337,4 +339,362 @@ fn malformed_messages_get_one_error_reply() {
             String::from_utf8_lossy(bad)
         );
     }
+}
+
+fn write_of(fx: Effects) -> (Vec<Change>, Value) {
+    match fx.reply {
+        Reply::Write(w) => (w.changes, serde_json::from_slice(&w.ok).unwrap()),
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+fn refused_with(fx: &Effects) -> u64 {
+    match &fx.reply {
+        Reply::Now(b) => serde_json::from_slice::<Value>(b).unwrap()["error"]["status"]
+            .as_u64()
+            .unwrap(),
+        Reply::Refusal(r) => serde_json::from_slice::<Value>(&r.no).unwrap()["error"]["status"]
+            .as_u64()
+            .unwrap(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_leased_key_carries_the_lease_ttl_and_is_deleted_once_when_the_connection_ends() {
+    let mut e = engine();
+    let mut s = open(&e);
+    let t = at_secs(1_000);
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"id": 1, "op": "set", "key": "presence/r/a", "value": {"n": 1}, "lease": true}),
+    );
+    assert!(fx.state_changed, "a host keeping state saves the lease");
+    let (changes, ok) = write_of(fx);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(ok["key"], json!("presence/r/a"));
+    let entry = e.store().get("presence/r/a").unwrap().clone();
+    let ttl = entry.expires.unwrap() - entry.updated.max(entry.created);
+    assert_eq!(ttl, LEASE_TTL, "the key expires by itself after a crash");
+    assert_eq!(s.leases().count(), 1);
+    assert!(s.has_end_writes());
+
+    let ended = s.end(&mut e, t);
+    assert_eq!(ended.len(), 1);
+    assert!(ended[0].is_delete());
+    assert_eq!(&*ended[0].key, "presence/r/a");
+    assert!(e.store().get("presence/r/a").is_none());
+    assert!(s.end(&mut e, t).is_empty(), "end writes run exactly once");
+    assert!(!s.has_end_writes());
+}
+
+#[test]
+fn a_lease_ends_when_another_write_takes_the_key_and_two_tabs_are_two_leases() {
+    let mut e = engine();
+    let mut tab1 = open(&e);
+    let mut tab2 = open(&e);
+    let t = at_secs(1_000);
+    for s in [&mut tab1, &mut tab2] {
+        write_of(handle(
+            s,
+            &mut e,
+            json!({"op": "set", "key": "presence/r/u1", "value": 1, "lease": true}),
+        ));
+    }
+    // Tab 2's write replaced tab 1's: tab 1 ending leaves the key to tab 2.
+    assert!(tab1.end(&mut e, t).is_empty());
+    assert!(e.store().get("presence/r/u1").is_some());
+    assert_eq!(tab2.end(&mut e, t).len(), 1);
+    assert!(e.store().get("presence/r/u1").is_none());
+
+    // A plain write (the holder's too) ends the lease: the key stays.
+    let mut s = open(&e);
+    write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "set", "key": "presence/r/u2", "value": 1, "lease": true}),
+    ));
+    write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "set", "key": "presence/r/u2", "value": 2}),
+    ));
+    assert!(s.end(&mut e, t).is_empty());
+    assert!(e.store().get("presence/r/u2").is_some());
+}
+
+#[test]
+fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
+    let mut e = engine();
+    let mut s = open(&e);
+    write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "set", "key": "p/x", "value": {"a": 1}}),
+    ));
+    let (changes, ok) = write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "patch", "key": "p/x", "value": {"b": 2}, "lease": true}),
+    ));
+    assert_eq!(
+        changes.len(),
+        2,
+        "the patch, then its lease TTL, in one commit"
+    );
+    let entry = e.store().get("p/x").unwrap().clone();
+    assert_eq!(
+        ok["etag"],
+        json!(entry.etag()),
+        "the reply names the current entry"
+    );
+    assert_eq!(*entry.data, json!({"a": 1, "b": 2}));
+    assert!(entry.expires.is_some());
+    let (_, ok) = write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "push", "path": "p/list/*", "value": 1, "lease": true}),
+    ));
+    let pushed = ok["key"].as_str().unwrap().to_string();
+    assert!(e.store().get(&pushed).unwrap().expires.is_some());
+    assert_eq!(s.leases().count(), 2);
+
+    // Renewal: nothing is due at first; past half the TTL every lease is re-armed.
+    let t0 = at_secs(1_000);
+    let due = s.renew_in(&e, t0).unwrap();
+    assert!(due > 0 && due as i64 <= LEASE_TTL / 2, "{due}");
+    assert!(s.renew(&mut e, t0).is_empty());
+    let later = at_secs(1_000 + LEASE_TTL / 2_000_000_000 + 1);
+    let renewed = s.renew(&mut e, later);
+    assert_eq!(renewed.len(), 2);
+    let x = e.store().get("p/x").unwrap().clone();
+    assert_eq!(*x.data, json!({"a": 1, "b": 2}), "the same value");
+    assert!(
+        x.expires.unwrap() > entry.expires.unwrap(),
+        "a later deadline"
+    );
+    assert!(s.renew_in(&e, later).unwrap() > 0);
+    // The renewed keys are still the lease's: the end deletes both.
+    assert_eq!(s.end(&mut e, later).len(), 2);
+    assert!(e.store().get("p/x").is_none());
+}
+
+#[test]
+fn onclose_writes_fire_once_in_order_and_a_cancelled_one_never() {
+    let mut e = engine();
+    let mut s = open(&e);
+    let t = at_secs(1_000);
+    let mut handles = Vec::new();
+    for (k, v) in [("log/a", 1), ("log/b", 2), ("log/c", 3)] {
+        let fx = handle(
+            &mut s,
+            &mut e,
+            json!({"id": k, "op": "onclose", "write": {"op": "set", "key": "last", "value": v}}),
+        );
+        assert!(fx.state_changed);
+        let r = now(&fx);
+        assert_eq!(r["id"], json!(k));
+        handles.push(r["onclose"].as_u64().unwrap());
+    }
+    assert!(
+        e.store().get("last").is_none(),
+        "nothing runs before the end"
+    );
+    let r = now(&handle(
+        &mut s,
+        &mut e,
+        json!({"id": 9, "op": "onclose_cancel", "onclose": handles[2]}),
+    ));
+    assert_eq!(r["onclose"], json!(handles[2]));
+    let r = now(&handle(
+        &mut s,
+        &mut e,
+        json!({"id": 9, "op": "onclose_cancel", "onclose": handles[2]}),
+    ));
+    assert_eq!(r["error"]["status"], json!(400), "cancelled already");
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "del", "key": "gone"}}),
+    );
+    now(&fx);
+    let ended = s.end(&mut e, t);
+    // set 1, set 2 (in that order), then a delete of a missing key (nothing).
+    assert_eq!(ended.len(), 2);
+    assert_eq!(*e.store().get("last").unwrap().data, json!(2));
+    assert!(s.end(&mut e, t).is_empty(), "exactly once");
+}
+
+#[test]
+fn end_writes_are_judged_by_the_rules_and_an_expired_token_fires_nothing() {
+    let rules = Rules::from_toml_str(
+        r#"
+        [auth]
+        hs256_secret = "0123456789abcdef-session"
+        leeway_secs = 30
+        [[rule]]
+        pattern = "private/{sub}/**"
+        read = "owner"
+        write = "owner"
+        delete = "owner"
+        [[rule]]
+        pattern = "**"
+        read = "public"
+        write = "public"
+        "#,
+        &Inline,
+    )
+    .unwrap();
+    let mut f = Filters::new();
+    f.set_rules(rules).unwrap();
+    let mut e = Engine::new(Tick::from_wall(1_000), Config::default(), f);
+    // Without the right to delete, a lease is refused: its end would be a delete.
+    let mut anon = open(&e);
+    let fx = handle(
+        &mut anon,
+        &mut e,
+        json!({"op": "set", "key": "public/x", "value": 1, "lease": true}),
+    );
+    assert_eq!(refused_with(&fx), 403);
+    assert!(e.store().get("public/x").is_none(), "nothing changed");
+    let tok = token("ann", 2_000);
+    let who = e.identify(at_secs(1_000), Some(&tok));
+    let mut s = Session::open(&e, who, Some(tok), Limits::default()).unwrap();
+    // Registering a write the rules refuse is refused at once.
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "set", "key": "private/bob/x", "value": 1}}),
+    );
+    assert_eq!(now(&fx)["error"]["status"], json!(403));
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "set", "key": "private/ann/x", "value": 1}}),
+    );
+    now(&fx);
+    write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "set", "key": "private/ann/here", "value": 1, "lease": true}),
+    ));
+    // Past exp + leeway: nothing fires; the leased key expires by its TTL instead.
+    let late = at_secs(2_031);
+    assert!(s.end_writes(late).is_empty());
+    assert!(s.end(&mut e, late).is_empty());
+    assert!(e.store().get("private/ann/x").is_none());
+    assert!(e.store().get("private/ann/here").is_some());
+
+    // In time, they fire as the connection's identity.
+    let tok = token("ann", 2_000);
+    let who = e.identify(at_secs(1_000), Some(&tok));
+    let mut s = Session::open(&e, who, Some(tok), Limits::default()).unwrap();
+    now(&handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "patch", "key": "private/ann/here", "value": {"gone": true}}}),
+    ));
+    let ended = s.end(&mut e, at_secs(1_500));
+    assert_eq!(ended.len(), 1);
+}
+
+#[test]
+fn the_lease_and_onclose_caps_refuse_and_change_nothing() {
+    let mut e = engine();
+    let limits = Limits {
+        leases: 2,
+        onclose: 1,
+        ..Limits::default()
+    };
+    let mut s = Session::open(&e, Identity::Anonymous, None, limits).unwrap();
+    for k in ["l/a", "l/b"] {
+        write_of(handle(
+            &mut s,
+            &mut e,
+            json!({"op": "set", "key": k, "value": 1, "lease": true}),
+        ));
+    }
+    // Renewing a key already held does not count.
+    write_of(handle(
+        &mut s,
+        &mut e,
+        json!({"op": "set", "key": "l/a", "value": 2, "lease": true}),
+    ));
+    let before = e.store().last_seq();
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"op": "set", "key": "l/c", "value": 1, "lease": true}),
+    );
+    assert_eq!(refused_with(&fx), 400);
+    assert_eq!(e.store().last_seq(), before);
+    assert!(e.store().get("l/c").is_none());
+    now(&handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "del", "key": "l/a"}}),
+    ));
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "del", "key": "l/b"}}),
+    );
+    assert_eq!(refused_with(&fx), 400);
+    assert_eq!(s.onclose_writes().count(), 1);
+
+    // A host-kept state bound counts leases and on-close writes too.
+    let small = Limits {
+        state_bytes: Some(60),
+        ..Limits::default()
+    };
+    let mut s = Session::open(&e, Identity::Anonymous, None, small).unwrap();
+    let fx = handle(
+        &mut s,
+        &mut e,
+        json!({"op": "onclose", "write": {"op": "set", "key": "k", "value": "x".repeat(64)}}),
+    );
+    assert_eq!(refused_with(&fx), 400);
+    assert_eq!(s.onclose_writes().count(), 0);
+}
+
+#[test]
+fn lease_and_onclose_messages_are_checked_and_a_cluster_refuses_leases() {
+    let mut e = engine();
+    let mut s = open(&e);
+    for bad in [
+        json!({"op": "set", "key": "k", "value": 1, "lease": true, "ttl": 5}),
+        json!({"op": "del", "key": "k", "lease": true}),
+        json!({"op": "set", "key": "k", "value": 1, "lease": "yes"}),
+        json!({"op": "onclose"}),
+        json!({"op": "onclose", "write": {"op": "incr", "key": "k"}}),
+        json!({"op": "onclose", "write": {"id": 1, "op": "set", "key": "k", "value": 1}}),
+        json!({"op": "onclose", "write": {"op": "set", "key": "k"}}),
+        json!({"op": "onclose", "write": {"op": "set", "key": "a/*", "value": 1}}),
+        json!({"op": "onclose_cancel"}),
+    ] {
+        let fx = handle(&mut s, &mut e, bad.clone());
+        assert_eq!(refused_with(&fx), 400, "{bad}");
+    }
+    assert!(!s.has_end_writes());
+    let mut c = open(&e).ordered_elsewhere();
+    let fx = handle(
+        &mut c,
+        &mut e,
+        json!({"op": "set", "key": "k", "value": 1, "lease": true}),
+    );
+    assert_eq!(refused_with(&fx), 400);
+    assert!(e.store().get("k").is_none());
+    // A host that rebuilds sessions gets them back.
+    let mut s = open(&e);
+    s.restore_end_state(
+        &e,
+        [("a".to_string(), "\"1\"".to_string())],
+        [(7, r#"{"op":"del","key":"a"}"#.to_string())],
+    );
+    assert_eq!(s.leases().collect::<Vec<_>>(), vec![("a", "\"1\"")]);
+    assert_eq!(
+        s.onclose_writes().collect::<Vec<_>>(),
+        vec![(7, r#"{"op":"del","key":"a"}"#)]
+    );
 }
