@@ -5,8 +5,10 @@
 //! - **Leases.** Every acknowledged leased `set`, `patch` or `push` is remembered per key as the
 //!   writes that recreate it: a `set` (a push becomes a `set` of the key the server named), with
 //!   later RFC 7396 merge patches of that key folded into its value with the core's own code
-//!   (other patches are kept after it, in order, at most [`MAX_HELD_WRITES`] per key). A plain `set` or
-//!   a `del` of the key (acknowledged) drops it. On every reconnect the held writes are sent
+//!   (other patches are kept after it, in order, at most [`MAX_HELD_WRITES`] per key). Any
+//!   other acknowledged write of the key without `lease` (`set`, `patch`, `del`, `incr`, ...)
+//!   drops it: the server ends a lease on such a write. (A write by another client ends it too;
+//!   this client cannot tell, and takes the key again after its next reconnect.) On every reconnect the held writes are sent
 //!   again, before the queued writes, each with `"lease": true` and without `rev`/`ifAbsent`
 //!   (the old connection's end deleted the key, so the compare would fail).
 //! - **Disconnect writes.** `{"op":"onclose","write":{..}}` is not queued like a write: it is a
@@ -94,35 +96,32 @@ fn fold(value: &Value, patch: &Map<String, Value>) -> Option<Value> {
 impl Held {
     /// Notes an acknowledged write (`reply`: the server's fields) for the leases it makes or ends.
     fn acknowledged(&mut self, msg: &Map<String, Value>, reply: &Map<String, Value>) {
-        let lease = leased(msg);
+        if !leased(msg) {
+            // Any other write to the key (a set, patch, del, incr, take or rename without
+            // `lease`) ends its lease on the server: it is not taken again.
+            for f in ["key", "to"] {
+                if let Some(k) = msg.get(f).and_then(Value::as_str) {
+                    take(&mut self.leases, &k.trim_start_matches('/').to_string());
+                }
+            }
+            return;
+        }
         match op(msg) {
             "set" => {
                 let Some(k) = key(msg) else { return };
-                if lease {
-                    let mut m = msg.clone();
-                    m.remove("rev");
-                    m.remove("ifAbsent");
-                    m.remove("ifMatch");
-                    m.insert("key".into(), Value::String(k.clone()));
-                    take(&mut self.leases, &k);
-                    self.leases.push((k, vec![m]));
-                } else {
-                    take(&mut self.leases, &k);
-                }
+                let mut m = msg.clone();
+                m.remove("rev");
+                m.remove("ifAbsent");
+                m.remove("ifMatch");
+                m.insert("key".into(), Value::String(k.clone()));
+                take(&mut self.leases, &k);
+                self.leases.push((k, vec![m]));
             }
-            "del" => {
-                if let Some(k) = key(msg) {
-                    take(&mut self.leases, &k);
-                }
-            }
-            "push" if lease => {
+            "push" => {
                 let Some(k) = reply.get("key").and_then(Value::as_str) else {
                     return;
                 };
-                let mut m = json!({"op": "set", "key": k, "value": msg.get("value").cloned().unwrap_or(Value::Null), "lease": true});
-                if let Some(t) = msg.get("ttl") {
-                    m["ttl"] = t.clone();
-                }
+                let m = json!({"op": "set", "key": k, "value": msg.get("value").cloned().unwrap_or(Value::Null), "lease": true});
                 let Value::Object(m) = m else { return };
                 let k = k.to_string();
                 take(&mut self.leases, &k);
@@ -131,9 +130,6 @@ impl Held {
             "patch" => {
                 let Some(k) = key(msg) else { return };
                 if !self.leases.iter().any(|(x, _)| *x == k) {
-                    if !lease {
-                        return;
-                    }
                     self.leases.push((k.clone(), Vec::new()));
                 }
                 let Some(held) = find(&mut self.leases, &k) else {

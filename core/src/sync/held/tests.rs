@@ -144,6 +144,14 @@ fn a_delete_or_plain_set_ends_a_lease_and_close_forgets_them() {
     let m = sent(&mut c);
     refuse(&mut c, &m[0]["id"], "forbidden");
     assert_eq!(c.leases(), vec!["c"]);
+    // A patch without `lease` ends it too (the server ends a lease on any other write).
+    c.write(json!({"op":"set","key":"e","value":{},"lease":true}));
+    c.write(json!({"op":"patch","key":"e","value":{"x":1}}));
+    let m = sent(&mut c);
+    reply(&mut c, &m[0]["id"], json!({"key":"e","revision":0}));
+    assert_eq!(c.leases(), vec!["c", "e"]);
+    reply(&mut c, &m[1]["id"], json!({"key":"e","revision":1}));
+    assert_eq!(c.leases(), vec!["c"]);
     c.close();
     assert!(c.leases().is_empty());
 }
