@@ -67,7 +67,8 @@ if ! grep -q "cluster running" "$ctarget/cluster-suite.log"; then
   exit 1
 fi
 suite=0
-STATELINE_URL=http://127.0.0.1:17802 STATELINE_EXPECT_CLIENT=1 cargo test -p stateline-conformance || suite=$?
+# STATELINE_CLUSTER: the suite checks the documented differences of a cluster node.
+STATELINE_URL=http://127.0.0.1:17802 STATELINE_CLUSTER=1 STATELINE_EXPECT_CLIENT=1 cargo test -p stateline-conformance || suite=$?
 kill -TERM "$cluster_pid" 2>/dev/null || true
 wait "$cluster_pid" 2>/dev/null || true
 [ "$suite" = 0 ] || { echo "the conformance suite failed against a cluster node" >&2; exit "$suite"; }
