@@ -341,8 +341,10 @@ function historyPanel(key) {
     timer = null;
     try {
       const { json } = await api("GET", `${keyUrl(key)}?history=${HISTORY_VERSIONS}`);
-      if (stopped) return;
-      versions = Array.isArray(json) ? json : [];
+      if (stopped || !el()) return;
+      // A server without history answers the key itself: say so rather than "no versions".
+      if (!Array.isArray(json)) { el().innerHTML = '<p class="muted">This server keeps no history.</p>'; return; }
+      versions = json;
       render();
     } catch (e) {
       if (stopped || !el()) return;
