@@ -202,7 +202,12 @@ impl Client {
     /// The meta object of a key (`{created, updated, index, path, data}`), `None` if absent.
     pub async fn get(&self, key: &str) -> Result<Option<Value>, ClientError> {
         let r = self
-            .request(Method::GET, &format!("/{key}"), &[], "")
+            .request(
+                Method::GET,
+                &format!("/{}", stateline_core::key::encode_http_path(key)),
+                &[],
+                "",
+            )
             .await?;
         if r.status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -213,7 +218,12 @@ impl Client {
     /// The meta objects under a glob, in the server's order (newest first).
     pub async fn list(&self, glob: &str) -> Result<Vec<Value>, ClientError> {
         let r = self
-            .request(Method::GET, &format!("/{glob}"), &[], "")
+            .request(
+                Method::GET,
+                &format!("/{}", stateline_core::key::encode_http_path(glob)),
+                &[],
+                "",
+            )
             .await?
             .ok()?;
         Ok(serde_json::from_slice(&r.body)?)
@@ -221,12 +231,20 @@ impl Client {
 
     /// Creates or replaces a key; returns its index (last segment).
     pub async fn set(&self, key: &str, value: &Value) -> Result<String, ClientError> {
-        self.post(&format!("/{key}"), value).await
+        self.post(
+            &format!("/{}", stateline_core::key::encode_http_path(key)),
+            value,
+        )
+        .await
     }
 
     /// Adds a value under `prefix/*` with a new time-ordered key; returns that key's index.
     pub async fn push(&self, glob: &str, value: &Value) -> Result<String, ClientError> {
-        self.post(&format!("/{glob}"), value).await
+        self.post(
+            &format!("/{}", stateline_core::key::encode_http_path(glob)),
+            value,
+        )
+        .await
     }
 
     async fn post(&self, path: &str, value: &Value) -> Result<String, ClientError> {
@@ -249,10 +267,15 @@ impl Client {
 
     /// Deletes a key (or every key matching a glob).
     pub async fn delete(&self, key: &str) -> Result<(), ClientError> {
-        self.request(Method::DELETE, &format!("/{key}"), &[], "")
-            .await?
-            .ok()
-            .map(|_| ())
+        self.request(
+            Method::DELETE,
+            &format!("/{}", stateline_core::key::encode_http_path(key)),
+            &[],
+            "",
+        )
+        .await?
+        .ok()
+        .map(|_| ())
     }
 
     /// Follows a key, a glob (`todos/*`) or a subtree (`todos/`) over the live connection

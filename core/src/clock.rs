@@ -63,6 +63,17 @@ impl Clock {
         t
     }
 
+    /// What the next [`Clock::now`] with this `tick` will return, without advancing: a write
+    /// that needs its own timestamp before it is applied (a server value) reads it here.
+    pub fn next(&self, tick: Tick) -> i64 {
+        self.raw(tick.mono_ns).max(self.last.saturating_add(1))
+    }
+
+    /// The latest timestamp handed out (or the start time), without a reading.
+    pub fn latest(&self) -> i64 {
+        self.last.max(self.base_wall.saturating_add(self.offset))
+    }
+
     /// Never hand out `t` or anything below it again: used after a restart, so timestamps stay
     /// above those already stored even if the wall clock went back while the process was down.
     pub fn advance_past(&mut self, t: i64) {

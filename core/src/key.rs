@@ -1,7 +1,8 @@
 //! Keys and patterns.
 //!
-//! Owns the key syntax (ooo's rules: segments of `[A-Za-z0-9_.-]` joined by `/`, first and last
-//! character alphanumeric), the `*` glob (one whole segment), AtomKV's HTTP spelling (leading `/`,
+//! Owns the key syntax (segments of UTF-8 text joined by `/`: no control characters, no `*`
+//! except as a whole glob segment, no empty, `.` or `..` segments, and an ASCII first or last
+//! character must be a letter or digit, so `/_...` stays the server's own routes), the `*` glob (one whole segment), AtomKV's HTTP spelling (leading `/`,
 //! trailing `/` for a whole subtree) and matching a key against a pattern. It knows nothing about
 //! storage or the wire beyond the spelling of a path.
 
@@ -20,9 +21,10 @@ pub enum KeyError {
     /// The key is longer than [`MAX_KEY_LEN`].
     #[error("key is {0} bytes long, the limit is {MAX_KEY_LEN}")]
     TooLong(usize),
-    /// A character outside `[A-Za-z0-9_.-/*]`.
+    /// A control character (U+0000–U+001F, U+007F–U+009F): they cannot travel in SSE ids,
+    /// headers or logs unharmed, and no user means one.
     #[error(
-        "key contains {0:?} at byte {1}; allowed are ASCII letters and digits, '_', '.', '-', '/' and '*'"
+        "key contains the control character {0:?} at byte {1}; keys are UTF-8 text without control characters"
     )]
     InvalidChar(char, usize),
     /// A `%` in an HTTP path that is not followed by two hex digits, or escapes that are not UTF-8.
@@ -31,11 +33,12 @@ pub enum KeyError {
     /// `%2F` in an HTTP path: an encoded `/` would silently change where segments split.
     #[error("path contains an encoded '/' (%2F); use '/' between segments")]
     EncodedSlash,
-    /// The first character is not a letter or digit.
-    #[error("key must start with a letter or digit, not {0:?}")]
+    /// The first character is ASCII punctuation or whitespace (`_` would reach the server's own
+    /// `/_` routes).
+    #[error("key must start with a letter, a digit or a non-ASCII character, not {0:?}")]
     BadStart(char),
-    /// The last character is not a letter or digit.
-    #[error("key must end with a letter or digit, not {0:?}")]
+    /// The last character is ASCII punctuation or whitespace.
+    #[error("key must end with a letter, a digit or a non-ASCII character, not {0:?}")]
     BadEnd(char),
     /// Two slashes in a row.
     #[error("key contains an empty segment ('//')")]
@@ -86,6 +89,13 @@ pub enum Pattern {
     Subtree(Box<str>),
 }
 
+// A key's first or last character: an ASCII letter or digit (as ooo's keys), or any non-ASCII
+// character that is not whitespace (`名前`, `😀`). ASCII punctuation stays refused there: a
+// leading `_` would reach the server's `/_` routes, a trailing `.` or space is a typo.
+fn edge_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || (!c.is_ascii() && !c.is_whitespace())
+}
+
 fn check_chars(s: &str, allow_star: bool) -> Result<(), KeyError> {
     if s.is_empty() {
         return Err(KeyError::Empty);
@@ -94,19 +104,16 @@ fn check_chars(s: &str, allow_star: bool) -> Result<(), KeyError> {
         return Err(KeyError::TooLong(s.len()));
     }
     for (i, c) in s.char_indices() {
-        let ok = c.is_ascii_alphanumeric()
-            || matches!(c, '_' | '.' | '-' | '/')
-            || (allow_star && c == '*');
-        if !ok {
+        if c.is_control() {
             return Err(KeyError::InvalidChar(c, i));
         }
     }
     let first = s.chars().next().unwrap_or('/');
-    if !(first.is_ascii_alphanumeric() || (allow_star && first == '*')) {
+    if !(edge_char(first) || (allow_star && first == '*')) {
         return Err(KeyError::BadStart(first));
     }
     let last = s.chars().next_back().unwrap_or('/');
-    if !(last.is_ascii_alphanumeric() || (allow_star && last == '*')) {
+    if !(edge_char(last) || (allow_star && last == '*')) {
         return Err(KeyError::BadEnd(last));
     }
     for seg in s.split('/') {
@@ -177,6 +184,26 @@ pub fn decode_http_path(path: &str) -> Result<std::borrow::Cow<'_, str>, KeyErro
     String::from_utf8(out)
         .map(Into::into)
         .map_err(|e| KeyError::BadEscape(e.utf8_error().valid_up_to()))
+}
+
+/// Percent-encodes a key or pattern for an HTTP path (without the leading `/`): every byte but
+/// ASCII letters, digits, `_`, `.`, `-`, `~`, `/` and `*` becomes `%XX` (UTF-8 bytes), so
+/// [`decode_http_path`] gives the key back. ASCII keys of ooo's alphabet come out unchanged.
+pub fn encode_http_path(key: &str) -> std::borrow::Cow<'_, str> {
+    let plain =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~' | b'/' | b'*');
+    if key.bytes().all(plain) {
+        return key.into();
+    }
+    let mut out = String::with_capacity(key.len() * 3);
+    for b in key.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 /// The last segment of a key: ooo's `index`.
@@ -316,6 +343,16 @@ mod tests {
             "a/b/c",
             "a/-b/c",
             "A_b",
+            "users/alice@example.com",
+            "名前",
+            "emoji/😀",
+            "été",
+            "a:b",
+            "a b",
+            "a%b",
+            "a+b?c#d",
+            "quote\"and\\back",
+            "a/.hidden/b",
         ] {
             assert_eq!(validate_key(k), Ok(()), "{k}");
         }
@@ -327,11 +364,13 @@ mod tests {
             ("", KeyError::Empty),
             ("/a/b/c", KeyError::BadStart('/')),
             ("a/b/c/", KeyError::BadEnd('/')),
-            ("a:b", KeyError::InvalidChar(':', 1)),
-            ("a b", KeyError::InvalidChar(' ', 1)),
-            ("a@b", KeyError::InvalidChar('@', 1)),
-            ("a%b", KeyError::InvalidChar('%', 1)),
-            ("a+b", KeyError::InvalidChar('+', 1)),
+            ("a\u{0}b", KeyError::InvalidChar('\u{0}', 1)),
+            ("a\nb", KeyError::InvalidChar('\n', 1)),
+            ("a\u{7f}b", KeyError::InvalidChar('\u{7f}', 1)),
+            ("é\u{85}", KeyError::InvalidChar('\u{85}', 2)),
+            ("_ws", KeyError::BadStart('_')),
+            (" a", KeyError::BadStart(' ')),
+            ("a\u{3000}", KeyError::BadEnd('\u{3000}')),
             ("-leading", KeyError::BadStart('-')),
             ("trailing.", KeyError::BadEnd('.')),
             ("a//b", KeyError::EmptySegment),
@@ -339,7 +378,8 @@ mod tests {
             ("a/*", KeyError::GlobNotAllowed),
             ("a**", KeyError::PartialGlob),
             ("a/b*", KeyError::PartialGlob),
-            ("été", KeyError::InvalidChar('é', 0)),
+            ("a/*b", KeyError::PartialGlob),
+            ("a/é*", KeyError::PartialGlob),
         ];
         for (k, e) in cases {
             assert_eq!(validate_key(k).as_ref(), Err(e), "{k}");
@@ -387,13 +427,35 @@ mod tests {
         // Decoded before the key is checked, so a refusal names the character the client
         // meant, and an escaped allowed character is that character; decoded once only.
         let check = |p: &str| decode_http_path(p).and_then(|d| Pattern::from_http_path(&d, false));
-        assert_eq!(check("/caf%C3%A9"), Err(KeyError::InvalidChar('é', 3)));
+        assert_eq!(check("/caf%C3%A9"), Ok(Pattern::Key("café".into())));
+        assert_eq!(
+            check("/%E5%90%8D%E5%89%8D"),
+            Ok(Pattern::Key("名前".into()))
+        );
+        assert_eq!(check("/a%0Ab"), Err(KeyError::InvalidChar('\n', 1)));
+        assert_eq!(check("/a/%2A"), Ok(Pattern::parse("a/*").unwrap()));
         assert_eq!(check("/a%2Db"), Ok(Pattern::Key("a-b".into())));
         assert_eq!(check("/a%2Fb"), Err(KeyError::EncodedSlash));
         assert_eq!(check("/a%4"), Err(KeyError::BadEscape(2)));
         assert_eq!(check("/a%FF"), Err(KeyError::BadEscape(2)));
-        assert_eq!(check("/a%2541"), Err(KeyError::InvalidChar('%', 1)));
+        assert_eq!(check("/a%2541"), Ok(Pattern::Key("a%41".into())));
         assert_eq!(decode_http_path("/plain"), Ok("/plain".into()));
+        for k in [
+            "a/b-c.d_e",
+            "users/alice@example.com",
+            "名前",
+            "e/😀",
+            "a%b:c d?e#f\"g",
+        ] {
+            let enc = encode_http_path(k);
+            assert!(enc.is_ascii(), "{enc}");
+            assert_eq!(
+                decode_http_path(&format!("/{enc}")).unwrap(),
+                format!("/{k}")
+            );
+        }
+        assert_eq!(encode_http_path("a/b"), "a/b");
+        assert_eq!(encode_http_path("é:"), "%C3%A9%3A");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod history;
 pub mod json;
 pub mod key;
 pub mod log;

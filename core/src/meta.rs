@@ -1,8 +1,9 @@
 //! ooo's meta object on the wire: `{"created","updated","index","path","data"}` (§1.3).
 //!
 //! Owns the exact bytes of a stored object as readers see it, built by concatenation from the
-//! entry's already-serialized value (serialize once per change, never per reader). Keys need no
-//! escaping: their alphabet has no character JSON would escape.
+//! entry's already-serialized value (serialize once per change, never per reader). Keys are
+//! UTF-8 without control characters, so only `"` and `\` in them need JSON escaping
+//! ([`push_str`]).
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -19,13 +20,26 @@ pub fn write(out: &mut Vec<u8>, key: &str, e: &Entry) {
     out.extend_from_slice(e.created.to_string().as_bytes());
     out.extend_from_slice(b",\"updated\":");
     out.extend_from_slice(e.updated.to_string().as_bytes());
-    out.extend_from_slice(b",\"index\":\"");
-    out.extend_from_slice(last_segment(key).as_bytes());
-    out.extend_from_slice(b"\",\"path\":\"");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(b",\"index\":");
+    push_str(out, last_segment(key));
+    out.extend_from_slice(b",\"path\":");
+    push_str(out, key);
+    out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(&e.json);
     out.push(b'}');
+}
+
+/// Appends `s` as a JSON string. Keys and patterns hold no control characters (the key
+/// syntax refuses them), so only `"` and `\` are escaped; anything else is copied as is.
+pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // serde_json writes the quotes and every escape JSON needs.
+        out.extend_from_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
 }
 
 /// The meta object of `key` as bytes.
@@ -66,6 +80,30 @@ pub fn empty_value() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_escaped_as_json() {
+        let (data, json) = Entry::value(serde_json::json!(1));
+        let e = Entry {
+            created: 1,
+            updated: 0,
+            revision: 0,
+            seq: 1,
+            expires: None,
+            data,
+            json,
+        };
+        for key in [
+            "名前",
+            "a/\"q\"",
+            "back\\slash/😀",
+            "users/alice@example.com",
+        ] {
+            let parsed: Value = serde_json::from_slice(&bytes(key, &e)).unwrap();
+            assert_eq!(parsed, value(key, &e), "{key}");
+            assert_eq!(parsed["path"], key);
+        }
+    }
 
     #[test]
     fn exact_field_order() {

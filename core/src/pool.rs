@@ -466,10 +466,9 @@ impl Pool {
         let mut out = Vec::with_capacity(data.len() + 64 + revs.len() * 24);
         out.push(b'{');
         if self.enc == Encoding::Mux {
-            // Patterns are keys, `*` and `/`: nothing in them needs JSON escaping.
-            out.extend_from_slice(b"\"sub\":\"");
-            out.extend_from_slice(self.pattern.as_str().as_bytes());
-            out.extend_from_slice(b"\",");
+            out.extend_from_slice(b"\"sub\":");
+            meta::push_str(&mut out, &self.pattern.as_str());
+            out.push(b',');
         }
         out.extend_from_slice(if snapshot {
             b"\"snapshot\":true"
@@ -478,13 +477,14 @@ impl Pool {
         });
         out.extend_from_slice(format!(",\"version\":\"{version:x}\"").as_bytes());
         if self.enc == Encoding::Mux {
-            // Keys need no JSON escaping (their alphabet has nothing to escape).
             out.extend_from_slice(b",\"revs\":[");
             for (i, (k, r)) in revs.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(format!("[\"{k}\",{r}]").as_bytes());
+                out.push(b'[');
+                meta::push_str(&mut out, k);
+                out.extend_from_slice(format!(",{r}]").as_bytes());
             }
             out.push(b']');
         }
@@ -839,6 +839,9 @@ fn push_event(out: &mut Vec<u8>, key: &str, revision: u64, seq: u64, data: Optio
         }
         None => out.extend_from_slice(b"event:delete\ndata:null"),
     }
+    // The key as in a URL path (percent-encoded beyond ASCII letters, digits and `_.-/`), so the
+    // id is ASCII (a header on the way back) and `:` only separates its fields.
+    let key = crate::key::encode_http_path(key);
     out.extend_from_slice(format!("\nid:/{key}:{revision}:{seq:x}\n\n").as_bytes());
 }
 

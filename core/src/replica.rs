@@ -506,7 +506,18 @@ mod tests {
 
     #[test]
     fn tokens_and_payloads_round_trip_and_garbage_is_refused() {
-        for k in ["a", "a/b.c", "x-y_z/1/2", "é/ü"] {
+        let long = "名".repeat(crate::key::MAX_KEY_LEN / 3);
+        for k in [
+            "a",
+            "a/b.c",
+            "x-y_z/1/2",
+            "é/ü",
+            "users/alice@example.com",
+            "名前/😀",
+            "a \"b\" c:d%e?f#g",
+            &long,
+        ] {
+            crate::key::validate_key(k).unwrap();
             let t = subject_token(k);
             assert!(!t.contains(['.', '*', '>', ' ']));
             assert_eq!(key_from_token(&t).unwrap(), k);

@@ -74,7 +74,9 @@ impl Namespace {
                 .set_rules(rules)
                 .map_err(|e| format!("STATELINE_RULES: {e}"))?;
         }
-        let engine = Engine::restore(tick(), store, log, config, filters);
+        let history_limits = config.history;
+        let mut engine = Engine::restore(tick(), store, log, config, filters);
+        engine.restore_history(sql::load_history(&db, history_limits)?);
         let mut live = Live {
             engine,
             ns,
@@ -149,7 +151,8 @@ impl Namespace {
         if changes.is_empty() {
             return Ok(());
         }
-        if let Err(e) = sql::commit(&self.state.storage(), &changes, live.log_keep) {
+        let history = live.engine.take_history_delta();
+        if let Err(e) = sql::commit(&self.state.storage(), &changes, history, live.log_keep) {
             live.engine.revert(&changes);
             return Err(e);
         }

@@ -58,6 +58,14 @@ fn query_ns(query: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+// The object `?ns=` names, or a refusal when the name is no key segment.
+fn named(ns: String) -> Target {
+    match stateline_core::key::validate_key(&ns) {
+        Ok(()) => Target::Object(ns),
+        Err(e) => Target::Refuse(400, format!("?ns={ns:?} is not a namespace: {e}")),
+    }
+}
+
 fn spans(what: &str) -> Target {
     Target::Refuse(
         400,
@@ -114,7 +122,7 @@ pub fn target(
             return spans("a subscription to every key");
         }
         if let Some(ns) = ns {
-            return Target::Object(ns);
+            return named(ns);
         }
         let api = stateline_core::web::query_pairs(query)
             .into_iter()
@@ -130,7 +138,7 @@ pub fn target(
         let (route, key) = rest.split_once('/').unwrap_or((rest, ""));
         return match route {
             "ws" => match ns {
-                Some(ns) => Target::Object(ns),
+                Some(ns) => named(ns),
                 None => Target::Refuse(
                     400,
                     "in namespace mode /_ws serves one namespace per connection: connect to \
@@ -139,11 +147,11 @@ pub fn target(
                 ),
             },
             "health" => match ns {
-                Some(ns) => Target::Object(ns),
+                Some(ns) => named(ns),
                 None => Target::Health,
             },
             // Each object counts its own; `?ns=` picks one (the system object otherwise).
-            "metrics" => Target::Object(ns.unwrap_or_else(|| SYSTEM.into())),
+            "metrics" => ns.map_or(Target::Object(SYSTEM.into()), named),
             "incr" | "take" | "rename" if !key.is_empty() => {
                 let ns = key_namespace(key);
                 if let Some(to) = rename_to {
@@ -151,7 +159,7 @@ pub fn target(
                         return spans("a rename from one namespace to another");
                     }
                 }
-                Target::Object(ns.into())
+                Target::Object(object_for(ns))
             }
             // A body that names no key (or does not parse) is the core's to answer.
             "tx" if key.is_empty() => match tx_keys.first() {
@@ -179,7 +187,18 @@ pub fn target(
         // `//x` and the like: the object's core answers with the exact key error.
         return Target::Object(SYSTEM.into());
     }
-    Target::Object(first.into())
+    Target::Object(object_for(first))
+}
+
+// The object of a namespace; one the key syntax refuses (a control character, ...) goes to the
+// system object, whose core refuses the request with the exact key error (a namespace name
+// travels in the runtime's own calls, which must never see such bytes).
+fn object_for(ns: &str) -> String {
+    if stateline_core::key::validate_key(ns).is_ok() {
+        ns.into()
+    } else {
+        SYSTEM.into()
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +218,27 @@ mod tests {
         assert_eq!(
             ns("GET", "/a%2", "", false, false),
             Target::Object(SYSTEM.into())
+        );
+        // UTF-8 namespaces are namespaces; one the key syntax refuses is the core's to refuse.
+        assert_eq!(
+            ns("GET", "/%E5%90%8D%E5%89%8D/x", "", false, false),
+            Target::Object("名前".into())
+        );
+        assert_eq!(
+            ns("POST", "/a%07b", "", false, false),
+            Target::Object(SYSTEM.into())
+        );
+        assert_eq!(
+            ns("POST", "/_incr/bad%0Akey", "", false, false),
+            Target::Object(SYSTEM.into())
+        );
+        assert!(matches!(
+            ns("GET", "/_ws", "ns=a%01", true, false),
+            Target::Refuse(400, _)
+        ));
+        assert_eq!(
+            ns("GET", "/_ws", "ns=%F0%9F%98%80", true, false),
+            Target::Object("😀".into())
         );
     }
 

@@ -1,6 +1,8 @@
 //! The Durable Object's storage: its SQLite database, in the core's record layout.
 //!
-//! Tables: `entries(key, rec)`, `log(seq, rec)` and `meta(name, value)`. Sequence numbers and
+//! Tables: `entries(key, rec)`, `log(seq, rec)`, `history(seq, rec)` (the key history,
+//! `stateline_core::history`'s layout, written from the engine's delta with every commit) and
+//! `meta(name, value)`. Sequence numbers and
 //! nanosecond timestamps do not fit a JavaScript number, so records are blobs in the core's byte
 //! layout (`stateline_core::codec`, the same as the native server's redb file) and sequence
 //! numbers are 16-digit hex text, which sorts in numeric order.
@@ -12,6 +14,7 @@
 use std::sync::Arc;
 
 use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log};
+use stateline_core::history::{Delta, History, Limits};
 use stateline_core::log::Log;
 use stateline_core::store::{Change, Store};
 use stateline_core::Config;
@@ -33,6 +36,7 @@ pub fn init(sql: &SqlStorage) -> Result<(), String> {
         "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, rec BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS log (seq TEXT PRIMARY KEY, rec BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS history (seq TEXT PRIMARY KEY, rec BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS namespaces (name TEXT PRIMARY KEY)",
     ] {
         sql.exec(stmt, None).map_err(err)?;
@@ -112,6 +116,37 @@ pub fn load(sql: &SqlStorage, config: &Config) -> Result<(Store, Log), String> {
     ))
 }
 
+/// Loads the key history kept with the store, trimmed to `limits` (what was trimmed is in the
+/// history's delta, removed by the next commit).
+pub fn load_history(sql: &SqlStorage, limits: Limits) -> Result<History, String> {
+    let mut rows = Vec::new();
+    for row in sql
+        .exec("SELECT seq, rec FROM history", None)
+        .map_err(err)?
+        .raw()
+    {
+        let row = row.map_err(err)?;
+        let seq = u64::from_str_radix(string(row.first())?, 16).map_err(err)?;
+        rows.push((seq, blob(row.get(1))?.to_vec()));
+    }
+    History::restore(limits, rows).map_err(|c| c.0)
+}
+
+fn write_history(sql: &SqlStorage, d: &Delta) -> Result<(), String> {
+    for (seq, rec) in &d.put {
+        sql.exec(
+            "INSERT OR REPLACE INTO history (seq, rec) VALUES (?, ?)",
+            vec![hex(*seq).into(), rec.clone().into()],
+        )
+        .map_err(err)?;
+    }
+    for seq in &d.drop {
+        sql.exec("DELETE FROM history WHERE seq = ?", vec![hex(*seq).into()])
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn write(sql: &SqlStorage, changes: &[Change], log_keep: usize) -> Result<(), String> {
     let mut buf = Vec::new();
     for c in changes {
@@ -149,9 +184,15 @@ fn write(sql: &SqlStorage, changes: &[Change], log_keep: usize) -> Result<(), St
     Ok(())
 }
 
-/// Writes a batch of changes in one transaction: all of them, or nothing.
-pub fn commit(storage: &Storage, changes: &[Change], log_keep: usize) -> Result<(), String> {
-    if changes.is_empty() {
+/// Writes a batch of changes, and the key history's delta, in one transaction: all of them, or
+/// nothing.
+pub fn commit(
+    storage: &Storage,
+    changes: &[Change],
+    history: Delta,
+    log_keep: usize,
+) -> Result<(), String> {
+    if changes.is_empty() && history.is_empty() {
         return Ok(());
     }
     // `transactionSync` runs the callback at once and rolls back if it throws. The callback must
@@ -159,10 +200,12 @@ pub fn commit(storage: &Storage, changes: &[Change], log_keep: usize) -> Result<
     let failure = std::rc::Rc::new(std::cell::RefCell::new(None::<String>));
     let (sql, batch, seen) = (storage.sql(), changes.to_vec(), failure.clone());
     let cb = Closure::once(move || -> Result<JsValue, JsValue> {
-        write(&sql, &batch, log_keep).map_err(|e| {
-            *seen.borrow_mut() = Some(e.clone());
-            JsValue::from_str(&e)
-        })?;
+        write_history(&sql, &history)
+            .and_then(|()| write(&sql, &batch, log_keep))
+            .map_err(|e| {
+                *seen.borrow_mut() = Some(e.clone());
+                JsValue::from_str(&e)
+            })?;
         Ok(JsValue::UNDEFINED)
     });
     let raw: &JsValue = storage.as_raw().as_ref();

@@ -1,5 +1,6 @@
 // A write survives a restart of workerd with persisted state: value, revision, sequence and the
-// change log (a client resuming from a version from before the restart gets what it missed).
+// change log (a client resuming from a version from before the restart gets what it missed), and
+// the key history (kept in the object's SQLite table `history`).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -18,6 +19,18 @@ test("writes survive a restart of workerd with persisted state", { timeout: 180_
       const r = await fetch(`${edge.url}/${ns}/doc`, { method: "POST", body: JSON.stringify({ v }) });
       assert.equal(r.status, 200, await r.text());
     }
+    const del = await fetch(`${edge.url}/${ns}/gone`, { method: "POST", body: "1" });
+    await del.text();
+    await (await fetch(`${edge.url}/${ns}/gone`, { method: "DELETE" })).text();
+    const hist = async (key) => {
+      const r = await fetch(`${edge.url}/${ns}/${key}?history=10`);
+      assert.equal(r.status, 200, key);
+      return r.json();
+    };
+    const docHistory = await hist("doc");
+    assert.deepEqual(docHistory.map((v) => v.data), [{ v: 3 }, { v: 2 }, { v: 1 }]);
+    const goneHistory = await hist("gone");
+    assert.equal(goneHistory[0].deleted, true);
     const before = await fetch(`${edge.url}/${ns}/doc`);
     const version = before.headers.get("x-version");
     assert.equal(before.headers.get("x-revision"), "2");
@@ -30,6 +43,8 @@ test("writes survive a restart of workerd with persisted state", { timeout: 180_
     assert.deepEqual((await r.json()).data, { v: 3 });
     assert.equal(r.headers.get("x-revision"), "2");
     assert.equal(r.headers.get("x-version"), version, "the sequence survives");
+    assert.deepEqual(await hist("doc"), docHistory, "the history survives");
+    assert.deepEqual(await hist("gone"), goneHistory, "a deleted key's history survives");
 
     // A change after the restart, then a resume from the version held before it.
     const w = await fetch(`${edge.url}/${ns}/doc`, { method: "POST", body: JSON.stringify({ v: 4 }) });

@@ -317,6 +317,18 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_LOG_BYTES", default_value_t = 64 << 20)]
     pub log_bytes: usize,
 
+    /// Versions of each key kept for `GET /<key>?history=N` (also the largest N; 0 turns key
+    /// history off). A few dozen answer "what did this hold lately"; a hot key must not keep
+    /// thousands. Kept on disk with the store.
+    #[arg(long, env = "STATELINE_HISTORY", default_value_t = stateline_core::history::DEFAULT_KEEP)]
+    pub history: usize,
+
+    /// Bytes of values kept for every key's history together (the oldest versions of the store
+    /// go first beyond it): deleted keys keep their history, so a per-key bound alone would
+    /// grow without end.
+    #[arg(long, env = "STATELINE_HISTORY_BYTES", default_value_t = stateline_core::history::DEFAULT_MAX_BYTES)]
+    pub history_bytes: usize,
+
     /// Allowed origins (comma-separated) for CORS and WebSocket handshakes; `*` allows any.
     #[arg(
         long,
@@ -425,6 +437,10 @@ impl ServeArgs {
             cors_origins: self.allow_origin.clone(),
             max_nodes: self.max_nodes,
             allowed_hosts: self.served_hosts(),
+            history: stateline_core::history::Limits {
+                keep: self.history,
+                max_bytes: self.history_bytes,
+            },
             ..Config::default()
         }
     }

@@ -576,7 +576,12 @@ impl Shared {
             Some(c) => {
                 let first = changes[0].seq;
                 // A stopped commit thread cannot make this durable: undo it now.
-                if let Err(job) = c.submit_or_return(Job { changes, done }) {
+                let history = hub.engine.take_history_delta();
+                if let Err(job) = c.submit_or_return(Job {
+                    changes,
+                    history,
+                    done,
+                }) {
                     tracing::error!(seq = first, "commit thread is gone; rolling back");
                     hub.engine.revert(&job.changes);
                     (job.done)(Err("the commit thread stopped".into()));
@@ -618,6 +623,7 @@ impl Shared {
         };
         if let Err(job) = c.submit_or_return(Job {
             changes: Vec::new(),
+            history: Default::default(),
             done,
         }) {
             (job.done)(Err("the commit thread stopped".into()));

@@ -87,7 +87,12 @@ pub fn open_store(
         ms = started.elapsed().as_millis() as u64,
         "store loaded"
     );
-    let engine = Engine::restore(clocks.tick(), store, log, config, filters);
+    let limits = config.history;
+    let mut engine = Engine::restore(clocks.tick(), store, log, config, filters);
+    let history = disk
+        .load_history(limits)
+        .map_err(|e| ServeError::Storage(e.to_string()))?;
+    engine.restore_history(history);
     Ok((engine, Some(Arc::new(disk))))
 }
 

@@ -79,11 +79,11 @@ async fn refusals_say_what_to_do() {
     );
     // A percent-encoded character is named as the character, not its '%'.
     let r = c
-        .request(Method::GET, &format!("/{k}caf%C3%A9"), &[], "")
+        .request(Method::GET, &format!("/{k}caf%09"), &[], "")
         .await
         .unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.text().contains("'é'"), "{}", r.text());
+    assert!(r.text().contains("'\\t'"), "{}", r.text());
     // An encoded allowed character is that character.
     let r = c
         .request(Method::GET, &format!("/{}", k.replace('-', "%2D")), &[], "")

@@ -27,8 +27,10 @@ impl Engine {
     /// 5. **Existence and preconditions**: the key must exist (patch, delete, take, rename
     ///    source), the rename target must not (unless `overwrite`), then the [`Cond`]
     ///    (refused on a glob).
-    /// 6. **The new value**: the given one, or computed from the current one (a patch, a
-    ///    counter, the renamed value); a patch or a counter that does not apply fails here.
+    /// 6. **The new value**: server values (`{".sv":"timestamp"}`) in the request's value or
+    ///    patch become the write's timestamp in ms; then the given value, or one computed from
+    ///    the current one (a patch, a counter, the renamed value); a patch or a counter that
+    ///    does not apply fails here.
     /// 7. **Write filters** of the target (a push: its glob), in registration order.
     /// 8. **JSON depth** of a value made from the request's JSON (set, push, patch).
     /// 9. **Schema** of the rule for the key written.
@@ -69,6 +71,12 @@ impl Engine {
         // 5.
         let found = self.check_preconditions(&plan)?;
         // 6.
+        let mut source = source;
+        if super::server_value::present(&source) {
+            // The timestamp the write is about to be stamped with (nothing reads the clock
+            // between here and the mutation).
+            super::server_value::resolve(&mut source, self.clock.next(tick))?;
+        }
         let from_request = source.is_from_request();
         let Some((value, forward)) = self.new_value(&plan, source, &found)? else {
             return Ok(self.apply(tick, plan, None, found, readable));

@@ -26,6 +26,9 @@ impl Engine {
         let now = self.clock.now(tick);
         let c = self.store.put(key, data, now, Ttl::After(ttl_ns), None);
         self.log.push(&c);
+        // Its history too: a renewal is a revision like any other, so the history's revisions
+        // have no gaps.
+        self.history.push(&c, self.clock.peek(tick));
         self.stats.writes += 1;
         self.after(std::slice::from_ref(&c));
         Ok(c)

@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::clock::{Clock, Tick};
 use crate::error::Error;
 use crate::filter::Filters;
+use crate::history::History;
 use crate::json;
 use crate::log::Log;
 use crate::pool::{Frame, Pools};
@@ -32,6 +33,7 @@ mod checks;
 mod lease;
 mod ops;
 mod replication;
+mod server_value;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
@@ -64,6 +66,9 @@ pub struct Config {
     /// `127.0.0.1` and `[::1]`: a request whose `Origin` is its own `Host` is same-origin only
     /// when that host is one of these (else a rebinding DNS name would pass as same-origin).
     pub allowed_hosts: Vec<String>,
+    /// Key history (`GET /<key>?history=N`): versions kept per key (the largest `N`; 0 turns
+    /// history off) and bytes kept in total (see [`crate::history`] for why each).
+    pub history: crate::history::Limits,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             max_keys_page: 500,
             max_nodes: json::MAX_NODES,
             allowed_hosts: Vec::new(),
+            history: crate::history::Limits::default(),
         }
     }
 }
@@ -322,6 +328,7 @@ pub struct Engine {
     ordered_elsewhere: bool,
     // A transaction is running: after-write hooks wait for its end (it may be undone).
     in_tx: bool,
+    history: History,
 }
 
 impl Engine {
@@ -360,6 +367,7 @@ impl Engine {
         started: i64,
     ) -> Engine {
         let log = Log::new(store.last_seq(), config.log_entries, config.log_bytes);
+        let history = History::new(config.history);
         Engine {
             clock,
             store,
@@ -373,12 +381,27 @@ impl Engine {
             denials: VecDeque::new(),
             ordered_elsewhere: false,
             in_tx: false,
+            history,
         }
     }
 
     /// The store (read-only).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+    /// Every key's history (read-only).
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+    /// Takes what storage must write to hold the same history as memory (see
+    /// [`crate::history::Delta`]): adapters with storage call it with every commit.
+    pub fn take_history_delta(&mut self) -> crate::history::Delta {
+        self.history.take_delta()
+    }
+    /// Installs a history given back by storage at start (see [`History::restore`]).
+    pub fn restore_history(&mut self, mut history: History) {
+        history.store_in_storage();
+        self.history = history;
     }
     /// The change log (read-only).
     pub fn log(&self) -> &Log {
@@ -431,8 +454,14 @@ impl Engine {
         match &r {
             Ok(a) => {
                 self.stats.writes += 1;
+                let at = self.clock.peek(tick);
                 for c in &a.changes {
                     self.log.push(c);
+                    // A cluster node's proposal is withdrawn at once: its history comes with
+                    // the ordered change (`apply_ordered`).
+                    if !self.ordered_elsewhere {
+                        self.history.push(c, at);
+                    }
                 }
             }
             Err(_) => self.stats.refused += 1,
@@ -446,6 +475,7 @@ impl Engine {
         if let Some(first) = changes.first() {
             self.store.undo(changes);
             self.log.truncate_from(first.seq);
+            self.history.undo_from(first.seq);
             // A pool joined while these changes were applied saw them: it resyncs.
             let frames = self
                 .pools

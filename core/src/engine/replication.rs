@@ -66,6 +66,9 @@ impl Engine {
             return None;
         }
         self.log.push(&change);
+        // A delete carries no time: the time this node applied it.
+        let at = self.clock.latest();
+        self.history.push(&change, at);
         self.stats.writes += 1;
         self.notify(std::slice::from_ref(&change));
         Some(change)

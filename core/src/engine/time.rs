@@ -27,10 +27,18 @@ impl Engine {
         let changes: Vec<Change> = keys.iter().filter_map(|k| self.store.remove(k)).collect();
         for c in &changes {
             self.log.push(c);
+            self.history.push(c, now);
         }
         self.stats.expired += changes.len() as u64;
         self.after(&changes);
         changes
+    }
+
+    /// How long `e` has left before its TTL deletes it, in ns (at least 1 while it is stored),
+    /// or `None` when it has no TTL.
+    pub fn ttl_left(&self, tick: Tick, e: &crate::store::Entry) -> Option<i64> {
+        e.expires
+            .map(|at| at.saturating_sub(self.clock.peek(tick)).max(1))
     }
 
     /// The clock time of the next TTL deadline, if any.

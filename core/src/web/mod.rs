@@ -66,6 +66,7 @@ pub enum Kind {
 }
 
 mod front;
+mod history;
 mod metrics;
 mod request;
 mod response;

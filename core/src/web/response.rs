@@ -34,7 +34,7 @@ pub fn cors(origins: &[String], req: &HeaderMap, out: &mut HeaderMap) {
         );
         out.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("X-Revision, ETag, X-Version"),
+            HeaderValue::from_static("X-Revision, ETag, X-Version, X-TTL"),
         );
     }
 }

@@ -236,7 +236,12 @@ pub(super) fn data_route(
                 p => engine.authorize_caller(&p.as_str(), who)?,
             }
             engine.filters().check(Need::Read, &pattern.as_str())?;
-            read(engine, h, &pattern, who)
+            if let Some(n) = query_get(q, "history") {
+                return history::read(engine, h, &pattern, n);
+            }
+            let mut r = read(engine, h, &pattern, who)?;
+            history::add_ttl(engine, tick, &pattern, &mut r.0);
+            Ok(r)
         }
         "POST" => {
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;

@@ -14,7 +14,8 @@
 //! found healthy again even when no write comes.
 //!
 //! Layout: table `entries`: key → an entry; table `log`: seq → a change-log record (both in the
-//! core's byte layout, `stateline_core::codec`); table `meta`: `"last_seq"` → u64, `"format"` → 1.
+//! core's byte layout, `stateline_core::codec`); table `history`: seq → a version of a key's
+//! history (`stateline_core::history`); table `meta`: `"last_seq"` → u64, `"format"` → 1.
 
 mod backend;
 mod lock;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log, Corrupt};
+use stateline_core::history::Delta;
 use stateline_core::log::Log;
 use stateline_core::store::{Change, Store};
 
@@ -40,6 +42,9 @@ pub use repair::{repair, Repaired};
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+// Key history: seq → a version (`stateline_core::history`'s layout). Written from the core's
+// `history::Delta` in the same transaction as the changes.
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const FORMAT: u64 = 1;
 
 /// The file inside the data directory.
@@ -327,6 +332,7 @@ impl Disk {
             last_seq = meta.get("last_seq").map_err(io)?.map_or(0, |v| v.value());
             tx.open_table(ENTRIES).map_err(io)?;
             tx.open_table(LOG).map_err(io)?;
+            tx.open_table(HISTORY).map_err(io)?;
         }
         tx.commit().map_err(io)?;
         self.seq.store(last_seq, SeqCst);
@@ -375,6 +381,34 @@ impl Disk {
         // Every version from the one before the first kept record is covered.
         let floor = records.first().map_or(store.last_seq(), |r| r.0 - 1);
         Ok((store, Log::restore(floor, records, log_entries, log_bytes)))
+    }
+
+    /// Loads the key history kept with the store, trimmed to `limits` (what was trimmed is
+    /// in the history's delta, removed by the next commit).
+    pub fn load_history(
+        &self,
+        limits: stateline_core::history::Limits,
+    ) -> Result<stateline_core::history::History, DiskError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| DiskError::Unavailable(self.unavailable_reason()))?;
+        let tx = db.begin_read().map_err(io)?;
+        let mut rows = Vec::new();
+        match tx.open_table(HISTORY) {
+            Ok(t) => {
+                for row in t.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    rows.push((k.value(), v.value().to_vec()));
+                }
+            }
+            // A file written before history was kept (the table is created on the next
+            // write transaction).
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(io(e)),
+        }
+        stateline_core::history::History::restore(limits, rows)
+            .map_err(|c| damaged(&self.path, &c.0))
     }
 
     /// Test hook: the next `n` commits fail (as a full disk would), writing nothing. redb is not
@@ -431,8 +465,18 @@ impl Disk {
         &self,
         batches: impl IntoIterator<Item = &'a [Change]>,
     ) -> Result<(), DiskError> {
+        self.commit_with_history(batches, [])
+    }
+
+    /// [`Disk::commit`], writing the key history's deltas in the same transaction.
+    pub fn commit_with_history<'a>(
+        &self,
+        batches: impl IntoIterator<Item = &'a [Change]>,
+        history: impl IntoIterator<Item = &'a Delta>,
+    ) -> Result<(), DiskError> {
         let batches: Vec<&[Change]> = batches.into_iter().filter(|b| !b.is_empty()).collect();
-        if batches.is_empty() {
+        let history: Vec<&Delta> = history.into_iter().filter(|d| !d.is_empty()).collect();
+        if batches.is_empty() && history.is_empty() {
             return Ok(());
         }
         let delay = self.delay_ms.load(SeqCst);
@@ -451,7 +495,7 @@ impl Disk {
                 "no space left on device (injected failure)".into(),
             ));
         }
-        self.write(|db| self.write_changes(db, &batches))
+        self.write(|db| self.write_changes(db, &batches, &history))
     }
 
     /// Checks that the store can be written again: re-opens it if it was closed (ignoring the
@@ -499,9 +543,25 @@ impl Disk {
         }
     }
 
-    fn write_changes(&self, db: &Database, batches: &[&[Change]]) -> Result<(), redb::Error> {
+    fn write_changes(
+        &self,
+        db: &Database,
+        batches: &[&[Change]],
+        history: &[&Delta],
+    ) -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
         let mut last = None;
+        {
+            let mut h = tx.open_table(HISTORY)?;
+            for d in history {
+                for (seq, bytes) in &d.put {
+                    h.insert(*seq, bytes.as_slice())?;
+                }
+                for seq in &d.drop {
+                    h.remove(*seq)?;
+                }
+            }
+        }
         {
             let mut entries = tx.open_table(ENTRIES)?;
             let mut log = tx.open_table(LOG)?;
@@ -786,6 +846,9 @@ pub struct Job {
     /// waits for every job queued before it (`done(Ok)` once they are durable, `Err` if they
     /// were rolled back).
     pub changes: Vec<Change>,
+    /// The key history's additions and removals that go with them (the engine's
+    /// `take_history_delta`, taken under the same lock).
+    pub history: Delta,
     /// Called once the batch is durable, or failed.
     pub done: Done,
 }
@@ -845,7 +908,10 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    let r = disk.commit(group.iter().map(|j| j.changes.as_slice()));
+                    let r = disk.commit_with_history(
+                        group.iter().map(|j| j.changes.as_slice()),
+                        group.iter().map(|j| &j.history),
+                    );
                     if group.iter().any(|j| !j.changes.is_empty()) {
                         failing = r.is_err();
                     }
@@ -1014,6 +1080,7 @@ mod tests {
             let (tx, rx) = mpsc::channel();
             assert!(committer.submit(Job {
                 changes: set(&mut e, &format!("k/{i}"), json!(i)),
+                history: Default::default(),
                 done: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
