@@ -362,7 +362,7 @@ function __statelineApi(loadWasm, env) {
     if (!r || r.indexOf("/") >= 0 || r.indexOf("*") >= 0) throw new TypeError("Stateline: presence(room): a room is one non-empty key segment (no / or *)");
     var id = this._id(), key = "presence/" + r + "/" + id;
     var on = { change: new Set(), join: new Set(), leave: new Set() };
-    var present = new Map(), joined = false;
+    var present = new Map(), joined = false, last = null;
     function emit(type, v) {
       on[type].forEach(function (f) { try { f(v); } catch (e) { setTimeout(function () { throw e; }); } });
     }
@@ -402,7 +402,9 @@ function __statelineApi(loadWasm, env) {
       now.forEach(function (m, k) { if (!present.has(k)) emit("join", m); });
       present.forEach(function (m, k) { if (!now.has(k)) emit("leave", m); });
       present = now;
-      emit("change", items);
+      // The server renews a lease by writing the same value again: no change for the page.
+      var sig = JSON.stringify(items.map(function (m) { return [m.id, m.value]; }));
+      if (sig !== last) { last = sig; emit("change", items); }
     });
     h.joined = value === undefined ? Promise.resolve(null) : h.update(value);
     h.joined.catch(function (e) { self._emit("error", e); });

@@ -177,6 +177,8 @@ export interface Presence<T = unknown> {
   readonly members: Member<T>[];
   /** Resolves when joined (the leased write acknowledged); `null` when only watching. */
   readonly joined: Promise<WriteResult | null>;
+  /** `change`: the members, first when known, then whenever one joins, leaves or changes its
+   * value (not on the server's lease renewals, which rewrite the same value). */
   on(type: "change", f: (members: Member<T>[]) => void): Presence<T>;
   on(type: "join" | "leave", f: (member: Member<T>) => void): Presence<T>;
   off(type: "change" | "join" | "leave", f: (...args: any[]) => void): Presence<T>;
