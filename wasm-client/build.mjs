@@ -7,6 +7,7 @@
 // Steps: cargo (wasm-release profile) → wasm-bindgen (no-modules and web glue) → wasm-opt -Oz
 // (npm binaryen, explicit features) → gzip + base64 inlined, inflated at load time with the
 // DecompressionStream all three hosts have. docs/HACKING.md says why each tool and flag is what it is.
+import { transformSync } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -43,7 +44,9 @@ if (!same) throw new Error("wasm-bindgen produced different modules for no-modul
 
 const wasm = readFileSync(opt);
 const b64 = gzipSync(wasm, { level: 9 }).toString("base64");
-const api = readFileSync(join(here, "js/api.js"), "utf8");
+// The API minified (its comments and whitespace would count against the size budget); its
+// one top-level name, __statelineApi, is kept (esbuild renames no top-level name without a format).
+const api = transformSync(readFileSync(join(here, "js/api.js"), "utf8"), { minify: true, target: "es2020", legalComments: "none" }).code;
 const version = JSON.parse(readFileSync(join(here, "package.json"), "utf8")).version;
 const banner = `/*! Stateline client ${version} (wasm inlined) — https://example.invalid/stateline — MIT OR Apache-2.0 */\n`;
 const inflate = `function __statelineInflate(b64) {

@@ -27,6 +27,9 @@ use serde_json::{json, Map, Value};
 use crate::json;
 use crate::key::Pattern;
 
+mod held;
+pub use held::MAX_HELD_WRITES;
+
 /// Knobs of the client. Times are in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -224,6 +227,10 @@ enum Pending {
     Unsub,
     Write(Write),
     Ping,
+    // A registration of a disconnect write (the user's handle); see `held`.
+    OnClose(u64),
+    // A lease taken again after a reconnect: its reply is not reported.
+    Internal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +272,8 @@ pub struct Client {
     // Open: when to ping next. Connecting / ping sent: when to give up.
     ping_at: Option<u64>,
     deadline: Option<u64>,
+    // Leased keys and disconnect writes, taken again after every reconnect.
+    held: held::Held,
 }
 
 impl Client {
@@ -284,6 +293,7 @@ impl Client {
             reconnect_at: None,
             ping_at: None,
             deadline: None,
+            held: held::Held::default(),
         }
     }
 
@@ -343,6 +353,7 @@ impl Client {
         for w in sorted(lost) {
             self.fail(w, Failure::local("closed", "the client was closed"));
         }
+        self.held_closed();
         self.reconnect_at = None;
         self.ping_at = None;
         self.deadline = None;
@@ -363,6 +374,7 @@ impl Client {
         for p in paths {
             self.send_sub(&p);
         }
+        self.retake_held();
         while let Some(w) = self.queue.pop_front() {
             self.send_write(w);
         }
@@ -379,7 +391,7 @@ impl Client {
     }
 
     fn lose_connection(&mut self, now: u64, jitter: f64) {
-        let inflight: Vec<Write> = self
+        let mut inflight: Vec<Write> = self
             .pending
             .drain()
             .filter_map(|(_, p)| match p {
@@ -387,6 +399,7 @@ impl Client {
                 _ => None,
             })
             .collect();
+        self.held_lost(&mut inflight);
         let mut again = Vec::new();
         for w in sorted(inflight) {
             if w.resendable() {
@@ -515,6 +528,10 @@ impl Client {
     /// Queues a write: `msg` is a `/_ws` message without `id` (`{"op":"set","key":..,"value":..}`,
     /// `push`, `patch`, `del`, `incr`, `take`, `rename`). Sent now when open, else when the
     /// connection comes back. Returns the request id its [`Event::Reply`] will carry.
+    ///
+    /// A leased write (`"lease": true`) is taken again after every reconnect; `onclose` is a
+    /// registration kept across reconnects, whose reply names the request id as its handle
+    /// (`onclose_cancel` takes that handle): see the `held` module.
     pub fn write(&mut self, msg: Value) -> u64 {
         let req = self.id();
         let Value::Object(mut msg) = msg else {
@@ -529,6 +546,9 @@ impl Client {
             return req;
         };
         msg.remove("id");
+        if self.write_held(req, &msg) {
+            return req;
+        }
         let w = Write {
             req,
             msg,
@@ -607,8 +627,10 @@ impl Client {
                 let result = if ok {
                     m.remove("id");
                     m.remove("ok");
+                    self.held_acknowledged(&w, &mut m);
                     Ok(Value::Object(m))
                 } else {
+                    self.held_failed(&w);
                     Err(failure())
                 };
                 self.events.push_back(Event::Reply {
@@ -630,7 +652,17 @@ impl Client {
                     });
                 }
             }
-            Pending::Sub(_) | Pending::Unsub | Pending::Ping => {}
+            Pending::OnClose(handle) => {
+                let result = if ok {
+                    m.remove("id");
+                    m.remove("ok");
+                    Ok(m)
+                } else {
+                    Err(failure())
+                };
+                self.on_onclose_reply(handle, result);
+            }
+            Pending::Sub(_) | Pending::Unsub | Pending::Ping | Pending::Internal => {}
         }
     }
 

@@ -228,6 +228,189 @@ function __statelineApi(loadWasm, env) {
     return stop;
   };
 
+  // ---- transactions, history, disconnect writes, presence ----------------------------------
+
+  // Segments percent-encoded (UTF-8 keys, reserved characters), `*` kept.
+  function keyPath(k) {
+    return trimKey(k).split("/").map(encodeURIComponent).join("/").replace(/%2A/g, "*");
+  }
+  // An HTTP reply that is not 2xx as a StatelineError with the server's problem document: its
+  // fields (e.g. which compare failed) are on `err.body`, and copied onto the error where they
+  // do not clash.
+  function httpError(r) {
+    var b = r.body && typeof r.body === "object" ? r.body : {};
+    var code = b.code || "http";
+    var err = StatelineError({ status: r.status, code: code, detail: b.detail || String(r.body).trim(), conflict: /^(revision-conflict|precondition-failed|exists)$/.test(code) });
+    err.body = r.body;
+    for (var f in b) if (!(f in err)) err[f] = b[f];
+    return err;
+  }
+  Client.prototype._http = function (method, path, body) {
+    var self = this;
+    return this.ready.then(function () {
+      return self._c.request(method, path, body === undefined ? undefined : JSON.stringify(body));
+    }).then(function (json) { return JSON.parse(json); });
+  };
+  function txWrite(w) {
+    var m = {};
+    for (var f in w) m[f] = w[f];
+    if (m.key !== undefined) m.key = trimKey(m.key);
+    if (m.path !== undefined) m.path = trimKey(m.path);
+    return m;
+  }
+  // Several writes applied together if every compare holds, else none (POST /_tx).
+  // `transaction({if: [...], then: [...]})` resolves the server's `{ ok, version, results }` or
+  // rejects with the `precondition-failed` error (status 409; `err.body` names the compare).
+  // `transaction()` returns a builder: `.ifRevision(k, r)`, `.ifAbsent(k)`, `.ifExists(k)`,
+  // `.set`, `.push`, `.patch`, `.delete`, `.incr`, then `.commit()`.
+  Client.prototype.transaction = function (tx) {
+    var self = this;
+    if (tx === undefined) return builder(this);
+    var body = {
+      if: (tx["if"] || []).map(function (c) { var m = txWrite(c); return m; }),
+      then: (tx.then || []).map(txWrite),
+    };
+    return this._http("POST", "_tx", body).then(function (r) {
+      if (r.status !== 200) throw httpError(r);
+      return r.body;
+    });
+  };
+  function builder(db) {
+    var tx = { if: [], then: [] };
+    var b = {
+      ifRevision: function (key, revision) { tx["if"].push({ key: key, revision: revision }); return b; },
+      ifAbsent: function (key) { tx["if"].push({ key: key, absent: true }); return b; },
+      ifExists: function (key) { tx["if"].push({ key: key, exists: true }); return b; },
+      set: function (key, value, o) { tx.then.push({ op: "set", key: key, value: value, ttl: o && o.ttl }); return b; },
+      push: function (path, value, o) {
+        var p = trimKey(path);
+        if (!/(^|\/)\*$/.test(p)) p = p.replace(/\/+$/, "") + "/*";
+        tx.then.push({ op: "push", path: p, value: value, ttl: o && o.ttl });
+        return b;
+      },
+      patch: function (key, value, o) { tx.then.push({ op: "patch", key: key, value: value, type: (o && o.type) || "merge" }); return b; },
+      delete: function (key) { tx.then.push({ op: "del", key: key }); return b; },
+      incr: function (key, by) { tx.then.push({ op: "incr", key: key, by: by === undefined ? 1 : by }); return b; },
+      toJSON: function () { return tx; },
+      commit: function () { return db.transaction(tx); },
+    };
+    return b;
+  }
+
+  // A key's last `n` versions (default 10), newest first: `{ revision, updated, value }`, a delete as
+  // `{ revision, updated, deleted: true }` (`GET /<key>?history=n`). `[]` when the server has none.
+  Client.prototype.history = function (key, n) {
+    var q = n === undefined ? "10" : String(n);
+    return this._http("GET", keyPath(key) + "?history=" + encodeURIComponent(q)).then(function (r) {
+      if (r.status === 404) return [];
+      if (r.status !== 200) throw httpError(r);
+      if (!Array.isArray(r.body)) throw StatelineError({ status: 0, code: "unsupported", detail: "this server keeps no history (GET ?history answered no list)" });
+      return r.body.map(function (v) {
+        var o = { revision: v.revision, updated: v.updated, value: v.deleted ? null : v.data, deleted: !!v.deleted };
+        return o;
+      });
+    });
+  };
+
+  // Firebase's onDisconnect: writes the server makes when this connection ends (registered
+  // again after each reconnect, by the core). `cancel()` cancels every one registered for the
+  // key through this client.
+  Client.prototype.onDisconnect = function (key) {
+    var self = this, k = trimKey(key);
+    if (!this._onclose) this._onclose = new Map();
+    function register(write) {
+      return self._write({ op: "onclose", write: write }, plain).then(function (v) {
+        if (!v.cancelled) {
+          if (!self._onclose.has(k)) self._onclose.set(k, new Set());
+          self._onclose.get(k).add(v.onclose);
+        }
+        return v;
+      });
+    }
+    return {
+      set: function (value) { return register({ op: "set", key: k, value: value }); },
+      update: function (patch, o) { return register({ op: "patch", key: k, value: patch, type: (o && o.type) || "merge" }); },
+      remove: function () { return register({ op: "del", key: k }); },
+      cancel: function () {
+        var hs = Array.from(self._onclose.get(k) || []);
+        self._onclose.delete(k);
+        return Promise.all(hs.map(function (h) {
+          return self._write({ op: "onclose_cancel", onclose: h }, plain);
+        })).then(function () {});
+      },
+    };
+  };
+
+  // This connection's id (the member key in presence rooms): random, kept across reconnects.
+  Client.prototype._id = function () {
+    if (!this.id) {
+      var b = new Uint8Array(8), c = globalThis.crypto;
+      if (c && c.getRandomValues) c.getRandomValues(b);
+      else for (var i = 0; i < 8; i++) b[i] = Math.floor(Math.random() * 256);
+      this.id = Array.from(b, function (x) { return (x < 16 ? "0" : "") + x.toString(16); }).join("");
+    }
+    return this.id;
+  };
+
+  // Presence: `presence(room, value)` joins `room` as `presence/<room>/<connection id>`, a key
+  // leased to this connection (deleted by the server when it ends, taken again on reconnect),
+  // and watches the room's members; `presence(room)` only watches. The handle: `members` (each
+  // `{ id, key, value, self, joined }`, in join order), `on("change" | "join" | "leave", f)`,
+  // `update(value)` (joins if watching only), `leave()` (stays watching) and `close()`.
+  Client.prototype.presence = function (room, value) {
+    var self = this, r = String(room);
+    if (!r || r.indexOf("/") >= 0 || r.indexOf("*") >= 0) throw new TypeError("Stateline: presence(room): a room is one non-empty key segment (no / or *)");
+    var id = this._id(), key = "presence/" + r + "/" + id;
+    var on = { change: new Set(), join: new Set(), leave: new Set() };
+    var present = new Map(), joined = false, last = null;
+    function emit(type, v) {
+      on[type].forEach(function (f) { try { f(v); } catch (e) { setTimeout(function () { throw e; }); } });
+    }
+    function member(it) {
+      var mid = it.key.slice(it.key.lastIndexOf("/") + 1);
+      return { id: mid, key: it.key, value: it.value, self: mid === id, joined: it.created };
+    }
+    var h = {
+      room: r, id: id, key: key, members: [],
+      on: function (type, f) {
+        if (!on[type]) throw new Error("Stateline: unknown presence event " + type + " (change, join, leave)");
+        on[type].add(f);
+        return h;
+      },
+      off: function (type, f) { if (on[type]) on[type].delete(f); return h; },
+      update: function (v) {
+        joined = true;
+        return self._write({ op: "set", key: key, value: v === undefined ? true : v, lease: true }, plain);
+      },
+      leave: function () {
+        if (!joined) return Promise.resolve();
+        joined = false;
+        return self._write({ op: "del", key: key }, plain).then(function () {}, function (e) {
+          if (e.code !== "not-found") throw e;
+        });
+      },
+      close: function () {
+        stop();
+        return h.leave();
+      },
+    };
+    var stop = this.subscribe("presence/" + r + "/*", function (u) {
+      var items = (u.value || []).map(member);
+      items.sort(function (a, b) { return a.joined - b.joined || (a.id < b.id ? -1 : 1); });
+      var now = new Map(items.map(function (m) { return [m.id, m]; }));
+      h.members = items;
+      now.forEach(function (m, k) { if (!present.has(k)) emit("join", m); });
+      present.forEach(function (m, k) { if (!now.has(k)) emit("leave", m); });
+      present = now;
+      // The server renews a lease by writing the same value again: no change for the page.
+      var sig = JSON.stringify(items.map(function (m) { return [m.id, m.value]; }));
+      if (sig !== last) { last = sig; emit("change", items); }
+    });
+    h.joined = value === undefined ? Promise.resolve(null) : h.update(value);
+    h.joined.catch(function (e) { self._emit("error", e); });
+    return h;
+  };
+
   Client.prototype.on = function (type, f) {
     if (!this._on[type]) throw new Error("Stateline: unknown event " + type + " (state, conflict, error)");
     this._on[type].add(f);

@@ -92,6 +92,104 @@ export interface Subscription<T = unknown> extends AsyncIterableIterator<Update<
   unsubscribe(): void;
 }
 
+/** One compare of a transaction: the key is at `revision`, is absent, or exists. */
+export type TxCompare =
+  | { key: string; revision: number }
+  | { key: string; absent: true }
+  | { key: string; exists: true };
+
+/** One write of a transaction: a `/_ws` write message without `id`. */
+export type TxWrite =
+  | { op: "set"; key: string; value: unknown; ttl?: number }
+  | { op: "push"; path: string; value: unknown; ttl?: number }
+  | { op: "patch"; key: string; value: unknown; type?: "merge" | "merge-patch" | "json-patch" }
+  | { op: "del"; key: string }
+  | { op: "incr"; key: string; by?: number };
+
+export interface Transaction {
+  if?: TxCompare[];
+  then: TxWrite[];
+}
+
+/** What the server answers a transaction that applied: one result per write, in order (as a
+ * write's own reply: `{ key, revision, etag }`, `{ deleted }`, ...). */
+export interface TxResult {
+  ok: true;
+  version: string | number;
+  results: Array<Record<string, unknown>>;
+}
+
+/** `db.transaction()`: the same transaction built step by step. */
+export interface TransactionBuilder {
+  ifRevision(key: string, revision: number): TransactionBuilder;
+  ifAbsent(key: string): TransactionBuilder;
+  ifExists(key: string): TransactionBuilder;
+  set(key: string, value: unknown, opts?: { ttl?: number }): TransactionBuilder;
+  push(path: string, value: unknown, opts?: { ttl?: number }): TransactionBuilder;
+  patch(key: string, value: unknown, opts?: { type?: "merge" | "merge-patch" | "json-patch" }): TransactionBuilder;
+  delete(key: string): TransactionBuilder;
+  incr(key: string, by?: number): TransactionBuilder;
+  toJSON(): Transaction;
+  commit(): Promise<TxResult>;
+}
+
+/** One version of a key (`history`), newest first. */
+export interface Version<T = unknown> {
+  revision: number;
+  /** When it was written (the server's clock, as `updated` elsewhere). */
+  updated: number;
+  /** `null` for a delete. */
+  value: T | null;
+  deleted: boolean;
+}
+
+/** `db.onDisconnect(key)`: writes the server makes when this connection ends (Firebase's names).
+ * Registrations are made again after every reconnect. Each resolves once registered, with
+ * `{ onclose: handle }` (`cancelled: true` when cancelled before the server acknowledged it). */
+export interface OnDisconnect {
+  set(value: unknown): Promise<{ onclose: number; cancelled?: boolean }>;
+  /** A patch (`type` as for `patch`; default `merge`). */
+  update(patch: unknown, opts?: { type?: "merge" | "merge-patch" | "json-patch" }): Promise<{ onclose: number; cancelled?: boolean }>;
+  remove(): Promise<{ onclose: number; cancelled?: boolean }>;
+  /** Cancels every disconnect write registered for this key through this client. */
+  cancel(): Promise<void>;
+}
+
+export interface Member<T = unknown> {
+  /** The member's connection id (the last segment of its key). */
+  id: string;
+  /** `presence/<room>/<id>`. */
+  key: string;
+  value: T;
+  /** This client. */
+  self: boolean;
+  /** When it joined (the key's `created`). */
+  joined: number;
+}
+
+/** `db.presence(room, value)`. */
+export interface Presence<T = unknown> {
+  readonly room: string;
+  /** This connection's id: the member key is `presence/<room>/<id>`. */
+  readonly id: string;
+  readonly key: string;
+  /** The room's members, in join order (empty until the first update). */
+  readonly members: Member<T>[];
+  /** Resolves when joined (the leased write acknowledged); `null` when only watching. */
+  readonly joined: Promise<WriteResult | null>;
+  /** `change`: the members, first when known, then whenever one joins, leaves or changes its
+   * value (not on the server's lease renewals, which rewrite the same value). */
+  on(type: "change", f: (members: Member<T>[]) => void): Presence<T>;
+  on(type: "join" | "leave", f: (member: Member<T>) => void): Presence<T>;
+  off(type: "change" | "join" | "leave", f: (...args: any[]) => void): Presence<T>;
+  /** Sets this member's value (joins when only watching). */
+  update(value: T): Promise<WriteResult>;
+  /** Leaves the room (deletes the key), still watching. */
+  leave(): Promise<void>;
+  /** Leaves and stops watching. */
+  close(): Promise<void>;
+}
+
 export interface Client {
   readonly base: string;
   readonly state: State;
@@ -121,6 +219,23 @@ export interface Client {
   on(type: "conflict", f: (c: { key: string; error: { code: string; detail: string; status: number } }) => void): Client;
   on(type: "error", f: (e: Error) => void): Client;
   off(type: "state" | "conflict" | "error", f: (...args: any[]) => void): Client;
+  /** Applies every write of `then` if every compare of `if` holds, else none (`POST /_tx`).
+   * Rejects with a `StatelineError` of code `precondition-failed` (status 409; `body` is the
+   * server's problem document, naming the compare that failed) when one does not hold. Not
+   * queued while offline: it rejects. */
+  transaction(tx: Transaction): Promise<TxResult>;
+  transaction(): TransactionBuilder;
+  /** The key's last `n` versions (default 10), newest first (`GET /<key>?history=n`); `[]` when
+   * none. Rejects with code `unsupported` on a server that keeps no history. */
+  history<T = unknown>(key: string, n?: number): Promise<Version<T>[]>;
+  /** Writes the server makes when this connection ends (Firebase's `onDisconnect`). */
+  onDisconnect(key: string): OnDisconnect;
+  /** Joins `room` with `value` as `presence/<room>/<connection id>`, a key leased to this
+   * connection (deleted when it ends, taken again after a reconnect), and watches its members.
+   * Without `value`: watches only. `room` is one key segment. */
+  presence<T = unknown>(room: string, value?: T): Presence<T>;
+  /** This connection's random id (set by the first `presence`). */
+  readonly id?: string;
   /** Writes waiting for the connection. */
   queued(): number;
   close(): Promise<void>;

@@ -406,17 +406,31 @@ impl Client {
     /// `GET /<key>` through `fetch`: resolves to JSON text
     /// `{"status","revision","body"}` (`body` the parsed meta object, or the error text).
     pub fn get(&self, key: &str) -> Promise {
+        self.request("GET", key, None)
+    }
+
+    /// An HTTP request to `<base>/<path>` through `fetch` (`body`: JSON text, sent as
+    /// `application/json`), with the bearer token: resolves to JSON text
+    /// `{"status","revision","body"}` (`body` parsed as JSON, or the text).
+    pub fn request(&self, method: &str, path: &str, body: Option<String>) -> Promise {
         let url = format!(
             "{}/{}",
             self.inner.borrow().base,
-            key.trim_start_matches('/')
+            path.trim_start_matches('/')
         );
         let token = self.inner.borrow().token.clone();
+        let method = method.to_string();
         future_to_promise(async move {
             let init = web_sys::RequestInit::new();
-            init.set_method("GET");
+            init.set_method(&method);
+            if let Some(b) = &body {
+                init.set_body(&JsValue::from_str(b));
+            }
             let req = web_sys::Request::new_with_str_and_init(&url, &init)?;
             req.headers().set("accept", "application/json")?;
+            if body.is_some() {
+                req.headers().set("content-type", "application/json")?;
+            }
             if let Some(t) = token {
                 req.headers().set("authorization", &format!("Bearer {t}"))?;
             }

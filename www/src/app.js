@@ -5,6 +5,8 @@
 // `Stateline`), the same one any page can include. Everything is served by the server itself.
 import { createJSONEditor } from "vanilla-jsoneditor";
 import { live } from "./live.js";
+import { chartSvg, Rates, Series } from "./chart.js";
+import { lineDiff } from "./diff.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const view = $("#view");
@@ -150,7 +152,9 @@ async function keyPage(arg) {
         ${creating ? "" : `<button class="danger" id="delete">Delete</button>`}
       </div>
       <div id="outcome"></div>
-    </div>`;
+    </div>
+    ${glob || creating ? "" : `<div class="panel" id="history-panel"><h3 style="margin-top:0">History</h3>
+      <div id="history"><p class="muted">Loading…</p></div><div id="history-diff"></div></div>`}`;
   let revision = null; // the revision the editor's content is based on
   let etag = null;     // and its entity tag, for the compare-and-swap
   // What the meta panel shows: the last loaded metadata, then the live subscription's updates.
@@ -199,9 +203,14 @@ async function keyPage(arg) {
   if (!creating && !glob) await load().catch((e) => { if (e.status === 404) showMeta(null, null); else throw e; });
   if (glob || creating) showMeta(null, null);
 
+  // History: the key's last versions, two of them compared.
+  const history = glob || creating ? null : historyPanel(key);
+  if (history) onLeave(history.stop);
+
   // Live: every change to this key shows what changed; the editor keeps the user's draft.
   if (!glob) {
     const stop = live.watch(key, (value, info) => {
+      if (!info?.initial) history?.refresh();
       const before = current;
       current = value;
       const changes = diffPaths(before, value);
@@ -289,6 +298,67 @@ async function keyPage(arg) {
   });
 }
 
+// How many versions the key page's history asks for.
+const HISTORY_VERSIONS = 20;
+
+// The key page's history panel: the last versions (`GET /<key>?history=N`), newest first, with
+// two chosen (A, B: by default the previous and the newest) and the line diff between them.
+// `refresh()` reloads it (debounced: a burst of live changes is one request).
+function historyPanel(key) {
+  let versions = [], a = 1, b = 0, timer = null, stopped = false;
+  const el = () => $("#history"), out = () => $("#history-diff");
+  const label = (v) => (v.deleted ? "deleted" : "");
+  const render = () => {
+    if (!el()) return;
+    if (versions.length === 0) {
+      el().innerHTML = '<p class="muted">No versions yet.</p>';
+      out().innerHTML = "";
+      return;
+    }
+    a = Math.min(a, versions.length - 1);
+    b = Math.min(b, versions.length - 1);
+    el().innerHTML = `<table class="history"><thead><tr><th>A</th><th>B</th><th>Revision</th><th>Written</th><th class="hide-sm">Value</th></tr></thead><tbody>
+      ${versions.map((v, i) => `<tr data-revision="${esc(v.revision)}"${v.deleted ? ' class="deleted"' : ""}>
+        <td><input type="radio" name="hist-a" value="${i}" ${i === a ? "checked" : ""} aria-label="compare from revision ${esc(v.revision)}"></td>
+        <td><input type="radio" name="hist-b" value="${i}" ${i === b ? "checked" : ""} aria-label="compare to revision ${esc(v.revision)}"></td>
+        <td>${esc(v.revision)} ${label(v) ? `<span class="badge bad">${label(v)}</span>` : ""}</td><td>${esc(fmtTime(v.updated))}</td>
+        <td class="hide-sm"><code class="clip">${esc(v.deleted ? "—" : JSON.stringify(v.data))}</code></td></tr>`).join("")}</tbody></table>`;
+    el().querySelectorAll("input[type=radio]").forEach((r) => r.addEventListener("change", () => {
+      if (r.name === "hist-a") a = Number(r.value); else b = Number(r.value);
+      showDiff();
+    }));
+    showDiff();
+  };
+  const showDiff = () => {
+    const va = versions[a], vb = versions[b];
+    if (!va || !vb) return;
+    const lines = lineDiff(va.deleted ? undefined : va.data, vb.deleted ? undefined : vb.data);
+    const changed = lines.some((l) => l.op !== " ");
+    out().innerHTML = `<p class="muted">From revision <b id="diff-a">${esc(va.revision)}</b>${va.deleted ? " (deleted)" : ""} to revision <b id="diff-b">${esc(vb.revision)}</b>${vb.deleted ? " (deleted)" : ""}${changed ? "" : ": the same value"}.</p>
+      <pre class="diff">${lines.map((l) => `<span class="${l.op === "+" ? "add" : l.op === "-" ? "del" : "same"}">${esc(l.op)} ${esc(l.line)}</span>`).join("")}</pre>`;
+  };
+  const load = async () => {
+    timer = null;
+    try {
+      const { json } = await api("GET", `${keyUrl(key)}?history=${HISTORY_VERSIONS}`);
+      if (stopped || !el()) return;
+      // A server without history answers the key itself: say so rather than "no versions".
+      if (!Array.isArray(json)) { el().innerHTML = '<p class="muted">This server keeps no history.</p>'; return; }
+      versions = json;
+      render();
+    } catch (e) {
+      if (stopped || !el()) return;
+      if (e.status === 404) { versions = []; render(); return; }
+      el().innerHTML = `<p class="muted">History is not available: ${esc(e.message)}</p>`;
+    }
+  };
+  load();
+  return {
+    refresh() { if (!timer && !stopped) timer = setTimeout(load, 150); },
+    stop() { stopped = true; clearTimeout(timer); },
+  };
+}
+
 // Live: subscribe to a key or a glob and watch every change arrive.
 async function livePage(pattern) {
   view.innerHTML = `
@@ -332,12 +402,25 @@ async function livePage(pattern) {
   onLeave(stop);
 }
 
-// State: connections, pools, rates, memory, uptime, filters and rules.
+// The State page's samples: kept in memory while the UI is open (a few minutes, chart.js's
+// window), so leaving State and coming back shows the history sampled so far.
+const samples = { writes: new Series(), frames: new Series(), connections: new Series() };
+const rates = new Rates();
+const CHARTS = [
+  ["writes", "writes / s", "#335cff"],
+  ["frames", "frames / s", "#16a34a"],
+  ["connections", "connections", "#d97706"],
+];
+
+// State: connections, pools, rates (with charts of the last minutes), presence, memory, uptime,
+// filters and rules.
 async function statePage() {
   view.innerHTML = `<h1>State</h1><div class="cards" id="cards"></div>
+    <div class="panel"><h3 style="margin-top:0">The last few minutes</h3><div class="charts" id="charts"></div></div>
+    <div class="panel"><h3 style="margin-top:0">Presence</h3><div id="presence"><p class="muted">Connecting…</p></div></div>
     <div class="panel"><h3 style="margin-top:0">Subscriptions per pool</h3><div id="pools"></div></div>
     <div class="panel"><h3 style="margin-top:0">Filters and rules</h3><div id="filters"></div></div>`;
-  let last = null;
+  onLeave(presencePanel($("#presence")));
   const tick = async () => {
     const [info, state, filters, metrics] = await Promise.all([
       api("GET", "/?api=info").then((x) => x.json),
@@ -345,28 +428,31 @@ async function statePage() {
       api("GET", "/?api=filters").then((x) => x.json).catch(() => null),
       api("GET", "/_metrics", { raw: true }).then((r) => (r.ok ? r.text() : "")).catch(() => ""),
     ]);
+    if (!document.body.contains(view) || !$("#cards")) return; // left the page meanwhile
     const m = parseMetrics(metrics);
-    const now = performance.now();
+    const now = Date.now();
     // Rates from the server's counters between two polls (the sequence number when the server
     // has no /_metrics).
     const writesTotal = m.stateline_writes_total ?? Number(BigInt("0x" + (info.seq || "0")) % 1000000000n);
-    const frames = m.stateline_frames_total ?? null;
-    let writes = "…", rate = "…";
-    if (last) {
-      const dt = (now - last.now) / 1000;
-      writes = ((writesTotal - last.writesTotal) / dt).toFixed(1);
-      if (frames != null && last.frames != null) rate = ((frames - last.frames) / dt).toFixed(1);
-    }
-    last = { now, writesTotal, frames };
+    const w = rates.rate("writes", now, writesTotal);
+    const f = rates.rate("frames", now, m.stateline_frames_total ?? null);
+    const conns = state.totalConnections ?? m.stateline_connections ?? null;
+    samples.writes.add(now, w);
+    samples.frames.add(now, f);
+    samples.connections.add(now, conns);
+    const shown = (s) => (s.last == null ? "…" : Number.isInteger(s.last) ? String(s.last) : s.last.toFixed(1));
     const uptime = info.started ? Math.max(0, Date.now() - Number(BigInt(info.started) / 1000000n)) / 1000 : null;
     const mem = m.process_resident_memory_bytes;
     const cards = [
-      ["connections", state.totalConnections ?? "—"], ["pools", info.pools], ["keys", info.keys],
-      ["writes / s", writes], ["frames / s (one per pool)", rate],
+      ["connections", conns ?? "—"], ["pools", info.pools], ["keys", info.keys],
+      ["writes / s", shown(samples.writes)], ["frames / s (one per pool)", shown(samples.frames)],
       ["memory", mem ? `${(mem / 1048576).toFixed(1)} MiB` : `${((info.valueBytes || 0) / 1024).toFixed(1)} KiB data`],
       ["uptime", uptime == null ? "—" : fmtDuration(uptime)], ["version", info.version],
     ];
     $("#cards").innerHTML = cards.map(([l, n]) => `<div class="card"><div class="n">${esc(n)}</div><div class="l">${esc(l)}</div></div>`).join("");
+    $("#charts").innerHTML = CHARTS.map(([name, label, color]) => `<figure class="chart-box" data-chart="${name}">
+      <figcaption><span>${esc(label)}</span> <b>${esc(shown(samples[name]))}</b></figcaption>
+      ${chartSvg(samples[name], { now, label, color })}</figure>`).join("");
     const pools = state.pools || [];
     $("#pools").innerHTML = pools.length === 0 ? '<p class="muted">No subscriptions.</p>'
       : `<table><thead><tr><th>Pattern</th><th>Connections</th><th class="hide-sm">Encoding</th><th class="hide-sm">Version</th></tr></thead><tbody>
@@ -380,8 +466,33 @@ async function statePage() {
         : '<p class="muted">No filters or rules: every key is public.</p>');
   };
   await tick();
-  const timer = setInterval(() => tick().catch((e) => toast(e.message, true)), 2000);
-  onLeave(() => clearInterval(timer));
+  // A second sample soon after the first, so rates show without waiting a full period.
+  let timer = setTimeout(function again() {
+    tick().catch((e) => toast(e.message, true));
+    timer = setTimeout(again, POLL_MS);
+  }, 1000);
+  onLeave(() => clearTimeout(timer));
+}
+// How often the State page samples the server (its charts' resolution).
+const POLL_MS = 2000;
+
+// Presence: the members of every room (`presence/<room>/<member>`, as `db.presence` writes them),
+// grouped by room, live through one glob subscription. Returns the function that stops it.
+function presencePanel(el) {
+  return live.watchMany("presence/*/*", (items) => {
+    const rooms = new Map();
+    for (const [k, v] of items) {
+      const [, room, ...member] = k.split("/");
+      if (!rooms.has(room)) rooms.set(room, []);
+      rooms.get(room).push([member.join("/"), v]);
+    }
+    el.innerHTML = rooms.size === 0
+      ? '<p class="muted">Nobody is present. Pages that call <code>db.presence(room, value)</code> appear here, grouped by room.</p>'
+      : [...rooms].sort(([a], [b]) => a.localeCompare(b)).map(([room, members]) => `<div class="room" data-room="${esc(room)}">
+          <h4><a href="#/live/presence/${esc(room)}/*">${esc(room)}</a> <span class="badge">${members.length}</span></h4>
+          <ul class="members">${members.sort(([a], [b]) => a.localeCompare(b)).map(([id, v]) => `<li data-member="${esc(id)}"><code>${esc(id)}</code>
+            <span class="muted">${esc(v === true || v == null ? "" : typeof v === "object" ? JSON.stringify(v) : v)}</span></li>`).join("")}</ul></div>`).join("");
+  });
 }
 
 function fmtDuration(s) {

@@ -61,6 +61,12 @@ impl Server {
             for id in c.session.close() {
                 self.e.leave(id);
             }
+            // What the connection leaves behind: its on-close writes, then its lease releases.
+            let t = self.tick();
+            let changes = c.session.end(&mut self.e, t);
+            self.history.extend(changes.iter().cloned());
+            self.e.publish(&changes);
+            while self.e.poll_frame().is_some() {}
         }
     }
 
@@ -669,4 +675,77 @@ proptest! {
         let writes = steps.iter().filter(|s| matches!(s, Step::Write(..))).count();
         prop_assert_eq!(n, writes);
     }
+}
+
+/// Against the real session: a lease and a disconnect write end with each connection (the server
+/// deletes the key, runs the write), and the client takes the lease again and registers the
+/// write again on the next one; a cancel with the first handle reaches the registration of the
+/// moment.
+#[test]
+fn leases_and_disconnect_writes_are_taken_again_on_every_connection() {
+    let mut r = Rig::new(1000);
+    r.c.subscribe(1, "presence/r/*").unwrap();
+    r.c.subscribe(2, "seen/me").unwrap();
+    r.pump();
+    r.deliver_all();
+    r.c.write(json!({"op":"set","key":"presence/r/me","value":{"n":1},"lease":true}));
+    let h =
+        r.c.write(json!({"op":"onclose","write":{"op":"set","key":"seen/me","value":"left"}}));
+    r.pump();
+    r.deliver_all();
+    let members = |r: &Rig| {
+        r.c.value("presence/r/*")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(members(&r), vec!["presence/r/me"]);
+    assert_eq!(r.c.value("seen/me"), Some(Value::Null));
+    assert!(r.replies().iter().any(|(req, _, res)| *req == h
+        && res.as_ref().ok().and_then(|v| v.get("onclose")) == Some(&json!(h))));
+
+    for round in 0..2 {
+        r.disconnect();
+        r.reconnect();
+        r.deliver_all();
+        assert_eq!(
+            members(&r),
+            vec!["presence/r/me"],
+            "round {round}: the lease taken again"
+        );
+        assert_eq!(
+            r.c.value("seen/me"),
+            Some(json!("left")),
+            "round {round}: the write ran"
+        );
+        r.set("seen/me", json!("back"));
+        r.deliver_all();
+    }
+    // The lease is held by the new connection: its end deletes the key again.
+    let presence: Vec<KeyChange> = r.changes("presence/r/*");
+    assert!(
+        presence.iter().filter(|c| c.value.is_none()).count() >= 2,
+        "{presence:?}"
+    );
+
+    let k = r.c.write(json!({"op":"onclose_cancel","onclose": h}));
+    r.pump();
+    r.deliver_all();
+    let cancelled = r
+        .replies()
+        .into_iter()
+        .find(|(req, _, _)| *req == k)
+        .expect("a reply");
+    assert_eq!(cancelled.2.unwrap()["onclose"], json!(h));
+    r.disconnect();
+    r.reconnect();
+    r.deliver_all();
+    assert_eq!(
+        r.c.value("seen/me"),
+        Some(json!("back")),
+        "cancelled: it did not run"
+    );
+    assert_eq!(members(&r), vec!["presence/r/me"]);
 }

@@ -255,3 +255,106 @@ test("the key page's updated time and revision follow live changes", { timeout: 
   assert.equal(await field("loaded revision"), "0");
   await p.close();
 });
+
+test("State page: charts of writes/s, frames/s and connections, drawn by the page, kept across pages", { timeout: 90_000 }, async () => {
+  const p = await page("#/state");
+  await p.waitForSelector('[data-chart="writes"] svg');
+  const points = (name) => p.getAttribute(`[data-chart="${name}"] svg`, "data-points").then(Number);
+  // A subscriber and a steady writer, so every series moves.
+  const ns = `chart${Date.now().toString(36)}`;
+  const { Stateline } = await import("../../../wasm-client/dist/esm/stateline.mjs");
+  const sub = Stateline.connect(server.base, { shared: false });
+  const stop = sub.subscribe(`${ns}/*`, () => {});
+  let writing = true;
+  const writer = (async () => {
+    for (let i = 0; writing; i++) {
+      await fetch(`${server.base}/${ns}/k${i % 5}`, { method: "POST", body: JSON.stringify({ i }) });
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  try {
+    await p.waitForFunction(() => Number(document.querySelector('[data-chart="writes"] svg')?.dataset.points) >= 3, null, { timeout: 20000 });
+    for (const name of ["writes", "frames", "connections"]) {
+      const svg = `[data-chart="${name}"] svg`;
+      assert.ok((await points(name)) >= 2, `${name}: samples`);
+      assert.equal(await p.locator(`${svg} polyline`).count(), 1, `${name}: a line`);
+      assert.ok(Number(await p.getAttribute(svg, "data-max")) > 0, `${name}: a scale`);
+    }
+    await p.waitForFunction(() => Number(document.querySelector('[data-chart="writes"] svg').dataset.last) > 1, null, { timeout: 10000 });
+    await p.waitForFunction(() => Number(document.querySelector('[data-chart="frames"] svg').dataset.last) > 1, null, { timeout: 10000 });
+    assert.ok(Number(await p.getAttribute('[data-chart="connections"] svg', "data-last")) >= 2, "this page and the subscriber");
+    assert.match(await p.textContent("#cards"), /writes \/ s/);
+    assert.doesNotMatch(await p.textContent('[data-chart="writes"] figcaption'), /…/);
+    // The samples live in memory while the UI is open: back on State, the history is still there.
+    const before = await points("writes");
+    await p.goto(`${server.base}/#/keys`);
+    await p.waitForSelector("#keys");
+    await p.goto(`${server.base}/#/state`);
+    await p.waitForSelector('[data-chart="writes"] svg');
+    assert.ok((await points("writes")) >= before, "kept across pages");
+    await p.screenshot({ path: path.join(shots, "state-charts.png") });
+    assert.deepEqual(p.outside, [], "nothing from a CDN");
+  } finally {
+    writing = false;
+    await writer;
+    stop();
+    await sub.close();
+    await p.close();
+  }
+});
+
+test("State page: presence, the members of presence/*/* grouped by room, live", { timeout: 60_000 }, async () => {
+  const room = `room${Date.now().toString(36)}`;
+  const p = await page("#/state");
+  await p.waitForSelector("#presence");
+  // Any key under presence/<room>/ is a member (what db.presence writes, leased).
+  await fetch(`${server.base}/presence/${room}/alice`, { method: "POST", body: '{"name":"Alice"}' });
+  await fetch(`${server.base}/presence/${room}/bob`, { method: "POST", body: "true" });
+  await fetch(`${server.base}/presence/${room}x/carol`, { method: "POST", body: '"here"' });
+  await p.waitForSelector(`.room[data-room="${room}"] li[data-member="bob"]`, { timeout: 10000 });
+  assert.equal(await p.locator(`.room[data-room="${room}"] li`).count(), 2);
+  assert.match(await p.textContent(`.room[data-room="${room}"]`), /Alice/);
+  assert.equal(await p.locator(`.room[data-room="${room}x"] li`).count(), 1, "another room, apart");
+  await fetch(`${server.base}/presence/${room}/bob`, { method: "DELETE" });
+  await p.waitForFunction((r) => document.querySelectorAll(`.room[data-room="${r}"] li`).length === 1, room, { timeout: 10000 });
+
+  // A client that joins with db.presence appears, and disappears when its connection ends
+  // (the lease).
+  const { Stateline } = await import("../../../wasm-client/dist/esm/stateline.mjs");
+  const c = Stateline.connect(server.base, { shared: false });
+  const me = c.presence(room, { name: "Dave" });
+  await me.joined;
+  await p.waitForSelector(`.room[data-room="${room}"] li[data-member="${c.id}"]`, { timeout: 10000 });
+  await p.screenshot({ path: path.join(shots, "state-presence.png") });
+  await c.close();
+  await p.waitForFunction(([r, id]) => !document.querySelector(`.room[data-room="${r}"] li[data-member="${id}"]`), [room, c.id], { timeout: 10000 });
+  for (const k of [`${room}/alice`, `${room}x/carol`]) await fetch(`${server.base}/presence/${k}`, { method: "DELETE" });
+  await p.close();
+});
+
+test("key page: history, a list of versions with a diff between two chosen", { timeout: 60_000 }, async () => {
+  const key = `hist${Date.now().toString(36)}/doc`;
+  for (const v of [{ a: 1, b: "x" }, { a: 2, b: "x" }, { a: 2, b: "y", c: true }]) {
+    await fetch(`${server.base}/${key}`, { method: "POST", body: JSON.stringify(v) });
+  }
+  const p = await page(`#/key/${key}`);
+  await p.waitForSelector("#history table");
+  assert.deepEqual(await p.locator("#history tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.revision)), ["2", "1", "0"]);
+  // By default the previous version against the newest.
+  assert.equal(await p.textContent("#diff-a"), "1");
+  assert.equal(await p.textContent("#diff-b"), "2");
+  // Each line: its sign and the pretty-printed JSON line (indentation and trailing comma aside).
+  const lines = async (cls) => (await p.locator(`#history-diff pre span.${cls}`).allTextContents()).map((t) => t.trim().replace(/\s+/g, " ").replace(/,$/, ""));
+  assert.deepEqual(await lines("del"), ['- "b": "x"']);
+  assert.deepEqual((await lines("add")).sort(), ['+ "b": "y"', '+ "c": true'].sort());
+  // Choose the oldest as A: the diff follows.
+  await p.check('#history tr[data-revision="0"] input[name="hist-a"]');
+  await p.waitForFunction(() => document.querySelector("#diff-a").textContent === "0");
+  assert.ok((await lines("del")).includes('- "a": 1'));
+  await p.screenshot({ path: path.join(shots, "key-history.png") });
+  // A change made elsewhere shows up in the list, live.
+  await fetch(`${server.base}/${key}`, { method: "DELETE" });
+  await p.waitForSelector("#history tbody tr.deleted", { timeout: 10000 });
+  assert.equal(await p.locator("#history tbody tr").count(), 4);
+  await p.close();
+});
