@@ -366,6 +366,20 @@ pub async fn assert_mux_needs_namespace(server: &Server) {
     assert!(r.text().contains("/_ws?ns="), "{}", r.text());
 }
 
+/// Sends a `/_ws` request and returns its reply: the message with the request's `id` (frames
+/// of the socket's subscriptions may come first; up to 50 of them are read past).
+pub async fn call(w: &mut Ws, req: Value) -> Value {
+    let id = req["id"].clone();
+    send_text(w, &req).await;
+    for _ in 0..50 {
+        let m = next_json(w).await;
+        if m.get("ok").is_some() && m["id"] == id {
+            return m;
+        }
+    }
+    panic!("no reply to {req}");
+}
+
 /// Opens a WebSocket to `path` (with query).
 pub async fn ws(server: &Server, path: &str) -> Ws {
     let url = server.client().ws_url(path);

@@ -3,22 +3,9 @@
 
 use serde_json::{json, Value};
 use stateline_conformance::{
-    apply, assert_mux_needs_namespace, assert_quiet, differs, next_event, next_json, send_text,
-    unique, ws, Server, Ws, WsEvent, SOON,
+    apply, assert_mux_needs_namespace, assert_quiet, call, differs, next_event, next_json,
+    send_text, unique, ws, Server, WsEvent, SOON,
 };
-
-async fn call(w: &mut Ws, req: Value) -> Value {
-    let id = req["id"].clone();
-    send_text(w, &req).await;
-    // Frames for subscriptions may come first; the reply is the message with our id.
-    for _ in 0..20 {
-        let m = next_json(w).await;
-        if m.get("ok").is_some() && m["id"] == id {
-            return m;
-        }
-    }
-    panic!("no reply to {req}");
-}
 
 #[tokio::test]
 async fn subscribe_write_and_acknowledge() {

@@ -9,8 +9,7 @@ use futures_util::SinkExt;
 
 use serde_json::{json, Value};
 use stateline_conformance::{
-    apply, client_frame, differs, next_data, next_json, raw_ws, send_text, unique, ws, Server, Ws,
-    SOON,
+    apply, call, client_frame, differs, next_data, next_json, raw_ws, unique, ws, Server, Ws, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,18 +19,6 @@ use tokio_tungstenite::tungstenite::Message;
 // native server and the edge's single mode ignore it): all keys of a test live under `ns`.
 fn mux_path(ns: &str) -> String {
     format!("/_ws?ns={ns}")
-}
-
-async fn call(w: &mut Ws, req: Value) -> Value {
-    let id = req["id"].clone();
-    send_text(w, &req).await;
-    for _ in 0..50 {
-        let m = next_json(w).await;
-        if m.get("ok").is_some() && m["id"] == id {
-            return m;
-        }
-    }
-    panic!("no reply to {req}");
 }
 
 /// A subscriber of a room's glob, with the list it holds.
