@@ -100,7 +100,18 @@ pub struct Limits {
     /// so after a crash the key expires by itself at most this long after its connection died.
     /// Default [`LEASE_TTL`].
     pub lease_ttl: i64,
+    /// How long a connection that holds leases or on-close writes may send nothing before the
+    /// host takes it for gone (ns), closes it with [`Close::PingTimeout`] and runs its end
+    /// writes: for a host that cannot ping its peers (the edge). `None` (the default): the host
+    /// detects dead peers itself (the native server pings, `--ping-interval`). The sync clients
+    /// send something at least every 20 s (a `ping` when they have nothing else to send).
+    pub silence: Option<i64>,
 }
+
+/// The [`Limits::silence`] the edge uses: 60 s, three of the sync clients' 20 s ping intervals,
+/// so one lost ping never ends a live connection, and a hung tab's presence is gone within a
+/// minute and a half (this, plus the alarm's renewal cadence).
+pub const SILENCE: i64 = 60_000_000_000;
 
 /// The default of [`Limits::subscriptions`]. A browser tab rarely holds more than a few dozen;
 /// 1024 leaves room for generous pages while keeping a hostile client's pool state small.
@@ -128,6 +139,7 @@ impl Default for Limits {
             leases: MAX_LEASES,
             onclose: MAX_ONCLOSE,
             lease_ttl: LEASE_TTL,
+            silence: None,
         }
     }
 }
@@ -258,6 +270,8 @@ pub struct Session {
     // Writes registered with `onclose`, in registration order.
     onclose: Vec<end::OnClose>,
     next_handle: u64,
+    // The engine clock's time (ns) of the last message from the peer.
+    heard: Option<i64>,
 }
 
 /// The JSON bytes a [`Limits::state_bytes`] counts for one pattern: its text, its quotes and a
@@ -293,6 +307,7 @@ impl Session {
             leases: Vec::new(),
             onclose: Vec::new(),
             next_handle: 0,
+            heard: None,
         })
     }
 
@@ -410,6 +425,7 @@ impl Session {
         msg: &[u8],
         admit: &mut dyn FnMut(&Pattern, &Identity) -> Result<(), String>,
     ) -> Effects {
+        self.heard = Some(engine.clock_at(tick));
         let c = engine.config();
         let m = match mux::parse_limited(msg, c.max_depth, c.max_nodes) {
             Ok(m) => m,

@@ -37,7 +37,8 @@ pub struct Config {
     pub backoff_base: u64,
     /// Largest reconnect delay.
     pub backoff_max: u64,
-    /// A ping is sent after this long without any message from the server.
+    /// A ping is sent this often (the first one this long after the socket opens, then this
+    /// long after each answer), however busy the socket is.
     pub ping_interval: u64,
     /// The connection is given up when a ping (or the opening handshake) gets no answer in this
     /// long.
@@ -434,7 +435,7 @@ impl Client {
             .min()
     }
 
-    /// Time passed: reconnect when the backoff is over, ping when the server has been quiet,
+    /// Time passed: reconnect when the backoff is over, ping every [`Config::ping_interval`],
     /// give the socket up when a ping (or the handshake) went unanswered.
     pub fn handle_timeout(&mut self, now: u64, jitter: f64) {
         if self.deadline.is_some_and(|d| now >= d) {
@@ -590,8 +591,13 @@ impl Client {
         if self.state != State::Open {
             return;
         }
-        // Any message shows the server is alive: the next ping waits a full interval again.
-        self.ping_at = Some(now + self.config.ping_interval);
+        // Any message shows the server is alive. Pings go on every interval all the same
+        // (the next one an interval after this answer): a server that cannot ping its peers
+        // (the edge) takes a connection that holds leases or on-close writes and sends
+        // nothing for a minute for gone, however much it receives.
+        if self.ping_at.is_none() {
+            self.ping_at = Some(now + self.config.ping_interval);
+        }
         self.deadline = None;
         let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(msg) else {
             return;

@@ -46,7 +46,16 @@ pub(crate) struct Attachment {
     /// Its registered on-close writes: handle and message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) onclose: Vec<(u64, String)>,
+    /// When the peer was last heard (engine clock, ns), saved at most every [`HEARD_EVERY`]:
+    /// a woken object still knows how long a socket that holds end writes has been silent.
+    #[serde(default)]
+    pub(crate) heard: i64,
 }
+
+/// How far the saved [`Attachment::heard`] may trail the last message (ns): saving the
+/// attachment with every message would cost a storage write each; 10 s is a sixth of the
+/// silence limit ([`stateline_core::session::SILENCE`]).
+pub(crate) const HEARD_EVERY: i64 = 10_000_000_000;
 
 pub(crate) fn http_path(p: &Pattern) -> String {
     match p.as_str() {
@@ -79,6 +88,9 @@ pub(crate) struct Live {
     /// Changes made by connections that ended (their on-close writes and lease releases),
     /// applied and waiting for the object to commit and publish them.
     pub(crate) ended: Vec<Change>,
+    /// [`Limits::silence`] of this object's sockets (ns): `STATELINE_SILENCE_SECS`, or
+    /// [`stateline_core::session::SILENCE`].
+    pub(crate) silence: i64,
 }
 
 impl Live {
@@ -127,6 +139,34 @@ impl Live {
     }
 
     /// Closes every connection whose token expired (4001 on sockets; SSE streams end).
+    /// The earliest time a connection is to be taken for gone for its silence (engine clock,
+    /// ns), for the alarm.
+    pub(crate) fn next_silent(&self) -> Option<i64> {
+        self.sessions
+            .values()
+            .filter_map(Session::silent_after)
+            .min()
+    }
+
+    /// Closes every connection that holds end writes and has said nothing for the silence
+    /// limit (4009, as the native server closes a peer that stops answering pings); its end
+    /// writes go to [`Live::ended`].
+    pub(crate) fn close_silent(&mut self, t: Tick) {
+        let silent: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.silent(&self.engine, t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            if let Some(ws) = self.sockets.get(&id) {
+                let c = Close::PingTimeout;
+                let _ = ws.close(Some(c.code()), Some(c.reason()));
+            }
+            self.drop_conn(id);
+        }
+    }
+
     pub(crate) fn close_expired(&mut self, t: Tick) {
         let expired: Vec<u32> = self
             .sessions
@@ -248,7 +288,7 @@ pub(crate) fn admit(_: &Pattern, _: &Identity) -> std::result::Result<(), String
 
 /// A socket's session limits: its patterns and token must fit the hibernation attachment
 /// beside the attachment's own fields.
-pub(crate) fn limits(att: &Attachment) -> Limits {
+pub(crate) fn limits(att: &Attachment, silence: i64) -> Limits {
     let bare = Attachment {
         subs: Vec::new(),
         token: None,
@@ -259,6 +299,8 @@ pub(crate) fn limits(att: &Attachment) -> Limits {
     let base = serde_json::to_string(&bare).map_or(MAX_ATTACHMENT, |s| s.len());
     Limits {
         state_bytes: Some(MAX_ATTACHMENT.saturating_sub(base)),
+        // Workers cannot ping a peer: a silent one is found by the alarm.
+        silence: Some(silence),
         ..Limits::default()
     }
 }
@@ -276,6 +318,7 @@ pub(crate) fn attachment_of(att: &Attachment, session: &Session) -> Attachment {
             .onclose_writes()
             .map(|(h, w)| (h, w.to_string()))
             .collect(),
+        heard: session.heard().unwrap_or(att.heard),
         ..att.clone()
     }
 }

@@ -23,7 +23,7 @@ use worker::{
     WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::live::{admit, attachment_of, limits, now_ms, tick, Attachment, Live, Sub};
+use crate::live::{admit, attachment_of, limits, now_ms, tick, Attachment, Live, Sub, HEARD_EVERY};
 use crate::{convert, route, sql};
 
 /// Header the worker sets to tell an object its namespace (`""` in single mode).
@@ -75,6 +75,12 @@ impl Namespace {
                 .map_err(|e| format!("STATELINE_RULES: {e}"))?;
         }
         let history_limits = config.history;
+        // Tests shorten it; a deployment keeps the default.
+        let silence = self
+            .env("STATELINE_SILENCE_SECS")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e6)
+            .map_or(stateline_core::session::SILENCE, |s| (s * 1e9) as i64);
         let mut engine = Engine::restore(tick(), store, log, config, filters);
         engine.restore_history(sql::load_history(&db, history_limits)?);
         let mut live = Live {
@@ -89,6 +95,7 @@ impl Namespace {
             next_id: 0,
             log_keep,
             ended: Vec::new(),
+            silence,
         };
         // Hibernated sockets: every change was fanned out before the object went away (the
         // object is only evicted when idle), so each socket holds the current state and joins
@@ -112,9 +119,12 @@ impl Namespace {
                     // (and the alarm closes its socket).
                     let who = live.engine.identify(t, att.token.as_deref());
                     // The token fitted when it was stored, so opening cannot fail.
-                    if let Ok(mut session) =
-                        Session::open(&live.engine, who, att.token.clone(), limits(&att))
-                    {
+                    if let Ok(mut session) = Session::open(
+                        &live.engine,
+                        who,
+                        att.token.clone(),
+                        limits(&att, live.silence),
+                    ) {
                         if att.kind == "mux" {
                             session = session.within_namespace(att.ns.clone());
                         }
@@ -123,6 +133,13 @@ impl Namespace {
                             att.leases.clone(),
                             att.onclose.clone(),
                         );
+                        // An attachment from before `heard` was kept: heard now.
+                        let heard = if att.heard > 0 {
+                            att.heard
+                        } else {
+                            live.engine.clock_at(t)
+                        };
+                        session.restore_heard(heard);
                         live.sessions.insert(att.id, session);
                         for path in &att.subs {
                             if let Ok(p) = Pattern::from_http_path(path, true) {
@@ -178,7 +195,7 @@ impl Namespace {
     /// Arms the alarm for the next TTL expiry, clock tick or token deadline (a connection
     /// whose token expires is closed then, even if it is idle), whichever comes first.
     async fn arm(&self) -> Result<()> {
-        let (ttl_ns, clocks, deadline, renew_ns) = {
+        let (ttl_ns, clocks, deadline, renew_ns, silent) = {
             let live = self.live()?;
             let t = tick();
             (
@@ -186,6 +203,7 @@ impl Namespace {
                 !live.clocks.is_empty(),
                 live.next_deadline(),
                 live.renew_in(t),
+                live.next_silent(),
             )
         };
         let mut at: Option<i64> = ttl_ns.map(|ns| now_ms() + (ns / 1_000_000) as i64 + 1);
@@ -193,6 +211,11 @@ impl Namespace {
             // The leases' renewal (a lease's TTL must not run out while its socket lives).
             let r = now_ms() + (ns / 1_000_000) as i64 + 1;
             at = Some(at.map_or(r, |a| a.min(r)));
+        }
+        if let Some(ns) = silent {
+            // A socket that holds end writes and went silent (engine clock: wall time in ns).
+            let s = ns / 1_000_000 + 1;
+            at = Some(at.map_or(s, |a| a.min(s)));
         }
         if clocks {
             let c = now_ms() + CLOCK_NS / 1_000_000;
@@ -367,16 +390,18 @@ impl Namespace {
             token: token.clone(),
             leases: vec![],
             onclose: vec![],
+            heard: 0,
         };
         let mut first = None;
         if kind == "clock" {
             first = Some(live.engine.clock_frame(tick()));
             live.clocks.push(id);
         } else {
-            let mut session = match Session::open(&live.engine, who, token, limits(&att)) {
-                Ok(s) => s,
-                Err(e) => return convert::response(web::refusal(&live.engine, head, &e)),
-            };
+            let mut session =
+                match Session::open(&live.engine, who, token, limits(&att, live.silence)) {
+                    Ok(s) => s,
+                    Err(e) => return convert::response(web::refusal(&live.engine, head, &e)),
+                };
             if kind == "mux" {
                 session = session.within_namespace(ns);
             }
@@ -499,7 +524,12 @@ impl Namespace {
             return Ok(false);
         };
         let fx = session.handle(engine, t, msg, &mut admit);
-        let saved = fx.state_changed.then(|| attachment_of(&att, session));
+        // The time it was heard is saved now and then, for a woken object's silence check.
+        let heard_moved = session.has_end_writes()
+            && session
+                .heard()
+                .is_some_and(|h| h.saturating_sub(att.heard) >= HEARD_EVERY);
+        let saved = (fx.state_changed || heard_moved).then(|| attachment_of(&att, session));
         log_denials(&mut live.engine);
         for pool in fx.left {
             live.leave_pool(att.id, pool);
@@ -597,6 +627,7 @@ impl DurableObject for Namespace {
             let mut live = self.live()?;
             let t = tick();
             live.close_expired(t);
+            live.close_silent(t);
             self.flush_ended(&mut live);
             live.engine.correct_clock(t);
             let (renewed, moved) = live.renew(t);

@@ -18,7 +18,12 @@ const secret = randomBytes(24).toString("hex");
 let failed = false;
 for (const mode of ["namespace", "single"]) {
   const state = mkdtempSync(path.join(tmpdir(), `stateline-edge-${mode}-`));
-  const vars = mode === "single" ? { STATELINE_RULES: rules, STATELINE_JWT_SECRET: secret } : {};
+  // A short silence limit, so the case of a peer that stops answering pings ends in seconds.
+  const silence = "2";
+  const vars = {
+    STATELINE_SILENCE_SECS: silence,
+    ...(mode === "single" ? { STATELINE_RULES: rules, STATELINE_JWT_SECRET: secret } : {}),
+  };
   const edge = await startEdge({ state, mode, vars });
   console.log(`==> conformance suite against the edge worker (${mode} mode${vars.STATELINE_RULES ? ", examples/rules.toml" : ""}) at ${edge.url}`);
   try {
@@ -31,6 +36,7 @@ for (const mode of ["namespace", "single"]) {
         ...process.env,
         STATELINE_URL: edge.url,
         STATELINE_EDGE: mode,
+        STATELINE_SILENCE_SECS: silence,
         ...(vars.STATELINE_JWT_SECRET ? { STATELINE_JWT_SECRET: secret } : {}),
       },
     });

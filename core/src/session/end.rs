@@ -426,6 +426,36 @@ impl Session {
     pub fn has_end_writes(&self) -> bool {
         !self.leases.is_empty() || !self.onclose.is_empty()
     }
+
+    /// When the peer last sent a message (engine clock, ns), for a host that keeps it across
+    /// restarts of its own ([`Session::restore_heard`]).
+    pub fn heard(&self) -> Option<i64> {
+        self.heard
+    }
+
+    /// Gives a rebuilt session (a woken edge object) the time its peer was last heard.
+    pub fn restore_heard(&mut self, at: i64) {
+        self.heard = Some(at);
+    }
+
+    /// When a connection that holds end writes is to be taken for gone for its silence
+    /// ([`Limits::silence`]; engine clock, ns): `None` when the host pings its peers itself,
+    /// or the connection leaves nothing behind.
+    pub fn silent_after(&self) -> Option<i64> {
+        let silence = self.limits.silence?;
+        if !self.has_end_writes() {
+            return None;
+        }
+        Some(self.heard?.saturating_add(silence))
+    }
+
+    /// Whether the connection has been silent too long at `tick` (see
+    /// [`Session::silent_after`]): the host closes it with [`super::Close::PingTimeout`],
+    /// which runs its end writes.
+    pub fn silent(&self, engine: &Engine, tick: Tick) -> bool {
+        self.silent_after()
+            .is_some_and(|at| engine.clock_at(tick) >= at)
+    }
 }
 
 // Whether the lease's write is still the key's entry.

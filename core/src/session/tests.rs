@@ -698,3 +698,46 @@ fn lease_and_onclose_messages_are_checked_and_a_cluster_refuses_leases() {
         vec![(7, r#"{"op":"del","key":"a"}"#)]
     );
 }
+
+#[test]
+fn a_silent_connection_that_holds_end_writes_is_taken_for_gone() {
+    let mut e = engine();
+    let limits = Limits {
+        silence: Some(5_000_000_000),
+        ..Limits::default()
+    };
+    let mut s = Session::open(&e, Identity::Anonymous, None, limits.clone()).unwrap();
+    let t = |secs: i64| at_secs(1_000 + secs);
+    // Nothing to leave behind: never silent, however long it says nothing.
+    s.handle(&mut e, t(0), br#"{"id":1,"op":"ping"}"#, &mut none);
+    assert_eq!(s.silent_after(), None);
+    assert!(!s.silent(&e, t(100)));
+    let fx = s.handle(
+        &mut e,
+        t(100),
+        br#"{"id":2,"op":"set","key":"presence/r/a","value":1,"lease":true}"#,
+        &mut none,
+    );
+    assert!(matches!(fx.reply, Reply::Write(_)), "{:?}", fx.reply);
+    let heard = s.heard().unwrap();
+    assert_eq!(s.silent_after(), Some(heard + 5_000_000_000));
+    assert!(!s.silent(&e, t(104)));
+    // Any message counts as heard.
+    s.handle(&mut e, t(104), br#"{"id":3,"op":"ping"}"#, &mut none);
+    assert!(!s.silent(&e, t(108)));
+    assert!(s.silent(&e, t(110)));
+    // A rebuilt session keeps the time it was last heard.
+    let mut again = Session::open(&e, Identity::Anonymous, None, limits).unwrap();
+    again.restore_end_state(&e, s.leases().map(|(k, v)| (k.into(), v.into())), []);
+    again.restore_heard(s.heard().unwrap());
+    assert!(again.silent(&e, t(110)));
+    // Without a silence limit (the native server pings), never.
+    let mut native = open(&e);
+    native.handle(
+        &mut e,
+        t(110),
+        br#"{"id":4,"op":"set","key":"presence/r/b","value":1,"lease":true}"#,
+        &mut none,
+    );
+    assert!(!native.silent(&e, t(10_000)));
+}

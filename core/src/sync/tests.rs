@@ -749,3 +749,41 @@ fn leases_and_disconnect_writes_are_taken_again_on_every_connection() {
     );
     assert_eq!(members(&r), vec!["presence/r/me"]);
 }
+
+#[test]
+fn pings_go_on_while_the_server_talks() {
+    // The edge takes a silent peer that holds leases for gone: a client that only receives
+    // still sends a ping every interval.
+    let mut r = Rig::new(1_000);
+    let interval = Config::default().ping_interval;
+    r.c.subscribe(1, "busy").unwrap();
+    r.pump();
+    r.deliver_all();
+    let sent_before = r.sent.len();
+    for step in 0..30u64 {
+        // A frame from the server every tenth of an interval, for three intervals.
+        r.now += interval / 10;
+        r.s.run(crate::Op::Set {
+            key: "busy".into(),
+            value: json!(step),
+            ttl: crate::Ttl::Clear,
+            cond: crate::Cond::Always,
+        })
+        .unwrap();
+        r.deliver_all();
+        if r.c.poll_timeout().is_some_and(|at| r.now >= at) {
+            r.c.handle_timeout(r.now, 0.0);
+            r.pump();
+            r.deliver_all();
+        }
+    }
+    let pings = r.sent[sent_before..]
+        .iter()
+        .filter(|m| m.contains("\"ping\""))
+        .count();
+    assert!(
+        pings >= 2,
+        "{pings} pings in three intervals of a busy server"
+    );
+    assert_eq!(r.c.state(), State::Open);
+}
