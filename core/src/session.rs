@@ -201,9 +201,26 @@ pub struct Forward {
     pub who: Identity,
     id: Value,
     name: &'static str,
+    // A lease it takes or renews: its answer goes to `Session::forwarded`.
+    lease: Option<Leasing>,
+}
+
+/// What a forwarded write does to a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leasing {
+    /// A `set`, `patch` or `push` with `"lease": true`.
+    Take,
+    /// The connection's own renewal: nobody waits for a reply.
+    Renew,
 }
 
 impl Forward {
+    /// Whether the client waits for a reply to it ([`Forward::answer`]); a lease's renewal
+    /// has none.
+    pub fn replies(&self) -> bool {
+        self.lease != Some(Leasing::Renew)
+    }
+
     /// The reply once the operation ran: `seq` is the version the other log gave its change.
     pub fn answer(&self, r: Result<Applied, Error>, seq: Option<u64>) -> Bytes {
         match r {
@@ -272,6 +289,8 @@ pub struct Session {
     next_handle: u64,
     // The engine clock's time (ns) of the last message from the peer.
     heard: Option<i64>,
+    // Leases a cluster is ordering (taken, not answered yet): the renewal timer stays armed.
+    taking: usize,
 }
 
 /// The JSON bytes a [`Limits::state_bytes`] counts for one pattern: its text, its quotes and a
@@ -308,6 +327,7 @@ impl Session {
             onclose: Vec::new(),
             next_handle: 0,
             heard: None,
+            taking: 0,
         })
     }
 
@@ -475,6 +495,7 @@ impl Session {
                             who: self.who.clone(),
                             id,
                             name,
+                            lease: None,
                         }),
                         ..Effects::reply(Bytes::new())
                     };

@@ -6,7 +6,7 @@
 //! (coalesced into one flush), pings, reads, and closes with a documented code. The `/_ws`
 //! message format is the core's (`stateline_core::mux`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -212,18 +212,23 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
         session = session.ordered_elsewhere();
     }
     reg.expires = crate::hub::deadline_at(sh.tick(), session.deadline());
+    // Shared with the cluster writer, which gives it the answers to its leases. Locked briefly,
+    // never across an await, and before the hub's lock when both are taken.
+    let session = Arc::new(Mutex::new(session));
     // The connection keeps one sender to queue its own replies; the hub holds clones per pool.
     let own = sink;
     let shared = sh.clone();
     // In a cluster, the connection's writes are ordered one after another by a task of its own
     // (each waits for JetStream), so they reach the stream in the order the client sent them.
-    let writes = cluster.as_ref().map(|c| cluster_writer(&shared, c, &own));
+    let writes = cluster
+        .as_ref()
+        .map(|c| cluster_writer(&shared, c, &own, &session));
     let (socket, mut reg, exit) = run(&sh, socket, reg, rx, |reg, event| match event {
         Event::Message(msg) => {
             mux_message(
                 &shared,
                 reg,
-                &mut session,
+                &session,
                 &own,
                 msg,
                 writes.as_ref().map(|w| &w.0),
@@ -231,7 +236,7 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
             true
         }
         Event::Renew => {
-            renew(&shared, reg, &mut session);
+            renew(&shared, reg, &session, writes.as_ref().map(|w| &w.0));
             false
         }
     })
@@ -239,8 +244,13 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
     // Stop sending first (a lagging connection stops counting at once), then run what the
     // connection leaves behind, then say why with the close frame.
     reg.unregister();
-    end(&sh, &mut session, cluster.as_ref(), writes).await;
+    end(&sh, &session, cluster.as_ref(), writes).await;
     finish(&sh, socket, reg, exit).await;
+}
+
+// The connection's session (a panic elsewhere while it was locked leaves it as it was).
+fn locked(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs what a `/_ws` connection leaves behind (its on-close writes, then the release of its
@@ -248,21 +258,20 @@ async fn mux_conn(sh: Arc<Shared>, socket: WebSocket, who: Identity) {
 /// connection counts as open until then, so a shutdown waits for them (within `--drain`).
 async fn end(
     sh: &Arc<Shared>,
-    session: &mut Session,
+    session: &Mutex<Session>,
     cluster: Option<&Arc<crate::cluster::Cluster>>,
     writes: Option<(
         tokio::sync::mpsc::UnboundedSender<Forward>,
         tokio::task::JoinHandle<()>,
     )>,
 ) {
-    if !session.has_end_writes() {
-        return;
-    }
     if let (Some(cluster), Some((tx, task))) = (cluster, writes) {
-        // After the connection's own writes still in flight: they were sent first.
+        // After the connection's own writes still in flight (leases among them): they were
+        // sent first.
         drop(tx);
         let _ = task.await;
-        for w in session.end_writes(sh.tick()) {
+        let end_writes = locked(session).end_writes(sh.tick());
+        for w in end_writes {
             let r = cluster
                 .write(sh, |hub, tick| {
                     crate::cluster::Step::op(hub, tick, &w.op, &w.who)
@@ -276,6 +285,10 @@ async fn end(
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     {
+        let mut session = locked(session);
+        if !session.has_end_writes() {
+            return;
+        }
         let tick = sh.tick();
         let mut hub = sh.lock();
         let changes = session.end(&mut hub.engine, tick);
@@ -305,10 +318,26 @@ async fn end(
     }
 }
 
-/// Renews the connection's leases that are due and re-arms the renewal timer.
-fn renew(sh: &Shared, reg: &mut Registration, session: &mut Session) {
+/// Renews the connection's leases that are due and re-arms the renewal timer. In a cluster
+/// the renewals are writes the connection's writer has the cluster order.
+fn renew(
+    sh: &Shared,
+    reg: &mut Registration,
+    session: &Mutex<Session>,
+    cluster: Option<&tokio::sync::mpsc::UnboundedSender<Forward>>,
+) {
+    let mut session = locked(session);
+    let session = &mut *session;
     let tick = sh.tick();
     let mut hub = sh.lock();
+    if let Some(q) = cluster {
+        for f in session.renewals(&hub.engine, tick) {
+            // A writer that stopped: the connection is ending, its leases with it.
+            let _ = q.send(f);
+        }
+        reg.renew_at = renewal_at(&hub, session, tick);
+        return;
+    }
     let changes = session.renew(&mut hub.engine, tick);
     let n = changes.len();
     if n > 0 {
@@ -345,6 +374,7 @@ fn cluster_writer(
     sh: &Arc<Shared>,
     cluster: &Arc<crate::cluster::Cluster>,
     sink: &Sink,
+    session: &Arc<Mutex<Session>>,
 ) -> (
     tokio::sync::mpsc::UnboundedSender<Forward>,
     tokio::task::JoinHandle<()>,
@@ -353,6 +383,7 @@ fn cluster_writer(
     // requests await their reply.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Forward>();
     let (sh, cluster, sink) = (sh.clone(), cluster.clone(), sink.clone());
+    let session = session.clone();
     let task = tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
             let r = cluster
@@ -360,6 +391,14 @@ fn cluster_writer(
                     crate::cluster::Step::op(hub, tick, &f.op, &f.who)
                 })
                 .await;
+            // A lease taken or renewed is held with the version the cluster gave it.
+            match &r {
+                Ok((r, seq)) => locked(&session).forwarded(&f, r.as_ref(), *seq),
+                Err(e) => locked(&session).forwarded(&f, Err(&Error::Unavailable(e.clone())), None),
+            }
+            if !f.replies() {
+                continue;
+            }
             sink.reply(match r {
                 Ok((r, seq)) => f.answer(r, seq),
                 Err(e) => f.unavailable(&e),
@@ -377,7 +416,7 @@ fn cluster_writer(
 fn mux_message(
     sh: &Shared,
     reg: &mut Registration,
-    session: &mut Session,
+    session: &Mutex<Session>,
     sink: &Sink,
     msg: &[u8],
     cluster: Option<&tokio::sync::mpsc::UnboundedSender<Forward>>,
@@ -385,6 +424,8 @@ fn mux_message(
     let tick = sh.tick();
     let mut wrote = false;
     {
+        let mut session = locked(session);
+        let session = &mut *session;
         let mut hub = sh.lock();
         let ext = hub.ext.clone();
         let fx = session.handle(&mut hub.engine, tick, msg, &mut |p, who| {
@@ -403,7 +444,7 @@ fn mux_message(
         if fx.deadline_moved {
             reg.expires = crate::hub::deadline_at(tick, session.deadline());
         }
-        if fx.state_changed || matches!(fx.reply, Reply::Write(_)) {
+        if fx.state_changed || matches!(fx.reply, Reply::Write(_) | Reply::Forward(_)) {
             reg.renew_at = renewal_at(&hub, session, tick);
         }
         match fx.reply {

@@ -288,13 +288,6 @@ pub const DIFFERENCES: &[Difference] = &[
                refuse it with 400; nothing is changed either way",
     },
     Difference {
-        id: "leases-in-cluster",
-        modes: &["cluster"],
-        what: "a node of a cluster refuses `\"lease\": true` with 400 (a lease is renewed and \
-               released by the node holding the connection, which a cluster does not do yet); \
-               on-close writes work",
-    },
-    Difference {
         id: "ws-framing",
         modes: &["namespace", "single"],
         what: "WebSocket framing is the Workers runtime's: it rejects a malformed frame (workerd \

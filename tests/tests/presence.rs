@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 
 use serde_json::{json, Value};
 use stateline_conformance::{
-    apply, call, client_frame, differs, next_data, next_json, raw_ws, unique, ws, Server, Ws, SOON,
+    apply, call, client_frame, next_data, next_json, raw_ws, unique, ws, Server, Ws, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -113,16 +113,6 @@ async fn a_subscriber_sees_join_and_leave_for_a_clean_close_and_a_dropped_socket
         json!({"id":1,"op":"set","key":format!("{room}/ann"),"value":{"name":"Ann"},"lease":true}),
     )
     .await;
-    if differs("leases-in-cluster") {
-        assert_eq!(r["error"]["status"], json!(400), "{r}");
-        assert!(s
-            .client()
-            .get(&format!("{room}/ann"))
-            .await
-            .unwrap()
-            .is_none());
-        return;
-    }
     assert_eq!(r["ok"], json!(true), "{r}");
     watcher.until(&["ann"], SOON).await;
     // Bob joins from two tabs: two leases on two keys.
@@ -285,9 +275,6 @@ async fn leases_and_onclose_refuse_what_they_cannot_do() {
         req["id"] = json!(i);
         let r = call(&mut w, req).await;
         assert_eq!(r["error"]["status"], json!(400), "{bad}: {r}");
-    }
-    if differs("leases-in-cluster") {
-        return;
     }
     // The lease cap: 64 keys per connection.
     for i in 0..64 {

@@ -66,8 +66,16 @@ impl Engine {
             return None;
         }
         self.log.push(&change);
-        // A delete carries no time: the time this node applied it.
-        let at = self.clock.latest();
+        // A delete carries no time: the time this node applied it, after every time it has
+        // seen (so a key's history is in strictly increasing time).
+        let at = match &change.entry {
+            Some(_) => self.clock.latest(),
+            None => {
+                let at = self.clock.latest().saturating_add(1);
+                self.clock.advance_past(at);
+                at
+            }
+        };
         self.history.push(&change, at);
         self.stats.writes += 1;
         self.notify(std::slice::from_ref(&change));

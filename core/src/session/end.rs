@@ -20,8 +20,8 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{Effects, Refusal, Reply, Session, Write};
-use crate::engine::{Cond, Op, Outcome};
+use super::{Effects, Forward, Leasing, Refusal, Reply, Session, Write};
+use crate::engine::{Applied, Cond, Op, Outcome};
 use crate::mux;
 use crate::rules::Action;
 use crate::store::Ttl;
@@ -32,6 +32,8 @@ use crate::{Change, Engine, Error, Identity, Pattern, Tick};
 pub(super) struct Lease {
     pub(super) key: String,
     pub(super) etag: String,
+    // A renewal of it is being ordered by a cluster (see `Session::renewals`).
+    pub(super) pending: bool,
 }
 
 impl Lease {
@@ -101,7 +103,11 @@ impl Session {
     ) {
         for (key, etag) in leases {
             if self.leases.len() < self.limits.leases {
-                self.leases.push(Lease { key, etag });
+                self.leases.push(Lease {
+                    key,
+                    etag,
+                    pending: false,
+                });
             }
         }
         for (handle, raw) in onclose {
@@ -120,13 +126,6 @@ impl Session {
     /// `set`/`patch`/`push` with `"lease": true`.
     pub(super) fn lease(&mut self, engine: &mut Engine, tick: Tick, id: Value, op: Op) -> Effects {
         let refuse = |e: &Error| Effects::reply(mux::reply_error(&id, e));
-        if self.ordered_elsewhere {
-            return refuse(&Error::BadRequest(
-                "leases are not available in cluster mode (a lease is renewed and released by \
-                 the node holding the connection); use ttl"
-                    .into(),
-            ));
-        }
         let known = match &op {
             Op::Set { key, .. } | Op::Patch { key, .. } => {
                 self.leases.iter().any(|l| l.key == *key)
@@ -181,6 +180,9 @@ impl Session {
             },
             other => other,
         };
+        if self.ordered_elsewhere {
+            return self.lease_elsewhere(engine, id, op, name, known);
+        }
         let mut a = match engine.execute(tick, op, &self.who) {
             Ok(a) => a,
             Err(e) => {
@@ -230,7 +232,11 @@ impl Session {
         }
         match self.leases.iter_mut().find(|l| l.key == key) {
             Some(l) => l.etag = etag,
-            None => self.leases.push(Lease { key, etag }),
+            None => self.leases.push(Lease {
+                key,
+                etag,
+                pending: false,
+            }),
         }
         let changes = std::mem::take(&mut a.changes);
         Effects {
@@ -336,6 +342,8 @@ impl Session {
         self.leases
             .iter()
             .map(|l| match engine.store().get(&l.key) {
+                // Its renewal is being ordered: looked at again in a quarter of the TTL.
+                _ if l.pending => self.limits.lease_ttl / 4,
                 Some(e) if e.etag() == l.etag => match e.expires {
                     Some(x) => x
                         .saturating_sub(self.limits.lease_ttl / 2)
@@ -345,6 +353,8 @@ impl Session {
                 // Gone or replaced: renewing forgets it.
                 _ => 0,
             })
+            // A lease a cluster is ordering is looked at again in a quarter of the TTL.
+            .chain((self.taking > 0).then_some(self.limits.lease_ttl / 4))
             .min()
             .map(|ns| ns.max(0) as u64)
     }
@@ -420,6 +430,152 @@ impl Session {
             }
         }
         changes
+    }
+
+    // A lease on a node of a cluster: checked here, ordered by the cluster like any write, and
+    // held once it is (`Session::forwarded`).
+    fn lease_elsewhere(
+        &mut self,
+        engine: &mut Engine,
+        id: Value,
+        op: Op,
+        name: &'static str,
+        known: bool,
+    ) -> Effects {
+        let refuse = |e: &Error| Effects::reply(mux::reply_error(&id, e));
+        // The key the lease deletes when the connection ends (a push's: one its glob names,
+        // as the stream names it only when it orders the push).
+        let key = match &op {
+            Op::Set { key, .. } => key.clone(),
+            Op::Patch { key, .. } if known => key.clone(),
+            Op::Patch { .. } => {
+                return refuse(&Error::BadRequest(
+                    "on a node of a cluster a lease is taken with set or push; a patch with \
+                     lease keeps the lease of a key this connection holds"
+                        .into(),
+                ))
+            }
+            Op::Push { target, .. } => match crate::key::validate_push(target) {
+                Ok("") => "0".to_string(),
+                Ok(prefix) => format!("{prefix}/0"),
+                Err(e) => return refuse(&e.into()),
+            },
+            _ => return refuse(&Error::BadRequest("a lease needs a write".into())),
+        };
+        if let Err(e) = engine.authorize(Action::Delete, &key, &self.who) {
+            let e = match e {
+                Error::Forbidden(m) => Error::Forbidden(format!(
+                    "a lease deletes its key when the connection ends, and {m}"
+                )),
+                other => other,
+            };
+            return refuse(&e);
+        }
+        self.taking += 1;
+        Effects {
+            reply: Reply::Forward(Forward {
+                op,
+                who: self.who.clone(),
+                id,
+                name,
+                lease: Some(Leasing::Take),
+            }),
+            ..Effects::reply(Bytes::new())
+        }
+    }
+
+    /// On a node of a cluster: the renewals of the leases that are due, as writes for the
+    /// cluster to order (each a `set` of the key's value with the lease's TTL, if the key still
+    /// holds the lease's write), without replies; pass each answer to [`Session::forwarded`].
+    /// Leases whose key another write took over are forgotten. A lease is renewed once at a
+    /// time. Nothing once the token expired.
+    pub fn renewals(&mut self, engine: &Engine, tick: Tick) -> Vec<Forward> {
+        let mut out = Vec::new();
+        if self.expired(tick) {
+            return out;
+        }
+        let now = engine.clock_at(tick);
+        let ttl = self.limits.lease_ttl;
+        let who = self.who.clone();
+        self.leases.retain_mut(|l| {
+            if l.pending {
+                return true;
+            }
+            let Some(e) = engine.store().get(&l.key).filter(|e| e.etag() == l.etag) else {
+                return false;
+            };
+            if e.expires.is_some_and(|x| x.saturating_sub(ttl / 2) > now) {
+                return true;
+            }
+            l.pending = true;
+            out.push(Forward {
+                op: Op::Set {
+                    key: l.key.clone(),
+                    value: (*e.data).clone(),
+                    ttl: Ttl::After(ttl),
+                    cond: Cond::IfMatch(vec![l.etag.clone()]),
+                },
+                who: who.clone(),
+                id: Value::Null,
+                name: "set",
+                lease: Some(Leasing::Renew),
+            });
+            true
+        });
+        out
+    }
+
+    /// What a cluster answered to a [`Forward`] of this connection: a lease taken or renewed
+    /// is held with the entity tag the cluster gave its write (`seq`); a renewal refused
+    /// (another write replaced the lease's) forgets the lease; one the cluster could not order
+    /// is tried again at the next renewal. Other writes change nothing here.
+    pub fn forwarded(&mut self, f: &Forward, r: Result<&Applied, &Error>, seq: Option<u64>) {
+        let Some(kind) = f.lease else {
+            return;
+        };
+        if kind == Leasing::Take {
+            self.taking = self.taking.saturating_sub(1);
+        }
+        let key_of = |op: &Op| match op {
+            Op::Set { key, .. } | Op::Patch { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        match r {
+            Ok(a) => {
+                let mut outcome = a.outcome.clone();
+                if let Some(seq) = seq {
+                    outcome.restamp(seq);
+                }
+                let Outcome::Written(key, entry) = outcome else {
+                    return;
+                };
+                let (key, etag) = (key.to_string(), entry.etag());
+                let room = self.leases.len() < self.limits.leases;
+                match self.leases.iter_mut().find(|l| l.key == key) {
+                    Some(l) => {
+                        l.etag = etag;
+                        l.pending = false;
+                    }
+                    None if kind == Leasing::Take && room => self.leases.push(Lease {
+                        key,
+                        etag,
+                        pending: false,
+                    }),
+                    None => {}
+                }
+            }
+            Err(e) => {
+                let Some(key) = key_of(&f.op) else {
+                    return;
+                };
+                let unavailable = matches!(e, Error::Unavailable(_) | Error::Storage(_));
+                if kind == Leasing::Renew && !unavailable {
+                    self.leases.retain(|l| l.key != key);
+                } else if let Some(l) = self.leases.iter_mut().find(|l| l.key == key) {
+                    l.pending = false;
+                }
+            }
+        }
     }
 
     /// Whether the connection leaves anything behind (leases or on-close writes).

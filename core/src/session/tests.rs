@@ -659,7 +659,7 @@ fn the_lease_and_onclose_caps_refuse_and_change_nothing() {
 }
 
 #[test]
-fn lease_and_onclose_messages_are_checked_and_a_cluster_refuses_leases() {
+fn lease_and_onclose_messages_are_checked_and_a_cluster_forwards_leases() {
     let mut e = engine();
     let mut s = open(&e);
     for bad in [
@@ -677,13 +677,15 @@ fn lease_and_onclose_messages_are_checked_and_a_cluster_refuses_leases() {
         assert_eq!(refused_with(&fx), 400, "{bad}");
     }
     assert!(!s.has_end_writes());
+    // A cluster node forwards a lease (see `a_cluster_node_orders_leases_and_their_renewals`)
+    // and changes nothing itself.
     let mut c = open(&e).ordered_elsewhere();
     let fx = handle(
         &mut c,
         &mut e,
         json!({"op": "set", "key": "k", "value": 1, "lease": true}),
     );
-    assert_eq!(refused_with(&fx), 400);
+    assert!(matches!(fx.reply, Reply::Forward(_)));
     assert!(e.store().get("k").is_none());
     // A host that rebuilds sessions gets them back.
     let mut s = open(&e);
@@ -740,4 +742,106 @@ fn a_silent_connection_that_holds_end_writes_is_taken_for_gone() {
         &mut none,
     );
     assert!(!native.silent(&e, t(10_000)));
+}
+
+#[test]
+fn a_cluster_node_orders_leases_and_their_renewals() {
+    let mut e = engine();
+    let mut s = open(&e).ordered_elsewhere();
+    let t = |secs: i64| at_secs(1_000 + secs);
+    let fx = s.handle(
+        &mut e,
+        t(0),
+        br#"{"id":1,"op":"set","key":"presence/r/a","value":{"n":1},"lease":true}"#,
+        &mut none,
+    );
+    let Reply::Forward(f) = fx.reply else {
+        panic!("{:?}", fx.reply)
+    };
+    assert!(f.replies());
+    assert!(
+        matches!(
+            &f.op,
+            Op::Set {
+                ttl: crate::Ttl::After(_),
+                ..
+            }
+        ),
+        "{:?}",
+        f.op
+    );
+    // Nothing is held until the cluster has ordered it.
+    assert_eq!(s.leases().count(), 0);
+    let a = e.execute(t(0), f.op.clone(), &f.who).unwrap();
+    s.forwarded(&f, Ok(&a), Some(0x77));
+    let held: Vec<(String, String)> = s.leases().map(|(k, v)| (k.into(), v.into())).collect();
+    assert_eq!(held, [("presence/r/a".to_string(), "\"77\"".to_string())]);
+    // A patch of a key it does not hold is refused on a cluster node.
+    let fx = s.handle(
+        &mut e,
+        t(0),
+        br#"{"id":2,"op":"patch","key":"presence/r/zz","value":{},"lease":true}"#,
+        &mut none,
+    );
+    assert_eq!(now(&fx)["error"]["status"], json!(400));
+    // Renewals are writes for the cluster, one at a time, without replies.
+    let mut e2 = engine();
+    let mut s2 = open(&e2).ordered_elsewhere();
+    let fx = s2.handle(
+        &mut e2,
+        t(0),
+        br#"{"id":1,"op":"set","key":"presence/r/b","value":1,"lease":true}"#,
+        &mut none,
+    );
+    let Reply::Forward(f) = fx.reply else {
+        panic!()
+    };
+    let a = e2.execute(t(0), f.op.clone(), &f.who).unwrap();
+    s2.forwarded(&f, Ok(&a), None);
+    assert!(s2.renewals(&e2, t(1)).is_empty(), "not due yet");
+    let due = s2.renewals(&e2, t(45));
+    assert_eq!(due.len(), 1);
+    assert!(!due[0].replies());
+    assert!(s2.renewals(&e2, t(46)).is_empty(), "one renewal at a time");
+    let a = e2.execute(t(45), due[0].op.clone(), &due[0].who).unwrap();
+    s2.forwarded(&due[0], Ok(&a), None);
+    assert_eq!(s2.leases().next().unwrap().1, a_etag(&a));
+    // Another write replaced it: the renewal is refused and the lease forgotten.
+    e2.execute_as_system(
+        t(50),
+        Op::Set {
+            key: "presence/r/b".into(),
+            value: json!("theirs"),
+            ttl: crate::Ttl::Clear,
+            cond: crate::Cond::Always,
+        },
+    )
+    .unwrap();
+    let due = s2.renewals(&e2, t(200));
+    assert!(due.is_empty(), "a replaced lease is forgotten, not renewed");
+    assert_eq!(s2.leases().count(), 0);
+    // One the cluster could not order is kept and tried again.
+    let mut s3 = open(&e2).ordered_elsewhere();
+    let fx = s3.handle(
+        &mut e2,
+        t(300),
+        br#"{"id":1,"op":"set","key":"presence/r/c","value":1,"lease":true}"#,
+        &mut none,
+    );
+    let Reply::Forward(f) = fx.reply else {
+        panic!()
+    };
+    let a = e2.execute(t(300), f.op.clone(), &f.who).unwrap();
+    s3.forwarded(&f, Ok(&a), None);
+    let due = s3.renewals(&e2, t(400));
+    assert_eq!(due.len(), 1);
+    s3.forwarded(&due[0], Err(&Error::Unavailable("down".into())), None);
+    assert_eq!(s3.renewals(&e2, t(401)).len(), 1);
+}
+
+fn a_etag(a: &Applied) -> String {
+    match &a.outcome {
+        crate::Outcome::Written(_, e) => e.etag(),
+        other => panic!("{other:?}"),
+    }
 }
