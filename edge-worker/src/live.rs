@@ -46,10 +46,11 @@ pub(crate) struct Attachment {
     /// Its registered on-close writes: handle and message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) onclose: Vec<(u64, String)>,
-    /// When the peer was last heard (engine clock, ns), saved at most every [`HEARD_EVERY`]:
-    /// a woken object still knows how long a socket that holds end writes has been silent.
+    /// When the peer was last heard (engine clock, in ms: a JavaScript number holds it
+    /// exactly, where ns would not fit), saved at most every [`HEARD_EVERY`]: a woken object
+    /// still knows how long a socket that holds end writes has been silent.
     #[serde(default)]
-    pub(crate) heard: i64,
+    pub(crate) heard_ms: i64,
 }
 
 /// How far the saved [`Attachment::heard`] may trail the last message (ns): saving the
@@ -318,7 +319,7 @@ pub(crate) fn attachment_of(att: &Attachment, session: &Session) -> Attachment {
             .onclose_writes()
             .map(|(h, w)| (h, w.to_string()))
             .collect(),
-        heard: session.heard().unwrap_or(att.heard),
+        heard_ms: session.heard().map_or(att.heard_ms, |ns| ns / 1_000_000),
         ..att.clone()
     }
 }

@@ -77,8 +77,10 @@ impl Namespace {
         let history_limits = config.history;
         // Tests shorten it; a deployment keeps the default.
         let silence = self
-            .env("STATELINE_SILENCE_SECS")
-            .and_then(|v| v.parse::<f64>().ok())
+            .env
+            .var("STATELINE_SILENCE_SECS")
+            .ok()
+            .and_then(|v| v.to_string().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e6)
             .map_or(stateline_core::session::SILENCE, |s| (s * 1e9) as i64);
         let mut engine = Engine::restore(tick(), store, log, config, filters);
@@ -134,8 +136,8 @@ impl Namespace {
                             att.onclose.clone(),
                         );
                         // An attachment from before `heard` was kept: heard now.
-                        let heard = if att.heard > 0 {
-                            att.heard
+                        let heard = if att.heard_ms > 0 {
+                            att.heard_ms.saturating_mul(1_000_000)
                         } else {
                             live.engine.clock_at(t)
                         };
@@ -390,7 +392,7 @@ impl Namespace {
             token: token.clone(),
             leases: vec![],
             onclose: vec![],
-            heard: 0,
+            heard_ms: 0,
         };
         let mut first = None;
         if kind == "clock" {
@@ -526,9 +528,9 @@ impl Namespace {
         let fx = session.handle(engine, t, msg, &mut admit);
         // The time it was heard is saved now and then, for a woken object's silence check.
         let heard_moved = session.has_end_writes()
-            && session
-                .heard()
-                .is_some_and(|h| h.saturating_sub(att.heard) >= HEARD_EVERY);
+            && session.heard().is_some_and(|h| {
+                h.saturating_sub(att.heard_ms.saturating_mul(1_000_000)) >= HEARD_EVERY
+            });
         let saved = (fx.state_changed || heard_moved).then(|| attachment_of(&att, session));
         log_denials(&mut live.engine);
         for pool in fx.left {
