@@ -595,7 +595,7 @@ impl Session {
     }
 
     /// When a connection that holds end writes is to be taken for gone for its silence
-    /// ([`Limits::silence`]; engine clock, ns): `None` when the host pings its peers itself,
+    /// ([`Limits::silence`](super::Limits::silence); engine clock, ns): `None` when the host pings its peers itself,
     /// or the connection leaves nothing behind.
     pub fn silent_after(&self) -> Option<i64> {
         let silence = self.limits.silence?;
