@@ -114,6 +114,10 @@ pub enum Error {
     /// A written value does not match the rule's JSON Schema (`<key>: <violations>`).
     #[error("value does not match the schema for {0}")]
     Schema(String),
+    /// A write's id (`rid`, `Idempotency-Key`) was already used by this caller for another
+    /// write (see [`crate::receipts`]).
+    #[error("this id (rid, Idempotency-Key) was already used for another write; nothing was changed (give each write its own id)")]
+    IdempotencyKeyReused,
 }
 
 impl Error {
@@ -188,6 +192,7 @@ impl Error {
             }
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Schema(_) => StatusCode::BAD_REQUEST,
+            Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -220,6 +225,7 @@ impl Error {
             Error::Unauthorized(_) | Error::NoToken(_) | Error::NotAuthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::Schema(_) => "schema",
+            Error::IdempotencyKeyReused => "idempotency-key-reused",
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod log;
 pub mod meta;
 pub mod mux;
 pub mod pool;
+pub mod receipts;
 pub mod replica;
 pub mod rules;
 pub mod session;

@@ -27,6 +27,13 @@
 //! | `onclose` | `write` (a `set`, `patch` or `del` message without `id`) | `onclose` (the handle, a number) |
 //! | `onclose_cancel` | `onclose` (a handle) | `onclose` |
 //!
+//! Every write (`set`, `push`, `patch`, `del`, `incr`, `take`, `rename`, `tx`) may carry `rid`,
+//! an id of the client's choosing (1 to 128 visible ASCII characters): a repeat of it by the
+//! same caller is answered with the first answer instead of being applied again, so a client
+//! resends any write after a reconnect (see [`crate::receipts`]). In a transaction the `tx`
+//! message carries it, not its writes; a leased write takes none (the client takes a lease
+//! again after every reconnect instead).
+//!
 //! `set`, `patch` and `push` also take `"lease": true`: the key is deleted when the connection
 //! ends (see [`crate::session`]; not with `ttl`, which the lease sets).
 //!
@@ -88,6 +95,9 @@ pub enum Request {
 pub struct Message {
     /// Echoed in the reply (`null` if the client sent none).
     pub id: Value,
+    /// The write's own id (`rid`), if the client gave one: a repeat is answered, not applied
+    /// again (see [`crate::receipts`]).
+    pub rid: Option<String>,
     /// The request.
     pub request: Request,
 }
@@ -195,7 +205,25 @@ pub fn parse_limited(msg: &[u8], max_depth: usize, max_nodes: usize) -> Result<M
         _ => request(op, &o, &id)?,
     };
     let request = leased(&o, &id, request)?;
-    Ok(Message { id, request })
+    let rid = match o.get("rid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) => {
+            if !matches!(request, Request::Op(_)) {
+                return Err(bad(
+                    &id,
+                    "rid is for writes (set, push, patch, del, incr, take, rename, tx) without \
+                     lease: a leased write is taken again after every reconnect instead",
+                ));
+            }
+            crate::receipts::check_id(r).map_err(|error| Refused {
+                id: id.clone(),
+                error,
+            })?;
+            Some(r.clone())
+        }
+        Some(_) => return Err(bad(&id, "rid must be a string")),
+    };
+    Ok(Message { id, rid, request })
 }
 
 // The request a message's `op` names, from the message's fields.
@@ -348,6 +376,14 @@ pub fn tx(o: &Map<String, Value>, id: &Value) -> Result<Tx, Refused> {
                 format!("tx: then[{i}]: op {op:?} cannot be part of a transaction; its writes are set, push, patch, del and incr"),
             ));
         }
+        if w.get("rid").is_some_and(|l| !l.is_null()) {
+            return Err(bad(
+                id,
+                format!(
+                    "tx: then[{i}]: a transaction's writes take no rid (give the tx message one)"
+                ),
+            ));
+        }
         if w.get("lease").is_some_and(|l| !l.is_null()) {
             return Err(bad(
                 id,
@@ -408,8 +444,8 @@ fn on_close(
             "field \"write\" (a set, patch or del message) is required",
         ));
     };
-    if w.contains_key("id") || w.contains_key("lease") {
-        return Err(bad(id, "an onclose write has no id and no lease"));
+    if w.contains_key("id") || w.contains_key("lease") || w.contains_key("rid") {
+        return Err(bad(id, "an onclose write has no id, no rid and no lease"));
     }
     if !matches!(
         w.get("op").and_then(Value::as_str),

@@ -203,6 +203,8 @@ pub struct Forward {
     name: &'static str,
     // A lease it takes or renews: its answer goes to `Session::forwarded`.
     lease: Option<Leasing>,
+    /// The write's own id (`rid`): give [`Engine::remember`] its answer.
+    pub rid: Option<String>,
 }
 
 /// What a forwarded write does to a lease.
@@ -452,6 +454,7 @@ impl Session {
             Err(r) => return Effects::reply(mux::reply_error(&r.id, &r.error)),
         };
         let id = m.id;
+        let rid = m.rid;
         if let Some(why) = self.outside(&m.request) {
             return Effects::reply(mux::reply_error(&id, &Error::BadRequest(why)));
         }
@@ -488,6 +491,20 @@ impl Session {
             Request::OnCloseCancel { handle } => self.cancel_onclose(&id, handle),
             Request::Op(op) => {
                 let name = mux::op_name(&op);
+                if let (true, Some(r)) = (self.ordered_elsewhere, rid.as_deref()) {
+                    // A repeat this node answered before is answered again, not forwarded.
+                    match engine.repeated(&op, &self.who, r) {
+                        Ok(None) => {}
+                        Ok(Some(outcome)) => {
+                            let a = Applied {
+                                outcome,
+                                changes: Vec::new(),
+                            };
+                            return Effects::reply(mux::reply_applied(&id, name, &a));
+                        }
+                        Err(e) => return Effects::reply(mux::reply_error(&id, &e)),
+                    }
+                }
                 if self.ordered_elsewhere {
                     return Effects {
                         reply: Reply::Forward(Forward {
@@ -496,11 +513,12 @@ impl Session {
                             id,
                             name,
                             lease: None,
+                            rid,
                         }),
                         ..Effects::reply(Bytes::new())
                     };
                 }
-                let reply = match engine.execute(tick, op, &self.who) {
+                let reply = match engine.execute_once(tick, op, &self.who, rid.as_deref()) {
                     Ok(mut a) => {
                         let changes = std::mem::take(&mut a.changes);
                         Reply::Write(Write {

@@ -25,6 +25,7 @@ use crate::history::History;
 use crate::json;
 use crate::log::Log;
 use crate::pool::{Frame, Pools};
+use crate::receipts::{Receipts, Seen};
 use crate::rules::{Identity, Rules};
 use crate::store::{Change, Entry, Store, Ttl};
 
@@ -69,6 +70,9 @@ pub struct Config {
     /// Key history (`GET /<key>?history=N`): versions kept per key (the largest `N`; 0 turns
     /// history off) and bytes kept in total (see [`crate::history`] for why each).
     pub history: crate::history::Limits,
+    /// Idempotent writes (`rid`, `Idempotency-Key`): receipts kept and their bytes (see
+    /// [`crate::receipts`] for why each).
+    pub receipts: crate::receipts::Limits,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             max_nodes: json::MAX_NODES,
             allowed_hosts: Vec::new(),
             history: crate::history::Limits::default(),
+            receipts: crate::receipts::Limits::default(),
         }
     }
 }
@@ -306,6 +311,8 @@ pub struct Stats {
     pub frame_bytes: u64,
     /// Keys expired by TTL.
     pub expired: u64,
+    /// Writes answered from a receipt instead of applied again (a client's retry).
+    pub repeats: u64,
     /// Requests refused by the access rules, by reason.
     pub denied: DeniedStats,
 }
@@ -329,6 +336,7 @@ pub struct Engine {
     // A transaction is running: after-write hooks wait for its end (it may be undone).
     in_tx: bool,
     history: History,
+    receipts: Receipts,
 }
 
 impl Engine {
@@ -368,6 +376,7 @@ impl Engine {
     ) -> Engine {
         let log = Log::new(store.last_seq(), config.log_entries, config.log_bytes);
         let history = History::new(config.history);
+        let receipts = Receipts::new(config.receipts);
         Engine {
             clock,
             store,
@@ -382,6 +391,7 @@ impl Engine {
             ordered_elsewhere: false,
             in_tx: false,
             history,
+            receipts,
         }
     }
 
@@ -402,6 +412,21 @@ impl Engine {
     pub fn restore_history(&mut self, mut history: History) {
         history.store_in_storage();
         self.history = history;
+    }
+    /// The receipts of idempotent writes (read-only).
+    pub fn receipts(&self) -> &Receipts {
+        &self.receipts
+    }
+    /// Takes what storage must write to hold the same receipts as memory (see
+    /// [`crate::receipts`]): adapters with storage call it with every commit, as
+    /// [`Engine::take_history_delta`].
+    pub fn take_receipts_delta(&mut self) -> crate::receipts::Delta {
+        self.receipts.take_delta()
+    }
+    /// Installs the receipts given back by storage at start (see [`Receipts::restore`]).
+    pub fn restore_receipts(&mut self, mut receipts: Receipts) {
+        receipts.store_in_storage();
+        self.receipts = receipts;
     }
     /// The change log (read-only).
     pub fn log(&self) -> &Log {
@@ -469,6 +494,82 @@ impl Engine {
         r
     }
 
+    /// [`Engine::execute`] for a write that carries the client's id `rid` (`/_ws` `rid`, the
+    /// `Idempotency-Key` header): the first time it is applied and its outcome remembered; a
+    /// repeat by the same caller gets that outcome again with no changes (nothing is applied
+    /// twice), and a repeat for another write is refused (see [`crate::receipts`]). Without an
+    /// id, or with receipts off (`--receipts 0`), this is [`Engine::execute`].
+    ///
+    /// A cluster node (see [`Engine::order_elsewhere`]) answers repeats it knows of but
+    /// remembers nothing here: its writes are remembered when their ordered answer comes
+    /// ([`Engine::remember`]).
+    pub fn execute_once(
+        &mut self,
+        tick: Tick,
+        op: Op,
+        who: &Identity,
+        rid: Option<&str>,
+    ) -> Result<Applied, Error> {
+        let Some(rid) = rid.filter(|_| self.receipts.limits().keep > 0) else {
+            return self.execute(tick, op, who);
+        };
+        if let Some(outcome) = self.repeated(&op, who, rid)? {
+            return Ok(Applied {
+                outcome,
+                changes: Vec::new(),
+            });
+        }
+        let keep = (!self.ordered_elsewhere).then(|| op.clone());
+        let a = self.execute(tick, op, who)?;
+        if let Some(op) = keep {
+            let (seq, changed) = match a.changes.last() {
+                Some(c) => (c.seq, true),
+                None => (self.store.last_seq(), false),
+            };
+            let id = Receipts::scoped(who.subject().as_deref(), rid);
+            self.receipts.record(id, &op, &a.outcome, seq, changed);
+        }
+        Ok(a)
+    }
+
+    /// Whether `op` with the client's id `rid` was applied already (by `who`): its outcome if
+    /// so, `None` if it is new; refused if the id is malformed or was used for another write.
+    /// [`Engine::execute_once`] asks this first; a cluster node asks it before forwarding.
+    pub fn repeated(
+        &mut self,
+        op: &Op,
+        who: &Identity,
+        rid: &str,
+    ) -> Result<Option<Outcome>, Error> {
+        if self.receipts.limits().keep == 0 {
+            return Ok(None);
+        }
+        crate::receipts::check_id(rid)?;
+        let id = Receipts::scoped(who.subject().as_deref(), rid);
+        match self.receipts.check(&id, op) {
+            Err(e) => {
+                self.stats.refused += 1;
+                Err(e)
+            }
+            Ok(Seen::Again(_, outcome)) => {
+                self.stats.repeats += 1;
+                Ok(Some(outcome))
+            }
+            Ok(Seen::New) => Ok(None),
+        }
+    }
+
+    /// Remembers the outcome of a write with the client's id `rid` that another log ordered
+    /// (a cluster node's [`Engine::execute_once`] remembers nothing itself), in memory only.
+    pub fn remember(&mut self, op: &Op, who: &Identity, rid: &str, outcome: &Outcome) {
+        if self.receipts.limits().keep == 0 || crate::receipts::check_id(rid).is_err() {
+            return;
+        }
+        let id = Receipts::scoped(who.subject().as_deref(), rid);
+        let seq = self.store.last_seq();
+        self.receipts.record(id, op, outcome, seq, false);
+    }
+
     /// Rolls back applied-but-unpublished changes (their durable commit failed). They must be the
     /// latest changes applied.
     pub fn revert(&mut self, changes: &[Change]) {
@@ -476,6 +577,7 @@ impl Engine {
             self.store.undo(changes);
             self.log.truncate_from(first.seq);
             self.history.undo_from(first.seq);
+            self.receipts.undo_from(first.seq);
             // A pool joined while these changes were applied saw them: it resyncs.
             let frames = self
                 .pools

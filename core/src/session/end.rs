@@ -479,6 +479,7 @@ impl Session {
                 id,
                 name,
                 lease: Some(Leasing::Take),
+                rid: None,
             }),
             ..Effects::reply(Bytes::new())
         }
@@ -519,6 +520,7 @@ impl Session {
                 id: Value::Null,
                 name: "set",
                 lease: Some(Leasing::Renew),
+                rid: None,
             });
             true
         });

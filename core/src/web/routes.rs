@@ -51,13 +51,43 @@ pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutc
     handle_as(engine, tick, req, &who)
 }
 
-/// Answers a plain HTTP request for `who` (the adapter identified the caller already).
+/// Answers a plain HTTP request for `who` (the adapter identified the caller already). A write
+/// answered from its receipt (a repeated `Idempotency-Key`) says so in `Idempotent-Replayed:
+/// true`.
 pub fn handle_as(
     engine: &mut Engine,
     tick: Tick,
     req: &Request<Bytes>,
     who: &Identity,
 ) -> HttpOutcome {
+    let repeats = engine.stats().repeats;
+    let mut out = route(engine, tick, req, who);
+    if engine.stats().repeats > repeats {
+        out.response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    out
+}
+
+/// [`Engine::execute_once`] with the request's `Idempotency-Key`, if it has one.
+fn exec(
+    engine: &mut Engine,
+    h: &HeaderMap,
+    tick: Tick,
+    op: Op,
+    who: &Identity,
+) -> Result<Applied, Error> {
+    let rid = match h.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(crate::receipts::from_header(v.to_str().map_err(|_| {
+            Error::BadRequest("Idempotency-Key must be visible ASCII".into())
+        })?)?),
+    };
+    engine.execute_once(tick, op, who, rid.as_deref())
+}
+
+fn route(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, who: &Identity) -> HttpOutcome {
     // Borrowed, not copied: this runs for every request.
     let h = req.headers();
     let method = req.method();
@@ -261,7 +291,7 @@ pub(super) fn data_route(
                     ttl,
                 },
             };
-            let a = engine.execute(tick, op, who)?;
+            let a = exec(engine, h, tick, op, who)?;
             written(engine, h, a, None, StatusCode::OK)
         }
         "PUT" => {
@@ -286,7 +316,9 @@ pub(super) fn data_route(
                 e => e,
             })?;
             let ttl = parse_ttl(q, h)?;
-            let a = engine.execute(
+            let a = exec(
+                engine,
+                h,
                 tick,
                 Op::Set {
                     key: key.to_string(),
@@ -316,7 +348,9 @@ pub(super) fn data_route(
                 "application/merge-patch+json" => PatchKind::MergePatch(v),
                 _ => PatchKind::Merge(v),
             };
-            let a = engine.execute(
+            let a = exec(
+                engine,
+                h,
                 tick,
                 Op::Patch {
                     key: key.to_string(),
@@ -330,7 +364,9 @@ pub(super) fn data_route(
         "DELETE" => {
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
             Pattern::from_http_path(path, false)?;
-            let a = engine.execute(
+            let a = exec(
+                engine,
+                h,
                 tick,
                 Op::Delete {
                     target: target.into(),
@@ -453,7 +489,9 @@ pub(super) fn extended(
                 Ttl::Clear => Ttl::Keep,
                 t => t,
             };
-            let a = engine.execute(
+            let a = exec(
+                engine,
+                h,
                 tick,
                 Op::Incr {
                     key: key.into(),
@@ -471,7 +509,7 @@ pub(super) fn extended(
         }
         "take" => {
             post_only(method)?;
-            let a = engine.execute(tick, Op::Take { key: key.into() }, who)?;
+            let a = exec(engine, h, tick, Op::Take { key: key.into() }, who)?;
             let Outcome::Taken(k, e) = &a.outcome else {
                 unreachable!("take takes")
             };
@@ -486,7 +524,7 @@ pub(super) fn extended(
                 ));
             };
             let tx = crate::mux::tx(&o, &Value::Null).map_err(|r| r.error)?;
-            let a = engine.execute(tick, Op::Tx(tx), who)?;
+            let a = exec(engine, h, tick, Op::Tx(tx), who)?;
             written(engine, h, a, None, StatusCode::OK)
         }
         "rename" => {
@@ -496,7 +534,9 @@ pub(super) fn extended(
                 Error::BadRequest("rename: body must be {\"to\": \"<key>\"}".into())
             })?;
             let overwrite = v.get("overwrite").and_then(Value::as_bool).unwrap_or(false);
-            let a = engine.execute(
+            let a = exec(
+                engine,
+                h,
                 tick,
                 Op::Rename {
                     from: key.into(),
