@@ -236,6 +236,20 @@ impl Forward {
         }
     }
 
+    /// Remembers the ordered answer of a write that carried the client's id (`rid`) on this
+    /// node ([`Engine::remember`]), so a repeat sent here is answered instead of ordered again.
+    /// Nothing for a refusal or a write without an id.
+    pub fn remember(&self, engine: &mut Engine, r: Result<&Applied, &Error>, seq: Option<u64>) {
+        let (Some(rid), Ok(a)) = (&self.rid, r) else {
+            return;
+        };
+        let mut outcome = a.outcome.clone();
+        if let Some(seq) = seq {
+            outcome.restamp(seq);
+        }
+        engine.remember(&self.op, &self.who, rid, &outcome);
+    }
+
     /// The reply when the other log could not take it (unreachable, no leader): 503 with why.
     pub fn unavailable(&self, why: &str) -> Bytes {
         mux::reply_error(&self.id, &Error::Unavailable(why.to_string()))

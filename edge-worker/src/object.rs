@@ -75,6 +75,7 @@ impl Namespace {
                 .map_err(|e| format!("STATELINE_RULES: {e}"))?;
         }
         let history_limits = config.history;
+        let receipt_limits = config.receipts;
         // Tests shorten it; a deployment keeps the default.
         let silence = self
             .env
@@ -85,6 +86,7 @@ impl Namespace {
             .map_or(stateline_core::session::SILENCE, |s| (s * 1e9) as i64);
         let mut engine = Engine::restore(tick(), store, log, config, filters);
         engine.restore_history(sql::load_history(&db, history_limits)?);
+        engine.restore_receipts(sql::load_receipts(&db, receipt_limits)?);
         let mut live = Live {
             engine,
             ns,
@@ -171,7 +173,9 @@ impl Namespace {
             return Ok(());
         }
         let history = live.engine.take_history_delta();
-        if let Err(e) = sql::commit(&self.state.storage(), &changes, history, live.log_keep) {
+        let receipts = live.engine.take_receipts_delta();
+        let storage = self.state.storage();
+        if let Err(e) = sql::commit(&storage, &changes, history, receipts, live.log_keep) {
             live.engine.revert(&changes);
             return Err(e);
         }

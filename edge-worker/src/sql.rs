@@ -1,8 +1,9 @@
 //! The Durable Object's storage: its SQLite database, in the core's record layout.
 //!
 //! Tables: `entries(key, rec)`, `log(seq, rec)`, `history(seq, rec)` (the key history,
-//! `stateline_core::history`'s layout, written from the engine's delta with every commit) and
-//! `meta(name, value)`. Sequence numbers and
+//! `stateline_core::history`'s layout, written from the engine's delta with every commit),
+//! `receipts(seq, rec)` (the receipts of idempotent writes, `stateline_core::receipts`'s
+//! layout, likewise) and `meta(name, value)`. Sequence numbers and
 //! nanosecond timestamps do not fit a JavaScript number, so records are blobs in the core's byte
 //! layout (`stateline_core::codec`, the same as the native server's redb file) and sequence
 //! numbers are 16-digit hex text, which sorts in numeric order.
@@ -37,6 +38,7 @@ pub fn init(sql: &SqlStorage) -> Result<(), String> {
         "CREATE TABLE IF NOT EXISTS log (seq TEXT PRIMARY KEY, rec BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS history (seq TEXT PRIMARY KEY, rec BLOB NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS receipts (seq TEXT PRIMARY KEY, rec BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS namespaces (name TEXT PRIMARY KEY)",
     ] {
         sql.exec(stmt, None).map_err(err)?;
@@ -119,9 +121,22 @@ pub fn load(sql: &SqlStorage, config: &Config) -> Result<(Store, Log), String> {
 /// Loads the key history kept with the store, trimmed to `limits` (what was trimmed is in the
 /// history's delta, removed by the next commit).
 pub fn load_history(sql: &SqlStorage, limits: Limits) -> Result<History, String> {
+    History::restore(limits, rows(sql, "history")?).map_err(|c| c.0)
+}
+
+/// Loads the receipts of idempotent writes kept with the store, trimmed to `limits`.
+pub fn load_receipts(
+    sql: &SqlStorage,
+    limits: stateline_core::receipts::Limits,
+) -> Result<stateline_core::receipts::Receipts, String> {
+    stateline_core::receipts::Receipts::restore(limits, rows(sql, "receipts")?).map_err(|c| c.0)
+}
+
+// Every `(seq, rec)` row of a table keyed by sequence number.
+fn rows(sql: &SqlStorage, table: &str) -> Result<Vec<(u64, Vec<u8>)>, String> {
     let mut rows = Vec::new();
     for row in sql
-        .exec("SELECT seq, rec FROM history", None)
+        .exec(&format!("SELECT seq, rec FROM {table}"), None)
         .map_err(err)?
         .raw()
     {
@@ -129,20 +144,24 @@ pub fn load_history(sql: &SqlStorage, limits: Limits) -> Result<History, String>
         let seq = u64::from_str_radix(string(row.first())?, 16).map_err(err)?;
         rows.push((seq, blob(row.get(1))?.to_vec()));
     }
-    History::restore(limits, rows).map_err(|c| c.0)
+    Ok(rows)
 }
 
-fn write_history(sql: &SqlStorage, d: &Delta) -> Result<(), String> {
+// Writes a delta of a table keyed by sequence number (`history`, `receipts`).
+fn write_rows(sql: &SqlStorage, table: &str, d: &Delta) -> Result<(), String> {
     for (seq, rec) in &d.put {
         sql.exec(
-            "INSERT OR REPLACE INTO history (seq, rec) VALUES (?, ?)",
+            &format!("INSERT OR REPLACE INTO {table} (seq, rec) VALUES (?, ?)"),
             vec![hex(*seq).into(), rec.clone().into()],
         )
         .map_err(err)?;
     }
     for seq in &d.drop {
-        sql.exec("DELETE FROM history WHERE seq = ?", vec![hex(*seq).into()])
-            .map_err(err)?;
+        sql.exec(
+            &format!("DELETE FROM {table} WHERE seq = ?"),
+            vec![hex(*seq).into()],
+        )
+        .map_err(err)?;
     }
     Ok(())
 }
@@ -184,15 +203,16 @@ fn write(sql: &SqlStorage, changes: &[Change], log_keep: usize) -> Result<(), St
     Ok(())
 }
 
-/// Writes a batch of changes, and the key history's delta, in one transaction: all of them, or
-/// nothing.
+/// Writes a batch of changes, the key history's delta and the receipts' delta, in one
+/// transaction: all of them, or nothing.
 pub fn commit(
     storage: &Storage,
     changes: &[Change],
     history: Delta,
+    receipts: Delta,
     log_keep: usize,
 ) -> Result<(), String> {
-    if changes.is_empty() && history.is_empty() {
+    if changes.is_empty() && history.is_empty() && receipts.is_empty() {
         return Ok(());
     }
     // `transactionSync` runs the callback at once and rolls back if it throws. The callback must
@@ -200,7 +220,8 @@ pub fn commit(
     let failure = std::rc::Rc::new(std::cell::RefCell::new(None::<String>));
     let (sql, batch, seen) = (storage.sql(), changes.to_vec(), failure.clone());
     let cb = Closure::once(move || -> Result<JsValue, JsValue> {
-        write_history(&sql, &history)
+        write_rows(&sql, "history", &history)
+            .and_then(|()| write_rows(&sql, "receipts", &receipts))
             .and_then(|()| write(&sql, &batch, log_keep))
             .map_err(|e| {
                 *seen.borrow_mut() = Some(e.clone());

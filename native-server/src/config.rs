@@ -329,6 +329,17 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_HISTORY_BYTES", default_value_t = stateline_core::history::DEFAULT_MAX_BYTES)]
     pub history_bytes: usize,
 
+    /// Idempotent writes: ids (`rid` on /_ws, the `Idempotency-Key` header) remembered with
+    /// their answers, so a client's retry is answered instead of applied again (0 turns this
+    /// off). A repeat of an id older than the newest N is applied as a new write. Kept on disk
+    /// with the store.
+    #[arg(long, env = "STATELINE_RECEIPTS", default_value_t = stateline_core::receipts::DEFAULT_KEEP)]
+    pub receipts: usize,
+
+    /// Bytes kept for all remembered ids and their answers together (the oldest go first).
+    #[arg(long, env = "STATELINE_RECEIPTS_BYTES", default_value_t = stateline_core::receipts::DEFAULT_MAX_BYTES)]
+    pub receipts_bytes: usize,
+
     /// Allowed origins (comma-separated) for CORS and WebSocket handshakes; `*` allows any.
     #[arg(
         long,
@@ -440,6 +451,10 @@ impl ServeArgs {
             history: stateline_core::history::Limits {
                 keep: self.history,
                 max_bytes: self.history_bytes,
+            },
+            receipts: stateline_core::receipts::Limits {
+                keep: self.receipts,
+                max_bytes: self.receipts_bytes,
             },
             ..Config::default()
         }

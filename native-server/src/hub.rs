@@ -577,9 +577,11 @@ impl Shared {
                 let first = changes[0].seq;
                 // A stopped commit thread cannot make this durable: undo it now.
                 let history = hub.engine.take_history_delta();
+                let receipts = hub.engine.take_receipts_delta();
                 if let Err(job) = c.submit_or_return(Job {
                     changes,
                     history,
+                    receipts,
                     done,
                 }) {
                     tracing::error!(seq = first, "commit thread is gone; rolling back");
@@ -624,6 +626,7 @@ impl Shared {
         if let Err(job) = c.submit_or_return(Job {
             changes: Vec::new(),
             history: Default::default(),
+            receipts: Default::default(),
             done,
         }) {
             (job.done)(Err("the commit thread stopped".into()));

@@ -88,11 +88,16 @@ pub fn open_store(
         "store loaded"
     );
     let limits = config.history;
+    let limits_receipts = config.receipts;
     let mut engine = Engine::restore(clocks.tick(), store, log, config, filters);
     let history = disk
         .load_history(limits)
         .map_err(|e| ServeError::Storage(e.to_string()))?;
     engine.restore_history(history);
+    let receipts = disk
+        .load_receipts(limits_receipts)
+        .map_err(|e| ServeError::Storage(e.to_string()))?;
+    engine.restore_receipts(receipts);
     Ok((engine, Some(Arc::new(disk))))
 }
 

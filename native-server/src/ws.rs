@@ -391,6 +391,9 @@ fn cluster_writer(
                     crate::cluster::Step::op(hub, tick, &f.op, &f.who)
                 })
                 .await;
+            if let (Some(_), Ok((r, seq))) = (&f.rid, &r) {
+                f.remember(&mut sh.lock().engine, r.as_ref(), *seq);
+            }
             // A lease taken or renewed is held with the version the cluster gave it.
             match &r {
                 Ok((r, seq)) => locked(&session).forwarded(&f, r.as_ref(), *seq),

@@ -45,6 +45,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 // Key history: seq → a version (`stateline_core::history`'s layout). Written from the core's
 // `history::Delta` in the same transaction as the changes.
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+// Receipts of idempotent writes: seq of the write's last change → the receipt
+// (`stateline_core::receipts`'s layout). Written from the core's `receipts::Delta` in the same
+// transaction as the changes, so a write is on disk exactly when its receipt is.
+const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
 const FORMAT: u64 = 1;
 
 /// The file inside the data directory.
@@ -333,6 +337,7 @@ impl Disk {
             tx.open_table(ENTRIES).map_err(io)?;
             tx.open_table(LOG).map_err(io)?;
             tx.open_table(HISTORY).map_err(io)?;
+            tx.open_table(RECEIPTS).map_err(io)?;
         }
         tx.commit().map_err(io)?;
         self.seq.store(last_seq, SeqCst);
@@ -411,6 +416,32 @@ impl Disk {
             .map_err(|c| damaged(&self.path, &c.0))
     }
 
+    /// Loads the receipts of idempotent writes kept with the store, trimmed to `limits`.
+    pub fn load_receipts(
+        &self,
+        limits: stateline_core::receipts::Limits,
+    ) -> Result<stateline_core::receipts::Receipts, DiskError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| DiskError::Unavailable(self.unavailable_reason()))?;
+        let tx = db.begin_read().map_err(io)?;
+        let mut rows = Vec::new();
+        match tx.open_table(RECEIPTS) {
+            Ok(t) => {
+                for row in t.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    rows.push((k.value(), v.value().to_vec()));
+                }
+            }
+            // A file written before receipts were kept.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(io(e)),
+        }
+        stateline_core::receipts::Receipts::restore(limits, rows)
+            .map_err(|c| damaged(&self.path, &c.0))
+    }
+
     /// Test hook: the next `n` commits fail (as a full disk would), writing nothing. redb is not
     /// touched, so this does not exercise the re-open; [`Disk::fail_writes`] does.
     pub fn fail_next_commits(&self, n: u32) {
@@ -465,18 +496,21 @@ impl Disk {
         &self,
         batches: impl IntoIterator<Item = &'a [Change]>,
     ) -> Result<(), DiskError> {
-        self.commit_with_history(batches, [])
+        self.commit_with_history(batches, [], [])
     }
 
-    /// [`Disk::commit`], writing the key history's deltas in the same transaction.
+    /// [`Disk::commit`], writing the key history's and the receipts' deltas in the same
+    /// transaction.
     pub fn commit_with_history<'a>(
         &self,
         batches: impl IntoIterator<Item = &'a [Change]>,
         history: impl IntoIterator<Item = &'a Delta>,
+        receipts: impl IntoIterator<Item = &'a Delta>,
     ) -> Result<(), DiskError> {
         let batches: Vec<&[Change]> = batches.into_iter().filter(|b| !b.is_empty()).collect();
         let history: Vec<&Delta> = history.into_iter().filter(|d| !d.is_empty()).collect();
-        if batches.is_empty() && history.is_empty() {
+        let receipts: Vec<&Delta> = receipts.into_iter().filter(|d| !d.is_empty()).collect();
+        if batches.is_empty() && history.is_empty() && receipts.is_empty() {
             return Ok(());
         }
         let delay = self.delay_ms.load(SeqCst);
@@ -495,7 +529,7 @@ impl Disk {
                 "no space left on device (injected failure)".into(),
             ));
         }
-        self.write(|db| self.write_changes(db, &batches, &history))
+        self.write(|db| self.write_changes(db, &batches, &history, &receipts))
     }
 
     /// Checks that the store can be written again: re-opens it if it was closed (ignoring the
@@ -548,12 +582,16 @@ impl Disk {
         db: &Database,
         batches: &[&[Change]],
         history: &[&Delta],
+        receipts: &[&Delta],
     ) -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
         let mut last = None;
-        {
-            let mut h = tx.open_table(HISTORY)?;
-            for d in history {
+        for (table, deltas) in [(HISTORY, history), (RECEIPTS, receipts)] {
+            if deltas.is_empty() {
+                continue;
+            }
+            let mut h = tx.open_table(table)?;
+            for d in deltas {
                 for (seq, bytes) in &d.put {
                     h.insert(*seq, bytes.as_slice())?;
                 }
@@ -849,6 +887,9 @@ pub struct Job {
     /// The key history's additions and removals that go with them (the engine's
     /// `take_history_delta`, taken under the same lock).
     pub history: Delta,
+    /// The receipts of idempotent writes that go with them (the engine's
+    /// `take_receipts_delta`, taken under the same lock).
+    pub receipts: Delta,
     /// Called once the batch is durable, or failed.
     pub done: Done,
 }
@@ -911,6 +952,7 @@ impl Committer {
                     let r = disk.commit_with_history(
                         group.iter().map(|j| j.changes.as_slice()),
                         group.iter().map(|j| &j.history),
+                        group.iter().map(|j| &j.receipts),
                     );
                     if group.iter().any(|j| !j.changes.is_empty()) {
                         failing = r.is_err();
@@ -1081,6 +1123,7 @@ mod tests {
             assert!(committer.submit(Job {
                 changes: set(&mut e, &format!("k/{i}"), json!(i)),
                 history: Default::default(),
+                receipts: Default::default(),
                 done: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
