@@ -137,8 +137,9 @@ impl Client {
         Ok(Client { base, http, live })
     }
 
-    /// The same client with another live connection: `config` (backoff, ping, queue bound) for
-    /// the sync state machine, `namespace` for an edge worker in namespace mode, which serves one
+    /// The same client with another live connection: `config` (backoff, ping, queue bound,
+    /// write ids: drawn at random when `write_ids` is `None`, so every write carries an id and
+    /// is resent safely after a reconnect) for the sync state machine, `namespace` for an edge worker in namespace mode, which serves one
     /// namespace (first key segment) per `/_ws?ns=<namespace>` socket. Call it before
     /// subscribing: subscriptions already made stay on the connection they were made on.
     pub fn with_live(&self, config: Config, namespace: Option<&str>) -> Client {

@@ -104,8 +104,19 @@ fn jitter() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
+/// This client's prefix for write ids: 128 random bits (std's per-instance random hash keys)
+/// in hex, so no two clients share an id.
+fn write_ids() -> String {
+    let a = RandomState::new().build_hasher().finish();
+    let b = RandomState::new().build_hasher().finish();
+    format!("{a:016x}{b:016x}")
+}
+
 impl Live {
-    pub(crate) fn new(url: String, config: Config) -> Live {
+    pub(crate) fn new(url: String, mut config: Config) -> Live {
+        if config.write_ids.is_none() {
+            config.write_ids = Some(write_ids());
+        }
         Live {
             url,
             epoch: Instant::now(),

@@ -46,6 +46,13 @@ pub struct Config {
     /// Writes held while offline (and in flight). Past it a write fails at once with
     /// `queue-full`, so a page that writes while the server is away cannot grow memory forever.
     pub max_queue: usize,
+    /// A prefix for the ids every write carries (`rid`, `<prefix>.<request id>`), unique to this
+    /// client (the caller draws it at random: 16 random bytes in hex, say). The server answers
+    /// a repeated id instead of applying it again, so every write in flight when the socket
+    /// drops is sent again after the reconnect, pushes and counters included. `None`: writes
+    /// carry no id, and a push, counter, take, rename or transaction in flight then fails with
+    /// `connection-lost` (its outcome is unknown).
+    pub write_ids: Option<String>,
 }
 
 impl Default for Config {
@@ -56,6 +63,7 @@ impl Default for Config {
             ping_interval: 20_000,
             ping_timeout: 10_000,
             max_queue: 10_000,
+            write_ids: None,
         }
     }
 }
@@ -211,14 +219,17 @@ struct Write {
 }
 
 impl Write {
-    /// Whether sending it twice is harmless: plain sets, merges and deletes land on the same
-    /// state, and a compare-and-swap sent twice fails visibly the second time. Pushes, counters,
-    /// takes and renames would apply twice, so an in-flight one is failed instead of resent.
+    /// Whether sending it twice is harmless: a write with an id (`rid`) is answered, not
+    /// applied, the second time; plain sets, merges and deletes land on the same state, and a
+    /// compare-and-swap sent twice fails visibly the second time. Pushes, counters, takes,
+    /// renames and transactions without an id would apply twice, so an in-flight one is failed
+    /// instead of resent.
     fn resendable(&self) -> bool {
-        matches!(
-            self.msg.get("op").and_then(Value::as_str),
-            Some("set" | "patch" | "del")
-        )
+        self.msg.get("rid").is_some_and(Value::is_string)
+            || matches!(
+                self.msg.get("op").and_then(Value::as_str),
+                Some("set" | "patch" | "del")
+            )
     }
 }
 
@@ -549,6 +560,17 @@ impl Client {
         msg.remove("id");
         if self.write_held(req, &msg) {
             return req;
+        }
+        if let Some(prefix) = &self.config.write_ids {
+            let write = matches!(
+                msg.get("op").and_then(Value::as_str),
+                Some("set" | "push" | "patch" | "del" | "incr" | "take" | "rename" | "tx")
+            );
+            // A leased write takes no id: it is taken again after every reconnect instead.
+            let leased = msg.get("lease").and_then(Value::as_bool) == Some(true);
+            if write && !leased && !msg.contains_key("rid") {
+                msg.insert("rid".into(), Value::String(format!("{prefix}.{req}")));
+            }
         }
         let w = Write {
             req,

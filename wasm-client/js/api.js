@@ -57,6 +57,14 @@ function __statelineApi(loadWasm, env) {
     return it;
   }
 
+  // `n` random bytes in hex (crypto's where there is one).
+  function randomHex(n) {
+    var b = new Uint8Array(n), c = globalThis.crypto;
+    if (c && c.getRandomValues) c.getRandomValues(b);
+    else for (var i = 0; i < n; i++) b[i] = Math.floor(Math.random() * 256);
+    return Array.from(b, function (x) { return (x < 16 ? "0" : "") + x.toString(16); }).join("");
+  }
+
   function Client(base, opts) {
     var self = this;
     opts = opts || {};
@@ -69,6 +77,9 @@ function __statelineApi(loadWasm, env) {
       backoffBase: opts.backoffBase, backoffMax: opts.backoffMax,
       pingInterval: opts.pingInterval, pingTimeout: opts.pingTimeout, maxQueue: opts.maxQueue,
       token: opts.token,
+      // Every write carries an id with this prefix: the server answers a repeat instead of
+      // applying it again, so writes in flight are resent after a reconnect.
+      writeIds: randomHex(16),
     });
     this.ready = loadWasm().then(function (wasm) {
       var WS = opts.WebSocket || env.WebSocket();
@@ -343,12 +354,7 @@ function __statelineApi(loadWasm, env) {
 
   // This connection's id (the member key in presence rooms): random, kept across reconnects.
   Client.prototype._id = function () {
-    if (!this.id) {
-      var b = new Uint8Array(8), c = globalThis.crypto;
-      if (c && c.getRandomValues) c.getRandomValues(b);
-      else for (var i = 0; i < 8; i++) b[i] = Math.floor(Math.random() * 256);
-      this.id = Array.from(b, function (x) { return (x < 16 ? "0" : "") + x.toString(16); }).join("");
-    }
+    if (!this.id) this.id = randomHex(8);
     return this.id;
   };
 

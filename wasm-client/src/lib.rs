@@ -298,6 +298,10 @@ impl Client {
             ping_interval: num(&c, "pingInterval", d.ping_interval),
             ping_timeout: num(&c, "pingTimeout", d.ping_timeout),
             max_queue: num(&c, "maxQueue", d.max_queue as u64) as usize,
+            write_ids: c
+                .get("writeIds")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         };
         let inner = Rc::new(RefCell::new(Inner {
             core: Core::new(config),

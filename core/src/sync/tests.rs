@@ -137,8 +137,12 @@ struct Rig {
 
 impl Rig {
     fn new(log_entries: usize) -> Rig {
+        Rig::with(Config::default(), log_entries)
+    }
+
+    fn with(config: Config, log_entries: usize) -> Rig {
         let mut r = Rig {
-            c: Client::new(Config::default()),
+            c: Client::new(config),
             s: Server::new(log_entries),
             now: 0,
             events: Vec::new(),
@@ -489,6 +493,71 @@ fn in_flight_writes_are_resent_or_failed_when_the_socket_drops() {
     assert_eq!(rs.len(), 2);
     assert_eq!(rs[1].0, set);
     assert!(rs[1].2.is_ok());
+}
+
+#[test]
+fn writes_with_ids_in_flight_are_resent_and_applied_once() {
+    let config = Config {
+        write_ids: Some("c0ffee".into()),
+        ..Config::default()
+    };
+    let mut r = Rig::with(config, 1_000);
+    // The server applies them, then the socket dies before its answers arrive.
+    r.s.conn.as_mut().unwrap().to_client.clear();
+    let push = r.c.write(json!({"op":"push","path":"l/*","value":1}));
+    let incr = r.c.write(json!({"op":"incr","key":"n"}));
+    let tx =
+        r.c.write(json!({"op":"tx","then":[{"op":"incr","key":"n","by":10}]}));
+    let lease =
+        r.c.write(json!({"op":"set","key":"p/me","value":1,"lease":true}));
+    r.pump();
+    assert_eq!(
+        r.s.e.store().get("n").map(|e| (*e.data).clone()),
+        Some(json!(11))
+    );
+    let rids: Vec<Value> = r
+        .sent
+        .iter()
+        .map(|m| serde_json::from_str::<Value>(m).unwrap()["rid"].clone())
+        .collect();
+    assert_eq!(
+        rids,
+        vec![
+            json!(format!("c0ffee.{push}")),
+            json!(format!("c0ffee.{incr}")),
+            json!(format!("c0ffee.{tx}")),
+            Value::Null
+        ],
+        "every write but the leased one carries an id"
+    );
+    r.disconnect();
+    assert!(r.replies().is_empty(), "nothing failed: {:?}", r.replies());
+    r.reconnect();
+    r.deliver_all();
+    let rs = r.replies();
+    let ok = |req: u64| {
+        rs.iter()
+            .find(|(q, _, _)| *q == req)
+            .and_then(|(_, _, res)| res.clone().ok())
+            .unwrap_or_else(|| panic!("no answer for {req}: {rs:?}"))
+    };
+    // Answered from the receipts: the first key, the first count, each applied once.
+    assert_eq!(ok(incr)["value"], json!(1));
+    assert_eq!(ok(tx)["results"][0]["value"], json!(11));
+    let key = ok(push)["key"].as_str().unwrap().to_string();
+    assert!(ok(lease)["key"] == json!("p/me"));
+    assert_eq!(
+        r.s.e.store().get("n").map(|e| (*e.data).clone()),
+        Some(json!(11))
+    );
+    let pushed: Vec<String> =
+        r.s.e
+            .store()
+            .scan(&Pattern::parse("l/*").unwrap())
+            .map(|(k, _)| k.to_string())
+            .collect();
+    assert_eq!(pushed, vec![key]);
+    assert_eq!(r.s.e.stats().repeats, 3);
 }
 
 #[test]
