@@ -1,6 +1,7 @@
 // A write survives a restart of workerd with persisted state: value, revision, sequence and the
 // change log (a client resuming from a version from before the restart gets what it missed), and
-// the key history (kept in the object's SQLite table `history`).
+// the key history (kept in the object's SQLite table `history`), and the ids of idempotent
+// writes (the table `receipts`): a push resent after the restart is answered, not applied again.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -27,6 +28,14 @@ test("writes survive a restart of workerd with persisted state", { timeout: 180_
       assert.equal(r.status, 200, key);
       return r.json();
     };
+    const pushOnce = () => fetch(`${edge.url}/${ns}/list/*`, {
+      method: "POST",
+      headers: { "idempotency-key": `${ns}-push` },
+      body: JSON.stringify({ m: 1 }),
+    });
+    const pushed = await pushOnce();
+    assert.equal(pushed.status, 200);
+    const pushedBody = await pushed.text();
     const docHistory = await hist("doc");
     assert.deepEqual(docHistory.map((v) => v.data), [{ v: 3 }, { v: 2 }, { v: 1 }]);
     const goneHistory = await hist("gone");
@@ -45,6 +54,12 @@ test("writes survive a restart of workerd with persisted state", { timeout: 180_
     assert.equal(r.headers.get("x-version"), version, "the sequence survives");
     assert.deepEqual(await hist("doc"), docHistory, "the history survives");
     assert.deepEqual(await hist("gone"), goneHistory, "a deleted key's history survives");
+    const again = await pushOnce();
+    assert.equal(again.status, 200);
+    assert.equal(await again.text(), pushedBody, "a resent push gets its first answer");
+    assert.equal(again.headers.get("idempotent-replayed"), "true");
+    const list = await (await fetch(`${edge.url}/${ns}/list/*`)).json();
+    assert.equal(list.length, 1, "the push was applied once");
 
     // A change after the restart, then a resume from the version held before it.
     const w = await fetch(`${edge.url}/${ns}/doc`, { method: "POST", body: JSON.stringify({ v: 4 }) });

@@ -68,6 +68,18 @@ pub fn metrics(engine: &Engine) -> String {
         "Keys expired by TTL.",
         &[(String::new(), st.expired)],
     );
+    metric(
+        "stateline_writes_repeated_total",
+        "counter",
+        "Writes answered from their id's receipt instead of applied again (a client's retry).",
+        &[(String::new(), st.repeats)],
+    );
+    metric(
+        "stateline_receipts",
+        "gauge",
+        "Ids of idempotent writes remembered (--receipts).",
+        &[(String::new(), engine.receipts().len() as u64)],
+    );
     out
 }
 

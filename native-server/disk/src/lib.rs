@@ -15,7 +15,8 @@
 //!
 //! Layout: table `entries`: key → an entry; table `log`: seq → a change-log record (both in the
 //! core's byte layout, `stateline_core::codec`); table `history`: seq → a version of a key's
-//! history (`stateline_core::history`); table `meta`: `"last_seq"` → u64, `"format"` → 1.
+//! history (`stateline_core::history`); table `receipts`: seq → the receipt of an idempotent
+//! write (`stateline_core::receipts`); table `meta`: `"last_seq"` → u64, `"format"` → 1.
 
 mod backend;
 mod lock;
