@@ -195,3 +195,40 @@ test("presence refuses a room that is not one segment", () => {
   assert.throws(() => db.presence("", 1), TypeError);
   return db.close();
 });
+
+test("a server killed mid-burst of pushes and counters: after it is back each was applied exactly once, in order", async () => {
+  // On disk: what the server acknowledged before the kill is still there, with the ids of those
+  // writes, so the client's resends of writes whose answers the kill lost are answered, not
+  // applied again.
+  const d = await new Server().start();
+  const db = Stateline.connect(d.base, { shared: false, backoffBase: 50, backoffMax: 200 });
+  const N = 300;
+  try {
+    await db.set("burst/ready", true);
+    const writes = [];
+    let acked = 0;
+    for (let i = 0; i < N; i++) {
+      writes.push(db.push("burst/list", { i }).then((r) => (acked++, r)));
+      writes.push(db.incr("burst/count").then((r) => (acked++, r)));
+    }
+    await until(() => acked >= 20, "the first acknowledgements");
+    await d.kill();
+    const atKill = acked;
+    await d.start();
+    const results = await Promise.all(writes);
+    assert.ok(atKill < 2 * N, `the kill came mid-burst (${atKill} of ${2 * N} acknowledged)`);
+    for (const r of results) assert.notEqual(r.ok, false, JSON.stringify(r));
+    const list = await (await fetch(`${d.base}/burst/list/*`)).json();
+    const byKey = list.slice().sort((a, b) => (a.index < b.index ? -1 : a.index > b.index ? 1 : 0));
+    assert.equal(list.length, N, "no push lost, none twice");
+    assert.deepEqual(byKey.map((x) => x.data.i), [...Array(N).keys()], "in the order they were made");
+    assert.equal(await get(d, "burst/count"), N, "every increment once");
+    // Each push's answer names its own item; the counts answered are 1..N, each once.
+    assert.equal(new Set(results.filter((_, j) => j % 2 === 0).map((r) => r.key)).size, N);
+    const counts = results.filter((_, j) => j % 2 === 1).map((r) => r.value).sort((a, b) => a - b);
+    assert.deepEqual(counts, [...Array(N).keys()].map((x) => x + 1));
+  } finally {
+    await db.close();
+    await d.stop();
+  }
+});
