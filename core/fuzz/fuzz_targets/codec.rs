@@ -1,4 +1,5 @@
-//! The storage decoders (`codec::decode_entry`, `codec::decode_log`): the bytes of a redb file or
+//! The storage decoders (`codec::decode_entry`, `codec::decode_log`, the receipts of
+//! idempotent writes): the bytes of a redb file or
 //! of the edge's SQLite blobs, which a crash, a bad disk or an older build may have left in any
 //! state. A corrupt record must be an error, never a panic; and what decodes must encode back to
 //! what it was.
@@ -10,6 +11,8 @@ use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log};
 use stateline_core::{Change, Entry};
 
 fuzz_target!(|data: &[u8]| {
+    // A stored receipt of an idempotent write: an error or a receipt, never a panic.
+    let _ = stateline_core::receipts::Receipts::restore(Default::default(), [(7, data.to_vec())]);
     if let Ok(e) = decode_entry(data) {
         // Every field is kept as stored (the JSON value's bytes too): the same bytes come back.
         let mut out = Vec::new();
