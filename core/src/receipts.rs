@@ -96,6 +96,16 @@ pub fn from_header(v: &str) -> Result<String, Error> {
     Ok(v.to_string())
 }
 
+/// A cluster node's write with the client's id, computed but not yet ordered: what to remember
+/// once the cluster's log ordered it ([`crate::Engine::remember_ordered`]). An HTTP answer
+/// carries it as a response extension ([`crate::web::remember`]).
+#[derive(Debug, Clone)]
+pub struct Unordered {
+    pub(crate) id: Arc<str>,
+    pub(crate) op: Op,
+    pub(crate) outcome: Outcome,
+}
+
 /// One remembered answer.
 #[derive(Debug, Clone, PartialEq)]
 struct Receipt {

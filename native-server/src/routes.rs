@@ -222,6 +222,7 @@ async fn front_door(
                 if let Some(seq) = seq {
                     web::restamp(&mut response, seq);
                 }
+                web::remember(&mut sh.lock().engine, &mut response, seq);
                 Door::Answered(response.map(Body::from))
             }
             Ok((Err(action), _)) => Door::Action(action),

@@ -337,6 +337,9 @@ pub struct Engine {
     in_tx: bool,
     history: History,
     receipts: Receipts,
+    // A cluster node's last write with an id, computed but not ordered yet (see
+    // `Engine::take_unordered`).
+    unordered: Option<crate::receipts::Unordered>,
 }
 
 impl Engine {
@@ -392,6 +395,7 @@ impl Engine {
             in_tx: false,
             history,
             receipts,
+            unordered: None,
         }
     }
 
@@ -501,8 +505,8 @@ impl Engine {
     /// id, or with receipts off (`--receipts 0`), this is [`Engine::execute`].
     ///
     /// A cluster node (see [`Engine::order_elsewhere`]) answers repeats it knows of but
-    /// remembers nothing here: its writes are remembered when their ordered answer comes
-    /// ([`Engine::remember`]).
+    /// remembers nothing here: the write waits in [`Engine::take_unordered`] until its ordered
+    /// answer comes ([`Engine::remember_ordered`]).
     pub fn execute_once(
         &mut self,
         tick: Tick,
@@ -519,15 +523,21 @@ impl Engine {
                 changes: Vec::new(),
             });
         }
-        let keep = (!self.ordered_elsewhere).then(|| op.clone());
+        let keep = op.clone();
         let a = self.execute(tick, op, who)?;
-        if let Some(op) = keep {
+        let id = Receipts::scoped(who.subject().as_deref(), rid);
+        if self.ordered_elsewhere {
+            self.unordered = Some(crate::receipts::Unordered {
+                id,
+                op: keep,
+                outcome: a.outcome.clone(),
+            });
+        } else {
             let (seq, changed) = match a.changes.last() {
                 Some(c) => (c.seq, true),
                 None => (self.store.last_seq(), false),
             };
-            let id = Receipts::scoped(who.subject().as_deref(), rid);
-            self.receipts.record(id, &op, &a.outcome, seq, changed);
+            self.receipts.record(id, &keep, &a.outcome, seq, changed);
         }
         Ok(a)
     }
@@ -568,6 +578,23 @@ impl Engine {
         let id = Receipts::scoped(who.subject().as_deref(), rid);
         let seq = self.store.last_seq();
         self.receipts.record(id, op, outcome, seq, false);
+    }
+
+    /// Takes the write with a client's id that the last [`Engine::execute_once`] computed on a
+    /// cluster node (taken under the same lock): remember it with
+    /// [`Engine::remember_ordered`] once the cluster ordered it.
+    pub fn take_unordered(&mut self) -> Option<crate::receipts::Unordered> {
+        self.unordered.take()
+    }
+
+    /// Remembers a write taken with [`Engine::take_unordered`] that the cluster ordered, its
+    /// last change at `seq`, in memory only.
+    pub fn remember_ordered(&mut self, mut u: crate::receipts::Unordered, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            u.outcome.restamp(seq);
+        }
+        let at = self.store.last_seq();
+        self.receipts.record(u.id, &u.op, &u.outcome, at, false);
     }
 
     /// Rolls back applied-but-unpublished changes (their durable commit failed). They must be the

@@ -377,3 +377,40 @@ fn mux_messages_carry_rid_on_writes_only() {
         assert_eq!(r.id, json!(1));
     }
 }
+
+#[test]
+fn a_cluster_node_remembers_a_write_once_the_cluster_ordered_it() {
+    let mut e = engine();
+    e.order_elsewhere();
+    let who = Identity::Anonymous;
+    // The proposal: computed, remembered nowhere yet, then withdrawn (the cluster orders it).
+    let a = e
+        .execute_once(t(1), push(json!(1)), &who, Some("r"))
+        .unwrap();
+    assert!(e.receipts().is_empty());
+    e.withdraw(&a.changes);
+    let u = e.take_unordered().expect("the write waits for its order");
+    assert!(e.take_unordered().is_none());
+    // A repeat before the order came is computed again (the same write), not answered.
+    assert!(e
+        .execute_once(t(2), push(json!(1)), &who, Some("r"))
+        .map(|a| e.withdraw(&a.changes))
+        .is_ok());
+    e.take_unordered();
+    // Ordered at 42: a repeat now gets the answer with the cluster's version.
+    e.remember_ordered(u, Some(42));
+    let again = e
+        .execute_once(t(3), push(json!(1)), &who, Some("r"))
+        .unwrap();
+    assert!(again.changes.is_empty());
+    let Outcome::Written(_, entry) = &again.outcome else {
+        panic!("a push writes")
+    };
+    assert_eq!(entry.seq, 42);
+    assert!(e.take_unordered().is_none(), "a repeat waits for nothing");
+    assert_eq!(
+        e.execute_once(t(4), push(json!(2)), &who, Some("r"))
+            .unwrap_err(),
+        Error::IdempotencyKeyReused
+    );
+}

@@ -272,6 +272,14 @@ pub fn restamp(r: &mut Response<Bytes>, seq: u64) {
     }
 }
 
+/// Remembers the id of a cluster node's write once the cluster ordered it, its last change at
+/// `seq` (nothing for an answer without one): a repeat sent to this node is then answered.
+pub fn remember(engine: &mut Engine, r: &mut Response<Bytes>, seq: Option<u64>) {
+    if let Some(u) = r.extensions_mut().remove::<crate::receipts::Unordered>() {
+        engine.remember_ordered(u, seq);
+    }
+}
+
 /// Whether a refused write may have been refused on a state older than the cluster's (not
 /// found, a failed precondition or compare-and-swap, a conflict): a cluster node catches up
 /// and computes it once more before it answers.

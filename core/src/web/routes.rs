@@ -62,6 +62,12 @@ pub fn handle_as(
 ) -> HttpOutcome {
     let repeats = engine.stats().repeats;
     let mut out = route(engine, tick, req, who);
+    // A cluster node's write with an id: remembered once the cluster ordered it.
+    if let Some(u) = engine.take_unordered() {
+        if out.response.status().is_success() {
+            out.response.extensions_mut().insert(u);
+        }
+    }
     if engine.stats().repeats > repeats {
         out.response
             .headers_mut()
