@@ -1,15 +1,21 @@
 // The single-file script's presence, disconnect writes, transactions and history in headless
 // Chromium against a real server: two pages in one room see each other join, and closing a page
 // makes it leave for the other; a page's disconnect write happens when the page closes.
-// Pages come from a static server on another port (cross-origin, as in browser.test.mjs).
+// A page's pushes and counters in flight when its server is killed are each applied exactly
+// once after the server is back. Pages come from a static server on another port
+// (cross-origin, as in browser.test.mjs).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { launchChromium, Server, staticServer, until } from "../harness.mjs";
 
-let s, web, ctx;
+let s, d, web, ctx;
 before(async () => {
   s = await new Server().start();
+  // Killed and restarted by one test, on its own data folder.
+  d = await new Server().start();
   web = await staticServer({
+    "/burst.html": `<!doctype html><script src="${d.base}/_client.js"></script>
+<script>window.db = Stateline.connect(${JSON.stringify(d.base)}, { backoffBase: 50, backoffMax: 200 });</script>`,
     "/page.html": `<!doctype html><script src="${s.base}/_client.js"></script>
 <script>
   window.db = Stateline.connect(${JSON.stringify(s.base)});
@@ -23,6 +29,7 @@ after(async () => {
   await ctx?.dispose();
   await web?.close();
   await s?.stop();
+  await d?.stop();
 });
 
 async function open() {
@@ -125,5 +132,39 @@ test("history: a key's versions from the page, newest first", async () => {
   }, key);
   assert.deepEqual(h.map((v) => [v.value, v.deleted]), [[{ v: 3 }, false], [null, true], [{ v: 2 }, false], [{ v: 1 }, false]]);
   assert.deepEqual(h.slice(2).map((v) => v.revision), [1, 0]);
+  await page.close();
+});
+
+test("a server killed mid-burst of pushes and counters: each was applied exactly once, in order", async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${web.url}/burst.html`);
+  const N = 300;
+  await page.evaluate(async (N) => {
+    await db.set("burst/ready", true);
+    window.acked = 0;
+    window.burst = [];
+    // Ten of each every 20 ms: the burst outlasts the kill, so some writes are in flight when
+    // it comes and some are made while the server is away.
+    window.made = (async () => {
+      for (let i = 0; i < N; i++) {
+        burst.push(db.push("burst/list", { i }).then((r) => (acked++, r)));
+        burst.push(db.incr("burst/count").then((r) => (acked++, r)));
+        if (i % 10 === 9) await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+  }, N);
+  await until(() => page.evaluate(() => acked >= 20), "the first acknowledgements");
+  await d.kill();
+  const atKill = await page.evaluate(() => acked);
+  await d.start();
+  const results = await page.evaluate(async () => (await made, Promise.all(burst)));
+  assert.ok(atKill < 2 * N, `the kill came mid-burst (${atKill} of ${2 * N} acknowledged)`);
+  const list = await (await fetch(`${d.base}/burst/list/*`)).json();
+  assert.equal(list.length, N, "no push lost, none twice");
+  const byKey = list.slice().sort((a, b) => (a.index < b.index ? -1 : a.index > b.index ? 1 : 0));
+  assert.deepEqual(byKey.map((x) => x.data.i), [...Array(N).keys()], "in the order they were made");
+  assert.equal((await (await fetch(`${d.base}/burst/count`)).json()).data, N, "every increment once");
+  const counts = results.filter((_, j) => j % 2 === 1).map((r) => r.value).sort((a, b) => a - b);
+  assert.deepEqual(counts, [...Array(N).keys()].map((x) => x + 1));
   await page.close();
 });

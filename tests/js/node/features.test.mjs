@@ -207,14 +207,20 @@ test("a server killed mid-burst of pushes and counters: after it is back each wa
     await db.set("burst/ready", true);
     const writes = [];
     let acked = 0;
-    for (let i = 0; i < N; i++) {
-      writes.push(db.push("burst/list", { i }).then((r) => (acked++, r)));
-      writes.push(db.incr("burst/count").then((r) => (acked++, r)));
-    }
+    // Ten of each every 20 ms: the burst outlasts the kill, so some writes are in flight when it
+    // comes and some are made while the server is away.
+    const made = (async () => {
+      for (let i = 0; i < N; i++) {
+        writes.push(db.push("burst/list", { i }).then((r) => (acked++, r)));
+        writes.push(db.incr("burst/count").then((r) => (acked++, r)));
+        if (i % 10 === 9) await sleep(20);
+      }
+    })();
     await until(() => acked >= 20, "the first acknowledgements");
     await d.kill();
     const atKill = acked;
     await d.start();
+    await made;
     const results = await Promise.all(writes);
     assert.ok(atKill < 2 * N, `the kill came mid-burst (${atKill} of ${2 * N} acknowledged)`);
     for (const r of results) assert.notEqual(r.ok, false, JSON.stringify(r));
