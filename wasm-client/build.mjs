@@ -4,6 +4,8 @@
 //   dist/esm/stateline.workerd.mjs + stateline_bg.wasm   the ES module for Workers, which may not
 //                                compile wasm from bytes at run time and import it instead
 //   dist/esm/stateline.d.ts      TypeScript declarations
+//   dist/esm/react.mjs + .d.ts   `stateline-client/react`: the useStateline hook (React is an
+//                                optional peer dependency; the classic script does not hold it)
 // Steps: cargo (wasm-release profile) → wasm-bindgen (no-modules and web glue) → wasm-opt -Oz
 // (npm binaryen, explicit features) → gzip + base64 inlined, inflated at load time with the
 // DecompressionStream all three hosts have. docs/HACKING.md says why each tool and flag is what it is.
@@ -122,6 +124,9 @@ writeFileSync(join(dist, "esm/stateline.workerd.mjs"), workerd);
 copyFileSync(opt, join(dist, "esm/stateline_bg.wasm"));
 copyFileSync(join(here, "js/stateline.d.ts"), join(dist, "esm/stateline.d.ts"));
 copyFileSync(join(here, "js/stateline.d.ts"), join(dist, "esm/stateline.workerd.d.ts"));
+// `stateline-client/react`: the hook, next to the ES module it imports (not in the script).
+copyFileSync(join(here, "js/react.mjs"), join(dist, "esm/react.mjs"));
+copyFileSync(join(here, "js/react.d.ts"), join(dist, "esm/react.d.ts"));
 
 const gz = (b) => gzipSync(b, { level: 9 }).length;
 const sizes = {
