@@ -33,7 +33,7 @@ before(async () => {
   const out = await build({
     stdin: { contents: app, resolveDir: root, loader: "js" },
     bundle: true,
-    format: "iife",
+    format: "esm",
     write: false,
     logLevel: "silent",
     define: { "process.env.NODE_ENV": '"production"' },
@@ -42,7 +42,7 @@ before(async () => {
   web = await staticServer({
     "/app.html": `<!doctype html><div id="root"></div>
 <script>window.BASE = ${JSON.stringify(s.base)}; window.NS = "react" + Date.now().toString(36);</script>
-<script>${bundle}</script>`,
+<script type="module">${bundle}</script>`,
   });
   ctx = await launchChromium();
 });
