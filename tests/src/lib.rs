@@ -373,6 +373,21 @@ pub async fn call(w: &mut Ws, req: Value) -> Value {
     panic!("no reply to {req}");
 }
 
+/// `/_ws` for keys under the namespace `p` (their first segment): the edge in namespace mode
+/// serves one namespace per `/_ws` socket, named with `?ns=`; elsewhere a socket takes any key.
+pub fn mux_path(p: &str) -> String {
+    if differs("mux-per-namespace") {
+        format!("/_ws?ns={p}")
+    } else {
+        "/_ws".to_string()
+    }
+}
+
+/// A `/_ws` socket for keys under `p` ([`mux_path`]).
+pub async fn mux(server: &Server, p: &str) -> Ws {
+    ws(server, &mux_path(p)).await
+}
+
 /// Opens a WebSocket to `path` (with query).
 pub async fn ws(server: &Server, path: &str) -> Ws {
     let url = server.client().ws_url(path);

@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use serde_json::{json, Value};
 use stateline_conformance::{
-    client_frame, differs, edge_mode, next_data, next_event, raw, raw_ws, read_to_eof, read_until,
-    unique, ws, Server, Ws, WsEvent, SOON,
+    client_frame, differs, edge_mode, mux_path, next_data, next_event, raw, raw_ws, read_to_eof,
+    read_until, unique, ws, Server, Ws, WsEvent, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -23,16 +23,6 @@ async fn healthy(s: &Server) {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-}
-
-/// `/_ws` for this target and the prefix its keys must have (one namespace per socket on the
-/// namespace edge).
-fn mux_path(p: &str) -> String {
-    if differs("mux-per-namespace") {
-        format!("/_ws?ns={p}")
-    } else {
-        "/_ws".to_string()
-    }
 }
 
 /// The status line's code of a raw response (0 when there is none).

@@ -5,17 +5,7 @@
 
 use http::Method;
 use serde_json::{json, Value};
-use stateline_conformance::{call, differs, unique, ws, Server, Ws};
-
-// `/_ws` for keys under `p` (the edge in namespace mode serves one namespace per connection).
-async fn mux(s: &Server, p: &str) -> Ws {
-    let path = if differs("mux-per-namespace") {
-        format!("/_ws?ns={p}")
-    } else {
-        "/_ws".to_string()
-    };
-    ws(s, &path).await
-}
+use stateline_conformance::{call, mux, unique, Server};
 
 // The items of a list (`GET p/*`).
 async fn items(s: &Server, p: &str) -> Vec<Value> {

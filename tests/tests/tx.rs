@@ -3,7 +3,7 @@
 
 use http::Method;
 use serde_json::{json, Value};
-use stateline_conformance::{assert_quiet, differs, next_json, send_text, unique, ws, Server, Ws};
+use stateline_conformance::{assert_quiet, differs, mux, next_json, send_text, unique, Server, Ws};
 
 async fn post_tx(s: &Server, body: &Value) -> (u16, Value) {
     let r = s
@@ -27,16 +27,6 @@ async fn get(s: &Server, key: &str) -> Option<Value> {
         .await
         .unwrap()
         .map(|meta| meta["data"].clone())
-}
-
-// `/_ws` for keys under `p` (the edge in namespace mode serves one namespace per connection).
-async fn mux(s: &Server, p: &str) -> Ws {
-    let path = if differs("mux-per-namespace") {
-        format!("/_ws?ns={p}")
-    } else {
-        "/_ws".to_string()
-    };
-    ws(s, &path).await
 }
 
 async fn reply(w: &mut Ws, id: i64) -> Value {

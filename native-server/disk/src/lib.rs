@@ -395,25 +395,7 @@ impl Disk {
         &self,
         limits: stateline_core::history::Limits,
     ) -> Result<stateline_core::history::History, DiskError> {
-        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
-        let db = guard
-            .as_ref()
-            .ok_or_else(|| DiskError::Unavailable(self.unavailable_reason()))?;
-        let tx = db.begin_read().map_err(io)?;
-        let mut rows = Vec::new();
-        match tx.open_table(HISTORY) {
-            Ok(t) => {
-                for row in t.iter().map_err(io)? {
-                    let (k, v) = row.map_err(io)?;
-                    rows.push((k.value(), v.value().to_vec()));
-                }
-            }
-            // A file written before history was kept (the table is created on the next
-            // write transaction).
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(io(e)),
-        }
-        stateline_core::history::History::restore(limits, rows)
+        stateline_core::history::History::restore(limits, self.rows(HISTORY)?)
             .map_err(|c| damaged(&self.path, &c.0))
     }
 
@@ -422,25 +404,30 @@ impl Disk {
         &self,
         limits: stateline_core::receipts::Limits,
     ) -> Result<stateline_core::receipts::Receipts, DiskError> {
+        stateline_core::receipts::Receipts::restore(limits, self.rows(RECEIPTS)?)
+            .map_err(|c| damaged(&self.path, &c.0))
+    }
+
+    // Every row of a table keyed by sequence number; none when the table does not exist (a
+    // file written before it was kept: it is created by the next write transaction).
+    fn rows(&self, table: TableDefinition<u64, &[u8]>) -> Result<Vec<(u64, Vec<u8>)>, DiskError> {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard
             .as_ref()
             .ok_or_else(|| DiskError::Unavailable(self.unavailable_reason()))?;
         let tx = db.begin_read().map_err(io)?;
         let mut rows = Vec::new();
-        match tx.open_table(RECEIPTS) {
+        match tx.open_table(table) {
             Ok(t) => {
                 for row in t.iter().map_err(io)? {
                     let (k, v) = row.map_err(io)?;
                     rows.push((k.value(), v.value().to_vec()));
                 }
             }
-            // A file written before receipts were kept.
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(io(e)),
         }
-        stateline_core::receipts::Receipts::restore(limits, rows)
-            .map_err(|c| damaged(&self.path, &c.0))
+        Ok(rows)
     }
 
     /// Test hook: the next `n` commits fail (as a full disk would), writing nothing. redb is not
