@@ -53,6 +53,19 @@ async fn backup_while_serving_then_restore() {
             .await
             .unwrap();
     }
+    c.set("items/7", &serde_json::json!({"i": 7, "v": 2}))
+        .await
+        .unwrap();
+    let pushed = c
+        .request(
+            http::Method::POST,
+            "/list/*",
+            &[("idempotency-key", "before-backup")],
+            "1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(pushed.status, 200);
     let get = |auth: Option<&'static str>| {
         let c = &c;
         async move {
@@ -66,7 +79,7 @@ async fn backup_while_serving_then_restore() {
     assert_eq!(get(Some("Bearer wrong")).await.status, 401);
     let ok = get(Some("Bearer s3cret")).await;
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.headers.get("x-keys").unwrap(), "50");
+    assert_eq!(ok.headers.get("x-keys").unwrap(), "51");
 
     let out = root.join("backup.redb");
     let status = Command::new(env!("CARGO_BIN_EXE_stateline"))
@@ -93,8 +106,26 @@ async fn backup_while_serving_then_restore() {
     let c = stateline_client::Client::new(&base).unwrap();
     assert_eq!(
         c.get("items/7").await.unwrap().unwrap()["data"],
-        serde_json::json!({"i": 7})
+        serde_json::json!({"i": 7, "v": 2})
     );
+    // The key history and the ids of idempotent writes came with the backup.
+    let h = c
+        .request(http::Method::GET, "/items/7?history=5", &[], "")
+        .await
+        .unwrap();
+    let h: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
+    assert_eq!(h.as_array().map(Vec::len), Some(2), "{h}");
+    let again = c
+        .request(
+            http::Method::POST,
+            "/list/*",
+            &[("idempotency-key", "before-backup")],
+            "1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.body, pushed.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert!(c.get("items/late").await.unwrap().is_none());
     let off = c
         .request(http::Method::GET, "/_backup", &[], "")

@@ -723,10 +723,20 @@ impl Disk {
                 entries.insert(k.value(), v.value()).map_err(io)?;
                 keys += 1;
             }
-            let mut log = wx.open_table(LOG).map_err(io)?;
-            for row in rx.open_table(LOG).map_err(io)?.iter().map_err(io)? {
-                let (k, v) = row.map_err(io)?;
-                log.insert(k.value(), v.value()).map_err(io)?;
+            // The change log, the key history and the receipts of idempotent writes: a restored
+            // store resumes clients, lists versions and answers resent writes as this one did.
+            for table in [LOG, HISTORY, RECEIPTS] {
+                let mut out = wx.open_table(table).map_err(io)?;
+                let src = match rx.open_table(table) {
+                    Ok(t) => t,
+                    // A file written before the table was kept.
+                    Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                    Err(e) => return Err(io(e)),
+                };
+                for row in src.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    out.insert(k.value(), v.value()).map_err(io)?;
+                }
             }
         }
         drop(rx);
