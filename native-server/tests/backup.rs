@@ -42,6 +42,18 @@ fn start(dir: &std::path::Path, token: Option<&str>) -> (Server, String) {
     (child, base)
 }
 
+// A push with an idempotency key: the same key each time.
+async fn push_once(c: &stateline_client::Client) -> stateline_client::Response {
+    c.request(
+        http::Method::POST,
+        "/list/*",
+        &[("idempotency-key", "before-backup")],
+        "1",
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn backup_while_serving_then_restore() {
     let root = std::env::temp_dir().join(format!("stateline-backup-test-{}", std::process::id()));
@@ -56,15 +68,7 @@ async fn backup_while_serving_then_restore() {
     c.set("items/7", &serde_json::json!({"i": 7, "v": 2}))
         .await
         .unwrap();
-    let pushed = c
-        .request(
-            http::Method::POST,
-            "/list/*",
-            &[("idempotency-key", "before-backup")],
-            "1",
-        )
-        .await
-        .unwrap();
+    let pushed = push_once(&c).await;
     assert_eq!(pushed.status, 200);
     let get = |auth: Option<&'static str>| {
         let c = &c;
@@ -115,15 +119,7 @@ async fn backup_while_serving_then_restore() {
         .unwrap();
     let h: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
     assert_eq!(h.as_array().map(Vec::len), Some(2), "{h}");
-    let again = c
-        .request(
-            http::Method::POST,
-            "/list/*",
-            &[("idempotency-key", "before-backup")],
-            "1",
-        )
-        .await
-        .unwrap();
+    let again = push_once(&c).await;
     assert_eq!(again.body, pushed.body);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert!(c.get("items/late").await.unwrap().is_none());
