@@ -61,6 +61,8 @@ pub fn handle_as(
     who: &Identity,
 ) -> HttpOutcome {
     let repeats = engine.stats().repeats;
+    // Only this request's own write may ride on its answer.
+    engine.take_unordered();
     let mut out = route(engine, tick, req, who);
     // A cluster node's write with an id: remembered once the cluster ordered it.
     if let Some(u) = engine.take_unordered() {
