@@ -101,9 +101,28 @@ pub fn from_header(v: &str) -> Result<String, Error> {
 /// carries it as a response extension ([`crate::web::remember`]).
 #[derive(Debug, Clone)]
 pub struct Unordered {
-    pub(crate) id: Arc<str>,
-    pub(crate) op: Op,
+    pub(crate) write: Named,
     pub(crate) outcome: Outcome,
+}
+
+/// A write named by a client's id: the id scoped to its caller ([`Receipts::scoped`]), the
+/// write's [`fingerprint`] and its op name, computed once per write.
+#[derive(Debug, Clone)]
+pub struct Named {
+    id: Arc<str>,
+    fingerprint: u64,
+    op: &'static str,
+}
+
+impl Named {
+    /// `op` sent by the caller whose token's `sub` is `subject` (none: anonymous) under `rid`.
+    pub fn new(subject: Option<&str>, rid: &str, op: &Op) -> Named {
+        Named {
+            id: Receipts::scoped(subject, rid),
+            fingerprint: fingerprint(op),
+            op: crate::mux::op_name(op),
+        }
+    }
 }
 
 /// One remembered answer.
@@ -118,6 +137,8 @@ struct Receipt {
     op: &'static str,
     outcome: Outcome,
     cost: usize,
+    // Its place in `Receipts::order`, after `seq`.
+    arrival: u64,
 }
 
 /// The window of remembered ids. See the module docs.
@@ -182,34 +203,39 @@ impl Receipts {
         }
     }
 
-    /// What `id` (already [`Receipts::scoped`]) says about `op`: new, seen for this same write
-    /// (its outcome), or refused (seen for another write).
-    pub fn check(&self, id: &str, op: &Op) -> Result<Seen, Error> {
-        let Some(r) = self.by_id.get(id) else {
+    /// What the write's id says about it: new, seen for this same write (its outcome), or
+    /// refused (seen for another write).
+    pub fn check(&self, w: &Named) -> Result<Seen, Error> {
+        let Some(r) = self.by_id.get(&w.id) else {
             return Ok(Seen::New);
         };
-        if r.fingerprint != fingerprint(op) {
+        if r.fingerprint != w.fingerprint {
             return Err(Error::IdempotencyKeyReused);
         }
         Ok(Seen::Again(r.op, r.outcome.clone()))
     }
 
-    /// Remembers the outcome of `op`, applied under `id`: `seq` is its last change's sequence
-    /// number, or the current version with `changed` false when it changed nothing.
-    pub fn record(&mut self, id: Arc<str>, op: &Op, outcome: &Outcome, seq: u64, changed: bool) {
+    /// Remembers the outcome of the write `w`: `seq` is its last change's sequence number, or
+    /// the current version with `changed` false when it changed nothing.
+    pub fn record(&mut self, w: Named, outcome: &Outcome, seq: u64, changed: bool) {
         if self.limits.keep == 0 {
             return;
         }
-        let name = crate::mux::op_name(op);
-        let outcome = slim(name, outcome);
+        let Named {
+            id,
+            fingerprint,
+            op,
+        } = w;
+        let outcome = slim(op, outcome);
         let stored = changed && self.stored;
         let mut r = Receipt {
             seq,
             stored,
-            fingerprint: fingerprint(op),
-            op: name,
+            fingerprint,
+            op,
             outcome,
             cost: 0,
+            arrival: 0,
         };
         let encoded = encode(&id, &r);
         r.cost = OVERHEAD + encoded.len();
@@ -219,13 +245,14 @@ impl Receipts {
         self.insert(id, r);
     }
 
-    fn insert(&mut self, id: Arc<str>, r: Receipt) {
+    fn insert(&mut self, id: Arc<str>, mut r: Receipt) {
         if let Some(old) = self.by_id.remove(&id) {
-            self.forget(&id, &old);
+            self.forget(&old);
         }
         self.arrivals += 1;
+        r.arrival = self.arrivals;
         self.bytes += r.cost;
-        self.order.insert((r.seq, self.arrivals), id.clone());
+        self.order.insert((r.seq, r.arrival), id.clone());
         self.by_id.insert(id, r);
         while self.by_id.len() > self.limits.keep
             || (self.bytes > self.limits.max_bytes && self.by_id.len() > 1)
@@ -243,9 +270,9 @@ impl Receipts {
     }
 
     // Removes `r`'s place in the order and its bytes (it left `by_id` already).
-    fn forget(&mut self, id: &Arc<str>, r: &Receipt) {
+    fn forget(&mut self, r: &Receipt) {
         self.bytes -= r.cost;
-        self.order.retain(|(s, _), k| !(*s == r.seq && k == id));
+        self.order.remove(&(r.seq, r.arrival));
         if r.stored {
             self.delta.drop.push(r.seq);
         }
@@ -577,6 +604,7 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<(String, Receipt), Corrupt> {
             op,
             outcome,
             cost: 0,
+            arrival: 0,
         },
     ))
 }

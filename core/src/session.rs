@@ -203,7 +203,7 @@ pub struct Forward {
     name: &'static str,
     // A lease it takes or renews: its answer goes to `Session::forwarded`.
     lease: Option<Leasing>,
-    /// The write's own id (`rid`): give [`Engine::remember`] its answer.
+    /// The write's own id (`rid`): its ordered answer is remembered ([`Forward::remember`]).
     pub rid: Option<String>,
 }
 
@@ -237,17 +237,17 @@ impl Forward {
     }
 
     /// Remembers the ordered answer of a write that carried the client's id (`rid`) on this
-    /// node ([`Engine::remember`]), so a repeat sent here is answered instead of ordered again.
-    /// Nothing for a refusal or a write without an id.
+    /// node ([`Engine::remember_ordered`]), so a repeat sent here is answered instead of
+    /// ordered again. Nothing for a refusal or a write without an id.
     pub fn remember(&self, engine: &mut Engine, r: Result<&Applied, &Error>, seq: Option<u64>) {
         let (Some(rid), Ok(a)) = (&self.rid, r) else {
             return;
         };
-        let mut outcome = a.outcome.clone();
-        if let Some(seq) = seq {
-            outcome.restamp(seq);
-        }
-        engine.remember(&self.op, &self.who, rid, &outcome);
+        let u = crate::receipts::Unordered {
+            write: crate::receipts::Named::new(self.who.subject().as_deref(), rid, &self.op),
+            outcome: a.outcome.clone(),
+        };
+        engine.remember_ordered(u, seq);
     }
 
     /// The reply when the other log could not take it (unreachable, no leader): 503 with why.

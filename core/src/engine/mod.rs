@@ -25,7 +25,7 @@ use crate::history::History;
 use crate::json;
 use crate::log::Log;
 use crate::pool::{Frame, Pools};
-use crate::receipts::{Receipts, Seen};
+use crate::receipts::{Named, Receipts, Seen, Unordered};
 use crate::rules::{Identity, Rules};
 use crate::store::{Change, Entry, Store, Ttl};
 
@@ -339,7 +339,7 @@ pub struct Engine {
     receipts: Receipts,
     // A cluster node's last write with an id, computed but not ordered yet (see
     // `Engine::take_unordered`).
-    unordered: Option<crate::receipts::Unordered>,
+    unordered: Option<Unordered>,
 }
 
 impl Engine {
@@ -517,19 +517,18 @@ impl Engine {
         let Some(rid) = rid.filter(|_| self.receipts.limits().keep > 0) else {
             return self.execute(tick, op, who);
         };
-        if let Some(outcome) = self.repeated(&op, who, rid)? {
+        crate::receipts::check_id(rid)?;
+        let write = Named::new(who.subject().as_deref(), rid, &op);
+        if let Some(outcome) = self.answered(&write)? {
             return Ok(Applied {
                 outcome,
                 changes: Vec::new(),
             });
         }
-        let keep = op.clone();
         let a = self.execute(tick, op, who)?;
-        let id = Receipts::scoped(who.subject().as_deref(), rid);
         if self.ordered_elsewhere {
-            self.unordered = Some(crate::receipts::Unordered {
-                id,
-                op: keep,
+            self.unordered = Some(Unordered {
+                write,
                 outcome: a.outcome.clone(),
             });
         } else {
@@ -537,7 +536,7 @@ impl Engine {
                 Some(c) => (c.seq, true),
                 None => (self.store.last_seq(), false),
             };
-            self.receipts.record(id, &keep, &a.outcome, seq, changed);
+            self.receipts.record(write, &a.outcome, seq, changed);
         }
         Ok(a)
     }
@@ -555,8 +554,12 @@ impl Engine {
             return Ok(None);
         }
         crate::receipts::check_id(rid)?;
-        let id = Receipts::scoped(who.subject().as_deref(), rid);
-        match self.receipts.check(&id, op) {
+        self.answered(&Named::new(who.subject().as_deref(), rid, op))
+    }
+
+    // What the receipts say about `w`, counted in the stats.
+    fn answered(&mut self, w: &Named) -> Result<Option<Outcome>, Error> {
+        match self.receipts.check(w) {
             Err(e) => {
                 self.stats.refused += 1;
                 Err(e)
@@ -569,32 +572,22 @@ impl Engine {
         }
     }
 
-    /// Remembers the outcome of a write with the client's id `rid` that another log ordered
-    /// (a cluster node's [`Engine::execute_once`] remembers nothing itself), in memory only.
-    pub fn remember(&mut self, op: &Op, who: &Identity, rid: &str, outcome: &Outcome) {
-        if self.receipts.limits().keep == 0 || crate::receipts::check_id(rid).is_err() {
-            return;
-        }
-        let id = Receipts::scoped(who.subject().as_deref(), rid);
-        let seq = self.store.last_seq();
-        self.receipts.record(id, op, outcome, seq, false);
-    }
-
     /// Takes the write with a client's id that the last [`Engine::execute_once`] computed on a
     /// cluster node (taken under the same lock): remember it with
     /// [`Engine::remember_ordered`] once the cluster ordered it.
-    pub fn take_unordered(&mut self) -> Option<crate::receipts::Unordered> {
+    pub fn take_unordered(&mut self) -> Option<Unordered> {
         self.unordered.take()
     }
 
-    /// Remembers a write taken with [`Engine::take_unordered`] that the cluster ordered, its
-    /// last change at `seq`, in memory only.
-    pub fn remember_ordered(&mut self, mut u: crate::receipts::Unordered, seq: Option<u64>) {
+    /// Remembers a write with a client's id that the cluster ordered, its last change at
+    /// `seq`, in memory only: one taken with [`Engine::take_unordered`] (HTTP), or a `/_ws`
+    /// write's ([`crate::session::Forward::remember`]).
+    pub fn remember_ordered(&mut self, mut u: Unordered, seq: Option<u64>) {
         if let Some(seq) = seq {
             u.outcome.restamp(seq);
         }
         let at = self.store.last_seq();
-        self.receipts.record(u.id, &u.op, &u.outcome, at, false);
+        self.receipts.record(u.write, &u.outcome, at, false);
     }
 
     /// Rolls back applied-but-unpublished changes (their durable commit failed). They must be the

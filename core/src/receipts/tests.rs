@@ -414,3 +414,43 @@ fn a_cluster_node_remembers_a_write_once_the_cluster_ordered_it() {
         Error::IdempotencyKeyReused
     );
 }
+
+#[test]
+fn an_id_remembered_twice_is_kept_once() {
+    let mut e = engine();
+    e.order_elsewhere();
+    let who = Identity::Anonymous;
+    // Sent twice before the first was ordered (both forwarded), then both ordered.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let a = e
+            .execute_once(t(1), push(json!(1)), &who, Some("r"))
+            .unwrap();
+        e.withdraw(&a.changes);
+        waiting.push(e.take_unordered().unwrap());
+    }
+    for (u, seq) in waiting.into_iter().zip([7, 9]) {
+        e.remember_ordered(u, Some(seq));
+    }
+    assert_eq!(e.receipts().len(), 1);
+    let one = e.receipts().bytes();
+    let again = e
+        .execute_once(t(2), push(json!(1)), &who, Some("r"))
+        .unwrap();
+    let Outcome::Written(_, entry) = &again.outcome else {
+        panic!("a push writes")
+    };
+    assert_eq!(entry.seq, 9, "the later answer");
+    // Its bytes were counted once: another id doubles them, no more.
+    let a = e
+        .execute_once(t(3), push(json!(1)), &who, Some("s"))
+        .unwrap();
+    e.withdraw(&a.changes);
+    let u = e.take_unordered().unwrap();
+    e.remember_ordered(u, Some(11));
+    assert!(
+        e.receipts().bytes() <= 2 * one + 8,
+        "{} vs {one}",
+        e.receipts().bytes()
+    );
+}
