@@ -225,37 +225,62 @@ pub fn merge_patch(doc: &Value, patch: &Value) -> Value {
     out
 }
 
-/// Parses an RFC 6902 patch document.
+/// Parses an RFC 6902 patch document: an array of operation objects, each with `op`, `path`,
+/// and `from` or `value` as its kind needs; other members are ignored (RFC 6902 §4).
 ///
-/// The operations' `value`s are set aside while `json-patch` reads the operations and put back
-/// after: its operations are an internally tagged enum, which serde buffers, and the buffer
-/// cannot hold numbers kept as written (beyond 64 bits, `-0`), which would be refused or
-/// rewritten on the way.
+/// Read by hand rather than through `json-patch`'s serde derive: its operations are an internally
+/// tagged enum, which serde buffers, and the buffer cannot hold numbers kept as written (beyond
+/// 64 bits, `-0`); and serde's derive brings float formatting and its buffering machinery into
+/// the browser client, about 20 KiB of wasm (docs/BENCHMARKS.md, client size).
 pub fn parse_patch(v: Value) -> Result<json_patch::Patch, JsonError> {
+    use json_patch::jsonptr::PointerBuf;
     use json_patch::PatchOperation as P;
+    use json_patch::{
+        AddOperation, CopyOperation, MoveOperation, RemoveOperation, ReplaceOperation,
+        TestOperation,
+    };
     let Value::Array(ops) = v else {
         return Err(JsonError::Patch(
             "invalid type: expected a sequence of operations".into(),
         ));
     };
     let mut out = Vec::with_capacity(ops.len());
-    for mut op in ops {
-        let value = match &mut op {
-            Value::Object(o) => o
-                .get_mut("value")
-                .map(|v| std::mem::replace(v, Value::Null)),
-            _ => None,
+    for (i, op) in ops.into_iter().enumerate() {
+        let bad = |what: &str| JsonError::Patch(format!("operation {i}: {what}"));
+        let Value::Object(mut o) = op else {
+            return Err(bad("not an object"));
         };
-        let mut parsed: P =
-            serde_json::from_value(op).map_err(|e| JsonError::Patch(e.to_string()))?;
-        if let Some(value) = value {
-            match &mut parsed {
-                P::Add(o) => o.value = value,
-                P::Replace(o) => o.value = value,
-                P::Test(o) => o.value = value,
-                P::Remove(_) | P::Move(_) | P::Copy(_) => {}
+        let kind = match o.remove("op") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(bad("`op` is not a string")),
+            None => return Err(bad("missing field `op`")),
+        };
+        let mut pointer = |name: &str| match o.remove(name) {
+            Some(Value::String(s)) => {
+                PointerBuf::parse(s).map_err(|e| bad(&format!("`{name}`: {e}")))
             }
-        }
+            Some(_) => Err(bad(&format!("`{name}` is not a string"))),
+            None => Err(bad(&format!("missing field `{name}`"))),
+        };
+        let path = pointer("path")?;
+        let parsed = match kind.as_str() {
+            "remove" => P::Remove(RemoveOperation { path }),
+            "move" => P::Move(MoveOperation { from: pointer("from")?, path }),
+            "copy" => P::Copy(CopyOperation { from: pointer("from")?, path }),
+            "add" | "replace" | "test" => {
+                let value = o.remove("value").ok_or_else(|| bad("missing field `value`"))?;
+                match kind.as_str() {
+                    "add" => P::Add(AddOperation { path, value }),
+                    "replace" => P::Replace(ReplaceOperation { path, value }),
+                    _ => P::Test(TestOperation { path, value }),
+                }
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown op `{other}`, expected one of `add`, `remove`, `replace`, `move`, `copy`, `test`"
+                )))
+            }
+        };
         out.push(parsed);
     }
     Ok(json_patch::Patch(out))
