@@ -28,6 +28,7 @@ use crate::json;
 use crate::key::Pattern;
 
 mod held;
+mod local;
 pub use held::MAX_HELD_WRITES;
 
 /// Knobs of the client. Times are in milliseconds.
@@ -53,6 +54,11 @@ pub struct Config {
     /// carry no id, and a push, counter, take, rename or transaction in flight then fails with
     /// `connection-lost` (its outcome is unknown).
     pub write_ids: Option<String>,
+    /// Optimistic local writes: a `set`, `patch` or `del` of one key is shown to this client's
+    /// own subscribers at once (a change marked `pending`) and reconciled with the server's
+    /// answer: a refused write is rolled back and the rollback reported (see the `local`
+    /// module). Off: changes are reported as the server sends them.
+    pub optimistic: bool,
 }
 
 impl Default for Config {
@@ -64,6 +70,7 @@ impl Default for Config {
             ping_timeout: 10_000,
             max_queue: 10_000,
             write_ids: None,
+            optimistic: false,
         }
     }
 }
@@ -165,6 +172,9 @@ pub struct KeyChange {
     pub created: i64,
     /// `updated` of the entry (0 when deleted or never updated).
     pub updated: i64,
+    /// An optimistic local write the server has not answered yet ([`Config::optimistic`]); its
+    /// revision is -1.
+    pub pending: bool,
 }
 
 /// What the client tells its user.
@@ -286,6 +296,8 @@ pub struct Client {
     deadline: Option<u64>,
     // Leased keys and disconnect writes, taken again after every reconnect.
     held: held::Held,
+    // Optimistic writes the server has not answered, oldest first.
+    local: Vec<local::Local>,
 }
 
 impl Client {
@@ -306,6 +318,7 @@ impl Client {
             ping_at: None,
             deadline: None,
             held: held::Held::default(),
+            local: Vec::new(),
         }
     }
 
@@ -480,7 +493,7 @@ impl Client {
         if let Some(sub) = self.subs.get_mut(&pattern) {
             sub.listeners.push(listener);
             if sub.view.is_some() {
-                let ev = initial_update(sub, vec![listener]);
+                let ev = self.initial_update(&pattern, vec![listener]);
                 self.events.push_back(ev);
             } else {
                 sub.fresh.push(listener);
@@ -561,6 +574,7 @@ impl Client {
         if self.write_held(req, &msg) {
             return req;
         }
+        self.apply_local(req, &msg);
         if let Some(prefix) = &self.config.write_ids {
             let write = matches!(
                 msg.get("op").and_then(Value::as_str),
@@ -601,6 +615,7 @@ impl Client {
     }
 
     fn fail(&mut self, w: Write, f: Failure) {
+        self.settle_local(w.req);
         self.events.push_back(Event::Reply {
             req: w.req,
             queued: w.queued,
@@ -661,6 +676,8 @@ impl Client {
                     self.held_failed(&w);
                     Err(failure())
                 };
+                // What the write showed is reconciled before its answer is reported.
+                self.settle_local(w.req);
                 self.events.push_back(Event::Reply {
                     req: w.req,
                     queued: w.queued,
@@ -732,8 +749,12 @@ impl Client {
             return;
         };
         sub.version = version.or(sub.version);
-        let changes = diff(sub, &view, &revs, snapshot);
+        let mut changes = diff(sub, &view, &revs, snapshot);
         sub.view = Some(view);
+        // A key with a pending optimistic write shows that write: the server's change is in the
+        // cache, and reported when the write is answered if it differs (see `local`).
+        let local = &self.local;
+        changes.retain(|c| !local.iter().any(|l| l.key() == c.key));
         let fresh = std::mem::take(&mut sub.fresh);
         let rest: Vec<u64> = sub
             .listeners
@@ -742,16 +763,17 @@ impl Client {
             .filter(|l| !fresh.contains(l))
             .collect();
         if !fresh.is_empty() {
-            let ev = initial_update(sub, fresh);
+            let ev = self.initial_update(&pattern, fresh);
             self.events.push_back(ev);
         }
         if !changes.is_empty() && !rest.is_empty() {
+            let sub = &self.subs[&pattern];
             let ev = Event::Update {
                 pattern: sub.path.clone(),
                 listeners: rest,
                 initial: false,
                 version: sub.version.unwrap_or(0),
-                value: user_value(sub),
+                value: self.user_value(sub),
                 changes,
             };
             self.events.push_back(ev);
@@ -784,7 +806,7 @@ impl Client {
     pub fn value(&self, pattern: &str) -> Option<Value> {
         let sub = self.subs.get(pattern)?;
         sub.view.as_ref()?;
-        Some(user_value(sub))
+        Some(self.user_value(sub))
     }
 
     /// The version a subscription holds.
@@ -886,6 +908,7 @@ fn changed(
         revision,
         created,
         updated,
+        pending: false,
     })
 }
 
@@ -896,10 +919,12 @@ fn deleted(k: &str, revision: i64) -> KeyChange {
         revision,
         created: 0,
         updated: 0,
+        pending: false,
     }
 }
 
-/// The value users see: a key's data (`null` when absent), or a list of items.
+/// The value the server's view gives: a key's data (`null` when absent), or a list of items
+/// ([`Client::user_value`] puts pending optimistic writes on top).
 fn user_value(sub: &Sub) -> Value {
     let Some(view) = &sub.view else {
         return Value::Null;
@@ -917,31 +942,36 @@ fn user_value(sub: &Sub) -> Value {
     }
 }
 
-/// The first update for new listeners: the current value, every present key as a change
-/// (oldest change first).
-fn initial_update(sub: &Sub, listeners: Vec<u64>) -> Event {
-    let mut changes: Vec<KeyChange> = sub
-        .view
-        .as_ref()
-        .map(entries)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, c, u, d)| KeyChange {
-            revision: sub.known.get(&k).map_or(-1, |s| s.revision),
-            key: k,
-            value: Some(d.clone()),
-            created: c,
-            updated: u,
-        })
-        .collect();
-    changes.sort_by_key(|c| (c.updated.max(c.created), c.key.clone()));
-    Event::Update {
-        pattern: sub.path.clone(),
-        listeners,
-        initial: true,
-        version: sub.version.unwrap_or(0),
-        value: user_value(sub),
-        changes,
+impl Client {
+    /// The first update for new listeners of subscription `pattern`: the current value, every
+    /// present key as a change (oldest change first), pending optimistic writes on top.
+    fn initial_update(&self, pattern: &str, listeners: Vec<u64>) -> Event {
+        let sub = &self.subs[pattern];
+        let mut changes: Vec<KeyChange> = sub
+            .view
+            .as_ref()
+            .map(entries)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, c, u, d)| KeyChange {
+                revision: sub.known.get(&k).map_or(-1, |s| s.revision),
+                key: k,
+                value: Some(d.clone()),
+                created: c,
+                updated: u,
+                pending: false,
+            })
+            .collect();
+        changes.sort_by_key(|c| (c.updated.max(c.created), c.key.clone()));
+        self.overlay_changes(sub, &mut changes);
+        Event::Update {
+            pattern: sub.path.clone(),
+            listeners,
+            initial: true,
+            version: sub.version.unwrap_or(0),
+            value: self.user_value(sub),
+            changes,
+        }
     }
 }
 

@@ -77,6 +77,7 @@ function __statelineApi(loadWasm, env) {
       backoffBase: opts.backoffBase, backoffMax: opts.backoffMax,
       pingInterval: opts.pingInterval, pingTimeout: opts.pingTimeout, maxQueue: opts.maxQueue,
       token: opts.token,
+      optimistic: opts.optimistic === true,
       // Every write carries an id with this prefix: the server answers a repeat instead of
       // applying it again, so writes in flight are resent after a reconnect.
       writeIds: randomHex(16),

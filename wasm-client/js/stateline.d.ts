@@ -20,6 +20,11 @@ export interface ConnectOptions {
   token?: string;
   /** `false`: a separate connection instead of the one shared per server URL. */
   shared?: boolean;
+  /** Optimistic local writes: `set`, `patch` and `delete` of one key are shown to this
+   * client's subscribers at once (changes marked `pending`) and reconciled with the server's
+   * answer; a refused write is rolled back (its rollback reported as a change) and its promise
+   * rejects. Default `false`: changes are reported as the server sends them. */
+  optimistic?: boolean;
 }
 
 /** One key's change. Numbers above 2^53 (ns timestamps) are rounded to JS numbers. */
@@ -32,6 +37,9 @@ export interface Change<T = unknown> {
   revision: number;
   created: number;
   updated: number;
+  /** An optimistic write of this client the server has not answered yet (`optimistic: true`);
+   * its revision is -1. */
+  pending: boolean;
 }
 
 export interface Item<T = unknown> {

@@ -210,6 +210,7 @@ fn change_json(c: &KeyChange) -> Value {
         "revision": c.revision,
         "created": c.created,
         "updated": c.updated,
+        "pending": c.pending,
     })
 }
 
@@ -302,6 +303,7 @@ impl Client {
                 .get("writeIds")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            optimistic: c.get("optimistic").and_then(Value::as_bool) == Some(true),
         };
         let inner = Rc::new(RefCell::new(Inner {
             core: Core::new(config),

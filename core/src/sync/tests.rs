@@ -668,82 +668,136 @@ proptest! {
         steps in prop::collection::vec(step(), 1..60),
         small_log in any::<bool>(),
     ) {
-        let mut r = Rig::new(if small_log { 3 } else { 1_000 });
-        r.c.subscribe(1, "g/*").unwrap();
-        r.c.subscribe(2, "g/k0").unwrap();
-        r.pump();
-        for s in &steps {
-            match s {
-                Step::Set(k, v) => r.set(&format!("g/k{k}"), json!(v)),
-                Step::Delete(k) => {
-                    let _ = r.s.run(crate::Op::Delete { target: format!("g/k{k}"), cond: crate::Cond::Always });
-                }
-                Step::Deliver(n) => r.deliver(*n),
-                Step::Disconnect => {
-                    if r.c.state() == State::Open { r.disconnect() }
-                }
-                Step::Reconnect => r.reconnect(),
-                Step::Write(k, v) => {
-                    r.c.write(json!({"op":"set","key":format!("g/k{k}"),"value":v}));
-                    r.pump();
-                }
-            }
-        }
-        for _ in 0..3 {
-            if r.c.state() != State::Open { r.reconnect() }
-        }
-        prop_assert_eq!(r.c.state(), State::Open);
-        r.deliver_all();
-
-        // The cache equals what the server holds.
-        let want: Vec<(String, Value)> = r.s.e.store().list(&Pattern::parse("g/*").unwrap())
-            .into_iter().map(|(k, e)| (k.to_string(), (*e.data).clone())).collect();
-        let held: Vec<(String, Value)> = r.c.value("g/*").unwrap().as_array().unwrap().iter()
-            .map(|i| (i["key"].as_str().unwrap().to_string(), i["value"].clone())).collect();
-        prop_assert_eq!(&held, &want);
-        let k0 = r.s.e.store().get("g/k0").map(|e| (*e.data).clone()).unwrap_or(Value::Null);
-        prop_assert_eq!(r.c.value("g/k0").unwrap(), k0);
-
-        // Reports per key are an in-order subsequence of the server's history of that key.
-        let hist = history(&r.s);
-        for pattern in ["g/*", "g/k0"] {
-            let mut per_key: HashMap<String, Vec<KeyChange>> = HashMap::new();
-            for c in r.changes(pattern) {
-                per_key.entry(c.key.clone()).or_default().push(c);
-            }
-            for (k, reported) in &per_key {
-                let h = &hist[k];
-                let mut at = 0usize;
-                for c in reported {
-                    let pos = h[at..].iter().position(|(cr, rev, v)| {
-                        // A delete seen only through a snapshot has no known revision (-1).
-                        (*rev as i64 == c.revision || (c.revision == -1 && c.value.is_none()))
-                            && v == &c.value
-                            && (c.value.is_none() || *cr == c.created)
-                    });
-                    prop_assert!(pos.is_some(), "{} reported {:?} out of order or twice; history {:?}", k, c, h);
-                    at += pos.unwrap() + 1;
-                }
-                // And the last report is the key's current state.
-                let last = reported.last().unwrap();
-                let cur = r.s.e.store().get(k).map(|e| (*e.data).clone());
-                prop_assert_eq!(&last.value, &cur);
-            }
-            // Every key that exists now was reported.
-            for (k, _) in &want {
-                if pattern == "g/*" || k == "g/k0" {
-                    prop_assert!(per_key.contains_key(k), "{} never reported", k);
-                }
-            }
-        }
-        // Every write got exactly one reply.
-        let mut ids: Vec<u64> = r.replies().iter().map(|x| x.0).collect();
-        let n = ids.len();
-        ids.dedup();
-        prop_assert_eq!(ids.len(), n);
-        let writes = steps.iter().filter(|s| matches!(s, Step::Write(..))).count();
-        prop_assert_eq!(n, writes);
+        interleavings(&steps, small_log, false)?;
     }
+
+    /// The same with optimistic writes: besides the page's pending guesses, what is reported
+    /// follows the server's history, and the client ends at the server's state.
+    #[test]
+    fn optimistic_writes_end_at_the_servers_state(
+        steps in prop::collection::vec(step(), 1..60),
+        small_log in any::<bool>(),
+    ) {
+        interleavings(&steps, small_log, true)?;
+    }
+}
+
+fn interleavings(steps: &[Step], small_log: bool, optimistic: bool) -> Result<(), TestCaseError> {
+    let config = Config {
+        optimistic,
+        ..Config::default()
+    };
+    let mut r = Rig::with(config, if small_log { 3 } else { 1_000 });
+    r.c.subscribe(1, "g/*").unwrap();
+    r.c.subscribe(2, "g/k0").unwrap();
+    r.pump();
+    for s in steps {
+        match s {
+            Step::Set(k, v) => r.set(&format!("g/k{k}"), json!(v)),
+            Step::Delete(k) => {
+                let _ = r.s.run(crate::Op::Delete {
+                    target: format!("g/k{k}"),
+                    cond: crate::Cond::Always,
+                });
+            }
+            Step::Deliver(n) => r.deliver(*n),
+            Step::Disconnect => {
+                if r.c.state() == State::Open {
+                    r.disconnect()
+                }
+            }
+            Step::Reconnect => r.reconnect(),
+            Step::Write(k, v) => {
+                r.c.write(json!({"op":"set","key":format!("g/k{k}"),"value":v}));
+                r.pump();
+            }
+        }
+    }
+    for _ in 0..3 {
+        if r.c.state() != State::Open {
+            r.reconnect()
+        }
+    }
+    prop_assert_eq!(r.c.state(), State::Open);
+    r.deliver_all();
+
+    // The cache equals what the server holds.
+    let want: Vec<(String, Value)> =
+        r.s.e
+            .store()
+            .list(&Pattern::parse("g/*").unwrap())
+            .into_iter()
+            .map(|(k, e)| (k.to_string(), (*e.data).clone()))
+            .collect();
+    let held: Vec<(String, Value)> =
+        r.c.value("g/*")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["key"].as_str().unwrap().to_string(), i["value"].clone()))
+            .collect();
+    prop_assert_eq!(&held, &want);
+    let k0 =
+        r.s.e
+            .store()
+            .get("g/k0")
+            .map(|e| (*e.data).clone())
+            .unwrap_or(Value::Null);
+    prop_assert_eq!(r.c.value("g/k0").unwrap(), k0);
+
+    // Reports per key are an in-order subsequence of the server's history of that key.
+    let hist = history(&r.s);
+    for pattern in ["g/*", "g/k0"] {
+        // Every report, and those that follow the server (optimistic changes are the page's
+        // own guesses, marked pending; a confirmation of what was shown is not reported).
+        let mut all: HashMap<String, Vec<KeyChange>> = HashMap::new();
+        for c in r.changes(pattern) {
+            all.entry(c.key.clone()).or_default().push(c);
+        }
+        for (k, reported) in &all {
+            let h = &hist[k];
+            let mut at = 0usize;
+            for c in reported.iter().filter(|c| !c.pending) {
+                let pos = h[at..].iter().position(|(cr, rev, v)| {
+                    // A delete seen only through a snapshot has no known revision (-1).
+                    (*rev as i64 == c.revision || (c.revision == -1 && c.value.is_none()))
+                        && v == &c.value
+                        && (c.value.is_none() || *cr == c.created)
+                });
+                prop_assert!(
+                    pos.is_some(),
+                    "{} reported {:?} out of order or twice; history {:?}",
+                    k,
+                    c,
+                    h
+                );
+                at += pos.unwrap() + 1;
+            }
+            // And the last report is the key's current state.
+            let last = reported.last().unwrap();
+            let cur = r.s.e.store().get(k).map(|e| (*e.data).clone());
+            prop_assert_eq!(&last.value, &cur);
+            prop_assert!(optimistic || reported.iter().all(|c| !c.pending));
+        }
+        // Every key that exists now was reported.
+        for (k, _) in &want {
+            if pattern == "g/*" || k == "g/k0" {
+                prop_assert!(all.contains_key(k), "{} never reported", k);
+            }
+        }
+    }
+    // Every write got exactly one reply.
+    let mut ids: Vec<u64> = r.replies().iter().map(|x| x.0).collect();
+    let n = ids.len();
+    ids.dedup();
+    prop_assert_eq!(ids.len(), n);
+    let writes = steps
+        .iter()
+        .filter(|s| matches!(s, Step::Write(..)))
+        .count();
+    prop_assert_eq!(n, writes);
+    Ok(())
 }
 
 /// Against the real session: a lease and a disconnect write end with each connection (the server
@@ -855,4 +909,156 @@ fn pings_go_on_while_the_server_talks() {
         "{pings} pings in three intervals of a busy server"
     );
     assert_eq!(r.c.state(), State::Open);
+}
+
+fn optimistic() -> Rig {
+    let config = Config {
+        optimistic: true,
+        ..Config::default()
+    };
+    let mut r = Rig::with(config, 1_000);
+    r.set("o/a", json!({"a": 1}));
+    r.c.subscribe(1, "o/*").unwrap();
+    r.c.subscribe(2, "o/a").unwrap();
+    r.pump();
+    r.deliver_all();
+    r.events.clear();
+    r
+}
+
+// (key, value, revision, pending) of what a subscription reported, in order.
+fn reported(r: &Rig, pattern: &str) -> Vec<(String, Option<Value>, i64, bool)> {
+    r.changes(pattern)
+        .into_iter()
+        .map(|c| (c.key, c.value, c.revision, c.pending))
+        .collect()
+}
+
+#[test]
+fn an_optimistic_set_is_shown_at_once_and_its_confirmation_is_silent() {
+    let mut r = optimistic();
+    r.c.write(json!({"op":"set","key":"o/b","value":2}));
+    r.pump();
+    // Before any answer: shown, pending, on both subscriptions that see it (only the glob).
+    assert_eq!(
+        reported(&r, "o/*"),
+        vec![("o/b".into(), Some(json!(2)), -1, true)]
+    );
+    assert_eq!(r.c.value("o/*").unwrap()[0]["value"], json!(2));
+    r.deliver_all();
+    // The server's frame and answer agree: nothing more.
+    assert_eq!(reported(&r, "o/*").len(), 1);
+    assert!(r.replies()[0].2.is_ok());
+    // A later change of the key is reported as usual.
+    r.set("o/b", json!(3));
+    r.deliver_all();
+    assert_eq!(
+        reported(&r, "o/*")[1],
+        ("o/b".into(), Some(json!(3)), 1, false)
+    );
+}
+
+#[test]
+fn a_refused_optimistic_write_is_rolled_back_and_reported() {
+    let mut r = optimistic();
+    let w =
+        r.c.write(json!({"op":"set","key":"o/a","value":9,"ifMatch":"\"nope\""}));
+    r.pump();
+    assert_eq!(r.c.value("o/a"), Some(json!(9)));
+    r.deliver_all();
+    assert_eq!(
+        reported(&r, "o/a"),
+        vec![
+            ("o/a".into(), Some(json!(9)), -1, true),
+            ("o/a".into(), Some(json!({"a": 1})), 0, false)
+        ]
+    );
+    assert_eq!(r.c.value("o/a"), Some(json!({"a": 1})));
+    let rs = r.replies();
+    assert_eq!(rs[0].0, w);
+    assert!(rs[0].2.is_err());
+    // A delete of a key that is refused comes back too.
+    r.events.clear();
+    r.c.write(json!({"op":"del","key":"o/a","ifMatch":"\"nope\""}));
+    r.pump();
+    assert_eq!(reported(&r, "o/a")[0], ("o/a".into(), None, -1, true));
+    assert_eq!(r.c.value("o/*"), Some(json!([])));
+    r.deliver_all();
+    assert_eq!(
+        reported(&r, "o/a")[1],
+        ("o/a".into(), Some(json!({"a": 1})), 0, false)
+    );
+}
+
+#[test]
+fn an_optimistic_patch_is_reconciled_with_what_the_server_stored() {
+    let mut r = optimistic();
+    r.c.write(json!({"op":"patch","key":"o/a","value":{"b":2}}));
+    // Another writer replaces the key before this patch reaches the server.
+    r.set("o/a", json!({"x": 9}));
+    r.pump();
+    r.deliver_all();
+    // Shown at once as the patch of what the page saw; then what the server made of it.
+    assert_eq!(
+        reported(&r, "o/a"),
+        vec![
+            ("o/a".into(), Some(json!({"a": 1, "b": 2})), -1, true),
+            ("o/a".into(), Some(json!({"x": 9, "b": 2})), 2, false)
+        ]
+    );
+    assert_eq!(r.c.value("o/a"), Some(json!({"x": 9, "b": 2})));
+}
+
+#[test]
+fn optimistic_writes_made_offline_show_at_once_and_a_new_listener_sees_them() {
+    let mut r = optimistic();
+    r.disconnect();
+    r.c.write(json!({"op":"set","key":"o/a","value":1}));
+    r.c.write(json!({"op":"patch","key":"o/a","value":2,"type":"merge-patch"}));
+    r.c.write(json!({"op":"set","key":"o/*","value":0}));
+    r.c.write(json!({"op":"push","path":"o/*","value":0}));
+    r.pump();
+    // Two pending changes of o/a; the glob write and the push are not optimistic.
+    assert_eq!(
+        reported(&r, "o/a"),
+        vec![
+            ("o/a".into(), Some(json!(1)), -1, true),
+            ("o/a".into(), Some(json!(2)), -1, true)
+        ]
+    );
+    r.c.subscribe(3, "o/a").unwrap();
+    r.pump();
+    let late = r.events.iter().rev().find_map(|e| match e {
+        Event::Update {
+            listeners,
+            value,
+            changes,
+            ..
+        } if listeners == &vec![3] => Some((value.clone(), changes.clone())),
+        _ => None,
+    });
+    let (value, changes) = late.expect("the late listener's first update");
+    assert_eq!(value, json!(2));
+    assert!(changes[0].pending);
+    let before = reported(&r, "o/a").len();
+    r.reconnect();
+    r.deliver_all();
+    // Each write stored what was shown: nothing more for o/a; the push is reported when the
+    // server sends it.
+    assert_eq!(reported(&r, "o/a").len(), before);
+    assert_eq!(r.c.value("o/a"), Some(json!(2)));
+    assert!(r.c.value("o/*").unwrap().as_array().unwrap().len() == 2);
+}
+
+#[test]
+fn without_optimistic_changes_wait_for_the_server() {
+    let mut r = Rig::new(1_000);
+    r.c.subscribe(1, "o/*").unwrap();
+    r.pump();
+    r.deliver_all();
+    r.events.clear();
+    r.s.conn.as_mut().unwrap().to_client.clear();
+    r.c.write(json!({"op":"set","key":"o/b","value":2}));
+    r.pump();
+    assert!(reported(&r, "o/*").is_empty());
 }

@@ -168,3 +168,35 @@ test("a server killed mid-burst of pushes and counters: each was applied exactly
   assert.deepEqual(counts, [...Array(N).keys()].map((x) => x + 1));
   await page.close();
 });
+
+test("optimistic writes: the page's subscriber has a set before the server answers; a refused one is rolled back", async () => {
+  const page = await open();
+  const key = `${ns("opt")}/doc`;
+  const log = await page.evaluate(async ({ base, key }) => {
+    const o = Stateline.connect(base, { shared: false, optimistic: true });
+    const log = [];
+    await new Promise((ready) => {
+      o.subscribe(key, (u) => {
+        log.push(["update", u.value, u.changes.map((c) => [c.value, c.pending, c.revision])]);
+        if (u.initial) ready();
+      });
+    });
+    const set = o.set(key, { v: 1 }).then((r) => log.push(["set answered", r.revision]));
+    await set;
+    // A compare-and-swap on a revision the key does not have: shown, refused, rolled back.
+    const cas = await o.update(key, { v: 9 }, 5);
+    log.push(["cas answered", cas.ok, cas.conflict]);
+    await o.close();
+    return log;
+  }, { base: s.base, key });
+  assert.deepEqual(log, [
+    ["update", null, []],
+    ["update", { v: 1 }, [[{ v: 1 }, true, -1]]],
+    ["set answered", 0],
+    ["update", { v: 9 }, [[{ v: 9 }, true, -1]]],
+    ["update", { v: 1 }, [[{ v: 1 }, false, 0]]],
+    ["cas answered", false, true],
+  ]);
+  assert.deepEqual(await get(key), { v: 1 });
+  await page.close();
+});
