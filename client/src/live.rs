@@ -281,6 +281,7 @@ fn dispatch(inner: &mut Inner) {
                 version,
                 value,
                 changes,
+                ..
             } => {
                 let u = Update {
                     pattern,

@@ -51,7 +51,8 @@ pub enum Join {
     Current,
     /// Send this frame (a snapshot, or for SSE the current values as events).
     Frame(Bytes),
-    /// SSE resume: send this frame, made of only what was missed since its version.
+    /// A resume: send this frame, made of only what was missed since its version (SSE events,
+    /// or `/_ws` and ooo patch ops against the view the client holds).
     Missed(Bytes),
 }
 
@@ -138,6 +139,9 @@ pub struct Pools {
     next_id: u64,
     // The sequence number of the last published change: every pool's view is current through it.
     published: u64,
+    // Joins that asked to resume from a version, by what they got first (see `Pools::resumes`).
+    resumed: u64,
+    resume_snapshots: u64,
 }
 
 impl Pools {
@@ -159,6 +163,14 @@ impl Pools {
     /// Total subscribers over all pools.
     pub fn subscribers(&self) -> usize {
         self.pools.values().map(|p| p.subscribers).sum()
+    }
+
+    /// Joins that gave a version to resume from (`/_ws` `v`, `?v=`, `Last-Event-ID`), by what
+    /// they were sent first: `(resumed, snapshots)`. Resumed: only what changed since (or
+    /// nothing). Snapshot: the whole view, because the change log no longer reaches back to
+    /// that version or the changes would be longer than the view.
+    pub fn resumes(&self) -> (u64, u64) {
+        (self.resumed, self.resume_snapshots)
     }
 
     /// Gauges of every pool, ordered by pattern.
@@ -239,9 +251,18 @@ impl Pools {
                 store,
                 filters,
             )),
-            (Some(Ok(m)), _) => Join::Frame(pool.resume(&m, upto, filters)),
+            (Some(Ok(m)), _) => match pool.resume(&m, upto, filters) {
+                (b, false) => Join::Missed(b),
+                (b, true) => Join::Frame(b),
+            },
             _ => Join::Frame(pool.snapshot(filters, upto)),
         };
+        if version.is_some() {
+            match first {
+                Join::Frame(_) => self.resume_snapshots += 1,
+                Join::Current | Join::Missed(_) => self.resumed += 1,
+            }
+        }
         (id, first)
     }
 
@@ -568,9 +589,15 @@ impl Pool {
     /// The first frame for a client that holds this pool's view as of an older version: for an
     /// unfiltered list, the missed changes as positional ops against the list the client holds
     /// (rebuilt from the log); otherwise, or when that is longer than the list, a snapshot.
-    fn resume(&self, steps: &[(Missed, Option<i64>)], upto: u64, filters: &Filters) -> Bytes {
+    /// Whether it is a snapshot comes with it.
+    fn resume(
+        &self,
+        steps: &[(Missed, Option<i64>)],
+        upto: u64,
+        filters: &Filters,
+    ) -> (Bytes, bool) {
         let (View::List(items), None) = (&self.view, &self.filtered) else {
-            return self.snapshot(filters, upto);
+            return (self.snapshot(filters, upto), true);
         };
         let origin: HashMap<&str, Option<i64>> =
             steps.iter().map(|(m, o)| (&**m.key(), *o)).collect();
@@ -623,7 +650,7 @@ impl Pool {
             }
         }
         if ops.len() > items.len() {
-            return self.snapshot(filters, upto);
+            return (self.snapshot(filters, upto), true);
         }
         let revs: Vec<(&str, u64)> = steps
             .iter()
@@ -632,7 +659,10 @@ impl Pool {
                 Missed::Delete(k, rev, _) => (&**k, *rev),
             })
             .collect();
-        self.envelope(false, upto.max(self.version), &revs, &join_ops(&ops))
+        (
+            self.envelope(false, upto.max(self.version), &revs, &join_ops(&ops)),
+            false,
+        )
     }
 
     fn apply(&mut self, cs: &[&Change], filters: &Filters) -> Option<Bytes> {

@@ -29,6 +29,7 @@ use crate::key::Pattern;
 
 mod held;
 mod local;
+mod persist;
 pub use held::MAX_HELD_WRITES;
 
 /// Knobs of the client. Times are in milliseconds.
@@ -198,6 +199,9 @@ pub enum Event {
         value: Value,
         /// The keys that changed, in the order they were changed.
         changes: Vec<KeyChange>,
+        /// The value is a cache kept from before (see [`Client::restore_cache`]) that the
+        /// server has not confirmed yet; the first update after the server's frame is not.
+        cached: bool,
     },
     /// A write finished: the server's reply fields, or why it failed.
     Reply {
@@ -273,6 +277,8 @@ struct Sub {
     known: BTreeMap<String, Known>,
     // Listeners that have not had their initial value yet.
     fresh: Vec<u64>,
+    // The view is a stored cache the server has not confirmed yet (see `persist`).
+    cached: bool,
 }
 
 /// The client. See the module docs.
@@ -298,6 +304,8 @@ pub struct Client {
     held: held::Held,
     // Optimistic writes the server has not answered, oldest first.
     local: Vec<local::Local>,
+    // Caches taken back from storage, by pattern, until subscribed (see `persist`).
+    stored: BTreeMap<String, persist::Stored>,
 }
 
 impl Client {
@@ -319,6 +327,7 @@ impl Client {
             deadline: None,
             held: held::Held::default(),
             local: Vec::new(),
+            stored: BTreeMap::new(),
         }
     }
 
@@ -509,8 +518,10 @@ impl Client {
                 version: None,
                 known: BTreeMap::new(),
                 fresh: vec![listener],
+                cached: false,
             },
         );
+        self.start_cached(&pattern);
         if self.state == State::Open {
             self.send_sub(&pattern);
         }
@@ -591,6 +602,12 @@ impl Client {
             msg,
             queued: self.state != State::Open,
         };
+        self.enqueue(w);
+        req
+    }
+
+    // Sends a write now when open, else queues it (refused when the queue is full).
+    fn enqueue(&mut self, w: Write) {
         if self.state == State::Open {
             self.send_write(w);
         } else if self.queue.len() + self.pending.len() >= self.config.max_queue {
@@ -604,7 +621,6 @@ impl Client {
         } else {
             self.queue.push_back(w);
         }
-        req
     }
 
     fn send_write(&mut self, w: Write) {
@@ -749,6 +765,7 @@ impl Client {
             return;
         };
         sub.version = version.or(sub.version);
+        let confirmed = Self::confirm_cached(sub);
         let mut changes = diff(sub, &view, &revs, snapshot);
         sub.view = Some(view);
         // A key with a pending optimistic write shows that write: the server's change is in the
@@ -766,7 +783,7 @@ impl Client {
             let ev = self.initial_update(&pattern, fresh);
             self.events.push_back(ev);
         }
-        if !changes.is_empty() && !rest.is_empty() {
+        if (confirmed || !changes.is_empty()) && !rest.is_empty() {
             let sub = &self.subs[&pattern];
             let ev = Event::Update {
                 pattern: sub.path.clone(),
@@ -775,6 +792,7 @@ impl Client {
                 version: sub.version.unwrap_or(0),
                 value: self.user_value(sub),
                 changes,
+                cached: false,
             };
             self.events.push_back(ev);
         }
@@ -971,6 +989,7 @@ impl Client {
             version: sub.version.unwrap_or(0),
             value: self.user_value(sub),
             changes,
+            cached: sub.cached,
         }
     }
 }

@@ -225,8 +225,10 @@ fn event_json(e: &Event) -> String {
             version,
             value,
             changes,
+            cached,
         } => json!({
             "type": "update",
+            "cached": cached,
             "pattern": pattern,
             "listeners": listeners,
             "initial": initial,
@@ -380,6 +382,42 @@ impl Client {
         let id = self.inner.borrow_mut().core.write(v);
         drive(&self.inner);
         Ok(id as f64)
+    }
+
+    /// Write `req` as it goes on the wire, with its id, while it waits for its answer (JSON
+    /// text): what the `persist` option keeps in its outbox. `undefined` when there is nothing
+    /// to keep (answered, leased, a disconnect write).
+    #[wasm_bindgen(js_name = outboxMessage)]
+    pub fn outbox_message(&self, req: f64) -> Option<String> {
+        let m = self.inner.borrow().core.outbox_message(req as u64)?;
+        Some(m.to_string())
+    }
+
+    /// Queues a write `outboxMessage` gave before a reload, its id unchanged; returns the id
+    /// its `reply` event carries.
+    #[wasm_bindgen(js_name = restoreWrite)]
+    pub fn restore_write(&self, msg: &str) -> Result<f64, JsValue> {
+        let v: Value = serde_json::from_str(msg)
+            .map_err(|e| JsValue::from_str(&format!("Stateline: not JSON: {e}")))?;
+        let id = self.inner.borrow_mut().core.restore_write(v);
+        drive(&self.inner);
+        Ok(id as f64)
+    }
+
+    /// Subscription `pattern`'s cache to store (JSON text), `undefined` before the server's
+    /// first frame.
+    pub fn cache(&self, pattern: &str) -> Option<String> {
+        Some(self.inner.borrow().core.cache(pattern)?.to_string())
+    }
+
+    /// Takes back a cache `cache` gave: a subscription to `pattern` starts from it. Throws the
+    /// failure (JSON text) when it is not one.
+    #[wasm_bindgen(js_name = restoreCache)]
+    pub fn restore_cache(&self, pattern: &str, cache: &str) -> Result<(), JsValue> {
+        let v: Value = serde_json::from_str(cache).unwrap_or(Value::Null);
+        let r = self.inner.borrow_mut().core.restore_cache(pattern, &v);
+        drive(&self.inner);
+        r.map_err(|f| JsValue::from_str(&failure_json(&f).to_string()))
     }
 
     /// Subscribes `listener` (an integer the caller picks) to a key, glob or subtree; returns the

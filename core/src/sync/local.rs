@@ -233,6 +233,7 @@ impl Client {
                 version: sub.version.unwrap_or(0),
                 value: self.user_value(sub),
                 changes: vec![change],
+                cached: sub.cached,
             };
             self.events.push_back(ev);
         }

@@ -1062,3 +1062,245 @@ fn without_optimistic_changes_wait_for_the_server() {
     r.pump();
     assert!(reported(&r, "o/*").is_empty());
 }
+
+// ---- what a client keeps across a reload (`persist`) ----------------------------------------
+
+/// The page reloads: a new client on the same server, with what the old one kept.
+fn reload(r: &mut Rig, config: Config) {
+    r.c.close();
+    r.pump();
+    r.c = Client::new(config);
+    r.events.clear();
+    r.sent.clear();
+}
+
+fn updates(r: &Rig) -> Vec<(bool, bool, Value, Vec<String>)> {
+    r.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Update {
+                initial,
+                cached,
+                value,
+                changes,
+                ..
+            } => Some((
+                *initial,
+                *cached,
+                value.clone(),
+                changes.iter().map(|c| c.key.clone()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn keys_of(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| i["key"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_kept_cache_is_shown_at_once_and_resumed_from_its_version() {
+    let mut r = Rig::new(1_000);
+    r.set("b/a", json!(1));
+    r.set("b/b", json!(2));
+    // Enough keys that the server's resume (3 ops) is shorter than a snapshot of the list.
+    for i in 0..4 {
+        r.set(&format!("b/x{i}"), json!(i));
+    }
+    r.c.subscribe(1, "b/*").unwrap();
+    r.pump();
+    r.deliver_all();
+    let cache = r.c.cache("b/*").expect("a confirmed view");
+    let v = r.c.version("b/*").unwrap();
+    assert!(r.c.cache("nope").is_none());
+    // While the page is gone: one key changes, one goes, one comes.
+    r.set("b/b", json!(20));
+    r.s.run(crate::Op::Delete {
+        target: "b/a".into(),
+        cond: crate::Cond::Always,
+    })
+    .unwrap();
+    r.set("b/c", json!(3));
+    reload(&mut r, Config::default());
+    r.c.restore_cache("b/*", &cache).unwrap();
+    r.c.subscribe(7, "/b/*").unwrap();
+    r.pump();
+    // At once, before any socket: the cache, marked.
+    let u = updates(&r);
+    assert_eq!(u.len(), 1);
+    assert!(u[0].0 && u[0].1, "initial and cached: {u:?}");
+    assert_eq!(
+        keys_of(&u[0].2),
+        vec!["b/x3", "b/x2", "b/x1", "b/x0", "b/b", "b/a"]
+    );
+    r.c.connect(r.now);
+    r.pump();
+    let sub: Value = serde_json::from_str(&r.sent[0]).unwrap();
+    assert_eq!(
+        sub["v"],
+        json!(format!("{v:x}")),
+        "resumes from the kept version"
+    );
+    let first =
+        r.s.conn
+            .as_ref()
+            .unwrap()
+            .to_client
+            .get(1)
+            .cloned()
+            .unwrap();
+    let first: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(
+        first["snapshot"],
+        json!(false),
+        "a resume, not a snapshot: {first}"
+    );
+    assert_eq!(r.s.e.pools().resumes(), (1, 0), "counted for /_metrics");
+    r.deliver_all();
+    let u = updates(&r);
+    assert_eq!(u.len(), 2, "{u:?}");
+    assert!(!u[1].0 && !u[1].1, "confirmed: {u:?}");
+    assert_eq!(u[1].3, vec!["b/b", "b/a", "b/c"]);
+    assert_eq!(
+        keys_of(&u[1].2),
+        vec!["b/c", "b/x3", "b/x2", "b/x1", "b/x0", "b/b"]
+    );
+    assert_eq!(r.c.value("b/*").unwrap()[5]["value"], json!(20));
+}
+
+#[test]
+fn a_kept_cache_nothing_changed_is_confirmed_by_one_empty_update() {
+    let mut r = Rig::new(1_000);
+    r.set("k", json!({"x": 1}));
+    r.c.subscribe(1, "k").unwrap();
+    r.pump();
+    r.deliver_all();
+    let cache = r.c.cache("k").unwrap();
+    reload(&mut r, Config::default());
+    r.c.connect(r.now);
+    r.pump();
+    // Subscribed first, restored after (the page subscribed before storage was read).
+    r.c.subscribe(1, "k").unwrap();
+    r.c.restore_cache("k", &cache).unwrap();
+    r.pump();
+    r.deliver_all();
+    let u = updates(&r);
+    assert_eq!(
+        u,
+        vec![
+            (true, true, json!({"x": 1}), vec!["k".to_string()]),
+            (false, false, json!({"x": 1}), vec![])
+        ]
+    );
+}
+
+#[test]
+fn a_cache_older_than_the_log_gets_a_snapshot_diffed_against_it() {
+    let mut r = Rig::new(2);
+    r.set("o/a", json!(1));
+    r.c.subscribe(1, "o/*").unwrap();
+    r.pump();
+    r.deliver_all();
+    let cache = r.c.cache("o/*").unwrap();
+    for i in 0..5 {
+        r.set(&format!("o/n{i}"), json!(i));
+    }
+    reload(&mut r, Config::default());
+    r.c.restore_cache("o/*", &cache).unwrap();
+    r.c.subscribe(1, "o/*").unwrap();
+    r.c.connect(r.now);
+    r.pump();
+    r.deliver_all();
+    let u = updates(&r);
+    assert_eq!(u.len(), 2);
+    assert_eq!(
+        u[1].3,
+        vec!["o/n0", "o/n1", "o/n2", "o/n3", "o/n4"],
+        "only what the cache lacked"
+    );
+    assert_eq!(r.s.e.pools().resumes(), (0, 1));
+}
+
+#[test]
+fn a_bad_cache_is_refused_and_changes_nothing() {
+    let mut r = Rig::new(1_000);
+    for bad in [
+        json!(null),
+        json!({"version": "5"}),
+        json!({"version": "zz", "view": {}, "known": {}}),
+        json!({"version": "5", "view": {}, "known": {"k": [1]}}),
+    ] {
+        let e = r.c.restore_cache("k", &bad).unwrap_err();
+        assert_eq!(e.code, "bad-cache");
+    }
+    r.c.subscribe(1, "k").unwrap();
+    r.pump();
+    let sub: Value = serde_json::from_str(r.sent.last().unwrap()).unwrap();
+    assert!(sub.get("v").is_none(), "nothing restored: {sub}");
+}
+
+#[test]
+fn an_outbox_kept_across_a_reload_is_applied_once_in_order() {
+    let ids = |p: &str| Config {
+        write_ids: Some(p.into()),
+        ..Config::default()
+    };
+    let mut r = Rig::with(ids("old"), 1_000);
+    // Sent and applied, but the page goes before the answer arrives.
+    r.s.conn.as_mut().unwrap().to_client.clear();
+    let a = r.c.write(json!({"op":"push","path":"q/*","value":"a"}));
+    r.pump();
+    let kept_a = r.c.outbox_message(a).expect("waiting for its answer");
+    assert_eq!(kept_a["rid"], json!(format!("old.{a}")));
+    // Then offline: queued, never sent.
+    r.disconnect();
+    let b = r.c.write(json!({"op":"push","path":"q/*","value":"b"}));
+    let c = r.c.write(json!({"op":"incr","key":"q-count"}));
+    let kept: Vec<Value> = [a, b, c]
+        .iter()
+        .map(|q| r.c.outbox_message(*q).unwrap())
+        .collect();
+    let lease =
+        r.c.write(json!({"op":"set","key":"p/me","value":1,"lease":true}));
+    assert!(
+        r.c.outbox_message(lease).is_none(),
+        "a lease is taken again, not kept"
+    );
+    reload(&mut r, ids("new"));
+    let reqs: Vec<u64> = kept.into_iter().map(|m| r.c.restore_write(m)).collect();
+    r.c.connect(r.now);
+    r.pump();
+    r.deliver_all();
+    let rs = r.replies();
+    assert_eq!(rs.len(), 3, "{rs:?}");
+    for (i, q) in reqs.iter().enumerate() {
+        assert_eq!(rs[i].0, *q, "answered in order");
+        assert!(rs[i].1, "marked queued");
+        assert!(rs[i].2.is_ok(), "{rs:?}");
+    }
+    let pushed: Vec<Value> =
+        r.s.e
+            .store()
+            .scan(&Pattern::parse("q/*").unwrap())
+            .map(|(_, e)| (*e.data).clone())
+            .collect();
+    let mut pushed = pushed;
+    pushed.sort_by_key(|v| v.to_string());
+    assert_eq!(pushed, vec![json!("a"), json!("b")], "each applied once");
+    assert_eq!(
+        r.s.e.stats().repeats,
+        1,
+        "the one the server had was answered"
+    );
+    assert_eq!(
+        r.s.e.store().get("q-count").map(|e| (*e.data).clone()),
+        Some(json!(1))
+    );
+}

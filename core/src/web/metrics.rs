@@ -50,6 +50,16 @@ pub fn metrics(engine: &Engine) -> String {
         "Subscription pools (one per pattern, encoding and audience).",
         &[(String::new(), engine.pools().len() as u64)],
     );
+    let (resumed, snapshots) = engine.pools().resumes();
+    metric(
+        "stateline_resumes_total",
+        "counter",
+        "Subscriptions that gave a version to resume from, by what they got first: only what changed since, or a snapshot (the change log no longer reached back, or the changes were longer than the view).",
+        &[
+            ("{first=\"changes\"}".into(), resumed),
+            ("{first=\"snapshot\"}".into(), snapshots),
+        ],
+    );
     metric(
         "stateline_keys",
         "gauge",
