@@ -304,8 +304,9 @@ pub struct Client {
     held: held::Held,
     // Optimistic writes the server has not answered, oldest first.
     local: Vec<local::Local>,
-    // Caches taken back from storage, by pattern, until subscribed (see `persist`).
-    stored: BTreeMap<String, persist::Stored>,
+    // Caches taken back from storage, by pattern, until subscribed (see `persist`). A vector,
+    // not a map: each map type adds kilobytes of generic code to the browser client.
+    stored: Vec<(String, persist::Stored)>,
 }
 
 impl Client {
@@ -327,7 +328,7 @@ impl Client {
             deadline: None,
             held: held::Held::default(),
             local: Vec::new(),
-            stored: BTreeMap::new(),
+            stored: Vec::new(),
         }
     }
 
@@ -723,7 +724,8 @@ impl Client {
                 };
                 self.on_onclose_reply(handle, result);
             }
-            Pending::Sub(_) | Pending::Unsub | Pending::Ping | Pending::Internal => {}
+            Pending::Sub(pattern) => self.confirm(&pattern),
+            Pending::Unsub | Pending::Ping | Pending::Internal => {}
         }
     }
 
@@ -765,7 +767,6 @@ impl Client {
             return;
         };
         sub.version = version.or(sub.version);
-        let confirmed = Self::confirm_cached(sub);
         let mut changes = diff(sub, &view, &revs, snapshot);
         sub.view = Some(view);
         // A key with a pending optimistic write shows that write: the server's change is in the
@@ -783,7 +784,7 @@ impl Client {
             let ev = self.initial_update(&pattern, fresh);
             self.events.push_back(ev);
         }
-        if (confirmed || !changes.is_empty()) && !rest.is_empty() {
+        if !changes.is_empty() && !rest.is_empty() {
             let sub = &self.subs[&pattern];
             let ev = Event::Update {
                 pattern: sub.path.clone(),

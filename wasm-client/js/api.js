@@ -82,10 +82,16 @@ function __statelineApi(loadWasm, env) {
       // applying it again, so writes in flight are resent after a reconnect.
       writeIds: randomHex(16),
     });
+    // Writes kept in the outbox (`persist`): request id → row.
+    this._rows = new Map();
     this.ready = loadWasm().then(function (wasm) {
       var WS = opts.WebSocket || env.WebSocket();
       if (!WS) throw new Error("Stateline: no WebSocket in this environment; pass { WebSocket } (in Node 20: the ws package)");
       self._c = new wasm.Client(self.base, WS, function (json) { self._event(JSON.parse(json)); }, config);
+      // What an earlier page kept is taken back before the socket opens and before any call
+      // made meanwhile: its writes go first, in the order they were made.
+      return opts.persist ? self._restore(String(opts.persist)) : null;
+    }).then(function () {
       self._c.connect();
       return self;
     });
@@ -103,7 +109,8 @@ function __statelineApi(loadWasm, env) {
       this.state = ev.state;
       this._emit("state", ev.state);
     } else if (ev.type === "update") {
-      var out = { path: ev.pattern, value: ev.value, changes: ev.changes, initial: ev.initial, version: ev.version };
+      var out = { path: ev.pattern, value: ev.value, changes: ev.changes, initial: ev.initial, version: ev.version, cached: ev.cached };
+      if (this._store && !ev.cached) this._store.dirty(ev.pattern);
       ev.listeners.forEach(function (id) {
         var l = self._listeners.get(id);
         if (l) l.update(out);
@@ -119,9 +126,21 @@ function __statelineApi(loadWasm, env) {
     } else if (ev.type === "reply") {
       var r = this._replies.get(ev.req);
       this._replies.delete(ev.req);
+      var row = this._rows.get(ev.req);
+      if (row !== undefined) {
+        this._rows.delete(ev.req);
+        this._store.drop(row.key);
+        // A kept write from before a reload has no caller left to tell: a refusal is an error
+        // event (a lost compare-and-swap is the conflict event below).
+        if (row.restored && !ev.ok && !ev.error.conflict) {
+          var lost = StatelineError(ev.error);
+          lost.write = row.msg;
+          this._emit("error", lost);
+        }
+      }
       if (!ev.ok && ev.queued && ev.error.conflict) {
         // A write made offline lost its compare-and-swap: say so even if nobody awaits it.
-        this._emit("conflict", { key: r && r.key, error: ev.error });
+        this._emit("conflict", { key: r ? r.key : row && (row.msg.key || row.msg.path), error: ev.error });
       }
       if (r) r.done(ev);
     }
@@ -133,6 +152,7 @@ function __statelineApi(loadWasm, env) {
     return this.ready.then(function () {
       return new Promise(function (resolve, reject) {
         var req = self._c.write(JSON.stringify(msg));
+        if (self._store) self._keep(req);
         self._replies.set(req, {
           key: msg.key || msg.path,
           done: function (ev) {
@@ -418,6 +438,122 @@ function __statelineApi(loadWasm, env) {
     return h;
   };
 
+  // ---- persist: the cache and the outbox in IndexedDB -------------------------------------
+  //
+  // One database per persist name and server, "stateline:<name> <base>", schema version 1:
+  //   caches  key: a subscription's pattern  value: its cache as the core gives it (JSON text:
+  //           version, view, key states; written 100 ms after the changes it holds)
+  //   outbox  key: a number, in the order writes were made  value: {msg}, a write as it went
+  //           on the wire with its id, deleted when the server answers it
+  // A later schema adds a version and an `onupgradeneeded` step from `e.oldVersion`. What the
+  // core keeps and takes back is decided in the core (core/src/sync/persist.rs); this moves it.
+  var SCHEMA = 1;
+
+  function storageError(e) {
+    var full = e && e.name === "QuotaExceededError";
+    var err = StatelineError({ code: full ? "storage-full" : "storage", detail: "storage: " + (e && e.message || e) });
+    err.cause = e;
+    return err;
+  }
+
+  function done(r) {
+    return new Promise(function (resolve, reject) {
+      r.onsuccess = function () { resolve(r.result); };
+      r.onerror = function () { reject(r.error); };
+    });
+  }
+
+  function openDb(name) {
+    var idb = globalThis.indexedDB;
+    if (!idb) return Promise.reject(new Error("no IndexedDB in this environment"));
+    var req = idb.open(name, SCHEMA);
+    req.onupgradeneeded = function (e) {
+      var db = req.result;
+      if (e.oldVersion < 1) {
+        db.createObjectStore("caches");
+        db.createObjectStore("outbox");
+      }
+    };
+    return done(req);
+  }
+
+  // Reads what was kept, and gives the client its store.
+  Client.prototype._restore = function (name) {
+    var self = this;
+    return openDb("stateline:" + name + " " + this.base).then(function (db) {
+      var t = db.transaction(["caches", "outbox"], "readonly");
+      var c = t.objectStore("caches"), o = t.objectStore("outbox");
+      return Promise.all([done(c.getAllKeys()), done(c.getAll()), done(o.getAllKeys()), done(o.getAll())])
+        .then(function (r) {
+          var store = new Store(db, self);
+          r[0].forEach(function (pattern, i) {
+            try { self._c.restoreCache(String(pattern), r[1][i]); } catch (e) {
+              // Not a cache this client can use (another version wrote it): dropped, said.
+              store.put("caches", pattern, undefined);
+              self._emit("error", StatelineError(typeof e === "string" ? JSON.parse(e) : { detail: String(e) }));
+            }
+          });
+          r[2].forEach(function (key, i) {
+            var req = self._c.restoreWrite(r[3][i].msg);
+            self._rows.set(req, { key: key, restored: true, msg: JSON.parse(r[3][i].msg) });
+          });
+          store.next = r[2].length ? r[2][r[2].length - 1] + 1 : 1;
+          self._store = store;
+        });
+    }).catch(function (e) {
+      // Without storage the client still works, in memory: said once, not silently.
+      self._emit("error", storageError(e));
+    });
+  };
+
+  // Keeps write `req` in the outbox while it waits for its answer.
+  Client.prototype._keep = function (req) {
+    var msg = this._c.outboxMessage(req);
+    if (msg === undefined) return;
+    var key = this._store.next++;
+    this._rows.set(req, { key: key, restored: false });
+    this._store.put("outbox", key, { msg: msg });
+  };
+
+  function Store(db, client) {
+    this.db = db;
+    this.client = client;
+    this.next = 1;
+    this.pending = new Set();
+    this.timer = null;
+  }
+  // Writes one row (`value` undefined: deletes it); a failure (quota, a closed database) is an
+  // error event.
+  Store.prototype.put = function (name, key, value) {
+    var client = this.client;
+    try {
+      var t = this.db.transaction(name, "readwrite"), s = t.objectStore(name);
+      if (value === undefined) s.delete(key); else s.put(value, key);
+      t.onabort = function () { client._emit("error", storageError(t.error)); };
+    } catch (e) {
+      client._emit("error", storageError(e));
+    }
+  };
+  Store.prototype.drop = function (key) {
+    this.put("outbox", key, undefined);
+  };
+  // A subscription changed: its cache is written 100 ms later (one write for a burst).
+  Store.prototype.dirty = function (pattern) {
+    var self = this;
+    this.pending.add(pattern);
+    if (this.timer === null) {
+      this.timer = setTimeout(function () {
+        self.timer = null;
+        var ps = Array.from(self.pending);
+        self.pending.clear();
+        ps.forEach(function (p) {
+          var c = self.client._c.cache(p);
+          if (c !== undefined) self.put("caches", p, c);
+        });
+      }, 100);
+    }
+  };
+
   Client.prototype.on = function (type, f) {
     if (!this._on[type]) throw new Error("Stateline: unknown event " + type + " (state, conflict, error)");
     this._on[type].add(f);
@@ -433,7 +569,7 @@ function __statelineApi(loadWasm, env) {
   };
   Client.prototype.close = function () {
     var self = this;
-    if (shared.get(this.base) === this) shared.delete(this.base);
+    if (this._shared && shared.get(this._shared) === this) shared.delete(this._shared);
     return this.ready.then(function () {
       // Closing never throws at the caller: a socket that is still connecting is aborted quietly.
       try { self._c.close(); } catch (e) { self._emit("error", e); }
@@ -447,8 +583,10 @@ function __statelineApi(loadWasm, env) {
       var key = String(base).replace(/\/+$/, "");
       // A client with a token is its own: sharing would lend one caller's identity to another.
       if (opts && (opts.shared === false || opts.token)) return new Client(key, opts);
-      var c = shared.get(key);
-      if (!c) { c = new Client(key, opts); shared.set(key, c); }
+      // One per server and persist name: a kept outbox is taken back by one client.
+      var id = key + "\n" + (opts && opts.persist || "");
+      var c = shared.get(id);
+      if (!c) { c = new Client(key, opts); c._shared = id; shared.set(id, c); }
       return c;
     },
     Client: Client,

@@ -25,6 +25,12 @@ export interface ConnectOptions {
    * answer; a refused write is rolled back (its rollback reported as a change) and its promise
    * rejects. Default `false`: changes are reported as the server sends them. */
   optimistic?: boolean;
+  /** Keeps each subscription's cache and the outbox of unanswered writes in IndexedDB under
+   * this name (one database per name and server). After a reload, a subscription shows its
+   * cached value at once (`cached: true`), resumes from its stored version, and the kept writes
+   * are sent first, in order, each applied once. Storage failures are `error` events with
+   * `code` `storage` or `storage-full` (the client goes on in memory). */
+  persist?: string;
 }
 
 /** One key's change. Numbers above 2^53 (ns timestamps) are rounded to JS numbers. */
@@ -70,6 +76,9 @@ export interface Update<T = unknown> {
   initial: boolean;
   /** The subscription's version (hex), what a reconnect resumes from. */
   version: string;
+  /** The value is a cache kept from before a reload (`persist`) that the server has not
+   * confirmed yet; the update that confirms it (even with no changes) has `cached: false`. */
+  cached: boolean;
 }
 
 export interface WriteResult {

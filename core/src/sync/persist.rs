@@ -6,8 +6,9 @@
 //!   it back. A later subscription to that pattern starts from it: its first update comes at
 //!   once, marked `cached` (not confirmed by the server), and the subscription resumes from the
 //!   stored version, so the server sends only what changed since (or a snapshot, diffed against
-//!   the cache, when its change log no longer reaches back). The first frame the server sends
-//!   for it is reported even when it changes nothing, unmarked: the cache is confirmed.
+//!   the cache, when its change log no longer reaches back). When the server takes the
+//!   subscription, an update with no changes, unmarked, says the cache is confirmed; what
+//!   changed since follows as any change.
 //! - The outbox: [`Client::outbox_message`] gives a write as it goes on the wire, with its id
 //!   (`rid`); [`Client::restore_write`] queues it again after a reload. A write the server
 //!   already applied before the reload is answered from its receipt, not applied again, so each
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{Client, Event, Failure, Known, Sub, Write};
+use super::{Client, Event, Failure, Known, Write};
 use crate::key::Pattern;
 
 /// A cache taken back from storage, waiting for its pattern to be subscribed.
@@ -95,11 +96,12 @@ impl Client {
             Some(_) => {
                 // Subscribed, waiting for the server's first frame: start from the cache now,
                 // and resume from it on the next connection.
-                self.stored.insert(pattern.clone(), stored);
+                self.stored.push((pattern.clone(), stored));
                 self.start_cached(&pattern);
             }
             None => {
-                self.stored.insert(pattern, stored);
+                self.stored.retain(|(p, _)| *p != pattern);
+                self.stored.push((pattern, stored));
             }
         }
         Ok(())
@@ -108,9 +110,10 @@ impl Client {
     /// A new or waiting subscription takes its stored cache, if there is one: its listeners
     /// get the cached value at once, marked `cached`.
     pub(super) fn start_cached(&mut self, pattern: &str) {
-        let Some(stored) = self.stored.remove(pattern) else {
+        let Some(i) = self.stored.iter().position(|(p, _)| p == pattern) else {
             return;
         };
+        let (_, stored) = self.stored.swap_remove(i);
         let Some(sub) = self.subs.get_mut(pattern) else {
             return;
         };
@@ -169,9 +172,35 @@ impl Client {
         req
     }
 
-    /// Whether `sub` still shows its stored cache, and the server's frame that confirms it is
-    /// here: it is reported even if it changes nothing.
-    pub(super) fn confirm_cached(sub: &mut Sub) -> bool {
-        std::mem::replace(&mut sub.cached, false)
+    /// The server took subscription `pattern` (resuming from the stored version, if it had
+    /// one): a cache it showed is confirmed, with an update of no changes, unmarked. What
+    /// changed since comes in the frame after the reply, as any change.
+    pub(super) fn confirm(&mut self, pattern: &str) {
+        let Some(sub) = self.subs.get_mut(pattern) else {
+            return;
+        };
+        if !std::mem::replace(&mut sub.cached, false) {
+            return;
+        }
+        let listeners: Vec<u64> = sub
+            .listeners
+            .iter()
+            .copied()
+            .filter(|l| !sub.fresh.contains(l))
+            .collect();
+        if listeners.is_empty() {
+            return;
+        }
+        let sub = &self.subs[pattern];
+        let ev = Event::Update {
+            pattern: sub.path.clone(),
+            listeners,
+            initial: false,
+            version: sub.version.unwrap_or(0),
+            value: self.user_value(sub),
+            changes: Vec::new(),
+            cached: false,
+        };
+        self.events.push_back(ev);
     }
 }

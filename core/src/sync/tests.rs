@@ -1165,11 +1165,17 @@ fn a_kept_cache_is_shown_at_once_and_resumed_from_its_version() {
     assert_eq!(r.s.e.pools().resumes(), (1, 0), "counted for /_metrics");
     r.deliver_all();
     let u = updates(&r);
-    assert_eq!(u.len(), 2, "{u:?}");
-    assert!(!u[1].0 && !u[1].1, "confirmed: {u:?}");
-    assert_eq!(u[1].3, vec!["b/b", "b/a", "b/c"]);
+    assert_eq!(u.len(), 3, "{u:?}");
     assert_eq!(
-        keys_of(&u[1].2),
+        (u[1].0, u[1].1, u[1].3.len()),
+        (false, false, 0),
+        "confirmed: {u:?}"
+    );
+    assert_eq!(u[1].2, u[0].2, "what the cache held");
+    assert!(!u[2].0 && !u[2].1);
+    assert_eq!(u[2].3, vec!["b/b", "b/a", "b/c"]);
+    assert_eq!(
+        keys_of(&u[2].2),
         vec!["b/c", "b/x3", "b/x2", "b/x1", "b/x0", "b/b"]
     );
     assert_eq!(r.c.value("b/*").unwrap()[5]["value"], json!(20));
@@ -1219,9 +1225,9 @@ fn a_cache_older_than_the_log_gets_a_snapshot_diffed_against_it() {
     r.pump();
     r.deliver_all();
     let u = updates(&r);
-    assert_eq!(u.len(), 2);
+    assert_eq!(u.len(), 3);
     assert_eq!(
-        u[1].3,
+        u[2].3,
         vec!["o/n0", "o/n1", "o/n2", "o/n3", "o/n4"],
         "only what the cache lacked"
     );
