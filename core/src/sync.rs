@@ -30,6 +30,7 @@ use crate::key::Pattern;
 mod held;
 mod local;
 mod persist;
+pub mod share;
 pub use held::MAX_HELD_WRITES;
 
 /// Knobs of the client. Times are in milliseconds.

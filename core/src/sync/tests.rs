@@ -1310,3 +1310,362 @@ fn an_outbox_kept_across_a_reload_is_applied_once_in_order() {
         Some(json!(1))
     );
 }
+
+// ---- one socket for many clients (`share::Hub`) -----------------------------------------------
+
+/// Clients whose sockets are virtual connections to one hub, which holds the one real
+/// connection to the simulated server.
+struct Tabs {
+    s: Server,
+    hub: share::Hub,
+    tabs: Vec<Tab>,
+    now: u64,
+    next_conn: u64,
+    // Connections the hub was told are gone.
+    sockets_opened: usize,
+}
+
+struct Tab {
+    c: Client,
+    conn: Option<u64>,
+    events: Vec<Event>,
+    alive: bool,
+}
+
+impl Tabs {
+    fn new(n: usize) -> Tabs {
+        let mut t = Tabs {
+            s: Server::new(1_000),
+            hub: share::Hub::new(),
+            tabs: Vec::new(),
+            now: 0,
+            next_conn: 1,
+            sockets_opened: 0,
+        };
+        t.open_socket();
+        for i in 0..n {
+            let config = Config {
+                write_ids: Some(format!("tab{i}")),
+                ..Config::default()
+            };
+            let mut c = Client::new(config);
+            c.connect(0);
+            t.tabs.push(Tab {
+                c,
+                conn: None,
+                events: Vec::new(),
+                alive: true,
+            });
+        }
+        t.pump();
+        t
+    }
+
+    fn open_socket(&mut self) {
+        self.s.drop_conn();
+        self.s.conn = Some(Conn::new(&self.s.e));
+        self.hub = share::Hub::new();
+        self.sockets_opened += 1;
+    }
+
+    /// Runs everything until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.tabs.len() {
+                if !self.tabs[i].alive {
+                    continue;
+                }
+                while let Some(io) = self.tabs[i].c.poll_io() {
+                    moved = true;
+                    match io {
+                        Io::Connect => {
+                            let conn = self.next_conn;
+                            self.next_conn += 1;
+                            self.tabs[i].conn = Some(conn);
+                            self.tabs[i].c.handle_open(self.now);
+                        }
+                        Io::Send(m) => {
+                            if let Some(conn) = self.tabs[i].conn {
+                                self.hub.from_conn(conn, &m);
+                            }
+                        }
+                        Io::Close => {
+                            if let Some(conn) = self.tabs[i].conn.take() {
+                                self.hub.conn_gone(conn);
+                            }
+                        }
+                    }
+                }
+                while let Some(e) = self.tabs[i].c.poll_event() {
+                    self.tabs[i].events.push(e);
+                }
+            }
+            while let Some(out) = self.hub.poll() {
+                moved = true;
+                match out {
+                    share::Out::Server(m) => self.s.receive(&m),
+                    share::Out::Conn(conn, m) => {
+                        if let Some(t) = self
+                            .tabs
+                            .iter_mut()
+                            .find(|t| t.alive && t.conn == Some(conn))
+                        {
+                            t.c.handle_message(self.now, m.as_bytes());
+                        }
+                    }
+                }
+            }
+            let msgs: Vec<Vec<u8>> = self
+                .s
+                .conn
+                .as_mut()
+                .map(|c| c.to_client.drain(..).collect())
+                .unwrap_or_default();
+            for m in msgs {
+                moved = true;
+                self.hub.from_server(std::str::from_utf8(&m).unwrap());
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// The shared socket drops (the leader went): every virtual connection closes, a new hub
+    /// opens a new socket, and the clients reconnect after their backoff.
+    fn handover(&mut self) {
+        self.open_socket();
+        for t in &mut self.tabs {
+            t.conn = None;
+            if t.alive {
+                t.c.handle_close(self.now, 0.5);
+            }
+        }
+        self.pump();
+        self.now += 60_000;
+        for t in &mut self.tabs {
+            if t.alive {
+                t.c.handle_timeout(self.now, 0.5);
+            }
+        }
+        self.pump();
+    }
+
+    fn changes(&self, tab: usize, pattern: &str) -> Vec<(String, Option<Value>)> {
+        self.tabs[tab]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Update {
+                    pattern: p,
+                    changes,
+                    initial: false,
+                    ..
+                } if p == pattern => Some(changes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| (c.key, c.value))
+            .collect()
+    }
+
+    fn set(&mut self, key: &str, v: Value) {
+        self.s
+            .run(crate::Op::Set {
+                key: key.into(),
+                value: v,
+                ttl: crate::Ttl::Clear,
+                cond: crate::Cond::Always,
+            })
+            .unwrap();
+        self.pump();
+    }
+}
+
+#[test]
+fn tabs_share_one_socket_and_each_sees_every_change_once() {
+    let mut t = Tabs::new(2);
+    t.set("s/a", json!(1));
+    t.tabs[0].c.subscribe(1, "s/*").unwrap();
+    t.pump();
+    t.set("s/b", json!(2));
+    // The second tab joins a pattern the socket has: a snapshot for both, reported once.
+    t.tabs[1].c.subscribe(1, "s/*").unwrap();
+    t.pump();
+    t.set("s/a", json!(3));
+    assert_eq!(
+        t.changes(0, "s/*"),
+        vec![
+            ("s/b".to_string(), Some(json!(2))),
+            ("s/a".to_string(), Some(json!(3)))
+        ]
+    );
+    assert_eq!(
+        t.changes(1, "s/*"),
+        vec![("s/a".to_string(), Some(json!(3)))]
+    );
+    assert_eq!(t.tabs[0].c.value("s/*"), t.tabs[1].c.value("s/*"));
+    assert_eq!(t.sockets_opened, 1);
+    // Writes of both go through the one socket, each answered to its own tab.
+    let a = t.tabs[0]
+        .c
+        .write(json!({"op":"push","path":"s/*","value":"from 0"}));
+    let b = t.tabs[1].c.write(json!({"op":"incr","key":"n"}));
+    t.pump();
+    let reply = |tab: &Tab, req: u64| {
+        tab.events.iter().find_map(|e| match e {
+            Event::Reply { req: r, result, .. } if *r == req => Some(result.clone()),
+            _ => None,
+        })
+    };
+    assert!(reply(&t.tabs[0], a).unwrap().is_ok());
+    assert_eq!(reply(&t.tabs[1], b).unwrap().unwrap()["value"], json!(1));
+    // One tab leaves the pattern: the other keeps getting it.
+    t.tabs[0].c.unsubscribe(1);
+    t.pump();
+    t.set("s/c", json!(4));
+    assert_eq!(
+        t.changes(1, "s/*").last(),
+        Some(&("s/c".to_string(), Some(json!(4))))
+    );
+    assert_eq!(
+        t.changes(0, "s/*").len(),
+        3,
+        "nothing after its unsubscribe"
+    );
+    // The last one leaves: the socket's subscription goes.
+    t.tabs[1].c.unsubscribe(1);
+    t.pump();
+    assert_eq!(t.s.e.pools().subscribers(), 0);
+}
+
+#[test]
+fn a_tab_that_closes_leaves_its_leases_and_disconnect_writes_behind() {
+    let mut t = Tabs::new(2);
+    t.tabs[0].c.subscribe(1, "room/*").unwrap();
+    t.tabs[1].c.subscribe(1, "room/*").unwrap();
+    t.tabs[0]
+        .c
+        .write(json!({"op":"set","key":"room/zero","value":0,"lease":true}));
+    t.tabs[1]
+        .c
+        .write(json!({"op":"set","key":"room/one","value":1,"lease":true}));
+    t.tabs[1]
+        .c
+        .write(json!({"op":"onclose","write":{"op":"set","key":"left","value":"one"}}));
+    t.pump();
+    assert!(t.s.e.store().get("room/one").is_some());
+    // Tab 1 closes: its client goes with it; the hub hears its connection end.
+    t.tabs[1].alive = false;
+    let conn = t.tabs[1].conn.take().unwrap();
+    t.hub.conn_gone(conn);
+    t.pump();
+    assert!(
+        t.s.e.store().get("room/one").is_none(),
+        "its lease released"
+    );
+    assert_eq!(
+        t.s.e.store().get("left").map(|e| (*e.data).clone()),
+        Some(json!("one")),
+        "its disconnect write ran"
+    );
+    assert!(
+        t.s.e.store().get("room/zero").is_some(),
+        "the other tab's lease stays"
+    );
+    assert_eq!(
+        t.changes(0, "room/*").last(),
+        Some(&("room/one".to_string(), None)),
+        "the other tab sees it leave"
+    );
+}
+
+#[test]
+fn the_leader_going_loses_no_write_and_no_update() {
+    let mut t = Tabs::new(2);
+    t.tabs[0].c.subscribe(1, "h/*").unwrap();
+    t.tabs[1].c.subscribe(1, "h/*").unwrap();
+    t.pump();
+    t.set("h/a", json!(1));
+    // Writes sent, applied by the server, but the socket goes before the answers arrive.
+    let w0 = t.tabs[0]
+        .c
+        .write(json!({"op":"push","path":"h/*","value":"p0"}));
+    let w1 = t.tabs[1].c.write(json!({"op":"incr","key":"h-n"}));
+    for _ in 0..10 {
+        while let Some(io) = t.tabs[0].c.poll_io() {
+            if let Io::Send(m) = io {
+                t.hub.from_conn(t.tabs[0].conn.unwrap(), &m);
+            }
+        }
+        while let Some(io) = t.tabs[1].c.poll_io() {
+            if let Io::Send(m) = io {
+                t.hub.from_conn(t.tabs[1].conn.unwrap(), &m);
+            }
+        }
+        while let Some(out) = t.hub.poll() {
+            if let share::Out::Server(m) = out {
+                t.s.receive(&m);
+            }
+        }
+    }
+    assert_eq!(
+        t.s.e.store().get("h-n").map(|e| (*e.data).clone()),
+        Some(json!(1))
+    );
+    // Meanwhile another writer changes things: the tabs must get them after the handover.
+    t.s.conn.as_mut().unwrap().to_client.clear();
+    t.handover();
+    t.set("h/b", json!(2));
+    for tab in 0..2 {
+        let ok = |req: u64| {
+            t.tabs[tab]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Reply { req: r, result: Ok(_), .. } if *r == req))
+        };
+        assert!(
+            ok(if tab == 0 { w0 } else { w1 }),
+            "tab {tab}'s write answered"
+        );
+    }
+    assert_eq!(
+        t.s.e.store().get("h-n").map(|e| (*e.data).clone()),
+        Some(json!(1)),
+        "once"
+    );
+    let pushed = t.s.e.store().scan(&Pattern::parse("h/*").unwrap()).count();
+    assert_eq!(pushed, 3, "h/a, h/b and one push");
+    for tab in 0..2 {
+        let keys: Vec<String> = t.changes(tab, "h/*").into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 3, "tab {tab}: {keys:?}");
+        assert_eq!(keys[0], "h/a");
+        assert_eq!(keys[2], "h/b");
+    }
+    assert_eq!(t.tabs[0].c.value("h/*"), t.tabs[1].c.value("h/*"));
+    assert_eq!(t.sockets_opened, 2);
+}
+
+#[test]
+fn a_frame_names_its_pattern_without_being_parsed() {
+    let mut hub = share::Hub::new();
+    hub.from_conn(7, r#"{"id":1,"op":"sub","path":"a \"q\"/*"}"#);
+    let Some(share::Out::Server(m)) = hub.poll() else {
+        panic!("a sub")
+    };
+    let id = serde_json::from_str::<Value>(&m).unwrap()["id"].clone();
+    hub.from_server(&format!(r#"{{"id":{id},"ok":true,"sub":"a \"q\"/*"}}"#));
+    let Some(share::Out::Conn(7, reply)) = hub.poll() else {
+        panic!("the reply, to its connection")
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap(),
+        json!({"id": 1, "ok": true, "sub": "a \"q\"/*"})
+    );
+    let frame = r#"{"sub":"a \"q\"/*","snapshot":true,"version":"1","data":[]}"#;
+    hub.from_server(frame);
+    assert_eq!(hub.poll(), Some(share::Out::Conn(7, frame.into())));
+    hub.from_server(r#"{"sub":"other","data":[]}"#);
+    assert_eq!(hub.poll(), None);
+}
