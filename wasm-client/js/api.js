@@ -87,6 +87,10 @@ function __statelineApi(loadWasm, env) {
     this.ready = loadWasm().then(function (wasm) {
       var WS = opts.WebSocket || env.WebSocket();
       if (!WS) throw new Error("Stateline: no WebSocket in this environment; pass { WebSocket } (in Node 20: the ws package)");
+      // One socket per browser: the client's socket is a virtual connection to the leader tab.
+      if (opts.shareTabs && globalThis.BroadcastChannel && globalThis.navigator && navigator.locks) {
+        WS = tabsFor(self.base, wasm, WS).Socket;
+      }
       self._c = new wasm.Client(self.base, WS, function (json) { self._event(JSON.parse(json)); }, config);
       // What an earlier page kept is taken back before the socket opens and before any call
       // made meanwhile: its writes go first, in the order they were made.
@@ -438,6 +442,168 @@ function __statelineApi(loadWasm, env) {
     return h;
   };
 
+  // ---- shareTabs: one socket per browser ---------------------------------------------------
+  //
+  // The tabs of one origin that connect to one server with `shareTabs` share one /_ws socket.
+  // The tab holding the Web Lock "stateline-tabs <base>" is the leader: it opens the socket and
+  // runs the core's hub (core/src/sync/share.rs), which multiplexes the tabs' connections onto
+  // it. Every tab's client (the leader's too) drives a TabSocket, a WebSocket look-alike that is
+  // a virtual connection to the leader over the BroadcastChannel of the same name. Messages:
+  //   to the leader   {t:"open", c, tab}  {t:"msg", c, d}  {t:"close", c}  {t:"bye", tab}
+  //   from the leader {t:"opened", c, l}  {t:"msg", c, d}  {t:"closed", c}  {t:"leader", l}
+  // When the leader tab goes, the lock passes to another tab, which says so ("leader"): every
+  // connection to the old one closes, and each client reconnects with its backoff, resumes its
+  // subscriptions from their versions and resends its writes in flight (their ids make a repeat
+  // harmless). The leader also asks the lock manager which tabs are alive (each holds its own
+  // lock "stateline-tab <id>") so a tab that crashed leaves too.
+  var tabsByBase = new Map();
+
+  function tabsFor(base, wasm, WS) {
+    var t = tabsByBase.get(base);
+    if (!t) { t = makeTabs(base, wasm, WS); tabsByBase.set(base, t); }
+    return t;
+  }
+
+  function makeTabs(base, wasm, WS) {
+    var me = randomHex(8), name = "stateline-tabs " + base;
+    var channel = new BroadcastChannel(name);
+    var mine = new Map(); // this tab's sockets: connection id → TabSocket
+    var lead = null; // when leading: { hub, ws, open, conns: Map(c → tab), waiting: [c] }
+
+    function toLeader(m) {
+      if (lead) queueMicrotask(function () { atLeader(m); }); else channel.postMessage(m);
+    }
+    function toConn(c, m) {
+      if (mine.has(c)) queueMicrotask(function () { atTab(m); }); else channel.postMessage(m);
+    }
+    channel.onmessage = function (e) {
+      var m = e.data;
+      if (m.t === "open" || m.t === "close" || m.t === "bye" || (m.t === "msg" && lead && lead.conns.has(m.c))) {
+        if (lead) atLeader(m);
+      } else {
+        atTab(m);
+      }
+    };
+
+    // ---- a tab's sockets
+    function atTab(m) {
+      if (m.t === "leader") {
+        // Connections to the old leader are gone; one still opening asks the new one (its
+        // "open" may have gone to nobody).
+        mine.forEach(function (s) {
+          if (s.leader === null) toLeader({ t: "open", c: s.c, tab: me });
+          else if (s.leader !== m.l) s._closed();
+        });
+        return;
+      }
+      var s = mine.get(m.c);
+      if (!s) return;
+      if (m.t === "opened") {
+        if (s.readyState !== 0) return;
+        s.leader = m.l; s.readyState = 1;
+        if (s.onopen) s.onopen({});
+      }
+      else if (m.t === "msg") { if (s.onmessage) s.onmessage({ data: m.d }); }
+      else if (m.t === "closed") s._closed();
+    }
+    function Socket() {
+      this.c = 1 + Math.floor(Math.random() * 9007199254740990);
+      this.leader = null;
+      this.readyState = 0;
+      mine.set(this.c, this);
+      toLeader({ t: "open", c: this.c, tab: me });
+    }
+    Socket.prototype.send = function (d) { toLeader({ t: "msg", c: this.c, d: d }); };
+    Socket.prototype.close = function () {
+      if (!mine.delete(this.c)) return;
+      this.readyState = 3;
+      toLeader({ t: "close", c: this.c });
+    };
+    Socket.prototype._closed = function () {
+      if (!mine.delete(this.c)) return;
+      this.readyState = 3;
+      if (this.onclose) this.onclose({ code: 1006 });
+    };
+
+    // ---- the leader
+    function run(out) {
+      for (var i = 0; i < out.length; i += 2) {
+        if (out[i] === 0) { if (lead.ws && lead.open) lead.ws.send(out[i + 1]); }
+        else toConn(out[i], { t: "msg", c: out[i], d: out[i + 1] });
+      }
+    }
+    function socket() {
+      if (lead.ws) return;
+      var ws = lead.ws = new WS(base.replace(/^http/, "ws") + "/_ws");
+      ws.binaryType = "arraybuffer";
+      ws.onopen = function () {
+        if (lead.ws !== ws) return;
+        lead.open = true;
+        lead.hub = new wasm.Hub();
+        lead.waiting.splice(0).forEach(function (c) {
+          if (lead.conns.has(c)) toConn(c, { t: "opened", c: c, l: me });
+        });
+      };
+      ws.onmessage = function (e) {
+        if (lead.ws !== ws) return;
+        var d = typeof e.data === "string" ? e.data : new TextDecoder().decode(e.data);
+        run(lead.hub.fromServer(d));
+      };
+      ws.onclose = ws.onerror = function () {
+        if (lead.ws !== ws) return;
+        // Every connection closes with it; the clients reconnect (and this opens a new one).
+        lead.ws = null; lead.open = false; lead.hub = null;
+        var cs = Array.from(lead.conns.keys()).concat(lead.waiting.splice(0));
+        lead.conns.clear();
+        cs.forEach(function (c) { toConn(c, { t: "closed", c: c }); });
+      };
+    }
+    function gone(c) {
+      if (!lead.conns.delete(c)) return;
+      if (lead.hub) run(lead.hub.connGone(c));
+      if (lead.conns.size === 0) {
+        // Nobody left: the socket goes after a grace period (a reload comes straight back).
+        setTimeout(function () {
+          if (lead.conns.size === 0 && lead.ws) { var ws = lead.ws; lead.ws = null; lead.open = false; lead.hub = null; ws.close(); }
+        }, 5000);
+      }
+    }
+    function atLeader(m) {
+      if (m.t === "open") {
+        lead.conns.set(m.c, m.tab);
+        if (lead.open) toConn(m.c, { t: "opened", c: m.c, l: me });
+        else { lead.waiting.push(m.c); socket(); }
+      } else if (m.t === "msg") {
+        if (lead.open && lead.conns.has(m.c)) run(lead.hub.fromConn(m.c, m.d));
+      } else if (m.t === "close") {
+        gone(m.c);
+      } else if (m.t === "bye") {
+        lead.conns.forEach(function (tab, c) { if (tab === m.tab) gone(c); });
+      }
+    }
+    // Tabs that crashed without a goodbye: their connections end when their lock is gone.
+    function sweep() {
+      if (!lead || lead.conns.size === 0) return;
+      navigator.locks.query().then(function (q) {
+        var alive = new Set((q.held || []).map(function (l) { return l.name; }));
+        lead.conns.forEach(function (tab, c) { if (!alive.has("stateline-tab " + tab)) gone(c); });
+      }, function () {});
+    }
+
+    navigator.locks.request("stateline-tab " + me, function () { return new Promise(function () {}); });
+    navigator.locks.request(name, function () {
+      lead = { hub: null, ws: null, open: false, conns: new Map(), waiting: [] };
+      setInterval(sweep, 5000);
+      channel.postMessage({ t: "leader", l: me });
+      atTab({ t: "leader", l: me });
+      return new Promise(function () {});
+    });
+    globalThis.addEventListener && globalThis.addEventListener("pagehide", function () {
+      channel.postMessage({ t: "bye", tab: me });
+    });
+    return { Socket: Socket };
+  }
+
   // ---- persist: the cache and the outbox in IndexedDB -------------------------------------
   //
   // One database per persist name and server, "stateline:<name> <base>", schema version 1:
@@ -582,6 +748,7 @@ function __statelineApi(loadWasm, env) {
     connect: function (base, opts) {
       var key = String(base).replace(/\/+$/, "");
       // A client with a token is its own: sharing would lend one caller's identity to another.
+      if (opts && opts.token && opts.shareTabs) throw new TypeError("Stateline: shareTabs cannot carry a token (the shared socket's identity would be every tab's)");
       if (opts && (opts.shared === false || opts.token)) return new Client(key, opts);
       // One per server and persist name: a kept outbox is taken back by one client.
       var id = key + "\n" + (opts && opts.persist || "");

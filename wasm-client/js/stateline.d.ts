@@ -31,6 +31,13 @@ export interface ConnectOptions {
    * are sent first, in order, each applied once. Storage failures are `error` events with
    * `code` `storage` or `storage-full` (the client goes on in memory). */
   persist?: string;
+  /** One socket per browser: the tabs of this origin that connect to this server with
+   * `shareTabs` share the /_ws socket of one of them (elected with Web Locks; another takes
+   * over when it closes, and no write or update is lost). Each tab keeps its own
+   * subscriptions, writes, leases and disconnect writes (run when that tab closes). Needs
+   * Web Locks and BroadcastChannel; without them, or outside a browser, the client has its
+   * own socket. Not with `token`. */
+  shareTabs?: boolean;
 }
 
 /** One key's change. Numbers above 2^53 (ns timestamps) are rounded to JS numbers. */

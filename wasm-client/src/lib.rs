@@ -496,3 +496,58 @@ impl Client {
         })
     }
 }
+
+/// The hub of a leader tab (`shareTabs`): the tabs' virtual connections multiplexed onto its one
+/// socket (`stateline_core::sync::share`). Each call returns what to do as a flat array:
+/// `[to, text, to, text, ...]`, `to` 0 for the socket, else the connection's id.
+#[wasm_bindgen]
+pub struct Hub {
+    inner: stateline_core::sync::share::Hub,
+}
+
+#[wasm_bindgen]
+impl Hub {
+    /// A hub for a socket that just opened.
+    #[wasm_bindgen(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Hub {
+        Hub {
+            inner: stateline_core::sync::share::Hub::new(),
+        }
+    }
+
+    fn drain(&mut self) -> Array {
+        use stateline_core::sync::share::Out;
+        let out = Array::new();
+        while let Some(o) = self.inner.poll() {
+            let (to, text) = match o {
+                Out::Server(t) => (0.0, t),
+                Out::Conn(c, t) => (c as f64, t),
+            };
+            out.push(&JsValue::from_f64(to));
+            out.push(&JsValue::from_str(&text));
+        }
+        out
+    }
+
+    /// A message connection `conn` sent.
+    #[wasm_bindgen(js_name = fromConn)]
+    pub fn from_conn(&mut self, conn: f64, msg: &str) -> Array {
+        self.inner.from_conn(conn as u64, msg);
+        self.drain()
+    }
+
+    /// A message from the socket.
+    #[wasm_bindgen(js_name = fromServer)]
+    pub fn from_server(&mut self, msg: &str) -> Array {
+        self.inner.from_server(msg);
+        self.drain()
+    }
+
+    /// Connection `conn` ended (its tab closed, or it closed its socket).
+    #[wasm_bindgen(js_name = connGone)]
+    pub fn conn_gone(&mut self, conn: f64) -> Array {
+        self.inner.conn_gone(conn as u64);
+        self.drain()
+    }
+}
