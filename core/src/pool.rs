@@ -51,8 +51,7 @@ pub enum Join {
     Current,
     /// Send this frame (a snapshot, or for SSE the current values as events).
     Frame(Bytes),
-    /// A resume: send this frame, made of only what was missed since its version (SSE events,
-    /// or `/_ws` and ooo patch ops against the view the client holds).
+    /// SSE resume: send this frame, made of only what was missed since its version.
     Missed(Bytes),
 }
 
@@ -238,6 +237,8 @@ impl Pools {
                     .collect::<Vec<_>>()
             })
         });
+        // A `/_ws` or ooo resume made of the missed changes (not a snapshot).
+        let mut resumed = false;
         let first = match (missed, enc) {
             (Some(Ok(m)), _) if m.is_empty() => Join::Current,
             (Some(Ok(m)), Encoding::Sse) => {
@@ -251,16 +252,17 @@ impl Pools {
                 store,
                 filters,
             )),
-            (Some(Ok(m)), _) => match pool.resume(&m, upto, filters) {
-                (b, false) => Join::Missed(b),
-                (b, true) => Join::Frame(b),
-            },
+            (Some(Ok(m)), _) => {
+                let (b, snapshot) = pool.resume(&m, upto, filters);
+                resumed = !snapshot;
+                Join::Frame(b)
+            }
             _ => Join::Frame(pool.snapshot(filters, upto)),
         };
         if version.is_some() {
-            match first {
-                Join::Frame(_) => self.resume_snapshots += 1,
-                Join::Current | Join::Missed(_) => self.resumed += 1,
+            match (&first, resumed) {
+                (Join::Current | Join::Missed(_), _) | (Join::Frame(_), true) => self.resumed += 1,
+                (Join::Frame(_), false) => self.resume_snapshots += 1,
             }
         }
         (id, first)
