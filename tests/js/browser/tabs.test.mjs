@@ -48,7 +48,7 @@ async function tab() {
 
 const list = async (p) => (await fetch(`${s.base}/${p}`)).json();
 
-test("two tabs share one socket; each sees every change once and gets its own replies", async () => {
+test("two tabs share one socket; each sees every change once and gets its own replies", { timeout: 90_000 }, async () => {
   const a = await tab();
   await a.evaluate(() => { watch("t1/*"); return db.set("t1/from-a", 1); });
   const b = await tab();
@@ -81,7 +81,7 @@ test("two tabs share one socket; each sees every change once and gets its own re
   await until(async () => (await connections()) === 0, "the socket to close after the last tab");
 });
 
-test("the leader tab closing mid-burst loses no write and no update", async () => {
+test("the leader tab closing mid-burst loses no write and no update", { timeout: 90_000 }, async () => {
   const leader = await tab();
   await leader.evaluate(() => watch("t2/*"));
   const f = await tab();
