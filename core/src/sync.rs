@@ -282,6 +282,17 @@ struct Sub {
     cached: bool,
 }
 
+impl Sub {
+    /// The listeners that have had their first value: the ones a change is reported to.
+    fn settled(&self) -> Vec<u64> {
+        self.listeners
+            .iter()
+            .copied()
+            .filter(|l| !self.fresh.contains(l))
+            .collect()
+    }
+}
+
 /// The client. See the module docs.
 #[derive(Debug)]
 pub struct Client {
@@ -774,13 +785,8 @@ impl Client {
         // cache, and reported when the write is answered if it differs (see `local`).
         let local = &self.local;
         changes.retain(|c| !local.iter().any(|l| l.key() == c.key));
+        let rest = sub.settled();
         let fresh = std::mem::take(&mut sub.fresh);
-        let rest: Vec<u64> = sub
-            .listeners
-            .iter()
-            .copied()
-            .filter(|l| !fresh.contains(l))
-            .collect();
         if !fresh.is_empty() {
             let ev = self.initial_update(&pattern, fresh);
             self.events.push_back(ev);

@@ -217,12 +217,7 @@ impl Client {
                 updated: if value.is_some() { updated } else { 0 },
                 pending,
             };
-            let listeners: Vec<u64> = sub
-                .listeners
-                .iter()
-                .copied()
-                .filter(|l| !sub.fresh.contains(l))
-                .collect();
+            let listeners = sub.settled();
             if listeners.is_empty() {
                 continue;
             }

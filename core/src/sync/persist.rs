@@ -182,12 +182,7 @@ impl Client {
         if !std::mem::replace(&mut sub.cached, false) {
             return;
         }
-        let listeners: Vec<u64> = sub
-            .listeners
-            .iter()
-            .copied()
-            .filter(|l| !sub.fresh.contains(l))
-            .collect();
+        let listeners = sub.settled();
         if listeners.is_empty() {
             return;
         }

@@ -23,10 +23,31 @@ before(async () => {
   window.store = new URLSearchParams(location.search).get("p") || "app";
   window.db = Stateline.connect(${JSON.stringify(s.base)}, { persist: store, backoffBase: 50, backoffMax: 200 });
   db.on("error", function (e) { errors.push(e.code + " " + e.message); });
+  window.versions = {};
   window.watch = function (pattern) {
     db.subscribe(pattern, function (u) {
+      versions[u.path] = u.version;
       log.push({ path: u.path, initial: u.initial, cached: u.cached, value: u.value,
         changed: u.changes.map(function (c) { return c.key; }) });
+    });
+  };
+  // Whether every watched subscription's stored cache holds the version the page was last told.
+  window.stored = function () {
+    return new Promise(function (resolve, reject) {
+      var r = indexedDB.open("stateline:" + store + " " + ${JSON.stringify(s.base)});
+      r.onerror = function () { reject(r.error); };
+      r.onsuccess = function () {
+        var os = r.result.transaction("caches").objectStore("caches");
+        var ps = Object.keys(versions), n = ps.length, ok = true;
+        if (!n) { r.result.close(); resolve(false); }
+        ps.forEach(function (p) {
+          var q = os.get(p);
+          q.onsuccess = function () {
+            ok = ok && !!q.result && JSON.parse(q.result).version === versions[p];
+            if (--n === 0) { r.result.close(); resolve(ok); }
+          };
+        });
+      };
     });
   };
   // Rows in the outbox, read from IndexedDB itself.
@@ -69,8 +90,7 @@ test("offline writes survive a reload and are applied once each, in order; the r
   await page.goto(`${web.url}/app.html`);
   await page.evaluate(() => { watch("pa/items/*"); watch("pa/doc"); });
   await until(() => page.evaluate(() => log.length === 2 && log.every((u) => !u.cached)), "both subscriptions' first values");
-  // Let the caches be written (100 ms after a change).
-  await new Promise((r) => setTimeout(r, 400));
+  await until(() => page.evaluate(() => stored()), "the caches to be written");
 
   await s.kill();
   await until(() => page.evaluate(() => db.state !== "open"), "the page to see the server gone");
@@ -122,7 +142,7 @@ test("offline writes survive a reload and are applied once each, in order; the r
 
   // And once more, after the caches are written: a reload with nothing waiting sends nothing
   // again, and the cache it shows has the change.
-  await new Promise((r) => setTimeout(r, 400));
+  await until(() => page.evaluate(() => stored()), "the caches to be written");
   await page.reload();
   await page.evaluate(() => { watch("pa/items/*"); });
   await until(() => page.evaluate(() => log.length === 2), "the confirmed value after a second reload");
