@@ -276,8 +276,16 @@ async fn run(args: Args) -> Result<(), String> {
                         &mut r,
                         &format!("lost+dup, key, {subs} subs"),
                         sys,
-                        (f.lost + f.duplicated) as f64,
+                        (f.lost + f.duplicated + f.out_of_order) as f64,
                     );
+                    if subs == 1000 {
+                        add(
+                            &mut r,
+                            "updates coalesced per subscriber, key, 1000 subs @1000/s",
+                            sys,
+                            f.skipped_per_sub,
+                        );
+                    }
                 }
                 let Some(g) = soft!(
                     "fanout",
@@ -291,7 +299,7 @@ async fn run(args: Args) -> Result<(), String> {
                     &mut r,
                     "lost+dup, glob, 1000 subs",
                     sys,
-                    (g.lost + g.duplicated) as f64,
+                    (g.lost + g.duplicated + g.out_of_order) as f64,
                 );
                 let Some(s) = soft!(
                     "fanout",
@@ -299,7 +307,22 @@ async fn run(args: Args) -> Result<(), String> {
                 ) else {
                     continue;
                 };
-                eprintln!("   fanout key 1000 subs, writer unthrottled: {:.0} delivered msg/s, p99 {:.2} ms, lost {} dup {}", s.delivered_per_sec, s.p99_ms, s.lost, s.duplicated);
+                eprintln!("   fanout key 1000 subs, writer unthrottled: {:.0} writes/s acknowledged, {:.0} delivered msg/s, p50 {:.2} p99 {:.2} max {:.2} ms, lost {} dup {} out of order {}, {:.0} coalesced per subscriber", s.writes_per_sec, s.delivered_per_sec, s.p50_ms, s.p99_ms, s.max_ms, s.lost, s.duplicated, s.out_of_order, s.skipped_per_sub);
+                add(
+                    &mut r,
+                    "writes/s acknowledged, key, 1000 subs, unthrottled",
+                    sys,
+                    s.writes_per_sec,
+                );
+                add(&mut r, "p50 ms, key, 1000 subs, unthrottled", sys, s.p50_ms);
+                add(&mut r, "p99 ms, key, 1000 subs, unthrottled", sys, s.p99_ms);
+                add(&mut r, "max ms, key, 1000 subs, unthrottled", sys, s.max_ms);
+                add(
+                    &mut r,
+                    "updates coalesced per subscriber, key, 1000 subs, unthrottled",
+                    sys,
+                    s.skipped_per_sub,
+                );
                 add(
                     &mut r,
                     "delivered msg/s, key, 1000 subs, unthrottled",
@@ -310,7 +333,7 @@ async fn run(args: Args) -> Result<(), String> {
                     &mut r,
                     "lost+dup, key, 1000 subs, unthrottled",
                     sys,
-                    (s.lost + s.duplicated) as f64,
+                    (s.lost + s.duplicated + s.out_of_order) as f64,
                 );
             }
             if want("idle") {

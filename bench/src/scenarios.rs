@@ -206,8 +206,17 @@ pub struct Fanout {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Updates of state lost. For a system that promises every message (Redis, NATS, etcd):
+    /// messages some subscriber never got. For Stateline, whose WebSocket frames coalesce
+    /// (a subscriber behind gets one frame from its version to the current one): subscriber
+    /// and key pairs that did not end at the key's last write.
     pub lost: u64,
     pub duplicated: u64,
+    /// Messages a subscriber got after a later message of the same writer.
+    pub out_of_order: u64,
+    /// Messages folded away by coalescing (Stateline): written, never sent on their own, the
+    /// subscriber got a later value of the key instead. Per subscriber, on average.
+    pub skipped_per_sub: f64,
     /// Writes per second the writer achieved (it waits for each acknowledgement).
     pub writes_per_sec: f64,
     /// The writer's acknowledgement latency (send to answer; for NATS, the time to hand the
@@ -220,6 +229,20 @@ struct Seen {
     bits: Vec<u8>,
     unique: u64,
     dup: u64,
+    out_of_order: u64,
+    /// The newest message received of each writer.
+    by_writer: Vec<Option<u64>>,
+    /// The last message received for each key (one key, or the glob's 16).
+    by_key: Vec<Option<u64>>,
+}
+
+/// Whether the system's subscribers may get a later state instead of every message (Stateline's
+/// coalescing WebSocket frames); the others deliver every message.
+fn coalesces(s: System) -> bool {
+    matches!(
+        s,
+        System::Stateline | System::StatelineDurable | System::Cluster1 | System::Cluster3
+    )
 }
 
 /// S subscribers on one key (or a glob over 16 keys), one writer sending `messages` values at
@@ -269,6 +292,7 @@ pub async fn fanout_between(
     let hist = Arc::new(Hist::new());
     let last_delivery = Arc::new(AtomicU64::new(0));
     let total_unique = Arc::new(AtomicU64::new(0));
+    let keys = if glob { 16 } else { 1 };
     let mut readies = Vec::new();
     let mut handles = Vec::new();
     let seen_all: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>> = Arc::new(Mutex::new(Vec::new()));
@@ -280,6 +304,9 @@ pub async fn fanout_between(
             bits: vec![0; messages as usize],
             unique: 0,
             dup: 0,
+            out_of_order: 0,
+            by_writer: vec![None; writers],
+            by_key: vec![None; keys],
         }));
         seen_all.lock().unwrap().push(seen.clone());
         let (hist, last, total) = (hist.clone(), last_delivery.clone(), total_unique.clone());
@@ -293,6 +320,13 @@ pub async fn fanout_between(
                     total.fetch_add(1, Ordering::Relaxed);
                     hist.record(now.saturating_sub(t) / 1000);
                     last.fetch_max(now, Ordering::Relaxed);
+                    let w = i as usize % writers;
+                    if s.by_writer[w].is_some_and(|j| j > i) {
+                        s.out_of_order += 1;
+                    } else {
+                        s.by_writer[w] = Some(i);
+                    }
+                    s.by_key[i as usize % keys] = Some(i);
                 } else {
                     s.dup += 1;
                 }
@@ -504,11 +538,46 @@ pub async fn fanout_between(
     }
     let writer_secs = (now_ns() - start) as f64 / 1e9;
     let expected = messages * subs as u64;
-    // Wait for deliveries to finish: until every subscriber has everything, or nothing new for 3 s.
+    // Where each key ended: with coalescing, what every subscriber must end at.
+    let finals: Option<Vec<Option<u64>>> = if coalesces(at.system) {
+        let mut http = Http::connect(at.write).await.map_err(|e| e.to_string())?;
+        let mut f = Vec::new();
+        for k in 0..keys {
+            let path = if glob {
+                format!("/{ns}/k{k}")
+            } else {
+                format!("/{ns}/k")
+            };
+            let (_, body) = http
+                .request("GET", &path, "application/json", b"")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut last = None;
+            proto::scan(&body, |i, _| last = Some(i));
+            f.push(last);
+        }
+        Some(f)
+    } else {
+        None
+    };
+    let all_final = || {
+        finals.as_ref().is_some_and(|f| {
+            seen_all
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|s| s.lock().unwrap().by_key == *f)
+        })
+    };
+    // Wait for deliveries to finish: until every subscriber has everything (or, with
+    // coalescing, every key's last value), or nothing new for 3 s.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last_total = 0;
     let mut still = Instant::now();
-    while total_unique.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+    while total_unique.load(Ordering::Relaxed) < expected
+        && !all_final()
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let t = total_unique.load(Ordering::Relaxed);
         if t != last_total {
@@ -521,15 +590,20 @@ pub async fn fanout_between(
     for h in &handles {
         h.abort();
     }
-    let (mut unique, mut dup) = (0, 0);
+    let (mut unique, mut dup, mut out_of_order, mut not_final) = (0, 0, 0, 0);
     // Which messages went missing, and for how many subscribers: said when any did.
     let mut missed = std::collections::BTreeMap::<usize, u64>::new();
     for s in seen_all.lock().unwrap().iter() {
         let s = s.lock().unwrap();
         unique += s.unique;
         dup += s.dup;
-        for (i, _) in s.bits.iter().enumerate().filter(|(_, b)| **b == 0) {
-            *missed.entry(i).or_default() += 1;
+        out_of_order += s.out_of_order;
+        if let Some(f) = &finals {
+            not_final += s.by_key.iter().zip(f).filter(|(a, b)| a != b).count() as u64;
+        } else {
+            for (i, _) in s.bits.iter().enumerate().filter(|(_, b)| **b == 0) {
+                *missed.entry(i).or_default() += 1;
+            }
         }
     }
     if !missed.is_empty() {
@@ -545,6 +619,9 @@ pub async fn fanout_between(
             if missed.len() > 12 { ", …" } else { "" }
         );
     }
+    if not_final > 0 {
+        eprintln!("   {not_final} subscriber keys did not end at the key's last write");
+    }
     let elapsed = (last_delivery.load(Ordering::Relaxed).saturating_sub(start)) as f64 / 1e9;
     Ok(Fanout {
         delivered_per_sec: if elapsed > 0.0 {
@@ -555,8 +632,18 @@ pub async fn fanout_between(
         p50_ms: hist.percentile(0.5),
         p99_ms: hist.percentile(0.99),
         max_ms: hist.max_ms(),
-        lost: expected - unique,
+        lost: if finals.is_some() {
+            not_final
+        } else {
+            expected - unique
+        },
         duplicated: dup,
+        out_of_order,
+        skipped_per_sub: if finals.is_some() {
+            (expected - unique) as f64 / subs.max(1) as f64
+        } else {
+            0.0
+        },
         writes_per_sec: messages as f64 / writer_secs.max(1e-9),
         ack_p50_ms: acks.percentile(0.5),
         ack_p99_ms: acks.percentile(0.99),

@@ -20,6 +20,9 @@ use crate::meta;
 use crate::rules::Audience;
 use crate::store::{newest_first, Change, Entry, Store};
 
+mod coalesce;
+pub use coalesce::{coalesce, COALESCE_MAX_BYTES};
+
 /// A pool's identity, stable while it has subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolId(pub u64);
@@ -42,6 +45,10 @@ pub struct Frame {
     pub pool: PoolId,
     /// The bytes to send, the same for each subscriber.
     pub bytes: Bytes,
+    /// Whether a subscriber that has not been sent this frame yet may get it folded into the
+    /// next one with [`coalesce`]: true for the snapshot/patch envelopes (ooo's WebSocket,
+    /// `/_ws`), false for SSE events (every event is promised, with its id).
+    pub coalesce: bool,
 }
 
 /// What a subscriber gets first when it joins.
@@ -392,7 +399,11 @@ impl Pools {
                 continue;
             }
             if let Some(bytes) = pool.apply(&cs, filters) {
-                frames.push(Frame { pool: id, bytes });
+                frames.push(Frame {
+                    pool: id,
+                    bytes,
+                    coalesce: pool.enc != Encoding::Sse,
+                });
             }
         }
         frames
@@ -426,7 +437,11 @@ impl Pools {
                 _ => pool.snapshot(filters, last),
             };
             if !bytes.is_empty() {
-                frames.push(Frame { pool: *id, bytes });
+                frames.push(Frame {
+                    pool: *id,
+                    bytes,
+                    coalesce: pool.enc != Encoding::Sse,
+                });
             }
         }
         self.published = self.published.min(last);

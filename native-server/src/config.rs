@@ -262,6 +262,15 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256, value_parser = at_least_one)]
     pub queue: usize,
 
+    /// Bytes a client socket may hold that the kernel has not sent yet (Linux
+    /// `TCP_NOTSENT_LOWAT`); past it the socket is not writable and frames wait in the server,
+    /// where those of one subscription coalesce into one (docs/protocol.md, "Coalescing"). Without it the
+    /// kernel takes megabytes of a slow subscriber's frames, each one staler than the last.
+    /// 16 KiB keeps a socket busy at full speed on a fast link and adds one write wake-up
+    /// per 16 KiB to large HTTP responses. 0 leaves the kernel's default (no limit).
+    #[arg(long, env = "STATELINE_UNSENT", default_value_t = 16 * 1024)]
+    pub unsent: u32,
+
     /// Requests one `/_ws` connection may have in flight (read, reply not yet sent). At the
     /// limit the server stops reading that socket until replies go out: TCP backpressure on a
     /// pipelining client, so every request it sent is answered (an acknowledgement is never

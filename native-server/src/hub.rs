@@ -56,12 +56,36 @@ impl Ctl {
     }
 }
 
-/// One queued frame: a broadcast (counted against `--queue`) or a reply to the connection's own
-/// request (never dropped; bounded by `--ws-inflight` instead).
+/// One queued frame: a broadcast (counted against `--queue`), a broadcast that later frames of
+/// its pool may still be folded into while it waits (a [`Slot`]), or a reply to the
+/// connection's own request (never dropped; bounded by `--ws-inflight` instead).
 #[derive(Debug)]
-struct Item {
-    bytes: Bytes,
-    reply: bool,
+enum Item {
+    Frame(Bytes),
+    Slot(Arc<Slot>),
+    Reply(Bytes),
+}
+
+/// A queued frame of a pool whose frames coalesce (see [`stateline_core::pool::coalesce`]):
+/// the publisher replaces its bytes with a composed frame while the connection task has not
+/// taken them; the task takes them out (leaving `None`), after which the next frame of the pool
+/// is queued anew.
+#[derive(Debug)]
+pub struct Slot(Mutex<Option<Bytes>>);
+
+/// Composed frames of one published frame, by the bytes they were composed from: every
+/// subscriber that held the same unsent frame (a shared buffer) gets the same composed frame,
+/// composed once. Keys are buffer addresses, valid while those buffers are alive (the slots
+/// hold them for the whole fan-out of one frame).
+#[derive(Default)]
+struct Composed(HashMap<(usize, usize), Option<Bytes>>);
+
+/// One subscriber of one pool: its connection's queue and the frame of this pool it has not
+/// taken yet, if frames of the pool coalesce.
+#[derive(Debug)]
+struct Member {
+    sink: Sink,
+    pending: Option<Arc<Slot>>,
 }
 
 /// The sending half of one connection's queue.
@@ -79,28 +103,67 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Queues a broadcast frame without waiting. A full queue marks the connection as lagging
-    /// and wakes its task, which closes it; the frame is dropped (the client resumes from its
-    /// version). Returns whether the connection is (now) lagging.
-    pub fn offer(&self, b: Bytes) -> bool {
+    /// Counts one more broadcast frame against the queue's capacity. At capacity, marks the
+    /// connection as lagging and wakes its task, which closes it, and returns false: the frame
+    /// is dropped (the client resumes from its version).
+    fn admit(&self) -> bool {
         if self.ctl.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
             self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
             if !self.ctl.lagged.swap(true, Ordering::AcqRel) {
                 self.ctl.wake.notify_one();
             }
-            return true;
+            return false;
         }
-        if self
-            .tx
-            .send(Item {
-                bytes: b,
-                reply: false,
-            })
-            .is_err()
-        {
+        true
+    }
+
+    fn send(&self, i: Item) {
+        if self.tx.send(i).is_err() {
             // The connection is gone; nothing waits for the frame.
             self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Queues a broadcast frame without waiting. A full queue marks the connection as lagging
+    /// and wakes its task, which closes it; the frame is dropped (the client resumes from its
+    /// version). Returns whether the connection is (now) lagging.
+    pub fn offer(&self, b: Bytes) -> bool {
+        if !self.admit() {
+            return true;
+        }
+        self.send(Item::Frame(b));
+        false
+    }
+
+    /// Queues a frame of a pool whose frames coalesce: if the frame of that pool queued before
+    /// (`pending`) has not been taken yet, the two become one (composed once per distinct
+    /// pending frame, see [`Composed`]) and nothing new is queued; otherwise, or if they do not
+    /// compose, it is queued like [`Sink::offer`]. Returns whether the connection is lagging.
+    fn offer_coalescing(
+        &self,
+        pending: &mut Option<Arc<Slot>>,
+        b: &Bytes,
+        composed: &mut Composed,
+    ) -> bool {
+        if let Some(slot) = pending {
+            let mut held = slot.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(old) = held.as_ref() {
+                let c = composed
+                    .0
+                    .entry((old.as_ptr() as usize, old.len()))
+                    .or_insert_with(|| stateline_core::pool::coalesce(old, b));
+                if let Some(c) = c {
+                    *held = Some(c.clone());
+                    return false;
+                }
+            }
+        }
+        if !self.admit() {
+            return true;
+        }
+        let slot = Arc::new(Slot(Mutex::new(Some(b.clone()))));
+        *pending = Some(slot.clone());
+        self.send(Item::Slot(slot));
         false
     }
 
@@ -108,10 +171,7 @@ impl Sink {
     /// error). Never dropped and never counted as lagging: the connection bounds these by how
     /// many requests it lets be in flight.
     pub fn reply(&self, b: Bytes) {
-        let _ = self.tx.send(Item {
-            bytes: b,
-            reply: true,
-        });
+        let _ = self.tx.send(Item::Reply(b));
     }
 }
 
@@ -123,23 +183,41 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn take(&self, i: Item) -> (Bytes, bool) {
-        if !i.reply {
-            self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+    /// The frame an item holds and whether it is a reply (`None` for a slot already emptied,
+    /// which cannot happen: only this task empties slots, once each).
+    fn take(&self, i: Item) -> Option<(Bytes, bool)> {
+        match i {
+            Item::Reply(b) => Some((b, true)),
+            Item::Frame(b) => {
+                self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+                Some((b, false))
+            }
+            Item::Slot(s) => {
+                self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
+                let b = s.0.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+                Some((b, false))
+            }
         }
-        (i.bytes, i.reply)
     }
 
     /// The next frame and whether it is a reply; `None` when every sender is gone.
     pub async fn recv(&mut self) -> Option<(Bytes, bool)> {
-        let i = self.rx.recv().await?;
-        Some(self.take(i))
+        loop {
+            let i = self.rx.recv().await?;
+            if let Some(f) = self.take(i) {
+                return Some(f);
+            }
+        }
     }
 
     /// The next frame if one is queued now.
     pub fn try_recv(&mut self) -> Option<(Bytes, bool)> {
-        let i = self.rx.try_recv().ok()?;
-        Some(self.take(i))
+        loop {
+            let i = self.rx.try_recv().ok()?;
+            if let Some(f) = self.take(i) {
+                return Some(f);
+            }
+        }
     }
 }
 
@@ -148,7 +226,7 @@ impl Queue {
 pub struct Hub {
     /// The core state.
     pub engine: Engine,
-    subs: HashMap<PoolId, Vec<Sink>>,
+    subs: HashMap<PoolId, Vec<Member>>,
     clocks: Vec<Sink>,
     /// Hooks and endpoints registered on the builder (set once at start).
     pub ext: Arc<crate::ext::Extensions>,
@@ -175,11 +253,18 @@ impl Hub {
     pub fn fan_out(&mut self) {
         let mut lagging = Vec::new();
         while let Some(f) = self.engine.poll_frame() {
-            if let Some(list) = self.subs.get(&f.pool) {
-                for s in list {
+            if let Some(list) = self.subs.get_mut(&f.pool) {
+                let mut composed = Composed::default();
+                for m in list {
                     // `Bytes` clones share one buffer: the frame is encoded once per pool.
-                    if s.offer(f.bytes.clone()) {
-                        lagging.push((f.pool, s.conn));
+                    let lagged = if f.coalesce {
+                        m.sink
+                            .offer_coalescing(&mut m.pending, &f.bytes, &mut composed)
+                    } else {
+                        m.sink.offer(f.bytes.clone())
+                    };
+                    if lagged {
+                        lagging.push((f.pool, m.sink.conn));
                     }
                 }
             }
@@ -219,7 +304,10 @@ impl Hub {
 
     /// Sends a pool's frames to `sink` from now on (the session joined it).
     pub fn attach(&mut self, pool: PoolId, sink: &Sink) {
-        self.subs.entry(pool).or_default().push(sink.clone());
+        self.subs.entry(pool).or_default().push(Member {
+            sink: sink.clone(),
+            pending: None,
+        });
     }
 
     /// Logs every attempt the access rules refused since the last call (the engine counts them
@@ -242,7 +330,7 @@ impl Hub {
     pub fn leave(&mut self, id: PoolId, conn: u64) {
         if let Some(list) = self.subs.get_mut(&id) {
             let before = list.len();
-            list.retain(|s| s.conn != conn);
+            list.retain(|m| m.sink.conn != conn);
             if list.len() < before && !self.ext.on_unsubscribe.is_empty() {
                 if let Some(p) = self.engine.pools().pattern(id) {
                     self.ext.unsubscribe(p);
@@ -309,6 +397,8 @@ pub struct Limits {
     pub allow_origin: Vec<String>,
     /// Token that enables `GET /_backup`.
     pub backup_token: Option<String>,
+    /// Bytes a client socket may hold that the kernel has not sent yet (`TCP_NOTSENT_LOWAT`).
+    pub unsent: u32,
 }
 
 impl Limits {
@@ -327,6 +417,7 @@ impl Limits {
             sse_keepalive: a.sse_keepalive,
             allow_origin: a.allow_origin.clone(),
             backup_token: a.backup_token.clone().filter(|t| !t.is_empty()),
+            unsent: a.unsent,
         }
     }
 }

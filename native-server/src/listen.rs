@@ -202,6 +202,19 @@ pub(crate) async fn refuse_connection(io: tokio::net::TcpStream) {
 ///
 /// At most `max_connections` client connections are open at once (WebSockets and SSE streams
 /// included); one more is answered 503 at once and closed (Redis' `maxclients`).
+/// Caps the bytes the kernel keeps unsent for `io` (see `--unsent`); Linux only, ignored elsewhere
+/// and when it fails (the kernel's default stays).
+fn unsent_limit(io: &tokio::net::TcpStream, bytes: u32) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if bytes > 0 {
+        if let Err(e) = socket2::SockRef::from(io).set_tcp_notsent_lowat(bytes) {
+            tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (io, bytes);
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -236,6 +249,7 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = io.set_nodelay(true);
+        unsent_limit(&io, shared.limits.unsent);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused += 1;
             if warned.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {

@@ -582,7 +582,7 @@ async fn run(
             m = rx.recv(), if !ctl.is_held() => {
                 let Some((first, reply)) = m else { break Exit::WriteFailed };
                 inflight = inflight.saturating_sub(usize::from(reply));
-                // Coalesce: everything already queued goes out with one flush. Bounded by the
+                // Batch: everything already queued goes out with one flush. Bounded by the
                 // queue's capacity so a fast publisher cannot keep this loop from reading.
                 let write = async {
                     socket.feed(Message::Binary(first)).await?;

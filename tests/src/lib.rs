@@ -288,6 +288,12 @@ pub const DIFFERENCES: &[Difference] = &[
                refuse it with 400; nothing is changed either way",
     },
     Difference {
+        id: "no-coalescing",
+        modes: &["namespace", "single"],
+        what: "the Workers runtime buffers a WebSocket's outgoing messages itself, so a \
+               subscriber that reads slowly is sent every frame (none are coalesced)",
+    },
+    Difference {
         id: "ws-framing",
         modes: &["namespace", "single"],
         what: "WebSocket framing is the Workers runtime's: it rejects a malformed frame (workerd \
