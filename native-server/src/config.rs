@@ -257,7 +257,8 @@ pub struct ServeArgs {
 
     /// Broadcast frames queued per connection (WebSocket or SSE). A subscriber whose queue is
     /// full is cut off (WebSocket close 4008) so it never slows the others; it resumes with
-    /// `?v=`. Replies to a `/_ws` client's own requests do not count (see --ws-inflight). At
+    /// `?v=`. A WebSocket subscription's waiting frames coalesce into one, so this is reached
+    /// by SSE streams, or by composed frames over 64 KiB. Replies to a `/_ws` client's own requests do not count (see --ws-inflight). At
     /// least 1 (a queue of 0 would cut off every subscriber at its first frame).
     #[arg(long, env = "STATELINE_QUEUE", default_value_t = 256, value_parser = at_least_one)]
     pub queue: usize,

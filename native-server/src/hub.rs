@@ -156,6 +156,16 @@ impl Sink {
                     *held = Some(c.clone());
                     return false;
                 }
+            } else if Arc::strong_count(slot) == 1 {
+                // Taken and dropped by the connection task: only this member holds the slot,
+                // so it is queued again instead of allocating another.
+                if !self.admit() {
+                    return true;
+                }
+                *held = Some(b.clone());
+                drop(held);
+                self.send(Item::Slot(slot.clone()));
+                return false;
             }
         }
         if !self.admit() {
