@@ -13,8 +13,12 @@ const values = {}; // metric -> variant -> [values by round]
 for (const { d, m } of runs.sort((a, b) => Number(a.m[2]) - Number(b.m[2]))) {
   const json = JSON.parse(readFileSync(join(dir, d, "results.json"), "utf8"));
   for (const [metric, bySystem] of Object.entries(json)) {
-    for (const vs of Object.values(bySystem)) {
-      ((values[metric] ??= {})[m[1]] ??= []).push(...vs);
+    // A metric measured for two systems in one run (Stateline's WebSocket and SSE) gets a row
+    // for each; the variant's own system keeps the metric's name.
+    const systems = Object.keys(bySystem);
+    for (const [system, vs] of Object.entries(bySystem)) {
+      const row = systems.length > 1 && system !== systems[0] ? `${metric} (${system})` : metric;
+      ((values[row] ??= {})[m[1]] ??= []).push(...vs);
     }
   }
 }

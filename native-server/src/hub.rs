@@ -5,17 +5,18 @@
 //! (a full queue cuts that one subscriber off, never blocks the publisher). It does not read or
 //! write sockets; the connection tasks in `ws` and `routes` do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use stateline_core::session::Session;
 use stateline_core::web::Subscription;
 use stateline_core::{Change, Encoding, Engine, Error, PoolId, Tick};
 use stateline_disk::{Committer, Disk, DiskError, Done, Job};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::config::ServeArgs;
 
@@ -88,18 +89,59 @@ struct Member {
     pending: Option<Arc<Slot>>,
 }
 
+/// One connection's queue: what its senders pushed, in order, and the connection task's waker.
+///
+/// Not a tokio `mpsc` channel: that one allocates a block of 32 items (about 1.3 KiB) per
+/// channel up front, which an idle subscriber would carry for nothing. This one holds what is
+/// queued (a `VecDeque` that grows with use) and a waker.
+#[derive(Debug, Default)]
+struct Chan {
+    items: Mutex<VecDeque<Item>>,
+    waker: AtomicWaker,
+    // Live `Sink`s: at 0 the task's `recv` ends (nothing can be queued any more).
+    senders: AtomicUsize,
+    // The task's `Queue` is gone: nothing is queued any more.
+    closed: AtomicBool,
+}
+
+impl Chan {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Item>> {
+        self.items.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The sending half of one connection's queue.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Sink {
     conn: u64,
     // At most `cap` broadcast frames (shared bytes, not copies) wait here: a subscriber that does
     // not read is cut off past that instead of growing memory or slowing the publisher. Replies
-    // to the connection's own requests go through the same channel (so a client sees its own
+    // to the connection's own requests go through the same queue (so a client sees its own
     // change before the acknowledgement) but are never refused: the connection stops reading
     // requests while `--ws-inflight` replies are pending, which bounds them.
-    tx: mpsc::UnboundedSender<Item>,
+    chan: Arc<Chan>,
     cap: usize,
     ctl: Arc<Ctl>,
+}
+
+impl Clone for Sink {
+    fn clone(&self) -> Sink {
+        self.chan.senders.fetch_add(1, Ordering::AcqRel);
+        Sink {
+            conn: self.conn,
+            chan: self.chan.clone(),
+            cap: self.cap,
+            ctl: self.ctl.clone(),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.chan.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.chan.waker.wake();
+        }
+    }
 }
 
 impl Sink {
@@ -117,11 +159,25 @@ impl Sink {
         true
     }
 
+    /// Queues a counted frame and wakes the connection task.
     fn send(&self, i: Item) {
-        if self.tx.send(i).is_err() {
+        if !self.push(i) {
             // The connection is gone; nothing waits for the frame.
             self.ctl.queued.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Queues `i` and wakes the task; false if the task's queue is gone.
+    fn push(&self, i: Item) -> bool {
+        {
+            let mut q = self.chan.lock();
+            if self.chan.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            q.push_back(i);
+        }
+        self.chan.waker.wake();
+        true
     }
 
     /// Queues a broadcast frame without waiting. A full queue marks the connection as lagging
@@ -181,15 +237,49 @@ impl Sink {
     /// error). Never dropped and never counted as lagging: the connection bounds these by how
     /// many requests it lets be in flight.
     pub fn reply(&self, b: Bytes) {
-        let _ = self.tx.send(Item::Reply(b));
+        self.push(Item::Reply(b));
     }
+}
+
+/// A connection's queue: its first sending half and its receiving half, `cap` broadcast frames.
+fn queue(conn: u64, cap: usize) -> (Sink, Queue) {
+    let chan = Arc::new(Chan {
+        senders: AtomicUsize::new(1),
+        ..Chan::default()
+    });
+    let ctl = Arc::new(Ctl::default());
+    let queue = Queue {
+        chan: chan.clone(),
+        ctl: ctl.clone(),
+    };
+    (
+        Sink {
+            conn,
+            chan,
+            cap,
+            ctl,
+        },
+        queue,
+    )
 }
 
 /// The receiving half of one connection's queue (read by its task).
 #[derive(Debug)]
 pub struct Queue {
-    rx: mpsc::UnboundedReceiver<Item>,
+    chan: Arc<Chan>,
     ctl: Arc<Ctl>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Frames queued from now on would wait for nobody; those queued are dropped.
+        let items = {
+            let mut q = self.chan.lock();
+            self.chan.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *q)
+        };
+        drop(items);
+    }
 }
 
 impl Queue {
@@ -210,20 +300,30 @@ impl Queue {
         }
     }
 
-    /// The next frame and whether it is a reply; `None` when every sender is gone.
+    /// The next frame and whether it is a reply; `None` when every sender is gone and nothing
+    /// is queued.
     pub async fn recv(&mut self) -> Option<(Bytes, bool)> {
-        loop {
-            let i = self.rx.recv().await?;
-            if let Some(f) = self.take(i) {
-                return Some(f);
+        std::future::poll_fn(|cx| {
+            if let Some(f) = self.try_recv() {
+                return std::task::Poll::Ready(Some(f));
             }
-        }
+            self.chan.waker.register(cx.waker());
+            // Again after registering: a frame pushed in between woke the old waker.
+            if let Some(f) = self.try_recv() {
+                return std::task::Poll::Ready(Some(f));
+            }
+            if self.chan.senders.load(Ordering::Acquire) == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// The next frame if one is queued now.
     pub fn try_recv(&mut self) -> Option<(Bytes, bool)> {
         loop {
-            let i = self.rx.try_recv().ok()?;
+            let i = self.chan.lock().pop_front()?;
             if let Some(f) = self.take(i) {
                 return Some(f);
             }
@@ -549,23 +649,17 @@ impl Shared {
     pub fn connect(self: &Arc<Shared>) -> (Registration, Sink, Queue) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_add(1, Ordering::AcqRel);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let ctl = Arc::new(Ctl::default());
+        let (sink, queue) = queue(conn, self.limits.queue);
         let reg = Registration {
             shared: self.clone(),
             conn,
             pools: Vec::new(),
             clock: false,
-            ctl: ctl.clone(),
+            ctl: sink.ctl.clone(),
             expires: None,
             renew_at: None,
         };
-        let queue = Queue {
-            rx,
-            ctl: ctl.clone(),
-        };
-        let cap = self.limits.queue;
-        (reg, Sink { conn, tx, cap, ctl }, queue)
+        (reg, sink, queue)
     }
 }
 
@@ -808,4 +902,85 @@ pub fn sets_expiry(changes: &[Change]) -> bool {
     changes
         .iter()
         .any(|c| c.entry.as_ref().is_some_and(|e| e.expires.is_some()))
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    fn frame(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn in_order_bounded_and_ended_by_the_last_sender() {
+        let (sink, mut q) = queue(1, 2);
+        let other = sink.clone();
+        assert!(!sink.offer(frame("a")));
+        sink.reply(frame("r"));
+        assert!(!other.offer(frame("b")));
+        // Full: the third broadcast frame is refused and the connection marked lagging; a
+        // reply is never refused.
+        assert!(other.offer(frame("c")));
+        assert!(sink.ctl.is_lagged());
+        sink.reply(frame("s"));
+        let got: Vec<(Bytes, bool)> = std::iter::from_fn(|| q.try_recv()).collect();
+        assert_eq!(
+            got,
+            [
+                (frame("a"), false),
+                (frame("r"), true),
+                (frame("b"), false),
+                (frame("s"), true)
+            ]
+        );
+        // A waiting task is woken by a frame, and by the last sender going.
+        let waiting = tokio::spawn(async move {
+            let first = q.recv().await;
+            let end = q.recv().await;
+            (first, end)
+        });
+        tokio::task::yield_now().await;
+        sink.reply(frame("t"));
+        drop(sink);
+        tokio::task::yield_now().await;
+        drop(other);
+        let (first, end) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(first, Some((frame("t"), true)));
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn coalescing_slots_fold_until_taken() {
+        let (sink, mut q) = queue(1, 8);
+        let mut pending = None;
+        let mut composed = Composed::default();
+        let f = |v: u64, m: &str| {
+            Bytes::from(format!(
+                r#"{{"snapshot":false,"version":"{v:x}","data":[{{"op":"replace","path":"/data","value":"{m}"}}]}}"#
+            ))
+        };
+        assert!(!sink.offer_coalescing(&mut pending, &f(1, "a"), &mut composed));
+        composed = Composed::default();
+        assert!(!sink.offer_coalescing(&mut pending, &f(2, "b"), &mut composed));
+        // One frame queued, holding the newer value.
+        let (b, reply) = q.try_recv().unwrap();
+        assert!(!reply);
+        assert_eq!(b, f(2, "b"));
+        assert!(q.try_recv().is_none());
+        // Taken: the next frame is queued anew (the same slot, reused).
+        composed = Composed::default();
+        assert!(!sink.offer_coalescing(&mut pending, &f(3, "c"), &mut composed));
+        assert_eq!(q.try_recv().unwrap().0, f(3, "c"));
+        assert_eq!(sink.ctl.queued.load(Ordering::Acquire), 0);
+        // A gone connection refuses frames (and does not count them).
+        drop(q);
+        composed = Composed::default();
+        assert!(!sink.offer_coalescing(&mut pending, &f(4, "d"), &mut composed));
+        assert!(!sink.offer(f(5, "e")));
+        assert_eq!(sink.ctl.queued.load(Ordering::Acquire), 0);
+    }
 }

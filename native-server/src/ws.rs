@@ -33,9 +33,12 @@ use crate::hub::{Queue, Registration, Shared, Sink};
 type WebSocket = WebSocketStream<Deadline<TokioIo<hyper::upgrade::Upgraded>>>;
 
 // Socket buffers. tungstenite reserves 128 KiB each for reading and writing by default, which
-// alone breaks the 16 KiB-per-idle-subscriber budget; frames larger than these still go through
-// (the buffers grow for them), they just do not stay reserved by default.
-const READ_BUFFER: usize = 4 << 10;
+// alone breaks the per-idle-subscriber budget; frames larger than these still go through (the
+// buffers grow for them), they just do not stay reserved by default. The read buffer is also
+// what tungstenite zeroes before every read attempt, and the connection loop attempts a read
+// after every frame it sends: 1 KiB is 16 cache lines per delivery instead of 64, and the most
+// a read syscall takes from the socket (a 1 MiB message is 1,024 reads; subscribers send little).
+const READ_BUFFER: usize = 1 << 10;
 const WRITE_BUFFER: usize = 4 << 10;
 
 /// Upgrades (the front door checked the handshake); the connection then runs in its own task as `who` (the
@@ -82,18 +85,22 @@ pub async fn upgrade(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let timeout = sh.limits.message_timeout;
-    tokio::spawn(async move {
+    // Each kind's loop is boxed: the task's own future is only as large as the upgrade, and a
+    // connection holds the state of its kind's loop alone (an ooo subscriber's is about 3 KiB,
+    // a `/_ws` connection's about 5 KiB; unboxed, every task would be the largest of them).
+    let fut = async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let io = Deadline::new(TokioIo::new(upgraded), timeout);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match kind {
-            Socket::Subscribe(sub) => ooo(sh, socket, sub, who).await,
-            Socket::Clock => clock(sh, socket).await,
-            Socket::Mux => mux_conn(sh, socket, who).await,
+            Socket::Subscribe(sub) => Box::pin(ooo(sh, socket, sub, who)).await,
+            Socket::Clock => Box::pin(clock(sh, socket)).await,
+            Socket::Mux => Box::pin(mux_conn(sh, socket, who)).await,
         }
-    });
+    };
+    tokio::spawn(fut);
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let out = r.headers_mut();
@@ -163,6 +170,9 @@ async fn ooo(sh: Arc<Shared>, socket: WebSocket, sub: Subscription, who: Identit
         Ok((pool, session)) => {
             reg.pools.push(pool);
             reg.expires = crate::hub::deadline_at(tick, session.deadline());
+            // Not needed once subscribed (an ooo socket sends no requests): not kept in the
+            // connection's task for as long as it is open.
+            drop(session);
             drop(sink);
             let (socket, reg, exit) = run(&sh, socket, reg, rx, |_, _| false).await;
             finish(&sh, socket, reg, exit).await;
