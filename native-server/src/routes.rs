@@ -236,7 +236,7 @@ async fn front_door(
         let tick = sh.tick();
         let mut wake_timer = false;
         let (response, wait, wrote) = {
-            let mut hub = sh.lock();
+            let mut hub = sh.lock_yielding().await;
             let storage_error = hub.storage_error().map(str::to_string);
             let h = known.host(storage_error.as_deref(), body_error.take());
             let out = match web::serve(&mut hub.engine, tick, req, &h) {
@@ -251,6 +251,11 @@ async fn front_door(
             if !wrote && !sh.pending(&hub) {
                 // The common read: no write is pending, so what it saw is committed.
                 (out.response, None, false)
+            } else if !sh.is_durable() {
+                // In memory, a write is committed once published: no commit to wait for.
+                wake_timer = crate::hub::sets_expiry(&out.changes);
+                hub.commit(&out.changes);
+                (out.response, None, wrote)
             } else {
                 // A write waits for its commit; an answer that saw pending writes waits for
                 // theirs (`Shared::after_pending`).
