@@ -20,7 +20,9 @@ use crate::meta;
 use crate::rules::Audience;
 use crate::store::{newest_first, Change, Entry, Store};
 
+#[cfg(feature = "coalescing")]
 mod coalesce;
+#[cfg(feature = "coalescing")]
 pub use coalesce::{coalesce, COALESCE_MAX_BYTES};
 
 /// A pool's identity, stable while it has subscribers.
