@@ -631,8 +631,10 @@ async fn ws_next(ws: &mut Ws, limit: Duration) -> Option<Value> {
 // ---------------------------------------------------------------------------------------------
 // The cases
 
-/// (a) A subscriber on node B (SSE) and one on node C (`/_ws`) see the writes made on node A,
-/// every one, in order; and the same change carries the same version on both nodes.
+/// (a) A subscriber on node B (SSE) and one on node C (`/_ws`) see the writes made on node A in
+/// order: SSE every one, `/_ws` every one or a later state in its place (a WebSocket frame the
+/// subscriber has not been sent yet is folded into the next, docs/protocol.md §6), ending at
+/// the last; and the same change carries the same version on both nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_on_other_nodes_see_every_write_in_order() {
     const N: u64 = 100;
@@ -692,7 +694,8 @@ async fn subscribers_on_other_nodes_see_every_write_in_order() {
         sse_versions.keys().collect::<Vec<_>>()
     );
 
-    // /_ws on C: every revision in order, the value after each frame, the versions of B.
+    // /_ws on C: revisions in order up to the last (any skipped one folded into a later frame),
+    // the value after each frame, the versions of B.
     let mut revs = Vec::new();
     while revs.last() != Some(&(N - 1)) {
         let f = ws_next(&mut mux, CONVERGE).await.unwrap_or_else(|| {
@@ -726,14 +729,13 @@ async fn subscribers_on_other_nodes_see_every_write_in_order() {
             sse_versions.get(&top),
             "revision {top}: the version on C (/_ws) differs from B's (SSE)"
         );
+        assert!(
+            revs.last()
+                .is_none_or(|&prev| frame_revs.iter().all(|&r| r > prev)),
+            "/_ws on C: revisions {frame_revs:?} after {revs:?}: out of order or twice"
+        );
         revs.extend(frame_revs);
     }
-    let missing: Vec<u64> = (0..N).filter(|r| !revs.contains(r)).collect();
-    assert_eq!(
-        revs,
-        (0..N).collect::<Vec<_>>(),
-        "/_ws on C: the frames' revisions (missing: {missing:?})"
-    );
 }
 
 /// (b) 3 nodes × 4 writers each add 1 to one counter 50 times with compare-and-swap (read the
