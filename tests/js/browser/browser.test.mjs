@@ -126,7 +126,7 @@ async function writer() {
   return w;
 }
 
-test("a Stateline page sees every change of a glob, in order, while another client writes 1,000", async () => {
+test("a Stateline page sees the changes of a glob in order, ending at the last, while another client writes 1,000", async () => {
   const page = await open("/stateline.html");
   await page.evaluate(() => follow("b/*"));
   await until(() => page.evaluate(() => window.held !== undefined), "the initial value");
@@ -134,19 +134,26 @@ test("a Stateline page sees every change of a glob, in order, while another clie
   try {
     // One after another, as an app writes. (Pipelining 1,000 writes at once can put the page
     // more than --queue frames behind: the server then cuts it off as lagging and it resumes
-    // with what it missed squashed per key — every key's latest value, not every step.)
+    // with what it missed squashed per key — every key's latest value, not every step.) A frame
+    // the page's socket has not taken yet may be folded into the next (docs/protocol.md §6), so
+    // the page may skip steps, never reorder or repeat them.
     for (let i = 0; i < 1000; i++) await w.set(`b/k${i % 10}`, { i });
     const seen = await until(async () => {
       const v = await page.evaluate(() => window.seen);
-      return v.length >= 1000 && v;
-    }, "1,000 changes in the page").catch(async (e) => {
+      return v.some((x) => x[1] === 999) && v;
+    }, "the last change in the page").catch(async (e) => {
       const st = await page.evaluate(() => [window.seen.length, window.states, window.errors]);
       throw new Error(`${e.message}: ${JSON.stringify(st)}`);
     });
-    assert.equal(seen.length, 1000);
-    assert.deepEqual(seen.map((x) => x[1]), Array.from({ length: 1000 }, (_, i) => i));
-    assert.deepEqual(seen.map((x) => x[0]), Array.from({ length: 1000 }, (_, i) => `b/k${i % 10}`));
-    assert.deepEqual(seen.map((x) => x[2]), Array.from({ length: 1000 }, (_, i) => Math.floor(i / 10)));
+    assert.ok(seen.length <= 1000, `${seen.length} changes for 1,000 writes`);
+    for (let j = 1; j < seen.length; j++) assert.ok(seen[j][1] > seen[j - 1][1], `in order at ${j}`);
+    for (const [key, i, rev] of seen) {
+      assert.equal(key, `b/k${i % 10}`);
+      assert.equal(rev, Math.floor(i / 10), `${key}'s revision with ${i}`);
+    }
+    // The page holds every key's last write.
+    const held = await page.evaluate(() => window.held.map((x) => [x.key, x.value.i]));
+    assert.deepEqual(held.sort(), Array.from({ length: 10 }, (_, k) => [`b/k${k}`, 990 + k]).sort());
     assert.deepEqual(await page.evaluate(() => window.states), ["connecting", "open"]);
     assert.deepEqual(page.errors, []);
   } finally {

@@ -1,5 +1,5 @@
 // `shareTabs` in headless Chromium against a real server: two tabs of one origin share one /_ws
-// socket (the server counts one connection), each gets its own replies and every change once;
+// socket (the server counts one connection), each gets its own replies and the changes, none twice;
 // a tab that closes leaves its presence behind; the leader tab closing mid-burst hands the
 // socket over without losing or doubling a write or an update.
 import assert from "node:assert/strict";
@@ -48,7 +48,7 @@ async function tab() {
 
 const list = async (p) => (await fetch(`${s.base}/${p}`)).json();
 
-test("two tabs share one socket; each sees every change once and gets its own replies", { timeout: 90_000 }, async () => {
+test("two tabs share one socket; each sees the changes in order, none twice, and gets its own replies", { timeout: 90_000 }, async () => {
   const a = await tab();
   await a.evaluate(() => { watch("t1/*"); return db.set("t1/from-a", 1); });
   const b = await tab();
@@ -60,11 +60,14 @@ test("two tabs share one socket; each sees every change once and gets its own re
   for (const p of [a, b]) {
     await until(() => p.evaluate(() => seen.some(([k]) => k === "t1/outside")), "the outside write in each tab");
   }
-  const seenA = await a.evaluate(() => seen.map(([k]) => k));
-  const seenB = await b.evaluate(() => seen.map(([k]) => k));
+  // The two increments may reach a tab as one change (the second folded into the first while
+  // the socket had not taken it, docs/protocol.md §6): their values rise and end at 2.
+  const keysOf = (p) => p.evaluate(() => seen.map(([k]) => k).filter((k, i, all) => k !== "t1/n" || all[i - 1] !== "t1/n"));
+  const counts = (p) => p.evaluate(() => seen.filter(([k]) => k === "t1/n").map(([, v]) => v));
   // Each subscribed before its own write: a sees both tabs' writes, b its own and after.
-  assert.deepEqual(seenA, ["t1/from-a", "t1/from-b", "t1/n", "t1/n", "t1/outside"]);
-  assert.deepEqual(seenB, ["t1/from-b", "t1/n", "t1/n", "t1/outside"]);
+  assert.deepEqual(await keysOf(a), ["t1/from-a", "t1/from-b", "t1/n", "t1/outside"]);
+  assert.deepEqual(await keysOf(b), ["t1/from-b", "t1/n", "t1/outside"]);
+  for (const p of [a, b]) assert.ok(["1,2", "2"].includes(String(await counts(p))), String(await counts(p)));
   assert.equal(await connections(), 1);
   for (const p of [a, b]) {
     assert.deepEqual(await p.evaluate(() => errors), []);
