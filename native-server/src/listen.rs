@@ -193,15 +193,6 @@ pub(crate) async fn refuse_connection(io: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(REFUSE_TIMEOUT * 2, conn).await;
 }
 
-/// Accepts connections and serves HTTP/1.1 on each (with upgrades for WebSockets) until `stop`
-/// flips, then asks every connection to finish its current request and waits for them all.
-/// Unlike `axum::serve`, hyper gets a timer here, so a client that sends its request headers too
-/// slowly (slowloris) is dropped after `header_timeout`. Requests go straight to
-/// [`routes::serve_request`]: the core routes every path, so a router in front of it (the
-/// [`router`] for embedding) would only add a boxed service call per request.
-///
-/// At most `max_connections` client connections are open at once (WebSockets and SSE streams
-/// included); one more is answered 503 at once and closed (Redis' `maxclients`).
 /// Caps the bytes the kernel keeps unsent for `io` (see `--unsent`); Linux only, ignored elsewhere
 /// and when it fails (the kernel's default stays).
 fn unsent_limit(io: &tokio::net::TcpStream, bytes: u32) {
@@ -215,6 +206,15 @@ fn unsent_limit(io: &tokio::net::TcpStream, bytes: u32) {
     let _ = (io, bytes);
 }
 
+/// Accepts connections and serves HTTP/1.1 on each (with upgrades for WebSockets) until `stop`
+/// flips, then asks every connection to finish its current request and waits for them all.
+/// Unlike `axum::serve`, hyper gets a timer here, so a client that sends its request headers too
+/// slowly (slowloris) is dropped after `header_timeout`. Requests go straight to
+/// [`routes::serve_request`]: the core routes every path, so a router in front of it (the
+/// [`router`] for embedding) would only add a boxed service call per request.
+///
+/// At most `max_connections` client connections are open at once (WebSockets and SSE streams
+/// included); one more is answered 503 at once and closed (Redis' `maxclients`).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
