@@ -2,44 +2,19 @@
 //! a new data folder (`stateline restore`), with the binaries as a user runs them: concurrent
 //! backups each get their own file, and a restore never replaces the store of a running server.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-struct Server(Child);
+use std::process::{Command, Stdio};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Server;
 
+// The server on `dir`, with `--backup-token` when given: the suite's start, which retries on
+// another port when another test's server took the one it picked.
 fn start(dir: &std::path::Path, token: Option<&str>) -> (Server, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateline"));
-    cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(dir);
-    if let Some(t) = token {
-        cmd.args(["--backup-token", t]);
+    match token {
+        Some(t) => common::start(dir, &["--backup-token", t]),
+        None => common::start(dir, &[]),
     }
-    let child = Server(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, base)
 }
 
 // A push with an idempotency key: the same key each time.

@@ -127,8 +127,17 @@ async fn a_damaged_page_is_refused_and_repair_salvages_the_rest() {
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(kept.len(), 1, "the damaged file is kept");
+    assert_eq!(
+        kept.len(),
+        2,
+        "the damaged file and the write-ahead log are kept: {kept:?}"
+    );
+    assert!(kept
+        .iter()
+        .any(|k| k.starts_with("stateline.redb.damaged-")));
+    assert!(kept.iter().any(|k| k.starts_with("stateline.wal.damaged-")));
 
     let (_server, base) = start(&dir, FLAGS);
     let c = stateline_client::Client::new(&base).unwrap();

@@ -24,7 +24,7 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    fn check(&self) -> io::Result<()> {
+    pub(crate) fn check(&self) -> io::Result<()> {
         if self.full.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,

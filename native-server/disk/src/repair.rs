@@ -19,6 +19,12 @@
 //!    key winning, a newer change-log record (a delete included) replacing it. Pages redb had
 //!    freed are scanned too (nothing says which are free), so the report asks for a review.
 //!
+//! The writes acknowledged since the last checkpoint are in the write-ahead log
+//! ([`crate::wal`]), not in redb's file: the records at the start of the log are applied to what
+//! was salvaged, in order, each change only if it is newer than the file's sequence number (when
+//! it could be read) and than the salvaged version of its key, so records already in redb change
+//! nothing. A copy of the log is kept beside the damaged file.
+//!
 //! The result is written as a fresh database in place of the file. When anything may be missing,
 //! the sequence number moves one past the highest seen and the change log is dropped, so every
 //! client resumes with a full snapshot rather than trusting a cache of keys that are gone.
@@ -53,6 +59,8 @@ pub struct Repaired {
     pub redb_repaired: bool,
     /// What could not be read, one line each.
     pub lost: Vec<String>,
+    /// Records of the write-ahead log applied to what was salvaged.
+    pub wal_records: u64,
     /// Where the damaged file was kept.
     pub kept: PathBuf,
 }
@@ -64,6 +72,13 @@ impl std::fmt::Display for Repaired {
             "repaired: {} keys ({} rebuilt from the change log), {} change-log records, version {:x}",
             self.keys, self.from_log, self.log_records, self.last_seq
         )?;
+        if self.wal_records > 0 {
+            writeln!(
+                f,
+                "applied {} records of the write-ahead log (writes acknowledged since its last checkpoint)",
+                self.wal_records
+            )?;
+        }
         if self.redb_repaired {
             writeln!(
                 f,
@@ -175,18 +190,12 @@ pub fn repair(dir: &Path) -> Result<Repaired, DiskError> {
             }
         }
     };
+    let wal_records = apply_wal(dir, secs, &mut s)?;
     let intact = s.lost.is_empty();
 
     // The sequence number: the highest seen anywhere; one more when something may be missing, so
     // no client's version passes for current.
-    let highest = s
-        .entries
-        .values()
-        .filter_map(|v| decode_entry(v).ok().map(|e| e.seq))
-        .chain(s.log.keys().copied())
-        .chain(s.meta_seq)
-        .max()
-        .unwrap_or(0);
+    let highest = highest_seq(&s);
     let last_seq = if intact { highest } else { highest + 1 };
     if intact {
         // The log must cover every version from its first record on: keep its unbroken tail.
@@ -244,8 +253,87 @@ pub fn repair(dir: &Path) -> Result<Repaired, DiskError> {
         intact,
         redb_repaired: redb_repaired.load(Ordering::SeqCst),
         lost: s.lost,
+        wal_records,
         kept,
     })
+}
+
+// Keeps a copy of the write-ahead log beside the damaged file and applies the changes of its
+// records that are newer than everything salvaged (the repaired file has no log generation, so
+// the next start sets the log aside as old). Returns how many records had such changes.
+fn apply_wal(dir: &Path, secs: u64, s: &mut Salvage) -> Result<u64, DiskError> {
+    let path = dir.join(crate::WAL_NAME);
+    if !path.is_file() {
+        return Ok(0);
+    }
+    let kept = dir.join(format!("{}.damaged-{secs}", crate::WAL_NAME));
+    fs::copy(&path, &kept).map_err(|e| DiskError::Io(format!("{}: {e}", kept.display())))?;
+    let records = crate::wal::read_at_start(&path)
+        .map_err(|e| DiskError::Io(format!("{}: {e}", path.display())))?;
+    // Every change up to the file's sequence number is in it (redb's file holds a prefix of the
+    // log's changes); a page scan may also find pages of later, unsynced commits, so each change
+    // is also checked against its key's salvaged version.
+    let floor = s.meta_seq.unwrap_or(0);
+    let mut applied = 0;
+    for r in &records {
+        let ops = match crate::wal::decode(r) {
+            Ok(ops) => ops,
+            Err(e) => {
+                s.lost.push(format!(
+                    "a record of the write-ahead log ({e}) and the ones after it"
+                ));
+                break;
+            }
+        };
+        let mut newer = false;
+        // Each change is its entry's put or delete, then its log record (with its sequence
+        // number).
+        let mut entry = None;
+        for op in ops {
+            use crate::wal::Op;
+            match op {
+                Op::EntryPut(..) | Op::EntryDel(_) => entry = Some(op),
+                Op::LogPut(seq, v) if seq > floor => {
+                    let older = |s: &Salvage, k: &str| {
+                        s.entries
+                            .get(k)
+                            .map(|e| decode_entry(e).map_or(0, |e| e.seq) < seq)
+                    };
+                    match entry.take() {
+                        Some(Op::EntryPut(k, e)) if older(s, k) != Some(false) => {
+                            s.entries.insert(k.to_string(), e.to_vec());
+                            newer = true;
+                        }
+                        Some(Op::EntryDel(k)) if older(s, k) == Some(true) => {
+                            s.entries.remove(k);
+                            newer = true;
+                        }
+                        _ => {}
+                    }
+                    s.log.entry(seq).or_insert_with(|| v.to_vec());
+                }
+                Op::LogPut(..) => entry = None,
+                Op::LastSeq(seq) if seq > floor => {
+                    s.meta_seq = Some(s.meta_seq.map_or(seq, |m| m.max(seq)));
+                }
+                // Repair keeps neither the key history nor the receipts.
+                _ => {}
+            }
+        }
+        applied += u64::from(newer);
+    }
+    Ok(applied)
+}
+
+// The highest sequence number in what was salvaged.
+fn highest_seq(s: &Salvage) -> u64 {
+    s.entries
+        .values()
+        .filter_map(|v| decode_entry(v).ok().map(|e| e.seq))
+        .chain(s.log.keys().copied())
+        .chain(s.meta_seq)
+        .max()
+        .unwrap_or(0)
 }
 
 // A private copy to read (redb's open may write to the file it opens).
