@@ -23,7 +23,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -89,7 +88,7 @@ impl Wal {
             let filled = (|| {
                 while at < WAL_BYTES {
                     let n = zeros.len().min((WAL_BYTES - at) as usize);
-                    file.write_all_at(&zeros[..n], at)?;
+                    write_at(&file, &zeros[..n], at)?;
                     at += n as u64;
                 }
                 file.sync_all()
@@ -135,7 +134,7 @@ impl Wal {
         rec.extend_from_slice(&crc.to_le_bytes());
         rec.extend_from_slice(payload);
         let r = faults.check().and_then(|()| {
-            self.file.write_all_at(&rec, self.end)?;
+            write_at(&self.file, &rec, self.end)?;
             if faults.sync.load(Relaxed) {
                 return Err(io::Error::other("fsync failed (injected)"));
             }
@@ -148,9 +147,7 @@ impl Wal {
                 Ok(())
             }
             Err(e) => {
-                let _ = self
-                    .file
-                    .write_all_at(&[0u8; HEADER], self.end)
+                let _ = write_at(&self.file, &[0u8; HEADER], self.end)
                     .and_then(|()| self.file.sync_data());
                 Err(e)
             }
@@ -171,10 +168,7 @@ impl Wal {
         self.gen = gen;
         self.end = 0;
         self.groups = 0;
-        let _ = self
-            .file
-            .write_all_at(&[0u8; HEADER], 0)
-            .and_then(|()| self.file.sync_data());
+        let _ = write_at(&self.file, &[0u8; HEADER], 0).and_then(|()| self.file.sync_data());
     }
 
     /// The file.
@@ -190,7 +184,7 @@ fn records(file: &File, gen: u64) -> io::Result<(Vec<Vec<u8>>, u64)> {
     let mut at = 0u64;
     let mut head = [0u8; HEADER];
     while at + HEADER as u64 <= len {
-        file.read_exact_at(&mut head, at)?;
+        read_at(file, &mut head, at)?;
         let g = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
         let n = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as u64;
         let crc = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
@@ -198,7 +192,7 @@ fn records(file: &File, gen: u64) -> io::Result<(Vec<Vec<u8>>, u64)> {
             break;
         }
         let mut payload = vec![0u8; n as usize];
-        file.read_exact_at(&mut payload, at + HEADER as u64)?;
+        read_at(file, &mut payload, at + HEADER as u64)?;
         if checksum(&head[0..12], &payload) != crc {
             break;
         }
@@ -218,11 +212,52 @@ pub(crate) fn read_at_start(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     if file.metadata()?.len() < HEADER as u64 {
         return Ok(Vec::new());
     }
-    file.read_exact_at(&mut head, 0)?;
+    read_at(&file, &mut head, 0)?;
     match u64::from_le_bytes(head) {
         0 => Ok(Vec::new()),
         gen => Ok(records(&file, gen)?.0),
     }
+}
+
+// Positional writes and reads: the log is written in place, never through a shared cursor.
+#[cfg(unix)]
+fn write_at(f: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, at)
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, at)
+}
+
+#[cfg(windows)]
+fn write_at(f: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match f.seek_write(buf, at)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => {
+                buf = &buf[n..];
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match f.seek_read(buf, at)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn checksum(head: &[u8], payload: &[u8]) -> u32 {
@@ -382,7 +417,7 @@ mod tests {
         let mut torn = Wal::open(dir.path(), 1).unwrap();
         torn.end = end;
         torn.append(&ops(3), &f).unwrap();
-        torn.file.write_all_at(&[0xff; 3], end + 20).unwrap();
+        write_at(&torn.file, &[0xff; 3], end + 20).unwrap();
         let mut r = Wal::open(dir.path(), 1).unwrap();
         let got = r.read().unwrap();
         assert_eq!(got, vec![ops(0), ops(1), ops(2)]);
