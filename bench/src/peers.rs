@@ -48,7 +48,7 @@ impl System {
         match self {
             System::Stateline => "in memory (--memory)",
             System::StatelineDurable => {
-                "redb file, fsync before every acknowledgement (group commit)"
+                "write-ahead log fsync before every acknowledgement (group commit), redb checkpoints"
             }
             System::Redis => "in memory (save \"\", appendonly no)",
             System::RedisAof => "AOF, appendfsync always",
