@@ -1644,6 +1644,23 @@ mod tests {
         to
     }
 
+    // The store in `dir` as a start loads it.
+    fn load_dir(dir: &Path) -> (Store, Log) {
+        Disk::open(dir, 100_000)
+            .unwrap()
+            .load(100_000, 1 << 24)
+            .unwrap()
+    }
+
+    // The store in redb's file alone, as it is on disk (no write-ahead log applied).
+    fn redb_only(dir: &Path) -> Store {
+        Disk::open_existing(&dir.join(FILE_NAME))
+            .unwrap()
+            .load(100, 1 << 20)
+            .unwrap()
+            .0
+    }
+
     #[test]
     fn acknowledged_writes_survive_a_crash_between_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
@@ -1663,11 +1680,11 @@ mod tests {
             .changes;
         disk.commit([gone.as_slice()]).unwrap();
         let crashed = crash_copy(dir.path());
-        {
-            let redb_only = Disk::open_existing(&crashed.path().join(FILE_NAME)).unwrap();
-            let (store, _) = redb_only.load(100, 1 << 20).unwrap();
-            assert_eq!(store.len(), 0, "redb's file alone lacks them");
-        }
+        assert_eq!(
+            redb_only(crashed.path()).len(),
+            0,
+            "redb's file alone lacks them"
+        );
         let again = Disk::open(crashed.path(), 1000).unwrap();
         let (store, log) = again.load(1000, 1 << 20).unwrap();
         assert_eq!(store.len(), 349);
@@ -1677,10 +1694,7 @@ mod tests {
         // Applied at that start: a second crash right after it loses nothing either.
         let second = crash_copy(crashed.path());
         drop(again);
-        let (store, _) = Disk::open(second.path(), 1000)
-            .unwrap()
-            .load(1000, 1 << 20)
-            .unwrap();
+        let (store, _) = load_dir(second.path());
         assert_eq!(store.len(), 349);
     }
 
@@ -1701,20 +1715,14 @@ mod tests {
         }
         let crashed = crash_copy(dir.path());
         {
-            let (store, _) = Disk::open_existing(&crashed.path().join(FILE_NAME))
-                .unwrap()
-                .load(100, 1 << 20)
-                .unwrap();
+            let store = redb_only(crashed.path());
             assert_eq!(
                 store.len(),
                 n - 10,
                 "redb holds every group up to the last checkpoint"
             );
         }
-        let (store, _) = Disk::open(crashed.path(), 100_000)
-            .unwrap()
-            .load(100, 1 << 20)
-            .unwrap();
+        let (store, _) = load_dir(crashed.path());
         assert_eq!(store.len(), n);
         assert_eq!(store.last_seq(), e.store().last_seq());
     }
@@ -1734,10 +1742,7 @@ mod tests {
         let c = set(&mut e, "k/after", json!(1));
         disk.commit([c.as_slice()]).unwrap();
         let crashed = crash_copy(dir.path());
-        let (store, _) = Disk::open_existing(&crashed.path().join(FILE_NAME))
-            .unwrap()
-            .load(100, 1 << 20)
-            .unwrap();
+        let store = redb_only(crashed.path());
         assert_eq!(
             store.len(),
             100,
@@ -1770,10 +1775,7 @@ mod tests {
         assert_eq!(store.last_seq(), e.store().last_seq());
         // Repaired, the store starts a new log: the old records are not applied again.
         drop(again);
-        let (store, _) = Disk::open(crashed.path(), 1000)
-            .unwrap()
-            .load(1000, 1 << 20)
-            .unwrap();
+        let (store, _) = load_dir(crashed.path());
         assert_eq!(store.len(), 300);
     }
 
