@@ -247,6 +247,9 @@ pub struct Disk {
     // Fault injection for tests: every commit waits this long first (ms), so a test can act while
     // writes are pending.
     delay_ms: AtomicU64,
+    // Groups whose record reaches this many bytes go straight to redb ([`wal::DIRECT_BYTES`];
+    // lowered by a test hook).
+    direct_bytes: AtomicU64,
     // The write-ahead log; `None` for a file opened only to be read (a backup being checked),
     // whose commits go to redb directly. Lock order: `db`, then `retry`, then `wal`.
     wal: Mutex<Option<Wal>>,
@@ -322,6 +325,7 @@ impl Disk {
             faults,
             fail_next: Default::default(),
             delay_ms: Default::default(),
+            direct_bytes: AtomicU64::new(wal::DIRECT_BYTES),
             wal: Mutex::new(None),
             _lock: Some(lock),
         };
@@ -543,6 +547,12 @@ impl Disk {
         self.delay_ms.store(ms, SeqCst);
     }
 
+    /// Test hook: groups whose write-ahead record would reach `n` bytes are committed straight to
+    /// redb ([`wal::DIRECT_BYTES`] by default).
+    pub fn set_direct_bytes(&self, n: u64) {
+        self.direct_bytes.store(n, SeqCst);
+    }
+
     /// Why the store is failing now (`None`: it is not known to be failing).
     pub fn failure(&self) -> Option<String> {
         if let Some(b) = self.broken.get() {
@@ -608,14 +618,10 @@ impl Disk {
             ));
         }
         let (ops, last) = encode_group(&batches, &history, &receipts);
-        if self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-            // A file opened only to be read: straight to redb, synced.
-            return self.write(|db| {
-                let tx = db.begin_write()?;
-                self.apply(&tx, [ops.0.as_slice()])?;
-                tx.commit()?;
-                Ok(())
-            });
+        if self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+            || ops.0.len() as u64 >= self.direct_bytes.load(SeqCst)
+        {
+            return self.commit_direct(&ops, last);
         }
         // redb must be open (a failure closed it): the re-open applies the log's records first,
         // so this group lands after them.
@@ -635,6 +641,33 @@ impl Disk {
         // A failure closed redb, and its re-open applies the log: this group is not lost.
         if applied.is_ok() && self.checkpoint_due() {
             let _ = self.checkpoint();
+        }
+        Ok(())
+    }
+
+    // A group straight to redb in one synced commit: in a file opened only to be read (no log), or
+    // a group too large for the log. With a log the commit is also a checkpoint: it makes redb
+    // hold every group before it, and the log starts over.
+    fn commit_direct(&self, ops: &Ops, last: Option<u64>) -> Result<(), DiskError> {
+        let next = {
+            let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().map(|w| w.gen + 1)
+        };
+        self.write(|db| {
+            let tx = db.begin_write()?;
+            self.apply(&tx, [ops.0.as_slice()])?;
+            if let Some(next) = next {
+                tx.open_table(META)?.insert("wal_gen", next)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        if let Some(last) = last {
+            self.seq.fetch_max(last, SeqCst);
+        }
+        let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = guard.as_mut().filter(|w| Some(w.gen + 1) == next) {
+            w.restart(w.gen + 1);
         }
         Ok(())
     }
@@ -1046,6 +1079,7 @@ impl Disk {
             faults: Arc::default(),
             fail_next: Default::default(),
             delay_ms: Default::default(),
+            direct_bytes: AtomicU64::new(wal::DIRECT_BYTES),
             wal: Mutex::new(None),
             _lock: None,
         })
@@ -1422,6 +1456,11 @@ mod tests {
 
     // Writes `n` keys, 50 per commit.
     fn fill(disk: &Disk, e: &mut Engine, n: usize) {
+        fill_in(disk, e, n, 50);
+    }
+
+    // Writes `n` keys, `group` per commit.
+    fn fill_in(disk: &Disk, e: &mut Engine, n: usize, group: usize) {
         let batches: Vec<Vec<Change>> = (0..n)
             .map(|i| {
                 set(
@@ -1431,8 +1470,8 @@ mod tests {
                 )
             })
             .collect();
-        for group in batches.chunks(50) {
-            disk.commit(group.iter().map(Vec::as_slice)).unwrap();
+        for g in batches.chunks(group) {
+            disk.commit(g.iter().map(Vec::as_slice)).unwrap();
         }
     }
 
@@ -1777,6 +1816,33 @@ mod tests {
         drop(again);
         let (store, _) = load_dir(crashed.path());
         assert_eq!(store.len(), 300);
+    }
+
+    #[test]
+    fn a_group_too_large_for_the_log_goes_straight_to_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path(), 1000).unwrap();
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        fill_in(&disk, &mut e, 3, 1);
+        disk.set_direct_bytes(2000);
+        fill_in(&disk, &mut e, 50, 50);
+        assert_eq!(
+            disk.wal.lock().unwrap().as_ref().unwrap().groups,
+            0,
+            "a checkpoint"
+        );
+        let c = set(&mut e, "k/small", json!(1));
+        disk.commit([c.as_slice()]).unwrap();
+        assert_eq!(disk.wal.lock().unwrap().as_ref().unwrap().groups, 1);
+        let crashed = crash_copy(dir.path());
+        assert_eq!(
+            redb_only(crashed.path()).len(),
+            50,
+            "the large group and the ones before"
+        );
+        let (store, _) = load_dir(crashed.path());
+        assert_eq!(store.len(), 51);
+        assert_eq!(store.last_seq(), e.store().last_seq());
     }
 
     #[test]

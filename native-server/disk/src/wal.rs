@@ -43,6 +43,12 @@ pub const WAL_BYTES: u64 = 2 * CHECKPOINT_BYTES;
 /// dozen pages per group); the checkpoint's one synced commit is shared by all of them.
 pub const CHECKPOINT_GROUPS: u32 = 128;
 
+/// A group whose record would reach this size skips the log and is committed straight to redb
+/// with a sync (which is then also a checkpoint): the log would have to grow that far past its
+/// filled 512 KiB and stay that size, and a record's length is 32 bits. Only a group of very large
+/// values gets there (the server's bodies are at most 10 MiB by default).
+pub const DIRECT_BYTES: u64 = 64 << 20;
+
 /// A checkpoint is also due once the records of this generation reach this many bytes (large
 /// values). Until a checkpoint a write takes disk space twice (its record, and redb's pages once
 /// applied), and the checkpoint's copy-on-write needs room for their pages again; after a full
