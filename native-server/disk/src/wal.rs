@@ -19,7 +19,7 @@
 //! acknowledged.
 //!
 //! Record: generation (u64) · payload length (u32) · CRC-32 of the three (u32) · payload. The
-//! payload is the list of row operations of one group ([`Ops`]), all little-endian.
+//! payload is the list of row operations of one group (`Ops`), all little-endian.
 
 use std::fs::{File, OpenOptions};
 use std::io;
