@@ -584,11 +584,13 @@ impl Disk {
         &self,
         batches: impl IntoIterator<Item = &'a [Change]>,
     ) -> Result<(), DiskError> {
-        self.commit_with_history(batches, [], [])
+        self.commit_with_history(batches, [], [])?;
+        self.checkpoint_if_due();
+        Ok(())
     }
 
     /// [`Disk::commit`], writing the key history's and the receipts' deltas in the same
-    /// transaction.
+    /// transaction, and leaving a due checkpoint to [`Disk::checkpoint_if_due`].
     pub fn commit_with_history<'a>(
         &self,
         batches: impl IntoIterator<Item = &'a [Change]>,
@@ -631,18 +633,26 @@ impl Disk {
         if let Some(last) = last {
             self.seq.fetch_max(last, SeqCst);
         }
-        let applied = self.write(|db| {
+        // A failure here closed redb, and its re-open applies the log: this group is not lost,
+        // and the commit succeeds.
+        let _ = self.write(|db| {
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::None)?;
             self.apply(&tx, [ops.0.as_slice()])?;
             tx.commit()?;
             Ok(())
         });
-        // A failure closed redb, and its re-open applies the log: this group is not lost.
-        if applied.is_ok() && self.checkpoint_due() {
+        Ok(())
+    }
+
+    /// Runs a checkpoint if one is due (every [`wal::CHECKPOINT_GROUPS`] groups or
+    /// [`wal::CHECKPOINT_BYTES`] of records). [`Disk::commit`] does it after each commit; the
+    /// [`Committer`] after acknowledging the group, so its writers do not wait for it. A failure
+    /// is the next commit's to report (it closed redb, whose re-open applies the log).
+    pub fn checkpoint_if_due(&self) {
+        if self.checkpoint_due() {
             let _ = self.checkpoint();
         }
-        Ok(())
     }
 
     // A group straight to redb in one synced commit: in a file opened only to be read (no log), or
@@ -1271,6 +1281,7 @@ impl Committer {
                     }
                     let drain = || rx.try_iter().collect::<Vec<Job>>();
                     on_group(r, group, &drain);
+                    disk.checkpoint_if_due();
                 }
             })
             .expect("spawning the commit thread");
