@@ -623,7 +623,12 @@ impl Disk {
         if self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_none()
             || ops.0.len() as u64 >= self.direct_bytes.load(SeqCst)
         {
-            return self.commit_direct(&ops, last);
+            // A file opened only to be read (no log), or a group too large for the log.
+            self.commit_synced(&[&ops.0])?;
+            if let Some(last) = last {
+                self.seq.fetch_max(last, SeqCst);
+            }
+            return Ok(());
         }
         // redb must be open (a failure closed it): the re-open applies the log's records first,
         // so this group lands after them.
@@ -655,27 +660,25 @@ impl Disk {
         }
     }
 
-    // A group straight to redb in one synced commit: in a file opened only to be read (no log), or
-    // a group too large for the log. With a log the commit is also a checkpoint: it makes redb
-    // hold every group before it, and the log starts over.
-    fn commit_direct(&self, ops: &Ops, last: Option<u64>) -> Result<(), DiskError> {
+    // Commits `groups` (encoded, possibly none) to redb in one synced commit, which with a log is
+    // also a checkpoint: it records the log's next generation (every record in the file is then
+    // old, redb holding every group applied before) and the log starts over.
+    fn commit_synced(&self, groups: &[&[u8]]) -> Result<(), DiskError> {
         let next = {
             let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
             guard.as_ref().map(|w| w.gen + 1)
         };
         self.write(|db| {
             let tx = db.begin_write()?;
-            self.apply(&tx, [ops.0.as_slice()])?;
+            self.apply(&tx, groups.iter().copied())?;
             if let Some(next) = next {
                 tx.open_table(META)?.insert("wal_gen", next)?;
             }
             tx.commit()?;
             Ok(())
         })?;
-        if let Some(last) = last {
-            self.seq.fetch_max(last, SeqCst);
-        }
         let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        // (A failure in between re-opened redb, which applied the log and started it over.)
         if let Some(w) = guard.as_mut().filter(|w| Some(w.gen + 1) == next) {
             w.restart(w.gen + 1);
         }
@@ -723,25 +726,14 @@ impl Disk {
     /// the log's next generation), after which the log starts over. Runs every
     /// [`wal::CHECKPOINT_GROUPS`] groups and when the store is dropped.
     pub fn checkpoint(&self) -> Result<(), DiskError> {
-        let next = {
+        let pending = {
             let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                Some(w) if w.groups > 0 => w.gen + 1,
-                _ => return Ok(()),
-            }
+            guard.as_ref().is_some_and(|w| w.groups > 0)
         };
-        self.write(|db| {
-            let tx = db.begin_write()?;
-            tx.open_table(META)?.insert("wal_gen", next)?;
-            tx.commit()?;
-            Ok(())
-        })?;
-        let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-        // (A failure in between re-opened redb, which applied the log and started it over.)
-        if let Some(w) = guard.as_mut().filter(|w| w.gen + 1 == next) {
-            w.restart(next);
+        if !pending {
+            return Ok(());
         }
-        Ok(())
+        self.commit_synced(&[])
     }
 
     /// Checks that the store can be written again: re-opens it if it was closed (ignoring the
