@@ -280,6 +280,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_WS_INFLIGHT", default_value_t = 128)]
     pub ws_inflight: usize,
 
+    /// Compress WebSocket messages (`permessage-deflate`, RFC 7692) for clients that offer it,
+    /// as browsers do. Off by default: it trades server CPU for bandwidth, which pays on slow or
+    /// metered links and for large values, not on a LAN. Messages under 128 bytes and those
+    /// that do not shrink go out as they are; the server compresses each message from a fresh
+    /// state, so it keeps no compressor per connection. A client that keeps its own context
+    /// between messages (browsers do) costs about 43 KiB of inflate state from its first
+    /// compressed message on. A message may inflate to at most --max-body (then 1009).
+    #[arg(long, env = "STATELINE_WS_DEFLATE")]
+    pub ws_deflate: bool,
+
     /// Time a WebSocket peer has to finish a message once its first frame has started (the
     /// WebSocket form of a body timeout; the same default as --deadline for HTTP bodies). A peer
     /// that has not sent the final fragment by then is closed with 1008, so an unfinished

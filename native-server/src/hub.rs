@@ -515,6 +515,8 @@ pub struct Limits {
     pub backup_token: Option<String>,
     /// Bytes a client socket may hold that the kernel has not sent yet (`TCP_NOTSENT_LOWAT`).
     pub unsent: u32,
+    /// Offer WebSocket compression (`permessage-deflate`) to clients that ask for it.
+    pub ws_deflate: bool,
 }
 
 impl Limits {
@@ -534,6 +536,7 @@ impl Limits {
             allow_origin: a.allow_origin.clone(),
             backup_token: a.backup_token.clone().filter(|t| !t.is_empty()),
             unsent: a.unsent,
+            ws_deflate: a.ws_deflate,
         }
     }
 }

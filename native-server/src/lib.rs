@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod deflate;
 mod embed;
 pub mod ext;
 pub mod frames;

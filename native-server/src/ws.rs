@@ -26,11 +26,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::deflate::{Deflate, InflatedTooLarge};
 use crate::frames::{Deadline, MessageTimedOut};
 use crate::hub::{Queue, Registration, Shared, Sink};
 
-/// An upgraded connection: tungstenite over the socket, with the message deadline in between.
-type WebSocket = WebSocketStream<Deadline<TokioIo<hyper::upgrade::Upgraded>>>;
+/// An upgraded connection: tungstenite over the socket, with the message deadline and the
+/// compression layer (passing through unless `--ws-deflate` was agreed) in between.
+type WebSocket = WebSocketStream<Deflate<Deadline<TokioIo<hyper::upgrade::Upgraded>>>>;
 
 // Socket buffers. tungstenite reserves 128 KiB each for reading and writing by default, which
 // alone breaks the per-idle-subscriber budget; frames larger than these still go through (the
@@ -72,6 +74,12 @@ pub async fn upgrade(
     // WebSocket): the token was read with the request (`web::token`); the server selects
     // `bearer` as the protocol, as the browser requires one of those it offered.
     let bearer = web::offers_bearer(h);
+    // Compression when switched on and the client offers terms the core accepts.
+    let deflate = sh
+        .limits
+        .ws_deflate
+        .then(|| web::permessage_deflate(h))
+        .flatten();
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         // A connection hyper cannot upgrade (HTTP/2 without extended CONNECT).
         let req = Request::from_parts(parts, Bytes::new());
@@ -85,6 +93,7 @@ pub async fn upgrade(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let timeout = sh.limits.message_timeout;
+    let terms = deflate.as_ref().map(|d| d.client_no_context_takeover);
     // Each kind's loop is boxed: the task's own future is only as large as the upgrade, and a
     // connection holds the state of its kind's loop alone (an ooo subscriber's is about 3 KiB,
     // a `/_ws` connection's about 5 KiB; unboxed, every task would be the largest of them).
@@ -93,6 +102,10 @@ pub async fn upgrade(
             return;
         };
         let io = Deadline::new(TokioIo::new(upgraded), timeout);
+        let io = match terms {
+            Some(no_context) => Deflate::on(io, no_context, max),
+            None => Deflate::off(io),
+        };
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match kind {
             Socket::Subscribe(sub) => Box::pin(ooo(sh, socket, sub, who)).await,
@@ -108,6 +121,9 @@ pub async fn upgrade(
     out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(v) = HeaderValue::from_str(&accept) {
         out.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(v) = deflate.and_then(|d| HeaderValue::from_str(&d.response).ok()) {
+        out.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     if bearer {
         out.insert(
@@ -635,6 +651,9 @@ async fn run(
                     tracing::debug!(conn = reg.conn, error = %e, "websocket read error");
                     break match e {
                         WsError::Capacity(_) => Exit::TooBig,
+                        WsError::Io(io) if io.get_ref().is_some_and(|i| i.is::<InflatedTooLarge>()) => {
+                            Exit::TooBig
+                        }
                         WsError::Io(io) if io.get_ref().is_some_and(|i| i.is::<MessageTimedOut>()) => {
                             Exit::MessageTimeout
                         }

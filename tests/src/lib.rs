@@ -851,7 +851,8 @@ pub async fn wait_connections(c: &Client, n: u64) -> u64 {
 }
 
 /// A raw WebSocket handshake on `path` with extra header lines; returns the stream and the
-/// response head.
+/// response head (empty if none came within [`SOON`]). The head is read a byte at a time, so
+/// a first frame the server sends in the same packet stays in the stream for the caller.
 pub async fn raw_ws(server: &Server, path: &str, extra: &str) -> (TcpStream, String) {
     let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
@@ -859,6 +860,14 @@ pub async fn raw_ws(server: &Server, path: &str, extra: &str) -> (TcpStream, Str
     );
     let mut s = raw(server, &head, b"").await;
     let mut buf = Vec::new();
-    read_until(&mut s, &mut buf, b"\r\n\r\n", SOON).await;
+    let read = async {
+        while !buf.ends_with(b"\r\n\r\n") {
+            match s.read_u8().await {
+                Ok(b) => buf.push(b),
+                Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(SOON, read).await;
     (s, String::from_utf8_lossy(&buf).into_owned())
 }

@@ -65,6 +65,7 @@ pub enum Kind {
     Events(Subscription),
 }
 
+mod deflate;
 mod front;
 mod history;
 mod metrics;
@@ -72,6 +73,7 @@ mod request;
 mod response;
 mod routes;
 
+pub use deflate::*;
 pub use front::*;
 pub use metrics::*;
 pub use request::*;

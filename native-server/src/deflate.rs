@@ -1,0 +1,541 @@
+//! WebSocket compression (`permessage-deflate`, RFC 7692) as a layer between the socket and
+//! the WebSocket library, which has no extensions of its own and refuses frames with RSV1 set.
+//!
+//! Reading, a compressed frame (RSV1) is collected, inflated, and handed up as the same frame
+//! uncompressed (masked with a zero key, which leaves the bytes as they are). Everything else
+//! passes through as it came, so the library still checks it: a control frame with RSV1, RSV1 on
+//! a continuation, an unknown opcode. Writing, a whole data message the library writes is
+//! compressed and sent with RSV1 when that makes it smaller; control frames, fragments and small
+//! messages go out as they are (the RFC lets a sender leave any message uncompressed).
+//!
+//! The terms were agreed in the handshake (`stateline_core::web::permessage_deflate`): the
+//! server compresses every message from a fresh state (no context takeover), with one
+//! compressor per worker thread, so a connection holds no compressor. It holds an inflate state
+//! only if the client keeps its context between messages, from its first compressed message on.
+//!
+//! Limits: a compressed frame is buffered whole, at most the message size limit, and a message
+//! may inflate to at most that limit too ([`InflatedTooLarge`], closed with 1009): a small
+//! compressed message cannot become a large one in memory. Data that does not inflate closes
+//! the connection (1002).
+
+use std::cell::RefCell;
+use std::io::{self, Cursor};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// A message that inflates beyond the message size limit (inside an `io::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("a compressed message inflates beyond the message size limit")]
+pub struct InflatedTooLarge;
+
+/// A compressed message that does not inflate (inside an `io::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("a compressed message is not valid DEFLATE data")]
+pub struct BadDeflate;
+
+/// Messages shorter than this go out uncompressed: DEFLATE's block header and the sync marker
+/// cost about as much as a short JSON message can save, and the CPU is spent for nothing.
+pub const MIN_COMPRESS: usize = 128;
+
+/// The compression level: 1, the fastest. On JSON state frames it keeps most of level 6's
+/// saving for a fraction of its CPU, and the server compresses each frame once per subscriber.
+const LEVEL: u32 = 1;
+
+/// Bytes waiting to reach the socket beyond which a write waits for the socket instead of
+/// taking more (the library's own write buffer is 4 KiB; one compressed frame may exceed it).
+const HIGH_WATER: usize = 64 << 10;
+
+/// The end of a sync flush, which the sender removes and the receiver adds back (RFC 7692,
+/// 7.2.1 and 7.2.2).
+const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
+/// The longest frame header (RFC 6455: 2 + 8 length bytes + 4 mask bytes).
+const MAX_HEADER: usize = 14;
+
+thread_local! {
+    // One compressor per worker thread, reset after every message (no context takeover): a
+    // compressor's state is a few hundred KiB, too much to keep per connection.
+    static COMPRESSOR: RefCell<Option<Compress>> = const { RefCell::new(None) };
+}
+
+/// An upgraded socket with `permessage-deflate` agreed, or passing everything through.
+#[derive(Debug)]
+pub struct Deflate<T> {
+    io: T,
+    // Boxed: a connection without compression carries one pointer.
+    state: Option<Box<State>>,
+}
+
+impl<T> Deflate<T> {
+    /// Passes everything through: compression was not agreed.
+    pub fn off(io: T) -> Deflate<T> {
+        Deflate { io, state: None }
+    }
+
+    /// Compression agreed; `client_no_context_takeover` as agreed, `max_message` the largest
+    /// message accepted after inflating.
+    pub fn on(io: T, client_no_context_takeover: bool, max_message: usize) -> Deflate<T> {
+        let state = State {
+            read: Reader {
+                max_message,
+                fresh_each_message: client_no_context_takeover,
+                ..Reader::default()
+            },
+            write: Writer::default(),
+        };
+        Deflate {
+            io,
+            state: Some(Box::new(state)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    read: Reader,
+    write: Writer,
+}
+
+/// A frame header being collected from a byte stream.
+#[derive(Debug, Default)]
+struct Header {
+    bytes: [u8; MAX_HEADER],
+    len: usize,
+}
+
+impl Header {
+    /// Takes header bytes from `data`: the parsed header, its raw bytes' length and how much
+    /// of `data` it used, or `None` with all of `data` taken when the header is not complete.
+    fn feed(&mut self, data: &[u8]) -> io::Result<Option<(FrameHeader, u64, usize)>> {
+        let old = self.len;
+        let take = (MAX_HEADER - old).min(data.len());
+        self.bytes[old..old + take].copy_from_slice(&data[..take]);
+        let mut cur = Cursor::new(&self.bytes[..old + take]);
+        match FrameHeader::parse(&mut cur) {
+            Ok(None) => {
+                self.len = old + take;
+                Ok(None)
+            }
+            Ok(Some((h, len))) => {
+                let raw = cur.position() as usize;
+                self.len = raw;
+                Ok(Some((h, len, raw - old)))
+            }
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    fn raw(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// What happens to the payload of the frame being read or written.
+#[derive(Debug)]
+enum Payload {
+    /// Passed through as it comes.
+    Through,
+    /// Collected, then transformed, under this header.
+    Collect(FrameHeader),
+}
+
+/// The peer's frames, inflated where compressed.
+#[derive(Debug, Default)]
+struct Reader {
+    max_message: usize,
+    fresh_each_message: bool,
+    header: Header,
+    /// Payload bytes of the current frame still to come, and what to do with them.
+    left: u64,
+    payload: Option<Payload>,
+    /// The compressed frame's payload so far, unmasked.
+    collected: Vec<u8>,
+    mask_at: usize,
+    /// The data message being read is compressed (its continuations are too).
+    message_compressed: bool,
+    /// Bytes the current message has inflated to so far.
+    inflated: usize,
+    /// The client's compression context, kept between its messages when it keeps its own.
+    inflater: Option<Box<Decompress>>,
+    /// Bytes ready for the library, from `out_at`.
+    out: Vec<u8>,
+    out_at: usize,
+    /// The stream could not be followed: pass everything through; the library fails the
+    /// connection on the same bytes.
+    lost: bool,
+}
+
+impl Reader {
+    fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.lost {
+                self.out.extend_from_slice(data);
+                return Ok(());
+            }
+            if let Some(p) = &self.payload {
+                let n = (data.len() as u64).min(self.left) as usize;
+                match p {
+                    Payload::Through => self.out.extend_from_slice(&data[..n]),
+                    Payload::Collect(h) => {
+                        let mask = h.mask.unwrap_or_default();
+                        self.collected.extend(
+                            data[..n]
+                                .iter()
+                                .enumerate()
+                                .map(|(i, b)| b ^ mask[(self.mask_at + i) % 4]),
+                        );
+                        self.mask_at = (self.mask_at + n) % 4;
+                    }
+                }
+                self.left -= n as u64;
+                data = &data[n..];
+                if self.left == 0 {
+                    self.end_frame()?;
+                }
+                continue;
+            }
+            let parsed = match self.header.feed(data) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.lost = true;
+                    self.out.extend_from_slice(self.header.raw());
+                    continue;
+                }
+            };
+            let Some((h, len, used)) = parsed else {
+                return Ok(());
+            };
+            data = &data[used..];
+            self.left = len;
+            let compressed = match h.opcode {
+                // An unmasked client frame passes through for the library to refuse.
+                OpCode::Data(Data::Text | Data::Binary) if h.mask.is_some() => {
+                    self.message_compressed = h.rsv1;
+                    self.inflated = 0;
+                    h.rsv1
+                }
+                // RSV1 on a continuation passes through for the library to refuse.
+                OpCode::Data(Data::Continue) if h.mask.is_some() => {
+                    self.message_compressed && !h.rsv1
+                }
+                _ => false,
+            };
+            if compressed {
+                if len > self.max_message as u64 {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, InflatedTooLarge));
+                }
+                self.collected.clear();
+                self.mask_at = 0;
+                self.payload = Some(Payload::Collect(h));
+            } else {
+                self.out.extend_from_slice(self.header.raw());
+                self.payload = Some(Payload::Through);
+            }
+            self.header.len = 0;
+            if len == 0 {
+                self.end_frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_frame(&mut self) -> io::Result<()> {
+        let Some(Payload::Collect(mut h)) = self.payload.take() else {
+            return Ok(());
+        };
+        if h.is_final {
+            self.collected.extend_from_slice(&TAIL);
+        }
+        let limit = self.max_message - self.inflated.min(self.max_message);
+        let fresh = self.fresh_each_message;
+        let inflater = self
+            .inflater
+            .get_or_insert_with(|| Box::new(Decompress::new(false)));
+        let plain = inflate(inflater, &self.collected, limit)?;
+        self.inflated += plain.len();
+        if h.is_final {
+            if fresh {
+                // No context to keep: the state goes until the next compressed message.
+                self.inflater = None;
+            }
+            self.message_compressed = false;
+        }
+        self.collected = Vec::new();
+        h.rsv1 = false;
+        // A client frame must be masked; a zero key leaves the inflated bytes as they are.
+        h.mask = Some([0; 4]);
+        h.format(plain.len() as u64, &mut self.out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.out.extend_from_slice(&plain);
+        Ok(())
+    }
+
+    /// Moves ready bytes into `buf`; whether there were any.
+    fn drain(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.out_at == self.out.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.out.len() - self.out_at);
+        buf.put_slice(&self.out[self.out_at..self.out_at + n]);
+        self.out_at += n;
+        if self.out_at == self.out.len() {
+            self.out_at = 0;
+            self.out.clear();
+            if self.out.capacity() > HIGH_WATER {
+                // A large message's buffer is not kept for an idle connection.
+                self.out = Vec::new();
+            }
+        }
+        true
+    }
+}
+
+/// Inflates `input` (one frame's payload) into at most `limit` bytes.
+fn inflate(d: &mut Decompress, mut input: &[u8], limit: usize) -> io::Result<Vec<u8>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, BadDeflate);
+    let mut out = Vec::with_capacity((input.len() * 4).clamp(256, limit.saturating_add(1)));
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() > limit {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, InflatedTooLarge));
+            }
+            // Room for one byte past the limit, so going over it is seen.
+            let more = out.len().max(4096).min(limit + 1 - out.len());
+            out.reserve_exact(more);
+        }
+        let (in0, out0) = (d.total_in(), out.len());
+        let status = d
+            .decompress_vec(input, &mut out, FlushDecompress::None)
+            .map_err(|_| bad())?;
+        let used = (d.total_in() - in0) as usize;
+        input = &input[used..];
+        if out.len() > limit {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, InflatedTooLarge));
+        }
+        match status {
+            // The sender ended its stream (BFINAL): the next message starts a fresh one.
+            Status::StreamEnd => {
+                d.reset(false);
+                return Ok(out);
+            }
+            _ if input.is_empty() && out.len() < out.capacity() => return Ok(out),
+            _ if used == 0 && out.len() == out0 && out.len() < out.capacity() => return Err(bad()),
+            _ => {}
+        }
+    }
+}
+
+/// The library's frames, compressed where it pays.
+#[derive(Debug, Default)]
+struct Writer {
+    header: Header,
+    left: u64,
+    payload: Option<Payload>,
+    collected: Vec<u8>,
+    /// Bytes for the socket, from `out_at`.
+    out: Vec<u8>,
+    out_at: usize,
+    lost: bool,
+}
+
+impl Writer {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.lost {
+                self.out.extend_from_slice(data);
+                return;
+            }
+            if let Some(p) = &self.payload {
+                let n = (data.len() as u64).min(self.left) as usize;
+                match p {
+                    Payload::Through => self.out.extend_from_slice(&data[..n]),
+                    Payload::Collect(_) => self.collected.extend_from_slice(&data[..n]),
+                }
+                self.left -= n as u64;
+                data = &data[n..];
+                if self.left == 0 {
+                    self.end_frame();
+                }
+                continue;
+            }
+            let Ok(parsed) = self.header.feed(data) else {
+                self.lost = true;
+                self.out.extend_from_slice(self.header.raw());
+                continue;
+            };
+            let Some((h, len, used)) = parsed else {
+                return;
+            };
+            data = &data[used..];
+            self.left = len;
+            // Whole data messages only (the server's are never fragmented); RSV1 must be free.
+            let whole = matches!(h.opcode, OpCode::Data(Data::Text | Data::Binary))
+                && h.is_final
+                && !h.rsv1
+                && h.mask.is_none();
+            if whole && len >= MIN_COMPRESS as u64 {
+                self.collected.clear();
+                self.payload = Some(Payload::Collect(h));
+            } else {
+                self.out.extend_from_slice(self.header.raw());
+                self.payload = Some(Payload::Through);
+            }
+            self.header.len = 0;
+            if len == 0 {
+                self.end_frame();
+            }
+        }
+    }
+
+    fn end_frame(&mut self) {
+        let Some(Payload::Collect(mut h)) = self.payload.take() else {
+            return;
+        };
+        let packed = compress(&self.collected);
+        let body = match &packed {
+            Some(c) if c.len() < self.collected.len() => {
+                h.rsv1 = true;
+                c.as_slice()
+            }
+            _ => self.collected.as_slice(),
+        };
+        // Writing into a Vec cannot fail.
+        let _ = h.format(body.len() as u64, &mut self.out);
+        self.out.extend_from_slice(body);
+        self.collected.clear();
+        if self.collected.capacity() > HIGH_WATER {
+            self.collected = Vec::new();
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.out.len() - self.out_at
+    }
+
+    /// Writes what is pending to `io`: ready once all of it is written.
+    fn poll_drain<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            match Pin::new(&mut *io).poll_write(cx, &self.out[self.out_at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.out_at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out_at = 0;
+        self.out.clear();
+        if self.out.capacity() > HIGH_WATER {
+            self.out = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One message compressed from a fresh state, the sync marker removed; `None` if the
+/// compressor failed (the message then goes out as it is).
+fn compress(input: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut slot = c.borrow_mut();
+        let c = slot.get_or_insert_with(|| Compress::new(Compression::new(LEVEL), false));
+        c.reset();
+        let mut out = Vec::with_capacity(input.len() / 2 + 64);
+        let mut rest = input;
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(out.len().max(256));
+            }
+            let before = c.total_in();
+            c.compress_vec(rest, &mut out, FlushCompress::Sync).ok()?;
+            rest = &rest[(c.total_in() - before) as usize..];
+            // Done when all input is in and the flush did not fill the buffer.
+            if rest.is_empty() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if !out.ends_with(&TAIL) {
+            return None;
+        }
+        out.truncate(out.len() - TAIL.len());
+        Some(out)
+    })
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Deflate<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(state) = this.state.as_mut() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let r = &mut state.read;
+        loop {
+            if r.drain(buf) {
+                return Poll::Ready(Ok(()));
+            }
+            // Read as much as the caller asked for; what the reader holds back (a compressed
+            // frame being collected) comes out on a later round.
+            let mut chunk = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut chunk[..buf.remaining().clamp(1, 4096)]);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => r.feed(rb.filled())?,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Deflate<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(state) = this.state.as_mut() else {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        };
+        let w = &mut state.write;
+        if w.pending() >= HIGH_WATER {
+            match w.poll_drain(&mut this.io, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if w.pending() >= HIGH_WATER => return Poll::Pending,
+                Poll::Pending => {}
+            }
+        }
+        w.feed(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(state) = this.state.as_mut() {
+            std::task::ready!(state.write.poll_drain(&mut this.io, cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(state) = this.state.as_mut() {
+            std::task::ready!(state.write.poll_drain(&mut this.io, cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
