@@ -43,7 +43,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "writes,fanout,idle,patch"
+        default_value = "writes,fanout,idle,patch,deflate"
     )]
     only: Vec<String>,
     /// Systems to run, by name (stateline, redis, nats, etcd).
@@ -146,6 +146,63 @@ async fn write_series(
     }
 }
 
+/// WebSocket compression on the ~100 KiB document, one server with `--ws-deflate`: subscribers
+/// that offer it (recorded as `stateline-deflate`) against subscribers that do not
+/// (`stateline`), for a small change (100 subscribers) and for every field changed (10).
+async fn deflate_series(r: &mut Results, tag: &str) -> Result<(), String> {
+    let run = peers::start_with(
+        System::Stateline,
+        &format!("{tag}deflate"),
+        &["--ws-deflate"],
+    )
+    .await?;
+    for (whole, subs, updates, what) in [
+        (false, 100, 200, "small change, 100 subs"),
+        (true, 10, 50, "every field changed, 10 subs"),
+    ] {
+        for offer in [false, true] {
+            let Some(c) = soft!(
+                "deflate",
+                scenarios::deflate_cost(&run, subs, updates, whole, offer, tag).await
+            ) else {
+                continue;
+            };
+            let col = if offer {
+                "stateline-deflate"
+            } else {
+                "stateline"
+            };
+            eprintln!(
+                "   {col} ({what}): {:.0} B per update per subscriber, first frame {:.0} B, {:.0} µs server CPU per update",
+                c.wire_per_update, c.first_frame, c.cpu_us_per_update
+            );
+            let mut put = |metric: String, v: f64| {
+                r.entry(metric)
+                    .or_default()
+                    .entry(col.into())
+                    .or_default()
+                    .push(v)
+            };
+            put(
+                format!("ws wire bytes per update per subscriber, 100 KiB doc, {what}"),
+                c.wire_per_update,
+            );
+            put(
+                format!("ws server CPU µs per update, 100 KiB doc, {what}"),
+                c.cpu_us_per_update,
+            );
+            if !whole {
+                put(
+                    "ws wire bytes of the first frame, 100 KiB doc".into(),
+                    c.first_frame,
+                );
+            }
+        }
+    }
+    run.stop().await;
+    Ok(())
+}
+
 /// Writes cluster.md and cluster.json (the cluster scenario's results).
 fn render_cluster(args: &Args, r: &Results, systems: &[System]) -> Result<(), String> {
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
@@ -215,7 +272,7 @@ async fn run(args: Args) -> Result<(), String> {
     let sub_counts: &[usize] = &[10, 100, 1000];
     let mut r = Results::new();
     // The scenarios that run on every system of --systems (durable and cluster start their own).
-    let per_system = ["writes", "fanout", "idle", "patch"]
+    let per_system = ["writes", "fanout", "idle", "patch", "deflate"]
         .iter()
         .any(|s| want(s));
     for round in (0..rounds).filter(|_| per_system) {
@@ -383,6 +440,9 @@ async fn run(args: Args) -> Result<(), String> {
                     sys,
                     b,
                 );
+            }
+            if want("deflate") && sys == System::Stateline {
+                deflate_series(&mut r, &tag).await?;
             }
             run.stop().await;
         }

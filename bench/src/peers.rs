@@ -87,6 +87,11 @@ pub fn stateline_bin() -> PathBuf {
 }
 
 pub async fn start(system: System, tag: &str) -> Result<Running, String> {
+    start_with(system, tag, &[]).await
+}
+
+/// [`start`] with more command-line arguments for the server.
+pub async fn start_with(system: System, tag: &str, extra: &[&str]) -> Result<Running, String> {
     let port = free_port().map_err(|e| e.to_string())?;
     let addr: SocketAddr = format!("127.0.0.1:{port}")
         .parse()
@@ -166,6 +171,7 @@ pub async fn start(system: System, tag: &str) -> Result<Running, String> {
             c
         }
     };
+    cmd.args(extra);
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);

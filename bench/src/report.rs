@@ -27,6 +27,9 @@ pub fn markdown(r: &Results, systems: &[System]) -> String {
     if r.values().any(|m| m.contains_key("stateline-sse")) {
         cols.insert(1, "stateline-sse".into());
     }
+    if r.values().any(|m| m.contains_key("stateline-deflate")) {
+        cols.insert(1, "stateline-deflate".into());
+    }
     let peers: Vec<&String> = cols
         .iter()
         .filter(|c| !c.starts_with("stateline"))

@@ -893,3 +893,197 @@ pub async fn patch_bytes(run: &Running, updates: u64, tag: &str) -> Result<f64, 
     sub.abort();
     Ok((received.load(Ordering::Relaxed) - before) as f64 / updates as f64)
 }
+
+/// What a WebSocket subscriber costs per update with and without compression.
+#[derive(Debug, Clone, Copy)]
+pub struct DeflateCost {
+    /// Bytes on the wire (frame headers included) per update, per subscriber.
+    pub wire_per_update: f64,
+    /// Bytes on the wire of the first frame (the whole document).
+    pub first_frame: f64,
+    /// Server CPU per update, all subscribers included (µs).
+    pub cpu_us_per_update: f64,
+}
+
+/// A ~100 KiB document (1,600 fields); `whole` changes every field's value with `n`, otherwise
+/// only the counter.
+fn big_doc(n: u64, whole: bool) -> String {
+    let fields: Vec<String> = (0..1600)
+        .map(|i| {
+            if whole {
+                format!("\"field{i:05}\":\"value-{i:032}-{n:08}\"")
+            } else {
+                format!("\"field{i:05}\":\"value-{i:032}-pad\"")
+            }
+        })
+        .collect();
+    format!("{{\"counter\":{n},{}}}", fields.join(","))
+}
+
+/// `subs` hand-made WebSocket subscribers of one ~100 KiB document on a Stateline server
+/// started with `--ws-deflate`, offering compression (`offer`) or not, while one writer makes
+/// `updates` changes (small or `whole`). Every compressed frame is inflated and parsed, so a
+/// frame the server compressed wrong fails the run.
+pub async fn deflate_cost(
+    run: &Running,
+    subs: usize,
+    updates: u64,
+    whole: bool,
+    offer: bool,
+    tag: &str,
+) -> Result<DeflateCost, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = run.addr;
+    let key = format!("deflate{tag}{}{}", u8::from(whole), u8::from(offer));
+    let mut http = Http::connect(addr).await.map_err(|e| e.to_string())?;
+    let (s, _) = http
+        .request(
+            "POST",
+            &format!("/{key}"),
+            "application/json",
+            big_doc(0, whole).as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if s != 200 {
+        return Err(format!("initial write answered {s}"));
+    }
+    let wire = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(AtomicU64::new(0));
+    let frames = Arc::new(AtomicU64::new(0));
+    let firsts = Arc::new(AtomicU64::new(0));
+    let failed: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..subs {
+        let mut t = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ext = if offer {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n"
+        } else {
+            ""
+        };
+        let head = format!("GET /{key} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n");
+        t.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut h = Vec::new();
+        while !h.ends_with(b"\r\n\r\n") {
+            h.push(t.read_u8().await.map_err(|e| e.to_string())?);
+        }
+        let h = String::from_utf8_lossy(&h).to_ascii_lowercase();
+        if !h.starts_with("http/1.1 101") || h.contains("permessage-deflate") != offer {
+            return Err(format!("handshake: {h}"));
+        }
+        let (wire, first, frames, firsts, failed) = (
+            wire.clone(),
+            first.clone(),
+            frames.clone(),
+            firsts.clone(),
+            failed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut t = tokio::io::BufReader::with_capacity(64 << 10, t);
+            let mut got_first = false;
+            loop {
+                let mut hd = [0u8; 2];
+                if t.read_exact(&mut hd).await.is_err() {
+                    return;
+                }
+                let (len, extra) = match hd[1] & 0x7f {
+                    126 => (u64::from(t.read_u16().await.unwrap_or(0)), 2),
+                    127 => (t.read_u64().await.unwrap_or(0), 8),
+                    n => (u64::from(n), 0),
+                };
+                let mut p = vec![0u8; len as usize];
+                if t.read_exact(&mut p).await.is_err() {
+                    return;
+                }
+                if hd[0] & 0x0f != 0x1 && hd[0] & 0x0f != 0x2 {
+                    continue;
+                }
+                let bytes = 2 + extra + len;
+                let plain = if hd[0] & 0x40 != 0 {
+                    let mut d = flate2::Decompress::new(false);
+                    p.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                    let mut out = Vec::with_capacity(256 << 10);
+                    match d.decompress_vec(&p, &mut out, flate2::FlushDecompress::Sync) {
+                        Ok(_) => out,
+                        Err(e) => {
+                            *failed.lock().unwrap() = Some(format!("inflate: {e}"));
+                            return;
+                        }
+                    }
+                } else {
+                    p
+                };
+                if serde_json::from_slice::<serde_json::Value>(&plain).is_err() {
+                    *failed.lock().unwrap() = Some("a frame that is not JSON".into());
+                    return;
+                }
+                if got_first {
+                    wire.fetch_add(bytes, Ordering::Relaxed);
+                    frames.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    got_first = true;
+                    first.fetch_add(bytes, Ordering::Relaxed);
+                    firsts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Every subscriber has its first frame (bounded).
+    let ready = Instant::now();
+    while firsts.load(Ordering::Relaxed) < subs as u64 {
+        if ready.elapsed() > Duration::from_secs(10) || tasks.iter().any(|t| t.is_finished()) {
+            return Err(format!(
+                "{} of {subs} subscribers got the document",
+                firsts.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_total = first.load(Ordering::Relaxed);
+    let cpu0 = crate::cluster::cpu_secs(run.pid);
+    for n in 1..=updates {
+        let (s, _) = http
+            .request(
+                "POST",
+                &format!("/{key}"),
+                "application/json",
+                big_doc(n, whole).as_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if s != 200 {
+            return Err(format!("write answered {s}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Bounded wait for the deliveries to finish (every subscriber at the last update or 10 s).
+    let done = Instant::now();
+    while frames.load(Ordering::Relaxed) < updates * subs as u64
+        && done.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = crate::cluster::cpu_secs(run.pid) - cpu0;
+    for t in &tasks {
+        t.abort();
+    }
+    if let Some(e) = failed.lock().unwrap().take() {
+        return Err(e);
+    }
+    let got = frames.load(Ordering::Relaxed);
+    if got == 0 {
+        return Err("no update arrived".into());
+    }
+    Ok(DeflateCost {
+        // Per update, per subscriber: coalescing may fold updates, so divide by what was sent.
+        wire_per_update: wire.load(Ordering::Relaxed) as f64 / (updates as f64 * subs as f64),
+        first_frame: first_total as f64 / subs as f64,
+        cpu_us_per_update: cpu * 1e6 / updates as f64,
+    })
+}

@@ -19,14 +19,19 @@
 //! the connection (1002).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, Cursor};
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A message that inflates beyond the message size limit (inside an `io::Error`).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,92 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<Compress>> = const { RefCell::new(None) };
 }
 
+/// Broadcast frames kept compressed, so a frame sent to many subscribers is compressed once:
+/// with no context takeover a message's compressed bytes depend on the message alone, and
+/// every subscriber's queue holds the same frame (the same bytes, not copies of them).
+const CACHE_FRAMES: usize = 32;
+
+/// The most the cache holds, frames and their compressed forms together: it keeps the last few
+/// frames alive after every queue has sent them. A frame larger than this is compressed by
+/// each connection that sends it.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// The server's compressed broadcast frames (see [`CACHE_FRAMES`]).
+#[derive(Debug, Default)]
+pub struct FrameCache {
+    inner: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    entries: VecDeque<Cached>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Cached {
+    // Kept, so its address stays this frame's for as long as it is a key.
+    plain: Bytes,
+    // `None`: it does not shrink.
+    packed: Option<Bytes>,
+}
+
+impl FrameCache {
+    /// The message that sends broadcast `frame` on a connection that agreed compression: its
+    /// compressed form, made once for all the connections sending the same frame.
+    pub fn message(&self, frame: Bytes) -> Message {
+        if frame.len() < MIN_COMPRESS {
+            return Message::Binary(frame);
+        }
+        let same = |c: &Cached| c.plain.as_ptr() == frame.as_ptr() && c.plain.len() == frame.len();
+        let hit = self
+            .lock()
+            .entries
+            .iter()
+            .rev()
+            .find(|c| same(c))
+            .map(|c| c.packed.clone());
+        let packed = match hit {
+            Some(p) => p,
+            None => {
+                // Compressed outside the lock; two threads may both compress a new frame once.
+                let p = compress(&frame)
+                    .filter(|c| c.len() < frame.len())
+                    .map(Bytes::from);
+                let size = frame.len() + p.as_ref().map_or(0, Bytes::len);
+                if size <= CACHE_BYTES {
+                    let mut cache = self.lock();
+                    cache.bytes += size;
+                    cache.entries.push_back(Cached {
+                        plain: frame.clone(),
+                        packed: p.clone(),
+                    });
+                    while cache.entries.len() > CACHE_FRAMES || cache.bytes > CACHE_BYTES {
+                        let Some(old) = cache.entries.pop_front() else {
+                            break;
+                        };
+                        cache.bytes -= old.plain.len() + old.packed.as_ref().map_or(0, Bytes::len);
+                    }
+                }
+                p
+            }
+        };
+        match packed {
+            Some(p) => {
+                let mut f = Frame::message(p, OpCode::Data(Data::Binary), true);
+                f.header_mut().rsv1 = true;
+                Message::Frame(f)
+            }
+            None => Message::Binary(frame),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // The cache is only ever consistent or missing an entry: a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// An upgraded socket with `permessage-deflate` agreed, or passing everything through.
 #[derive(Debug)]
 pub struct Deflate<T> {
@@ -72,6 +163,11 @@ pub struct Deflate<T> {
 }
 
 impl<T> Deflate<T> {
+    /// Whether compression was agreed.
+    pub fn is_on(&self) -> bool {
+        self.state.is_some()
+    }
+
     /// Passes everything through: compression was not agreed.
     pub fn off(io: T) -> Deflate<T> {
         Deflate { io, state: None }

@@ -567,6 +567,8 @@ pub struct Shared {
     /// The builder's hooks and endpoints (set once at start, the same as [`Hub::ext`]), for
     /// the front door outside the lock.
     pub ext: OnceLock<Arc<crate::ext::Extensions>>,
+    /// Broadcast frames compressed once for every connection that agreed compression.
+    pub deflate_frames: crate::deflate::FrameCache,
 }
 
 /// The host's clocks as the core wants them: wall time, and a monotonic reading from one origin.
@@ -635,6 +637,7 @@ impl Shared {
             committer: OnceLock::new(),
             cluster: OnceLock::new(),
             ext: OnceLock::new(),
+            deflate_frames: Default::default(),
         })
     }
 

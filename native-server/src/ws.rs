@@ -610,13 +610,23 @@ async fn run(
                 inflight = inflight.saturating_sub(usize::from(reply));
                 // Batch: everything already queued goes out with one flush. Bounded by the
                 // queue's capacity so a fast publisher cannot keep this loop from reading.
+                // With compression agreed, a broadcast frame goes out compressed once for all
+                // (a reply is this connection's own: the socket layer compresses it).
+                let deflated = socket.get_ref().is_on();
+                let message = |b: Bytes, reply: bool| {
+                    if deflated && !reply {
+                        sh.deflate_frames.message(b)
+                    } else {
+                        Message::Binary(b)
+                    }
+                };
                 let write = async {
-                    socket.feed(Message::Binary(first)).await?;
+                    socket.feed(message(first, reply)).await?;
                     for _ in 1..limits.queue {
                         match rx.try_recv() {
                             Some((b, reply)) => {
                                 inflight = inflight.saturating_sub(usize::from(reply));
-                                socket.feed(Message::Binary(b)).await?
+                                socket.feed(message(b, reply)).await?
                             }
                             None => break,
                         }

@@ -2,6 +2,7 @@
 //! in-memory pipe, tungstenite (server role) over [`Deflate`] on the other.
 
 use super::*;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -265,4 +266,58 @@ fn compress_round_trips_and_reuses_the_thread_compressor() {
             assert_eq!(inflate_all(&mut d, &packed), msg.as_bytes());
         }
     }
+}
+
+/// A compressed frame's payload: where it is and what it holds.
+fn packed_payload(m: &Message) -> Option<(*const u8, Vec<u8>)> {
+    match m {
+        Message::Frame(f) => {
+            assert!(f.header().rsv1 && f.header().is_final);
+            Some((f.payload().as_ptr(), f.payload().to_vec()))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn a_broadcast_frame_is_compressed_once_for_every_connection() {
+    let cache = FrameCache::default();
+    let frame = Bytes::from(json(300));
+    let a = packed_payload(&cache.message(frame.clone())).unwrap();
+    let b = packed_payload(&cache.message(frame.clone())).unwrap();
+    assert_eq!(a.0, b.0, "the same compressed bytes, shared");
+    assert_eq!(inflate_all(&mut Decompress::new(false), &a.1), frame);
+    // Equal content at another address is another frame: compressed again, same result.
+    let copy = Bytes::from(json(300));
+    let c = packed_payload(&cache.message(copy)).unwrap();
+    assert_ne!(c.0, a.0);
+    assert_eq!(c.1, a.1);
+    // Small frames and frames that do not shrink go as they are.
+    assert!(matches!(
+        cache.message(Bytes::from_static(b"{}")),
+        Message::Binary(_)
+    ));
+    let mut x = 1u64;
+    let noise: Bytes = (0..2000)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    assert_eq!(cache.message(noise.clone()), Message::Binary(noise));
+}
+
+#[test]
+fn the_frame_cache_is_bounded() {
+    let cache = FrameCache::default();
+    for i in 0..CACHE_FRAMES * 2 {
+        cache.message(Bytes::from(format!("{i}{}", json(50))));
+    }
+    assert_eq!(cache.lock().entries.len(), CACHE_FRAMES);
+    // A frame larger than the whole budget is compressed but not kept.
+    let huge = Bytes::from("x".repeat(CACHE_BYTES + 1));
+    assert!(packed_payload(&cache.message(huge)).is_some());
+    let c = cache.lock();
+    assert!(c.bytes <= CACHE_BYTES && c.entries.len() == CACHE_FRAMES);
 }
