@@ -294,6 +294,12 @@ pub const DIFFERENCES: &[Difference] = &[
                subscriber that reads slowly is sent every frame (none are coalesced)",
     },
     Difference {
+        id: "ws-deflate-runtime",
+        modes: &["namespace", "single"],
+        what: "the Workers runtime negotiates WebSocket compression (permessage-deflate) itself \
+               whenever a client offers it; the native server only with --ws-deflate",
+    },
+    Difference {
         id: "ws-framing",
         modes: &["namespace", "single"],
         what: "WebSocket framing is the Workers runtime's: it rejects a malformed frame (workerd \
