@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, Cursor};
+use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -32,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::frames::Header;
 
 /// A message that inflates beyond the message size limit (inside an `io::Error`).
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +61,6 @@ const HIGH_WATER: usize = 64 << 10;
 /// 7.2.1 and 7.2.2).
 const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 
-/// The longest frame header (RFC 6455: 2 + 8 length bytes + 4 mask bytes).
-const MAX_HEADER: usize = 14;
-
 thread_local! {
     // One compressor per worker thread, reset after every message (no context takeover): a
     // compressor's state is a few hundred KiB, too much to keep per connection.
@@ -78,7 +77,7 @@ const CACHE_FRAMES: usize = 32;
 /// each connection that sends it.
 const CACHE_BYTES: usize = 8 << 20;
 
-/// The server's compressed broadcast frames (see [`CACHE_FRAMES`]).
+/// The server's compressed broadcast frames: the last 32, 8 MiB at most.
 #[derive(Debug, Default)]
 pub struct FrameCache {
     inner: Mutex<Cache>,
@@ -177,12 +176,12 @@ impl<T> Deflate<T> {
     /// message accepted after inflating.
     pub fn on(io: T, client_no_context_takeover: bool, max_message: usize) -> Deflate<T> {
         let state = State {
-            read: Reader {
+            inflating: Inflating {
                 max_message,
                 fresh_each_message: client_no_context_takeover,
-                ..Reader::default()
+                ..Inflating::default()
             },
-            write: Writer::default(),
+            ..State::default()
         };
         Deflate {
             io,
@@ -193,42 +192,9 @@ impl<T> Deflate<T> {
 
 #[derive(Debug, Default)]
 struct State {
-    read: Reader,
-    write: Writer,
-}
-
-/// A frame header being collected from a byte stream.
-#[derive(Debug, Default)]
-struct Header {
-    bytes: [u8; MAX_HEADER],
-    len: usize,
-}
-
-impl Header {
-    /// Takes header bytes from `data`: the parsed header, its raw bytes' length and how much
-    /// of `data` it used, or `None` with all of `data` taken when the header is not complete.
-    fn feed(&mut self, data: &[u8]) -> io::Result<Option<(FrameHeader, u64, usize)>> {
-        let old = self.len;
-        let take = (MAX_HEADER - old).min(data.len());
-        self.bytes[old..old + take].copy_from_slice(&data[..take]);
-        let mut cur = Cursor::new(&self.bytes[..old + take]);
-        match FrameHeader::parse(&mut cur) {
-            Ok(None) => {
-                self.len = old + take;
-                Ok(None)
-            }
-            Ok(Some((h, len))) => {
-                let raw = cur.position() as usize;
-                self.len = raw;
-                Ok(Some((h, len, raw - old)))
-            }
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        }
-    }
-
-    fn raw(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+    read: Frames,
+    inflating: Inflating,
+    write: Frames,
 }
 
 /// What happens to the payload of the frame being read or written.
@@ -240,25 +206,18 @@ enum Payload {
     Collect(FrameHeader),
 }
 
-/// The peer's frames, inflated where compressed.
+/// One direction's frames followed through its bytes: what the direction leaves alone passes
+/// through as it comes, the payload of a frame it transforms is collected (unmasked) and
+/// replaced once complete.
 #[derive(Debug, Default)]
-struct Reader {
-    max_message: usize,
-    fresh_each_message: bool,
+struct Frames {
     header: Header,
     /// Payload bytes of the current frame still to come, and what to do with them.
     left: u64,
     payload: Option<Payload>,
-    /// The compressed frame's payload so far, unmasked.
     collected: Vec<u8>,
     mask_at: usize,
-    /// The data message being read is compressed (its continuations are too).
-    message_compressed: bool,
-    /// Bytes the current message has inflated to so far.
-    inflated: usize,
-    /// The client's compression context, kept between its messages when it keeps its own.
-    inflater: Option<Box<Decompress>>,
-    /// Bytes ready for the library, from `out_at`.
+    /// Bytes for the other side, from `out_at`.
     out: Vec<u8>,
     out_at: usize,
     /// The stream could not be followed: pass everything through; the library fails the
@@ -266,8 +225,21 @@ struct Reader {
     lost: bool,
 }
 
-impl Reader {
-    fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
+/// What one direction does to frames.
+trait Transform {
+    /// Whether to collect this frame, to replace it once complete (else it passes through).
+    fn collect(&mut self, h: &FrameHeader, len: u64) -> io::Result<bool>;
+    /// A collected frame is complete (`payload` unmasked): write its replacement to `out`.
+    fn replace(
+        &mut self,
+        h: FrameHeader,
+        payload: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()>;
+}
+
+impl Frames {
+    fn feed(&mut self, mut data: &[u8], t: &mut impl Transform) -> io::Result<()> {
         while !data.is_empty() {
             if self.lost {
                 self.out.extend_from_slice(data);
@@ -291,40 +263,21 @@ impl Reader {
                 self.left -= n as u64;
                 data = &data[n..];
                 if self.left == 0 {
-                    self.end_frame()?;
+                    self.end_frame(t)?;
                 }
                 continue;
             }
-            let parsed = match self.header.feed(data) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.lost = true;
-                    self.out.extend_from_slice(self.header.raw());
-                    continue;
-                }
+            let Ok(parsed) = self.header.feed(data) else {
+                self.lost = true;
+                self.out.extend_from_slice(self.header.raw());
+                continue;
             };
             let Some((h, len, used)) = parsed else {
                 return Ok(());
             };
             data = &data[used..];
             self.left = len;
-            let compressed = match h.opcode {
-                // An unmasked client frame passes through for the library to refuse.
-                OpCode::Data(Data::Text | Data::Binary) if h.mask.is_some() => {
-                    self.message_compressed = h.rsv1;
-                    self.inflated = 0;
-                    h.rsv1
-                }
-                // RSV1 on a continuation passes through for the library to refuse.
-                OpCode::Data(Data::Continue) if h.mask.is_some() => {
-                    self.message_compressed && !h.rsv1
-                }
-                _ => false,
-            };
-            if compressed {
-                if len > self.max_message as u64 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, InflatedTooLarge));
-                }
+            if t.collect(&h, len)? {
                 self.collected.clear();
                 self.mask_at = 0;
                 self.payload = Some(Payload::Collect(h));
@@ -332,43 +285,25 @@ impl Reader {
                 self.out.extend_from_slice(self.header.raw());
                 self.payload = Some(Payload::Through);
             }
-            self.header.len = 0;
+            self.header.clear();
             if len == 0 {
-                self.end_frame()?;
+                self.end_frame(t)?;
             }
         }
         Ok(())
     }
 
-    fn end_frame(&mut self) -> io::Result<()> {
-        let Some(Payload::Collect(mut h)) = self.payload.take() else {
+    fn end_frame(&mut self, t: &mut impl Transform) -> io::Result<()> {
+        let Some(Payload::Collect(h)) = self.payload.take() else {
             return Ok(());
         };
-        if h.is_final {
-            self.collected.extend_from_slice(&TAIL);
+        let done = t.replace(h, &mut self.collected, &mut self.out);
+        self.collected.clear();
+        if self.collected.capacity() > HIGH_WATER {
+            // A large message's buffer is not kept for an idle connection.
+            self.collected = Vec::new();
         }
-        let limit = self.max_message - self.inflated.min(self.max_message);
-        let fresh = self.fresh_each_message;
-        let inflater = self
-            .inflater
-            .get_or_insert_with(|| Box::new(Decompress::new(false)));
-        let plain = inflate(inflater, &self.collected, limit)?;
-        self.inflated += plain.len();
-        if h.is_final {
-            if fresh {
-                // No context to keep: the state goes until the next compressed message.
-                self.inflater = None;
-            }
-            self.message_compressed = false;
-        }
-        self.collected = Vec::new();
-        h.rsv1 = false;
-        // A client frame must be masked; a zero key leaves the inflated bytes as they are.
-        h.mask = Some([0; 4]);
-        h.format(plain.len() as u64, &mut self.out)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        self.out.extend_from_slice(&plain);
-        Ok(())
+        done
     }
 
     /// Moves ready bytes into `buf`; whether there were any.
@@ -380,14 +315,103 @@ impl Reader {
         buf.put_slice(&self.out[self.out_at..self.out_at + n]);
         self.out_at += n;
         if self.out_at == self.out.len() {
-            self.out_at = 0;
-            self.out.clear();
-            if self.out.capacity() > HIGH_WATER {
-                // A large message's buffer is not kept for an idle connection.
-                self.out = Vec::new();
-            }
+            self.consumed();
         }
         true
+    }
+
+    fn pending(&self) -> usize {
+        self.out.len() - self.out_at
+    }
+
+    /// Writes what is pending to `io`: ready once all of it is written.
+    fn poll_drain<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            match Pin::new(&mut *io).poll_write(cx, &self.out[self.out_at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.out_at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.consumed();
+        Poll::Ready(Ok(()))
+    }
+
+    fn consumed(&mut self) {
+        self.out_at = 0;
+        self.out.clear();
+        if self.out.capacity() > HIGH_WATER {
+            self.out = Vec::new();
+        }
+    }
+}
+
+/// The peer's frames, inflated where compressed.
+#[derive(Debug, Default)]
+struct Inflating {
+    max_message: usize,
+    fresh_each_message: bool,
+    /// The data message being read is compressed (its continuations are too).
+    message_compressed: bool,
+    /// Bytes the current message has inflated to so far.
+    inflated: usize,
+    /// The client's compression context, kept between its messages when it keeps its own.
+    inflater: Option<Box<Decompress>>,
+}
+
+impl Transform for Inflating {
+    fn collect(&mut self, h: &FrameHeader, len: u64) -> io::Result<bool> {
+        let compressed = match h.opcode {
+            // An unmasked client frame passes through for the library to refuse.
+            OpCode::Data(Data::Text | Data::Binary) if h.mask.is_some() => {
+                self.message_compressed = h.rsv1;
+                self.inflated = 0;
+                h.rsv1
+            }
+            // RSV1 on a continuation passes through for the library to refuse.
+            OpCode::Data(Data::Continue) if h.mask.is_some() => self.message_compressed && !h.rsv1,
+            _ => false,
+        };
+        if compressed && len > self.max_message as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, InflatedTooLarge));
+        }
+        Ok(compressed)
+    }
+
+    fn replace(
+        &mut self,
+        mut h: FrameHeader,
+        payload: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if h.is_final {
+            payload.extend_from_slice(&TAIL);
+        }
+        let limit = self.max_message - self.inflated.min(self.max_message);
+        let inflater = self
+            .inflater
+            .get_or_insert_with(|| Box::new(Decompress::new(false)));
+        let plain = inflate(inflater, payload, limit)?;
+        self.inflated += plain.len();
+        if h.is_final {
+            if self.fresh_each_message {
+                // No context to keep: the state goes until the next compressed message.
+                self.inflater = None;
+            }
+            self.message_compressed = false;
+        }
+        h.rsv1 = false;
+        // A client frame must be masked; a zero key leaves the inflated bytes as they are.
+        h.mask = Some([0; 4]);
+        h.format(plain.len() as u64, out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        out.extend_from_slice(&plain);
+        Ok(())
     }
 }
 
@@ -428,111 +452,36 @@ fn inflate(d: &mut Decompress, mut input: &[u8], limit: usize) -> io::Result<Vec
 
 /// The library's frames, compressed where it pays.
 #[derive(Debug, Default)]
-struct Writer {
-    header: Header,
-    left: u64,
-    payload: Option<Payload>,
-    collected: Vec<u8>,
-    /// Bytes for the socket, from `out_at`.
-    out: Vec<u8>,
-    out_at: usize,
-    lost: bool,
-}
+struct Deflating;
 
-impl Writer {
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.lost {
-                self.out.extend_from_slice(data);
-                return;
-            }
-            if let Some(p) = &self.payload {
-                let n = (data.len() as u64).min(self.left) as usize;
-                match p {
-                    Payload::Through => self.out.extend_from_slice(&data[..n]),
-                    Payload::Collect(_) => self.collected.extend_from_slice(&data[..n]),
-                }
-                self.left -= n as u64;
-                data = &data[n..];
-                if self.left == 0 {
-                    self.end_frame();
-                }
-                continue;
-            }
-            let Ok(parsed) = self.header.feed(data) else {
-                self.lost = true;
-                self.out.extend_from_slice(self.header.raw());
-                continue;
-            };
-            let Some((h, len, used)) = parsed else {
-                return;
-            };
-            data = &data[used..];
-            self.left = len;
-            // Whole data messages only (the server's are never fragmented); RSV1 must be free.
-            let whole = matches!(h.opcode, OpCode::Data(Data::Text | Data::Binary))
-                && h.is_final
-                && !h.rsv1
-                && h.mask.is_none();
-            if whole && len >= MIN_COMPRESS as u64 {
-                self.collected.clear();
-                self.payload = Some(Payload::Collect(h));
-            } else {
-                self.out.extend_from_slice(self.header.raw());
-                self.payload = Some(Payload::Through);
-            }
-            self.header.len = 0;
-            if len == 0 {
-                self.end_frame();
-            }
-        }
+impl Transform for Deflating {
+    fn collect(&mut self, h: &FrameHeader, len: u64) -> io::Result<bool> {
+        // Whole data messages only (the server's are never fragmented); RSV1 must be free.
+        let whole = matches!(h.opcode, OpCode::Data(Data::Text | Data::Binary))
+            && h.is_final
+            && !h.rsv1
+            && h.mask.is_none();
+        Ok(whole && len >= MIN_COMPRESS as u64)
     }
 
-    fn end_frame(&mut self) {
-        let Some(Payload::Collect(mut h)) = self.payload.take() else {
-            return;
-        };
-        let packed = compress(&self.collected);
+    fn replace(
+        &mut self,
+        mut h: FrameHeader,
+        payload: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let packed = compress(payload);
         let body = match &packed {
-            Some(c) if c.len() < self.collected.len() => {
+            Some(c) if c.len() < payload.len() => {
                 h.rsv1 = true;
                 c.as_slice()
             }
-            _ => self.collected.as_slice(),
+            _ => payload.as_slice(),
         };
         // Writing into a Vec cannot fail.
-        let _ = h.format(body.len() as u64, &mut self.out);
-        self.out.extend_from_slice(body);
-        self.collected.clear();
-        if self.collected.capacity() > HIGH_WATER {
-            self.collected = Vec::new();
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.out.len() - self.out_at
-    }
-
-    /// Writes what is pending to `io`: ready once all of it is written.
-    fn poll_drain<T: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut T,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while self.out_at < self.out.len() {
-            match Pin::new(&mut *io).poll_write(cx, &self.out[self.out_at..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.out_at += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.out_at = 0;
-        self.out.clear();
-        if self.out.capacity() > HIGH_WATER {
-            self.out = Vec::new();
-        }
-        Poll::Ready(Ok(()))
+        let _ = h.format(body.len() as u64, out);
+        out.extend_from_slice(body);
+        Ok(())
     }
 }
 
@@ -575,7 +524,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deflate<T> {
         let Some(state) = this.state.as_mut() else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
-        let r = &mut state.read;
+        let (r, inflating) = (&mut state.read, &mut state.inflating);
         loop {
             if r.drain(buf) {
                 return Poll::Ready(Ok(()));
@@ -586,7 +535,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deflate<T> {
             let mut rb = ReadBuf::new(&mut chunk[..buf.remaining().clamp(1, 4096)]);
             match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => r.feed(rb.filled())?,
+                Poll::Ready(Ok(())) => r.feed(rb.filled(), inflating)?,
                 other => return other,
             }
         }
@@ -612,7 +561,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deflate<T> {
                 Poll::Pending => {}
             }
         }
-        w.feed(buf);
+        // Compressing into a Vec cannot fail.
+        let _ = w.feed(buf, &mut Deflating);
         Poll::Ready(Ok(buf.len()))
     }
 

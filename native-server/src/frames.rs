@@ -27,11 +27,51 @@ pub struct MessageTimedOut;
 /// The longest frame header (RFC 6455: 2 + 8 length bytes + 4 mask bytes).
 const MAX_HEADER: usize = 14;
 
+/// A frame header being collected from a byte stream (here and in `deflate`).
+#[derive(Debug, Default)]
+pub(crate) struct Header {
+    bytes: [u8; MAX_HEADER],
+    len: usize,
+}
+
+impl Header {
+    /// Takes header bytes from `data`: the parsed header, its payload length and how much of
+    /// `data` it used, or `None` with all of `data` taken when the header is not complete.
+    /// After a parsed header, [`Header::raw`] holds its bytes until [`Header::clear`].
+    pub(crate) fn feed(&mut self, data: &[u8]) -> io::Result<Option<(FrameHeader, u64, usize)>> {
+        let old = self.len;
+        let take = (MAX_HEADER - old).min(data.len());
+        self.bytes[old..old + take].copy_from_slice(&data[..take]);
+        let mut cur = Cursor::new(&self.bytes[..old + take]);
+        match FrameHeader::parse(&mut cur) {
+            Ok(None) => {
+                self.len = old + take;
+                Ok(None)
+            }
+            Ok(Some((h, len))) => {
+                let raw = cur.position() as usize;
+                self.len = raw;
+                Ok(Some((h, len, raw - old)))
+            }
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    /// The header bytes taken so far (the whole header once parsed).
+    pub(crate) fn raw(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Starts on the next header.
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
 /// Where the reader is in the peer's frame stream.
 #[derive(Debug, Default)]
 struct Frames {
-    header: [u8; MAX_HEADER],
-    header_len: usize,
+    header: Header,
     /// Payload bytes of the current frame still to come.
     payload_left: u64,
     /// Whether the current frame is the final frame of a data message.
@@ -63,19 +103,12 @@ impl Frames {
                 }
                 continue;
             }
-            let old = self.header_len;
-            let take = (MAX_HEADER - old).min(data.len());
-            self.header[old..old + take].copy_from_slice(&data[..take]);
-            let mut cur = Cursor::new(&self.header[..old + take]);
-            match FrameHeader::parse(&mut cur) {
-                Ok(None) => {
-                    self.header_len = old + take;
-                    data = &data[take..];
-                }
-                Ok(Some((h, len))) => {
-                    let used = cur.position() as usize - old;
+            match self.header.feed(data) {
+                // All of `data` went into the header.
+                Ok(None) => break,
+                Ok(Some((h, len, used))) => {
                     data = &data[used..];
-                    self.header_len = 0;
+                    self.header.clear();
                     self.payload_left = len;
                     self.ends_message = false;
                     // Control frames (ping, pong, close) may come between fragments.
@@ -199,26 +232,32 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
     }
 }
 
+/// A masked client frame (for tests here and in `deflate`); `rsv1` marks it compressed.
+#[cfg(test)]
+pub(crate) fn client_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | (if rsv1 { 0x40 } else { 0 }) | opcode];
+    let n = payload.len();
+    if n < 126 {
+        v.push(0x80 | n as u8);
+    } else if n < 65536 {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    let key = [0x12, 0x34, 0x56, 0x78];
+    v.extend_from_slice(&key);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A masked client frame.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let n = payload.len();
-        if n < 126 {
-            v.push(0x80 | n as u8);
-        } else if n < 65536 {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        v.extend_from_slice(&[1, 2, 3, 4]);
-        v.extend_from_slice(payload);
-        v
+        client_frame(fin, false, opcode, payload)
     }
 
     #[test]

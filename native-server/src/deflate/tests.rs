@@ -2,6 +2,7 @@
 //! in-memory pipe, tungstenite (server role) over [`Deflate`] on the other.
 
 use super::*;
+use crate::frames::client_frame as frame;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -10,25 +11,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 const MAX: usize = 1 << 20;
-
-/// A masked client frame; `rsv1` marks it compressed.
-fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![(if fin { 0x80 } else { 0 }) | (if rsv1 { 0x40 } else { 0 }) | opcode];
-    let n = payload.len();
-    if n < 126 {
-        v.push(0x80 | n as u8);
-    } else if n < 65536 {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    let key = [0x12, 0x34, 0x56, 0x78];
-    v.extend_from_slice(&key);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    v
-}
 
 /// What a client's compressor sends for `msg`, continuing `c`'s context.
 fn deflate_with(c: &mut Compress, msg: &[u8]) -> Vec<u8> {
