@@ -285,7 +285,7 @@ pub struct ServeArgs {
     /// metered links and for large values, not on a LAN. Messages under 128 bytes and those
     /// that do not shrink go out as they are; the server compresses each message from a fresh
     /// state, so it keeps no compressor per connection. A client that keeps its own context
-    /// between messages (browsers do) costs about 43 KiB of inflate state from its first
+    /// between messages (browsers do) costs 43,296 B of inflate state from its first
     /// compressed message on. A message may inflate to at most --max-body (then 1009).
     #[arg(long, env = "STATELINE_WS_DEFLATE")]
     pub ws_deflate: bool,

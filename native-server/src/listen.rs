@@ -28,6 +28,7 @@ pub(crate) fn log_settings(args: &ServeArgs, shared: &Shared) {
         origins = %args.allow_origin.join(","),
         static_mode = args.static_mode,
         max_body = args.max_body,
+        ws_compression = if args.ws_deflate { "on (permessage-deflate)" } else { "off (--ws-deflate)" },
         "settings"
     );
     if rules == Some(0) {
