@@ -194,6 +194,9 @@ impl<T> Deflate<T> {
 struct State {
     read: Frames,
     inflating: Inflating,
+    /// The read error met after messages that are still to be handed up: it is returned once
+    /// they are, so a good message read in the same chunk as a bad one is not lost.
+    read_failed: Option<io::Error>,
     write: Frames,
 }
 
@@ -418,14 +421,16 @@ impl Transform for Inflating {
 /// Inflates `input` (one frame's payload) into at most `limit` bytes.
 fn inflate(d: &mut Decompress, mut input: &[u8], limit: usize) -> io::Result<Vec<u8>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, BadDeflate);
-    let mut out = Vec::with_capacity((input.len() * 4).clamp(256, limit.saturating_add(1)));
+    // At most one byte past the limit, so going over it is seen (and a limit below the first
+    // guess still holds).
+    let cap = limit.saturating_add(1);
+    let mut out = Vec::with_capacity((input.len() * 4).max(256).min(cap));
     loop {
         if out.len() == out.capacity() {
             if out.len() > limit {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, InflatedTooLarge));
             }
-            // Room for one byte past the limit, so going over it is seen.
-            let more = out.len().max(4096).min(limit + 1 - out.len());
+            let more = out.len().max(4096).min(cap - out.len());
             out.reserve_exact(more);
         }
         let (in0, out0) = (d.total_in(), out.len());
@@ -529,13 +534,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deflate<T> {
             if r.drain(buf) {
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = state.read_failed.take() {
+                return Poll::Ready(Err(e));
+            }
             // Read as much as the caller asked for; what the reader holds back (a compressed
             // frame being collected) comes out on a later round.
             let mut chunk = [0u8; 4096];
             let mut rb = ReadBuf::new(&mut chunk[..buf.remaining().clamp(1, 4096)]);
             match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => r.feed(rb.filled(), inflating)?,
+                Poll::Ready(Ok(())) => {
+                    if let Err(e) = r.feed(rb.filled(), inflating) {
+                        state.read_failed = Some(e);
+                    }
+                }
                 other => return other,
             }
         }

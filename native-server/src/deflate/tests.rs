@@ -303,3 +303,45 @@ fn the_frame_cache_is_bounded() {
     let c = cache.lock();
     assert!(c.bytes <= CACHE_BYTES && c.entries.len() == CACHE_FRAMES);
 }
+
+#[tokio::test]
+async fn a_limit_below_the_first_buffer_still_inflates_and_refuses() {
+    // The first output buffer is sized from the input; a limit smaller than that size (a small
+    // --max-body, or the rest of a message's budget after its first fragments) must hold.
+    let small = "a".repeat(150);
+    let large = "b".repeat(300);
+    let (mut client, mut ws) = pair(true, 200);
+    let mut bytes = frame(
+        true,
+        true,
+        1,
+        &deflate_with(&mut client_compressor(), small.as_bytes()),
+    );
+    bytes.extend(frame(
+        true,
+        true,
+        1,
+        &deflate_with(&mut client_compressor(), large.as_bytes()),
+    ));
+    client.write_all(&bytes).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text(small.into())
+    );
+    match ws.next().await.unwrap() {
+        Err(WsError::Io(e)) => assert!(e.get_ref().unwrap().is::<InflatedTooLarge>(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // A message in fragments: the budget left for the last one (10 bytes) is below the first
+    // buffer's size, and the fragment inflates to 20.
+    let (mut client, mut ws) = pair(false, 200);
+    let whole = format!("{}{}", "c".repeat(190), "0123456789".repeat(2));
+    let packed = deflate_with(&mut client_compressor(), whole.as_bytes());
+    let (first, second) = packed.split_at(packed.len() - 3);
+    let bytes = [frame(false, true, 2, first), frame(true, false, 0, second)].concat();
+    client.write_all(&bytes).await.unwrap();
+    match ws.next().await.unwrap() {
+        Err(WsError::Io(e)) => assert!(e.get_ref().unwrap().is::<InflatedTooLarge>(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
