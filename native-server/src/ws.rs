@@ -557,6 +557,9 @@ async fn run(
     // Requests read whose reply has not been taken from the queue yet.
     let mut inflight = 0usize;
     let ctl = reg.ctl.clone();
+    // With compression agreed, a broadcast frame goes out compressed once for all (a reply is
+    // this connection's own: the socket layer compresses it).
+    let deflated = socket.get_ref().is_on();
     // The reasons to close are waited for by futures made once per connection, not once per
     // frame: a `Notified` or `changed()` built in the loop would enter and leave its waiter
     // list (a lock each way) for every frame delivered.
@@ -610,9 +613,6 @@ async fn run(
                 inflight = inflight.saturating_sub(usize::from(reply));
                 // Batch: everything already queued goes out with one flush. Bounded by the
                 // queue's capacity so a fast publisher cannot keep this loop from reading.
-                // With compression agreed, a broadcast frame goes out compressed once for all
-                // (a reply is this connection's own: the socket layer compresses it).
-                let deflated = socket.get_ref().is_on();
                 let message = |b: Bytes, reply: bool| {
                     if deflated && !reply {
                         sh.deflate_frames.message(b)

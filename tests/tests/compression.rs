@@ -6,8 +6,6 @@
 //! default runs against any target (the edge worker's runtime compresses by itself: a
 //! documented difference).
 
-use std::time::Duration;
-
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde_json::{json, Value};
 use stateline_conformance::{client_frame, differs, raw_ws, unique, Server, SOON};
@@ -257,5 +255,4 @@ async fn by_default_the_offer_is_ignored_and_rsv1_refused() {
         .await
         .unwrap();
     assert_eq!(close_code(&mut t).await, 1002);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
