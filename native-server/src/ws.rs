@@ -122,8 +122,8 @@ pub async fn upgrade(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         out.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if let Some(v) = deflate.and_then(|d| HeaderValue::from_str(&d.response).ok()) {
-        out.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+    if let Some(d) = deflate {
+        out.insert(header::SEC_WEBSOCKET_EXTENSIONS, d.response);
     }
     if bearer {
         out.insert(

@@ -19,7 +19,7 @@
 //!   response, so the client keeps its default of 15 (the inflater accepts any window).
 //! - An offer with an unknown, repeated or malformed parameter is declined (RFC 7692, 7.1).
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 
 /// The compression terms agreed in a handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Deflate {
     /// state between its messages.
     pub client_no_context_takeover: bool,
     /// The `Sec-WebSocket-Extensions` value of the 101 response.
-    pub response: String,
+    pub response: HeaderValue,
 }
 
 /// The agreed terms when the handshake's `Sec-WebSocket-Extensions` offers `permessage-deflate`
@@ -95,13 +95,19 @@ fn accept(offer: &str) -> Option<Deflate> {
             return None;
         }
     }
-    let mut response = String::from("permessage-deflate; server_no_context_takeover");
-    if client_nct {
-        response.push_str("; client_no_context_takeover");
-    }
-    if server_bits {
-        response.push_str("; server_max_window_bits=15");
-    }
+    let response = HeaderValue::from_static(match (client_nct, server_bits) {
+        (false, false) => "permessage-deflate; server_no_context_takeover",
+        (true, false) => {
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        }
+        (false, true) => {
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=15"
+        }
+        (true, true) => {
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=15"
+        }
+    });
     Some(Deflate {
         client_no_context_takeover: client_nct,
         response,
