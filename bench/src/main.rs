@@ -38,12 +38,12 @@ struct Args {
     /// Smaller runs (1,000 idle connections, 1 round), for a quick look.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run: writes, fanout, idle, patch, durable, cluster. The cluster scenario's
+    /// Scenarios to run: writes, fanout, idle, patch, deflate, keys, durable, cluster. The cluster scenario's
     /// results go to cluster.md and cluster.json, the others' to results.md and results.json.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "writes,fanout,idle,patch,deflate"
+        default_value = "writes,fanout,idle,patch,deflate,keys"
     )]
     only: Vec<String>,
     /// Systems to run, by name (stateline, redis, nats, etcd).
@@ -68,6 +68,9 @@ struct Args {
         default_value = "stateline,stateline-durable,stateline-cluster-1,stateline-cluster-3"
     )]
     cluster_systems: Vec<String>,
+    /// Keys written in the keys scenario (memory per stored key), each a 56-byte JSON object.
+    #[arg(long, default_value_t = 200_000)]
+    keys: u64,
     /// Keys written before a fresh node starts, in the cluster scenario's catch-up measurement.
     #[arg(long, default_value_t = 100_000)]
     catchup_keys: u64,
@@ -472,6 +475,36 @@ async fn run(args: Args) -> Result<(), String> {
                 )
                 .await;
                 run.stop().await;
+            }
+        }
+    }
+    if want("keys") {
+        // Memory per stored key, each measurement on a fresh process (Stateline in memory and
+        // Redis without persistence: the store's own cost, not a disk cache's).
+        for round in 0..rounds {
+            for sys in systems
+                .iter()
+                .copied()
+                .filter(|s| matches!(s, System::Stateline | System::Redis))
+            {
+                eprintln!(
+                    "== keys round {}/{rounds}: {} ({})",
+                    round + 1,
+                    sys.name(),
+                    sys.durability()
+                );
+                let run = peers::start(sys, &format!("m{round}")).await?;
+                let b = soft!("keys", scenarios::stored_keys(&run, args.keys, 16).await);
+                run.stop().await;
+                if let Some(b) = b {
+                    eprintln!("   {} keys: {b:.0} B resident per key", args.keys);
+                    add(
+                        &mut r,
+                        &format!("bytes per stored key, {}", args.keys),
+                        sys,
+                        b,
+                    );
+                }
             }
         }
     }

@@ -199,6 +199,61 @@ pub async fn fill(
     Ok(keys as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The 56-byte JSON object stored under key number `i` in [`stored_keys`].
+pub fn stored_value(i: u64) -> String {
+    format!(r#"{{"id":"u{i:07}","name":"user {i:07}","ok":false,"n":1}}"#)
+}
+
+/// Server memory per stored key: resident memory after writing `keys` distinct keys (each
+/// holding [`stored_value`], a 56-byte JSON object) over `conns` connections, minus the resident
+/// memory before, over `keys`. Stateline: `POST /mem/u<i>` (a plain set); Redis: `SET mem:u<i>`.
+pub async fn stored_keys(run: &Running, keys: u64, conns: usize) -> Result<f64, String> {
+    let before = run.rss();
+    let (sys, addr) = (run.system, run.addr);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut i = c as u64;
+            match sys {
+                System::Stateline | System::StatelineDurable => {
+                    let mut h = Http::connect(addr).await.map_err(|e| e.to_string())?;
+                    while i < keys {
+                        let path = format!("/mem/u{i:07}");
+                        let body = stored_value(i);
+                        match h
+                            .request_status("POST", &path, "application/json", body.as_bytes())
+                            .await
+                        {
+                            Ok(200) => {}
+                            Ok(s) => return Err(format!("stored_keys: {path} answered {s}")),
+                            Err(e) => return Err(format!("stored_keys: {path}: {e}")),
+                        }
+                        i += conns as u64;
+                    }
+                }
+                System::Redis | System::RedisAof => {
+                    let mut r = Redis::connect(addr).await.map_err(|e| e.to_string())?;
+                    while i < keys {
+                        let key = format!("mem:u{i:07}");
+                        r.cmd(&[b"SET", key.as_bytes(), stored_value(i).as_bytes()])
+                            .await
+                            .map_err(|e| format!("stored_keys: SET {key}: {e}"))?;
+                        i += conns as u64;
+                    }
+                }
+                other => return Err(format!("stored_keys: {} not supported", other.name())),
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    // Let the server finish what the last acknowledgements started (log trimming, frees).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(run.rss().saturating_sub(before) as f64 / keys.max(1) as f64)
+}
+
 /// Result of a fan-out run.
 #[derive(Debug, Clone, Default)]
 pub struct Fanout {

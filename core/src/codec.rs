@@ -42,7 +42,8 @@ fn take8(b: &[u8], at: usize) -> Result<[u8; 8], Corrupt> {
         .ok_or_else(|| Corrupt("short entry".into()))
 }
 
-/// Decodes an entry (its JSON is parsed once, here, and its bytes kept beside it).
+/// Decodes an entry. Its JSON is checked here (a corrupt record is refused, never stored) but
+/// not kept as a tree: that is built when first needed ([`Entry::data`]).
 pub fn decode_entry(b: &[u8]) -> Result<Entry, Corrupt> {
     let created = i64::from_le_bytes(take8(b, 0)?);
     let updated = i64::from_le_bytes(take8(b, 8)?);
@@ -50,16 +51,17 @@ pub fn decode_entry(b: &[u8]) -> Result<Entry, Corrupt> {
     let seq = u64::from_le_bytes(take8(b, 24)?);
     let expires = i64::from_le_bytes(take8(b, 32)?);
     let json = &b[40..];
-    let data: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| Corrupt(format!("value of seq {seq}: {e}")))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(json)
+        .map_err(|e| Corrupt(format!("value of seq {seq}: {e}")))?;
+    let (tree, json) = Entry::from_json(Bytes::copy_from_slice(json));
     Ok(Entry {
         created,
         updated,
         revision,
         seq,
         expires: (expires != i64::MIN).then_some(expires),
-        data: Arc::new(data),
-        json: Bytes::copy_from_slice(json),
+        json,
+        tree,
     })
 }
 
@@ -159,7 +161,7 @@ mod tests {
                 want.expires
             )
         );
-        assert_eq!((&entry.json, &*entry.data), (&want.json, &*want.data));
+        assert_eq!((&entry.json, entry.data()), (&want.json, want.data()));
         assert!(decode_entry(&[1, 2, 3]).is_err());
         assert!(decode_log(9, &[0; 12]).is_err());
     }

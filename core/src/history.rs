@@ -153,7 +153,12 @@ impl History {
     fn insert(&mut self, key: Arc<str>, v: Version) {
         self.bytes += v.cost(&key);
         self.order.insert(v.seq, key.clone());
-        let versions = self.keys.entry(key.clone()).or_default();
+        // Most keys are written once or a few times: room for one version at first, not the
+        // four a first push would allocate (a version is 56 bytes, for every key).
+        let versions = self
+            .keys
+            .entry(key.clone())
+            .or_insert_with(|| VecDeque::with_capacity(1));
         versions.push_back(v);
         while versions.len() > self.limits.keep {
             let old = versions.pop_front().expect("longer than keep");
@@ -341,15 +346,15 @@ mod tests {
             key: key.into(),
             revision,
             entry: value.map(|v| {
-                let (data, json) = Entry::value(serde_json::from_str(v).unwrap());
+                let (tree, json) = Entry::value(serde_json::from_str(v).unwrap());
                 Entry {
                     created: 10,
                     updated: seq as i64 * 100,
                     revision,
                     seq,
                     expires: None,
-                    data,
                     json,
+                    tree,
                 }
             }),
             prev: None,

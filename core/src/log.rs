@@ -9,7 +9,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use crate::key::Pattern;
 use crate::store::{Change, Entry};
@@ -37,17 +36,16 @@ impl Kept {
     }
 
     fn entry(&self, revision: u64, seq: u64) -> Entry {
-        // The text was encoded from a parsed value by this process, so it parses again (numbers
-        // are kept exactly as written, object order is kept).
-        let data: Value = serde_json::from_slice(&self.json).unwrap_or(Value::Null);
+        // The tree is built again only if the resuming client's frame needs one.
+        let (tree, json) = Entry::from_json(self.json.clone());
         Entry {
             created: self.created,
             updated: self.updated,
             revision,
             seq,
             expires: self.expires,
-            data: Arc::new(data),
-            json: self.json.clone(),
+            json,
+            tree,
         }
     }
 }
@@ -312,8 +310,8 @@ mod tests {
             .unwrap()
             .iter()
             .map(|m| match m {
-                Missed::Create(k, e) => format!("create {k}={}", e.data),
-                Missed::Update(k, e) => format!("update {k}={}", e.data),
+                Missed::Create(k, e) => format!("create {k}={}", e.data()),
+                Missed::Update(k, e) => format!("update {k}={}", e.data()),
                 Missed::Delete(k, _, _) => format!("delete {k}"),
             })
             .collect()
@@ -393,7 +391,10 @@ mod tests {
         for i in 0..40 {
             let v = crate::json::parse(body.as_bytes(), 64).unwrap();
             let c = s.put("k", Entry::value(v), i, Ttl::Clear, None);
-            trees.push(c.entry.as_ref().unwrap().data.clone());
+            // Built, as a subscriber's diff would build it.
+            let e = c.entry.as_ref().unwrap();
+            e.data();
+            trees.push(e.tree.clone());
             l.push(&c);
         }
         del(&mut s, &mut l, "k");
@@ -401,7 +402,7 @@ mod tests {
         assert!(l.bytes() <= budget, "{} > {budget}", l.bytes());
         assert!(l.len() < 40, "the oldest were dropped");
         // No record keeps a tree alive: only this test holds them now.
-        assert!(trees.iter().all(|t| Arc::strong_count(t) == 1));
+        assert!(trees.iter().all(|t| t.is_built() && t.holders() == 1));
         // Resuming parses the text again, exactly.
         let steps = l.since(l.floor(), s.last_seq(), &Pattern::parse("k").unwrap());
         assert!(matches!(steps.as_deref(), Ok([Missed::Delete(..)])));
@@ -425,7 +426,7 @@ mod tests {
             panic!("{m:?}")
         };
         assert_eq!(&*e.json, b"{\"x\":123456789012345678901234567890,\"a\":-0}");
-        assert_eq!(crate::json::encode(&e.data), &*e.json);
+        assert_eq!(crate::json::encode(e.data()), &*e.json);
         assert_eq!((e.revision, e.seq), (1, 2));
     }
 

@@ -68,7 +68,7 @@ pub fn value(key: &str, e: &Entry) -> Value {
         "updated": e.updated,
         "index": last_segment(key),
         "path": key,
-        "data": (*e.data).clone(),
+        "data": e.data().clone(),
     })
 }
 
@@ -83,15 +83,15 @@ mod tests {
 
     #[test]
     fn keys_are_escaped_as_json() {
-        let (data, json) = Entry::value(serde_json::json!(1));
+        let (tree, json) = Entry::value(serde_json::json!(1));
         let e = Entry {
             created: 1,
             updated: 0,
             revision: 0,
             seq: 1,
             expires: None,
-            data,
             json,
+            tree,
         };
         for key in [
             "名前",
@@ -107,15 +107,15 @@ mod tests {
 
     #[test]
     fn exact_field_order() {
-        let (data, json) = Entry::value(serde_json::json!({"b":1,"a":2}));
+        let (tree, json) = Entry::value(serde_json::json!({"b":1,"a":2}));
         let e = Entry {
             created: 5,
             updated: 0,
             revision: 0,
             seq: 1,
             expires: None,
-            data,
             json,
+            tree,
         };
         assert_eq!(
             &bytes("books/abc", &e)[..],

@@ -497,14 +497,14 @@ pub fn applied_fields(op_name: &str, outcome: &Outcome) -> Value {
         Outcome::Written(k, e) => {
             let mut f = json!({"key": &**k, "revision": e.revision, "etag": e.etag()});
             if op_name == "incr" {
-                f["value"] = (*e.data).clone();
+                f["value"] = e.data().clone();
             }
             if op_name == "push" {
                 f["index"] = Value::String(key::last_segment(k).to_string());
             }
             f
         }
-        Outcome::Taken(k, e) => json!({"key": &**k, "value": *e.data, "revision": e.revision}),
+        Outcome::Taken(k, e) => json!({"key": &**k, "value": *e.data(), "revision": e.revision}),
         Outcome::Deleted(n) => json!({ "deleted": n }),
         Outcome::Tx(tx) => json!({
             "version": format!("{:x}", tx.version),

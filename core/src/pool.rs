@@ -810,7 +810,7 @@ fn object_ops(o: &Entry, n: &Entry, patch: Option<&json_patch::Patch>) -> Option
         let data_ops: &[json_patch::PatchOperation] = match patch {
             Some(p) => p,
             None => {
-                diff = json_patch::diff(&o.data, &n.data);
+                diff = json_patch::diff(o.data(), n.data());
                 &diff
             }
         };

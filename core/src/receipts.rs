@@ -27,7 +27,7 @@ use crate::codec::Corrupt;
 use crate::engine::{Cond, Op, Outcome, PatchKind, TxOutcome};
 use crate::error::Error;
 use crate::json;
-use crate::store::{Entry, Ttl};
+use crate::store::{Entry, Tree, Ttl};
 
 pub use crate::history::Delta;
 
@@ -338,7 +338,8 @@ fn slim(op: &str, o: &Outcome) -> Outcome {
     let bare = |e: &Entry, keep: bool| {
         let mut e = e.clone();
         if !keep {
-            e.data = Arc::new(Value::Null);
+            // No text, so the tree is given: `null`, what the receipt answers.
+            e.tree = Tree::built(Value::Null);
             e.json = bytes::Bytes::new();
         }
         e
@@ -498,7 +499,7 @@ fn outcome_json(o: &Outcome) -> Value {
     let entry = |k: &str, e: &Entry| {
         json!({
             "key": k, "c": e.created, "u": e.updated, "r": e.revision, "s": e.seq,
-            "x": e.expires, "d": *e.data,
+            "x": e.expires, "d": *e.data(),
         })
     };
     match o {
@@ -549,8 +550,8 @@ fn outcome_from(seq: u64, v: &Value) -> Result<Outcome, Corrupt> {
                 revision: uint("r")?,
                 seq: uint("s")?,
                 expires: v["x"].as_i64(),
-                data: Arc::new(data),
                 json,
+                tree: Tree::built(data),
             },
         ))
     };

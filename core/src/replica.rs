@@ -232,7 +232,7 @@ mod tests {
     use super::*;
     use crate::engine::{Cond, Config, Op};
     use crate::filter::Filters;
-    use crate::store::{Store, Ttl};
+    use crate::store::{Store, Tree, Ttl};
     use serde_json::json;
 
     fn tick() -> Tick {
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(writes[0].expect, 0);
         let d = decode(&writes[0].payload).unwrap();
         assert_eq!((d.batch, d.index, d.count), (0, 0, 1));
-        assert_eq!(*d.entry.unwrap().data, json!(1));
+        assert_eq!(*d.entry.unwrap().data(), json!(1));
     }
 
     #[test]
@@ -363,12 +363,12 @@ mod tests {
         log.deliver(&mut b, &mut rb, 1);
         for e in [&a, &b] {
             let k = e.store().get("k").unwrap();
-            assert_eq!((k.seq, k.revision, &*k.data), (2, 1, &json!("from b")));
+            assert_eq!((k.seq, k.revision, k.data()), (2, 1, &json!("from b")));
             assert_eq!(e.store().last_seq(), 2);
         }
         // The change a received carries what subscribers need: the previous entry.
         assert_eq!(ca.len(), 1);
-        assert_eq!(*ca[0].prev.as_ref().unwrap().data, json!("from a"));
+        assert_eq!(*ca[0].prev.as_ref().unwrap().data(), json!("from a"));
     }
 
     #[test]
@@ -429,8 +429,8 @@ mod tests {
             revision: 0,
             seq: 0,
             expires: None,
-            data: Arc::new(json!(1)),
             json: "1".into(),
+            tree: Tree::built(json!(1)),
         };
         let p1 = encode(Some(&entry), 5, 1, 2);
         let p2 = encode(Some(&entry), 0, 0, 1);

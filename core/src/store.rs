@@ -6,14 +6,14 @@
 //! commit failed. It knows nothing of HTTP, filters or subscribers, and never reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use crate::key::{Pattern, Segment};
 
-/// One stored value with its metadata. Cheap to clone: the value and its bytes are shared.
+/// One stored value with its metadata. Cheap to clone: the value's bytes and tree are shared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// Clock time of creation (ns).
@@ -26,22 +26,96 @@ pub struct Entry {
     pub seq: u64,
     /// Clock time at which the key expires, if it has a TTL.
     pub expires: Option<i64>,
-    /// The parsed value.
-    pub data: Arc<Value>,
-    /// The value's compact JSON, serialized once per write.
+    /// The value's compact JSON, serialized once per write: what is stored, logged, sent and
+    /// answered.
     pub json: Bytes,
+    /// The parsed value, built from `json` the first time something needs it ([`Entry::data`]).
+    pub tree: Tree,
 }
 
 impl Entry {
-    /// Builds an entry's value part from a parsed value.
-    pub fn value(data: Value) -> (Arc<Value>, Bytes) {
-        let json = Bytes::from(crate::json::encode(&data));
-        (Arc::new(data), json)
+    /// Builds an entry's value part from a parsed value: its compact JSON, and the tree, kept
+    /// (see [`Tree`] for how long).
+    pub fn value(data: Value) -> (Tree, Bytes) {
+        // Exactly as long as the text: the encoder's buffer grows in steps (128 bytes for a
+        // small value), and every stored key would keep the slack.
+        let json = Bytes::from(crate::json::encode(&data).into_boxed_slice());
+        (Tree::built(data), json)
+    }
+
+    /// The value part of an entry from JSON text this process encoded (from storage, the change
+    /// log, another node): the tree is built when first needed.
+    pub fn from_json(json: Bytes) -> (Tree, Bytes) {
+        (Tree::default(), json)
+    }
+
+    /// The parsed value: built from [`Entry::json`] on first use and shared with every clone
+    /// of the entry.
+    pub fn data(&self) -> &Value {
+        self.tree.get(&self.json)
     }
 
     /// The entity tag of this representation: the sequence number that wrote it, quoted.
     pub fn etag(&self) -> String {
         format!("\"{:x}\"", self.seq)
+    }
+}
+
+/// A stored value's parsed tree, built from its JSON text the first time something needs it (a
+/// diff for a subscriber, a merge, a counter, a rule) and shared by every clone of the entry.
+///
+/// A tree costs many times its text (a 56-byte object is about 900 bytes parsed), and most stored
+/// keys are only ever read as bytes (a `GET`, a snapshot, a subscriber's first frame). So a key
+/// keeps its tree only while something uses it: a write keeps the new value's tree when the
+/// value it replaces had one built (a key with subscribers that get diffs, or one that is
+/// patched), and drops it otherwise; the next use builds it again, once.
+#[derive(Clone, Default)]
+pub struct Tree(Arc<OnceLock<Box<Value>>>);
+
+impl Tree {
+    /// A tree already built.
+    pub fn built(v: Value) -> Tree {
+        Tree(Arc::new(OnceLock::from(Box::new(v))))
+    }
+
+    /// Whether the tree has been built.
+    pub fn is_built(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// How many entries (and clones) share this tree.
+    #[cfg(test)]
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    /// The tree of `json` (the text it belongs to), built now if it was not.
+    pub fn get(&self, json: &[u8]) -> &Value {
+        self.0.get_or_init(|| {
+            // The text was encoded by this process (or another Stateline) from a parsed value,
+            // so it parses (numbers are kept exactly as written, object order is kept); `null`
+            // is unreachable and only keeps a corrupt value from panicking.
+            let v = serde_json::from_slice(json);
+            debug_assert!(v.is_ok(), "a stored value's JSON parses");
+            Box::new(v.unwrap_or(Value::Null))
+        })
+    }
+}
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_built() {
+            "Tree(built)"
+        } else {
+            "Tree"
+        })
+    }
+}
+
+/// A tree is a cache of its entry's JSON: entries compare by their JSON.
+impl PartialEq for Tree {
+    fn eq(&self, _: &Tree) -> bool {
+        true
     }
 }
 
@@ -88,10 +162,77 @@ pub enum Ttl {
 // A set of keys, sharing the store's allocations.
 type Keys = HashSet<Arc<str>>;
 
+// The keys with one segment at one position. Most segments of most keys are unique to their key
+// (`users/u0000123/profile`), and a set of one key is a table allocation of about 100 bytes for
+// every key in the store: one key is kept as itself, and a set is boxed so that the map holding
+// the postings stays small (a posting is 24 bytes, where a set is 48).
+#[derive(Debug)]
+enum Posting {
+    One(Arc<str>),
+    Many(Box<Keys>),
+}
+
+impl Posting {
+    fn insert(&mut self, key: &Arc<str>) {
+        match self {
+            Posting::One(k) if k == key => {}
+            Posting::One(k) => {
+                let set: Keys = [k.clone(), key.clone()].into_iter().collect();
+                *self = Posting::Many(Box::new(set));
+            }
+            Posting::Many(keys) => {
+                keys.insert(key.clone());
+            }
+        }
+    }
+
+    // Removes a key; whether none is left.
+    fn remove(&mut self, key: &str) -> bool {
+        match self {
+            Posting::One(k) => &**k == key,
+            Posting::Many(keys) => {
+                keys.remove(key);
+                keys.is_empty()
+            }
+        }
+    }
+
+    fn candidates(&self) -> Candidates<'_> {
+        match self {
+            Posting::One(k) => Candidates::One(k),
+            Posting::Many(keys) => Candidates::Many(keys),
+        }
+    }
+}
+
+// The keys a glob can match, borrowed from the index.
+#[derive(Clone, Copy)]
+enum Candidates<'a> {
+    One(&'a Arc<str>),
+    Many(&'a Keys),
+}
+
+impl<'a> Candidates<'a> {
+    fn len(self) -> usize {
+        match self {
+            Candidates::One(_) => 1,
+            Candidates::Many(keys) => keys.len(),
+        }
+    }
+
+    fn iter(self) -> impl Iterator<Item = &'a Arc<str>> {
+        let (one, many) = match self {
+            Candidates::One(k) => (Some(k), None),
+            Candidates::Many(keys) => (None, Some(keys)),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 #[derive(Debug, Default)]
 struct SegIndex {
     // (depth, position) -> segment -> keys of that depth with that segment at that position.
-    postings: HashMap<(u16, u16), HashMap<Box<str>, Keys>>,
+    postings: HashMap<(u16, u16), HashMap<Box<str>, Posting>>,
     // depth -> keys with that many segments.
     by_depth: HashMap<u16, Keys>,
 }
@@ -105,12 +246,13 @@ impl SegIndex {
     fn insert(&mut self, key: &Arc<str>) {
         let depth = small(key.split('/').count());
         for (i, seg) in key.split('/').enumerate() {
-            self.postings
-                .entry((depth, small(i)))
-                .or_default()
-                .entry(seg.into())
-                .or_default()
-                .insert(key.clone());
+            let segs = self.postings.entry((depth, small(i))).or_default();
+            match segs.get_mut(seg) {
+                Some(p) => p.insert(key),
+                None => {
+                    segs.insert(seg.into(), Posting::One(key.clone()));
+                }
+            }
         }
         self.by_depth.entry(depth).or_default().insert(key.clone());
     }
@@ -120,11 +262,8 @@ impl SegIndex {
         for (i, seg) in key.split('/').enumerate() {
             let pos = (depth, small(i));
             if let Some(segs) = self.postings.get_mut(&pos) {
-                if let Some(keys) = segs.get_mut(seg) {
-                    keys.remove(key);
-                    if keys.is_empty() {
-                        segs.remove(seg);
-                    }
+                if segs.get_mut(seg).is_some_and(|p| p.remove(key)) {
+                    segs.remove(seg);
                 }
                 if segs.is_empty() {
                     self.postings.remove(&pos);
@@ -141,12 +280,16 @@ impl SegIndex {
 
     /// The smallest set of keys that holds every match of a glob with these segments (`None`:
     /// no key can match).
-    fn candidates(&self, segs: &[Segment]) -> Option<&Keys> {
+    fn candidates(&self, segs: &[Segment]) -> Option<Candidates<'_>> {
         let depth = small(segs.len());
-        let mut best = self.by_depth.get(&depth)?;
+        let mut best = Candidates::Many(self.by_depth.get(&depth)?);
         for (i, seg) in segs.iter().enumerate() {
             if let Segment::Lit(l) = seg {
-                let keys = self.postings.get(&(depth, small(i)))?.get(&**l)?;
+                let keys = self
+                    .postings
+                    .get(&(depth, small(i)))?
+                    .get(&**l)?
+                    .candidates();
                 if keys.len() < best.len() {
                     best = keys;
                 }
@@ -318,7 +461,7 @@ impl Store {
     pub fn put(
         &mut self,
         key: &str,
-        data: (Arc<Value>, Bytes),
+        data: (Tree, Bytes),
         now: i64,
         ttl: Ttl,
         patch: Option<Arc<json_patch::Patch>>,
@@ -338,14 +481,20 @@ impl Store {
             Ttl::Keep => prev.as_ref().and_then(|p| p.expires),
             Ttl::After(ns) => Some(now.saturating_add(ns)),
         };
+        // The tree stays only when the value it replaces had one built (see [`Tree`]).
+        let tree = if prev.as_ref().is_some_and(|p| p.tree.is_built()) {
+            data.0
+        } else {
+            Tree::default()
+        };
         let entry = Entry {
             created,
             updated,
             revision,
             seq,
             expires,
-            data: data.0,
             json: data.1,
+            tree,
         };
         self.install(&key, Some(entry.clone()));
         Change {
@@ -470,7 +619,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn v(x: Value) -> (Arc<Value>, Bytes) {
+    fn v(x: Value) -> (Tree, Bytes) {
         Entry::value(x)
     }
 
@@ -495,6 +644,37 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_is_kept_only_while_something_uses_it() {
+        let mut s = Store::new(0);
+        let built = |s: &Store| s.get("k").unwrap().tree.is_built();
+        // Written and read only as text: no tree is kept.
+        s.put("k", v(json!({"a": 1})), 1, Ttl::Clear, None);
+        assert!(!built(&s));
+        let c = s.put("k", v(json!({"a": 2})), 2, Ttl::Clear, None);
+        assert!(!built(&s));
+        // A diff needs the trees: built from the text once, shared with the store's entry.
+        assert_eq!(*c.prev.as_ref().unwrap().data(), json!({"a": 1}));
+        assert_eq!(*c.entry.as_ref().unwrap().data(), json!({"a": 2}));
+        assert!(built(&s));
+        // From then on a write keeps its value's tree, which the next diff needs.
+        let c = s.put("k", v(json!({"a": 3})), 3, Ttl::Clear, None);
+        assert!(c.prev.unwrap().tree.is_built() && c.entry.unwrap().tree.is_built());
+        assert!(built(&s));
+        // A new key starts without one.
+        let big = crate::json::parse(b"[123456789012345678901234567890,-0,1.50]", 8).unwrap();
+        s.put("n", v(big), 4, Ttl::Clear, None);
+        let e = s.get("n").unwrap();
+        assert!(!e.tree.is_built());
+        // Built from the text, the numbers are the ones written, digit for digit.
+        #[cfg(feature = "exact-numbers")]
+        assert_eq!(
+            e.data().to_string(),
+            "[123456789012345678901234567890,-0,1.50]"
+        );
+        assert_eq!(crate::json::encode(e.data()), &*e.json);
+    }
+
+    #[test]
     fn undo_restores_everything() {
         let mut s = Store::new(0);
         s.put("a", v(json!(1)), 1, Ttl::After(100), None);
@@ -507,7 +687,7 @@ mod tests {
         s.undo(&c);
         assert_eq!(s.last_seq(), 1);
         assert_eq!(s.len(), 1);
-        assert_eq!(*s.get("a").unwrap().data, json!(1));
+        assert_eq!(*s.get("a").unwrap().data(), json!(1));
         assert_eq!(s.next_deadline(), Some(101));
         assert_eq!(s.value_bytes(), before_bytes);
     }

@@ -232,7 +232,7 @@ impl State {
     /// wait for it); [`State::execute`] waits for it.
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
         let hub = self.sh.lock();
-        hub.engine.store().get(key).map(|e| (*e.data).clone())
+        hub.engine.store().get(key).map(|e| e.data().clone())
     }
 
     /// Every key matching `pattern` (a key, glob or subtree `a/`) with its value, newest first
@@ -246,7 +246,7 @@ impl State {
             .store()
             .list(&p)
             .into_iter()
-            .map(|(k, e)| (k.to_string(), (*e.data).clone()))
+            .map(|(k, e)| (k.to_string(), e.data().clone()))
             .collect()
     }
 

@@ -143,7 +143,7 @@ async fn failed_commit_is_a_503_and_changes_nothing() {
 
     // And what was acknowledged is what a restart finds.
     let engine = s.restart().await;
-    assert_eq!(*engine.store().get("k").unwrap().data, json!({"v":3}));
+    assert_eq!(*engine.store().get("k").unwrap().data(), json!({"v":3}));
     assert!(engine.store().get("other").is_none());
     assert_eq!(engine.store().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
@@ -224,8 +224,8 @@ async fn a_full_disk_answers_503_with_the_reason_and_recovers_by_itself() {
     let engine = s.restart().await;
     let store = engine.store();
     assert!(store.get("a").is_none());
-    assert_eq!(*store.get("b").unwrap().data, json!(2));
-    assert_eq!(*store.get("c").unwrap().data, json!(3));
+    assert_eq!(*store.get("b").unwrap().data(), json!(2));
+    assert_eq!(*store.get("c").unwrap().data(), json!(3));
     assert_eq!(store.len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Vec::new();
         encode_entry(&mut out, &e);
         assert_eq!(out, data, "an entry re-encodes to other bytes");
+        // The JSON was checked without building a tree: the tree built later from the same
+        // bytes must parse (a debug assertion in `Tree::get`).
+        let _ = e.data();
     }
     if let Ok((seq, key, revision, prev_created, entry)) = decode_log(7, data) {
         assert_eq!(seq, 7);
@@ -28,8 +31,8 @@ fuzz_target!(|data: &[u8]| {
             revision: 0,
             seq: 0,
             expires: None,
-            data: Default::default(),
             json: Bytes::new(),
+            tree: Default::default(),
         });
         let change = Change {
             seq,

@@ -22,7 +22,7 @@ impl Engine {
         if e.etag() != etag {
             return Err(Error::Precondition("the lease's entry was replaced"));
         }
-        let data = (e.data.clone(), e.json.clone());
+        let data = (e.tree.clone(), e.json.clone());
         let now = self.clock.now(tick);
         let c = self.store.put(key, data, now, Ttl::After(ttl_ns), None);
         self.log.push(&c);

@@ -244,7 +244,7 @@ impl Engine {
             Source::Nothing => return Ok(None),
             Source::Given(v) => (v, None),
             Source::Patch(patch) => {
-                let cur = &current().data;
+                let cur = current().data();
                 match patch {
                     PatchKind::Merge(p) => (json::ooo_merge(cur, &p)?, None),
                     PatchKind::MergePatch(p) => (json::merge_patch(cur, &p), None),
@@ -252,7 +252,7 @@ impl Engine {
                 }
             }
             Source::Add(by) => (Value::from(counter(plan.target(), found, by)?), None),
-            Source::Moved => ((*current().data).clone(), None),
+            Source::Moved => (current().data().clone(), None),
         }))
     }
 
@@ -322,8 +322,8 @@ impl Engine {
         let src = found.current.expect("step 5 found the source");
         let now = self.clock.now(tick);
         let mut changes = vec![self.store.remove(from).expect("checked above")];
-        let (data, json) = if value == *src.data {
-            (src.data.clone(), src.json.clone())
+        let (data, json) = if value == *src.data() {
+            (src.tree.clone(), src.json.clone())
         } else {
             Entry::value(value)
         };
@@ -333,8 +333,8 @@ impl Engine {
             revision: found.target.map_or(0, |t| t.revision + 1),
             seq: 0,
             expires: src.expires,
-            data,
             json,
+            tree: data,
         };
         changes.push(self.store.put_entry(to, entry));
         self.written(changes)
@@ -463,8 +463,8 @@ fn counter(key: &str, found: &Found, by: i64) -> Result<i64, Error> {
     let Some(e) = &found.current else {
         return Ok(by);
     };
-    let n = e.data.as_i64().ok_or_else(|| {
-        Error::Counter(if e.data.is_number() {
+    let n = e.data().as_i64().ok_or_else(|| {
+        Error::Counter(if e.data().is_number() {
             format!("{key} holds a number that is not an integer from -2^63 to 2^63-1")
         } else {
             format!("{key} does not hold an integer")

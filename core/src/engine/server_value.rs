@@ -138,7 +138,7 @@ mod tests {
         };
         e.execute_as_system(tick, set).unwrap();
         let a = e.store().get("a").unwrap().clone();
-        assert_eq!(a.data["at"], json!(a.created / 1_000_000));
+        assert_eq!(a.data()["at"], json!(a.created / 1_000_000));
         let patch = Op::Patch {
             key: "a".into(),
             patch: PatchKind::JsonPatch(
@@ -149,7 +149,7 @@ mod tests {
         };
         let applied = e.execute_as_system(tick, patch).unwrap();
         let a = e.store().get("a").unwrap().clone();
-        assert_eq!(a.data["p"]["deep"][0], json!(a.updated / 1_000_000));
+        assert_eq!(a.data()["p"]["deep"][0], json!(a.updated / 1_000_000));
         // Subscribers get the resolved patch, never the placeholder.
         let fwd = applied.changes[0].patch.as_ref().unwrap();
         assert!(!serde_json::to_string(&**fwd).unwrap().contains(".sv"));
@@ -161,7 +161,7 @@ mod tests {
         let applied = e.execute_as_system(tick, push).unwrap();
         let c = &applied.changes[0];
         let entry = c.entry.as_ref().unwrap();
-        assert_eq!(*entry.data, json!(entry.created / 1_000_000));
+        assert_eq!(*entry.data(), json!(entry.created / 1_000_000));
         // A refused placeholder changes nothing.
         let seq = e.store().last_seq();
         let bad = Op::Set {

@@ -87,7 +87,7 @@ fn failed_operations_change_nothing() {
         assert!(e.execute_as_system(t(2), op.clone()).is_err(), "{op:?}");
     }
     assert_eq!(e.store().last_seq(), seq);
-    assert_eq!(*e.store().get("a").unwrap().data, json!({"nest":{"x":1}}));
+    assert_eq!(*e.store().get("a").unwrap().data(), json!({"nest":{"x":1}}));
     assert_eq!(e.stats().refused, 9);
 }
 
@@ -107,7 +107,7 @@ fn counters_take_rename_ttl() {
     incr(&mut e, 5).unwrap();
     incr(&mut e, 2).unwrap();
     incr(&mut e, -10).unwrap();
-    assert_eq!(*e.store().get("c").unwrap().data, json!(-3));
+    assert_eq!(*e.store().get("c").unwrap().data(), json!(-3));
     assert_eq!(e.store().get("c").unwrap().revision, 2);
     set(&mut e, "big", json!(i64::MAX)).unwrap();
     assert!(matches!(
@@ -125,7 +125,7 @@ fn counters_take_rename_ttl() {
     let a = e
         .execute_as_system(t(2), Op::Take { key: "c".into() })
         .unwrap();
-    assert!(matches!(a.outcome, Outcome::Taken(_, ref en) if *en.data == json!(-3)));
+    assert!(matches!(a.outcome, Outcome::Taken(_, ref en) if *en.data() == json!(-3)));
     assert!(e.store().get("c").is_none());
     assert_eq!(
         e.execute_as_system(t(2), Op::Take { key: "c".into() }),
@@ -160,7 +160,7 @@ fn counters_take_rename_ttl() {
     assert!(e.store().get("x").is_none());
     let y = e.store().get("y").unwrap();
     assert_eq!(
-        ((*y.data).clone(), y.created, y.revision),
+        (y.data().clone(), y.created, y.revision),
         (json!(1), created, 1)
     );
 
@@ -205,7 +205,7 @@ fn limit_keeps_the_newest() {
         .unwrap();
     }
     let list = e.store().list(&Pattern::parse("limited/*").unwrap());
-    let vals: Vec<_> = list.iter().map(|(_, en)| (*en.data).clone()).collect();
+    let vals: Vec<_> = list.iter().map(|(_, en)| en.data().clone()).collect();
     assert_eq!(vals, [json!(7), json!(6), json!(5)]);
 }
 
@@ -245,7 +245,7 @@ fn limit_by_age_expires_items() {
     assert_eq!(
         *e.store().list(&Pattern::parse("recent/*").unwrap())[0]
             .1
-            .data,
+            .data(),
         json!(2)
     );
     assert_eq!(e.handle_timeout(t(200)).len(), 1);
@@ -313,7 +313,7 @@ fn revert_undoes_a_write_and_its_log() {
     let a = set(&mut e, "a", json!(2)).unwrap();
     e.revert(&a.changes);
     assert_eq!(e.store().last_seq(), seq);
-    assert_eq!(*e.store().get("a").unwrap().data, json!(1));
+    assert_eq!(*e.store().get("a").unwrap().data(), json!(1));
     assert_eq!(
         e.missed(seq, &Pattern::parse("a").unwrap()).unwrap(),
         vec![]
@@ -530,7 +530,7 @@ fn rules_refuse_before_anything_changes() {
     }
     assert_eq!(e.store().last_seq(), seq, "nothing changed");
     assert_eq!(
-        *e.store().get("private/alice/a").unwrap().data,
+        *e.store().get("private/alice/a").unwrap().data(),
         json!("secret")
     );
     assert_eq!(e.stats().denied.forbidden, 8);

@@ -36,7 +36,7 @@ fn rev(k: &str, revision: u64) -> Compare {
 }
 
 fn value(e: &Engine, k: &str) -> Option<Value> {
-    e.store().get(k).map(|e| (*e.data).clone())
+    e.store().get(k).map(|e| e.data().clone())
 }
 
 #[test]

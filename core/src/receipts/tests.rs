@@ -91,12 +91,12 @@ fn a_repeated_incr_answers_the_count_it_gave_first() {
     // `a` again, after `b`: it answers 1 (its own count) and the counter stays at 2.
     let again = e.execute_once(t(3), incr("c"), &who, Some("a")).unwrap();
     let count = |a: &crate::Applied| match &a.outcome {
-        Outcome::Written(_, e) => (*e.data).clone(),
+        Outcome::Written(_, e) => e.data().clone(),
         o => panic!("{o:?}"),
     };
     assert_eq!(count(&second), json!(2));
     assert_eq!(count(&again), json!(1));
-    assert_eq!(*e.store().get("c").unwrap().data, json!(2));
+    assert_eq!(*e.store().get("c").unwrap().data(), json!(2));
     let reply = crate::mux::reply_applied(&json!(7), "incr", &again);
     let v: Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(v["value"], json!(1));
@@ -115,7 +115,7 @@ fn an_id_used_for_another_write_is_refused_and_changes_nothing() {
     assert_eq!(err, Error::IdempotencyKeyReused);
     assert_eq!(err.status().as_u16(), 422);
     assert_eq!(err.code(), "idempotency-key-reused");
-    assert_eq!(*e.store().get("a").unwrap().data, json!(1));
+    assert_eq!(*e.store().get("a").unwrap().data(), json!(1));
     // Another key, another TTL, another condition: all different writes.
     for op in [
         set("b", json!(1)),

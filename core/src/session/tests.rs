@@ -449,7 +449,7 @@ fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
         json!(entry.etag()),
         "the reply names the current entry"
     );
-    assert_eq!(*entry.data, json!({"a": 1, "b": 2}));
+    assert_eq!(*entry.data(), json!({"a": 1, "b": 2}));
     assert!(entry.expires.is_some());
     let (_, ok) = write_of(handle(
         &mut s,
@@ -469,7 +469,7 @@ fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
     let renewed = s.renew(&mut e, later);
     assert_eq!(renewed.len(), 2);
     let x = e.store().get("p/x").unwrap().clone();
-    assert_eq!(*x.data, json!({"a": 1, "b": 2}), "the same value");
+    assert_eq!(*x.data(), json!({"a": 1, "b": 2}), "the same value");
     assert!(
         x.expires.unwrap() > entry.expires.unwrap(),
         "a later deadline"
@@ -522,7 +522,7 @@ fn onclose_writes_fire_once_in_order_and_a_cancelled_one_never() {
     let ended = s.end(&mut e, t);
     // set 1, set 2 (in that order), then a delete of a missing key (nothing).
     assert_eq!(ended.len(), 2);
-    assert_eq!(*e.store().get("last").unwrap().data, json!(2));
+    assert_eq!(*e.store().get("last").unwrap().data(), json!(2));
     assert!(s.end(&mut e, t).is_empty(), "exactly once");
 }
 

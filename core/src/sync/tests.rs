@@ -469,7 +469,7 @@ fn offline_writes_are_queued_and_a_failed_cas_is_a_visible_conflict() {
         .unwrap()
         .starts_with("w/"));
     assert_eq!(
-        r.s.e.store().get("w/k").map(|e| (*e.data).clone()),
+        r.s.e.store().get("w/k").map(|e| e.data().clone()),
         Some(json!("server"))
     );
 }
@@ -512,7 +512,7 @@ fn writes_with_ids_in_flight_are_resent_and_applied_once() {
         r.c.write(json!({"op":"set","key":"p/me","value":1,"lease":true}));
     r.pump();
     assert_eq!(
-        r.s.e.store().get("n").map(|e| (*e.data).clone()),
+        r.s.e.store().get("n").map(|e| e.data().clone()),
         Some(json!(11))
     );
     let rids: Vec<Value> = r
@@ -547,7 +547,7 @@ fn writes_with_ids_in_flight_are_resent_and_applied_once() {
     let key = ok(push)["key"].as_str().unwrap().to_string();
     assert!(ok(lease)["key"] == json!("p/me"));
     assert_eq!(
-        r.s.e.store().get("n").map(|e| (*e.data).clone()),
+        r.s.e.store().get("n").map(|e| e.data().clone()),
         Some(json!(11))
     );
     let pushed: Vec<String> =
@@ -651,7 +651,7 @@ fn history(s: &Server) -> Hist {
         h.entry(c.key.to_string()).or_default().push((
             created,
             c.revision,
-            c.entry.as_ref().map(|e| (*e.data).clone()),
+            c.entry.as_ref().map(|e| e.data().clone()),
         ));
     }
     h
@@ -727,7 +727,7 @@ fn interleavings(steps: &[Step], small_log: bool, optimistic: bool) -> Result<()
             .store()
             .list(&Pattern::parse("g/*").unwrap())
             .into_iter()
-            .map(|(k, e)| (k.to_string(), (*e.data).clone()))
+            .map(|(k, e)| (k.to_string(), e.data().clone()))
             .collect();
     let held: Vec<(String, Value)> =
         r.c.value("g/*")
@@ -742,7 +742,7 @@ fn interleavings(steps: &[Step], small_log: bool, optimistic: bool) -> Result<()
         r.s.e
             .store()
             .get("g/k0")
-            .map(|e| (*e.data).clone())
+            .map(|e| e.data().clone())
             .unwrap_or(Value::Null);
     prop_assert_eq!(r.c.value("g/k0").unwrap(), k0);
 
@@ -776,7 +776,7 @@ fn interleavings(steps: &[Step], small_log: bool, optimistic: bool) -> Result<()
             }
             // And the last report is the key's current state.
             let last = reported.last().unwrap();
-            let cur = r.s.e.store().get(k).map(|e| (*e.data).clone());
+            let cur = r.s.e.store().get(k).map(|e| e.data().clone());
             prop_assert_eq!(&last.value, &cur);
             prop_assert!(optimistic || reported.iter().all(|c| !c.pending));
         }
@@ -1295,7 +1295,7 @@ fn an_outbox_kept_across_a_reload_is_applied_once_in_order() {
         r.s.e
             .store()
             .scan(&Pattern::parse("q/*").unwrap())
-            .map(|(_, e)| (*e.data).clone())
+            .map(|(_, e)| e.data().clone())
             .collect();
     let mut pushed = pushed;
     pushed.sort_by_key(|v| v.to_string());
@@ -1306,7 +1306,7 @@ fn an_outbox_kept_across_a_reload_is_applied_once_in_order() {
         "the one the server had was answered"
     );
     assert_eq!(
-        r.s.e.store().get("q-count").map(|e| (*e.data).clone()),
+        r.s.e.store().get("q-count").map(|e| e.data().clone()),
         Some(json!(1))
     );
 }
@@ -1566,7 +1566,7 @@ fn a_tab_that_closes_leaves_its_leases_and_disconnect_writes_behind() {
         "its lease released"
     );
     assert_eq!(
-        t.s.e.store().get("left").map(|e| (*e.data).clone()),
+        t.s.e.store().get("left").map(|e| e.data().clone()),
         Some(json!("one")),
         "its disconnect write ran"
     );
@@ -1611,7 +1611,7 @@ fn the_leader_going_loses_no_write_and_no_update() {
         }
     }
     assert_eq!(
-        t.s.e.store().get("h-n").map(|e| (*e.data).clone()),
+        t.s.e.store().get("h-n").map(|e| e.data().clone()),
         Some(json!(1))
     );
     // Meanwhile another writer changes things: the tabs must get them after the handover.
@@ -1631,7 +1631,7 @@ fn the_leader_going_loses_no_write_and_no_update() {
         );
     }
     assert_eq!(
-        t.s.e.store().get("h-n").map(|e| (*e.data).clone()),
+        t.s.e.store().get("h-n").map(|e| e.data().clone()),
         Some(json!(1)),
         "once"
     );

@@ -512,7 +512,7 @@ pub(super) fn extended(
                 unreachable!("incr writes")
             };
             let body =
-                json::encode(&json!({"key": &**k, "value": *e.data, "revision": e.revision}));
+                json::encode(&json!({"key": &**k, "value": *e.data(), "revision": e.revision}));
             written(engine, h, a.clone(), Some(body.into()), StatusCode::OK)
         }
         "take" => {
