@@ -2,7 +2,10 @@
 //! path the server uses (engine changes, group commits of 10,000), then times opening the file and
 //! loading it into an engine. Recorded in docs/BENCHMARKS.md.
 //!
-//! `cargo run --release -p stateline-disk --example load_time -- [N] [DIR]`
+//! `cargo run --release -p stateline-disk --example load_time -- [N] [DIR] [keep]`
+//!
+//! With `keep`, the folder stays afterwards: a server started with `--data DIR` serves the keys
+//! (`bench/scripts/restart.sh` times that and measures its memory).
 #![allow(clippy::disallowed_methods)] // measures wall time by design
 
 use std::time::Instant;
@@ -74,5 +77,7 @@ fn main() {
     let load_s = t.elapsed().as_secs_f64();
     assert_eq!(engine.store().len(), n);
     println!("keys: {n}; file: {:.1} MiB; write (batches of 10,000): {write_s:.1} s; open + load into memory: {load_s:.2} s ({:.2} µs/key)", size as f64 / 1048576.0, load_s * 1e6 / n as f64);
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.next().as_deref() != Some("keep") {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
