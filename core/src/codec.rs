@@ -51,8 +51,7 @@ pub fn decode_entry(b: &[u8]) -> Result<Entry, Corrupt> {
     let seq = u64::from_le_bytes(take8(b, 24)?);
     let expires = i64::from_le_bytes(take8(b, 32)?);
     let json = &b[40..];
-    serde_json::from_slice::<serde::de::IgnoredAny>(json)
-        .map_err(|e| Corrupt(format!("value of seq {seq}: {e}")))?;
+    crate::json::check_stored(json).map_err(|e| Corrupt(format!("value of seq {seq}: {e}")))?;
     let (tree, json) = Entry::from_json(Bytes::copy_from_slice(json));
     Ok(Entry {
         created,
@@ -163,6 +162,19 @@ mod tests {
         );
         assert_eq!((&entry.json, entry.data()), (&want.json, want.data()));
         assert!(decode_entry(&[1, 2, 3]).is_err());
+        // A value the parser would refuse is a corrupt record, not a tree that fails later.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [&b"[1,"[..], b"\"\xff\"", b"\"\\ud800\"", deep.as_bytes()] {
+            let mut b = Vec::new();
+            encode_entry(&mut b, want);
+            b.truncate(40);
+            b.extend_from_slice(bad);
+            assert!(
+                decode_entry(&b).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert!(decode_log(9, &[0; 12]).is_err());
     }
 

@@ -95,6 +95,83 @@ pub fn count_nodes(body: &[u8], limit: usize) -> usize {
     n
 }
 
+/// Nesting the parser accepts (serde_json's recursion limit of 128 refuses the 128th level): no
+/// stored value is deeper, since every one was parsed once.
+pub const PARSER_MAX_DEPTH: usize = 127;
+
+/// Checks that JSON text read back from storage (or another node) is what this process would
+/// have stored: exactly one value that [`parse`] accepts, so the tree built from it later
+/// ([`crate::store::Entry::data`]) always parses. Unlike [`parse`] it builds nothing: the
+/// grammar is checked by serde_json's skipping parser, and what skipping does not check is
+/// checked here: UTF-8, escapes that are lone UTF-16 surrogates, and the nesting limit.
+pub fn check_stored(text: &[u8]) -> Result<(), JsonError> {
+    let bad = |why: &str| Err(JsonError::Syntax(why.to_string()));
+    if std::str::from_utf8(text).is_err() {
+        return bad("not UTF-8");
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(text)
+        .map_err(|e| JsonError::Syntax(e.to_string()))?;
+    #[cfg(not(feature = "exact-numbers"))]
+    {
+        // Without exact numbers a number beyond a double's range is refused by the parser and
+        // not by skipping: parse it (no build of this crate reads storage this way).
+        serde_json::from_slice::<Value>(text).map_err(|e| JsonError::Syntax(e.to_string()))?;
+    }
+    // The grammar is valid here, so brackets outside strings are structure.
+    let (mut depth, mut i, mut in_str) = (0usize, 0usize, false);
+    while i < text.len() {
+        let b = text[i];
+        i += 1;
+        if in_str {
+            match b {
+                b'"' => in_str = false,
+                b'\\' => {
+                    if text.get(i) == Some(&b'u') {
+                        let unit = hex4(text, i + 1);
+                        i += 5;
+                        if (0xD800..0xDC00).contains(&unit) {
+                            // A high surrogate must be followed by an escaped low one.
+                            let low = (text.get(i..i + 2) == Some(&b"\\u"[..]))
+                                .then(|| hex4(text, i + 2))
+                                .filter(|l| (0xDC00..0xE000).contains(l));
+                            if low.is_none() {
+                                return bad("a lone leading surrogate in a \\u escape");
+                            }
+                            i += 6;
+                        } else if (0xDC00..0xE000).contains(&unit) {
+                            return bad("a lone trailing surrogate in a \\u escape");
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > PARSER_MAX_DEPTH {
+                    return bad("nested too deep");
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+// The four hex digits at `at` (the grammar was checked: they are there).
+fn hex4(text: &[u8], at: usize) -> u32 {
+    text.get(at..at + 4)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
 /// [`parse`] with an explicit cap on values (nodes), checked on the bytes before the tree is
 /// built, so a refused body never costs more than its bytes.
 pub fn parse_limited(body: &[u8], max_depth: usize, max_nodes: usize) -> Result<Value, JsonError> {
@@ -323,6 +400,46 @@ mod tests {
         ));
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({"a":[1]})), 2);
+    }
+
+    #[test]
+    fn stored_text_is_checked_as_the_parser_would() {
+        // Whatever `check_stored` accepts, the tree built later parses; whatever the parser
+        // refuses, `check_stored` refuses.
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let cases: Vec<Vec<u8>> = vec![
+            b"1".to_vec(),
+            b" {\"a\":[1,2,{\"b\":null}]} ".to_vec(),
+            b"\"\\ud83d\\ude00 and \\u00e9\"".to_vec(),
+            b"\"\\ud83d\"".to_vec(),
+            b"\"\\ude00\"".to_vec(),
+            b"\"\\ud83d\\u0041\"".to_vec(),
+            b"\"\\ud83dx\"".to_vec(),
+            b"[\"\\\\\",\"\\\"[\"]".to_vec(),
+            b"\"\xff\"".to_vec(),
+            b"\"caf\xc3\xa9\"".to_vec(),
+            b"123456789012345678901234567890".to_vec(),
+            b"1e999".to_vec(),
+            b"[1,]".to_vec(),
+            b"1 2".to_vec(),
+            b"".to_vec(),
+            deep(PARSER_MAX_DEPTH).into_bytes(),
+            deep(PARSER_MAX_DEPTH + 1).into_bytes(),
+            format!("{{\"a\":{}}}", deep(PARSER_MAX_DEPTH - 1)).into_bytes(),
+            format!("{{\"a\":{}}}", deep(PARSER_MAX_DEPTH)).into_bytes(),
+            format!("[\"{}\"]", "[".repeat(300)).into_bytes(),
+        ];
+        for text in cases {
+            let parses = serde_json::from_slice::<Value>(&text).is_ok();
+            assert_eq!(
+                check_stored(&text).is_ok(),
+                parses,
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        assert!(check_stored(deep(PARSER_MAX_DEPTH).as_bytes()).is_ok());
+        assert!(check_stored(deep(PARSER_MAX_DEPTH + 1).as_bytes()).is_err());
     }
 
     #[test]
