@@ -297,6 +297,14 @@ async fn run(args: Args) -> Result<(), String> {
                     "write p99 ms, {} conns",
                 )
                 .await;
+                // Pipelining clients: 16 connections, each with 16 writes in flight.
+                if let Some(w) = soft!(
+                    "pipelined writes",
+                    scenarios::writes_pipelined(&run, 16, 16, 3.0).await
+                ) {
+                    eprintln!("   writes x16, pipelined 16 deep: {w:.0}/s");
+                    add(&mut r, "writes/s, 16 conns, pipelined 16 deep", sys, w);
+                }
             }
             if want("fanout") {
                 for &subs in sub_counts {

@@ -142,8 +142,37 @@ impl Http {
         body: &[u8],
         keep: Option<&mut Vec<u8>>,
     ) -> io::Result<u16> {
-        use std::io::Write as _;
         self.out.clear();
+        self.queue(method, path, ctype, body)?;
+        self.w.write_all(&self.out).await?;
+        self.response(keep).await
+    }
+
+    /// Sends `depth` requests in one write without waiting (HTTP/1.1 pipelining), then reads
+    /// their `depth` responses, in order; returns how many answered 200.
+    pub async fn pipelined(
+        &mut self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+        depth: usize,
+    ) -> io::Result<usize> {
+        self.out.clear();
+        for _ in 0..depth {
+            self.queue(method, path, ctype, body)?;
+        }
+        self.w.write_all(&self.out).await?;
+        let mut ok = 0;
+        for _ in 0..depth {
+            ok += usize::from(self.response(None).await? == 200);
+        }
+        Ok(ok)
+    }
+
+    // Appends a request to the output buffer.
+    fn queue(&mut self, method: &str, path: &str, ctype: &str, body: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
         write!(
             self.out,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
@@ -151,7 +180,11 @@ impl Http {
             body.len()
         )?;
         self.out.extend_from_slice(body);
-        self.w.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    // Reads one response; its body goes to `keep` when given.
+    async fn response(&mut self, keep: Option<&mut Vec<u8>>) -> io::Result<u16> {
         // The head, parsed where it lies in the read buffer (no line-by-line copies).
         let buf = self.r.fill_buf().await?;
         let (status, len, chunked) = match head_end(buf) {
@@ -359,11 +392,30 @@ impl Redis {
         })
     }
 
+    /// Sends a command `depth` times in one write without waiting (pipelining), then reads the
+    /// `depth` one-line replies; an error reply is an error.
+    pub async fn pipelined(&mut self, args: &[&[u8]], depth: usize) -> io::Result<()> {
+        self.out.clear();
+        for _ in 0..depth {
+            resp_into(&mut self.out, args);
+        }
+        self.w.write_all(&self.out).await?;
+        for _ in 0..depth {
+            self.reply().await?;
+        }
+        Ok(())
+    }
+
     /// Sends a command and reads a one-line reply (`+OK`, `:n`); an error reply is an error.
     pub async fn cmd(&mut self, args: &[&[u8]]) -> io::Result<()> {
         self.out.clear();
         resp_into(&mut self.out, args);
         self.w.write_all(&self.out).await?;
+        self.reply().await
+    }
+
+    // Reads one one-line reply.
+    async fn reply(&mut self) -> io::Result<()> {
         let buf = self.r.fill_buf().await?;
         if buf.is_empty() {
             return Err(io::ErrorKind::UnexpectedEof.into());

@@ -161,6 +161,63 @@ pub async fn writes_to(
     })
 }
 
+/// N connections, each sending `depth` writes at a time without waiting for their answers
+/// (HTTP/1.1 pipelining; Redis: pipelined `SET`s), then reading the `depth` answers, for `secs`.
+/// Returns acknowledged writes per second; any write not acknowledged is an error.
+pub async fn writes_pipelined(
+    run: &Running,
+    conns: usize,
+    depth: usize,
+    secs: f64,
+) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let (sys, addr) = (run.system, run.addr);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = br#"{"m":"a small value of about forty bytes"}"#;
+            match sys {
+                System::Stateline | System::StatelineDurable => {
+                    let mut h = Http::connect(addr).await.map_err(|e| e.to_string())?;
+                    let path = format!("/bench/p{c}");
+                    while Instant::now() < stop {
+                        let ok = h
+                            .pipelined("POST", &path, "application/json", body, depth)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if ok != depth {
+                            return Err(format!(
+                                "{} of {depth} pipelined writes refused",
+                                depth - ok
+                            ));
+                        }
+                        done.fetch_add(depth as u64, Ordering::Relaxed);
+                    }
+                }
+                System::Redis | System::RedisAof => {
+                    let mut r = Redis::connect(addr).await.map_err(|e| e.to_string())?;
+                    let key = format!("bench:p{c}");
+                    while Instant::now() < stop {
+                        r.pipelined(&[b"SET", key.as_bytes(), body], depth)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        done.fetch_add(depth as u64, Ordering::Relaxed);
+                    }
+                }
+                other => return Err(format!("pipelined writes: {} not supported", other.name())),
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Writes `keys` distinct Stateline keys `/<prefix>/k<i>` (a ~40-byte value each) over `conns`
 /// keep-alive connections spread over `addrs`, each write waiting for its acknowledgement.
 /// Returns the acknowledged writes per second; any refused write is an error.
