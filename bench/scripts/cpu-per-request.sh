@@ -14,6 +14,8 @@ rounds=${2:-3}
 bench=target/release/stateline-bench
 [ -x "$bench" ] || { echo "build first: cargo build --release -p stateline-server -p stateline-bench" >&2; exit 1; }
 if [ "$sys" = redis ]; then name=redis-server; else name=$(basename "${STATELINE_BIN:-stateline}"); fi
+# The kernel keeps the first 15 characters of a process's name, which is what `pgrep -x` matches.
+name="${name:0:15}"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null |
