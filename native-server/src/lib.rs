@@ -15,6 +15,7 @@ pub mod deflate;
 mod embed;
 pub mod ext;
 pub mod frames;
+mod handoff;
 pub mod hub;
 mod listen;
 pub mod routes;

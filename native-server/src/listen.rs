@@ -127,6 +127,12 @@ pub fn default_max_connections() -> usize {
     }
 }
 
+/// A client connection's socket, as an SSE stream takes it over from hyper.
+pub(crate) type Socket = Counted<tokio::net::TcpStream>;
+
+/// What a connection's IO shares with its requests (see [`crate::handoff`]).
+pub(crate) type ConnHandoff = handoff::Handoff<Socket>;
+
 /// A client connection that holds one of the `--max-connections` slots until it is closed
 /// (after an upgrade too: the upgraded socket owns it).
 pub(crate) struct Counted<T> {
@@ -193,6 +199,18 @@ pub(crate) async fn refuse_connection(io: tokio::net::TcpStream) {
     let conn = b.serve_connection(TokioIo::new(io), svc);
     let _ = tokio::time::timeout(REFUSE_TIMEOUT * 2, conn).await;
 }
+
+/// A request that arrived behind an SSE stream's request on the same connection.
+#[derive(Debug)]
+pub(crate) struct PipelinedBehindStream;
+
+impl std::fmt::Display for PipelinedBehindStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a request pipelined behind an SSE stream")
+    }
+}
+
+impl std::error::Error for PipelinedBehindStream {}
 
 /// Caps the bytes the kernel keeps unsent for `io` (see `--unsent`); Linux only, ignored elsewhere
 /// and when it fails (the kernel's default stays).
@@ -272,13 +290,20 @@ pub(crate) async fn accept_loop(
             }
             continue;
         };
-        let io = Counted { io, _slot: slot };
+        let hand = ConnHandoff::new();
+        let io = handoff::Detachable::new(Counted { io, _slot: slot }, hand.clone());
         let sh = shared.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let sh = sh.clone();
+            let hand = hand.clone();
             async move {
-                let r = routes::serve_request(sh, req.map(axum::body::Body::new)).await;
-                Ok::<_, std::convert::Infallible>(r)
+                // Parsed behind an SSE request that took the socket: never served, and hyper
+                // closes its side of the connection.
+                if hand.taken() {
+                    return Err(PipelinedBehindStream);
+                }
+                let r = routes::serve_on(sh, req.map(axum::body::Body::new), Some(&hand)).await;
+                Ok(r)
             }
         });
         let mut conn_stop = stop.clone();

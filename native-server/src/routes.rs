@@ -30,6 +30,16 @@ pub async fn entry(State(sh): State<Arc<Shared>>, req: Request<Body>) -> Respons
 /// Serves one request: reads its body (under the cap and the deadline), hands it to the core's
 /// front door once (`web::serve`), and does what comes back.
 pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
+    serve_on(sh, req, None).await
+}
+
+/// [`serve_request`] on one of the accept loop's connections (`conn`: what its IO shares with
+/// its requests, for an SSE stream to take the socket over).
+pub(crate) async fn serve_on(
+    sh: Arc<Shared>,
+    req: Request<Body>,
+    conn: Option<&Arc<crate::listen::ConnHandoff>>,
+) -> Response {
     let started = std::time::Instant::now();
     sh.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
@@ -47,7 +57,7 @@ pub async fn serve_request(sh: Arc<Shared>, req: Request<Body>) -> Response {
             Action::Respond(out) => out.response.map(Body::from),
             Action::Asset { path, head } => asset(&sh, &req, &path, head),
             Action::Backup => backup(&sh, &req).await,
-            Action::Events { sub, who } => events(&sh, &req, sub, who),
+            Action::Events { sub, who } => events(&sh, &req, sub, who, conn),
             Action::Upgrade { socket, who } => ws::upgrade(sh.clone(), req, socket, who).await,
             Action::Endpoint { who } => endpoint(&sh, req, &ext, who).await,
         },
@@ -428,11 +438,16 @@ fn asset(sh: &Shared, req: &Request<Bytes>, path: &str, head: bool) -> Response 
 
 /// An SSE stream: headers at once, then the first frame (initial values or what was missed),
 /// then one chunk per published frame, with keep-alive comments in between.
+///
+/// On a connection the accept loop serves (`conn` given), the stream leaves hyper once the head
+/// is sent ([`crate::handoff`]) and its own task writes the chunks; embedded in another router,
+/// hyper streams the body.
 fn events(
     sh: &Arc<Shared>,
     req: &Request<Bytes>,
     sub: Subscription,
     who: stateline_core::Identity,
+    conn: Option<&Arc<crate::listen::ConnHandoff>>,
 ) -> Response {
     let (mut reg, sink, rx) = sh.connect();
     let tick = sh.tick();
@@ -460,48 +475,156 @@ fn events(
     let keepalive = sh.limits.sse_keepalive;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The stream ends when the token it was opened with expires: `EventSource` reconnects,
-    // and must bring a fresh token.
-    let expires = crate::hub::deadline_at(tick, session.deadline());
-    let state = (
+    let stream = SseStream {
         reg,
         rx,
-        sh.shutdown.clone(),
+        shutdown: sh.shutdown.clone(),
         ticker,
-        Some(Bytes::from_static(web::SSE_HELLO)),
-    );
-    let stream = futures_util::stream::unfold(
-        state,
-        move |(reg, mut rx, mut shutdown, mut ticker, hello)| async move {
-            if let Some(h) = hello {
-                return Some((
-                    Ok::<_, std::convert::Infallible>(h),
-                    (reg, rx, shutdown, ticker, None),
-                ));
-            }
-            let next = loop {
-                // A first frame that showed a write since rolled back is never sent: the stream
-                // ends and `EventSource` reconnects.
-                if *shutdown.borrow() || reg.ctl.is_lagged() || reg.ctl.hold_failed() {
-                    return None;
-                }
-                break tokio::select! {
-                    _ = reg.ctl.wake.notified() => None,
-                    _ = shutdown.changed() => None,
-                    _ = crate::hub::until(expires) => None,
-                    // Held: the first frame waits for the commit of the writes it shows.
-                    _ = reg.ctl.released.notified(), if reg.ctl.is_held() => continue,
-                    m = rx.recv(), if !reg.ctl.is_held() => m.map(|(b, _)| b),
-                    _ = ticker.tick() => Some(Bytes::from_static(web::SSE_KEEPALIVE)),
-                };
-            };
-            next.map(|b| (Ok(b), (reg, rx, shutdown, ticker, None)))
-        },
-    );
-    let mut r = Response::new(Body::from_stream(stream));
-    *r.headers_mut() = {
+        // The stream ends when the token it was opened with expires: `EventSource`
+        // reconnects, and must bring a fresh token.
+        expires: crate::hub::deadline_at(tick, session.deadline()),
+        hello: true,
+    };
+    let headers = {
         let hub = sh.lock();
         web::sse_headers(&hub.engine, req.headers())
     };
+    // Only HTTP/1.1 answers with a chunked body, which the stream's task then continues; a HEAD
+    // has no body to continue.
+    let detach = conn
+        .filter(|_| req.version() == http::Version::HTTP_11 && req.method() == http::Method::GET)
+        .and_then(|c| c.arm());
+    let mut r = match detach {
+        Some((socket, body)) => {
+            tokio::spawn(stream.run_detached(socket, sh.limits.write_timeout));
+            Response::new(Body::new(body))
+        }
+        None => Response::new(Body::from_stream(futures_util::stream::unfold(
+            stream,
+            |mut s| async move {
+                let b = s.next(std::future::pending()).await?;
+                Some((Ok::<_, std::convert::Infallible>(b), s))
+            },
+        ))),
+    };
+    *r.headers_mut() = headers;
     r
+}
+
+/// The line that starts a chunk of `len` bytes: its size in hex and CRLF (at most 18 bytes).
+fn chunk_head(len: usize) -> ([u8; 18], usize) {
+    let mut head = [0u8; 18];
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        head[digits - 1 - i] = b"0123456789abcdef"[(len >> (4 * i)) & 0xf];
+    }
+    head[digits..digits + 2].copy_from_slice(b"\r\n");
+    (head, digits + 2)
+}
+
+/// An open SSE stream: what it needs to find its next chunk.
+struct SseStream {
+    reg: crate::hub::Registration,
+    rx: crate::hub::Queue,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    ticker: tokio::time::Interval,
+    expires: Option<tokio::time::Instant>,
+    /// Whether [`web::SSE_HELLO`] is still to be sent.
+    hello: bool,
+}
+
+impl SseStream {
+    /// The next chunk of the body, or `None` when the stream ends (shutdown, the subscriber
+    /// lagged, its token expired, or `gone` completed: the client left).
+    async fn next(&mut self, gone: impl std::future::Future<Output = ()>) -> Option<Bytes> {
+        if std::mem::take(&mut self.hello) {
+            return Some(Bytes::from_static(web::SSE_HELLO));
+        }
+        tokio::pin!(gone);
+        loop {
+            // A first frame that showed a write since rolled back is never sent: the stream
+            // ends and `EventSource` reconnects.
+            let ctl = &self.reg.ctl;
+            if *self.shutdown.borrow() || ctl.is_lagged() || ctl.hold_failed() {
+                return None;
+            }
+            return tokio::select! {
+                _ = ctl.wake.notified() => None,
+                _ = self.shutdown.changed() => None,
+                _ = crate::hub::until(self.expires) => None,
+                _ = &mut gone => None,
+                // Held: the first frame waits for the commit of the writes it shows.
+                _ = ctl.released.notified(), if ctl.is_held() => continue,
+                m = self.rx.recv(), if !ctl.is_held() => m.map(|(b, _)| b),
+                _ = self.ticker.tick() => Some(Bytes::from_static(web::SSE_KEEPALIVE)),
+            };
+        }
+    }
+
+    /// The stream after it left hyper: waits for the socket, then writes every chunk of the
+    /// response itself (HTTP/1.1 chunked encoding, as hyper did), and the last chunk when the
+    /// stream ends. It is dropped without it when the client closes, a write fails or takes
+    /// longer than `write_timeout`, or the stream must end while a write is stuck (the
+    /// subscriber lagged, or the server shuts down).
+    async fn run_detached(
+        mut self,
+        socket: tokio::sync::oneshot::Receiver<crate::listen::Socket>,
+        write_timeout: std::time::Duration,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // No socket: hyper gave up on the connection before the head was sent.
+        let Ok(mut io) = socket.await else { return };
+        loop {
+            // The client sends nothing on an SSE connection; end-of-file means it left. Bytes
+            // it sends anyway are read and dropped (a request pipelined behind the stream would
+            // never be answered).
+            let gone = async {
+                let mut scratch = [0u8; 64];
+                while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+            };
+            let Some(b) = self.next(gone).await else {
+                break;
+            };
+            let (head, n) = chunk_head(b.len());
+            let mut chunk = bytes::Buf::chain(bytes::Buf::chain(&head[..n], b), &b"\r\n"[..]);
+            let written = tokio::select! {
+                r = tokio::time::timeout(write_timeout, io.write_all_buf(&mut chunk)) => {
+                    matches!(r, Ok(Ok(())))
+                }
+                _ = self.reg.ctl.wake.notified() => false,
+                _ = self.shutdown.wait_for(|s| *s) => false,
+            };
+            if !written {
+                return;
+            }
+        }
+        let end = async {
+            io.write_all(b"0\r\n\r\n").await?;
+            io.shutdown().await
+        };
+        let _ =
+            tokio::time::timeout(write_timeout.min(std::time::Duration::from_secs(5)), end).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_head;
+
+    #[test]
+    fn chunk_heads_are_hex_sizes() {
+        for (len, want) in [
+            (0, "0\r\n"),
+            (5, "5\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (255, "ff\r\n"),
+            (65_536, "10000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let (head, n) = chunk_head(len);
+            assert_eq!(std::str::from_utf8(&head[..n]).unwrap(), want);
+            assert_eq!(format!("{len:x}\r\n"), want);
+        }
+    }
 }
