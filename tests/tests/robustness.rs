@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use serde_json::json;
 use stateline_conformance::{
-    client_frame, connections, differs, find, next_event, next_json, raw_ws, read_to_eof, unique,
-    upload, wait_connections, ws, Server, Sse, WsEvent, SOON,
+    client_frame, connections, differs, find, next_event, next_json, raw, raw_ws, read_to_eof,
+    read_until, unique, upload, wait_connections, ws, Server, Sse, WsEvent, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -455,4 +455,59 @@ async fn a_truncated_body_is_400_and_changes_nothing() {
     }
     assert!(c.get(&k).await.unwrap().is_none());
     healthy(&s).await;
+}
+
+#[tokio::test]
+async fn sse_streams_let_go_of_clients_that_leave_and_serve_nothing_pipelined_behind() {
+    // Connection counts need a server of this test's own.
+    let Some(s) = Server::with_flags(&[]).await else {
+        return;
+    };
+    let c = s.client();
+    let k = unique("leave");
+    let behind = unique("behind");
+    let gone = Sse::open(&s, &format!("/{k}"), "text/event-stream", "").await;
+    let mut stays = Sse::open(&s, &format!("/{k}"), "text/event-stream", "").await;
+    // A write pipelined behind an SSE request on the same connection: the stream never ends,
+    // so it must never be served (it could never be answered).
+    let body = r#"{"pipelined":true}"#;
+    let head = format!(
+        "GET /{k} HTTP/1.1\r\nHost: {a}\r\nAccept: text/event-stream\r\n\r\n\
+         POST /{behind} HTTP/1.1\r\nHost: {a}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len(),
+        a = s.authority()
+    );
+    let mut piped = raw(&s, &head, body.as_bytes()).await;
+    let mut got = Vec::new();
+    assert!(read_until(&mut piped, &mut got, b":stateline\n\n", SOON).await);
+    assert_eq!(wait_connections(&c, 3).await, 3);
+    drop(gone);
+    assert_eq!(
+        wait_connections(&c, 2).await,
+        2,
+        "a stream whose client closed is let go"
+    );
+    c.set(&k, &json!({"n": 1})).await.unwrap();
+    assert!(
+        stays.wait_for(r#"data:{"n":1}"#, SOON).await,
+        "{}",
+        stays.text()
+    );
+    assert!(
+        read_until(&mut piped, &mut got, br#"data:{"n":1}"#, SOON).await,
+        "the pipelined connection still streams: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        c.get(&behind).await.unwrap().is_none(),
+        "the request behind the stream was not served"
+    );
+    assert!(
+        !String::from_utf8_lossy(&got)
+            .contains("HTTP/1.1 200 OK\r\ncontent-type: application/json"),
+        "no answer to it either: {}",
+        String::from_utf8_lossy(&got)
+    );
+    drop((stays, piped));
+    assert_eq!(wait_connections(&c, 0).await, 0);
 }
