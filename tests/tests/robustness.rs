@@ -200,7 +200,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
                 s.authority(),
                 (10u64 << 20) + 1
             );
-            let mut t = stateline_conformance::raw(&s, &head, b"").await;
+            let mut t = raw(&s, &head, b"").await;
             let mut buf = Vec::new();
             read_to_eof(&mut t, &mut buf, SOON).await;
             String::from_utf8_lossy(&buf).into_owned()
@@ -243,7 +243,7 @@ async fn chunked_body_over_the_cap_is_413() {
         s.authority(),
         body.len()
     );
-    let mut t = stateline_conformance::raw(&s, &head, body.as_bytes()).await;
+    let mut t = raw(&s, &head, body.as_bytes()).await;
     let _ = t.write_all(b"\r\n0\r\n\r\n").await;
     let mut buf = Vec::new();
     read_to_eof(&mut t, &mut buf, SOON).await;
@@ -379,10 +379,10 @@ async fn a_trickling_body_gets_the_deadline() {
         "POST /slow HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\n",
         s.authority()
     );
-    let mut t = stateline_conformance::raw(&s, &head, b"[1").await;
+    let mut t = raw(&s, &head, b"[1").await;
     let mut buf = Vec::new();
     let started = Instant::now();
-    stateline_conformance::read_until(&mut t, &mut buf, b"\r\n\r\n", SOON).await;
+    read_until(&mut t, &mut buf, b"\r\n\r\n", SOON).await;
     assert!(
         buf.starts_with(b"HTTP/1.1 503"),
         "{}",
@@ -434,7 +434,7 @@ async fn a_truncated_body_is_400_and_changes_nothing() {
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
             s.authority()
         );
-        let mut t = stateline_conformance::raw(&s, &head, b"{\"half\": ").await;
+        let mut t = raw(&s, &head, b"{\"half\": ").await;
         t.shutdown().await.expect("half-close");
         let mut buf = Vec::new();
         read_to_eof(&mut t, &mut buf, SOON).await;
