@@ -572,8 +572,17 @@ impl SseStream {
         write_timeout: std::time::Duration,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // No socket: hyper gave up on the connection before the head was sent.
-        let Ok(mut io) = socket.await else { return };
+        // No socket: hyper gave up on the connection before the head was sent. A client that
+        // does not even read the head is let go like one that stops reading later: when the
+        // stream lags or the server shuts down (hyper then drops the socket).
+        let mut io = tokio::select! {
+            s = socket => match s {
+                Ok(io) => io,
+                Err(_) => return,
+            },
+            _ = self.reg.ctl.wake.notified() => return,
+            _ = self.shutdown.wait_for(|s| *s) => return,
+        };
         loop {
             // The client sends nothing on an SSE connection; end-of-file means it left. Bytes
             // it sends anyway are read and dropped (a request pipelined behind the stream would
