@@ -106,17 +106,19 @@ pub const PARSER_MAX_DEPTH: usize = 127;
 /// checked here: UTF-8, escapes that are lone UTF-16 surrogates, and the nesting limit.
 pub fn check_stored(text: &[u8]) -> Result<(), JsonError> {
     let bad = |why: &str| Err(JsonError::Syntax(why.to_string()));
+    if !cfg!(feature = "exact-numbers") {
+        // Without exact numbers a number beyond a double's range is refused by the parser and
+        // not by skipping: parse it, which checks everything below too (no build of this crate
+        // reads storage this way).
+        return serde_json::from_slice::<Value>(text)
+            .map(drop)
+            .map_err(|e| JsonError::Syntax(e.to_string()));
+    }
     if std::str::from_utf8(text).is_err() {
         return bad("not UTF-8");
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(text)
         .map_err(|e| JsonError::Syntax(e.to_string()))?;
-    #[cfg(not(feature = "exact-numbers"))]
-    {
-        // Without exact numbers a number beyond a double's range is refused by the parser and
-        // not by skipping: parse it (no build of this crate reads storage this way).
-        serde_json::from_slice::<Value>(text).map_err(|e| JsonError::Syntax(e.to_string()))?;
-    }
     // The grammar is valid here, so brackets outside strings are structure.
     let (mut depth, mut i, mut in_str) = (0usize, 0usize, false);
     while i < text.len() {

@@ -215,45 +215,28 @@ impl<T: AsyncRead + Unpin> AsyncRead for Detachable<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Detachable<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        match (&mut me.io, me.hand.state()) {
-            (Some(io), OPEN) => Pin::new(io).poll_write(cx, buf),
-            (Some(io), ARMED) => {
-                let r = Pin::new(io).poll_write(cx, buf);
-                me.wrote_armed |= matches!(r, Poll::Ready(Ok(n)) if n > 0);
-                r
-            }
-            (Some(_), HEAD_SENT) => Poll::Ready(me.swallow(buf)),
-            _ => Poll::Ready(Err(Self::gone())),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+impl<T: AsyncWrite + Unpin> Detachable<T> {
+    /// A write of `bufs` (`write` does it on the socket): passed through until the head is
+    /// flushed, then the last chunk is swallowed, and after it nothing is written.
+    fn write_with(
+        &mut self,
         bufs: &[io::IoSlice<'_>],
+        write: impl FnOnce(Pin<&mut T>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        match (&mut me.io, me.hand.state()) {
-            (Some(io), OPEN) => Pin::new(io).poll_write_vectored(cx, bufs),
+        match (&mut self.io, self.hand.state()) {
+            (Some(io), OPEN) => write(Pin::new(io)),
             (Some(io), ARMED) => {
-                let r = Pin::new(io).poll_write_vectored(cx, bufs);
-                me.wrote_armed |= matches!(r, Poll::Ready(Ok(n)) if n > 0);
+                let r = write(Pin::new(io));
+                self.wrote_armed |= matches!(r, Poll::Ready(Ok(n)) if n > 0);
                 r
             }
             (Some(_), HEAD_SENT) => {
                 let mut n = 0;
                 for b in bufs.iter().filter(|b| !b.is_empty()) {
-                    if me.hand.state() != HEAD_SENT {
+                    if self.hand.state() != HEAD_SENT {
                         break;
                     }
-                    match me.swallow(b) {
+                    match self.swallow(b) {
                         Ok(k) => n += k,
                         Err(e) if n == 0 => return Poll::Ready(Err(e)),
                         Err(_) => break,
@@ -263,6 +246,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Detachable<T> {
             }
             _ => Poll::Ready(Err(Self::gone())),
         }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Detachable<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .write_with(&[io::IoSlice::new(buf)], |io| io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .write_with(bufs, |io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -200,18 +200,6 @@ pub(crate) async fn refuse_connection(io: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(REFUSE_TIMEOUT * 2, conn).await;
 }
 
-/// A request that arrived behind an SSE stream's request on the same connection.
-#[derive(Debug)]
-pub(crate) struct PipelinedBehindStream;
-
-impl std::fmt::Display for PipelinedBehindStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a request pipelined behind an SSE stream")
-    }
-}
-
-impl std::error::Error for PipelinedBehindStream {}
-
 /// Caps the bytes the kernel keeps unsent for `io` (see `--unsent`); Linux only, ignored elsewhere
 /// and when it fails (the kernel's default stays).
 fn unsent_limit(io: &tokio::net::TcpStream, bytes: u32) {
@@ -300,7 +288,9 @@ pub(crate) async fn accept_loop(
                 // Parsed behind an SSE request that took the socket: never served, and hyper
                 // closes its side of the connection.
                 if hand.taken() {
-                    return Err(PipelinedBehindStream);
+                    return Err(std::io::Error::other(
+                        "a request pipelined behind an SSE stream",
+                    ));
                 }
                 let r = routes::serve_on(sh, req.map(axum::body::Body::new), Some(&hand)).await;
                 Ok(r)

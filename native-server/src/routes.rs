@@ -460,10 +460,10 @@ fn events(
                 sink.offer(b);
             }
             sh.hold_until_committed(&hub, &reg.ctl);
-            Ok((pool, session))
+            Ok((pool, session, web::sse_headers(&hub.engine, req.headers())))
         })
     };
-    let (pool, session) = match joined {
+    let (pool, session, headers) = match joined {
         Ok(j) => j,
         Err(e) => {
             drop(reg);
@@ -484,10 +484,6 @@ fn events(
         // reconnects, and must bring a fresh token.
         expires: crate::hub::deadline_at(tick, session.deadline()),
         hello: true,
-    };
-    let headers = {
-        let hub = sh.lock();
-        web::sse_headers(&hub.engine, req.headers())
     };
     // Only HTTP/1.1 answers with a chunked body, which the stream's task then continues; a HEAD
     // has no body to continue.
@@ -513,13 +509,13 @@ fn events(
 
 /// The line that starts a chunk of `len` bytes: its size in hex and CRLF (at most 18 bytes).
 fn chunk_head(len: usize) -> ([u8; 18], usize) {
+    use std::io::Write as _;
     let mut head = [0u8; 18];
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
-        head[digits - 1 - i] = b"0123456789abcdef"[(len >> (4 * i)) & 0xf];
-    }
-    head[digits..digits + 2].copy_from_slice(b"\r\n");
-    (head, digits + 2)
+    let mut rest = &mut head[..];
+    // 16 hex digits at most, and CRLF: it fits.
+    let _ = write!(rest, "{len:x}\r\n");
+    let n = 18 - rest.len();
+    (head, n)
 }
 
 /// An open SSE stream: what it needs to find its next chunk.
