@@ -77,6 +77,9 @@ wait "$cluster_pid" 2>/dev/null || true
 # The embedded files as the edge worker builds them (no gzipped copies; the workspace build above
 # unifies the feature on).
 cargo test -p stateline-assets --no-default-features
+# The core as the browser client builds it: no exact numbers (its values become doubles) and no
+# coalescing.
+cargo test -p stateline-core --no-default-features
 
 step "fuzz: each target of core/fuzz for ${FUZZ_SECONDS:-5} s from its seed corpus (FUZZ_SECONDS to lengthen)"
 bash scripts/fuzz.sh

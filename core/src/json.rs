@@ -471,6 +471,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "exact-numbers")]
     fn numbers_are_kept_as_written() {
         for n in [
             "123456789012345678901234567890",

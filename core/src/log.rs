@@ -406,6 +406,11 @@ mod tests {
         // Resuming parses the text again, exactly.
         let steps = l.since(l.floor(), s.last_seq(), &Pattern::parse("k").unwrap());
         assert!(matches!(steps.as_deref(), Ok([Missed::Delete(..)])));
+        // The text kept is the text written, numbers included (which needs exact numbers: without
+        // them the parser rounds the big one before anything is logged).
+        if !cfg!(feature = "exact-numbers") {
+            return;
+        }
         let mut s2 = Store::new(0);
         let mut l2 = Log::new(0, 10, 1 << 20);
         put(&mut s2, &mut l2, "n", 1);

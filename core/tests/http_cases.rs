@@ -676,12 +676,19 @@ fn a_token_in_the_url_only_opens_event_streams() {
 #[test]
 fn numbers_round_trip_and_counters_refuse_what_they_cannot_hold() {
     let mut t = T::new();
-    for n in [
-        "123456789012345678901234567890",
-        "18446744073709551616",
-        "-0",
-        "1.50",
-    ] {
+    // Kept as written needs exact numbers (the servers' build); without them (the browser
+    // client's core) numbers are doubles, and the counters below refuse the same things.
+    let exact: &[&str] = if cfg!(feature = "exact-numbers") {
+        &[
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "-0",
+            "1.50",
+        ]
+    } else {
+        &[]
+    };
+    for n in exact {
         assert_eq!(t.post("/n", n).status, StatusCode::OK);
         let g = t.get("/n");
         assert!(

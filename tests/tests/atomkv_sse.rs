@@ -1,4 +1,5 @@
-//! AtomKV's HTTP and SSE: seeds-protocols.md §6.3 cases 21–25, and SSE beyond AtomKV (initial
+//! AtomKV's HTTP and SSE: its documented cases (`PUT` with
+//! `X-Revision`, conflicts, SSE events, CORS), and SSE beyond AtomKV (initial
 //! value, `Last-Event-ID` resume, keep-alive comments, `Accept` lists, headers at once).
 
 use std::time::Duration;

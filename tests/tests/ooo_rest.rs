@@ -1,4 +1,4 @@
-//! ooo's REST routes: seeds-protocols.md §6.3 cases 1–11 (≈: compared as JSON).
+//! ooo's REST routes: the cases ooo's own client relies on (≈: compared as JSON).
 
 use http::Method;
 use serde_json::{json, Value};

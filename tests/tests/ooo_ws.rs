@@ -1,4 +1,4 @@
-//! ooo's WebSocket protocol: seeds-protocols.md §6.3 cases 12–20, plus the handshake details
+//! ooo's WebSocket protocol: the cases ooo's own client relies on, plus the handshake details
 //! (case-insensitive `Upgrade`, the `bearer` subprotocol).
 
 use std::time::Duration;
