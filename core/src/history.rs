@@ -4,7 +4,12 @@
 //! key ([`Limits::keep`], the server's `--history`) and in total bytes ([`Limits::max_bytes`]:
 //! the oldest versions of the whole store go first). It is fed every change the engine applies
 //! (with the time it was applied), independently of the change log, so trimming the log for
-//! resumes never shortens a key's history. What it adds and drops is queued as a [`Delta`]
+//! resumes never shortens a key's history.
+//!
+//! A key's current value is not kept here: the store holds it, and a reader shows it first
+//! ([`History::json`] takes it). A write moves the value it replaces in (a key written once has no
+//! history record at all, in memory or on disk); a delete moves the deleted value in, then the
+//! delete itself, which stays the newest version until the key is written again. What it adds and drops is queued as a [`Delta`]
 //! for the adapter's storage (a redb table natively, a SQLite table at the edge), written in the
 //! same transaction as the changes; at start the stored versions are given back
 //! ([`History::restore`]) and trimmed to the limits again.
@@ -126,54 +131,110 @@ impl History {
         self.bytes
     }
 
-    /// Records a change applied at clock time `at` (a delete's time; a write's own
-    /// `updated`, or `created` for a new key, is used instead).
+    /// Records a change applied at clock time `at` (a delete's time): the value it replaced or
+    /// deleted becomes a version here, and so does a delete. A write's new value stays in the
+    /// store only.
     pub fn push(&mut self, c: &Change, at: i64) {
-        if self.limits.keep == 0 {
+        let keep = self.limits.keep;
+        if keep == 0 {
             return;
         }
-        let v = Version {
-            seq: c.seq,
-            revision: c.revision,
-            updated: c.entry.as_ref().map_or(at, |e| {
-                if e.updated != 0 {
-                    e.updated
-                } else {
-                    e.created
-                }
-            }),
-            json: c.entry.as_ref().map(|e| e.json.clone()),
-        };
-        if self.stored {
-            self.delta.put.push((v.seq, encode(&c.key, &v)));
+        // A key that exists shows its current value as one of its `keep` newest versions.
+        let live = c.entry.is_some();
+        let room = keep - usize::from(live);
+        if let Some(prev) = c.prev.as_ref().filter(|_| room > 0) {
+            let v = Version {
+                seq: prev.seq,
+                revision: prev.revision,
+                updated: written_at(prev),
+                json: Some(prev.json.clone()),
+            };
+            self.insert(c.key.clone(), v, true);
         }
-        self.insert(c.key.clone(), v);
+        if !live {
+            let v = Version {
+                seq: c.seq,
+                revision: c.revision,
+                updated: at,
+                json: None,
+            };
+            self.insert(c.key.clone(), v, true);
+        }
+        self.trim(&c.key, room);
+        self.bound_total();
     }
 
-    fn insert(&mut self, key: Arc<str>, v: Version) {
+    // Keeps `v` as `key`'s newest version; `write`: queue it for storage (else it is there).
+    fn insert(&mut self, key: Arc<str>, v: Version, write: bool) {
+        if self.stored && write {
+            self.delta.put.push((v.seq, encode(&key, &v)));
+        }
         self.bytes += v.cost(&key);
         self.order.insert(v.seq, key.clone());
-        // Most keys are written once or a few times: room for one version at first, not the
-        // four a first push would allocate (a version is 56 bytes, for every key).
-        let versions = self
-            .keys
-            .entry(key.clone())
-            .or_insert_with(|| VecDeque::with_capacity(1));
-        versions.push_back(v);
-        while versions.len() > self.limits.keep {
-            let old = versions.pop_front().expect("longer than keep");
-            self.bytes -= old.cost(&key);
-            self.order.remove(&old.seq);
-            if self.stored {
-                self.delta.drop.push(old.seq);
-            }
-        }
+        // Most keys are written a few times: room for one version at first, not the four a
+        // first push would allocate (a version is 56 bytes).
+        self.keys
+            .entry(key)
+            .or_insert_with(|| VecDeque::with_capacity(1))
+            .push_back(v);
+    }
+
+    // Drops the oldest versions of the whole store while over the total bound.
+    fn bound_total(&mut self) {
         while self.bytes > self.limits.max_bytes && self.order.len() > 1 {
             let Some((seq, k)) = self.order.pop_first() else {
                 break;
             };
             self.remove_oldest(&k, seq);
         }
+    }
+
+    // Drops `key`'s oldest versions beyond `room`.
+    fn trim(&mut self, key: &Arc<str>, room: usize) {
+        let Some(versions) = self.keys.get_mut(key) else {
+            return;
+        };
+        let over = versions.len().saturating_sub(room);
+        let gone: Vec<Version> = versions.drain(..over).collect();
+        if versions.is_empty() {
+            self.keys.remove(key);
+        }
+        for old in gone {
+            self.bytes -= old.cost(key);
+            self.order.remove(&old.seq);
+            self.unwrite(old.seq);
+        }
+    }
+
+    // Storage must not hold version `seq`: its row is not written if it is still queued (a
+    // version trimmed by the change that added it), else it is removed.
+    fn unwrite(&mut self, seq: u64) {
+        match self.delta.put.iter().rposition(|(s, _)| *s == seq) {
+            Some(i) => {
+                self.delta.put.remove(i);
+            }
+            // Written by an earlier commit (or by one that failed, which wrote nothing: removing
+            // a row that is not there is harmless).
+            None if self.stored => self.delta.drop.push(seq),
+            None => {}
+        }
+    }
+
+    // Forgets the version `seq` of `key` (it is current again, or it never was), and its row.
+    fn forget(&mut self, key: &Arc<str>, seq: u64) {
+        if self.order.remove(&seq).is_none() {
+            return;
+        }
+        if let Some(versions) = self.keys.get_mut(key) {
+            if let Some(pos) = versions.iter().rposition(|v| v.seq == seq) {
+                let v = versions.remove(pos).expect("found");
+                self.bytes -= v.cost(key);
+            }
+            if versions.is_empty() {
+                self.keys.remove(key);
+            }
+        }
+        self.unwrite(seq);
     }
 
     // Removes `k`'s oldest version, which is `seq` (the store's oldest).
@@ -187,32 +248,49 @@ impl History {
                 self.keys.remove(k);
             }
         }
-        if self.stored {
-            self.delta.drop.push(seq);
+        self.unwrite(seq);
+    }
+
+    /// Forgets what `changes` added (their durable commit failed and they were reverted; they
+    /// are the newest changes, oldest first): the versions they wrote, and the values they
+    /// replaced, which are current again. Versions their pushes trimmed are not brought back.
+    pub fn undo(&mut self, changes: &[Change]) {
+        let Some(first) = changes.first().map(|c| c.seq) else {
+            return;
+        };
+        let mut gone: Vec<(u64, Arc<str>)> = self
+            .order
+            .range(first..)
+            .map(|(s, k)| (*s, k.clone()))
+            .collect();
+        gone.extend(
+            changes
+                .iter()
+                .filter_map(|c| Some((c.prev.as_ref()?.seq, c.key.clone())))
+                .filter(|(s, _)| *s < first),
+        );
+        for (s, k) in gone {
+            self.forget(&k, s);
         }
     }
 
-    /// Forgets changes from `seq` on (their durable commit failed and they were reverted; they
-    /// are the newest of their keys). Versions their pushes trimmed are not brought back.
-    pub fn undo_from(&mut self, seq: u64) {
-        let gone: Vec<(u64, Arc<str>)> = self
-            .order
-            .range(seq..)
-            .map(|(s, k)| (*s, k.clone()))
-            .collect();
-        for (s, k) in gone {
-            self.order.remove(&s);
-            if let Some(versions) = self.keys.get_mut(&k) {
-                if let Some(pos) = versions.iter().rposition(|v| v.seq == s) {
-                    let v = versions.remove(pos).expect("found");
-                    self.bytes -= v.cost(&k);
-                }
-                if versions.is_empty() {
-                    self.keys.remove(&k);
-                }
+    /// Settles a history given back by storage against the store it was restored with
+    /// (`current` gives a key's current sequence number, `None` for a key that does not exist):
+    /// a version that is a key's current value is dropped (storage written before current
+    /// values were left to the store holds one per key), and a key that exists keeps `keep - 1`
+    /// versions beside its current one. What is dropped is queued for storage to remove.
+    pub fn settle(&mut self, current: impl Fn(&str) -> Option<u64>) {
+        let keys: Vec<Arc<str>> = self.keys.keys().cloned().collect();
+        for k in keys {
+            let Some(seq) = current(&k) else {
+                continue;
+            };
+            let newest = self.keys.get(&k).and_then(|v| v.back()).map(|v| v.seq);
+            if newest == Some(seq) {
+                self.forget(&k, seq);
             }
+            self.trim(&k, self.limits.keep.saturating_sub(1));
         }
-        self.delta.put.retain(|(s, _)| *s < seq);
     }
 
     /// Says that storage keeps this history: from now on every version added or dropped is
@@ -245,13 +323,17 @@ impl History {
             if limits.keep == 0 {
                 h.delta.drop.push(v.seq);
             } else {
-                h.insert(key, v);
+                // The row is already stored: only what trimming drops is queued.
+                h.insert(key.clone(), v, false);
+                h.trim(&key, limits.keep);
+                h.bound_total();
             }
         }
         Ok(h)
     }
 
-    /// The newest `n` versions of `key`, newest first.
+    /// The newest `n` versions of `key` kept here (its current value is the store's), newest
+    /// first.
     pub fn versions(&self, key: &str, n: usize) -> Vec<&Version> {
         self.keys
             .get(key)
@@ -259,11 +341,21 @@ impl History {
             .unwrap_or_default()
     }
 
-    /// The JSON array `GET /<key>?history=N` answers: newest first,
-    /// `{"revision","updated","data"}` or `{"revision","updated","deleted":true}`.
-    pub fn json(&self, key: &str, n: usize) -> Vec<u8> {
+    /// The JSON array `GET /<key>?history=N` answers: newest first, the key's `current` entry
+    /// (the store's; `None` when it does not exist) then its versions here,
+    /// `{"revision","updated","version","data"}` or `{..,"deleted":true}` for a delete.
+    pub fn json(&self, key: &str, current: Option<&crate::store::Entry>, n: usize) -> Vec<u8> {
+        let now = current.map(|e| Version {
+            seq: e.seq,
+            revision: e.revision,
+            updated: written_at(e),
+            json: Some(e.json.clone()),
+        });
+        let older = self.keys.get(key).into_iter().flat_map(|v| v.iter().rev());
+        // A current value found here too (never, once settled) is shown once.
+        let older = older.filter(|v| Some(v.seq) != now.as_ref().map(|c| c.seq));
         let mut out = Vec::from(&b"["[..]);
-        for (i, v) in self.versions(key, n).into_iter().enumerate() {
+        for (i, v) in now.iter().chain(older).take(n).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -285,6 +377,15 @@ impl History {
         }
         out.push(b']');
         out
+    }
+}
+
+/// When `e`'s value was written: its `updated`, or `created` for a key never updated.
+fn written_at(e: &crate::store::Entry) -> i64 {
+    if e.updated != 0 {
+        e.updated
+    } else {
+        e.created
     }
 }
 
@@ -338,89 +439,145 @@ pub fn decode(seq: u64, b: &[u8]) -> Result<(Arc<str>, Version), Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Entry;
+    use crate::store::{Entry, Store, Ttl};
 
-    fn change(seq: u64, key: &str, revision: u64, value: Option<&str>) -> Change {
-        Change {
-            seq,
-            key: key.into(),
-            revision,
-            entry: value.map(|v| {
-                let (tree, json) = Entry::value(serde_json::from_str(v).unwrap());
-                Entry {
-                    created: 10,
-                    updated: seq as i64 * 100,
-                    revision,
-                    seq,
-                    expires: None,
-                    json,
-                    tree,
-                }
-            }),
-            prev: None,
-            patch: None,
+    // A store and the history the engine would feed from its changes.
+    struct T {
+        s: Store,
+        h: History,
+    }
+
+    impl T {
+        fn new(keep: usize, max_bytes: usize) -> T {
+            let mut h = History::new(Limits { keep, max_bytes });
+            h.store_in_storage();
+            T {
+                s: Store::new(0),
+                h,
+            }
+        }
+
+        // Written at 100 × its sequence number.
+        fn put(&mut self, k: &str, v: &str) -> Change {
+            let now = (self.s.last_seq() as i64 + 1) * 100;
+            let data = Entry::value(serde_json::from_str(v).unwrap());
+            let c = self.s.put(k, data, now, Ttl::Clear, None);
+            self.h.push(&c, 0);
+            c
+        }
+
+        fn del(&mut self, k: &str, at: i64) -> Change {
+            let c = self.s.remove(k).unwrap();
+            self.h.push(&c, at);
+            c
+        }
+
+        fn json(&self, k: &str, n: usize) -> String {
+            String::from_utf8(self.h.json(k, self.s.get(k), n)).unwrap()
+        }
+
+        fn seqs(&self, k: &str) -> Vec<u64> {
+            self.h.versions(k, 100).iter().map(|v| v.seq).collect()
         }
     }
 
     #[test]
-    fn keeps_the_newest_per_key_newest_first_with_deletes() {
-        let mut h = History::new(Limits {
-            keep: 3,
-            max_bytes: 1 << 20,
-        });
-        h.store_in_storage();
-        h.push(&change(1, "a", 0, Some("1")), 0);
-        h.push(&change(2, "b", 0, Some("\"x\"")), 0);
-        h.push(&change(3, "a", 1, Some("2")), 0);
-        h.push(&change(4, "a", 2, None), 444);
-        h.push(&change(5, "a", 0, Some("{\"z\":3}")), 0);
-        let v = h.versions("a", 10);
+    fn keeps_what_was_replaced_newest_first_with_deletes() {
+        let mut t = T::new(3, 1 << 20);
+        t.put("a", "1");
+        t.put("b", "\"x\"");
+        t.put("a", "2");
+        t.del("a", 444);
+        t.put("a", "{\"z\":3}");
+        // The current value (5) is the store's; with it, 3 versions: the oldest (1) went.
+        assert_eq!(t.seqs("a"), vec![4, 3]);
         assert_eq!(
-            v.iter().map(|v| v.seq).collect::<Vec<_>>(),
-            vec![5, 4, 3],
-            "the oldest beyond 3 is dropped"
+            t.json("a", 3),
+            r#"[{"revision":0,"updated":500,"version":"5","data":{"z":3}},{"revision":2,"updated":444,"version":"4","deleted":true},{"revision":1,"updated":300,"version":"3","data":2}]"#
         );
-        assert_eq!(v[1].json, None);
-        assert_eq!(v[1].updated, 444);
         assert_eq!(
-            String::from_utf8(h.json("a", 2)).unwrap(),
-            r#"[{"revision":0,"updated":500,"version":"5","data":{"z":3}},{"revision":2,"updated":444,"version":"4","deleted":true}]"#
+            t.json("a", 1),
+            r#"[{"revision":0,"updated":500,"version":"5","data":{"z":3}}]"#
         );
-        assert_eq!(h.json("nothing", 5), b"[]");
-        let d = h.take_delta();
-        assert_eq!(d.put.len(), 5);
-        assert_eq!(d.drop, vec![1]);
-        assert!(h.take_delta().is_empty());
+        // A key written once has no history of its own, and still shows its value.
+        assert!(t.h.versions("b", 1).is_empty());
+        assert_eq!(
+            t.json("b", 5),
+            r#"[{"revision":0,"updated":200,"version":"2","data":"x"}]"#
+        );
+        assert_eq!(t.json("nothing", 5), "[]");
+        // Version 1 was trimmed before it was written: neither written nor removed.
+        let d = t.h.take_delta();
+        assert_eq!(
+            d.put.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert!(d.drop.is_empty());
+        assert!(t.h.take_delta().is_empty());
+        assert_eq!(t.h.len(), 2);
+    }
+
+    #[test]
+    fn one_version_per_key_is_the_current_one_or_the_delete() {
+        let mut t = T::new(1, 1 << 20);
+        t.put("a", "1");
+        t.put("a", "2");
+        assert_eq!(t.h.len(), 0, "the current value is the one version");
+        t.del("a", 7);
+        assert_eq!(t.seqs("a"), vec![3]);
+        assert_eq!(
+            t.json("a", 1),
+            r#"[{"revision":2,"updated":7,"version":"3","deleted":true}]"#
+        );
+        // The value the delete removed was trimmed by it: never written.
+        let d = t.h.take_delta();
+        assert_eq!(d.put.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3]);
+        assert!(d.drop.is_empty());
+        t.put("a", "3");
+        assert_eq!(t.h.len(), 0, "the delete is older than the current value");
+        assert_eq!(t.h.take_delta().drop, vec![3]);
     }
 
     #[test]
     fn the_total_bound_drops_the_oldest_of_the_store() {
         let one = OVERHEAD + 1 + 1;
-        let mut h = History::new(Limits {
-            keep: 10,
-            max_bytes: one * 3,
-        });
-        h.store_in_storage();
-        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
-            h.push(&change(i as u64 + 1, k, 0, Some("1")), 0);
+        let mut t = T::new(10, one * 3);
+        for k in ["a", "b", "c", "d"] {
+            t.put(k, "1");
         }
-        assert_eq!(h.len(), 3);
-        assert!(h.versions("a", 5).is_empty());
-        assert_eq!(h.bytes(), one * 3);
-        assert_eq!(h.take_delta().drop, vec![1]);
+        for k in ["a", "b", "c", "d"] {
+            t.put(k, "2");
+        }
+        assert_eq!(t.h.len(), 3);
+        assert!(t.h.versions("a", 5).is_empty());
+        assert_eq!(t.seqs("b"), vec![2]);
+        assert_eq!(t.h.bytes(), one * 3);
+        // a's first version was trimmed by the write that added it: never written.
+        let d = t.h.take_delta();
+        assert_eq!(
+            d.put.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(d.drop.is_empty());
+        assert_eq!(
+            t.json("a", 5),
+            r#"[{"revision":1,"updated":500,"version":"5","data":2}]"#
+        );
     }
 
     #[test]
     fn restores_what_was_stored_and_trims_to_new_limits() {
-        let mut h = History::new(Limits::default());
-        h.store_in_storage();
+        let mut t = T::new(DEFAULT_KEEP, DEFAULT_MAX_BYTES);
+        let k = "名前/😀";
         for i in 1..=5 {
-            h.push(&change(i, "名前/😀", i - 1, Some(&i.to_string())), 0);
+            t.put(k, &i.to_string());
         }
-        h.push(&change(6, "名前/😀", 5, None), 777);
-        let rows = h.take_delta().put;
-        let back = History::restore(Limits::default(), rows.clone()).unwrap();
-        assert_eq!(back.json("名前/😀", 10), h.json("名前/😀", 10));
+        t.del(k, 777);
+        let rows = t.h.take_delta().put;
+        let mut back = History::restore(Limits::default(), rows.clone()).unwrap();
+        back.settle(|_| None);
+        assert_eq!(back.json(k, None, 10), t.h.json(k, None, 10));
+        assert_eq!(back.len(), 6);
         let mut small = History::restore(
             Limits {
                 keep: 2,
@@ -431,7 +588,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             small
-                .versions("名前/😀", 10)
+                .versions(k, 10)
                 .iter()
                 .map(|v| v.seq)
                 .collect::<Vec<_>>(),
@@ -443,20 +600,82 @@ mod tests {
     }
 
     #[test]
-    fn undo_forgets_reverted_changes() {
-        let mut h = History::new(Limits::default());
-        h.store_in_storage();
-        h.push(&change(1, "a", 0, Some("1")), 0);
-        h.take_delta();
-        h.push(&change(2, "a", 1, Some("2")), 0);
-        h.push(&change(3, "b", 0, Some("2")), 0);
-        h.undo_from(2);
-        assert_eq!(h.len(), 1);
-        assert!(h.versions("b", 1).is_empty());
-        assert!(h.take_delta().put.is_empty());
+    fn settling_drops_current_values_that_storage_kept() {
+        // Rows as storage written before current values were left to the store holds them:
+        // every version of `k`, the current one (4) included.
+        let mut t = T::new(3, 1 << 20);
+        let row = |seq: u64| {
+            let v = Version {
+                seq,
+                revision: seq - 1,
+                updated: seq as i64,
+                json: Some(Bytes::from(seq.to_string())),
+            };
+            (seq, encode("k", &v))
+        };
+        for i in 1..=4 {
+            t.put("k", &i.to_string());
+        }
+        let mut h = History::restore(t.h.limits(), (1..=4).map(row)).unwrap();
+        assert_eq!(h.take_delta().drop, vec![1], "three kept");
+        h.settle(|k| (k == "k").then_some(4));
+        assert_eq!(
+            h.versions("k", 10)
+                .iter()
+                .map(|v| v.seq)
+                .collect::<Vec<_>>(),
+            vec![3, 2],
+            "the current value went, and the key keeps two beside it"
+        );
+        assert_eq!(h.take_delta().drop, vec![4]);
+        let shown = String::from_utf8(h.json("k", t.s.get("k"), 3)).unwrap();
+        assert_eq!(shown.matches("\"version\":\"4\"").count(), 1, "{shown}");
+        assert_eq!(shown.matches("\"version\"").count(), 3, "{shown}");
+        // Settled again (the next start): nothing changes.
+        h.settle(|k| (k == "k").then_some(4));
+        assert!(h.take_delta().is_empty());
+    }
+
+    #[test]
+    fn undo_forgets_reverted_changes_and_what_they_replaced() {
+        let mut t = T::new(DEFAULT_KEEP, DEFAULT_MAX_BYTES);
+        t.put("a", "1");
+        t.put("a", "2");
+        t.h.take_delta();
+        let reverted = vec![t.put("a", "3"), t.put("b", "2"), t.del("a", 9)];
+        assert_eq!(t.seqs("a"), vec![5, 3, 2, 1]);
+        t.s.undo(&reverted);
+        t.h.undo(&reverted);
+        // Version 2 is current again: only 1 is history.
+        assert_eq!(t.seqs("a"), vec![1]);
+        assert!(t.h.versions("b", 1).is_empty());
+        assert_eq!(t.h.len(), 1);
+        assert!(
+            t.h.take_delta().is_empty(),
+            "queued rows unqueued, nothing to remove"
+        );
+        // When the failed commit took the rows already, they are removed (they were never
+        // written; removing them is harmless).
+        let reverted = vec![t.put("a", "3")];
+        t.h.take_delta();
+        t.s.undo(&reverted);
+        t.h.undo(&reverted);
+        assert_eq!(t.seqs("a"), vec![1]);
+        assert_eq!(t.h.take_delta().drop, vec![2]);
         // Without storage nothing is queued.
         let mut m = History::new(Limits::default());
-        m.push(&change(1, "a", 0, Some("1")), 0);
+        let mut s = Store::new(0);
+        for v in ["1", "2"] {
+            let c = s.put(
+                "a",
+                Entry::value(serde_json::from_str(v).unwrap()),
+                1,
+                Ttl::Clear,
+                None,
+            );
+            m.push(&c, 0);
+        }
+        assert_eq!(m.len(), 1);
         assert!(m.take_delta().is_empty());
     }
 }

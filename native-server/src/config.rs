@@ -337,14 +337,15 @@ pub struct ServeArgs {
     #[arg(long, env = "STATELINE_LOG_BYTES", default_value_t = 64 << 20)]
     pub log_bytes: usize,
 
-    /// Versions of each key kept for `GET /<key>?history=N` (also the largest N; 0 turns key
-    /// history off). A few dozen answer "what did this hold lately"; a hot key must not keep
-    /// thousands. Kept on disk with the store.
+    /// Versions of each key kept for `GET /<key>?history=N`, its current value included (also
+    /// the largest N; 0 turns key history off). A few dozen answer "what did this hold lately";
+    /// a hot key must not keep thousands. Kept on disk with the store; the current value is the
+    /// store's own, so a key written once costs no history.
     #[arg(long, env = "STATELINE_HISTORY", default_value_t = stateline_core::history::DEFAULT_KEEP)]
     pub history: usize,
 
-    /// Bytes of values kept for every key's history together (the oldest versions of the store
-    /// go first beyond it): deleted keys keep their history, so a per-key bound alone would
+    /// Bytes of earlier values and deletes kept for every key's history together (the oldest
+    /// versions of the store go first beyond it; a current value is never dropped): deleted keys keep their history, so a per-key bound alone would
     /// grow without end.
     #[arg(long, env = "STATELINE_HISTORY_BYTES", default_value_t = stateline_core::history::DEFAULT_MAX_BYTES)]
     pub history_bytes: usize,

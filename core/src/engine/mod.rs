@@ -415,6 +415,7 @@ impl Engine {
     /// Installs a history given back by storage at start (see [`History::restore`]).
     pub fn restore_history(&mut self, mut history: History) {
         history.store_in_storage();
+        history.settle(|k| self.store.get(k).map(|e| e.seq));
         self.history = history;
     }
     /// The receipts of idempotent writes (read-only).
@@ -596,7 +597,7 @@ impl Engine {
         if let Some(first) = changes.first() {
             self.store.undo(changes);
             self.log.truncate_from(first.seq);
-            self.history.undo_from(first.seq);
+            self.history.undo(changes);
             self.receipts.undo_from(first.seq);
             // A pool joined while these changes were applied saw them: it resyncs.
             let frames = self

@@ -43,47 +43,10 @@ pub(super) fn read(
     }
     let history = engine.history();
     let current = engine.store().get(k);
-    let newest = history.versions(k, 1).first().map(|v| v.seq);
-    // A key written before its history was kept (or whose versions the total bound dropped)
-    // still shows its current value.
-    let missing_current = current.filter(|e| newest != Some(e.seq));
-    if newest.is_none() && missing_current.is_none() {
+    if current.is_none() && history.versions(k, 1).is_empty() {
         return Err(Error::NotFound);
     }
-    let mut body = history.json(k, n - usize::from(missing_current.is_some()));
-    if let Some(e) = missing_current {
-        let v = crate::history::Version {
-            seq: e.seq,
-            revision: e.revision,
-            updated: if e.updated != 0 { e.updated } else { e.created },
-            json: Some(e.json.clone()),
-        };
-        let mut one = crate::history::History::new(crate::history::Limits {
-            keep: 1,
-            max_bytes: usize::MAX,
-        });
-        one.push(
-            &Change {
-                seq: v.seq,
-                key: k.as_ref().into(),
-                revision: v.revision,
-                entry: Some(e.clone()),
-                prev: None,
-                patch: None,
-            },
-            v.updated,
-        );
-        let first = one.json(k, 1);
-        // `[current]` + `,` + the rest of the array.
-        let mut joined = first[..first.len() - 1].to_vec();
-        if body.len() > 2 {
-            joined.push(b',');
-            joined.extend_from_slice(&body[1..]);
-        } else {
-            joined.push(b']');
-        }
-        body = joined;
-    }
+    let body = history.json(k, current, n);
     let mut r = respond(engine, h, StatusCode::OK, Some(JSON), body.into());
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
