@@ -302,7 +302,11 @@ impl SegIndex {
 /// The map of keys. See the module docs.
 #[derive(Debug, Default)]
 pub struct Store {
-    map: BTreeMap<Arc<str>, Entry>,
+    // An entry is boxed: the B-tree's nodes hold a key and a pointer (24 bytes) instead of the
+    // 88-byte entry inline, and keys written in ascending order (the usual ids) leave its nodes
+    // about half full, so the slack costs a pointer's worth per empty slot, not an entry's.
+    // An update writes into the existing box.
+    map: BTreeMap<Arc<str>, Box<Entry>>,
     index: SegIndex,
     // Ordered by deadline so the next expiry is the first element.
     deadlines: BTreeSet<(i64, Arc<str>)>,
@@ -361,7 +365,12 @@ impl Store {
 
     /// The entry of a key.
     pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.map.get(key)
+        self.map.get(key).map(|e| &**e)
+    }
+
+    // A key's interned key and entry.
+    fn entry(&self, key: &str) -> Option<(&Arc<str>, &Entry)> {
+        self.map.get_key_value(key).map(|(k, e)| (k, &**e))
     }
 
     /// The interned key, when present.
@@ -388,7 +397,7 @@ impl Store {
     fn scan_counted<'a>(&'a self, pattern: &Pattern) -> (Vec<(&'a Arc<str>, &'a Entry)>, usize) {
         match pattern {
             Pattern::Key(k) => {
-                let hit: Vec<_> = self.map.get_key_value(&**k).into_iter().collect();
+                let hit: Vec<_> = self.entry(k).into_iter().collect();
                 (hit, 1)
             }
             Pattern::Subtree(_) => {
@@ -403,6 +412,7 @@ impl Store {
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .inspect(|_| visited += 1)
                     .filter(|(k, _)| pattern.matches(k))
+                    .map(|(k, e)| (k, &**e))
                     .collect();
                 (hits, visited)
             }
@@ -413,7 +423,7 @@ impl Store {
                 let mut hits: Vec<_> = keys
                     .iter()
                     .filter(|k| pattern.matches(k))
-                    .filter_map(|k| self.map.get_key_value(&**k))
+                    .filter_map(|k| self.entry(k))
                     .collect();
                 hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 (hits, keys.len())
@@ -468,7 +478,7 @@ impl Store {
     ) -> Change {
         // One lookup for the shared key and the previous entry (this runs for every write).
         let (key, prev) = match self.map.get_key_value(key) {
-            Some((k, e)) => (k.clone(), Some(e.clone())),
+            Some((k, e)) => (k.clone(), Some(Entry::clone(e))),
             None => (Arc::from(key), None),
         };
         let seq = self.next_seq();
@@ -510,7 +520,7 @@ impl Store {
     /// Writes an entry exactly as given (rename keeps `created`; replication and loading keep all).
     pub fn put_entry(&mut self, key: &str, mut entry: Entry) -> Change {
         let key: Arc<str> = self.key_arc(key).unwrap_or_else(|| key.into());
-        let prev = self.map.get(&key).cloned();
+        let prev = self.get(&key).cloned();
         entry.seq = self.next_seq();
         let (seq, revision) = (entry.seq, entry.revision);
         self.install(&key, Some(entry.clone()));
@@ -527,7 +537,7 @@ impl Store {
     /// Deletes a key; `None` when it does not exist.
     pub fn remove(&mut self, key: &str) -> Option<Change> {
         let key = self.key_arc(key)?;
-        let prev = self.map.get(&key).cloned()?;
+        let prev = self.get(&key).cloned()?;
         let seq = self.next_seq();
         self.install(&key, None);
         Some(Change {
@@ -547,26 +557,31 @@ impl Store {
                 if let Some(d) = e.expires {
                     self.deadlines.insert((d, key.clone()));
                 }
-                // Replaces in one walk of the map.
-                let old = self.map.insert(key.clone(), e);
-                if old.is_none() {
-                    self.index.insert(key);
+                // Replaces in one walk of the map, in the existing box.
+                match self.map.entry(key.clone()) {
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        Some(std::mem::replace(&mut **o.get_mut(), e))
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(Box::new(e));
+                        self.index.insert(key);
+                        None
+                    }
                 }
-                old
             }
             None => {
                 let old = self.map.remove(key);
                 if old.is_some() {
                     self.index.remove(key);
                 }
-                old
+                old.map(|e| *e)
             }
         };
         if let Some(old) = old {
             self.bytes -= old.json.len();
             if let Some(d) = old.expires {
                 // Unless the new entry expires at the same moment (then that one stays).
-                let same = self.map.get(key).and_then(|e| e.expires) == Some(d);
+                let same = self.get(key).and_then(|e| e.expires) == Some(d);
                 if !same {
                     self.deadlines.remove(&(d, key.clone()));
                 }
