@@ -167,6 +167,12 @@ impl History {
     // Keeps `v` as `key`'s newest version; `write`: queue it for storage (else it is there).
     fn insert(&mut self, key: Arc<str>, v: Version, write: bool) {
         if self.stored && write {
+            // Storage applies a delta's puts before its drops: a version written again after
+            // its removal was queued (a current value settled away at start, or given back by a
+            // revert, then replaced) must not be removed after it.
+            if let Some(i) = self.delta.drop.iter().rposition(|s| *s == v.seq) {
+                self.delta.drop.remove(i);
+            }
             self.delta.put.push((v.seq, encode(&key, &v)));
         }
         self.bytes += v.cost(&key);
@@ -634,6 +640,21 @@ mod tests {
         // Settled again (the next start): nothing changes.
         h.settle(|k| (k == "k").then_some(4));
         assert!(h.take_delta().is_empty());
+        // Settled, then replaced before the next commit: version 4 is written, not removed
+        // (storage applies puts before drops).
+        let mut h = History::restore(t.h.limits(), (1..=4).map(row)).unwrap();
+        h.settle(|k| (k == "k").then_some(4));
+        h.push(&t.put("k", "5"), 0);
+        let d = h.take_delta();
+        assert_eq!(d.put.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(d.drop, vec![1, 2], "never 4");
+        assert_eq!(
+            h.versions("k", 10)
+                .iter()
+                .map(|v| v.seq)
+                .collect::<Vec<_>>(),
+            vec![4, 3]
+        );
     }
 
     #[test]
@@ -662,6 +683,15 @@ mod tests {
         t.h.undo(&reverted);
         assert_eq!(t.seqs("a"), vec![1]);
         assert_eq!(t.h.take_delta().drop, vec![2]);
+        // Given back and replaced before the next commit: written, not removed.
+        let reverted = vec![t.put("a", "3")];
+        t.h.take_delta();
+        t.s.undo(&reverted);
+        t.h.undo(&reverted);
+        t.put("a", "4");
+        let d = t.h.take_delta();
+        assert_eq!(d.put.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2]);
+        assert!(d.drop.is_empty(), "{:?}", d.drop);
         // Without storage nothing is queued.
         let mut m = History::new(Limits::default());
         let mut s = Store::new(0);
