@@ -7,10 +7,11 @@
 //! resumes never shortens a key's history.
 //!
 //! A key's current value is not kept here: the store holds it, and a reader shows it first
-//! ([`History::json`] takes it). A write moves the value it replaces in (a key written once has no
-//! history record at all, in memory or on disk); a delete moves the deleted value in, then the
-//! delete itself, which stays the newest version until the key is written again. What it adds and drops is queued as a [`Delta`]
-//! for the adapter's storage (a redb table natively, a SQLite table at the edge), written in the
+//! ([`History::json`] takes it). A write moves the value it replaces in (a key written once has
+//! no history record at all, in memory or on disk); a delete moves the deleted value in, then
+//! the delete itself, which stays the newest version until the key is written again.
+//!
+//! What it adds and drops is queued as a [`Delta`] for the adapter's storage (a redb table natively, a SQLite table at the edge), written in the
 //! same transaction as the changes; at start the stored versions are given back
 //! ([`History::restore`]) and trimmed to the limits again.
 
