@@ -162,54 +162,90 @@ pub enum Ttl {
 // A set of keys, sharing the store's allocations.
 type Keys = HashSet<Arc<str>>;
 
-// The keys with one segment at one position. Most segments of most keys are unique to their key
-// (`users/u0000123/profile`), and a set of one key is a table allocation of about 100 bytes for
-// every key in the store: one key is kept as itself, and a set is boxed so that the map holding
-// the postings stays small (a posting is 24 bytes, where a set is 48).
+// One segment of a stored key, held as the key and the segment's place in it: the index keeps no
+// copy of a segment's text (most segments are unique to their key, `users/u0000123/profile`, so
+// a copy would be an allocation for every key in the store). It hashes and compares as the
+// segment's text, so the index is looked up with a `&str`.
 #[derive(Debug)]
-enum Posting {
-    One(Arc<str>),
-    Many(Box<Keys>),
+struct Seg {
+    key: Arc<str>,
+    // Keys are at most `MAX_KEY_LEN` (1024) bytes.
+    start: u16,
+    len: u16,
 }
 
-impl Posting {
-    fn insert(&mut self, key: &Arc<str>) {
-        match self {
-            Posting::One(k) if k == key => {}
-            Posting::One(k) => {
-                let set: Keys = [k.clone(), key.clone()].into_iter().collect();
-                *self = Posting::Many(Box::new(set));
+impl Seg {
+    // Segment `pos` of `key`.
+    fn of(key: &Arc<str>, pos: usize) -> Seg {
+        let mut start = 0;
+        for (i, seg) in key.split('/').enumerate() {
+            if i == pos {
+                return Seg {
+                    key: key.clone(),
+                    start: small(start),
+                    len: small(seg.len()),
+                };
             }
-            Posting::Many(keys) => {
-                keys.insert(key.clone());
-            }
+            start += seg.len() + 1;
+        }
+        debug_assert!(false, "a key has the segment asked for");
+        Seg {
+            key: key.clone(),
+            start: 0,
+            len: 0,
         }
     }
 
-    // Removes a key; whether none is left.
-    fn remove(&mut self, key: &str) -> bool {
-        match self {
-            Posting::One(k) => &**k == key,
-            Posting::Many(keys) => {
-                keys.remove(key);
-                keys.is_empty()
-            }
-        }
-    }
-
-    fn candidates(&self) -> Candidates<'_> {
-        match self {
-            Posting::One(k) => Candidates::One(k),
-            Posting::Many(keys) => Candidates::Many(keys),
-        }
+    fn text(&self) -> &str {
+        let start = usize::from(self.start);
+        self.key
+            .get(start..start + usize::from(self.len))
+            .unwrap_or_default()
     }
 }
+
+impl std::borrow::Borrow<str> for Seg {
+    fn borrow(&self) -> &str {
+        self.text()
+    }
+}
+
+// As its text, so that `Borrow<str>` holds (equal values hash equally).
+impl std::hash::Hash for Seg {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text().hash(state);
+    }
+}
+
+impl PartialEq for Seg {
+    fn eq(&self, other: &Seg) -> bool {
+        self.text() == other.text()
+    }
+}
+
+impl Eq for Seg {}
+
+// The keys with one segment at one position: the segment's own key when it is the only one
+// (`None`), else a set of all of them, boxed so that the map holding the postings stays small.
+type Others = Option<Box<Keys>>;
+
+// The segments at one (depth, position), with their keys.
+type Postings = HashMap<Seg, Others>;
 
 // The keys a glob can match, borrowed from the index.
 #[derive(Clone, Copy)]
 enum Candidates<'a> {
     One(&'a Arc<str>),
     Many(&'a Keys),
+    // Every key of one depth: the keys of every segment at its first position, and their count.
+    Depth(&'a Postings, usize),
+}
+
+// The keys of one posting.
+fn posting<'a>((seg, others): (&'a Seg, &'a Others)) -> impl Iterator<Item = &'a Arc<str>> {
+    let one = others.is_none().then_some(&seg.key);
+    one.into_iter()
+        .chain(others.iter().flat_map(|keys| keys.iter()))
 }
 
 impl<'a> Candidates<'a> {
@@ -217,27 +253,32 @@ impl<'a> Candidates<'a> {
         match self {
             Candidates::One(_) => 1,
             Candidates::Many(keys) => keys.len(),
+            Candidates::Depth(_, n) => n,
         }
     }
 
     fn iter(self) -> impl Iterator<Item = &'a Arc<str>> {
-        let (one, many) = match self {
-            Candidates::One(k) => (Some(k), None),
-            Candidates::Many(keys) => (None, Some(keys)),
+        let (one, many, depth) = match self {
+            Candidates::One(k) => (Some(k), None, None),
+            Candidates::Many(keys) => (None, Some(keys), None),
+            Candidates::Depth(postings, _) => (None, None, Some(postings)),
         };
-        one.into_iter().chain(many.into_iter().flatten())
+        one.into_iter()
+            .chain(many.into_iter().flatten())
+            .chain(depth.into_iter().flat_map(|p| p.iter().flat_map(posting)))
     }
 }
 
 #[derive(Debug, Default)]
 struct SegIndex {
     // (depth, position) -> segment -> keys of that depth with that segment at that position.
-    postings: HashMap<(u16, u16), HashMap<Box<str>, Posting>>,
-    // depth -> keys with that many segments.
-    by_depth: HashMap<u16, Keys>,
+    postings: HashMap<(u16, u16), Postings>,
+    // depth -> how many keys have that many segments (the keys themselves are those of the
+    // postings at (depth, 0)).
+    depths: HashMap<u16, usize>,
 }
 
-// Keys are at most `MAX_KEY_LEN` (1024) bytes, so depths and positions fit in u16.
+// Keys are at most `MAX_KEY_LEN` (1024) bytes, so depths, positions and offsets fit in u16.
 fn small(n: usize) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
 }
@@ -248,32 +289,65 @@ impl SegIndex {
         for (i, seg) in key.split('/').enumerate() {
             let segs = self.postings.entry((depth, small(i))).or_default();
             match segs.get_mut(seg) {
-                Some(p) => p.insert(key),
                 None => {
-                    segs.insert(seg.into(), Posting::One(key.clone()));
+                    segs.insert(Seg::of(key, i), None);
+                }
+                Some(Some(keys)) => {
+                    keys.insert(key.clone());
+                }
+                Some(None) => {
+                    // A second key with this segment: its posting becomes a set of both.
+                    let Some((first, _)) = segs.remove_entry(seg) else {
+                        continue;
+                    };
+                    if first.key == *key {
+                        segs.insert(first, None);
+                        continue;
+                    }
+                    let keys: Keys = [first.key.clone(), key.clone()].into_iter().collect();
+                    segs.insert(first, Some(Box::new(keys)));
                 }
             }
         }
-        self.by_depth.entry(depth).or_default().insert(key.clone());
+        *self.depths.entry(depth).or_default() += 1;
     }
 
     fn remove(&mut self, key: &Arc<str>) {
         let depth = small(key.split('/').count());
         for (i, seg) in key.split('/').enumerate() {
             let pos = (depth, small(i));
-            if let Some(segs) = self.postings.get_mut(&pos) {
-                if segs.get_mut(seg).is_some_and(|p| p.remove(key)) {
-                    segs.remove(seg);
+            let Some(segs) = self.postings.get_mut(&pos) else {
+                continue;
+            };
+            match segs.remove_entry(seg) {
+                // Not indexed (cannot happen): left as it was.
+                Some((first, None)) if first.key != *key => {
+                    segs.insert(first, None);
                 }
-                if segs.is_empty() {
-                    self.postings.remove(&pos);
+                Some((first, Some(mut keys))) => {
+                    keys.remove(&**key);
+                    // The segment is held by a key still in the index, one key alone again
+                    // without a set.
+                    let held = if first.key == *key {
+                        keys.iter().next().map(|k| Seg::of(k, i))
+                    } else {
+                        Some(first)
+                    };
+                    if let Some(held) = held {
+                        let others = (keys.len() > 1).then_some(keys);
+                        segs.insert(held, others);
+                    }
                 }
+                Some((_, None)) | None => {}
+            }
+            if segs.is_empty() {
+                self.postings.remove(&pos);
             }
         }
-        if let Some(keys) = self.by_depth.get_mut(&depth) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_depth.remove(&depth);
+        if let Some(n) = self.depths.get_mut(&depth) {
+            *n -= 1;
+            if *n == 0 {
+                self.depths.remove(&depth);
             }
         }
     }
@@ -282,14 +356,15 @@ impl SegIndex {
     /// no key can match).
     fn candidates(&self, segs: &[Segment]) -> Option<Candidates<'_>> {
         let depth = small(segs.len());
-        let mut best = Candidates::Many(self.by_depth.get(&depth)?);
+        let mut best =
+            Candidates::Depth(self.postings.get(&(depth, 0))?, *self.depths.get(&depth)?);
         for (i, seg) in segs.iter().enumerate() {
             if let Segment::Lit(l) = seg {
-                let keys = self
-                    .postings
-                    .get(&(depth, small(i)))?
-                    .get(&**l)?
-                    .candidates();
+                let (first, others) = self.postings.get(&(depth, small(i)))?.get_key_value(&**l)?;
+                let keys = match others {
+                    None => Candidates::One(&first.key),
+                    Some(keys) => Candidates::Many(keys),
+                };
                 if keys.len() < best.len() {
                     best = keys;
                 }
@@ -788,6 +863,44 @@ mod tests {
         let mut sorted = all.clone();
         sorted.sort();
         assert_eq!(all, sorted);
+    }
+
+    #[test]
+    fn a_segment_outlives_the_key_it_was_read_from() {
+        let mut s = Store::new(0);
+        let p = |g: &str| Pattern::parse(g).unwrap();
+        fn keys_of(s: &Store, g: &str) -> Vec<String> {
+            let p = Pattern::parse(g).unwrap();
+            s.scan(&p).map(|(k, _)| k.to_string()).collect()
+        }
+        // `shared` is read from the first key that has it; the others join its posting.
+        for k in ["a/shared/x", "bb/shared/y", "ccc/shared/z"] {
+            s.put(k, v(json!(1)), 1, Ttl::Clear, None);
+        }
+        s.put("a/shared/x", v(json!(2)), 1, Ttl::Clear, None);
+        assert_eq!(s.scan_visits(&p("*/shared/*")), 3);
+        // The key the segment was read from goes: the others keep it (read from one of them,
+        // at its own offset).
+        s.remove("a/shared/x");
+        assert_eq!(keys_of(&s, "*/shared/*"), ["bb/shared/y", "ccc/shared/z"]);
+        assert_eq!(s.scan_visits(&p("*/shared/*")), 2);
+        s.remove("ccc/shared/z");
+        assert_eq!(keys_of(&s, "*/shared/*"), ["bb/shared/y"]);
+        assert_eq!(s.scan_visits(&p("*/shared/*")), 1);
+        // Every key of a depth, with no literal: counted, and found through the first segment.
+        s.put("a/other/x", v(json!(1)), 1, Ttl::Clear, None);
+        s.put("a/shared/x", v(json!(1)), 1, Ttl::Clear, None);
+        assert_eq!(
+            keys_of(&s, "*/*/*"),
+            ["a/other/x", "a/shared/x", "bb/shared/y"]
+        );
+        assert_eq!(s.scan_visits(&p("*/*/*")), 3);
+        assert_eq!(keys_of(&s, "a/*/x"), ["a/other/x", "a/shared/x"]);
+        for k in ["a/other/x", "a/shared/x", "bb/shared/y"] {
+            s.remove(k);
+        }
+        assert_eq!(s.scan_visits(&p("*/*/*")), 0);
+        assert!(s.index.postings.is_empty() && s.index.depths.is_empty());
     }
 
     #[test]
