@@ -13,9 +13,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::store::{Change, Entry};
+use crate::store::{Change, Entry, JsonText};
 
 /// A record that cannot be decoded: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +50,7 @@ pub fn decode_entry(b: &[u8]) -> Result<Entry, Corrupt> {
     let expires = i64::from_le_bytes(take8(b, 32)?);
     let json = &b[40..];
     crate::json::check_stored(json).map_err(|e| Corrupt(format!("value of seq {seq}: {e}")))?;
-    let (tree, json) = Entry::from_json(Bytes::copy_from_slice(json));
+    let (tree, json) = Entry::from_json(JsonText::from(json));
     Ok(Entry {
         created,
         updated,

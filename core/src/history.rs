@@ -18,10 +18,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::codec::Corrupt;
-use crate::store::Change;
+use crate::store::{Change, JsonText};
 
 /// Versions kept per key by default (`--history`). A history is for "what did this hold
 /// lately, who changed it when": a few dozen versions answer that, and a hot key written a
@@ -64,12 +62,12 @@ pub struct Version {
     /// Clock time the change was applied (ns, as `created`/`updated`).
     pub updated: i64,
     /// The value's JSON, or `None` for a delete.
-    pub json: Option<Bytes>,
+    pub json: Option<JsonText>,
 }
 
 impl Version {
     fn cost(&self, key: &str) -> usize {
-        OVERHEAD + key.len() + self.json.as_ref().map_or(0, Bytes::len)
+        OVERHEAD + key.len() + self.json.as_ref().map_or(0, |j| j.len())
     }
 }
 
@@ -399,7 +397,7 @@ fn written_at(e: &crate::store::Entry) -> i64 {
 /// A stored version's bytes: `u32` key length (LE), the key, `u64` revision, `i64` time,
 /// `u8` 1 (a value, its JSON follows) or 0 (a delete).
 pub fn encode(key: &str, v: &Version) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21 + key.len() + v.json.as_ref().map_or(0, Bytes::len));
+    let mut out = Vec::with_capacity(21 + key.len() + v.json.as_ref().map_or(0, |j| j.len()));
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(&v.revision.to_le_bytes());
@@ -428,7 +426,7 @@ pub fn decode(seq: u64, b: &[u8]) -> Result<(Arc<str>, Version), Corrupt> {
     let revision = u64::from_le_bytes(num(rest)?);
     let updated = i64::from_le_bytes(num(&rest[8..])?);
     let json = match rest.get(16) {
-        Some(1) => Some(Bytes::copy_from_slice(&rest[17..])),
+        Some(1) => Some(JsonText::from(&rest[17..])),
         Some(0) if rest.len() == 17 => None,
         _ => return Err(bad()),
     };
@@ -616,7 +614,7 @@ mod tests {
                 seq,
                 revision: seq - 1,
                 updated: seq as i64,
-                json: Some(Bytes::from(seq.to_string())),
+                json: Some(JsonText::from(seq.to_string().as_bytes())),
             };
             (seq, encode("k", &v))
         };

@@ -8,10 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::key::Pattern;
-use crate::store::{Change, Entry};
+use crate::store::{Change, Entry, JsonText};
 
 /// What the log keeps of an entry: its JSON text, never its parsed tree. A tree costs about 25
 /// times its text (a `{}` is 2 bytes of JSON and ~80 bytes parsed), and a superseded entry's tree
@@ -22,7 +20,7 @@ struct Kept {
     created: i64,
     updated: i64,
     expires: Option<i64>,
-    json: Bytes,
+    json: JsonText,
 }
 
 impl Kept {
@@ -58,7 +56,14 @@ struct Record {
     // `created` of the entry before this change (for resuming list subscriptions by position).
     prev_created: Option<i64>,
     entry: Option<Kept>,
-    cost: usize,
+}
+
+impl Record {
+    // What the record is charged against the log's byte bound (computed, not kept: the window
+    // holds up to `--log-entries` records, and a field would cost 8 bytes in each).
+    fn cost(&self) -> usize {
+        RECORD_OVERHEAD + self.key.len() + self.entry.as_ref().map_or(0, |e| e.json.len())
+    }
 }
 
 /// What a key went through since a version, squashed to one step.
@@ -176,27 +181,41 @@ impl Log {
         prev_created: Option<i64>,
         entry: Option<Entry>,
     ) {
-        let entry = entry.as_ref().map(Kept::of);
-        let cost = RECORD_OVERHEAD + key.len() + entry.as_ref().map_or(0, |e| e.json.len());
-        self.records.push_back(Record {
+        let record = Record {
             seq,
             key,
             revision,
             prev_created,
-            entry,
-            cost,
-        });
-        self.bytes += cost;
+            entry: entry.as_ref().map(Kept::of),
+        };
+        // A full window makes room before the push: a deque at its capacity doubles it.
+        if self.records.len() >= self.max_entries.max(1) {
+            self.drop_oldest();
+        }
+        if self.records.len() == self.records.capacity() {
+            // The window grows by doubling, but never past its bound: a deque's own growth
+            // would give a window of 100,000 records room for 131,072 (31% more), and a record
+            // slot is 96 bytes.
+            let room = self.max_entries.saturating_sub(self.records.len()).max(1);
+            self.records
+                .reserve_exact(self.records.len().max(16).min(room));
+        }
+        self.bytes += record.cost();
+        self.records.push_back(record);
         while self.records.len() > self.max_entries
             || (self.bytes > self.max_bytes && self.records.len() > 1)
         {
-            if let Some(r) = self.records.pop_front() {
-                self.bytes -= r.cost;
-                self.floor = r.seq;
-            }
+            self.drop_oldest();
         }
         if self.max_entries == 0 {
             self.floor = seq;
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(r) = self.records.pop_front() {
+            self.bytes -= r.cost();
+            self.floor = r.seq;
         }
     }
 
@@ -204,7 +223,7 @@ impl Log {
     pub fn truncate_from(&mut self, seq: u64) {
         while self.records.back().is_some_and(|r| r.seq >= seq) {
             if let Some(r) = self.records.pop_back() {
-                self.bytes -= r.cost;
+                self.bytes -= r.cost();
             }
         }
     }
@@ -315,6 +334,30 @@ mod tests {
                 Missed::Delete(k, _, _) => format!("delete {k}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn the_window_holds_no_room_beyond_its_bound() {
+        let mut s = Store::new(0);
+        let mut log = Log::new(0, 1000, usize::MAX);
+        for i in 0..5000 {
+            log.push(&s.put(
+                &format!("k{i}"),
+                Entry::value(json!(i)),
+                i,
+                Ttl::Clear,
+                None,
+            ));
+            assert!(log.records.capacity() <= 1000, "{}", log.records.capacity());
+        }
+        assert_eq!(log.len(), 1000);
+        assert_eq!(log.floor(), 4000);
+        let bytes: usize = log.records.iter().map(Record::cost).sum();
+        assert_eq!(log.bytes(), bytes);
+        // An empty window keeps nothing.
+        let mut none = Log::new(0, 0, usize::MAX);
+        none.push(&s.put("k", Entry::value(json!(1)), 1, Ttl::Clear, None));
+        assert_eq!((none.len(), none.floor(), none.bytes()), (0, 5001, 0));
     }
 
     #[test]

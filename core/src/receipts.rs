@@ -340,7 +340,7 @@ fn slim(op: &str, o: &Outcome) -> Outcome {
         if !keep {
             // No text, so the tree is given: `null`, what the receipt answers.
             e.tree = Tree::built(Value::Null);
-            e.json = bytes::Bytes::new();
+            e.json = crate::store::JsonText::from(&[][..]);
         }
         e
     };
@@ -538,7 +538,7 @@ fn outcome_from(seq: u64, v: &Value) -> Result<Outcome, Corrupt> {
         let uint = |f: &str| v[f].as_u64().ok_or_else(|| corrupt(seq, "a bad number"));
         let data = v["d"].clone();
         let json = if data.is_null() {
-            bytes::Bytes::new()
+            crate::store::JsonText::from(&[][..])
         } else {
             json::encode(&data).into()
         };

@@ -429,7 +429,7 @@ mod tests {
             revision: 0,
             seq: 0,
             expires: None,
-            json: "1".into(),
+            json: b"1"[..].into(),
             tree: Tree::built(json!(1)),
         };
         let p1 = encode(Some(&entry), 5, 1, 2);

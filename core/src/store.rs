@@ -6,12 +6,19 @@
 //! commit failed. It knows nothing of HTTP, filters or subscribers, and never reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use bytes::Bytes;
+use once_cell::race::OnceBox;
+
 use serde_json::Value;
 
 use crate::key::{Pattern, Segment};
+
+/// A stored value's compact JSON: one allocation holding the text and its reference count,
+/// shared by the store, the change log, the key history and every clone of the entry. (A
+/// `Bytes` made from an owned buffer allocates a second, shared header at its first clone, and
+/// its handle is twice as large: about 48 bytes more for every stored key.)
+pub type JsonText = Arc<[u8]>;
 
 /// One stored value with its metadata. Cheap to clone: the value's bytes and tree are shared.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +35,7 @@ pub struct Entry {
     pub expires: Option<i64>,
     /// The value's compact JSON, serialized once per write: what is stored, logged, sent and
     /// answered.
-    pub json: Bytes,
+    pub json: JsonText,
     /// The parsed value, built from `json` the first time something needs it ([`Entry::data`]).
     pub tree: Tree,
 }
@@ -36,16 +43,16 @@ pub struct Entry {
 impl Entry {
     /// Builds an entry's value part from a parsed value: its compact JSON, and the tree, kept
     /// (see [`Tree`] for how long).
-    pub fn value(data: Value) -> (Tree, Bytes) {
+    pub fn value(data: Value) -> (Tree, JsonText) {
         // Exactly as long as the text: the encoder's buffer grows in steps (128 bytes for a
         // small value), and every stored key would keep the slack.
-        let json = Bytes::from(crate::json::encode(&data).into_boxed_slice());
+        let json = JsonText::from(crate::json::encode(&data));
         (Tree::built(data), json)
     }
 
     /// The value part of an entry from JSON text this process encoded (from storage, the change
     /// log, another node): the tree is built when first needed.
-    pub fn from_json(json: Bytes) -> (Tree, Bytes) {
+    pub fn from_json(json: JsonText) -> (Tree, JsonText) {
         (Tree::default(), json)
     }
 
@@ -69,13 +76,17 @@ impl Entry {
 /// keeps its tree only while something uses it: a write keeps the new value's tree when the
 /// value it replaces had one built (a key with subscribers that get diffs, or one that is
 /// patched), and drops it otherwise; the next use builds it again, once.
+// The slot is a pointer set once (`OnceBox`, 8 bytes) in a shared allocation: with a
+// `OnceLock<Box<Value>>` (16 bytes) and `Arc`'s weak count the allocation was 48 bytes with the
+// allocator's header, for every stored key; it is 32 now. Two threads building the same tree
+// at once both parse, and one result is kept.
 #[derive(Clone, Default)]
-pub struct Tree(Arc<OnceLock<Box<Value>>>);
+pub struct Tree(Arc<OnceBox<Value>>);
 
 impl Tree {
     /// A tree already built.
     pub fn built(v: Value) -> Tree {
-        Tree(Arc::new(OnceLock::from(Box::new(v))))
+        Tree(Arc::new(OnceBox::with_value(Box::new(v))))
     }
 
     /// Whether the tree has been built.
@@ -546,7 +557,7 @@ impl Store {
     pub fn put(
         &mut self,
         key: &str,
-        data: (Tree, Bytes),
+        data: (Tree, JsonText),
         now: i64,
         ttl: Ttl,
         patch: Option<Arc<json_patch::Patch>>,
@@ -709,7 +720,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn v(x: Value) -> (Tree, Bytes) {
+    fn v(x: Value) -> (Tree, JsonText) {
         Entry::value(x)
     }
 

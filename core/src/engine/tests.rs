@@ -325,7 +325,7 @@ fn history_leaves_current_values_to_the_store_through_reverts_and_restarts() {
         seq,
         revision: 0,
         updated: 1,
-        json: Some(bytes::Bytes::from_static(b"1")),
+        json: Some(crate::store::JsonText::from(&b"1"[..])),
     };
     let rows = vec![(seq, crate::history::encode("a", &v))];
     let h = History::restore(e.config().history, rows).unwrap();
