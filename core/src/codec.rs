@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::store::{Change, Entry, JsonText};
+use crate::store::{Change, Entry, JsonText, MaybeTime};
 
 /// A record that cannot be decoded: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +30,7 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(&e.updated.to_le_bytes());
     out.extend_from_slice(&e.revision.to_le_bytes());
     out.extend_from_slice(&e.seq.to_le_bytes());
-    out.extend_from_slice(&e.expires.unwrap_or(i64::MIN).to_le_bytes());
+    out.extend_from_slice(&e.expires.get().unwrap_or(i64::MIN).to_le_bytes());
     out.extend_from_slice(&e.json);
 }
 
@@ -56,7 +56,7 @@ pub fn decode_entry(b: &[u8]) -> Result<Entry, Corrupt> {
         updated,
         revision,
         seq,
-        expires: (expires != i64::MIN).then_some(expires),
+        expires: MaybeTime::from((expires != i64::MIN).then_some(expires)),
         json,
         tree,
     })

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::key::Pattern;
-use crate::store::{Change, Entry, JsonText};
+use crate::store::{Change, Entry, JsonText, MaybeTime};
 
 /// What the log keeps of an entry: its JSON text, never its parsed tree. A tree costs about 25
 /// times its text (a `{}` is 2 bytes of JSON and ~80 bytes parsed), and a superseded entry's tree
@@ -19,24 +19,8 @@ use crate::store::{Change, Entry, JsonText};
 struct Kept {
     created: i64,
     updated: i64,
-    expires: Time,
+    expires: MaybeTime,
     json: JsonText,
-}
-
-// An optional clock time in 8 bytes, where `Option<i64>` takes 16: the window holds a record for
-// each of up to `--log-entries` changes, and two of them make a record 80 bytes instead of 96.
-// `i64::MIN` stands for none; no clock reading or deadline is that (deadlines saturate upwards).
-#[derive(Debug, Clone, Copy)]
-struct Time(i64);
-
-impl Time {
-    fn of(t: Option<i64>) -> Time {
-        Time(t.unwrap_or(i64::MIN))
-    }
-
-    fn get(self) -> Option<i64> {
-        (self.0 != i64::MIN).then_some(self.0)
-    }
 }
 
 impl Kept {
@@ -44,7 +28,7 @@ impl Kept {
         Kept {
             created: e.created,
             updated: e.updated,
-            expires: Time::of(e.expires),
+            expires: e.expires,
             json: e.json.clone(),
         }
     }
@@ -57,7 +41,7 @@ impl Kept {
             updated: self.updated,
             revision,
             seq,
-            expires: self.expires.get(),
+            expires: self.expires,
             json,
             tree,
         }
@@ -70,7 +54,7 @@ struct Record {
     key: Arc<str>,
     revision: u64,
     // `created` of the entry before this change (for resuming list subscriptions by position).
-    prev_created: Time,
+    prev_created: MaybeTime,
     entry: Option<Kept>,
 }
 
@@ -201,7 +185,7 @@ impl Log {
             seq,
             key,
             revision,
-            prev_created: Time::of(prev_created),
+            prev_created: MaybeTime::from(prev_created),
             entry: entry.as_ref().map(Kept::of),
         };
         // A full window makes room before the push: a deque at its capacity doubles it.
@@ -211,7 +195,7 @@ impl Log {
         if self.records.len() == self.records.capacity() {
             // The window grows by doubling, but never past its bound: a deque's own growth
             // would give a window of 100,000 records room for 131,072 (31% more), and a record
-            // slot is 80 bytes.
+            // slot is 72 bytes.
             let room = self.max_entries.saturating_sub(self.records.len()).max(1);
             self.records
                 .reserve_exact(self.records.len().max(16).min(room));
@@ -354,9 +338,9 @@ mod tests {
 
     #[test]
     fn the_window_holds_no_room_beyond_its_bound() {
-        // A slot of the window: keep it small (see `Time`).
+        // A slot of the window: keep it small (see `MaybeTime`).
         if cfg!(target_pointer_width = "64") {
-            assert_eq!(size_of::<Record>(), 80);
+            assert_eq!(size_of::<Record>(), 72);
         }
         let mut s = Store::new(0);
         let mut log = Log::new(0, 1000, usize::MAX);

@@ -89,7 +89,7 @@ mod tests {
             updated: 0,
             revision: 0,
             seq: 1,
-            expires: None,
+            expires: crate::store::MaybeTime::NONE,
             json,
             tree,
         };
@@ -113,7 +113,7 @@ mod tests {
             updated: 0,
             revision: 0,
             seq: 1,
-            expires: None,
+            expires: crate::store::MaybeTime::NONE,
             json,
             tree,
         };

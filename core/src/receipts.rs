@@ -499,7 +499,7 @@ fn outcome_json(o: &Outcome) -> Value {
     let entry = |k: &str, e: &Entry| {
         json!({
             "key": k, "c": e.created, "u": e.updated, "r": e.revision, "s": e.seq,
-            "x": e.expires, "d": *e.data(),
+            "x": e.expires.get(), "d": *e.data(),
         })
     };
     match o {
@@ -549,7 +549,7 @@ fn outcome_from(seq: u64, v: &Value) -> Result<Outcome, Corrupt> {
                 updated: int("u")?,
                 revision: uint("r")?,
                 seq: uint("s")?,
-                expires: v["x"].as_i64(),
+                expires: crate::store::MaybeTime::from(v["x"].as_i64()),
                 json,
                 tree: Tree::built(data),
             },

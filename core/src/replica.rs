@@ -428,7 +428,7 @@ mod tests {
             updated: 0,
             revision: 0,
             seq: 0,
-            expires: None,
+            expires: crate::store::MaybeTime::NONE,
             json: b"1"[..].into(),
             tree: Tree::built(json!(1)),
         };

@@ -14,11 +14,83 @@ use serde_json::Value;
 
 use crate::key::{Pattern, Segment};
 
-/// A stored value's compact JSON: one allocation holding the text and its reference count,
-/// shared by the store, the change log, the key history and every clone of the entry. (A
-/// `Bytes` made from an owned buffer allocates a second, shared header at its first clone, and
-/// its handle is twice as large: about 48 bytes more for every stored key.)
-pub type JsonText = Arc<[u8]>;
+/// A stored value's compact JSON: one allocation holding the text, its length and its reference
+/// count, behind a one-word pointer, shared by the store, the change log, the key history and
+/// every clone of the entry. (A `Bytes` made from an owned buffer allocates a second, shared
+/// header at its first clone, and its handle is four words: an entry and a change-log record are
+/// each in every stored key's cost.)
+#[derive(Clone)]
+pub struct JsonText(triomphe::ThinArc<(), u8>);
+
+/// Texts compare by their bytes.
+impl PartialEq for JsonText {
+    fn eq(&self, other: &JsonText) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for JsonText {}
+
+impl std::ops::Deref for JsonText {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0.slice
+    }
+}
+
+impl AsRef<[u8]> for JsonText {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl From<&[u8]> for JsonText {
+    fn from(text: &[u8]) -> JsonText {
+        JsonText(triomphe::ThinArc::from_header_and_slice((), text))
+    }
+}
+
+impl From<Vec<u8>> for JsonText {
+    fn from(text: Vec<u8>) -> JsonText {
+        JsonText::from(&text[..])
+    }
+}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JsonText({:?})", String::from_utf8_lossy(self))
+    }
+}
+
+/// A clock time (ns) or none, in 8 bytes where `Option<i64>` takes 16: a key's TTL deadline in
+/// every stored entry and change-log record, and a record's previous `created`. `i64::MIN`
+/// stands for none, as in a stored entry's bytes: no clock reading or deadline is that
+/// (deadlines saturate upwards).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MaybeTime(i64);
+
+impl MaybeTime {
+    /// None.
+    pub const NONE: MaybeTime = MaybeTime(i64::MIN);
+
+    /// The time, if there is one.
+    pub fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
+impl From<Option<i64>> for MaybeTime {
+    fn from(at: Option<i64>) -> MaybeTime {
+        MaybeTime(at.unwrap_or(i64::MIN))
+    }
+}
+
+impl std::fmt::Debug for MaybeTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
 
 /// One stored value with its metadata. Cheap to clone: the value's bytes and tree are shared.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +104,7 @@ pub struct Entry {
     /// Store sequence number of the change that produced this entry.
     pub seq: u64,
     /// Clock time at which the key expires, if it has a TTL.
-    pub expires: Option<i64>,
+    pub expires: MaybeTime,
     /// The value's compact JSON, serialized once per write: what is stored, logged, sent and
     /// answered.
     pub json: JsonText,
@@ -574,7 +646,7 @@ impl Store {
         };
         let expires = match ttl {
             Ttl::Clear => None,
-            Ttl::Keep => prev.as_ref().and_then(|p| p.expires),
+            Ttl::Keep => prev.as_ref().and_then(|p| p.expires.get()),
             Ttl::After(ns) => Some(now.saturating_add(ns)),
         };
         // The tree stays only when the value it replaces had one built (see [`Tree`]).
@@ -588,7 +660,7 @@ impl Store {
             updated,
             revision,
             seq,
-            expires,
+            expires: MaybeTime::from(expires),
             json: data.1,
             tree,
         };
@@ -640,7 +712,7 @@ impl Store {
         let old = match entry {
             Some(e) => {
                 self.bytes += e.json.len();
-                if let Some(d) = e.expires {
+                if let Some(d) = e.expires.get() {
                     self.deadlines.insert((d, key.clone()));
                 }
                 // Replaces in one walk of the map, in the existing box.
@@ -665,9 +737,9 @@ impl Store {
         };
         if let Some(old) = old {
             self.bytes -= old.json.len();
-            if let Some(d) = old.expires {
+            if let Some(d) = old.expires.get() {
                 // Unless the new entry expires at the same moment (then that one stays).
-                let same = self.get(key).and_then(|e| e.expires) == Some(d);
+                let same = self.get(key).and_then(|e| e.expires.get()) == Some(d);
                 if !same {
                     self.deadlines.remove(&(d, key.clone()));
                 }
@@ -802,7 +874,7 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(10));
         assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
         s.put("b", v(json!(2)), 5, Ttl::Keep, None);
-        assert_eq!(s.get("b").unwrap().expires, Some(10));
+        assert_eq!(s.get("b").unwrap().expires.get(), Some(10));
         // Rewritten with the same deadline: still in the index.
         assert_eq!(s.next_deadline(), Some(10));
         assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
@@ -912,6 +984,23 @@ mod tests {
         }
         assert_eq!(s.scan_visits(&p("*/*/*")), 0);
         assert!(s.index.postings.is_empty() && s.index.depths.is_empty());
+    }
+
+    #[test]
+    fn an_entry_fits_a_small_allocation() {
+        // The map boxes every entry: 56 bytes take a 64-byte block of the allocator (with its
+        // header), 64 bytes an 80-byte one, for every stored key.
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(size_of::<Entry>(), 56);
+        }
+        let (tree, json) = Entry::value(json!({"a": [1, "x"]}));
+        assert_eq!(&*json, br#"{"a":[1,"x"]}"#);
+        assert_eq!(json, JsonText::from(&br#"{"a":[1,"x"]}"#[..]));
+        assert_ne!(json, JsonText::from(&b"{}"[..]));
+        assert!(tree.is_built());
+        assert_eq!(MaybeTime::from(Some(0)).get(), Some(0));
+        assert_eq!(MaybeTime::from(None).get(), None);
+        assert_eq!(MaybeTime::NONE, MaybeTime::from(None));
     }
 
     #[test]

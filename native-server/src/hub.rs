@@ -931,7 +931,7 @@ impl Drop for Registration {
 pub fn sets_expiry(changes: &[Change]) -> bool {
     changes
         .iter()
-        .any(|c| c.entry.as_ref().is_some_and(|e| e.expires.is_some()))
+        .any(|c| c.entry.as_ref().is_some_and(|e| e.expires.get().is_some()))
 }
 
 #[cfg(test)]

@@ -583,7 +583,7 @@ fn rules_refuse_before_anything_changes() {
     )
     .unwrap();
     set_as(&mut e, "typed/1", json!(7), &anon).unwrap();
-    assert!(e.store().get("typed/1").unwrap().expires.is_some());
+    assert!(e.store().get("typed/1").unwrap().expires.get().is_some());
     // The embedding program is not bound by the rules.
     set_as(&mut e, "private/carol/x", json!(1), &Identity::System).unwrap();
 }

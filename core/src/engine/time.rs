@@ -38,6 +38,7 @@ impl Engine {
     /// or `None` when it has no TTL.
     pub fn ttl_left(&self, tick: Tick, e: &crate::store::Entry) -> Option<i64> {
         e.expires
+            .get()
             .map(|at| at.saturating_sub(self.clock.peek(tick)).max(1))
     }
 

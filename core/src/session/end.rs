@@ -344,7 +344,7 @@ impl Session {
             .map(|l| match engine.store().get(&l.key) {
                 // Its renewal is being ordered: looked at again in a quarter of the TTL.
                 _ if l.pending => self.limits.lease_ttl / 4,
-                Some(e) if e.etag() == l.etag => match e.expires {
+                Some(e) if e.etag() == l.etag => match e.expires.get() {
                     Some(x) => x
                         .saturating_sub(self.limits.lease_ttl / 2)
                         .saturating_sub(now),
@@ -371,9 +371,10 @@ impl Session {
         let ttl = self.limits.lease_ttl;
         self.leases.retain_mut(|l| {
             let due = match engine.store().get(&l.key) {
-                Some(e) if e.etag() == l.etag => {
-                    e.expires.is_none_or(|x| x.saturating_sub(ttl / 2) <= now)
-                }
+                Some(e) if e.etag() == l.etag => e
+                    .expires
+                    .get()
+                    .is_none_or(|x| x.saturating_sub(ttl / 2) <= now),
                 _ => return false,
             };
             if !due {
@@ -505,7 +506,10 @@ impl Session {
             let Some(e) = engine.store().get(&l.key).filter(|e| e.etag() == l.etag) else {
                 return false;
             };
-            if e.expires.is_some_and(|x| x.saturating_sub(ttl / 2) > now) {
+            if e.expires
+                .get()
+                .is_some_and(|x| x.saturating_sub(ttl / 2) > now)
+            {
                 return true;
             }
             l.pending = true;

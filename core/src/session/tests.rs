@@ -375,7 +375,7 @@ fn a_leased_key_carries_the_lease_ttl_and_is_deleted_once_when_the_connection_en
     assert_eq!(changes.len(), 1);
     assert_eq!(ok["key"], json!("presence/r/a"));
     let entry = e.store().get("presence/r/a").unwrap().clone();
-    let ttl = entry.expires.unwrap() - entry.updated.max(entry.created);
+    let ttl = entry.expires.get().unwrap() - entry.updated.max(entry.created);
     assert_eq!(ttl, LEASE_TTL, "the key expires by itself after a crash");
     assert_eq!(s.leases().count(), 1);
     assert!(s.has_end_writes());
@@ -450,14 +450,14 @@ fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
         "the reply names the current entry"
     );
     assert_eq!(*entry.data(), json!({"a": 1, "b": 2}));
-    assert!(entry.expires.is_some());
+    assert!(entry.expires.get().is_some());
     let (_, ok) = write_of(handle(
         &mut s,
         &mut e,
         json!({"op": "push", "path": "p/list/*", "value": 1, "lease": true}),
     ));
     let pushed = ok["key"].as_str().unwrap().to_string();
-    assert!(e.store().get(&pushed).unwrap().expires.is_some());
+    assert!(e.store().get(&pushed).unwrap().expires.get().is_some());
     assert_eq!(s.leases().count(), 2);
 
     // Renewal: nothing is due at first; past half the TTL every lease is re-armed.
@@ -471,7 +471,7 @@ fn a_leased_patch_and_push_get_the_lease_ttl_and_renewal_keeps_the_lease() {
     let x = e.store().get("p/x").unwrap().clone();
     assert_eq!(*x.data(), json!({"a": 1, "b": 2}), "the same value");
     assert!(
-        x.expires.unwrap() > entry.expires.unwrap(),
+        x.expires.get().unwrap() > entry.expires.get().unwrap(),
         "a later deadline"
     );
     assert!(s.renew_in(&e, later).unwrap() > 0);

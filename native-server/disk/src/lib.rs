@@ -1351,7 +1351,7 @@ mod tests {
         );
         let e = store.get("a/1").unwrap();
         assert_eq!(
-            (e.data(), e.revision, e.expires.is_some()),
+            (e.data(), e.revision, e.expires.get().is_some()),
             (&json!({"x":2}), 1, true)
         );
         assert!(store.get("a/2").is_none());
