@@ -5,9 +5,9 @@
 //! what it was.
 #![no_main]
 
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log};
+use stateline_core::store::{JsonText, MaybeTime};
 use stateline_core::{Change, Entry};
 
 fuzz_target!(|data: &[u8]| {
@@ -30,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
             updated: 0,
             revision: 0,
             seq: 0,
-            expires: None,
-            json: Bytes::new(),
+            expires: MaybeTime::NONE,
+            json: JsonText::from(&[][..]),
             tree: Default::default(),
         });
         let change = Change {
