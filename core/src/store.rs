@@ -484,11 +484,21 @@ impl Store {
     /// A store loaded from disk: entries as they were written, and the sequence number of the last
     /// change (which may be larger than any entry's, when the last changes were deletes).
     pub fn load(last_seq: u64, entries: impl IntoIterator<Item = (Arc<str>, Entry)>) -> Store {
+        // Built in one pass from the keys sorted (a later duplicate wins, as a write would):
+        // the map's nodes come out full, where inserting keys in ascending order one by one
+        // leaves them about half full, about 24 bytes more for every key loaded.
+        let map: BTreeMap<Arc<str>, Box<Entry>> =
+            entries.into_iter().map(|(k, e)| (k, Box::new(e))).collect();
         let mut s = Store::new(last_seq);
-        for (k, e) in entries {
+        for (k, e) in &map {
             s.last_seq = s.last_seq.max(e.seq);
-            s.install(&k, Some(e));
+            s.bytes += e.json.len();
+            if let Some(d) = e.expires.get() {
+                s.deadlines.insert((d, k.clone()));
+            }
+            s.index.insert(k);
         }
+        s.map = map;
         s
     }
 
@@ -1001,6 +1011,35 @@ mod tests {
         assert_eq!(MaybeTime::from(Some(0)).get(), Some(0));
         assert_eq!(MaybeTime::from(None).get(), None);
         assert_eq!(MaybeTime::NONE, MaybeTime::from(None));
+    }
+
+    #[test]
+    fn a_loaded_store_is_the_store_its_writes_made() {
+        let mut written = Store::new(0);
+        written.put("b/x", v(json!({"n": 1})), 5, Ttl::After(100), None);
+        written.put("a", v(json!([1, 2])), 6, Ttl::Clear, None);
+        written.put("c/x", v(json!("s")), 7, Ttl::Clear, None);
+        written.put("a", v(json!(3)), 8, Ttl::Clear, None);
+        let mut entries: Vec<_> = written
+            .keys()
+            .map(|k| (k.clone(), written.get(k).unwrap().clone()))
+            .collect();
+        entries.reverse();
+        // Out of order, and a stale duplicate first: the later one wins.
+        let stale = (Arc::from("a"), written.get("b/x").unwrap().clone());
+        let loaded = Store::load(9, std::iter::once(stale).chain(entries));
+        assert_eq!(loaded.last_seq(), 9);
+        assert_eq!(loaded.len(), 3);
+        assert_eq!(loaded.value_bytes(), written.value_bytes());
+        for k in written.keys() {
+            assert_eq!(loaded.get(k), written.get(k));
+        }
+        assert_eq!(loaded.next_deadline(), written.next_deadline());
+        let glob = Pattern::parse("*/x").unwrap();
+        let keys =
+            |s: &Store| -> Vec<String> { s.scan(&glob).map(|(k, _)| k.to_string()).collect() };
+        assert_eq!(keys(&loaded), ["b/x", "c/x"]);
+        assert_eq!(loaded.scan_visits(&glob), 2);
     }
 
     #[test]
