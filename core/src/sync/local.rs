@@ -7,9 +7,10 @@
 //! a key is its newest pending write if it has one, else the server's state. Server changes to
 //! a key with a pending write are kept (the cache follows the server) but not reported: they are
 //! hidden under it. When the server answers, the write's [`Local`] goes and the key shows what
-//! is under it; a change is reported only if that differs from what was shown: nothing when
-//! the server stored what the page showed, the server's value when another writer got there in
-//! between, the value before when the write was refused (its rollback).
+//! is under it. Each subscription is compared in its own view (two covering one key may be at
+//! different versions of it): a change is reported only if that differs from what was shown:
+//! nothing when the server stored what the page showed, the server's value when another writer
+//! got there in between, the value before when the write was refused (its rollback).
 //!
 //! Not optimistic: writes of a glob or subtree, leased writes, `push` (its key is the server's),
 //! `incr`, `take`, `rename`, transactions, a `patch` of a key the page does not see, and values
@@ -111,11 +112,18 @@ impl Client {
     // What the page sees of `key` now: its newest pending write, else the server's value (from
     // the first covering subscription), `None` when absent; `Err` when no subscription sees it.
     fn seen(&self, key: &str, covering: &[String]) -> Result<Option<Value>, ()> {
-        if let Some(v) = self.local_top(key) {
-            return Ok(v.clone());
-        }
         let p = covering.first().ok_or(())?;
-        Ok(self.server_state(p, key).map(|(_, _, d)| d))
+        Ok(self.seen_by(key, p))
+    }
+
+    // What the subscription `pattern` shows of `key` now: its newest pending write, else the
+    // server's value in that subscription's view. Two subscriptions covering a key may hold
+    // different server versions of it (each has its own frames, and one may be behind).
+    fn seen_by(&self, key: &str, pattern: &str) -> Option<Value> {
+        match self.local_top(key) {
+            Some(v) => v.clone(),
+            None => self.server_state(pattern, key).map(|(_, _, d)| d),
+        }
     }
 
     /// A write the user just made (request `req`): if it is optimistic, its value is shown to
@@ -166,13 +174,19 @@ impl Client {
             }
             _ => return,
         };
+        // Reported to each subscription whose own view differs: one that is behind shows the
+        // write even when another already holds that value from the server.
+        let differs: Vec<String> = covering
+            .into_iter()
+            .filter(|p| self.seen_by(key, p) != after)
+            .collect();
         self.local.push(Local {
             req,
             key: key.to_string(),
             after: after.clone(),
         });
-        if before != after {
-            self.report_key(key, &covering, after, true);
+        if !differs.is_empty() {
+            self.report_key(key, &differs, after, true);
         }
     }
 
@@ -187,13 +201,14 @@ impl Client {
             // A newer pending write of the key is still what is shown.
             return;
         }
-        let covering = self.covering(&gone.key);
-        let Ok(now) = self.seen(&gone.key, &covering) else {
-            return;
-        };
-        if now != gone.after {
-            let pending = self.local_top(&gone.key).is_some();
-            self.report_key(&gone.key, &covering, now, pending);
+        // Every covering subscription showed `gone.after`; each now shows what is under it in
+        // its own view, reported where that differs.
+        let pending = self.local_top(&gone.key).is_some();
+        for p in self.covering(&gone.key) {
+            let now = self.seen_by(&gone.key, &p);
+            if now != gone.after {
+                self.report_key(&gone.key, std::slice::from_ref(&p), now, pending);
+            }
         }
     }
 

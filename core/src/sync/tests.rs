@@ -1669,3 +1669,46 @@ fn a_frame_names_its_pattern_without_being_parsed() {
     hub.from_server(r#"{"sub":"other","data":[]}"#);
     assert_eq!(hub.poll(), None);
 }
+
+#[test]
+fn an_optimistic_write_shows_in_a_subscription_that_is_behind() {
+    // `g/*` has seen the server's 63 for `g/k0`, `g/k0` (its own frames not yet delivered)
+    // still shows 0; the page writes 63. Each subscription reports what differs in its own
+    // view: `g/k0` shows the write at once (pending), `g/*` had it already.
+    let config = Config {
+        optimistic: true,
+        ..Config::default()
+    };
+    let mut r = Rig::with(config, 1_000);
+    r.c.subscribe(1, "g/*").unwrap();
+    r.c.subscribe(2, "g/k0").unwrap();
+    r.pump();
+    r.set("g/k0", json!(0));
+    r.set("g/k0", json!(63));
+    // The two answers, the two first snapshots, both subscriptions' frames of 0, and the list's
+    // frame of 63: the key's own frame of 63 is still on its way.
+    r.deliver(7);
+    let shown = |r: &Rig, p: &str| -> Vec<(Option<Value>, bool)> {
+        r.changes(p)
+            .into_iter()
+            .map(|c| (c.value, c.pending))
+            .collect()
+    };
+    assert_eq!(shown(&r, "g/k0"), [(Some(json!(0)), false)]);
+    assert_eq!(
+        shown(&r, "g/*"),
+        [(Some(json!(0)), false), (Some(json!(63)), false)]
+    );
+    r.c.write(json!({"op":"set","key":"g/k0","value":63}));
+    r.pump();
+    assert_eq!(
+        shown(&r, "g/k0"),
+        [(Some(json!(0)), false), (Some(json!(63)), true)]
+    );
+    assert_eq!(shown(&r, "g/*").len(), 2, "the list showed 63 already");
+    // The server's frames and the answer: nothing more to show, and both end at 63.
+    r.deliver_all();
+    assert_eq!(shown(&r, "g/k0").len(), 2);
+    assert_eq!(shown(&r, "g/*").len(), 2);
+    assert_eq!(r.c.value("g/k0"), Some(json!(63)));
+}
