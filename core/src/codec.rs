@@ -11,7 +11,7 @@
 //! - log record: `revision u64, existed u8, present u8, key length u32, key, [created before the
 //!   change i64 if existed], [entry]`
 
-use std::sync::Arc;
+use crate::store::Key;
 
 use crate::store::{Change, Entry, JsonText, MaybeTime};
 
@@ -22,7 +22,7 @@ pub struct Corrupt(pub String);
 
 /// A decoded change-log record: `(seq, key, revision, created before the change, entry)`, as
 /// [`crate::log::Log::restore`] takes it.
-pub type LogRecord = (u64, Arc<str>, u64, Option<i64>, Option<Entry>);
+pub type LogRecord = (u64, Key, u64, Option<i64>, Option<Entry>);
 
 /// Appends an entry's bytes to `out`.
 pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {

@@ -15,8 +15,8 @@
 //! same transaction as the changes; at start the stored versions are given back
 //! ([`History::restore`]) and trimmed to the limits again.
 
+use crate::store::Key;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 
 use crate::codec::Corrupt;
 use crate::store::{Change, JsonText};
@@ -91,9 +91,9 @@ impl Delta {
 /// The histories of every key. See the module docs.
 #[derive(Debug, Default)]
 pub struct History {
-    keys: HashMap<Arc<str>, VecDeque<Version>>,
+    keys: HashMap<Key, VecDeque<Version>>,
     // Every kept version by sequence number: the oldest of the store goes first.
-    order: BTreeMap<u64, Arc<str>>,
+    order: BTreeMap<u64, Key>,
     bytes: usize,
     limits: Limits,
     delta: Delta,
@@ -164,7 +164,7 @@ impl History {
     }
 
     // Keeps `v` as `key`'s newest version; `write`: queue it for storage (else it is there).
-    fn insert(&mut self, key: Arc<str>, v: Version, write: bool) {
+    fn insert(&mut self, key: Key, v: Version, write: bool) {
         if self.stored && write {
             // Storage applies a delta's puts before its drops: a version written again after
             // its removal was queued (a current value settled away at start, or given back by a
@@ -195,7 +195,7 @@ impl History {
     }
 
     // Drops `key`'s oldest versions beyond `room`.
-    fn trim(&mut self, key: &Arc<str>, room: usize) {
+    fn trim(&mut self, key: &Key, room: usize) {
         let Some(versions) = self.keys.get_mut(key) else {
             return;
         };
@@ -226,7 +226,7 @@ impl History {
     }
 
     // Forgets the version `seq` of `key` (it is current again, or it never was), and its row.
-    fn forget(&mut self, key: &Arc<str>, seq: u64) {
+    fn forget(&mut self, key: &Key, seq: u64) {
         if self.order.remove(&seq).is_none() {
             return;
         }
@@ -243,7 +243,7 @@ impl History {
     }
 
     // Removes `k`'s oldest version, which is `seq` (the store's oldest).
-    fn remove_oldest(&mut self, k: &Arc<str>, seq: u64) {
+    fn remove_oldest(&mut self, k: &Key, seq: u64) {
         if let Some(versions) = self.keys.get_mut(k) {
             if let Some(old) = versions.pop_front() {
                 debug_assert_eq!(old.seq, seq);
@@ -263,7 +263,7 @@ impl History {
         let Some(first) = changes.first().map(|c| c.seq) else {
             return;
         };
-        let mut gone: Vec<(u64, Arc<str>)> = self
+        let mut gone: Vec<(u64, Key)> = self
             .order
             .range(first..)
             .map(|(s, k)| (*s, k.clone()))
@@ -285,7 +285,7 @@ impl History {
     /// values were left to the store holds one per key), and a key that exists keeps `keep - 1`
     /// versions beside its current one. What is dropped is queued for storage to remove.
     pub fn settle(&mut self, current: impl Fn(&str) -> Option<u64>) {
-        let keys: Vec<Arc<str>> = self.keys.keys().cloned().collect();
+        let keys: Vec<Key> = self.keys.keys().cloned().collect();
         for k in keys {
             let Some(seq) = current(&k) else {
                 continue;
@@ -413,7 +413,7 @@ pub fn encode(key: &str, v: &Version) -> Vec<u8> {
 }
 
 /// Reads [`encode`]'s bytes back (the sequence number is the row's key).
-pub fn decode(seq: u64, b: &[u8]) -> Result<(Arc<str>, Version), Corrupt> {
+pub fn decode(seq: u64, b: &[u8]) -> Result<(Key, Version), Corrupt> {
     let bad = || Corrupt(format!("history record {seq} is truncated or malformed"));
     let len =
         u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;

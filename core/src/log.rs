@@ -5,8 +5,8 @@
 //! version `v` has seen every change up to `v`. The log covers `v` when every change after `v` is
 //! still in the window; otherwise the client must take a snapshot. It holds entries, not frames.
 
+use crate::store::Key;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use crate::key::Pattern;
 use crate::store::{Change, Entry, JsonText, MaybeTime};
@@ -51,7 +51,7 @@ impl Kept {
 #[derive(Debug, Clone)]
 struct Record {
     seq: u64,
-    key: Arc<str>,
+    key: Key,
     revision: u64,
     // `created` of the entry before this change (for resuming list subscriptions by position).
     prev_created: MaybeTime,
@@ -70,16 +70,16 @@ impl Record {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Missed {
     /// The key did not exist at the version and exists now.
-    Create(Arc<str>, Entry),
+    Create(Key, Entry),
     /// The key existed at the version and exists now (changed, or deleted and created again).
-    Update(Arc<str>, Entry),
+    Update(Key, Entry),
     /// The key existed at the version and is gone; the revision of the delete.
-    Delete(Arc<str>, u64, u64),
+    Delete(Key, u64, u64),
 }
 
 impl Missed {
     /// The key concerned.
-    pub fn key(&self) -> &Arc<str> {
+    pub fn key(&self) -> &Key {
         match self {
             Missed::Create(k, _) | Missed::Update(k, _) | Missed::Delete(k, _, _) => k,
         }
@@ -162,7 +162,7 @@ impl Log {
     /// sequence order.
     pub fn restore(
         floor: u64,
-        records: impl IntoIterator<Item = (u64, Arc<str>, u64, Option<i64>, Option<Entry>)>,
+        records: impl IntoIterator<Item = (u64, Key, u64, Option<i64>, Option<Entry>)>,
         max_entries: usize,
         max_bytes: usize,
     ) -> Log {
@@ -176,7 +176,7 @@ impl Log {
     fn push_record(
         &mut self,
         seq: u64,
-        key: Arc<str>,
+        key: Key,
         revision: u64,
         prev_created: Option<i64>,
         entry: Option<Entry>,

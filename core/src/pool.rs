@@ -7,8 +7,8 @@
 //! yields at most one frame, and the adapter writes those same bytes to every subscriber of the
 //! pool: nothing here is per subscriber. It does not know sockets; subscribers are counted only.
 
+use crate::store::Key;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -67,7 +67,7 @@ pub enum Join {
 #[derive(Debug)]
 enum View {
     Object(Option<Entry>),
-    List(Vec<(Arc<str>, Entry)>),
+    List(Vec<(Key, Entry)>),
     Events,
 }
 
@@ -622,7 +622,7 @@ impl Pool {
             steps.iter().map(|(m, o)| (&**m.key(), *o)).collect();
         // The client's list: today's items minus those created since, at their old `created`,
         // plus those deleted since.
-        let mut old: Vec<(Arc<str>, i64)> = items
+        let mut old: Vec<(Key, i64)> = items
             .iter()
             .filter_map(|(k, e)| match origin.get(&**k) {
                 Some(None) => None,
@@ -635,12 +635,11 @@ impl Pool {
                 old.push((k.clone(), *c));
             }
         }
-        let order =
-            |a: &(Arc<str>, i64), b: &(Arc<str>, i64)| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0));
+        let order = |a: &(Key, i64), b: &(Key, i64)| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0));
         old.sort_by(order);
         let mut ops: Vec<Vec<u8>> = Vec::new();
         for (m, o) in steps {
-            let find = |old: &Vec<(Arc<str>, i64)>, c: i64| {
+            let find = |old: &Vec<(Key, i64)>, c: i64| {
                 old.binary_search_by(|p| order(p, &(m.key().clone(), c)))
             };
             if let Some(c) = o {
@@ -719,20 +718,27 @@ impl Pool {
             View::Object(cur) => {
                 let old = cur.take();
                 let last = cs[cs.len() - 1];
-                *cur = last.entry.clone();
                 let patch = if cs.len() == 1 {
                     last.patch.as_deref()
                 } else {
                     None
                 };
-                match (&old, &*cur) {
-                    (None, None) => None,
-                    (None, Some(_)) => Some((true, self.view_bytes())),
+                // Diffed against the change's own entry before the view keeps a copy of it: the
+                // tree a diff builds is then the one the copy shares and the stored entry keeps
+                // for the key's next write (`store::Tree`).
+                let ops = match (&old, &last.entry) {
                     (Some(o), Some(n)) => {
                         let usable =
                             patch.filter(|_| last.prev.as_ref().is_some_and(|p| p.seq == o.seq));
-                        object_ops(o, n, usable).map(|ops| (false, ops))
+                        object_ops(o, n, usable)
                     }
+                    _ => None,
+                };
+                *cur = last.entry.clone();
+                match (&old, &*cur) {
+                    (None, None) => None,
+                    (None, Some(_)) => Some((true, self.view_bytes())),
+                    (Some(_), Some(_)) => ops.map(|ops| (false, ops)),
                     (Some(_), None) => Some((false, DELETE_OPS.to_vec())),
                 }
             }
@@ -831,12 +837,12 @@ fn object_ops(o: &Entry, n: &Entry, patch: Option<&json_patch::Patch>) -> Option
     }
 }
 
-fn position(items: &[(Arc<str>, Entry)], key: &str, e: &Entry) -> Result<usize, usize> {
+fn position(items: &[(Key, Entry)], key: &str, e: &Entry) -> Result<usize, usize> {
     items.binary_search_by(|(k, x)| newest_first(k, x, key, e))
 }
 
 /// Applies one change to a sorted list view, appending positional ops (ooo's list patches).
-fn list_change(items: &mut Vec<(Arc<str>, Entry)>, c: &Change, ops: &mut Vec<Vec<u8>>) {
+fn list_change(items: &mut Vec<(Key, Entry)>, c: &Change, ops: &mut Vec<Vec<u8>>) {
     let old = c
         .prev
         .as_ref()
@@ -931,7 +937,7 @@ fn current_events(
     filters: &Filters,
 ) -> Bytes {
     let mut out = Vec::new();
-    let items: Vec<(Arc<str>, Entry)> = match pattern {
+    let items: Vec<(Key, Entry)> = match pattern {
         Pattern::Key(k) => store
             .get(k)
             .map(|e| vec![(k.as_ref().into(), e.clone())])

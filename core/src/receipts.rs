@@ -18,8 +18,8 @@
 //! a missing key) are kept in memory only. At start the stored receipts are given back
 //! ([`Receipts::restore`]).
 
+use crate::store::Key;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -109,7 +109,7 @@ pub struct Unordered {
 /// write's [`fingerprint`] and its op name, computed once per write.
 #[derive(Debug, Clone)]
 pub struct Named {
-    id: Arc<str>,
+    id: Key,
     fingerprint: u64,
     op: &'static str,
 }
@@ -144,9 +144,9 @@ struct Receipt {
 /// The window of remembered ids. See the module docs.
 #[derive(Debug, Default)]
 pub struct Receipts {
-    by_id: HashMap<Arc<str>, Receipt>,
+    by_id: HashMap<Key, Receipt>,
     // Every receipt by (seq, arrival): the oldest goes first.
-    order: BTreeMap<(u64, u64), Arc<str>>,
+    order: BTreeMap<(u64, u64), Key>,
     arrivals: u64,
     bytes: usize,
     limits: Limits,
@@ -195,7 +195,7 @@ impl Receipts {
 
     /// The key an id is kept under: scoped to its caller (`subject`, the token's `sub`; none
     /// for the anonymous caller).
-    pub fn scoped(subject: Option<&str>, id: &str) -> Arc<str> {
+    pub fn scoped(subject: Option<&str>, id: &str) -> Key {
         // `sub` may hold any character; the id holds no space, so "<id> <sub>" is unambiguous.
         match subject {
             Some(s) => format!("{id} {s}").into(),
@@ -245,7 +245,7 @@ impl Receipts {
         self.insert(id, r);
     }
 
-    fn insert(&mut self, id: Arc<str>, mut r: Receipt) {
+    fn insert(&mut self, id: Key, mut r: Receipt) {
         if let Some(old) = self.by_id.remove(&id) {
             self.forget(&old);
         }
@@ -281,7 +281,7 @@ impl Receipts {
     /// Forgets receipts of changes from `seq` on (their durable commit failed and they were
     /// reverted): a repeat applies the write again, as it must.
     pub fn undo_from(&mut self, seq: u64) {
-        let gone: Vec<((u64, u64), Arc<str>)> = self
+        let gone: Vec<((u64, u64), Key)> = self
             .order
             .range((seq, 0)..)
             .map(|(k, v)| (*k, v.clone()))
@@ -532,7 +532,7 @@ fn op_static(name: &str) -> Option<&'static str> {
 }
 
 fn outcome_from(seq: u64, v: &Value) -> Result<Outcome, Corrupt> {
-    let entry = |v: &Value| -> Result<(Arc<str>, Entry), Corrupt> {
+    let entry = |v: &Value| -> Result<(Key, Entry), Corrupt> {
         let key = v["key"].as_str().ok_or_else(|| corrupt(seq, "no key"))?;
         let int = |f: &str| v[f].as_i64().ok_or_else(|| corrupt(seq, "a bad time"));
         let uint = |f: &str| v[f].as_u64().ok_or_else(|| corrupt(seq, "a bad number"));

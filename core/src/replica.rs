@@ -18,8 +18,8 @@
 //! (little-endian; a single write is batch 0, index 0, count 1), then for a set the entry in
 //! [`crate::codec`]'s layout (its `seq` is ignored: the log's sequence number is the version).
 
+use crate::store::Key;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::clock::Tick;
 use crate::codec::{self, Corrupt};
@@ -32,7 +32,7 @@ const HEADER: usize = 1 + 16 + 4 + 4;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
     /// The key.
-    pub key: Arc<str>,
+    pub key: Key,
     /// The log sequence number of the key's last change the operation was computed on (0: the
     /// key never existed). The log must refuse the write if the key changed since.
     pub expect: u64,
@@ -128,10 +128,10 @@ pub fn decode(b: &[u8]) -> Result<Decoded, Corrupt> {
 pub struct Replica {
     // Deleted keys and the sequence number of their delete, which the log still holds as the
     // key's last message. One entry per deleted key.
-    tombstones: HashMap<Arc<str>, u64>,
+    tombstones: HashMap<Key, u64>,
     // The batch being received: its id, the last index seen, and its writes.
     open: Option<(u128, u32)>,
-    group: Vec<(u64, Arc<str>, Option<Entry>)>,
+    group: Vec<(u64, Key, Option<Entry>)>,
 }
 
 impl Replica {
@@ -234,6 +234,7 @@ mod tests {
     use crate::filter::Filters;
     use crate::store::{Store, Tree, Ttl};
     use serde_json::json;
+    use std::sync::Arc;
 
     fn tick() -> Tick {
         Tick {

@@ -14,6 +14,13 @@ use serde_json::Value;
 
 use crate::key::{Pattern, Segment};
 
+/// A stored key's text, shared by everything that names the key (the ordered map, the glob
+/// index, the TTL deadlines, the change log, changes and frames).
+// One allocation of a reference count and the bytes (triomphe's `Arc`, which has no weak
+// count): with `std::sync::Arc` a key of 12 bytes took 16 + 12 bytes, a 48-byte block with the
+// allocator's header; it takes 8 + 12 now, a 32-byte block. Every stored key has one.
+pub type Key = triomphe::Arc<str>;
+
 /// A stored value's compact JSON: one allocation holding the text, its length and its reference
 /// count, behind a one-word pointer, shared by the store, the change log, the key history and
 /// every clone of the entry. (A `Bytes` made from an owned buffer allocates a second, shared
@@ -128,8 +135,8 @@ impl Entry {
         (Tree::default(), json)
     }
 
-    /// The parsed value: built from [`Entry::json`] on first use and shared with every clone
-    /// of the entry.
+    /// The parsed value: built from [`Entry::json`] on first use, and shared with the clones
+    /// made after that.
     pub fn data(&self) -> &Value {
         self.tree.get(&self.json)
     }
@@ -141,24 +148,37 @@ impl Entry {
 }
 
 /// A stored value's parsed tree, built from its JSON text the first time something needs it (a
-/// diff for a subscriber, a merge, a counter, a rule) and shared by every clone of the entry.
+/// diff for a subscriber, a merge, a counter, a rule).
 ///
 /// A tree costs many times its text (a 56-byte object is about 900 bytes parsed), and most stored
 /// keys are only ever read as bytes (a `GET`, a snapshot, a subscriber's first frame). So a key
 /// keeps its tree only while something uses it: a write keeps the new value's tree when the
-/// value it replaces had one built (a key with subscribers that get diffs, or one that is
-/// patched), and drops it otherwise; the next use builds it again, once.
-// The slot is a pointer set once (`OnceBox`, 8 bytes) in a shared allocation: with a
-// `OnceLock<Box<Value>>` (16 bytes) and `Arc`'s weak count the allocation was 48 bytes with the
-// allocator's header, for every stored key; it is 32 now. Two threads building the same tree
-// at once both parse, and one result is kept.
-#[derive(Clone, Default)]
-pub struct Tree(Arc<OnceBox<Value>>);
+/// value it replaces had one (a key with subscribers that get diffs, or one that is patched),
+/// and drops it otherwise; the next use builds it again, once, and the engine gives the tree a
+/// change's copy of the entry built to the stored entry ([`Store::adopt_tree`]).
+///
+/// A clone shares the tree when it is built, and builds its own when it is not.
+// The slot is a pointer set once (`OnceBox`, 8 bytes, null while nothing is built), so a key
+// without a tree has no allocation for it. It was an `Arc<OnceBox<Value>>` that every clone of
+// the entry shared, built or not: 32 bytes with the allocator's header, for every stored key. A
+// built tree costs a 32-byte box more per copy of its entry than it did. Two threads building
+// the same tree at once both parse, and one result is kept.
+#[derive(Default)]
+pub struct Tree(OnceBox<Arc<Value>>);
+
+impl Clone for Tree {
+    fn clone(&self) -> Tree {
+        match self.0.get() {
+            Some(t) => Tree(OnceBox::with_value(Box::new(Arc::clone(t)))),
+            None => Tree::default(),
+        }
+    }
+}
 
 impl Tree {
     /// A tree already built.
     pub fn built(v: Value) -> Tree {
-        Tree(Arc::new(OnceBox::with_value(Box::new(v))))
+        Tree(OnceBox::with_value(Box::new(Arc::new(v))))
     }
 
     /// Whether the tree has been built.
@@ -166,10 +186,10 @@ impl Tree {
         self.0.get().is_some()
     }
 
-    /// How many entries (and clones) share this tree.
+    /// How many copies of entries hold this tree (0 while it is not built).
     #[cfg(test)]
     pub(crate) fn holders(&self) -> usize {
-        Arc::strong_count(&self.0)
+        self.0.get().map_or(0, Arc::strong_count)
     }
 
     /// The tree of `json` (the text it belongs to), built now if it was not.
@@ -180,7 +200,7 @@ impl Tree {
             // is unreachable and only keeps a corrupt value from panicking.
             let v = serde_json::from_slice(json);
             debug_assert!(v.is_ok(), "a stored value's JSON parses");
-            Box::new(v.unwrap_or(Value::Null))
+            Box::new(Arc::new(v.unwrap_or(Value::Null)))
         })
     }
 }
@@ -208,7 +228,7 @@ pub struct Change {
     /// Store-wide sequence number, strictly increasing.
     pub seq: u64,
     /// The key.
-    pub key: Arc<str>,
+    pub key: Key,
     /// The revision this change gives the key (for a delete: the previous revision plus one).
     pub revision: u64,
     /// The new entry, or `None` when the key was deleted.
@@ -243,7 +263,7 @@ pub enum Ttl {
 /// keys of its depth with one of its literal segments at that position, or every key of its
 /// depth when it has no literal), never the whole keyspace.
 // A set of keys, sharing the store's allocations.
-type Keys = HashSet<Arc<str>>;
+type Keys = HashSet<Key>;
 
 // One segment of a stored key, held as the key and the segment's place in it: the index keeps no
 // copy of a segment's text (most segments are unique to their key, `users/u0000123/profile`, so
@@ -251,7 +271,7 @@ type Keys = HashSet<Arc<str>>;
 // segment's text, so the index is looked up with a `&str`.
 #[derive(Debug)]
 struct Seg {
-    key: Arc<str>,
+    key: Key,
     // Keys are at most `MAX_KEY_LEN` (1024) bytes.
     start: u16,
     len: u16,
@@ -259,7 +279,7 @@ struct Seg {
 
 impl Seg {
     // Segment `pos` of `key`.
-    fn of(key: &Arc<str>, pos: usize) -> Seg {
+    fn of(key: &Key, pos: usize) -> Seg {
         let mut start = 0;
         for (i, seg) in key.split('/').enumerate() {
             if i == pos {
@@ -318,14 +338,14 @@ type Postings = HashMap<Seg, Others>;
 // The keys a glob can match, borrowed from the index.
 #[derive(Clone, Copy)]
 enum Candidates<'a> {
-    One(&'a Arc<str>),
+    One(&'a Key),
     Many(&'a Keys),
     // Every key of one depth: the keys of every segment at its first position, and their count.
     Depth(&'a Postings, usize),
 }
 
 // The keys of one posting.
-fn posting<'a>((seg, others): (&'a Seg, &'a Others)) -> impl Iterator<Item = &'a Arc<str>> {
+fn posting<'a>((seg, others): (&'a Seg, &'a Others)) -> impl Iterator<Item = &'a Key> {
     let one = others.is_none().then_some(&seg.key);
     one.into_iter()
         .chain(others.iter().flat_map(|keys| keys.iter()))
@@ -340,7 +360,7 @@ impl<'a> Candidates<'a> {
         }
     }
 
-    fn iter(self) -> impl Iterator<Item = &'a Arc<str>> {
+    fn iter(self) -> impl Iterator<Item = &'a Key> {
         let (one, many, depth) = match self {
             Candidates::One(k) => (Some(k), None, None),
             Candidates::Many(keys) => (None, Some(keys), None),
@@ -367,7 +387,7 @@ fn small(n: usize) -> u16 {
 }
 
 impl SegIndex {
-    fn insert(&mut self, key: &Arc<str>) {
+    fn insert(&mut self, key: &Key) {
         let depth = small(key.split('/').count());
         for (i, seg) in key.split('/').enumerate() {
             let segs = self.postings.entry((depth, small(i))).or_default();
@@ -395,7 +415,7 @@ impl SegIndex {
         *self.depths.entry(depth).or_default() += 1;
     }
 
-    fn remove(&mut self, key: &Arc<str>) {
+    fn remove(&mut self, key: &Key) {
         let depth = small(key.split('/').count());
         for (i, seg) in key.split('/').enumerate() {
             let pos = (depth, small(i));
@@ -464,10 +484,10 @@ pub struct Store {
     // 88-byte entry inline, and keys written in ascending order (the usual ids) leave its nodes
     // about half full, so the slack costs a pointer's worth per empty slot, not an entry's.
     // An update writes into the existing box.
-    map: BTreeMap<Arc<str>, Box<Entry>>,
+    map: BTreeMap<Key, Box<Entry>>,
     index: SegIndex,
     // Ordered by deadline so the next expiry is the first element.
-    deadlines: BTreeSet<(i64, Arc<str>)>,
+    deadlines: BTreeSet<(i64, Key)>,
     last_seq: u64,
     bytes: usize,
 }
@@ -483,11 +503,11 @@ impl Store {
 
     /// A store loaded from disk: entries as they were written, and the sequence number of the last
     /// change (which may be larger than any entry's, when the last changes were deletes).
-    pub fn load(last_seq: u64, entries: impl IntoIterator<Item = (Arc<str>, Entry)>) -> Store {
+    pub fn load(last_seq: u64, entries: impl IntoIterator<Item = (Key, Entry)>) -> Store {
         // Built in one pass from the keys sorted (a later duplicate wins, as a write would):
         // the map's nodes come out full, where inserting keys in ascending order one by one
         // leaves them about half full, about 24 bytes more for every key loaded.
-        let map: BTreeMap<Arc<str>, Box<Entry>> =
+        let map: BTreeMap<Key, Box<Entry>> =
             entries.into_iter().map(|(k, e)| (k, Box::new(e))).collect();
         let mut s = Store::new(last_seq);
         for (k, e) in &map {
@@ -537,12 +557,12 @@ impl Store {
     }
 
     // A key's interned key and entry.
-    fn entry(&self, key: &str) -> Option<(&Arc<str>, &Entry)> {
+    fn entry(&self, key: &str) -> Option<(&Key, &Entry)> {
         self.map.get_key_value(key).map(|(k, e)| (k, &**e))
     }
 
     /// The interned key, when present.
-    pub fn key_arc(&self, key: &str) -> Option<Arc<str>> {
+    pub fn key_arc(&self, key: &str) -> Option<Key> {
         self.map.get_key_value(key).map(|(k, _)| k.clone())
     }
 
@@ -552,7 +572,7 @@ impl Store {
     pub fn scan<'a>(
         &'a self,
         pattern: &'a Pattern,
-    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Entry)> + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a Entry)> + 'a {
         self.scan_counted(pattern).0.into_iter()
     }
 
@@ -562,7 +582,7 @@ impl Store {
         self.scan_counted(pattern).1
     }
 
-    fn scan_counted<'a>(&'a self, pattern: &Pattern) -> (Vec<(&'a Arc<str>, &'a Entry)>, usize) {
+    fn scan_counted<'a>(&'a self, pattern: &Pattern) -> (Vec<(&'a Key, &'a Entry)>, usize) {
         match pattern {
             Pattern::Key(k) => {
                 let hit: Vec<_> = self.entry(k).into_iter().collect();
@@ -601,7 +621,7 @@ impl Store {
 
     /// Every (key, entry) matching a pattern, newest first (created descending, then key descending
     /// so that the order is total and the same everywhere).
-    pub fn list(&self, pattern: &Pattern) -> Vec<(Arc<str>, Entry)> {
+    pub fn list(&self, pattern: &Pattern) -> Vec<(Key, Entry)> {
         let mut v: Vec<_> = self
             .scan(pattern)
             .map(|(k, e)| (k.clone(), e.clone()))
@@ -611,15 +631,12 @@ impl Store {
     }
 
     /// All keys in order, for paging.
-    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
         self.map.keys()
     }
 
     /// Keys starting with `prefix`, in order (a range of the map, not a walk of every key).
-    pub fn keys_with_prefix<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+    pub fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Key> + 'a {
         self.map
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
@@ -647,7 +664,7 @@ impl Store {
         // One lookup for the shared key and the previous entry (this runs for every write).
         let (key, prev) = match self.map.get_key_value(key) {
             Some((k, e)) => (k.clone(), Some(Entry::clone(e))),
-            None => (Arc::from(key), None),
+            None => (Key::from(key), None),
         };
         let seq = self.next_seq();
         let (created, updated, revision) = match &prev {
@@ -687,7 +704,7 @@ impl Store {
 
     /// Writes an entry exactly as given (rename keeps `created`; replication and loading keep all).
     pub fn put_entry(&mut self, key: &str, mut entry: Entry) -> Change {
-        let key: Arc<str> = self.key_arc(key).unwrap_or_else(|| key.into());
+        let key: Key = self.key_arc(key).unwrap_or_else(|| key.into());
         let prev = self.get(&key).cloned();
         entry.seq = self.next_seq();
         let (seq, revision) = (entry.seq, entry.revision);
@@ -718,7 +735,22 @@ impl Store {
         })
     }
 
-    fn install(&mut self, key: &Arc<str>, entry: Option<Entry>) {
+    /// Gives the stored entry the tree that `change`'s copy of it has built (a subscriber's
+    /// diff, a patch or a counter parsed the value), so that the key's next write keeps its
+    /// value's tree (see [`Tree`]). Nothing happens when the key has been written since, or
+    /// its entry has a tree already.
+    pub fn adopt_tree(&mut self, change: &Change) {
+        let Some(built) = change.entry.as_ref().filter(|e| e.tree.is_built()) else {
+            return;
+        };
+        if let Some(stored) = self.map.get_mut(&*change.key) {
+            if stored.seq == change.seq && !stored.tree.is_built() {
+                stored.tree = built.tree.clone();
+            }
+        }
+    }
+
+    fn install(&mut self, key: &Key, entry: Option<Entry>) {
         let old = match entry {
             Some(e) => {
                 self.bytes += e.json.len();
@@ -783,7 +815,7 @@ impl Store {
     }
 
     /// Keys whose deadline is at or before `now`, earliest first.
-    pub fn expired(&self, now: i64) -> Vec<Arc<str>> {
+    pub fn expired(&self, now: i64) -> Vec<Key> {
         self.deadlines
             .iter()
             .take_while(|(d, _)| *d <= now)
@@ -835,10 +867,16 @@ mod tests {
         assert!(!built(&s));
         let c = s.put("k", v(json!({"a": 2})), 2, Ttl::Clear, None);
         assert!(!built(&s));
-        // A diff needs the trees: built from the text once, shared with the store's entry.
+        // A diff needs the trees: built from the text, in the change's copies of the entries.
         assert_eq!(*c.prev.as_ref().unwrap().data(), json!({"a": 1}));
         assert_eq!(*c.entry.as_ref().unwrap().data(), json!({"a": 2}));
+        assert!(!built(&s));
+        // The engine gives the stored entry the tree its change built, once.
+        s.adopt_tree(&c);
         assert!(built(&s));
+        let tree = c.entry.as_ref().unwrap().tree.holders();
+        s.adopt_tree(&c);
+        assert_eq!(c.entry.as_ref().unwrap().tree.holders(), tree);
         // From then on a write keeps its value's tree, which the next diff needs.
         let c = s.put("k", v(json!({"a": 3})), 3, Ttl::Clear, None);
         assert!(c.prev.unwrap().tree.is_built() && c.entry.unwrap().tree.is_built());
@@ -882,14 +920,14 @@ mod tests {
         s.put("b", v(json!(1)), 0, Ttl::After(10), None);
         s.put("c", v(json!(1)), 0, Ttl::Clear, None);
         assert_eq!(s.next_deadline(), Some(10));
-        assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
+        assert_eq!(s.expired(10), vec![Key::from("b")]);
         s.put("b", v(json!(2)), 5, Ttl::Keep, None);
         assert_eq!(s.get("b").unwrap().expires.get(), Some(10));
         // Rewritten with the same deadline: still in the index.
         assert_eq!(s.next_deadline(), Some(10));
-        assert_eq!(s.expired(10), vec![Arc::<str>::from("b")]);
+        assert_eq!(s.expired(10), vec![Key::from("b")]);
         s.remove("a");
-        assert_eq!(s.expired(100), vec![Arc::<str>::from("b")]);
+        assert_eq!(s.expired(100), vec![Key::from("b")]);
         s.put("a", v(json!(1)), 7, Ttl::After(43), None);
         s.put("b", v(json!(2)), 6, Ttl::Clear, None);
         assert_eq!(s.next_deadline(), Some(50));
@@ -1026,7 +1064,7 @@ mod tests {
             .collect();
         entries.reverse();
         // Out of order, and a stale duplicate first: the later one wins.
-        let stale = (Arc::from("a"), written.get("b/x").unwrap().clone());
+        let stale = (Key::from("a"), written.get("b/x").unwrap().clone());
         let loaded = Store::load(9, std::iter::once(stale).chain(entries));
         assert_eq!(loaded.last_seq(), 9);
         assert_eq!(loaded.len(), 3);

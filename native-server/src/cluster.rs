@@ -87,7 +87,7 @@ pub struct Cluster {
     nonce: u64,
     counter: AtomicU64,
     // Keys whose expiry this node is proposing (each proposed once at a time).
-    expiring: Mutex<std::collections::HashSet<Arc<str>>>,
+    expiring: Mutex<std::collections::HashSet<stateline_core::store::Key>>,
     // Notified when the NATS client (re)connects.
     reconnected: Arc<tokio::sync::Notify>,
 }

@@ -1,6 +1,6 @@
 //! The one path every operation takes, and the order of its checks.
 
-use std::sync::Arc;
+use crate::store::Key;
 
 use serde_json::Value;
 
@@ -57,7 +57,7 @@ impl Engine {
         tick: Tick,
         plan: Plan,
         source: super::ops::Source,
-        readable: Vec<Arc<str>>,
+        readable: Vec<Key>,
         who: &Identity,
     ) -> Result<Applied, Error> {
         // 3.
@@ -95,16 +95,12 @@ impl Engine {
     // Step 2. Returns the keys a glob delete deletes: the ones the caller may read (as lists
     // and the keys API show them), so a key it may not read is neither deleted nor named in a
     // refusal, and the answer never tells whether such a key exists.
-    pub(super) fn check_rules(
-        &mut self,
-        plan: &Plan,
-        who: &Identity,
-    ) -> Result<Vec<Arc<str>>, Error> {
+    pub(super) fn check_rules(&mut self, plan: &Plan, who: &Identity) -> Result<Vec<Key>, Error> {
         if let Plan::DeleteGlob { glob, pattern, .. } = plan {
             // Refused whole if it covers one readable key the caller may not delete: never a
             // partial write.
             self.authorize_caller(glob, who)?;
-            let keys: Vec<Arc<str>> = self
+            let keys: Vec<Key> = self
                 .store
                 .scan(pattern)
                 .map(|(k, _)| k.clone())

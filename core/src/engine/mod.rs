@@ -13,8 +13,8 @@
 //! schemas, denials), `subscriptions` (pools and frames), `time` (clock and TTL),
 //! `replication` (a cluster node's hooks).
 
+use crate::store::Key;
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -241,11 +241,11 @@ impl Compare {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A key now holds this entry.
-    Written(Arc<str>, Entry),
+    Written(Key, Entry),
     /// Keys were deleted (how many).
     Deleted(usize),
     /// A key was read and deleted; its last entry.
-    Taken(Arc<str>, Entry),
+    Taken(Key, Entry),
     /// A transaction: each write's outcome, in order.
     Tx(TxOutcome),
 }

@@ -1,6 +1,7 @@
 //! The operations, one kind at a time: what each reads from its [`Op`], what the checks of
 //! [`Engine::run`] look at for it, how it computes its new value and how it mutates.
 
+use crate::store::Key;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -264,7 +265,7 @@ impl Engine {
         plan: Plan,
         new: Option<NewValue>,
         found: Found,
-        readable: Vec<Arc<str>>,
+        readable: Vec<Key>,
     ) -> Applied {
         match (plan, new) {
             (Plan::Set { key, ttl, .. } | Plan::Push { key, ttl, .. }, Some((value, _))) => {
@@ -290,7 +291,7 @@ impl Engine {
     // `Op::Set` and `Op::Push`.
     fn set(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
         let now = self.clock.now(tick);
-        let changes = self.write_value(key, value, now, ttl, None);
+        let changes = self.write_value(key, value, now, ttl, None, false);
         self.written(changes)
     }
 
@@ -304,7 +305,7 @@ impl Engine {
     ) -> Applied {
         let forward = forward.map(Arc::new);
         let now = self.clock.now(tick);
-        let changes = self.write_value(key, value, now, Ttl::Keep, forward);
+        let changes = self.write_value(key, value, now, Ttl::Keep, forward, true);
         self.written(changes)
     }
 
@@ -312,7 +313,7 @@ impl Engine {
     fn incr(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
         let now = self.clock.now(tick);
         let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
-        let changes = self.write_value(key, value, now, ttl, None);
+        let changes = self.write_value(key, value, now, ttl, None, false);
         self.written(changes)
     }
 
@@ -351,7 +352,7 @@ impl Engine {
     }
 
     // `Op::Delete` of a glob: the keys the access rules let the caller see.
-    fn delete_glob(&mut self, keys: &[Arc<str>]) -> Applied {
+    fn delete_glob(&mut self, keys: &[Key]) -> Applied {
         let changes: Vec<Change> = keys.iter().filter_map(|k| self.store.remove(k)).collect();
         self.after(&changes);
         Applied {
@@ -374,7 +375,7 @@ impl Engine {
     }
 
     // Deletes that a limit filter asks for before `key` is written (oldest beyond the count).
-    fn limit_victims(&self, key: &str) -> (Vec<Arc<str>>, Option<i64>) {
+    fn limit_victims(&self, key: &str) -> (Vec<Key>, Option<i64>) {
         let Some((pattern, limit)) = self.filters.limit_for(key) else {
             return (Vec::new(), None);
         };
@@ -395,7 +396,10 @@ impl Engine {
     }
 
     // Stores a new value (set, push, patch, counter): first the evictions of the key's limit,
-    // then the TTL a limit or the key's rule gives a write that sets none.
+    // then the TTL a limit or the key's rule gives a write that sets none. `keep_tree`: the
+    // operation parsed the value it replaces (a patch), as the key's next one will, so the stored
+    // entry keeps the new value's tree (see `store::Tree`); a counter's number parses in
+    // nanoseconds and keeps none.
     fn write_value(
         &mut self,
         key: &str,
@@ -403,6 +407,7 @@ impl Engine {
         now: i64,
         ttl: Ttl,
         patch: Option<Arc<json_patch::Patch>>,
+        keep_tree: bool,
     ) -> Vec<Change> {
         let (victims, max_age) = self.limit_victims(key);
         let mut changes: Vec<Change> = victims
@@ -423,7 +428,16 @@ impl Engine {
             (Some(d), Ttl::Clear, _) | (Some(d), Ttl::Keep, false) => Ttl::After(d),
             _ => ttl,
         };
-        changes.push(self.store.put(key, Entry::value(value), now, ttl, patch));
+        let data = Entry::value(value);
+        let kept = keep_tree.then(|| data.0.clone());
+        let mut change = self.store.put(key, data, now, ttl, patch);
+        if let (Some(tree), Some(e)) = (kept, change.entry.as_mut()) {
+            if !e.tree.is_built() {
+                e.tree = tree;
+                self.store.adopt_tree(&change);
+            }
+        }
+        changes.push(change);
         changes
     }
 

@@ -1,6 +1,6 @@
 //! Replication hooks: what a cluster node needs when an external log orders the writes.
 
-use std::sync::Arc;
+use crate::store::Key;
 
 use super::Engine;
 use crate::clock::Tick;
@@ -30,12 +30,7 @@ impl Engine {
     /// above every one applied so far; an older one is ignored and `None` returned). The entry's
     /// revision and timestamps are kept as the proposing node computed them. The change is logged
     /// but not published: call [`Engine::publish`] with it.
-    pub fn apply_ordered(
-        &mut self,
-        seq: u64,
-        key: Arc<str>,
-        entry: Option<Entry>,
-    ) -> Option<Change> {
+    pub fn apply_ordered(&mut self, seq: u64, key: Key, entry: Option<Entry>) -> Option<Change> {
         if seq <= self.store.last_seq() {
             return None;
         }
@@ -84,7 +79,7 @@ impl Engine {
 
     /// The keys whose TTL has passed at `tick`, with the sequence number of their entry, without
     /// deleting them (a cluster node proposes their deletes instead: [`crate::replica`]).
-    pub fn due(&self, tick: Tick) -> Vec<(Arc<str>, u64)> {
+    pub fn due(&self, tick: Tick) -> Vec<(Key, u64)> {
         let now = self.clock.peek(tick);
         self.store
             .expired(now)

@@ -16,10 +16,23 @@ impl Engine {
         if changes.is_empty() || self.pools.is_empty() {
             return;
         }
+        // The changes whose entries have no tree yet: a pool's diff may build one, which the
+        // stored entry then keeps for the key's next write (see `store::Tree`).
+        let unbuilt: Vec<usize> = (0..changes.len())
+            .filter(|&i| {
+                changes[i]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| !e.tree.is_built())
+            })
+            .collect();
         for f in self.pools.publish(changes, &self.filters) {
             self.stats.frames += 1;
             self.stats.frame_bytes += f.bytes.len() as u64;
             self.frames.push_back(f);
+        }
+        for i in unbuilt {
+            self.store.adopt_tree(&changes[i]);
         }
     }
 

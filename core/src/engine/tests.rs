@@ -680,3 +680,56 @@ fn atomkv_revisions() {
         Err(Error::Precondition(_))
     ));
 }
+
+#[test]
+fn a_key_keeps_its_tree_while_diffs_or_patches_use_it() {
+    let mut e = engine();
+    let built = |e: &Engine, k: &str| e.store().get(k).unwrap().tree.is_built();
+    for k in ["watched", "alone", "patched"] {
+        set(&mut e, k, json!({"a": 0})).unwrap();
+    }
+    e.join_as_system(
+        Pattern::parse("watched").unwrap(),
+        Encoding::Ooo,
+        None,
+        true,
+    )
+    .unwrap();
+    for i in 1..4 {
+        for k in ["watched", "alone"] {
+            let w = set(&mut e, k, json!({"a": i})).unwrap();
+            e.publish(&w.changes);
+        }
+        // The subscriber's diff built the trees: the stored entry keeps the new one, so the
+        // next write diffs against it without parsing the old text again.
+        let f = e.poll_frame().expect("a diff frame");
+        assert!(std::str::from_utf8(&f.bytes).unwrap().contains("replace"));
+        assert!(e.poll_frame().is_none());
+        assert!(built(&e, "watched"), "write {i}");
+        // A key nobody diffs keeps no tree.
+        assert!(!built(&e, "alone"), "write {i}");
+    }
+    // A patch parses the value it replaces, as the next patch will: its key keeps the tree.
+    let patch = |e: &mut Engine, n: i64| {
+        e.execute_as_system(
+            t(2),
+            Op::Patch {
+                key: "patched".into(),
+                patch: PatchKind::Merge(json!({"b": n})),
+                cond: Cond::Always,
+            },
+        )
+        .unwrap()
+    };
+    assert!(!built(&e, "patched"));
+    patch(&mut e, 1);
+    assert!(built(&e, "patched"));
+    patch(&mut e, 2);
+    assert_eq!(
+        *e.store().get("patched").unwrap().data(),
+        json!({"a": 0, "b": 2})
+    );
+    // A plain write after it keeps the tree too (the next diff or patch needs it).
+    set(&mut e, "patched", json!(5)).unwrap();
+    assert!(built(&e, "patched"));
+}

@@ -1,6 +1,6 @@
 //! Transactions ([`Op::Tx`]): compares on any keys, then writes of any kind, all or nothing.
 
-use std::sync::Arc;
+use crate::store::Key;
 
 use super::ops::Plan;
 use super::{Applied, Compare, Engine, Op, Outcome, Tx, TxOutcome, MAX_TX_COMPARES, MAX_TX_WRITES};
@@ -117,7 +117,7 @@ impl Engine {
                     }
                 }
             } else {
-                Vec::<Arc<str>>::new()
+                Vec::<Key>::new()
             };
             match self.run_checked(tick, plan, source, readable, who) {
                 Ok(a) => {
@@ -158,7 +158,7 @@ impl Engine {
             return changes;
         }
         self.store.undo(&changes);
-        let mut last: std::collections::HashMap<Arc<str>, usize> =
+        let mut last: std::collections::HashMap<Key, usize> =
             std::collections::HashMap::with_capacity(changes.len());
         for (i, c) in changes.iter().enumerate() {
             last.insert(c.key.clone(), i);

@@ -8,6 +8,7 @@ use crate::filter::Filters;
 use crate::rules::Identity;
 use crate::token::Claims;
 use serde_json::json;
+use std::sync::Arc;
 
 fn t(n: i64) -> Tick {
     Tick::from_wall(1_000 + n)

@@ -46,7 +46,7 @@ use redb::{
 use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log, Corrupt};
 use stateline_core::history::Delta;
 use stateline_core::log::Log;
-use stateline_core::store::{Change, Store};
+use stateline_core::store::{Change, Key, Store};
 
 use backend::{Backend, Faults};
 pub use lock::{DirLock, LOCK_NAME};
@@ -465,7 +465,7 @@ impl Disk {
         for row in entries.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             loaded.push((
-                Arc::<str>::from(k.value()),
+                Key::from(k.value()),
                 decode_entry(v.value()).map_err(corrupt)?,
             ));
         }
