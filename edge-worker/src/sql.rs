@@ -12,12 +12,10 @@
 //! output gate holds every response and WebSocket message sent after it until the write is
 //! durable, and resets the object if it fails: nothing is acknowledged before it is stored.
 
-use std::sync::Arc;
-
 use stateline_core::codec::{decode_entry, decode_log, encode_entry, encode_log};
 use stateline_core::history::{Delta, History, Limits};
 use stateline_core::log::Log;
-use stateline_core::store::{Change, Store};
+use stateline_core::store::{Change, Key, Store};
 use stateline_core::Config;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -97,7 +95,7 @@ pub fn load(sql: &SqlStorage, config: &Config) -> Result<(Store, Log), String> {
         let row = row.map_err(err)?;
         let key = string(row.first())?;
         let e = decode_entry(blob(row.get(1))?).map_err(err)?;
-        entries.push((Arc::<str>::from(key), e));
+        entries.push((Key::from(key), e));
     }
     let store = Store::load(last_seq, entries);
     let mut records = Vec::new();
