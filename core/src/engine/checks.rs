@@ -124,8 +124,13 @@ impl Engine {
             Plan::Set { key, cond, .. } => self.check_cond(key, cond)?,
             Plan::Push { .. } => {}
             Plan::Patch { key, cond } => {
-                found.current = Some(self.store.get(key).ok_or(Error::NotFound)?.clone());
+                let current = self.store.get(key).ok_or(Error::NotFound)?;
                 self.check_cond(key, cond)?;
+                // A patch applies to the parsed value: built in the stored entry, not in a copy,
+                // so the write keeps its new value's tree for the key's next patch (the store
+                // keeps a tree where the value it replaces had one: see `store::Tree`).
+                current.data();
+                found.current = Some(current.clone());
             }
             Plan::DeleteKey { key, cond } => {
                 if self.store.get(key).is_none() {

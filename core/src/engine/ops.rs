@@ -291,7 +291,7 @@ impl Engine {
     // `Op::Set` and `Op::Push`.
     fn set(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
         let now = self.clock.now(tick);
-        let changes = self.write_value(key, value, now, ttl, None, false);
+        let changes = self.write_value(key, value, now, ttl, None);
         self.written(changes)
     }
 
@@ -305,7 +305,7 @@ impl Engine {
     ) -> Applied {
         let forward = forward.map(Arc::new);
         let now = self.clock.now(tick);
-        let changes = self.write_value(key, value, now, Ttl::Keep, forward, true);
+        let changes = self.write_value(key, value, now, Ttl::Keep, forward);
         self.written(changes)
     }
 
@@ -313,7 +313,7 @@ impl Engine {
     fn incr(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
         let now = self.clock.now(tick);
         let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
-        let changes = self.write_value(key, value, now, ttl, None, false);
+        let changes = self.write_value(key, value, now, ttl, None);
         self.written(changes)
     }
 
@@ -396,10 +396,7 @@ impl Engine {
     }
 
     // Stores a new value (set, push, patch, counter): first the evictions of the key's limit,
-    // then the TTL a limit or the key's rule gives a write that sets none. `keep_tree`: the
-    // operation parsed the value it replaces (a patch), as the key's next one will, so the stored
-    // entry keeps the new value's tree (see `store::Tree`); a counter's number parses in
-    // nanoseconds and keeps none.
+    // then the TTL a limit or the key's rule gives a write that sets none.
     fn write_value(
         &mut self,
         key: &str,
@@ -407,7 +404,6 @@ impl Engine {
         now: i64,
         ttl: Ttl,
         patch: Option<Arc<json_patch::Patch>>,
-        keep_tree: bool,
     ) -> Vec<Change> {
         let (victims, max_age) = self.limit_victims(key);
         let mut changes: Vec<Change> = victims
@@ -428,16 +424,7 @@ impl Engine {
             (Some(d), Ttl::Clear, _) | (Some(d), Ttl::Keep, false) => Ttl::After(d),
             _ => ttl,
         };
-        let data = Entry::value(value);
-        let kept = keep_tree.then(|| data.0.clone());
-        let mut change = self.store.put(key, data, now, ttl, patch);
-        if let (Some(tree), Some(e)) = (kept, change.entry.as_mut()) {
-            if !e.tree.is_built() {
-                e.tree = tree;
-                self.store.adopt_tree(&change);
-            }
-        }
-        changes.push(change);
+        changes.push(self.store.put(key, Entry::value(value), now, ttl, patch));
         changes
     }
 
