@@ -6,6 +6,7 @@
 //! commit failed. It knows nothing of HTTP, filters or subscribers, and never reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use once_cell::race::OnceBox;
@@ -260,95 +261,75 @@ pub enum Ttl {
 
 /// The keys by their segments, so a glob (`*/x`, `*/*/name`) is answered from the keys it can
 /// match instead of a walk over every key: a glob costs the smallest of its candidate sets (the
-/// keys of its depth with one of its literal segments at that position, or every key of its
-/// depth when it has no literal), never the whole keyspace.
+/// keys of its depth with one of its literal segments at that position, the keys under its
+/// literal first segment, or every key of its depth when it has no literal), never the whole
+/// keyspace.
+///
+/// A key of two or more segments is indexed at its positions after the first: the first
+/// segment is usually a namespace that most keys share (`users/...`), and the keys under a
+/// literal first segment are a range of the ordered map already (see `Store::scan_counted`), so
+/// that set would cost a slot for every stored key and find nothing the map does not. A key of
+/// one segment is indexed at position 0, where a glob `*` finds the keys of depth 1.
 // A set of keys, sharing the store's allocations.
 type Keys = HashSet<Key>;
 
-// One segment of a stored key, held as the key and the segment's place in it: the index keeps no
-// copy of a segment's text (most segments are unique to their key, `users/u0000123/profile`, so
-// a copy would be an allocation for every key in the store). It hashes and compares as the
-// segment's text, so the index is looked up with a `&str`.
+// Segment `pos` of a key.
+fn segment(key: &str, pos: usize) -> &str {
+    key.split('/').nth(pos).unwrap_or_default()
+}
+
+// The keys of depth d with one segment at one position, held without a copy of the segment's
+// text: most segments after the first are unique to their key (`users/u0000123/profile`), and a
+// copy would be an allocation for every stored key. The posting's table knows the position, so
+// the text is read from a key that has it. 16 bytes, one table slot for a unique segment
+// (`a_posting_is_two_words`).
 #[derive(Debug)]
-struct Seg {
-    key: Key,
-    // Keys are at most `MAX_KEY_LEN` (1024) bytes.
-    start: u16,
-    len: u16,
+enum Posting {
+    // The only key with the segment.
+    One(Key),
+    // Two or more keys.
+    Many(Box<Many>),
 }
 
-impl Seg {
-    // Segment `pos` of `key`.
-    fn of(key: &Key, pos: usize) -> Seg {
-        let mut start = 0;
-        for (i, seg) in key.split('/').enumerate() {
-            if i == pos {
-                return Seg {
-                    key: key.clone(),
-                    start: small(start),
-                    len: small(seg.len()),
-                };
-            }
-            start += seg.len() + 1;
-        }
-        debug_assert!(false, "a key has the segment asked for");
-        Seg {
-            key: key.clone(),
-            start: 0,
-            len: 0,
+#[derive(Debug)]
+struct Many {
+    keys: Keys,
+    // One of `keys`, whose segment at the posting's position is the posting's text.
+    held: Key,
+}
+
+impl Posting {
+    // A key with this posting's segment.
+    fn key(&self) -> &Key {
+        match self {
+            Posting::One(key) => key,
+            Posting::Many(many) => &many.held,
         }
     }
-
-    fn text(&self) -> &str {
-        let start = usize::from(self.start);
-        self.key
-            .get(start..start + usize::from(self.len))
-            .unwrap_or_default()
-    }
 }
 
-impl std::borrow::Borrow<str> for Seg {
-    fn borrow(&self) -> &str {
-        self.text()
-    }
-}
-
-// As its text, so that `Borrow<str>` holds (equal values hash equally).
-impl std::hash::Hash for Seg {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.text().hash(state);
-    }
-}
-
-impl PartialEq for Seg {
-    fn eq(&self, other: &Seg) -> bool {
-        self.text() == other.text()
-    }
-}
-
-impl Eq for Seg {}
-
-// The keys with one segment at one position: the segment's own key when it is the only one
-// (`None`), else a set of all of them, boxed so that the map holding the postings stays small.
-type Others = Option<Box<Keys>>;
-
-// The segments at one (depth, position), with their keys.
-type Postings = HashMap<Seg, Others>;
+// The postings of one (depth, position), found by the text of their segment. Segments are
+// hashed with std's keyed hasher: keys come from clients.
+#[derive(Debug, Default)]
+struct Postings(hashbrown::HashTable<Posting>);
 
 // The keys a glob can match, borrowed from the index.
 #[derive(Clone, Copy)]
 enum Candidates<'a> {
     One(&'a Key),
     Many(&'a Keys),
-    // Every key of one depth: the keys of every segment at its first position, and their count.
+    // Every key of one depth: the keys of every posting at a position every key of that depth
+    // has (0 for depth 1, else 1), and their count.
     Depth(&'a Postings, usize),
 }
 
 // The keys of one posting.
-fn posting<'a>((seg, others): (&'a Seg, &'a Others)) -> impl Iterator<Item = &'a Key> {
-    let one = others.is_none().then_some(&seg.key);
-    one.into_iter()
-        .chain(others.iter().flat_map(|keys| keys.iter()))
+fn posting(p: &Posting) -> impl Iterator<Item = &Key> {
+    let (one, many) = match p {
+        Posting::One(key) => (Some(key), None),
+        Posting::Many(many) => (None, Some(&many.keys)),
+    };
+    one.into_iter().chain(many.into_iter().flatten())
 }
 
 impl<'a> Candidates<'a> {
@@ -368,7 +349,7 @@ impl<'a> Candidates<'a> {
         };
         one.into_iter()
             .chain(many.into_iter().flatten())
-            .chain(depth.into_iter().flat_map(|p| p.iter().flat_map(posting)))
+            .chain(depth.into_iter().flat_map(|p| p.0.iter().flat_map(posting)))
     }
 }
 
@@ -376,97 +357,126 @@ impl<'a> Candidates<'a> {
 struct SegIndex {
     // (depth, position) -> segment -> keys of that depth with that segment at that position.
     postings: HashMap<(u16, u16), Postings>,
-    // depth -> how many keys have that many segments (the keys themselves are those of the
-    // postings at (depth, 0)).
+    // depth -> how many keys have that many segments.
     depths: HashMap<u16, usize>,
+    hasher: std::hash::RandomState,
 }
 
-// Keys are at most `MAX_KEY_LEN` (1024) bytes, so depths, positions and offsets fit in u16.
+// Keys are at most `MAX_KEY_LEN` (1024) bytes, so depths and positions fit in u16.
 fn small(n: usize) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
 }
 
+// The first position indexed for keys of a depth: see `SegIndex`.
+fn first_indexed(depth: usize) -> usize {
+    usize::from(depth > 1)
+}
+
 impl SegIndex {
     fn insert(&mut self, key: &Key) {
-        let depth = small(key.split('/').count());
-        for (i, seg) in key.split('/').enumerate() {
-            let segs = self.postings.entry((depth, small(i))).or_default();
-            match segs.get_mut(seg) {
-                None => {
-                    segs.insert(Seg::of(key, i), None);
+        let depth = key.split('/').count();
+        let hasher = &self.hasher;
+        for (i, seg) in key.split('/').enumerate().skip(first_indexed(depth)) {
+            let table = self.postings.entry((small(depth), small(i))).or_default();
+            let found = table.0.entry(
+                hasher.hash_one(seg),
+                |p| segment(p.key(), i) == seg,
+                |p| hasher.hash_one(segment(p.key(), i)),
+            );
+            match found {
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(Posting::One(key.clone()));
                 }
-                Some(Some(keys)) => {
-                    keys.insert(key.clone());
-                }
-                Some(None) => {
-                    // A second key with this segment: its posting becomes a set of both.
-                    let Some((first, _)) = segs.remove_entry(seg) else {
-                        continue;
-                    };
-                    if first.key == *key {
-                        segs.insert(first, None);
-                        continue;
+                hashbrown::hash_table::Entry::Occupied(mut o) => {
+                    let p = o.get_mut();
+                    match p {
+                        Posting::Many(many) => {
+                            many.keys.insert(key.clone());
+                        }
+                        // Indexed already (cannot happen: only new keys are inserted).
+                        Posting::One(first) if first == key => {}
+                        // A second key with this segment: its posting becomes a set of both.
+                        Posting::One(first) => {
+                            let held = first.clone();
+                            let keys: Keys = [held.clone(), key.clone()].into_iter().collect();
+                            *p = Posting::Many(Box::new(Many { keys, held }));
+                        }
                     }
-                    let keys: Keys = [first.key.clone(), key.clone()].into_iter().collect();
-                    segs.insert(first, Some(Box::new(keys)));
                 }
             }
         }
-        *self.depths.entry(depth).or_default() += 1;
+        *self.depths.entry(small(depth)).or_default() += 1;
     }
 
     fn remove(&mut self, key: &Key) {
-        let depth = small(key.split('/').count());
-        for (i, seg) in key.split('/').enumerate() {
-            let pos = (depth, small(i));
-            let Some(segs) = self.postings.get_mut(&pos) else {
+        let depth = key.split('/').count();
+        let hasher = &self.hasher;
+        for (i, seg) in key.split('/').enumerate().skip(first_indexed(depth)) {
+            let pos = (small(depth), small(i));
+            let Some(table) = self.postings.get_mut(&pos) else {
                 continue;
             };
-            match segs.remove_entry(seg) {
-                // Not indexed (cannot happen): left as it was.
-                Some((first, None)) if first.key != *key => {
-                    segs.insert(first, None);
-                }
-                Some((first, Some(mut keys))) => {
-                    keys.remove(&**key);
-                    // The segment is held by a key still in the index, one key alone again
-                    // without a set.
-                    let held = if first.key == *key {
-                        keys.iter().next().map(|k| Seg::of(k, i))
-                    } else {
-                        Some(first)
-                    };
-                    if let Some(held) = held {
-                        let others = (keys.len() > 1).then_some(keys);
-                        segs.insert(held, others);
+            let Ok(mut found) = table
+                .0
+                .find_entry(hasher.hash_one(seg), |p| segment(p.key(), i) == seg)
+            else {
+                continue;
+            };
+            let p = found.get_mut();
+            match p {
+                Posting::One(only) => {
+                    if only == key {
+                        found.remove();
                     }
                 }
-                Some((_, None)) | None => {}
+                Posting::Many(many) => {
+                    many.keys.remove(&**key);
+                    let mut rest = many.keys.iter();
+                    match (rest.next(), rest.next()) {
+                        // One key alone again, without a set.
+                        (Some(last), None) => *p = Posting::One(last.clone()),
+                        (None, _) => {
+                            found.remove();
+                        }
+                        // The key the segment was read from goes: another one holds it.
+                        (Some(other), Some(_)) => {
+                            if many.held == *key {
+                                many.held = other.clone();
+                            }
+                        }
+                    }
+                }
             }
-            if segs.is_empty() {
+            if table.0.is_empty() {
                 self.postings.remove(&pos);
             }
         }
-        if let Some(n) = self.depths.get_mut(&depth) {
+        if let Some(n) = self.depths.get_mut(&small(depth)) {
             *n -= 1;
             if *n == 0 {
-                self.depths.remove(&depth);
+                self.depths.remove(&small(depth));
             }
         }
     }
 
-    /// The smallest set of keys that holds every match of a glob with these segments (`None`:
-    /// no key can match).
+    /// The smallest set of keys the index has that holds every match of a glob with these
+    /// segments (`None`: no key can match). A literal first segment is not looked up here: the
+    /// caller scans the map's range under it when that is smaller.
     fn candidates(&self, segs: &[Segment]) -> Option<Candidates<'_>> {
-        let depth = small(segs.len());
-        let mut best =
-            Candidates::Depth(self.postings.get(&(depth, 0))?, *self.depths.get(&depth)?);
-        for (i, seg) in segs.iter().enumerate() {
+        let depth = segs.len();
+        let every = self
+            .postings
+            .get(&(small(depth), small(first_indexed(depth))))?;
+        let mut best = Candidates::Depth(every, *self.depths.get(&small(depth))?);
+        for (i, seg) in segs.iter().enumerate().skip(first_indexed(depth)) {
             if let Segment::Lit(l) = seg {
-                let (first, others) = self.postings.get(&(depth, small(i)))?.get_key_value(&**l)?;
-                let keys = match others {
-                    None => Candidates::One(&first.key),
-                    Some(keys) => Candidates::Many(keys),
+                let table = self.postings.get(&(small(depth), small(i)))?;
+                let found = table
+                    .0
+                    .find(self.hasher.hash_one(&**l), |p| segment(p.key(), i) == &**l)?;
+                let keys = match found {
+                    Posting::One(key) => Candidates::One(key),
+                    Posting::Many(many) => Candidates::Many(&many.keys),
                 };
                 if keys.len() < best.len() {
                     best = keys;
@@ -608,13 +618,43 @@ impl Store {
                 let Some(keys) = self.index.candidates(segs) else {
                     return (Vec::new(), 0);
                 };
+                let mut visited = 0;
+                // A literal first segment: the map's range under it, already in key order, when
+                // it holds no more keys than the index's candidates (keys of other depths under
+                // it included). The walk stops once it has seen more, so the glob costs at most
+                // twice its smallest candidate set.
+                if let (Some(Segment::Lit(first)), true) = (segs.first(), segs.len() > 1) {
+                    let prefix = format!("{first}/");
+                    let mut range = self
+                        .map
+                        .range::<str, _>((
+                            std::ops::Bound::Included(prefix.as_str()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take_while(|(k, _)| k.starts_with(&prefix));
+                    let mut hits = Vec::new();
+                    let mut whole = true;
+                    for (k, e) in range.by_ref() {
+                        visited += 1;
+                        if visited > keys.len() {
+                            whole = false;
+                            break;
+                        }
+                        if pattern.matches(k) {
+                            hits.push((k, &**e));
+                        }
+                    }
+                    if whole {
+                        return (hits, visited);
+                    }
+                }
                 let mut hits: Vec<_> = keys
                     .iter()
                     .filter(|k| pattern.matches(k))
                     .filter_map(|k| self.entry(k))
                     .collect();
                 hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                (hits, keys.len())
+                (hits, visited + keys.len())
             }
         }
     }
@@ -1018,7 +1058,7 @@ mod tests {
         s.remove("ccc/shared/z");
         assert_eq!(keys_of(&s, "*/shared/*"), ["bb/shared/y"]);
         assert_eq!(s.scan_visits(&p("*/shared/*")), 1);
-        // Every key of a depth, with no literal: counted, and found through the first segment.
+        // Every key of a depth, with no literal: counted, and found through the second segment.
         s.put("a/other/x", v(json!(1)), 1, Ttl::Clear, None);
         s.put("a/shared/x", v(json!(1)), 1, Ttl::Clear, None);
         assert_eq!(
@@ -1032,6 +1072,101 @@ mod tests {
         }
         assert_eq!(s.scan_visits(&p("*/*/*")), 0);
         assert!(s.index.postings.is_empty() && s.index.depths.is_empty());
+    }
+
+    #[test]
+    fn a_literal_first_segment_scans_the_range_under_it_when_that_is_smaller() {
+        let mut s = Store::new(0);
+        let p = |g: &str| Pattern::parse(g).unwrap();
+        for i in 0..100 {
+            s.put(
+                &format!("users/u{i:03}/profile"),
+                v(json!(i)),
+                1,
+                Ttl::Clear,
+                None,
+            );
+            s.put(&format!("other{i:03}/x"), v(json!(i)), 1, Ttl::Clear, None);
+        }
+        for k in ["users/a", "users/b", "users/c"] {
+            s.put(k, v(json!(1)), 1, Ttl::Clear, None);
+        }
+        fn keys_of(s: &Store, g: &str) -> Vec<String> {
+            let p = Pattern::parse(g).unwrap();
+            s.scan(&p).map(|(k, _)| k.to_string()).collect()
+        }
+        // 103 keys of depth 2; the 103 under `users/` are the smaller set (ties go to the range).
+        assert_eq!(keys_of(&s, "users/*"), ["users/a", "users/b", "users/c"]);
+        assert_eq!(s.scan_visits(&p("users/*")), 103);
+        // The range holds more than the 100 keys with `profile` at position 2: the walk stops
+        // after 101 and the posting answers.
+        assert_eq!(keys_of(&s, "users/*/profile").len(), 100);
+        assert_eq!(s.scan_visits(&p("users/*/profile")), 101 + 100);
+        // A literal after the first that only one key has: the walk of the range gives up at
+        // its second key.
+        assert_eq!(keys_of(&s, "users/*/x"), Vec::<String>::new());
+        assert_eq!(keys_of(&s, "*/u007/*"), ["users/u007/profile"]);
+        assert_eq!(s.scan_visits(&p("*/u007/*")), 1);
+        assert_eq!(keys_of(&s, "users/u007/*"), ["users/u007/profile"]);
+        assert_eq!(s.scan_visits(&p("users/u007/*")), 2 + 1);
+        // Nothing under the first segment: nothing is looked at.
+        assert_eq!(keys_of(&s, "nobody/*"), Vec::<String>::new());
+        assert_eq!(s.scan_visits(&p("nobody/*")), 0);
+        // Keys of one segment are found by `*`.
+        s.put("top", v(json!(1)), 1, Ttl::Clear, None);
+        assert_eq!(keys_of(&s, "*"), ["top"]);
+        assert_eq!(s.scan_visits(&p("*")), 1);
+    }
+
+    #[test]
+    fn a_posting_is_two_words() {
+        // A key whose segment no other key has at its position costs one slot of this size in
+        // its position's table (the glob index's share of memory per stored key).
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(size_of::<Posting>(), 16);
+        }
+    }
+
+    proptest::proptest! {
+        // Whatever keys were written and deleted, a glob finds exactly the keys a walk over
+        // every key would, in key order.
+        #[test]
+        fn a_glob_finds_what_a_walk_finds(
+            ops in proptest::collection::vec(
+                (proptest::bool::weighted(0.7), proptest::collection::vec(0u8..4, 1..4)),
+                0..60,
+            ),
+            globs in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::weighted(0.6, 0u8..4), 1..4),
+                1..8,
+            ),
+        ) {
+            let seg = |n: u8| ["a", "b", "ab", "c"][usize::from(n)];
+            let mut s = Store::new(0);
+            for (put, segs) in &ops {
+                let key = segs.iter().map(|&n| seg(n)).collect::<Vec<_>>().join("/");
+                if *put {
+                    s.put(&key, v(json!(1)), 1, Ttl::Clear, None);
+                } else {
+                    s.remove(&key);
+                }
+            }
+            for g in &globs {
+                let text = g
+                    .iter()
+                    .map(|n| n.map_or("*", seg))
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let pattern = Pattern::parse(&text).unwrap();
+                let found: Vec<String> = s.scan(&pattern).map(|(k, _)| k.to_string()).collect();
+                let walked: Vec<String> = s
+                    .keys()
+                    .filter(|k| pattern.matches(k))
+                    .map(|k| k.to_string())
+                    .collect();
+                proptest::prop_assert_eq!(found, walked, "glob {}", text);
+            }
+        }
     }
 
     #[test]
