@@ -577,8 +577,10 @@ impl Store {
     }
 
     /// Every (key, entry) matching a pattern, in key order. A key costs one lookup, a subtree
-    /// the keys below it, a glob the smallest candidate set of the segment index (see
-    /// [`Store::scan_visits`]); none walks the whole keyspace unless it matches all of it.
+    /// the keys below it, a glob the smallest candidate set of the segment index or, for a
+    /// literal first segment, the keys under it when they are fewer (at most twice the smallest
+    /// set, see [`Store::scan_visits`]); none walks the whole keyspace unless it matches all of
+    /// it.
     pub fn scan<'a>(
         &'a self,
         pattern: &'a Pattern,
