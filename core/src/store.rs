@@ -144,7 +144,42 @@ impl Entry {
 
     /// The entity tag of this representation: the sequence number that wrote it, quoted.
     pub fn etag(&self) -> String {
-        format!("\"{:x}\"", self.seq)
+        Etag::of(self.seq).as_str().to_string()
+    }
+}
+
+/// The ETag of a version: its sequence number in hex, quoted (`"1f"`), written on the stack.
+/// Every write's answer carries one: `format!` grew a string for it (an allocation and a
+/// reallocation per write, a few percent of the server's CPU per write in a profile).
+pub struct Etag {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl Etag {
+    /// The ETag of the version with sequence number `seq`.
+    pub fn of(seq: u64) -> Etag {
+        let mut digits = [0u8; 16];
+        let mut n = 0;
+        let mut rest = seq;
+        loop {
+            digits[n] = b"0123456789abcdef"[(rest & 0xf) as usize];
+            n += 1;
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut buf = [b'"'; 18];
+        for (i, d) in digits[..n].iter().rev().enumerate() {
+            buf[1 + i] = *d;
+        }
+        Etag { buf, len: n + 2 }
+    }
+
+    /// The quoted text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -1118,6 +1153,13 @@ mod tests {
         s.put("top", v(json!(1)), 1, Ttl::Clear, None);
         assert_eq!(keys_of(&s, "*"), ["top"]);
         assert_eq!(s.scan_visits(&p("*")), 1);
+    }
+
+    #[test]
+    fn an_etag_is_the_sequence_number_in_hex_quoted() {
+        for seq in [0, 1, 15, 16, 255, 0x1f2e3d, u64::MAX] {
+            assert_eq!(Etag::of(seq).as_str(), format!("\"{seq:x}\""));
+        }
     }
 
     #[test]

@@ -252,7 +252,7 @@ pub fn problem_with(status: StatusCode, code: &str, detail: &str) -> Response<By
 pub(super) fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
     let h = r.headers_mut();
     h.insert(X_REVISION, HeaderValue::from(e.revision));
-    if let Ok(v) = HeaderValue::from_str(&e.etag()) {
+    if let Ok(v) = HeaderValue::from_str(crate::store::Etag::of(e.seq).as_str()) {
         h.insert(header::ETAG, v);
     }
 }
@@ -266,7 +266,7 @@ pub fn restamp(r: &mut Response<Bytes>, seq: u64) {
         return;
     }
     if r.headers().contains_key(header::ETAG) {
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{seq:x}\"")) {
+        if let Ok(v) = HeaderValue::from_str(crate::store::Etag::of(seq).as_str()) {
             r.headers_mut().insert(header::ETAG, v);
         }
     }
