@@ -37,10 +37,15 @@ fn status_of(buf: &[u8]) -> u16 {
 /// Sends one raw request (head as given, `Connection: close` expected in it) and returns the
 /// status (0: the server closed without an answer, which is acceptable for garbage).
 async fn raw_status(s: &Server, head: &str, body: &[u8]) -> u16 {
+    status_of(&raw_reply(s, head, body).await)
+}
+
+/// The whole reply to a raw request (until the server closes, bounded by `SOON`).
+async fn raw_reply(s: &Server, head: &str, body: &[u8]) -> Vec<u8> {
     let mut t = raw(s, head, body).await;
     let mut buf = Vec::new();
     read_to_eof(&mut t, &mut buf, SOON).await;
-    status_of(&buf)
+    buf
 }
 
 /// The reply to `req` on a `/_ws` socket, skipping subscription frames (bounded).
@@ -291,7 +296,19 @@ async fn bad_headers_get_400_or_a_close() {
     ];
     let mut accepted = false;
     for (i, head) in cases.iter().enumerate() {
-        let st = raw_status(&s, head, b"").await;
+        let mut reply = raw_reply(&s, head, b"").await;
+        if edge_mode().is_some()
+            && status_of(&reply) == 503
+            && String::from_utf8_lossy(&reply).contains("restarted mid-request")
+        {
+            // Local workerd (wrangler dev) restarts its worker process now and then while the
+            // other tests of this file push it (huge headers and bodies, many sockets); it then
+            // answers for itself, without the worker having seen the request. Asked once more.
+            eprintln!("edge: bad header case {i}: the local runtime restarted, asked again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            reply = raw_reply(&s, head, b"").await;
+        }
+        let st = status_of(&reply);
         if st == 500 && edge_mode().is_some() {
             // Known, not yet fixed: in local workerd (wrangler dev) a bad Content-Length (not a
             // number, given twice, negative) or a control byte in a header is answered 500
@@ -308,7 +325,11 @@ async fn bad_headers_get_400_or_a_close() {
             continue;
         }
         // Refused (4xx), or the connection closed without an answer; never a 2xx or a 5xx.
-        assert!(st == 0 || (400..500).contains(&st), "case {i}: {st}");
+        assert!(
+            st == 0 || (400..500).contains(&st),
+            "case {i}: {st}: {}",
+            String::from_utf8_lossy(&reply[..reply.len().min(600)])
+        );
     }
     if !accepted {
         assert!(
