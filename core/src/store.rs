@@ -159,22 +159,12 @@ pub struct Etag {
 impl Etag {
     /// The ETag of the version with sequence number `seq`.
     pub fn of(seq: u64) -> Etag {
-        let mut digits = [0u8; 16];
-        let mut n = 0;
-        let mut rest = seq;
-        loop {
-            digits[n] = b"0123456789abcdef"[(rest & 0xf) as usize];
-            n += 1;
-            rest >>= 4;
-            if rest == 0 {
-                break;
-            }
-        }
-        let mut buf = [b'"'; 18];
-        for (i, d) in digits[..n].iter().rev().enumerate() {
-            buf[1 + i] = *d;
-        }
-        Etag { buf, len: n + 2 }
+        let mut buf = [0u8; 18];
+        let mut rest = &mut buf[..];
+        // A u64 is at most 16 hex digits: with the quotes, 18 bytes always hold it.
+        let _ = std::io::Write::write_fmt(&mut rest, format_args!("\"{seq:x}\""));
+        let len = 18 - rest.len();
+        Etag { buf, len }
     }
 
     /// The quoted text.
@@ -639,15 +629,9 @@ impl Store {
                 let prefix = pattern.scan_prefix();
                 let mut visited = 0;
                 let hits = self
-                    .map
-                    .range::<str, _>((
-                        std::ops::Bound::Included(prefix),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .under(prefix)
                     .inspect(|_| visited += 1)
                     .filter(|(k, _)| pattern.matches(k))
-                    .map(|(k, e)| (k, &**e))
                     .collect();
                 (hits, visited)
             }
@@ -662,23 +646,16 @@ impl Store {
                 // twice its smallest candidate set.
                 if let (Some(Segment::Lit(first)), true) = (segs.first(), segs.len() > 1) {
                     let prefix = format!("{first}/");
-                    let mut range = self
-                        .map
-                        .range::<str, _>((
-                            std::ops::Bound::Included(prefix.as_str()),
-                            std::ops::Bound::Unbounded,
-                        ))
-                        .take_while(|(k, _)| k.starts_with(&prefix));
                     let mut hits = Vec::new();
                     let mut whole = true;
-                    for (k, e) in range.by_ref() {
+                    for (k, e) in self.under(&prefix) {
                         visited += 1;
                         if visited > keys.len() {
                             whole = false;
                             break;
                         }
                         if pattern.matches(k) {
-                            hits.push((k, &**e));
+                            hits.push((k, e));
                         }
                     }
                     if whole {
@@ -714,13 +691,21 @@ impl Store {
 
     /// Keys starting with `prefix`, in order (a range of the map, not a walk of every key).
     pub fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Key> + 'a {
+        self.under(prefix).map(|(k, _)| k)
+    }
+
+    // The entries whose keys start with `prefix`, in key order: a range of the map.
+    fn under<'a, 'p>(
+        &'a self,
+        prefix: &'p str,
+    ) -> impl Iterator<Item = (&'a Key, &'a Entry)> + use<'a, 'p> {
         self.map
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
-            .map(|(k, _)| k)
-            .take_while(move |k| k.starts_with(prefix))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k, &**e))
     }
 
     fn next_seq(&mut self) -> u64 {
