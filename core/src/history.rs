@@ -196,15 +196,21 @@ impl History {
 
     // Drops `key`'s oldest versions beyond `room`.
     fn trim(&mut self, key: &Key, room: usize) {
-        let Some(versions) = self.keys.get_mut(key) else {
-            return;
-        };
-        let over = versions.len().saturating_sub(room);
-        let gone: Vec<Version> = versions.drain(..over).collect();
-        if versions.is_empty() {
-            self.keys.remove(key);
-        }
-        for old in gone {
+        // One at a time, not collected into a list: a key at its bound drops one version per
+        // write, and this runs on every write.
+        loop {
+            let Some(versions) = self.keys.get_mut(key) else {
+                return;
+            };
+            if versions.len() <= room {
+                return;
+            }
+            let Some(old) = versions.pop_front() else {
+                return;
+            };
+            if versions.is_empty() {
+                self.keys.remove(key);
+            }
             self.bytes -= old.cost(key);
             self.order.remove(&old.seq);
             self.unwrite(old.seq);

@@ -199,20 +199,24 @@ pub fn parse_limited(body: &[u8], max_depth: usize, max_nodes: usize) -> Result<
 
 /// Nesting depth: a scalar is 0, `[]` and `{}` are 1, `[[1]]` is 2.
 pub fn depth(v: &Value) -> usize {
-    // Iterative, so a hostile value cannot overflow the stack here.
+    // Iterative, so a hostile value cannot overflow the stack here. Only containers are
+    // pushed (a scalar adds nothing to its container's depth), so a flat value, which is most
+    // written values, allocates nothing.
+    let container = |x: &&Value| matches!(x, Value::Array(_) | Value::Object(_));
     let mut max = 0;
-    let mut stack = vec![(v, 0usize)];
-    while let Some((v, d)) = stack.pop() {
+    let mut stack = Vec::new();
+    let mut next = Some((v, 0usize));
+    while let Some((v, d)) = next.take().or_else(|| stack.pop()) {
         match v {
             Value::Array(a) => {
                 max = max.max(d + 1);
-                stack.extend(a.iter().map(|x| (x, d + 1)));
+                stack.extend(a.iter().filter(container).map(|x| (x, d + 1)));
             }
             Value::Object(o) => {
                 max = max.max(d + 1);
-                stack.extend(o.values().map(|x| (x, d + 1)));
+                stack.extend(o.values().filter(container).map(|x| (x, d + 1)));
             }
-            _ => max = max.max(d),
+            _ => {}
         }
     }
     max
@@ -220,8 +224,16 @@ pub fn depth(v: &Value) -> usize {
 
 /// Compact encoding (no spaces), keeping object key order.
 pub fn encode(v: &Value) -> Vec<u8> {
-    // Serializing a Value cannot fail: keys are strings and numbers are finite.
-    serde_json::to_vec(v).unwrap_or_default()
+    // As serde_json's `to_vec` starts.
+    let mut out = Vec::with_capacity(128);
+    encode_into(v, &mut out);
+    out
+}
+
+/// [`encode`] appended to `out`.
+pub fn encode_into(v: &Value, out: &mut Vec<u8>) {
+    // Serializing a Value into memory cannot fail: keys are strings and numbers are finite.
+    let _ = serde_json::to_writer(out, v);
 }
 
 /// Sorts object keys recursively (ooo re-encodes merged documents through a Go map, which sorts).
@@ -402,6 +414,9 @@ mod tests {
         ));
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({"a":[1]})), 2);
+        assert_eq!(depth(&json!([])), 1);
+        assert_eq!(depth(&json!({"a":1,"b":{"c":[[]]},"d":[2]})), 4);
+        assert_eq!(depth(&json!([[1, [2, {"x": {}}]], 3])), 5);
     }
 
     #[test]

@@ -96,44 +96,54 @@ fn edge_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || (!c.is_ascii() && !c.is_whitespace())
 }
 
-fn check_chars(s: &str, allow_star: bool) -> Result<(), KeyError> {
+// Checks what every key and pattern must be, and counts its `*` segments. Every write checks
+// its key (more than once: the route parses it, the engine checks it again), so this is one
+// pass over the bytes for the segments, and one for control characters that is byte by byte
+// when the key is ASCII, as nearly every key is.
+fn check_chars(s: &str) -> Result<usize, KeyError> {
     if s.is_empty() {
         return Err(KeyError::Empty);
     }
     if s.len() > MAX_KEY_LEN {
         return Err(KeyError::TooLong(s.len()));
     }
-    for (i, c) in s.char_indices() {
-        if c.is_control() {
-            return Err(KeyError::InvalidChar(c, i));
-        }
+    let control = if s.is_ascii() {
+        // An ASCII character is a control character exactly when it is below a space or DEL.
+        let b = s.as_bytes();
+        b.iter()
+            .position(|&c| c < 0x20 || c == 0x7f)
+            .map(|i| (i, char::from(b[i])))
+    } else {
+        s.char_indices().find(|(_, c)| c.is_control())
+    };
+    if let Some((i, c)) = control {
+        return Err(KeyError::InvalidChar(c, i));
     }
     let first = s.chars().next().unwrap_or('/');
-    if !(edge_char(first) || (allow_star && first == '*')) {
+    if !(edge_char(first) || first == '*') {
         return Err(KeyError::BadStart(first));
     }
     let last = s.chars().next_back().unwrap_or('/');
-    if !(edge_char(last) || (allow_star && last == '*')) {
+    if !(edge_char(last) || last == '*') {
         return Err(KeyError::BadEnd(last));
     }
-    for seg in s.split('/') {
-        if seg.is_empty() {
-            return Err(KeyError::EmptySegment);
-        }
-        if seg == "." || seg == ".." {
-            return Err(KeyError::DotSegment);
-        }
-        if seg.len() > 1 && seg.contains('*') {
-            return Err(KeyError::PartialGlob);
+    // `/` and `*` are ASCII: no byte of a multi-byte UTF-8 character is either.
+    let mut stars = 0;
+    for seg in s.as_bytes().split(|&b| b == b'/') {
+        match seg {
+            [] => return Err(KeyError::EmptySegment),
+            b"." | b".." => return Err(KeyError::DotSegment),
+            b"*" => stars += 1,
+            _ if seg.contains(&b'*') => return Err(KeyError::PartialGlob),
+            _ => {}
         }
     }
-    Ok(())
+    Ok(stars)
 }
 
 /// Checks a plain key (no glob).
 pub fn validate_key(s: &str) -> Result<(), KeyError> {
-    check_chars(s, true)?;
-    if s.split('/').any(|seg| seg == "*") {
+    if check_chars(s)? > 0 {
         return Err(KeyError::GlobNotAllowed);
     }
     Ok(())
@@ -141,8 +151,7 @@ pub fn validate_key(s: &str) -> Result<(), KeyError> {
 
 /// Checks a push target `prefix/*` (or a bare `*`) and returns the prefix (`""` for `*`).
 pub fn validate_push(s: &str) -> Result<&str, KeyError> {
-    check_chars(s, true)?;
-    let stars = s.split('/').filter(|seg| *seg == "*").count();
+    let stars = check_chars(s)?;
     if stars > 1 {
         return Err(KeyError::MultipleGlobs);
     }
@@ -214,8 +223,7 @@ pub fn last_segment(key: &str) -> &str {
 impl Pattern {
     /// Parses a key or a glob (any number of `*` segments).
     pub fn parse(s: &str) -> Result<Pattern, KeyError> {
-        check_chars(s, true)?;
-        if !s.split('/').any(|seg| seg == "*") {
+        if check_chars(s)? == 0 {
             return Ok(Pattern::Key(s.into()));
         }
         let segs = s
@@ -367,6 +375,9 @@ mod tests {
             ("a\u{0}b", KeyError::InvalidChar('\u{0}', 1)),
             ("a\nb", KeyError::InvalidChar('\n', 1)),
             ("a\u{7f}b", KeyError::InvalidChar('\u{7f}', 1)),
+            // A control character is named before any other fault of the key.
+            ("x//\u{1}y", KeyError::InvalidChar('\u{1}', 3)),
+            ("é/\u{1f}", KeyError::InvalidChar('\u{1f}', 3)),
             ("é\u{85}", KeyError::InvalidChar('\u{85}', 2)),
             ("_ws", KeyError::BadStart('_')),
             (" a", KeyError::BadStart(' ')),

@@ -125,8 +125,23 @@ impl Entry {
     /// (see [`Tree`] for how long).
     pub fn value(data: Value) -> (Tree, JsonText) {
         // Exactly as long as the text: the encoder's buffer grows in steps (128 bytes for a
-        // small value), and every stored key would keep the slack.
-        let json = JsonText::from(crate::json::encode(&data));
+        // small value), and every stored key would keep the slack. So the value is encoded
+        // into this thread's scratch buffer and copied once: an encoder's buffer of its own
+        // would be one allocation and free more on every write.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // A buffer grown past this by a large value is not kept for the thread's life.
+        const KEEP: usize = 64 << 10;
+        let json = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            crate::json::encode_into(&data, buf);
+            let json = JsonText::from(&buf[..]);
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
+            }
+            json
+        });
         (Tree::built(data), json)
     }
 
@@ -159,12 +174,21 @@ pub struct Etag {
 impl Etag {
     /// The ETag of the version with sequence number `seq`.
     pub fn of(seq: u64) -> Etag {
+        // A u64 is at most 16 hex digits: with the quotes, 18 bytes always hold it. Written by
+        // hand: every write and read answers with one, and std's formatter costs ten times this.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (64 - (seq | 1).leading_zeros()).div_ceil(4) as usize;
         let mut buf = [0u8; 18];
-        let mut rest = &mut buf[..];
-        // A u64 is at most 16 hex digits: with the quotes, 18 bytes always hold it.
-        let _ = std::io::Write::write_fmt(&mut rest, format_args!("\"{seq:x}\""));
-        let len = 18 - rest.len();
-        Etag { buf, len }
+        buf[0] = b'"';
+        for (i, slot) in buf[1..=digits].iter_mut().enumerate() {
+            let shift = 4 * (digits - 1 - i);
+            *slot = HEX[((seq >> shift) & 0xf) as usize];
+        }
+        buf[digits + 1] = b'"';
+        Etag {
+            buf,
+            len: digits + 2,
+        }
     }
 
     /// The quoted text.

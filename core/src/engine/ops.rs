@@ -406,10 +406,9 @@ impl Engine {
         patch: Option<Arc<json_patch::Patch>>,
     ) -> Vec<Change> {
         let (victims, max_age) = self.limit_victims(key);
-        let mut changes: Vec<Change> = victims
-            .iter()
-            .filter_map(|k| self.store.remove(k))
-            .collect();
+        // Room for the write's own change too.
+        let mut changes: Vec<Change> = Vec::with_capacity(victims.len() + 1);
+        changes.extend(victims.iter().filter_map(|k| self.store.remove(k)));
         let ttl = match (max_age, self.store.get(key), ttl) {
             (Some(age), None, Ttl::Clear | Ttl::Keep) => Ttl::After(age),
             (Some(_), Some(_), Ttl::Clear) => Ttl::Keep,

@@ -250,9 +250,14 @@ pub fn problem_with(status: StatusCode, code: &str, detail: &str) -> Response<By
 }
 
 pub(super) fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
+    version_headers(r, e.revision, e.seq)
+}
+
+/// [`entry_headers`] from the version's revision and sequence number.
+pub(super) fn version_headers(r: &mut Response<Bytes>, revision: u64, seq: u64) {
     let h = r.headers_mut();
-    h.insert(X_REVISION, HeaderValue::from(e.revision));
-    if let Ok(v) = HeaderValue::from_str(crate::store::Etag::of(e.seq).as_str()) {
+    h.insert(X_REVISION, HeaderValue::from(revision));
+    if let Ok(v) = HeaderValue::from_str(crate::store::Etag::of(seq).as_str()) {
         h.insert(header::ETAG, v);
     }
 }

@@ -232,8 +232,12 @@ pub(super) fn written(
     body: Option<Bytes>,
     status: StatusCode,
 ) -> Routed {
-    let (key, entry) = match &a.outcome {
-        Outcome::Written(k, e) | Outcome::Taken(k, e) => (k.clone(), e.clone()),
+    // The answer needs the entry's version only: not a copy of it (a copy of an entry with a
+    // built tree allocates).
+    let (body, revision, seq) = match &a.outcome {
+        Outcome::Written(k, e) | Outcome::Taken(k, e) => {
+            (body.unwrap_or_else(|| index_body(k)), e.revision, e.seq)
+        }
         Outcome::Deleted(_) => {
             return Ok((
                 respond(engine, h, StatusCode::NO_CONTENT, None, Bytes::new()),
@@ -246,9 +250,8 @@ pub(super) fn written(
             return Ok((r, a.changes));
         }
     };
-    let body = body.unwrap_or_else(|| index_body(&key));
     let mut r = respond(engine, h, status, Some(JSON), body);
-    entry_headers(&mut r, &entry);
+    version_headers(&mut r, revision, seq);
     Ok((r, a.changes))
 }
 
