@@ -370,6 +370,69 @@ async fn lagging_mux_and_sse_subscribers_are_cut_off() {
     healthy(&s).await;
 }
 
+/// A body that arrives in pieces (the client pauses between them) is read whole, with a
+/// declared length and chunked; pieces that pass the cap only together are refused as a body
+/// over it at once is, and store nothing.
+#[tokio::test]
+async fn a_body_sent_in_pieces_is_read_whole() {
+    let Some(s) = Server::with_flags(&["--max-body", "1024"]).await else {
+        return;
+    };
+    let c = s.client();
+    let value = json!({"a": [1, 2.50, -3e2], "b": "in pieces"});
+    let text = serde_json::to_string(&value).unwrap();
+    let (one, two) = text.split_at(9);
+    // Sends `head` with the first of `pieces`, then the others after a pause each, and
+    // returns the answer.
+    async fn send(s: &Server, head: &str, pieces: &[&[u8]]) -> String {
+        let mut t = raw(s, head, pieces[0]).await;
+        for p in &pieces[1..] {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            t.write_all(p).await.expect("write a piece");
+        }
+        let mut buf = Vec::new();
+        read_to_eof(&mut t, &mut buf, SOON).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    let auth = s.authority().to_string();
+    let k = unique("pieces");
+    let head = format!(
+        "POST /{k} HTTP/1.1\r\nHost: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        text.len()
+    );
+    let answer = send(&s, &head, &[one.as_bytes(), two.as_bytes()]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(c.get(&k).await.unwrap().unwrap()["data"], value);
+
+    let k = unique("chunks");
+    let head = format!(
+        "POST /{k} HTTP/1.1\r\nHost: {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let (c1, c2) = (
+        format!("{:x}\r\n{one}\r\n", one.len()),
+        format!("{:x}\r\n{two}\r\n0\r\n\r\n", two.len()),
+    );
+    let answer = send(&s, &head, &[c1.as_bytes(), c2.as_bytes()]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(c.get(&k).await.unwrap().unwrap()["data"], value);
+
+    // 700 bytes, then 700 more: each under the cap of 1,024, together over it.
+    let k = unique("over");
+    let big = format!("[{}1]", "1,".repeat(699));
+    let (b1, b2) = big.split_at(700);
+    let (c1, c2) = (
+        format!("{:x}\r\n{b1}\r\n", b1.len()),
+        format!("{:x}\r\n{b2}\r\n0\r\n\r\n", b2.len()),
+    );
+    let head = format!(
+        "POST /{k} HTTP/1.1\r\nHost: {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let answer = send(&s, &head, &[c1.as_bytes(), c2.as_bytes()]).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(c.get(&k).await.unwrap().is_none());
+    healthy(&s).await;
+}
+
 #[tokio::test]
 async fn a_trickling_body_gets_the_deadline() {
     let Some(s) = Server::with_flags(&["--deadline", "300ms"]).await else {
