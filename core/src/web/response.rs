@@ -87,6 +87,10 @@ pub fn refusal<B>(engine: &(impl Cors + ?Sized), req: &Request<B>, e: &Error) ->
 
 /// `X-Revision`, AtomKV's revision header.
 pub(super) const X_REVISION: HeaderName = HeaderName::from_static("x-revision");
+// Request headers the routes read, named once: looking a header up by a `&str` parses and
+// checks the name on every request.
+pub(super) const X_TTL: HeaderName = HeaderName::from_static("x-ttl");
+pub(super) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 pub(super) fn respond(
     engine: &(impl Cors + ?Sized),
@@ -97,6 +101,20 @@ pub(super) fn respond(
 ) -> Response<Bytes> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
+    let origins = engine.cors_origins();
+    if ctype == Some(JSON) && origins.iter().any(|o| o == "*") {
+        // A JSON answer with every origin allowed (most answers): its headers are the same
+        // every time, so they are a copy of one map made once. Building the map and its five
+        // headers anew was 4% of a small write's instructions, the copy is a fifth of that.
+        static JSON_ANY_ORIGIN: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+            let mut h = HeaderMap::with_capacity(12);
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+            cors(&["*".to_string()], &HeaderMap::new(), &mut h);
+            h
+        });
+        *r.headers_mut() = JSON_ANY_ORIGIN.clone();
+        return r;
+    }
     // Room for every header a response gets (CORS, type, revision, ETag) without regrowing
     // the map, which was a tenth of a write's time in the core's benchmark.
     *r.headers_mut() = HeaderMap::with_capacity(12);
@@ -104,7 +122,7 @@ pub(super) fn respond(
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(c));
     }
-    cors(engine.cors_origins(), req, r.headers_mut());
+    cors(origins, req, r.headers_mut());
     r
 }
 
@@ -294,4 +312,54 @@ pub fn refusal_may_be_stale(method: &Method, status: StatusCode) -> bool {
             status,
             StatusCode::NOT_FOUND | StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The headers of an answer as they are built one by one.
+    fn built(origins: &[String], req: &HeaderMap, ctype: &'static str) -> Vec<(String, String)> {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        cors(origins, req, &mut h);
+        listed(&h)
+    }
+
+    fn listed(h: &HeaderMap) -> Vec<(String, String)> {
+        h.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_answer_has_the_same_headers_whichever_way_they_are_made() {
+        let any = vec!["*".to_string()];
+        let one = vec!["https://app.example".to_string()];
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://app.example"),
+        );
+        for (origins, ctype) in [(&any, JSON), (&any, PROBLEM), (&one, JSON), (&one, PROBLEM)] {
+            let r = respond(
+                &origins[..],
+                &req,
+                StatusCode::OK,
+                Some(ctype),
+                Bytes::new(),
+            );
+            assert_eq!(
+                listed(r.headers()),
+                built(origins, &req, ctype),
+                "{origins:?} {ctype}"
+            );
+        }
+        // The shared map of a JSON answer is copied, not changed by the answer's own headers.
+        let mut r = respond(&any[..], &req, StatusCode::OK, Some(JSON), Bytes::new());
+        version_headers(&mut r, 7, 0x1f);
+        assert_eq!(r.headers()[header::ETAG], "\"1f\"");
+        let again = respond(&any[..], &req, StatusCode::OK, Some(JSON), Bytes::new());
+        assert_eq!(listed(again.headers()), built(&any, &req, JSON));
+    }
 }

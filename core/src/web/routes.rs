@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) fn parse_ttl(q: &[(String, String)], h: &HeaderMap) -> Result<Ttl, Error> {
-    let raw = query_get(q, "ttl").or_else(|| header_str(h, "x-ttl"));
+    let raw = query_get(q, "ttl").or_else(|| header_str(h, X_TTL));
     let Some(raw) = raw else {
         return Ok(Ttl::Clear);
     };
@@ -86,7 +86,7 @@ fn exec(
     op: Op,
     who: &Identity,
 ) -> Result<Applied, Error> {
-    let rid = match h.get("idempotency-key") {
+    let rid = match h.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(crate::receipts::from_header(v.to_str().map_err(|_| {
             Error::BadRequest("Idempotency-Key must be visible ASCII".into())
@@ -311,7 +311,7 @@ pub(super) fn data_route(
                 Pattern::Key(k) => k,
                 _ => return Err(KeyError::GlobNotAllowed.into()),
             };
-            let cond = match header_str(h, "x-revision") {
+            let cond = match header_str(h, X_REVISION) {
                 Some(r) => {
                     Cond::NextRevision(r.trim().parse().map_err(|_| Error::InvalidRevision)?)
                 }
