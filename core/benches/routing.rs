@@ -33,7 +33,7 @@ fn set(e: &mut Engine, key: &str, value: Value, t: i64) -> Vec<stateline_core::C
         Tick::from_wall(t),
         Op::Set {
             key: key.into(),
-            value,
+            value: value.into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },

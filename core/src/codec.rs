@@ -127,7 +127,7 @@ mod tests {
                 t,
                 Op::Set {
                     key: "a/b".into(),
-                    value: v,
+                    value: v.into(),
                     ttl: Ttl::After(1_000_000_000),
                     cond: Default::default(),
                 },

@@ -174,6 +174,120 @@ fn hex4(text: &[u8], at: usize) -> u32 {
         .unwrap_or(0)
 }
 
+/// Keys of the objects open at once (an object's own and those of the objects around it) that
+/// [`canonical`] keeps to find a repeated key. A body with more is not refused: it takes the
+/// parser's path. The bound keeps the check on the stack and its key comparisons linear in the
+/// body's size (at most this many per key).
+pub const CANONICAL_KEYS: usize = 64;
+
+/// Whether `body` is exactly what parsing it and encoding the tree ([`parse_limited`], then
+/// [`encode`]) would give back, under the same limits: then a write can store the body's bytes
+/// as they are and build the tree only if something needs it. Returns the value's nesting depth
+/// ([`depth`]) when it is; `None` when it is not or this cannot tell cheaply (whitespace outside
+/// strings, a `\u` or `\/` escape, a repeated object key, more than [`CANONICAL_KEYS`] open
+/// keys, invalid JSON, a limit passed, or a build without exact numbers, where the encoder
+/// rewrites numbers): the caller parses, which refuses what is invalid with its own error.
+pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usize> {
+    if !cfg!(feature = "exact-numbers") || body.len() > u32::MAX as usize {
+        return None;
+    }
+    let max_depth = max_depth.min(PARSER_MAX_DEPTH);
+    // The byte ranges of the open objects' keys, and per open container whether it is an
+    // object and where its keys start.
+    let mut keys = [(0u32, 0u32); CANONICAL_KEYS];
+    let mut open_keys = 0usize;
+    let mut frames = [(false, 0usize); PARSER_MAX_DEPTH];
+    let (mut depth, mut deepest, mut nodes) = (0usize, 0usize, 0usize);
+    // The next string is an object's key (after `{` or an object's `,`).
+    let mut key_next = false;
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        match b {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                loop {
+                    match *body.get(j)? {
+                        b'"' => break,
+                        // The escapes the encoder writes itself; any other (`\u`, `\/`) it
+                        // would write differently.
+                        b'\\' => match body.get(j + 1)? {
+                            b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f' => j += 2,
+                            _ => return None,
+                        },
+                        _ => j += 1,
+                    }
+                }
+                if key_next {
+                    let key = &body[start..j];
+                    let (_, first) = *frames.get(depth.checked_sub(1)?)?;
+                    let seen = keys.get(first..open_keys)?;
+                    if seen
+                        .iter()
+                        .any(|&(s, e)| body.get(s as usize..e as usize) == Some(key))
+                    {
+                        return None;
+                    }
+                    *keys.get_mut(open_keys)? = (start as u32, j as u32);
+                    open_keys += 1;
+                    key_next = false;
+                } else {
+                    nodes += 1;
+                }
+                i = j;
+            }
+            b'{' | b'[' => {
+                nodes += 1;
+                if depth >= max_depth {
+                    return None;
+                }
+                *frames.get_mut(depth)? = (b == b'{', open_keys);
+                depth += 1;
+                deepest = deepest.max(depth);
+                key_next = b == b'{';
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                open_keys = frames.get(depth)?.1;
+                key_next = false;
+            }
+            b',' => key_next = depth > 0 && frames.get(depth - 1).is_some_and(|f| f.0),
+            b':' => {}
+            b'-' | b'0'..=b'9' => {
+                nodes += 1;
+                while let Some(&c) = body.get(i + 1) {
+                    match c {
+                        b'0'..=b'9' | b'.' | b'+' | b'-' => {}
+                        // The encoder writes an exponent as `e+` or `e-`: it rewrites `E`, and
+                        // `e` without a sign.
+                        b'e' if matches!(body.get(i + 2), Some(b'+' | b'-')) => {}
+                        b'e' | b'E' => return None,
+                        _ => break,
+                    }
+                    i += 1;
+                }
+            }
+            b't' | b'f' | b'n' => {
+                nodes += 1;
+                while body.get(i + 1).is_some_and(u8::is_ascii_lowercase) {
+                    i += 1;
+                }
+            }
+            // Whitespace outside strings (the encoder writes none), or not JSON.
+            _ => return None,
+        }
+        if nodes > max_nodes {
+            return None;
+        }
+        i += 1;
+    }
+    // The scan found the shape; the grammar (numbers, literals, commas, one value) is the
+    // parser's own check, and skipping checks it without building anything.
+    std::str::from_utf8(body).ok()?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    Some(deepest)
+}
+
 /// [`parse`] with an explicit cap on values (nodes), checked on the bytes before the tree is
 /// built, so a refused body never costs more than its bytes.
 pub fn parse_limited(body: &[u8], max_depth: usize, max_nodes: usize) -> Result<Value, JsonError> {
@@ -387,7 +501,184 @@ pub fn json_patch(doc: &Value, patch: &json_patch::Patch) -> Result<Value, JsonE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    // JSON texts, valid and not quite, in the shapes clients send: few keys (so some repeat),
+    // numbers written every way, escapes of every kind, whitespace here and there.
+    fn arb_text() -> impl Strategy<Value = String> {
+        let ws = prop_oneof![8 => Just(""), 1 => Just(" "), 1 => Just("\n")];
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            prop_oneof![
+                Just("0"),
+                Just("-0"),
+                Just("1.50"),
+                Just("1e2"),
+                Just("1E+2"),
+                Just("-3.0e-7"),
+                Just("2e+0"),
+                Just("1E-2"),
+                Just("12345678901234567890123456789"),
+                Just("0.1"),
+                Just("01"),
+                Just("1."),
+            ]
+            .prop_map(String::from),
+            prop_oneof![
+                Just(r#""a""#),
+                Just(r#""""#),
+                Just(r#""é😀""#),
+                Just(r#""q\"q""#),
+                Just(r#""b\\s""#),
+                Just(r#""\n\t\r\b\f""#),
+                Just(r#""\u0041""#),
+                Just(r#""\/""#),
+                Just(r#""\ud800""#),
+                Just(r#""\x""#),
+                Just("\"\u{7f}\""),
+            ]
+            .prop_map(String::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            let ws = ws.clone();
+            prop_oneof![
+                prop::collection::vec((inner.clone(), ws.clone()), 0..5).prop_map(|items| {
+                    let items: Vec<String> =
+                        items.into_iter().map(|(v, w)| format!("{w}{v}")).collect();
+                    format!("[{}]", items.join(","))
+                }),
+                prop::collection::vec(
+                    (
+                        prop_oneof![Just("a"), Just("b"), Just("c"), Just("a\\\"")],
+                        inner,
+                        ws
+                    ),
+                    0..5
+                )
+                .prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, v, w)| format!("\"{k}\":{w}{v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        // A text said to be canonical is one the parser takes and encodes back to the same
+        // bytes, at the depth said: storing it as it came is storing what the tree would give.
+        #[test]
+        fn a_canonical_text_is_its_own_encoding(t in arb_text(), tail in prop_oneof![8 => Just(""), 1 => Just(" "), 1 => Just("1")]) {
+            let t = format!("{t}{tail}");
+            if let Some(d) = canonical(t.as_bytes(), 64, MAX_NODES) {
+                let v = parse_limited(t.as_bytes(), 64, MAX_NODES).expect("a canonical text parses");
+                prop_assert_eq!(encode(&v), t.as_bytes().to_vec());
+                prop_assert_eq!(depth(&v), d);
+                // The node limit is the parser's, exactly.
+                let n = count_nodes(t.as_bytes(), MAX_NODES);
+                prop_assert_eq!(canonical(t.as_bytes(), 64, n), Some(d));
+                prop_assert_eq!(canonical(t.as_bytes(), 64, n - 1), None);
+            }
+        }
+
+        // And what the encoder writes (without control characters, which it writes as `\u`
+        // escapes) is found canonical.
+        #[test]
+        fn an_encoded_value_is_canonical(t in arb_text()) {
+            if !cfg!(feature = "exact-numbers") {
+                // Its encoder rewrites numbers: no text is taken as it came.
+                prop_assert_eq!(canonical(t.as_bytes(), 64, MAX_NODES), None);
+                return Ok(());
+            }
+            if let Ok(v) = parse_limited(t.as_bytes(), 64, MAX_NODES) {
+                let e = encode(&v);
+                let has_u = e.windows(2).any(|w| w == b"\\u");
+                if !has_u {
+                    prop_assert_eq!(canonical(&e, 64, MAX_NODES), Some(depth(&v)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_texts_and_the_ones_that_are_not() {
+        if !cfg!(feature = "exact-numbers") {
+            // Its encoder rewrites numbers: no text is taken as it came.
+            assert_eq!(canonical(b"[1]", 64, MAX_NODES), None);
+            return;
+        }
+        for t in [
+            r#"{"m":"a small value of about forty bytes"}"#,
+            "1",
+            "-0",
+            "1.50",
+            "1e+2",
+            "-3.0e-07",
+            r#""""#,
+            "[]",
+            "{}",
+            r#"{"a":{"a":{"a":1}},"b":[{"a":1},{"a":2}]}"#,
+            r#"["q\"q","\\","\n\t"]"#,
+            "[\"\u{7f}é😀\"]",
+        ] {
+            let v = parse(t.as_bytes(), 64).unwrap();
+            assert_eq!(encode(&v), t.as_bytes());
+            assert_eq!(
+                canonical(t.as_bytes(), 64, MAX_NODES),
+                Some(depth(&v)),
+                "{t}"
+            );
+        }
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for (t, max_depth, max_nodes) in [
+            (" 1".to_string(), 64, MAX_NODES),
+            ("1\n".to_string(), 64, MAX_NODES),
+            (r#"{"a": 1}"#.to_string(), 64, MAX_NODES),
+            (r#"{"a":1,"a":2}"#.to_string(), 64, MAX_NODES),
+            (r#"{"a":{"b":1},"a":2}"#.to_string(), 64, MAX_NODES),
+            (r#"["\u0041"]"#.to_string(), 64, MAX_NODES),
+            ("1E+2".to_string(), 64, MAX_NODES),
+            ("[1e2]".to_string(), 64, MAX_NODES),
+            (r#"["\/"]"#.to_string(), 64, MAX_NODES),
+            ("[1,]".to_string(), 64, MAX_NODES),
+            ("[01]".to_string(), 64, MAX_NODES),
+            ("tru".to_string(), 64, MAX_NODES),
+            ("[1][2]".to_string(), 64, MAX_NODES),
+            ("".to_string(), 64, MAX_NODES),
+            ("\"\u{1}\"".to_string(), 64, MAX_NODES),
+            (deep(4), 3, MAX_NODES),
+            (deep(200), 500, MAX_NODES),
+            ("[1,2,3]".to_string(), 64, 3),
+        ] {
+            assert_eq!(canonical(t.as_bytes(), max_depth, max_nodes), None, "{t}");
+        }
+        assert_eq!(canonical(deep(3).as_bytes(), 3, MAX_NODES), Some(3));
+        assert_eq!(canonical(b"[1,2,3]", 64, 4), Some(1));
+        assert_eq!(canonical(b"\"\xff\"", 64, MAX_NODES), None);
+        // Keys in nested objects are the nested objects' own: `a` may be in both.
+        assert_eq!(
+            canonical(br#"{"a":{"a":1},"b":{"a":2}}"#, 64, MAX_NODES),
+            Some(2)
+        );
+        // An object with more keys than the check keeps is left to the parser.
+        let wide = |n: usize| {
+            let m: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            format!("{{{}}}", m.join(","))
+        };
+        assert_eq!(
+            canonical(wide(CANONICAL_KEYS).as_bytes(), 64, MAX_NODES),
+            Some(1)
+        );
+        assert_eq!(
+            canonical(wide(CANONICAL_KEYS + 1).as_bytes(), 64, MAX_NODES),
+            None
+        );
+    }
 
     #[test]
     fn bodies() {

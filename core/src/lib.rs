@@ -36,7 +36,7 @@ pub mod token;
 pub mod web;
 
 pub use clock::{Clock, Tick};
-pub use engine::{Applied, Cond, Config, Engine, Op, Outcome, PatchKind};
+pub use engine::{Applied, Cond, Config, Engine, Given, Op, Outcome, PatchKind};
 pub use error::Error;
 pub use filter::Filters;
 pub use key::Pattern;

@@ -250,7 +250,7 @@ fn request(op: &str, o: &Map<String, Value>, id: &Value) -> Result<Request, Refu
         },
         "set" => Request::Op(Op::Set {
             key: key(o)?,
-            value: value_field(o, id)?,
+            value: value_field(o, id)?.into(),
             ttl: ttl_field(o, id, Ttl::Clear)?,
             cond: cond_field(o, id)?,
         }),
@@ -594,7 +594,7 @@ mod tests {
             r#"{"id":2,"op":"set","key":"a","value":{"x":1},"rev":0}"#,
             Ok(Request::Op(Op::Set {
                 key: "a".into(),
-                value: json!({"x":1}),
+                value: json!({"x":1}).into(),
                 ttl: Ttl::Clear,
                 cond: Cond::NextRevision(0),
             })),
@@ -603,7 +603,7 @@ mod tests {
             r#"{"id":2,"op":"set","key":"a","value":1,"ttl":1.5,"ifAbsent":true}"#,
             Ok(Request::Op(Op::Set {
                 key: "a".into(),
-                value: json!(1),
+                value: json!(1).into(),
                 ttl: Ttl::After(1_500_000_000),
                 cond: Cond::IfAbsent,
             })),

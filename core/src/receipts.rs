@@ -384,6 +384,10 @@ impl Fnv {
     fn value(&mut self, v: &Value) {
         self.field(&json::encode(v));
     }
+    // The same bytes as `value` of its tree: a text is that tree's encoding.
+    fn given(&mut self, v: &crate::engine::Given) {
+        self.field(&v.json_text());
+    }
     fn num(&mut self, n: i128) {
         self.bytes(&n.to_le_bytes());
     }
@@ -418,7 +422,7 @@ fn canonical(op: &Op, h: &mut Fnv) {
             cond: c,
         } => {
             h.field(key.as_bytes());
-            h.value(value);
+            h.given(value);
             ttl(h, t);
             cond(h, c);
         }

@@ -252,7 +252,7 @@ mod tests {
     fn set(key: &str, v: serde_json::Value) -> Op {
         Op::Set {
             key: key.into(),
-            value: v,
+            value: v.into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         }
@@ -461,7 +461,7 @@ mod tests {
                 tick(),
                 Op::Set {
                     key: "t".into(),
-                    value: json!(1),
+                    value: json!(1).into(),
                     ttl: Ttl::After(1_000),
                     cond: Cond::Always,
                 },

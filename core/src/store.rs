@@ -145,6 +145,15 @@ impl Entry {
         (Tree::built(data), json)
     }
 
+    /// The value part of an entry for a written value: its tree's, or its canonical text with
+    /// no tree until one is needed.
+    pub fn given(value: crate::engine::Given) -> (Tree, JsonText) {
+        match value {
+            crate::engine::Given::Tree(v) => Entry::value(v),
+            crate::engine::Given::Text(t, _) => Entry::from_json(t),
+        }
+    }
+
     /// The value part of an entry from JSON text this process encoded (from storage, the change
     /// log, another node): the tree is built when first needed.
     pub fn from_json(json: JsonText) -> (Tree, JsonText) {

@@ -80,7 +80,7 @@ fn op(step: &Step, i: usize) -> Option<Op> {
             };
             Op::Set {
                 key: KEYS[k].into(),
-                value: v,
+                value: v.into(),
                 ttl,
                 cond: Cond::Always,
             }
@@ -286,7 +286,7 @@ fn resume_sends_missed_changes_or_a_snapshot() {
                 Tick::from_wall(1),
                 Op::Set {
                     key: k.into(),
-                    value: v,
+                    value: v.into(),
                     ttl: Ttl::Clear,
                     cond: Cond::Always,
                 },
@@ -334,7 +334,7 @@ fn list_resume_sends_positional_ops_not_a_snapshot() {
             &mut e,
             Op::Set {
                 key: k.into(),
-                value: json!(k),
+                value: json!(k).into(),
                 ttl: Ttl::Clear,
                 cond: Cond::Always,
             },
@@ -353,7 +353,7 @@ fn list_resume_sends_positional_ops_not_a_snapshot() {
         &mut e,
         Op::Set {
             key: "l/b".into(),
-            value: json!("B"),
+            value: json!("B").into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },
@@ -369,7 +369,7 @@ fn list_resume_sends_positional_ops_not_a_snapshot() {
         &mut e,
         Op::Set {
             key: "l/e".into(),
-            value: json!("e"),
+            value: json!("e").into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },

@@ -674,3 +674,67 @@ async fn disallowed_origin_is_refused_before_it_runs() {
         "only the three allowed increments ran"
     );
 }
+
+/// A written value is stored as parsing it and encoding it compactly gives, however the body
+/// spells it: a compact body as it came, numbers exactly as written (exponents as `e+`/`e-`), a
+/// repeated key's last value, escapes that are not needed undone; and each way of writing a
+/// value answers alike. POST and PUT (with its revision) both.
+#[tokio::test]
+async fn a_value_is_stored_as_the_parser_reads_it_however_it_is_spelled() {
+    let s = Server::start().await;
+    let c = s.client();
+    let cases = [
+        (
+            r#"{"m":"small","n":[1,2.50,-0]}"#,
+            r#"{"m":"small","n":[1,2.50,-0]}"#,
+        ),
+        (r#"{ "m" : "small" }"#, r#"{"m":"small"}"#),
+        (r#"{"a":1,"a":2}"#, r#"{"a":2}"#),
+        (
+            r#"[1e2,1E-2,2e+0,12345678901234567890123]"#,
+            r#"[1e+2,1e-2,2e+0,12345678901234567890123]"#,
+        ),
+        (r#""\u0041\/b""#, r#""A/b""#),
+        (r#"{"q":"a\"b\\c\n\t"}"#, r#"{"q":"a\"b\\c\n\t"}"#),
+        ("\"é😀\"", "\"é😀\""),
+        ("true\n", "true"),
+    ];
+    for (body, stored) in cases {
+        let k = unique("spelled");
+        let post = c
+            .request(Method::POST, &format!("/{k}"), &[], body)
+            .await
+            .unwrap();
+        assert_eq!(post.status, 200, "{body}: {}", post.text());
+        let put = c
+            .request(Method::PUT, &format!("/{k}"), &[("x-revision", "1")], body)
+            .await
+            .unwrap();
+        assert_eq!(put.status, 200, "{body}: {}", put.text());
+        let got = c
+            .request(Method::GET, &format!("/{k}"), &[], "")
+            .await
+            .unwrap()
+            .text();
+        assert!(
+            got.ends_with(&format!(r#""data":{stored}}}"#)),
+            "{body}: {got}"
+        );
+    }
+    // A body that is not JSON is refused whichever way it would have gone, and stores nothing.
+    let k = unique("spelled");
+    for bad in [
+        r#"{"a":1,}"#,
+        r#"{"a":01}"#,
+        "\"\u{1}\"",
+        r#""\ud800""#,
+        "[1] [2]",
+    ] {
+        let r = c
+            .request(Method::POST, &format!("/{k}"), &[], bad)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert!(c.get(&k).await.unwrap().is_none());
+}

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use serde_json::Value;
-
 use super::Engine;
 use crate::clock::Tick;
 use crate::error::Error;
@@ -193,7 +191,7 @@ impl Engine {
     pub(super) fn check_schema(
         &mut self,
         key: &str,
-        v: &Value,
+        v: &mut super::Given,
         who: &Identity,
     ) -> Result<(), Error> {
         let Some(schema) = self
@@ -203,7 +201,7 @@ impl Engine {
         else {
             return Ok(());
         };
-        schema.validate(v).map_err(|detail| {
+        schema.validate(v.tree()).map_err(|detail| {
             let e = Error::Schema(format!("{key}: {detail}"));
             self.record(Action::Write, key, who, &e);
             e

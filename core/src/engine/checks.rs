@@ -2,10 +2,8 @@
 
 use crate::store::Key;
 
-use serde_json::Value;
-
 use super::ops::{Found, Plan};
-use super::{Applied, Cond, Engine, Op};
+use super::{Applied, Cond, Engine, Given, Op};
 use crate::clock::Tick;
 use crate::error::Error;
 use crate::json::{self, JsonError};
@@ -82,13 +80,14 @@ impl Engine {
             return Ok(self.apply(tick, plan, None, found, readable));
         };
         // 7.
-        let (value, forward) = self.write_filters(plan.write_filter_target(), value, forward)?;
+        let (mut value, forward) =
+            self.write_filters(plan.write_filter_target(), value, forward)?;
         // 8.
         if from_request {
             self.check_depth(&value)?;
         }
         // 9.
-        self.check_schema(plan.target(), &value, who)?;
+        self.check_schema(plan.target(), &mut value, who)?;
         Ok(self.apply(tick, plan, Some((value, forward)), found, readable))
     }
 
@@ -199,21 +198,29 @@ impl Engine {
     fn write_filters(
         &self,
         target: &str,
-        value: Value,
+        value: Given,
         forward: Option<json_patch::Patch>,
-    ) -> Result<(Value, Option<json_patch::Patch>), Error> {
-        if forward.is_some() && self.filters.has_write_filters(target) {
+    ) -> Result<(Given, Option<json_patch::Patch>), Error> {
+        // Without a filter the value goes on as it is (a text stays a text).
+        if !self.filters.has_write_filters(target) {
+            return Ok((value, forward));
+        }
+        let value = value.into_tree();
+        if forward.is_some() {
             let filtered = self.filters.apply_write(target, value.clone())?;
             let same = filtered == value;
-            Ok((filtered, forward.filter(|_| same)))
+            Ok((filtered.into(), forward.filter(|_| same)))
         } else {
-            Ok((self.filters.apply_write(target, value)?, forward))
+            Ok((self.filters.apply_write(target, value)?.into(), forward))
         }
     }
 
     // Step 8.
-    fn check_depth(&self, v: &Value) -> Result<(), Error> {
-        let d = json::depth(v);
+    fn check_depth(&self, v: &Given) -> Result<(), Error> {
+        let d = match v {
+            Given::Tree(v) => json::depth(v),
+            Given::Text(_, d) => *d,
+        };
         if d > self.config.max_depth {
             return Err(JsonError::TooDeep {
                 depth: d,

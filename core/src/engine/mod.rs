@@ -27,7 +27,7 @@ use crate::log::Log;
 use crate::pool::{Frame, Pools};
 use crate::receipts::{Named, Receipts, Seen, Unordered};
 use crate::rules::{Identity, Rules};
-use crate::store::{Change, Entry, Store, Ttl};
+use crate::store::{Change, Entry, JsonText, Store, Ttl};
 
 mod access;
 mod checks;
@@ -117,6 +117,79 @@ pub enum PatchKind {
     JsonPatch(json_patch::Patch),
 }
 
+/// The value a set gives: a tree, or JSON text that is exactly what storing the tree would
+/// write ([`json::canonical`]). A body that arrives compact is kept as its bytes: stored and
+/// logged as they are, with its tree built only if something needs one (a write filter, a
+/// schema, a server value, a subscriber's diff), which is most of a small write's cost saved.
+#[derive(Debug, Clone)]
+pub enum Given {
+    /// A parsed value.
+    Tree(Value),
+    /// Canonical JSON text, with its nesting depth ([`json::depth`]).
+    Text(JsonText, usize),
+}
+
+impl From<Value> for Given {
+    fn from(v: Value) -> Given {
+        Given::Tree(v)
+    }
+}
+
+/// Values compare as values, whichever way each is held.
+impl PartialEq for Given {
+    fn eq(&self, other: &Given) -> bool {
+        match (self, other) {
+            (Given::Tree(a), Given::Tree(b)) => a == b,
+            (Given::Text(a, _), Given::Text(b, _)) => a == b,
+            (Given::Text(t, _), Given::Tree(v)) | (Given::Tree(v), Given::Text(t, _)) => {
+                **t == json::encode(v)[..]
+            }
+        }
+    }
+}
+
+impl Given {
+    /// `body` as text when it is canonical under these limits, else `None` (parse it).
+    pub fn text(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<Given> {
+        json::canonical(body, max_depth, max_nodes).map(|d| Given::Text(JsonText::from(body), d))
+    }
+
+    /// The tree, built from the text if that is what this holds.
+    pub fn tree(&mut self) -> &mut Value {
+        if let Given::Text(t, _) = self {
+            let v = text_tree(t);
+            *self = Given::Tree(v);
+        }
+        match self {
+            Given::Tree(v) => v,
+            // Replaced by its tree just above.
+            Given::Text(..) => unreachable!("a text was replaced by its tree"),
+        }
+    }
+
+    /// The tree, built from the text if that is what this holds.
+    pub fn into_tree(self) -> Value {
+        match self {
+            Given::Tree(v) => v,
+            Given::Text(t, _) => text_tree(&t),
+        }
+    }
+
+    /// The JSON text the value is stored as (the tree's compact encoding).
+    pub fn json_text(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Given::Tree(v) => json::encode(v).into(),
+            Given::Text(t, _) => (&**t).into(),
+        }
+    }
+}
+
+// A canonical text's tree. It always parses (`json::canonical` checked the grammar, UTF-8 and
+// the nesting); `null` stands in for what cannot happen rather than a panic.
+fn text_tree(t: &JsonText) -> Value {
+    serde_json::from_slice(t).unwrap_or(Value::Null)
+}
+
 /// A typed operation: what HTTP routes, `/_ws` messages and the Rust API all become.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -125,7 +198,7 @@ pub enum Op {
         /// The key.
         key: String,
         /// The value.
-        value: Value,
+        value: Given,
         /// TTL change.
         ttl: Ttl,
         /// Precondition.

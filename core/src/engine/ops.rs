@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Applied, Cond, Engine, Op, Outcome, PatchKind};
+use super::{Applied, Cond, Engine, Given, Op, Outcome, PatchKind};
 use crate::clock::{Clock, Tick};
 use crate::error::Error;
 use crate::filter::{Need, WriteOp};
@@ -51,7 +51,7 @@ pub(super) enum Source {
     /// No new value: a delete or a take.
     Nothing,
     /// The request's value (set, push).
-    Given(Value),
+    Given(Given),
     /// The request's patch, on the current value.
     Patch(PatchKind),
     /// The current integer plus this (a missing key counts as 0).
@@ -101,7 +101,7 @@ impl Plan {
                     key,
                     ttl,
                 };
-                (plan, Source::Given(value))
+                (plan, Source::Given(value.into()))
             }
             Op::Patch { key, patch, cond } => {
                 key::validate_key(&key)?;
@@ -225,7 +225,7 @@ impl Plan {
 }
 
 /// A new value, and the JSON Patch that made it (forwarded to subscribers as the write's diff).
-type NewValue = (Value, Option<json_patch::Patch>);
+type NewValue = (Given, Option<json_patch::Patch>);
 
 impl Engine {
     /// Step 6: the new value, if the operation writes one.
@@ -247,13 +247,13 @@ impl Engine {
             Source::Patch(patch) => {
                 let cur = current().data();
                 match patch {
-                    PatchKind::Merge(p) => (json::ooo_merge(cur, &p)?, None),
-                    PatchKind::MergePatch(p) => (json::merge_patch(cur, &p), None),
-                    PatchKind::JsonPatch(p) => (json::json_patch(cur, &p)?, Some(p)),
+                    PatchKind::Merge(p) => (json::ooo_merge(cur, &p)?.into(), None),
+                    PatchKind::MergePatch(p) => (json::merge_patch(cur, &p).into(), None),
+                    PatchKind::JsonPatch(p) => (json::json_patch(cur, &p)?.into(), Some(p)),
                 }
             }
-            Source::Add(by) => (Value::from(counter(plan.target(), found, by)?), None),
-            Source::Moved => (current().data().clone(), None),
+            Source::Add(by) => (Value::from(counter(plan.target(), found, by)?).into(), None),
+            Source::Moved => (current().data().clone().into(), None),
         }))
     }
 
@@ -276,7 +276,7 @@ impl Engine {
             }
             (Plan::Incr { key, ttl }, Some((value, _))) => self.incr(tick, &key, value, ttl),
             (Plan::Rename { from, to, .. }, Some((value, _))) => {
-                self.rename(tick, &from, &to, value, found)
+                self.rename(tick, &from, &to, value.into_tree(), found)
             }
             (Plan::DeleteKey { key, .. }, None) => self.delete_key(&key),
             (Plan::DeleteGlob { .. }, None) => self.delete_glob(&readable),
@@ -289,7 +289,7 @@ impl Engine {
     }
 
     // `Op::Set` and `Op::Push`.
-    fn set(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
+    fn set(&mut self, tick: Tick, key: &str, value: Given, ttl: Ttl) -> Applied {
         let now = self.clock.now(tick);
         let changes = self.write_value(key, value, now, ttl, None);
         self.written(changes)
@@ -300,7 +300,7 @@ impl Engine {
         &mut self,
         tick: Tick,
         key: &str,
-        value: Value,
+        value: Given,
         forward: Option<json_patch::Patch>,
     ) -> Applied {
         let forward = forward.map(Arc::new);
@@ -310,7 +310,7 @@ impl Engine {
     }
 
     // `Op::Incr`: a counter keeps its TTL unless the operation sets one.
-    fn incr(&mut self, tick: Tick, key: &str, value: Value, ttl: Ttl) -> Applied {
+    fn incr(&mut self, tick: Tick, key: &str, value: Given, ttl: Ttl) -> Applied {
         let now = self.clock.now(tick);
         let ttl = if ttl == Ttl::Clear { Ttl::Keep } else { ttl };
         let changes = self.write_value(key, value, now, ttl, None);
@@ -400,7 +400,7 @@ impl Engine {
     fn write_value(
         &mut self,
         key: &str,
-        value: Value,
+        value: Given,
         now: i64,
         ttl: Ttl,
         patch: Option<Arc<json_patch::Patch>>,
@@ -423,7 +423,7 @@ impl Engine {
             (Some(d), Ttl::Clear, _) | (Some(d), Ttl::Keep, false) => Ttl::After(d),
             _ => ttl,
         };
-        changes.push(self.store.put(key, Entry::value(value), now, ttl, patch));
+        changes.push(self.store.put(key, Entry::given(value), now, ttl, patch));
         changes
     }
 

@@ -22,7 +22,7 @@ pub const SV: &str = ".sv";
 pub(super) fn resolve(source: &mut Source, stamp_ns: i64) -> Result<(), Error> {
     let ms = stamp_ns.div_euclid(1_000_000);
     match source {
-        Source::Given(v) => resolve_value(v, ms),
+        Source::Given(v) => resolve_value(v.tree(), ms),
         Source::Patch(PatchKind::Merge(v) | PatchKind::MergePatch(v)) => resolve_value(v, ms),
         Source::Patch(PatchKind::JsonPatch(p)) => {
             use json_patch::PatchOperation as P;
@@ -42,7 +42,10 @@ pub(super) fn resolve(source: &mut Source, stamp_ns: i64) -> Result<(), Error> {
 /// Whether the source holds a placeholder (most writes do not: then the clock is not read).
 pub(super) fn present(source: &Source) -> bool {
     match source {
-        Source::Given(v) => has(v),
+        Source::Given(super::Given::Tree(v)) => has(v),
+        // A canonical text spells a `.sv` key only one way; this may also find it in a string
+        // value, and then the tree is built and looked at.
+        Source::Given(super::Given::Text(t, _)) => t.windows(5).any(|w| w == b"\".sv\""),
         Source::Patch(PatchKind::Merge(v) | PatchKind::MergePatch(v)) => has(v),
         Source::Patch(PatchKind::JsonPatch(p)) => {
             use json_patch::PatchOperation as P;
@@ -88,22 +91,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::engine::Given;
+
+    // The value as a tree and as the canonical text an HTTP body arrives as (a build without
+    // exact numbers has no text path).
+    fn both(v: Value) -> Vec<Source> {
+        let text = Given::text(&crate::json::encode(&v), 64, 1000);
+        assert_eq!(text.is_some(), cfg!(feature = "exact-numbers"));
+        [Some(v.into()), text]
+            .into_iter()
+            .flatten()
+            .map(Source::Given)
+            .collect()
+    }
+
+    fn given(s: Source) -> Value {
+        let Source::Given(v) = s else { unreachable!() };
+        v.into_tree()
+    }
+
     #[test]
     fn placeholders_become_the_stamp_in_ms_at_any_depth() {
-        let mut s = Source::Given(
-            json!({"at":{".sv":"timestamp"},"l":[1,{"x":{".sv":"timestamp"}}],"s":".sv"}),
-        );
-        assert!(present(&s));
-        resolve(&mut s, 1_700_000_000_123_456_789).unwrap();
-        let Source::Given(v) = s else { unreachable!() };
-        assert_eq!(
-            v,
-            json!({"at":1_700_000_000_123i64,"l":[1,{"x":1_700_000_000_123i64}],"s":".sv"})
-        );
-        let mut top = Source::Given(json!({".sv":"timestamp"}));
-        resolve(&mut top, 5_000_000).unwrap();
-        assert!(matches!(top, Source::Given(Value::Number(ref n)) if n.as_i64() == Some(5)));
-        assert!(!present(&Source::Given(json!({"a":[1,"timestamp"]}))));
+        for mut s in
+            both(json!({"at":{".sv":"timestamp"},"l":[1,{"x":{".sv":"timestamp"}}],"s":".sv"}))
+        {
+            assert!(present(&s));
+            resolve(&mut s, 1_700_000_000_123_456_789).unwrap();
+            assert_eq!(
+                given(s),
+                json!({"at":1_700_000_000_123i64,"l":[1,{"x":1_700_000_000_123i64}],"s":".sv"})
+            );
+        }
+        for mut top in both(json!({".sv":"timestamp"})) {
+            resolve(&mut top, 5_000_000).unwrap();
+            assert!(matches!(given(top), Value::Number(ref n) if n.as_i64() == Some(5)));
+        }
+        for s in both(json!({"a":[1,"timestamp"],"sv":".s"})) {
+            assert!(!present(&s));
+        }
     }
 
     #[test]
@@ -113,11 +138,13 @@ mod tests {
             json!({".sv":"timestamp","x":1}),
             json!([{".sv":1}]),
         ] {
-            let mut s = Source::Given(bad.clone());
-            assert!(
-                matches!(resolve(&mut s, 1), Err(Error::BadRequest(_))),
-                "{bad}"
-            );
+            for mut s in both(bad.clone()) {
+                assert!(present(&s), "{bad}");
+                assert!(
+                    matches!(resolve(&mut s, 1), Err(Error::BadRequest(_))),
+                    "{bad}"
+                );
+            }
         }
     }
 
@@ -132,7 +159,7 @@ mod tests {
         let ts = json!({".sv":"timestamp"});
         let set = Op::Set {
             key: "a".into(),
-            value: json!({"at": ts, "n": 1}),
+            value: json!({"at": ts, "n": 1}).into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         };
@@ -166,7 +193,7 @@ mod tests {
         let seq = e.store().last_seq();
         let bad = Op::Set {
             key: "a".into(),
-            value: json!({".sv":"increment"}),
+            value: json!({".sv":"increment"}).into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         };

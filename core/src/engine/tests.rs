@@ -18,7 +18,7 @@ fn set(e: &mut Engine, k: &str, v: Value) -> Result<Applied, Error> {
         t(1),
         Op::Set {
             key: k.into(),
-            value: v,
+            value: v.into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },
@@ -33,13 +33,13 @@ fn failed_operations_change_nothing() {
     let bad = [
         Op::Set {
             key: "a/".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },
         Op::Set {
             key: "a".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::Clear,
             cond: Cond::NextRevision(5),
         },
@@ -168,7 +168,7 @@ fn counters_take_rename_ttl() {
         t(4),
         Op::Set {
             key: "tmp".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::After(100),
             cond: Cond::Always,
         },
@@ -325,7 +325,7 @@ fn history_leaves_current_values_to_the_store_through_reverts_and_restarts() {
         seq,
         revision: 0,
         updated: 1,
-        json: Some(crate::store::JsonText::from(&b"1"[..])),
+        json: Some(JsonText::from(&b"1"[..])),
     };
     let rows = vec![(seq, crate::history::encode("a", &v))];
     let h = History::restore(e.config().history, rows).unwrap();
@@ -396,7 +396,7 @@ fn set_as(e: &mut Engine, k: &str, v: Value, who: &Identity) -> Result<Applied, 
         t(1),
         Op::Set {
             key: k.into(),
-            value: v,
+            value: v.into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },
@@ -456,7 +456,7 @@ fn rules_refuse_before_anything_changes() {
         (
             Op::Set {
                 key: "private/alice/a".into(),
-                value: json!(0),
+                value: json!(0).into(),
                 ttl: Ttl::Clear,
                 cond: Cond::NextRevision(9),
             },
@@ -466,7 +466,7 @@ fn rules_refuse_before_anything_changes() {
         (
             Op::Set {
                 key: "private/alice/b".into(),
-                value: json!(0),
+                value: json!(0).into(),
                 ttl: Ttl::Clear,
                 cond: Cond::Always,
             },
@@ -546,7 +546,7 @@ fn rules_refuse_before_anything_changes() {
         (
             Op::Set {
                 key: "typed/1".into(),
-                value: json!("not an integer"),
+                value: json!("not an integer").into(),
                 ttl: Ttl::Clear,
                 cond: Cond::Always,
             },
@@ -648,7 +648,7 @@ fn atomkv_revisions() {
             t(1),
             Op::Set {
                 key: "x".into(),
-                value: json!(n),
+                value: json!(n).into(),
                 ttl: Ttl::Clear,
                 cond: Cond::NextRevision(n),
             },
@@ -660,7 +660,7 @@ fn atomkv_revisions() {
     let tag = e.store().get("x").unwrap().etag();
     let ifm = |tags: Vec<String>| Op::Set {
         key: "x".into(),
-        value: json!(9),
+        value: json!(9).into(),
         ttl: Ttl::Clear,
         cond: Cond::IfMatch(tags),
     };
@@ -671,7 +671,7 @@ fn atomkv_revisions() {
     e.execute_as_system(t(1), ifm(vec![tag])).unwrap();
     let absent = Op::Set {
         key: "x".into(),
-        value: json!(1),
+        value: json!(1).into(),
         ttl: Ttl::Clear,
         cond: Cond::IfAbsent,
     };

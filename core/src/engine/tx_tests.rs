@@ -18,7 +18,7 @@ fn engine() -> Engine {
 fn set(k: &str, v: Value) -> Op {
     Op::Set {
         key: k.into(),
-        value: v,
+        value: v.into(),
         ttl: Ttl::Clear,
         cond: Cond::Always,
     }

@@ -51,7 +51,7 @@ fn incr(k: &str) -> Op {
 fn set(k: &str, v: Value) -> Op {
     Op::Set {
         key: k.into(),
-        value: v,
+        value: v.into(),
         ttl: Ttl::Clear,
         cond: Cond::Always,
     }
@@ -122,13 +122,13 @@ fn an_id_used_for_another_write_is_refused_and_changes_nothing() {
         set("b", json!(1)),
         Op::Set {
             key: "a".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::After(5),
             cond: Cond::Always,
         },
         Op::Set {
             key: "a".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::Clear,
             cond: Cond::IfAbsent,
         },
@@ -165,7 +165,7 @@ fn a_refused_write_leaves_no_receipt() {
     let who = Identity::Anonymous;
     let cas = Op::Set {
         key: "k".into(),
-        value: json!(1),
+        value: json!(1).into(),
         ttl: Ttl::Clear,
         cond: Cond::IfMatch(vec!["\"1\"".into()]),
     };

@@ -516,7 +516,7 @@ impl Session {
             out.push(Forward {
                 op: Op::Set {
                     key: l.key.clone(),
-                    value: e.data().clone(),
+                    value: e.data().clone().into(),
                     ttl: Ttl::After(ttl),
                     cond: Cond::IfMatch(vec![l.etag.clone()]),
                 },

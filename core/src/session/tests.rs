@@ -86,7 +86,7 @@ fn sub_replies_then_sends_the_first_frame_and_unsub_leaves() {
         at_secs(1),
         Op::Set {
             key: "a".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: crate::Ttl::Clear,
             cond: crate::Cond::Always,
         },
@@ -811,7 +811,7 @@ fn a_cluster_node_orders_leases_and_their_renewals() {
         t(50),
         Op::Set {
             key: "presence/r/b".into(),
-            value: json!("theirs"),
+            value: json!("theirs").into(),
             ttl: crate::Ttl::Clear,
             cond: crate::Cond::Always,
         },

@@ -215,7 +215,7 @@ impl Rig {
         self.s
             .run(crate::Op::Set {
                 key: key.into(),
-                value: v,
+                value: v.into(),
                 ttl: crate::Ttl::Clear,
                 cond: crate::Cond::Always,
             })
@@ -888,7 +888,7 @@ fn pings_go_on_while_the_server_talks() {
         r.now += interval / 10;
         r.s.run(crate::Op::Set {
             key: "busy".into(),
-            value: json!(step),
+            value: json!(step).into(),
             ttl: crate::Ttl::Clear,
             cond: crate::Cond::Always,
         })
@@ -1474,7 +1474,7 @@ impl Tabs {
         self.s
             .run(crate::Op::Set {
                 key: key.into(),
-                value: v,
+                value: v.into(),
                 ttl: crate::Ttl::Clear,
                 cond: crate::Cond::Always,
             })

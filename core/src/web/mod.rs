@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::clock::Tick;
-use crate::engine::{Applied, Cond, Engine, Op, Outcome, PatchKind};
+use crate::engine::{Applied, Cond, Engine, Given, Op, Outcome, PatchKind};
 use crate::error::Error;
 use crate::filter::Need;
 use crate::json;

@@ -44,6 +44,16 @@ pub(super) fn body_json(engine: &Engine, body: &[u8]) -> Result<Value, Error> {
     Ok(json::parse_limited(body, c.max_depth, c.max_nodes)?)
 }
 
+/// A set's body: its bytes when they are what storing its tree would write (no tree is built
+/// then), else its tree, under the same limits and with the same errors as [`body_json`].
+pub(super) fn body_given(engine: &Engine, body: &[u8]) -> Result<Given, Error> {
+    let c = engine.config();
+    match Given::text(body, c.max_depth, c.max_nodes) {
+        Some(g) => Ok(g),
+        None => Ok(body_json(engine, body)?.into()),
+    }
+}
+
 /// Answers a plain HTTP request for whoever its bearer token says (see [`token`]). Changes in
 /// the outcome are applied to memory but not published.
 pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutcome {
@@ -288,17 +298,16 @@ pub(super) fn data_route(
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
             let pattern = Pattern::from_http_path(path, false)?;
             let ttl = parse_ttl(q, h)?;
-            let value = body_json(engine, body)?;
             let op = match pattern {
                 Pattern::Key(_) => Op::Set {
                     key: target.into(),
-                    value,
+                    value: body_given(engine, body)?,
                     ttl,
                     cond: conditions(h)?,
                 },
                 _ => Op::Push {
                     target: target.into(),
-                    value,
+                    value: body_json(engine, body)?,
                     ttl,
                 },
             };
@@ -320,7 +329,7 @@ pub(super) fn data_route(
                     c => c,
                 },
             };
-            let value = body_json(engine, body).map_err(|e| match e {
+            let value = body_given(engine, body).map_err(|e| match e {
                 Error::Json(json::JsonError::Syntax(_)) => {
                     Error::Json(json::JsonError::Syntax("not a JSON value".into()))
                 }

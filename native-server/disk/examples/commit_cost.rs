@@ -84,7 +84,7 @@ fn main() {
         i += 1;
         let op = Op::Set {
             key: format!("bench/k{}", i % 10_000),
-            value: json!({"n": i, "pad": "x".repeat(40)}),
+            value: json!({"n": i, "pad": "x".repeat(40)}).into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         };

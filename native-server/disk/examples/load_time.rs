@@ -40,7 +40,7 @@ fn main() {
     for i in 0..n {
         let op = Op::Set {
             key: format!("users/u{i:07}/profile"),
-            value: json!({"n": i, "name": "a small value"}),
+            value: json!({"n": i, "name": "a small value"}).into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         };

@@ -1307,7 +1307,7 @@ mod tests {
             Tick::from_wall(10),
             Op::Set {
                 key: k.into(),
-                value: v,
+                value: v.into(),
                 ttl: Ttl::After(1_000_000),
                 cond: Cond::Always,
             },

@@ -79,7 +79,7 @@ fn random_op(r: &mut Lcg, keys: &[&str]) -> Op {
         },
         _ => Op::Set {
             key,
-            value: small(r),
+            value: small(r).into(),
             ttl: Ttl::Clear,
             cond: Cond::Always,
         },
@@ -98,7 +98,7 @@ fn equivalent(pattern: &str, enc: Encoding, keys: &[&str], seed: u64) {
             Tick::from_wall(1_000),
             Op::Set {
                 key: k.to_string(),
-                value: json!({"a": 1}),
+                value: json!({"a": 1}).into(),
                 ttl: Ttl::Clear,
                 cond: Cond::Always,
             },
