@@ -194,41 +194,28 @@ impl History {
         }
     }
 
-    // Drops `key`'s oldest versions beyond `room`.
+    // Drops `key`'s oldest versions beyond `room`: one lookup of the key (a key at its bound
+    // drops one version on every write, so this runs on every write).
     fn trim(&mut self, key: &Key, room: usize) {
-        // One at a time, not collected into a list: a key at its bound drops one version per
-        // write, and this runs on every write.
-        loop {
-            let Some(versions) = self.keys.get_mut(key) else {
-                return;
-            };
-            if versions.len() <= room {
-                return;
-            }
+        let Some(versions) = self.keys.get_mut(key) else {
+            return;
+        };
+        while versions.len() > room {
             let Some(old) = versions.pop_front() else {
-                return;
+                break;
             };
-            if versions.is_empty() {
-                self.keys.remove(key);
-            }
             self.bytes -= old.cost(key);
             self.order.remove(&old.seq);
-            self.unwrite(old.seq);
+            unwrite(&mut self.delta, self.stored, old.seq);
+        }
+        if versions.is_empty() {
+            self.keys.remove(key);
         }
     }
 
-    // Storage must not hold version `seq`: its row is not written if it is still queued (a
-    // version trimmed by the change that added it), else it is removed.
+    // Storage must not hold version `seq` (see [`unwrite`]).
     fn unwrite(&mut self, seq: u64) {
-        match self.delta.put.iter().rposition(|(s, _)| *s == seq) {
-            Some(i) => {
-                self.delta.put.remove(i);
-            }
-            // Written by an earlier commit (or by one that failed, which wrote nothing: removing
-            // a row that is not there is harmless).
-            None if self.stored => self.delta.drop.push(seq),
-            None => {}
-        }
+        unwrite(&mut self.delta, self.stored, seq)
     }
 
     // Forgets the version `seq` of `key` (it is current again, or it never was), and its row.
@@ -445,6 +432,21 @@ pub fn decode(seq: u64, b: &[u8]) -> Result<(Key, Version), Corrupt> {
             json,
         },
     ))
+}
+
+// Storage must not hold version `seq`: its row is not written if it is still queued in `delta`
+// (a version trimmed by the change that added it), else it is removed (when `stored`: storage
+// takes the delta).
+fn unwrite(delta: &mut Delta, stored: bool, seq: u64) {
+    match delta.put.iter().rposition(|(s, _)| *s == seq) {
+        Some(i) => {
+            delta.put.remove(i);
+        }
+        // Written by an earlier commit (or by one that failed, which wrote nothing: removing a
+        // row that is not there is harmless).
+        None if stored => delta.drop.push(seq),
+        None => {}
+    }
 }
 
 #[cfg(test)]
