@@ -260,8 +260,7 @@ pub(super) fn written(
             return Ok((r, a.changes));
         }
     };
-    let mut r = respond(engine, h, status, Some(JSON), body);
-    version_headers(&mut r, revision, seq);
+    let r = respond_versioned(engine, h, status, body, (revision, seq));
     Ok((r, a.changes))
 }
 
@@ -425,9 +424,7 @@ pub(super) fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Iden
             } else {
                 meta::bytes(k, e)
             };
-            let mut r = respond(engine, h, StatusCode::OK, Some(JSON), body);
-            entry_headers(&mut r, e);
-            r
+            respond_versioned(engine, h, StatusCode::OK, body, (e.revision, e.seq))
         }
         p => {
             let mut items = engine.store().list(p);
