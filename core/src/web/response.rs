@@ -103,13 +103,12 @@ static JSON_ANY_ORIGIN: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::ne
 /// [`JSON_ANY_ORIGIN`] with the version headers at their places, holding nothing yet: a copy
 /// of a map has no room beyond what it holds, and adding two headers to it grew it (half of
 /// the answer's cost), where setting a header it has does not.
-static JSON_ANY_ORIGIN_VERSIONED: std::sync::LazyLock<HeaderMap> =
-    std::sync::LazyLock::new(|| {
-        let mut h = JSON_ANY_ORIGIN.clone();
-        h.insert(X_REVISION, HeaderValue::from_static(""));
-        h.insert(header::ETAG, HeaderValue::from_static(""));
-        h
-    });
+static JSON_ANY_ORIGIN_VERSIONED: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+    let mut h = JSON_ANY_ORIGIN.clone();
+    h.insert(X_REVISION, HeaderValue::from_static(""));
+    h.insert(header::ETAG, HeaderValue::from_static(""));
+    h
+});
 
 /// [`respond`] with a JSON body and a version's headers ([`version_headers`]): a write's
 /// answer, a key's value.
