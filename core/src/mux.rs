@@ -256,7 +256,7 @@ fn request(op: &str, o: &Map<String, Value>, id: &Value) -> Result<Request, Refu
         }),
         "push" => Request::Op(Op::Push {
             target: str_field(o, id, "path")?.to_string(),
-            value: value_field(o, id)?,
+            value: value_field(o, id)?.into(),
             ttl: ttl_field(o, id, Ttl::Clear)?,
         }),
         "patch" => {
@@ -612,7 +612,7 @@ mod tests {
             r#"{"op":"push","path":"l/*","value":null}"#,
             Ok(Request::Op(Op::Push {
                 target: "l/*".into(),
-                value: Value::Null,
+                value: Value::Null.into(),
                 ttl: Ttl::Clear,
             })),
         );

@@ -432,7 +432,7 @@ fn canonical(op: &Op, h: &mut Fnv) {
             ttl: t,
         } => {
             h.field(target.as_bytes());
-            h.value(value);
+            h.given(value);
             ttl(h, t);
         }
         Op::Patch {

@@ -87,7 +87,7 @@ fn op(step: &Step, i: usize) -> Option<Op> {
         }
         Step::Push(k, v) => Op::Push {
             target: PUSH[k].into(),
-            value: v,
+            value: v.into(),
             ttl: Ttl::Clear,
         },
         Step::Merge(k, v) => Op::Patch {

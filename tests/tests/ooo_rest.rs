@@ -678,7 +678,7 @@ async fn disallowed_origin_is_refused_before_it_runs() {
 /// A written value is stored as parsing it and encoding it compactly gives, however the body
 /// spells it: a compact body as it came, numbers exactly as written (exponents as `e+`/`e-`), a
 /// repeated key's last value, escapes that are not needed undone; and each way of writing a
-/// value answers alike. POST and PUT (with its revision) both.
+/// value answers alike. POST, PUT (with its revision) and a push under a glob all.
 #[tokio::test]
 async fn a_value_is_stored_as_the_parser_reads_it_however_it_is_spelled() {
     let s = Server::start().await;
@@ -719,6 +719,22 @@ async fn a_value_is_stored_as_the_parser_reads_it_however_it_is_spelled() {
         assert!(
             got.ends_with(&format!(r#""data":{stored}}}"#)),
             "{body}: {got}"
+        );
+        // A push under a glob the same.
+        let p = unique("pushed");
+        let push = c
+            .request(Method::POST, &format!("/{p}/*"), &[], body)
+            .await
+            .unwrap();
+        assert_eq!(push.status, 200, "{body}: {}", push.text());
+        let list = c
+            .request(Method::GET, &format!("/{p}/*"), &[], "")
+            .await
+            .unwrap()
+            .text();
+        assert!(
+            list.contains(&format!(r#""data":{stored}}}"#)),
+            "{body}: {list}"
         );
     }
     // A body that is not JSON is refused whichever way it would have gone, and stores nothing.

@@ -117,7 +117,7 @@ pub enum PatchKind {
     JsonPatch(json_patch::Patch),
 }
 
-/// The value a set gives: a tree, or JSON text that is exactly what storing the tree would
+/// The value a set or a push gives: a tree, or JSON text that is exactly what storing the tree would
 /// write ([`json::canonical`]). A body that arrives compact is kept as its bytes: stored and
 /// logged as they are, with its tree built only if something needs one (a write filter, a
 /// schema, a server value, a subscriber's diff), which is most of a small write's cost saved.
@@ -209,7 +209,7 @@ pub enum Op {
         /// The glob `prefix/*`.
         target: String,
         /// The value.
-        value: Value,
+        value: Given,
         /// TTL change.
         ttl: Ttl,
     },

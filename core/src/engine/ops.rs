@@ -101,7 +101,7 @@ impl Plan {
                     key,
                     ttl,
                 };
-                (plan, Source::Given(value.into()))
+                (plan, Source::Given(value))
             }
             Op::Patch { key, patch, cond } => {
                 key::validate_key(&key)?;

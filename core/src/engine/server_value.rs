@@ -182,7 +182,7 @@ mod tests {
         assert!(!serde_json::to_string(&**fwd).unwrap().contains(".sv"));
         let push = Op::Push {
             target: "l/*".into(),
-            value: ts.clone(),
+            value: ts.clone().into(),
             ttl: Ttl::Clear,
         };
         let applied = e.execute_as_system(tick, push).unwrap();

@@ -79,7 +79,7 @@ fn failed_operations_change_nothing() {
         },
         Op::Push {
             target: "a/*/b".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::Clear,
         },
     ];
@@ -198,7 +198,7 @@ fn limit_keeps_the_newest() {
             t(i),
             Op::Push {
                 target: "limited/*".into(),
-                value: json!(i),
+                value: json!(i).into(),
                 ttl: Ttl::Clear,
             },
         )
@@ -225,7 +225,7 @@ fn limit_by_age_expires_items() {
         t(0),
         Op::Push {
             target: "recent/*".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::Clear,
         },
     )
@@ -234,7 +234,7 @@ fn limit_by_age_expires_items() {
         t(60),
         Op::Push {
             target: "recent/*".into(),
-            value: json!(2),
+            value: json!(2).into(),
             ttl: Ttl::Clear,
         },
     )
@@ -268,7 +268,7 @@ fn restored_engine_timestamps_stay_above_stored_ones() {
         back,
         Op::Push {
             target: "l/*".into(),
-            value: json!(1),
+            value: json!(1).into(),
             ttl: Ttl::Clear,
         },
     )
@@ -476,7 +476,7 @@ fn rules_refuse_before_anything_changes() {
         (
             Op::Push {
                 target: "private/alice/*".into(),
-                value: json!(0),
+                value: json!(0).into(),
                 ttl: Ttl::Clear,
             },
             &bob,

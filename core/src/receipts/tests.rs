@@ -35,7 +35,7 @@ fn user(sub: &str) -> Identity {
 fn push(v: Value) -> Op {
     Op::Push {
         target: "list/*".into(),
-        value: v,
+        value: v.into(),
         ttl: Ttl::Clear,
     }
 }

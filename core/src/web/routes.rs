@@ -306,7 +306,7 @@ pub(super) fn data_route(
                 },
                 _ => Op::Push {
                     target: target.into(),
-                    value: body_json(engine, body)?,
+                    value: body_given(engine, body)?,
                     ttl,
                 },
             };
