@@ -9,7 +9,8 @@
 # bare HTTP stack). The server runs `serve --memory`; the writes are the write benchmark's
 # (`POST /bench/w<c>` with its 41-byte JSON body), sent one at a time over `connections`
 # keep-alive connections in turn. 200 warm-up writes come first; callgrind's counters are
-# zeroed after them, so start-up and first-touch costs are left out.
+# zeroed after them, so start-up and first-touch costs are left out. WRITE_PATH='/bench/p{c}/*'
+# measures pushes instead (`{c}` is the connection's number).
 # Needs valgrind (callgrind_control comes with it) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,9 +25,12 @@ STATELINE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
   "$bin" serve --memory --addr "127.0.0.1:$port" >"$out/log" 2>&1 &
 vg=$!
 trap 'kill "$vg" 2>/dev/null || true; wait "$vg" 2>/dev/null || true; if [ -n "${KEEP:-}" ]; then echo "callgrind output kept in $out"; else rm -rf "$out"; fi' EXIT
-python3 - "$port" "$writes" "$conns" "$vg" <<'EOF'
+write_path='/bench/w{c}'
+[ -n "${WRITE_PATH:-}" ] && write_path=$WRITE_PATH
+python3 - "$port" "$writes" "$conns" "$vg" "$write_path" <<'EOF'
 import http.client, subprocess, sys, time
-port, writes, conns, pid = (int(a) for a in sys.argv[1:])
+port, writes, conns, pid = (int(a) for a in sys.argv[1:5])
+path = sys.argv[5]
 body = b'{"m":"a small value of about forty bytes"}'
 # Under callgrind the server starts in seconds, not milliseconds: wait for it (bounded).
 deadline = time.time() + 120
@@ -45,7 +49,7 @@ cs = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(c
 def run(n):
     for i in range(n):
         c = i % conns
-        cs[c].request("POST", f"/bench/w{c}", body, {"Content-Type": "application/json"})
+        cs[c].request("POST", path.replace("{c}", str(c)), body, {"Content-Type": "application/json"})
         r = cs[c].getresponse()
         r.read()
         if r.status != 200:
