@@ -699,43 +699,33 @@ async fn a_value_is_stored_as_the_parser_reads_it_however_it_is_spelled() {
         ("\"é😀\"", "\"é😀\""),
         ("true\n", "true"),
     ];
+    let c = &c;
+    // `method path` with `body`: its status and text.
+    let send = |method: Method,
+                path: String,
+                headers: &'static [(&'static str, &'static str)],
+                body: &'static str| async move {
+        let r = c.request(method, &path, headers, body).await.unwrap();
+        (r.status, r.text())
+    };
     for (body, stored) in cases {
-        let k = unique("spelled");
-        let post = c
-            .request(Method::POST, &format!("/{k}"), &[], body)
-            .await
-            .unwrap();
-        assert_eq!(post.status, 200, "{body}: {}", post.text());
-        let put = c
-            .request(Method::PUT, &format!("/{k}"), &[("x-revision", "1")], body)
-            .await
-            .unwrap();
-        assert_eq!(put.status, 200, "{body}: {}", put.text());
-        let got = c
-            .request(Method::GET, &format!("/{k}"), &[], "")
-            .await
-            .unwrap()
-            .text();
-        assert!(
-            got.ends_with(&format!(r#""data":{stored}}}"#)),
-            "{body}: {got}"
-        );
-        // A push under a glob the same.
-        let p = unique("pushed");
-        let push = c
-            .request(Method::POST, &format!("/{p}/*"), &[], body)
-            .await
-            .unwrap();
-        assert_eq!(push.status, 200, "{body}: {}", push.text());
-        let list = c
-            .request(Method::GET, &format!("/{p}/*"), &[], "")
-            .await
-            .unwrap()
-            .text();
-        assert!(
-            list.contains(&format!(r#""data":{stored}}}"#)),
-            "{body}: {list}"
-        );
+        let (k, p) = (unique("spelled"), unique("pushed"));
+        // Set by POST, set again by PUT with its revision, pushed under a glob.
+        for (method, path, headers) in [
+            (Method::POST, format!("/{k}"), &[][..]),
+            (Method::PUT, format!("/{k}"), &[("x-revision", "1")][..]),
+            (Method::POST, format!("/{p}/*"), &[][..]),
+        ] {
+            let (status, text) = send(method, path, headers, body).await;
+            assert_eq!(status, 200, "{body}: {text}");
+        }
+        for read in [format!("/{k}"), format!("/{p}/*")] {
+            let (_, got) = send(Method::GET, read, &[], "").await;
+            assert!(
+                got.contains(&format!(r#""data":{stored}}}"#)),
+                "{body}: {got}"
+            );
+        }
     }
     // A body that is not JSON is refused whichever way it would have gone, and stores nothing.
     let k = unique("spelled");
@@ -746,11 +736,8 @@ async fn a_value_is_stored_as_the_parser_reads_it_however_it_is_spelled() {
         r#""\ud800""#,
         "[1] [2]",
     ] {
-        let r = c
-            .request(Method::POST, &format!("/{k}"), &[], bad)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        let (status, text) = send(Method::POST, format!("/{k}"), &[], bad).await;
+        assert_eq!(status, 400, "{bad}: {text}");
     }
     assert!(c.get(&k).await.unwrap().is_none());
 }
