@@ -213,11 +213,6 @@ impl History {
         }
     }
 
-    // Storage must not hold version `seq` (see [`unwrite`]).
-    fn unwrite(&mut self, seq: u64) {
-        unwrite(&mut self.delta, self.stored, seq)
-    }
-
     // Forgets the version `seq` of `key` (it is current again, or it never was), and its row.
     fn forget(&mut self, key: &Key, seq: u64) {
         if self.order.remove(&seq).is_none() {
@@ -232,7 +227,7 @@ impl History {
                 self.keys.remove(key);
             }
         }
-        self.unwrite(seq);
+        unwrite(&mut self.delta, self.stored, seq);
     }
 
     // Removes `k`'s oldest version, which is `seq` (the store's oldest).
@@ -246,7 +241,7 @@ impl History {
                 self.keys.remove(k);
             }
         }
-        self.unwrite(seq);
+        unwrite(&mut self.delta, self.stored, seq);
     }
 
     /// Forgets what `changes` added (their durable commit failed and they were reverted; they

@@ -114,11 +114,7 @@ pub fn check_stored(text: &[u8]) -> Result<(), JsonError> {
             .map(drop)
             .map_err(|e| JsonError::Syntax(e.to_string()));
     }
-    if std::str::from_utf8(text).is_err() {
-        return bad("not UTF-8");
-    }
-    serde_json::from_slice::<serde::de::IgnoredAny>(text)
-        .map_err(|e| JsonError::Syntax(e.to_string()))?;
+    skipped(text)?;
     // The grammar is valid here, so brackets outside strings are structure.
     let (mut depth, mut i, mut in_str) = (0usize, 0usize, false);
     while i < text.len() {
@@ -166,6 +162,17 @@ pub fn check_stored(text: &[u8]) -> Result<(), JsonError> {
     Ok(())
 }
 
+// What serde_json's skipping parser checks (the grammar: one value, its numbers, literals and
+// escapes), and the UTF-8 that skipping does not: without building a tree.
+fn skipped(text: &[u8]) -> Result<(), JsonError> {
+    if std::str::from_utf8(text).is_err() {
+        return Err(JsonError::Syntax("not UTF-8".into()));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(text)
+        .map(drop)
+        .map_err(|e| JsonError::Syntax(e.to_string()))
+}
+
 // The four hex digits at `at` (the grammar was checked: they are there).
 fn hex4(text: &[u8], at: usize) -> u32 {
     text.get(at..at + 4)
@@ -210,15 +217,14 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                     // To the next quote or backslash at once (memchr compares a word at a
                     // time): most of a body's bytes are in its strings.
                     j += memchr::memchr2(b'"', b'\\', body.get(j..)?)?;
-                    match *body.get(j)? {
-                        b'"' => break,
-                        // The escapes the encoder writes itself; any other (`\u`, `\/`) it
-                        // would write differently.
-                        b'\\' => match body.get(j + 1)? {
-                            b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f' => j += 2,
-                            _ => return None,
-                        },
-                        _ => j += 1,
+                    if body.get(j) == Some(&b'"') {
+                        break;
+                    }
+                    // A backslash: the escapes the encoder writes itself; any other (`\u`,
+                    // `\/`) it would write differently.
+                    match body.get(j + 1)? {
+                        b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f' => j += 2,
+                        _ => return None,
                     }
                 }
                 if key_next {
@@ -285,9 +291,8 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
         i += 1;
     }
     // The scan found the shape; the grammar (numbers, literals, commas, one value) is the
-    // parser's own check, and skipping checks it without building anything.
-    std::str::from_utf8(body).ok()?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    // parser's own check.
+    skipped(body).ok()?;
     Some(deepest)
 }
 
