@@ -141,47 +141,67 @@ impl History {
         // A key that exists shows its current value as one of its `keep` newest versions.
         let live = c.entry.is_some();
         let room = keep - usize::from(live);
-        if let Some(prev) = c.prev.as_ref().filter(|_| room > 0) {
-            let v = Version {
-                seq: prev.seq,
-                revision: prev.revision,
-                updated: written_at(prev),
-                json: Some(prev.json.clone()),
-            };
-            self.insert(c.key.clone(), v, true);
+        let replaced = c.prev.as_ref().filter(|_| room > 0).map(|prev| Version {
+            seq: prev.seq,
+            revision: prev.revision,
+            updated: written_at(prev),
+            json: Some(prev.json.clone()),
+        });
+        let deleted = (!live).then(|| Version {
+            seq: c.seq,
+            revision: c.revision,
+            updated: at,
+            json: None,
+        });
+        if replaced.is_none() && deleted.is_none() {
+            // A key's first write: it may still have versions from before a delete.
+            self.trim(&c.key, room);
+        } else {
+            self.add(&c.key, replaced.into_iter().chain(deleted), true, room);
         }
-        if !live {
-            let v = Version {
-                seq: c.seq,
-                revision: c.revision,
-                updated: at,
-                json: None,
-            };
-            self.insert(c.key.clone(), v, true);
-        }
-        self.trim(&c.key, room);
         self.bound_total();
     }
 
-    // Keeps `v` as `key`'s newest version; `write`: queue it for storage (else it is there).
-    fn insert(&mut self, key: Key, v: Version, write: bool) {
-        if self.stored && write {
-            // Storage applies a delta's puts before its drops: a version written again after
-            // its removal was queued (a current value settled away at start, or given back by a
-            // revert, then replaced) must not be removed after it.
-            if let Some(i) = self.delta.drop.iter().rposition(|s| *s == v.seq) {
-                self.delta.drop.remove(i);
-            }
-            self.delta.put.push((v.seq, encode(&key, &v)));
-        }
-        self.bytes += v.cost(&key);
-        self.order.insert(v.seq, key.clone());
+    // Keeps `versions` as `key`'s newest, in order, then drops its oldest beyond `room`, with
+    // one lookup of the key (every write of a key written before runs this); `write`: queue
+    // them for storage (else they are there).
+    fn add(
+        &mut self,
+        key: &Key,
+        versions: impl IntoIterator<Item = Version>,
+        write: bool,
+        room: usize,
+    ) {
+        let History {
+            keys,
+            order,
+            bytes,
+            delta,
+            stored,
+            ..
+        } = self;
         // Most keys are written a few times: room for one version at first, not the four a
         // first push would allocate (a version is 56 bytes).
-        self.keys
-            .entry(key)
-            .or_insert_with(|| VecDeque::with_capacity(1))
-            .push_back(v);
+        let kept = keys
+            .entry(key.clone())
+            .or_insert_with(|| VecDeque::with_capacity(1));
+        for v in versions {
+            if *stored && write {
+                // Storage applies a delta's puts before its drops: a version written again
+                // after its removal was queued (a current value settled away at start, or
+                // given back by a revert, then replaced) must not be removed after it.
+                if let Some(i) = delta.drop.iter().rposition(|s| *s == v.seq) {
+                    delta.drop.remove(i);
+                }
+                delta.put.push((v.seq, encode(key, &v)));
+            }
+            *bytes += v.cost(key);
+            order.insert(v.seq, key.clone());
+            kept.push_back(v);
+        }
+        if trim_to(kept, room, key, order, bytes, delta, *stored) {
+            keys.remove(key);
+        }
     }
 
     // Drops the oldest versions of the whole store while over the total bound.
@@ -200,15 +220,8 @@ impl History {
         let Some(versions) = self.keys.get_mut(key) else {
             return;
         };
-        while versions.len() > room {
-            let Some(old) = versions.pop_front() else {
-                break;
-            };
-            self.bytes -= old.cost(key);
-            self.order.remove(&old.seq);
-            unwrite(&mut self.delta, self.stored, old.seq);
-        }
-        if versions.is_empty() {
+        let (order, bytes, delta) = (&mut self.order, &mut self.bytes, &mut self.delta);
+        if trim_to(versions, room, key, order, bytes, delta, self.stored) {
             self.keys.remove(key);
         }
     }
@@ -317,8 +330,7 @@ impl History {
                 h.delta.drop.push(v.seq);
             } else {
                 // The row is already stored: only what trimming drops is queued.
-                h.insert(key.clone(), v, false);
-                h.trim(&key, limits.keep);
+                h.add(&key, [v], false, limits.keep);
                 h.bound_total();
             }
         }
@@ -432,6 +444,28 @@ pub fn decode(seq: u64, b: &[u8]) -> Result<(Key, Version), Corrupt> {
 // Storage must not hold version `seq`: its row is not written if it is still queued in `delta`
 // (a version trimmed by the change that added it), else it is removed (when `stored`: storage
 // takes the delta).
+// Drops `key`'s oldest versions in `kept` beyond `room` from every record of them; returns
+// whether none is left (the caller removes the key).
+fn trim_to(
+    kept: &mut VecDeque<Version>,
+    room: usize,
+    key: &str,
+    order: &mut BTreeMap<u64, Key>,
+    bytes: &mut usize,
+    delta: &mut Delta,
+    stored: bool,
+) -> bool {
+    while kept.len() > room {
+        let Some(old) = kept.pop_front() else {
+            break;
+        };
+        *bytes -= old.cost(key);
+        order.remove(&old.seq);
+        unwrite(delta, stored, old.seq);
+    }
+    kept.is_empty()
+}
+
 fn unwrite(delta: &mut Delta, stored: bool, seq: u64) {
     match delta.put.iter().rposition(|(s, _)| *s == seq) {
         Some(i) => {

@@ -198,6 +198,9 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
     if !cfg!(feature = "exact-numbers") || body.len() > u32::MAX as usize {
         return None;
     }
+    // Outside strings every byte must be one of the ASCII tokens below; inside them, UTF-8.
+    // (A word at a time while the bytes are ASCII.)
+    std::str::from_utf8(body).ok()?;
     let max_depth = max_depth.min(PARSER_MAX_DEPTH);
     // The byte ranges of the open objects' keys, and per open container whether it is an
     // object and where its keys start.
@@ -205,12 +208,17 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
     let mut open_keys = 0usize;
     let mut frames = [(false, 0usize); PARSER_MAX_DEPTH];
     let (mut depth, mut deepest, mut nodes) = (0usize, 0usize, 0usize);
-    // The next string is an object's key (after `{` or an object's `,`).
-    let mut key_next = false;
+    // The grammar, checked in the same pass (this is the only check a stored body gets).
+    let mut next = Next::Value;
     let mut i = 0;
     while let Some(&b) = body.get(i) {
         match b {
             b'"' => {
+                let key = match next {
+                    Next::Key | Next::KeyOrClose => true,
+                    Next::Value | Next::ValueOrClose => false,
+                    Next::Colon | Next::After => return None,
+                };
                 let start = i + 1;
                 let mut j = start;
                 loop {
@@ -221,13 +229,18 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                         break;
                     }
                     // A backslash: the escapes the encoder writes itself; any other (`\u`,
-                    // `\/`) it would write differently.
+                    // `\/`, or not an escape) it would write differently.
                     match body.get(j + 1)? {
                         b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f' => j += 2,
                         _ => return None,
                     }
                 }
-                if key_next {
+                // JSON strings hold no control characters as they are (the encoder escapes
+                // them; the parser refuses them).
+                if body.get(start..j)?.iter().any(|&c| c < 0x20) {
+                    return None;
+                }
+                if key {
                     let key = &body[start..j];
                     let (_, first) = *frames.get(depth.checked_sub(1)?)?;
                     let seen = keys.get(first..open_keys)?;
@@ -239,13 +252,17 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                     }
                     *keys.get_mut(open_keys)? = (start as u32, j as u32);
                     open_keys += 1;
-                    key_next = false;
+                    next = Next::Colon;
                 } else {
                     nodes += 1;
+                    next = Next::After;
                 }
                 i = j;
             }
             b'{' | b'[' => {
+                if !matches!(next, Next::Value | Next::ValueOrClose) {
+                    return None;
+                }
                 nodes += 1;
                 if depth >= max_depth {
                     return None;
@@ -253,34 +270,68 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                 *frames.get_mut(depth)? = (b == b'{', open_keys);
                 depth += 1;
                 deepest = deepest.max(depth);
-                key_next = b == b'{';
+                next = if b == b'{' {
+                    Next::KeyOrClose
+                } else {
+                    Next::ValueOrClose
+                };
             }
             b'}' | b']' => {
+                let object = b == b'}';
+                let may = match next {
+                    Next::After => true,
+                    Next::KeyOrClose => object,
+                    Next::ValueOrClose => !object,
+                    _ => false,
+                };
                 depth = depth.checked_sub(1)?;
-                open_keys = frames.get(depth)?.1;
-                key_next = false;
-            }
-            b',' => key_next = depth > 0 && frames.get(depth - 1).is_some_and(|f| f.0),
-            b':' => {}
-            b'-' | b'0'..=b'9' => {
-                nodes += 1;
-                while let Some(&c) = body.get(i + 1) {
-                    match c {
-                        b'0'..=b'9' | b'.' | b'+' | b'-' => {}
-                        // The encoder writes an exponent as `e+` or `e-`: it rewrites `E`, and
-                        // `e` without a sign.
-                        b'e' if matches!(body.get(i + 2), Some(b'+' | b'-')) => {}
-                        b'e' | b'E' => return None,
-                        _ => break,
-                    }
-                    i += 1;
+                let (is_object, first) = *frames.get(depth)?;
+                if !may || is_object != object {
+                    return None;
                 }
+                open_keys = first;
+                next = Next::After;
+            }
+            b',' => {
+                if next != Next::After || depth == 0 {
+                    return None;
+                }
+                next = if frames.get(depth - 1)?.0 {
+                    Next::Key
+                } else {
+                    Next::Value
+                };
+            }
+            b':' => {
+                if next != Next::Colon {
+                    return None;
+                }
+                next = Next::Value;
+            }
+            b'-' | b'0'..=b'9' => {
+                if !matches!(next, Next::Value | Next::ValueOrClose) {
+                    return None;
+                }
+                nodes += 1;
+                i = number_end(body, i)?;
+                next = Next::After;
+                // `i` is the number's last byte.
             }
             b't' | b'f' | b'n' => {
-                nodes += 1;
-                while body.get(i + 1).is_some_and(u8::is_ascii_lowercase) {
-                    i += 1;
+                if !matches!(next, Next::Value | Next::ValueOrClose) {
+                    return None;
                 }
+                nodes += 1;
+                let word: &[u8] = match b {
+                    b't' => b"true",
+                    b'f' => b"false",
+                    _ => b"null",
+                };
+                if body.get(i..i + word.len())? != word {
+                    return None;
+                }
+                i += word.len() - 1;
+                next = Next::After;
             }
             // Whitespace outside strings (the encoder writes none), or not JSON.
             _ => return None,
@@ -290,10 +341,60 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
         }
         i += 1;
     }
-    // The scan found the shape; the grammar (numbers, literals, commas, one value) is the
-    // parser's own check.
-    skipped(body).ok()?;
-    Some(deepest)
+    // One value, whole (a byte after it was refused above: at the top nothing may follow).
+    (depth == 0 && next == Next::After).then_some(deepest)
+}
+
+// What [`canonical`]'s scan takes next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    // A value (the start, after `:`, after an array's `,`).
+    Value,
+    // A value or `]` (after `[`).
+    ValueOrClose,
+    // An object's key (after an object's `,`).
+    Key,
+    // A key or `}` (after `{`).
+    KeyOrClose,
+    // `:` after a key.
+    Colon,
+    // After a value: `,` or a close, or the end at the top.
+    After,
+}
+
+// The index of the last byte of the JSON number starting at `at`, if it is one written as the
+// encoder writes it: `-?(0|[1-9][0-9]*)(\.[0-9]+)?(e[+-][0-9]+)?` (`E`, and `e` without a
+// sign, it would rewrite).
+fn number_end(body: &[u8], at: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        body.get(from..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    let mut i = at + usize::from(body.get(at) == Some(&b'-'));
+    match body.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i += digits(i),
+        _ => return None,
+    }
+    if body.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    match body.get(i) {
+        Some(b'e') if matches!(body.get(i + 1), Some(b'+' | b'-')) => {
+            let n = digits(i + 2);
+            if n == 0 {
+                return None;
+            }
+            i += 2 + n;
+        }
+        Some(b'e' | b'E' | b'.' | b'+' | b'-' | b'0'..=b'9') => return None,
+        _ => {}
+    }
+    Some(i - 1)
 }
 
 /// [`parse`] with an explicit cap on values (nodes), checked on the bytes before the tree is
@@ -613,6 +714,41 @@ mod tests {
         }
     }
 
+    proptest! {
+        // More cases than the default: a byte that breaks the grammar lands on the one place
+        // that shows a missed check only now and then.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        // A text one edit away from one of those (a byte dropped, put in or replaced by one
+        // of the grammar's): mostly not JSON, which the scan must refuse by itself, since it
+        // is the only check a body it takes gets.
+        #[test]
+        fn a_text_one_edit_away_is_taken_only_if_it_is_its_own_encoding(
+            t in arb_text(),
+            at in any::<prop::sample::Index>(),
+            edit in 0..3u8,
+            byte in prop::sample::select(b",:[]{}\"-0123.eE+tfnlsu ".to_vec()),
+        ) {
+            let mut b = t.into_bytes();
+            if b.is_empty() {
+                return Ok(());
+            }
+            let i = at.index(b.len());
+            match edit {
+                0 => {
+                    b.remove(i);
+                }
+                1 => b.insert(i, byte),
+                _ => b[i] = byte,
+            }
+            if let Some(d) = canonical(&b, 64, MAX_NODES) {
+                let v = parse_limited(&b, 64, MAX_NODES).expect("a canonical text parses");
+                prop_assert_eq!(encode(&v), b.clone());
+                prop_assert_eq!(depth(&v), d);
+            }
+        }
+    }
+
     #[test]
     fn canonical_texts_and_the_ones_that_are_not() {
         if !cfg!(feature = "exact-numbers") {
@@ -657,6 +793,40 @@ mod tests {
             ("[01]".to_string(), 64, MAX_NODES),
             ("tru".to_string(), 64, MAX_NODES),
             ("[1][2]".to_string(), 64, MAX_NODES),
+            ("1 ".to_string(), 64, MAX_NODES),
+            ("[,1]".to_string(), 64, MAX_NODES),
+            ("[1,,2]".to_string(), 64, MAX_NODES),
+            (r#"{,"a":1}"#.to_string(), 64, MAX_NODES),
+            (r#"{"a":1,}"#.to_string(), 64, MAX_NODES),
+            ("[1:2]".to_string(), 64, MAX_NODES),
+            (r#"{"a"1}"#.to_string(), 64, MAX_NODES),
+            (r#"{"a"}"#.to_string(), 64, MAX_NODES),
+            (r#"{"a":1:2}"#.to_string(), 64, MAX_NODES),
+            (r#"{"a"::1}"#.to_string(), 64, MAX_NODES),
+            ("{1:2}".to_string(), 64, MAX_NODES),
+            (r#"["a":1]"#.to_string(), 64, MAX_NODES),
+            ("[}".to_string(), 64, MAX_NODES),
+            ("{]".to_string(), 64, MAX_NODES),
+            ("]".to_string(), 64, MAX_NODES),
+            ("[".to_string(), 64, MAX_NODES),
+            ("1,2".to_string(), 64, MAX_NODES),
+            ("-".to_string(), 64, MAX_NODES),
+            ("--1".to_string(), 64, MAX_NODES),
+            ("-01".to_string(), 64, MAX_NODES),
+            ("1.".to_string(), 64, MAX_NODES),
+            ("1.e+2".to_string(), 64, MAX_NODES),
+            ("1e+".to_string(), 64, MAX_NODES),
+            ("1e+2.5".to_string(), 64, MAX_NODES),
+            ("1.5.3".to_string(), 64, MAX_NODES),
+            ("1-2".to_string(), 64, MAX_NODES),
+            ("truex".to_string(), 64, MAX_NODES),
+            ("[nul]".to_string(), 64, MAX_NODES),
+            ("[true false]".to_string(), 64, MAX_NODES),
+            ("[truefalse]".to_string(), 64, MAX_NODES),
+            ("\"a\"\"b\"".to_string(), 64, MAX_NODES),
+            ("[\"a\\x\"]".to_string(), 64, MAX_NODES),
+            ("[\"a\tb\"]".to_string(), 64, MAX_NODES),
+            ("\"unterminated".to_string(), 64, MAX_NODES),
             ("".to_string(), 64, MAX_NODES),
             ("\"\u{1}\"".to_string(), 64, MAX_NODES),
             (deep(4), 3, MAX_NODES),

@@ -164,6 +164,25 @@ pub fn validate_push(s: &str) -> Result<&str, KeyError> {
     Ok(s.strip_suffix("/*").unwrap_or(""))
 }
 
+/// Whether a write's HTTP path (decoded) names a glob (a push target) rather than a key, with
+/// every check [`Pattern::from_http_path`] makes without a subtree, but without building the
+/// pattern (every `POST` asks).
+pub fn http_path_is_glob(path: &str) -> Result<bool, KeyError> {
+    Ok(check_chars(write_path(path)?)? > 0)
+}
+
+// The key or glob of an HTTP path that may not name a subtree (without its leading `/`).
+fn write_path(path: &str) -> Result<&str, KeyError> {
+    let rest = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
+    if rest.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if rest.ends_with('/') {
+        return Err(KeyError::SubtreeNotAllowed);
+    }
+    Ok(rest)
+}
+
 /// Decodes the percent-escapes of an HTTP path (RFC 3986 §2.1), borrowing when there are none.
 /// An encoded `/` is refused rather than decoded: it would move a segment boundary.
 pub fn decode_http_path(path: &str) -> Result<std::borrow::Cow<'_, str>, KeyError> {
@@ -217,7 +236,12 @@ pub fn encode_http_path(key: &str) -> std::borrow::Cow<'_, str> {
 
 /// The last segment of a key: ooo's `index`.
 pub fn last_segment(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or(key)
+    // By bytes: `/` is ASCII, so the split is on a character boundary (and `rsplit`'s
+    // searcher costs more than the short keys it splits; every POST's answer names this).
+    match key.bytes().rposition(|b| b == b'/') {
+        Some(i) => &key[i + 1..],
+        None => key,
+    }
 }
 
 impl Pattern {
@@ -243,15 +267,11 @@ impl Pattern {
     /// is accepted only when `allow_subtree`; `/` alone is then every key. `path` is decoded
     /// already ([`decode_http_path`], once: decoding twice would turn `%2541` into `A`).
     pub fn from_http_path(path: &str, allow_subtree: bool) -> Result<Pattern, KeyError> {
+        if !allow_subtree {
+            return Pattern::parse(write_path(path)?);
+        }
         let rest = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
         if rest.is_empty() || rest.ends_with('/') {
-            if !allow_subtree {
-                return Err(if rest.is_empty() {
-                    KeyError::Empty
-                } else {
-                    KeyError::SubtreeNotAllowed
-                });
-            }
             let prefix = rest.strip_suffix('/').unwrap_or(rest);
             if !prefix.is_empty() {
                 validate_key(prefix)?;
@@ -502,5 +522,8 @@ mod tests {
         assert!(p("a/*").covers(&p("a/b")));
         assert_eq!(last_segment("books/abc"), "abc");
         assert_eq!(last_segment("settings"), "settings");
+        assert_eq!(last_segment("café/crème"), "crème");
+        assert_eq!(last_segment("a/b/"), "");
+        assert_eq!(last_segment("/x"), "x");
     }
 }

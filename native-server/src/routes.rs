@@ -41,12 +41,17 @@ pub(crate) async fn serve_on(
     req: Request<Body>,
     conn: Option<&Arc<crate::listen::ConnHandoff>>,
 ) -> Response {
-    let started = std::time::Instant::now();
     sh.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    // For the debug line at the end only: not copied when it is not written.
-    let traced = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| (parts.method.clone(), parts.uri.path().to_string()));
+    // For the debug line at the end only: not copied (nor the clock read) when it is not
+    // written.
+    let traced = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.path().to_string(),
+            std::time::Instant::now(),
+        )
+    });
     let (bytes, body_error) = match read_body(&sh, &parts, body).await {
         Ok(b) => (b, None),
         Err(e) => (Bytes::new(), Some(e)),
@@ -68,7 +73,7 @@ pub(crate) async fn serve_on(
             Action::Endpoint { who } => Box::pin(endpoint(&sh, req, &ext, who)).await,
         },
     };
-    if let Some((method, path)) = traced {
+    if let Some((method, path, started)) = traced {
         tracing::debug!(%method, %path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     }
     resp

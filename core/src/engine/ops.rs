@@ -409,9 +409,10 @@ impl Engine {
         // Room for the write's own change too.
         let mut changes: Vec<Change> = Vec::with_capacity(victims.len() + 1);
         changes.extend(victims.iter().filter_map(|k| self.store.remove(k)));
-        let ttl = match (max_age, self.store.get(key), ttl) {
-            (Some(age), None, Ttl::Clear | Ttl::Keep) => Ttl::After(age),
-            (Some(_), Some(_), Ttl::Clear) => Ttl::Keep,
+        let exists = self.store.get(key).is_some();
+        let ttl = match (max_age, exists, ttl) {
+            (Some(age), false, Ttl::Clear | Ttl::Keep) => Ttl::After(age),
+            (Some(_), true, Ttl::Clear) => Ttl::Keep,
             _ => ttl,
         };
         // The rule's default TTL for writes that set none (and counters that create the key).
@@ -419,7 +420,7 @@ impl Engine {
             .rules()
             .and_then(|r| r.rule_for(key))
             .and_then(|r| r.ttl_ns);
-        let ttl = match (rule_ttl, ttl, self.store.get(key).is_some()) {
+        let ttl = match (rule_ttl, ttl, exists) {
             (Some(d), Ttl::Clear, _) | (Some(d), Ttl::Keep, false) => Ttl::After(d),
             _ => ttl,
         };

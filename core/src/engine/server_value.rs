@@ -45,7 +45,9 @@ pub(super) fn present(source: &Source) -> bool {
         Source::Given(super::Given::Tree(v)) => has(v),
         // A canonical text spells a `.sv` key only one way; this may also find it in a string
         // value, and then the tree is built and looked at.
-        Source::Given(super::Given::Text(t, _)) => t.windows(5).any(|w| w == b"\".sv\""),
+        // Found from its dots (memchr: a word at a time), not by comparing at every byte.
+        Source::Given(super::Given::Text(t, _)) => memchr::memchr_iter(b'.', t)
+            .any(|i| i > 0 && t.get(i - 1..i + 4) == Some(&b"\".sv\""[..])),
         Source::Patch(PatchKind::Merge(v) | PatchKind::MergePatch(v)) => has(v),
         Source::Patch(PatchKind::JsonPatch(p)) => {
             use json_patch::PatchOperation as P;

@@ -166,8 +166,9 @@ pub fn serve(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, host: &Host<
             Some(false) => return respond(refusal(engine, req, &Error::MethodNotAllowed)),
             None => {}
         }
-        let q = query_pairs(req.uri().query().unwrap_or(""));
-        if path == "/" && query_get(&q, "api") == Some("endpoints") {
+        if path == "/"
+            && query_get(&query_pairs(req.uri().query().unwrap_or("")), "api") == Some("endpoints")
+        {
             let body = json::encode(&hooks.describe()).into();
             return respond(respond_with(
                 engine,

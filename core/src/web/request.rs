@@ -129,7 +129,8 @@ pub fn token<B>(req: &Request<B>) -> Option<String> {
             return Some(t.trim().to_string());
         }
     }
-    if is_websocket(h) {
+    // Only a GET upgrades (most requests are writes: their headers are not searched).
+    if req.method() == Method::GET && is_websocket(h) {
         let offered: Vec<&str> = h
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -291,6 +292,10 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
     if let Some(r) = early_refusal(engine, req) {
         return Err(r);
     }
+    // Every write is a plain request: the route decodes its path and query itself, once.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(Kind::Http);
+    }
     let path = match crate::key::decode_http_path(req.uri().path()) {
         Ok(p) => p,
         Err(e) => return Err(plain_error(engine, req.headers(), &e.into(), "GET", "")),
@@ -298,10 +303,6 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
     let path = &*path;
     let q = query_pairs(req.uri().query().unwrap_or(""));
     let ws = is_websocket(req.headers());
-    let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    if !get {
-        return Ok(Kind::Http);
-    }
     if path == "/" {
         if ws {
             return Ok(Kind::Clock);

@@ -312,8 +312,26 @@ pub(super) fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
 /// [`entry_headers`] from the version's revision and sequence number.
 pub(super) fn version_headers(r: &mut Response<Bytes>, revision: u64, seq: u64) {
     let h = r.headers_mut();
-    h.insert(X_REVISION, HeaderValue::from(revision));
-    if let Ok(v) = HeaderValue::from_str(crate::store::Etag::of(seq).as_str()) {
+    let mut revision = Some(HeaderValue::from(revision));
+    let mut etag = HeaderValue::from_str(crate::store::Etag::of(seq).as_str()).ok();
+    // Set in place where the map has them (the placeholders of [`JSON_ANY_ORIGIN_VERSIONED`],
+    // every write's answer): walking its seven headers and comparing their names costs less
+    // than looking the two up (hashing them) and less than inserting them.
+    for (name, value) in h.iter_mut() {
+        if name == header::ETAG {
+            if let Some(v) = etag.take() {
+                *value = v;
+            }
+        } else if name == X_REVISION {
+            if let Some(v) = revision.take() {
+                *value = v;
+            }
+        }
+    }
+    if let Some(v) = revision {
+        h.insert(X_REVISION, v);
+    }
+    if let Some(v) = etag {
         h.insert(header::ETAG, v);
     }
 }

@@ -57,14 +57,21 @@ pub(super) fn body_given(engine: &Engine, body: &[u8]) -> Result<Given, Error> {
 /// Answers a plain HTTP request for whoever its bearer token says (see [`token`]). Changes in
 /// the outcome are applied to memory but not published.
 pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutcome {
+    if let Some(response) = early_refusal(engine, req) {
+        return HttpOutcome {
+            response,
+            changes: vec![],
+        };
+    }
     let who = engine.identify(tick, token(req).as_deref());
     handle_as(engine, tick, req, &who)
 }
 
-/// Answers a plain HTTP request for `who` (the adapter identified the caller already). A write
+/// Answers a plain HTTP request for `who` (the front door identified the caller and ran
+/// [`classify`], which refuses a disallowed origin or a token in the URL first). A write
 /// answered from its receipt (a repeated `Idempotency-Key`) says so in `Idempotent-Replayed:
 /// true`.
-pub fn handle_as(
+pub(crate) fn handle_as(
     engine: &mut Engine,
     tick: Tick,
     req: &Request<Bytes>,
@@ -127,12 +134,6 @@ fn route(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, who: &Identity) 
         changes: vec![],
     };
 
-    if let Some(response) = early_refusal(engine, req) {
-        return HttpOutcome {
-            response,
-            changes: vec![],
-        };
-    }
     if method == Method::OPTIONS {
         return HttpOutcome {
             response: respond(engine, h, StatusCode::NO_CONTENT, None, Bytes::new()),
@@ -295,16 +296,16 @@ pub(super) fn data_route(
         }
         "POST" => {
             let target = path.strip_prefix('/').ok_or(KeyError::NoLeadingSlash)?;
-            let pattern = Pattern::from_http_path(path, false)?;
+            let glob = crate::key::http_path_is_glob(path)?;
             let ttl = parse_ttl(q, h)?;
-            let op = match pattern {
-                Pattern::Key(_) => Op::Set {
+            let op = match glob {
+                false => Op::Set {
                     key: target.into(),
                     value: body_given(engine, body)?,
                     ttl,
                     cond: conditions(h)?,
                 },
-                _ => Op::Push {
+                true => Op::Push {
                     target: target.into(),
                     value: body_given(engine, body)?,
                     ttl,
