@@ -8,9 +8,10 @@
 //!
 //! A group of writes is durable once its record in the write-ahead log ([`wal`], the file
 //! [`WAL_NAME`] beside redb's) is synced: one sequential write and one `fdatasync` instead of
-//! redb's dozen scattered pages. The group is then applied to redb without a sync, and a periodic
-//! checkpoint (one synced redb commit) makes redb hold them all. At start the log's records that
-//! redb may lack are applied again. After a crash the store holds exactly the acknowledged
+//! redb's dozen scattered pages. The group waits in memory, and a periodic checkpoint applies
+//! every group since the last one to redb in one synced commit (a backup applies them first, so
+//! it reads every acknowledged write). At start the log's records that redb may lack are applied
+//! again. After a crash the store holds exactly the acknowledged
 //! writes: redb's file as of its last checkpoint (redb is crash-safe: a commit lands whole or not
 //! at all), plus every whole record of the log after it.
 //!
@@ -453,6 +454,8 @@ impl Disk {
     }
 
     fn load_inner(&self, log_entries: usize, log_bytes: usize) -> Result<(Store, Log), DiskError> {
+        // What was acknowledged since the last checkpoint too (none at start: opening applied it).
+        self.apply_unapplied()?;
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard
             .as_ref()
@@ -503,6 +506,7 @@ impl Disk {
     // Every row of a table keyed by sequence number; none when the table does not exist (a
     // file written before it was kept: it is created by the next write transaction).
     fn rows(&self, table: TableDefinition<u64, &[u8]>) -> Result<Vec<(u64, Vec<u8>)>, DiskError> {
+        self.apply_unapplied()?;
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard
             .as_ref()
@@ -571,12 +575,13 @@ impl Disk {
     }
 
     /// Writes batches of changes as one record of the write-ahead log and syncs it (one fsync
-    /// for all), then applies them to redb (without a sync: the log has them). Batches without
-    /// changes need nothing written: if there are only such, nothing is.
+    /// for all); redb gets them at the next checkpoint ([`Disk::checkpoint`], which this runs
+    /// when one is due). Batches without changes need nothing written: if there are only such,
+    /// nothing is.
     ///
     /// On failure nothing of the batches is on disk (a record whose sync failed is overwritten
     /// with zeros), and the error is [`DiskError::Unavailable`] with what failed. Once the record
-    /// is synced the commit succeeds even if applying it to redb fails: redb is then closed and
+    /// is synced the commit succeeds even if the checkpoint fails: redb is then closed and
     /// re-opened (now, and if that fails too, before a later commit, at most once every
     /// [`RETRY_EVERY`], because redb refuses every write after an I/O error until it is), and
     /// the re-open applies the log again.
@@ -633,20 +638,12 @@ impl Disk {
         // redb must be open (a failure closed it): the re-open applies the log's records first,
         // so this group lands after them.
         self.ensure_open()?;
-        self.append(&ops)?;
-        // Durable from here on: acknowledged whatever follows.
+        self.append(ops)?;
+        // Durable from here on: acknowledged whatever follows. redb gets the group at the next
+        // checkpoint (a failure there closes redb, and its re-open applies the log).
         if let Some(last) = last {
             self.seq.fetch_max(last, SeqCst);
         }
-        // A failure here closed redb, and its re-open applies the log: this group is not lost,
-        // and the commit succeeds.
-        let _ = self.write(|db| {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::None)?;
-            self.apply(&tx, [ops.0.as_slice()])?;
-            tx.commit()?;
-            Ok(())
-        });
         Ok(())
     }
 
@@ -660,34 +657,57 @@ impl Disk {
         }
     }
 
-    // Commits `groups` (encoded, possibly none) to redb in one synced commit, which with a log is
-    // also a checkpoint: it records the log's next generation (every record in the file is then
-    // old, redb holding every group applied before) and the log starts over.
+    // Commits to redb, in one synced commit, the log's groups not applied yet and then `groups`
+    // (encoded, possibly none). With a log this is also a checkpoint: it records the log's next
+    // generation (every record in the file is then old, redb holding every group) and the log
+    // starts over. The log stays locked throughout, so no group is appended between what the
+    // commit applies and the log's restart.
     fn commit_synced(&self, groups: &[&[u8]]) -> Result<(), DiskError> {
-        let next = {
-            let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-            guard.as_ref().map(|w| w.gen + 1)
-        };
         self.write(|db| {
+            // Lock order: `db` (held by `write`), then `wal`.
+            let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+            let next = guard.as_ref().map(|w| w.gen + 1);
+            let unapplied = guard.as_ref().map_or(&[][..], |w| &w.unapplied[..]);
             let tx = db.begin_write()?;
-            self.apply(&tx, groups.iter().copied())?;
+            self.apply(
+                &tx,
+                unapplied
+                    .iter()
+                    .map(Vec::as_slice)
+                    .chain(groups.iter().copied()),
+            )?;
             if let Some(next) = next {
                 tx.open_table(META)?.insert("wal_gen", next)?;
             }
             tx.commit()?;
+            if let (Some(w), Some(next)) = (guard.as_mut(), next) {
+                w.restart(next);
+            }
             Ok(())
-        })?;
-        let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-        // (A failure in between re-opened redb, which applied the log and started it over.)
-        if let Some(w) = guard.as_mut().filter(|w| Some(w.gen + 1) == next) {
-            w.restart(w.gen + 1);
-        }
-        Ok(())
+        })
+    }
+
+    // Applies the log's groups not applied yet to redb without a sync (the log has them), so a
+    // reader of redb (a backup) sees every acknowledged write.
+    fn apply_unapplied(&self) -> Result<(), DiskError> {
+        self.write(|db| {
+            // Lock order: `db` (held by `write`), then `wal`.
+            let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(w) = guard.as_mut().filter(|w| !w.unapplied.is_empty()) else {
+                return Ok(());
+            };
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            self.apply(&tx, w.unapplied.iter().map(Vec::as_slice))?;
+            tx.commit()?;
+            w.unapplied.clear();
+            Ok(())
+        })
     }
 
     // Appends one record to the write-ahead log and syncs it. A failure is the store's failure
     // until a later append (or the probe) succeeds.
-    fn append(&self, ops: &Ops) -> Result<(), DiskError> {
+    fn append(&self, ops: Ops) -> Result<(), DiskError> {
         let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let w = guard.as_mut().expect("a store with a log");
         let mut r = w.append(&ops.0, &self.faults);
@@ -706,7 +726,11 @@ impl Disk {
             }
         }
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let w = guard.as_mut().expect("a store with a log");
+                w.unapplied.push(ops.0);
+                Ok(())
+            }
             Err(e) => {
                 let why = describe_io(&e);
                 drop(guard);
@@ -758,7 +782,7 @@ impl Disk {
         // (an empty one: applying it does nothing).
         self.checkpoint()?;
         if self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            self.append(&Ops::default())?;
+            self.append(Ops::default())?;
             *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = Retry::default();
         }
         Ok(())
@@ -928,6 +952,9 @@ impl Disk {
     // Copies every table of the open database into `copy` in one read transaction (a consistent
     // snapshot while writes go on); returns the number of keys.
     fn copy_into(&self, copy: &Database) -> Result<u64, DiskError> {
+        // Every acknowledged write into redb first: the groups since the last checkpoint wait in
+        // memory (writes acknowledged after this may or may not be in the copy).
+        self.apply_unapplied()?;
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard
             .as_ref()
@@ -939,8 +966,8 @@ impl Disk {
             let mut meta = wx.open_table(META).map_err(io)?;
             for row in rx.open_table(META).map_err(io)?.iter().map_err(io)? {
                 let (k, v) = row.map_err(io)?;
-                // The copy holds every write (the groups applied since the last checkpoint are
-                // visible to this read), and no write-ahead log goes with it: it starts with none.
+                // The copy holds every write (the groups since the last checkpoint were applied
+                // above), and no write-ahead log goes with it: it starts with none.
                 if k.value() != "wal_gen" {
                     meta.insert(k.value(), v.value()).map_err(io)?;
                 }
@@ -1754,6 +1781,11 @@ mod tests {
             let guard = disk.wal.lock().unwrap();
             let w = guard.as_ref().unwrap();
             assert_eq!(w.groups, 10, "two checkpoints ran");
+            assert_eq!(
+                w.unapplied.len(),
+                10,
+                "the groups since the last checkpoint wait for the next one, not in redb"
+            );
         }
         let crashed = crash_copy(dir.path());
         {

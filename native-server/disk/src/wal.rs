@@ -5,9 +5,11 @@
 //! the metadata, the allocator's state). The log instead writes one record, in place, into a file
 //! that was filled with zeros when it was created, and syncs it with `fdatasync`: one sequential
 //! write and no change to the file's size to journal. A group is acknowledged once its record is
-//! synced; it is then applied to redb without a sync ([`redb::Durability::None`]), and every
-//! [`CHECKPOINT_GROUPS`] groups (or [`CHECKPOINT_BYTES`] of records) one redb commit with a sync
-//! makes all of them durable in redb, and the log starts over from its beginning.
+//! synced, and kept in memory ([`Wal::unapplied`]); every [`CHECKPOINT_GROUPS`] groups (or
+//! [`CHECKPOINT_BYTES`] of records) one redb commit with a sync applies all of them and makes them
+//! durable in redb, and the log starts over from its beginning. Applying each group to redb on
+//! its own, even without a sync, cost most of a durable write's CPU (redb rebuilds the B-tree
+//! pages a commit touches): one commit for all of them rebuilds a page once.
 //!
 //! Generations tell the current records from old ones left in the file. redb's `meta` table holds
 //! the generation (`"wal_gen"`) whose records are not yet known to be in redb; each record carries
@@ -38,9 +40,10 @@ pub const WAL_NAME: &str = "stateline.wal";
 /// filled (and records grow it).
 pub const WAL_BYTES: u64 = 2 * CHECKPOINT_BYTES;
 
-/// A checkpoint is due after this many groups. redb cannot reuse a page a non-durable commit freed
-/// until a durable commit, so this bounds how far the redb file grows between checkpoints (a
-/// dozen pages per group); the checkpoint's one synced commit is shared by all of them.
+/// A checkpoint is due after this many groups. Until it they wait in memory (their payloads, a few
+/// hundred bytes each for ordinary writes), and a start after a crash applies them again; the
+/// checkpoint applies them all in one synced redb commit, which rebuilds each B-tree page they
+/// touch once, and the writes that come while it runs wait for it.
 pub const CHECKPOINT_GROUPS: u32 = 128;
 
 /// A group whose record would reach this size skips the log and is committed straight to redb
@@ -50,10 +53,10 @@ pub const CHECKPOINT_GROUPS: u32 = 128;
 pub const DIRECT_BYTES: u64 = 64 << 20;
 
 /// A checkpoint is also due once the records of this generation reach this many bytes (large
-/// values). Until a checkpoint a write takes disk space twice (its record, and redb's pages once
-/// applied), and the checkpoint's copy-on-write needs room for their pages again; after a full
-/// disk, writing resumes once that much is free. 256 KiB keeps it small, while a group of
-/// ordinary writes is a few hundred bytes (so for them [`CHECKPOINT_GROUPS`] comes first).
+/// values). Until a checkpoint a write's payload is held in memory beside its record, and the
+/// checkpoint's copy-on-write needs room for their pages in redb; after a full disk, writing
+/// resumes once that much is free. 256 KiB keeps it small, while a group of ordinary writes is a
+/// few hundred bytes (so for them [`CHECKPOINT_GROUPS`] comes first).
 pub const CHECKPOINT_BYTES: u64 = 256 << 10;
 
 const HEADER: usize = 16;
@@ -72,6 +75,11 @@ pub(crate) struct Wal {
     pub end: u64,
     /// Groups written in this generation.
     pub groups: u32,
+    /// The payloads of this generation's records not yet applied to redb, in order: a group is
+    /// applied at the next checkpoint, with every other one since the last, in its one synced
+    /// commit (or before a backup reads redb). Bounded as the records are ([`CHECKPOINT_BYTES`]
+    /// plus one group, or [`CHECKPOINT_GROUPS`] groups).
+    pub unapplied: Vec<Vec<u8>>,
 }
 
 impl Wal {
@@ -116,6 +124,7 @@ impl Wal {
             gen,
             end: 0,
             groups: 0,
+            unapplied: Vec::new(),
         })
     }
 
@@ -174,6 +183,7 @@ impl Wal {
         self.gen = gen;
         self.end = 0;
         self.groups = 0;
+        self.unapplied.clear();
         let _ = write_at(&self.file, &[0u8; HEADER], 0).and_then(|()| self.file.sync_data());
     }
 
