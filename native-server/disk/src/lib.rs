@@ -32,6 +32,7 @@ mod lock;
 pub mod repair;
 pub mod wal;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -814,54 +815,81 @@ impl Disk {
         }
     }
 
-    // Applies encoded groups (one write-ahead record each) in `tx`, in order; returns the last
-    // sequence number they wrote.
+    // Applies encoded groups (one write-ahead record each) in `tx`, as applying them one after
+    // the other would; returns the last sequence number they wrote. Each row gets only the last
+    // operation the groups have for it, which is what it holds after all of them: a key written
+    // in many of the groups a checkpoint applies is written once, and a change-log record that
+    // the log's bound trims before the end is never inserted.
     fn apply<'a>(
         &self,
         tx: &WriteTransaction,
         groups: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Option<u64>, redb::Error> {
-        let mut entries = tx.open_table(ENTRIES)?;
-        let mut log = tx.open_table(LOG)?;
-        let mut meta = tx.open_table(META)?;
-        let mut history = tx.open_table(HISTORY)?;
-        let mut receipts = tx.open_table(RECEIPTS)?;
+        let mut entries: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
+        let mut log: BTreeMap<u64, &[u8]> = BTreeMap::new();
+        let mut history: BTreeMap<u64, Option<&[u8]>> = BTreeMap::new();
+        let mut receipts: BTreeMap<u64, Option<&[u8]>> = BTreeMap::new();
         let mut last = None;
         for g in groups {
             for op in wal::decode(g).map_err(redb::Error::Corrupted)? {
                 match op {
                     Op::EntryPut(k, v) => {
-                        entries.insert(k, v)?;
+                        entries.insert(k, Some(v));
                     }
                     Op::EntryDel(k) => {
-                        entries.remove(k)?;
+                        entries.insert(k, None);
                     }
                     Op::LogPut(seq, v) => {
-                        log.insert(seq, v)?;
+                        log.insert(seq, v);
                     }
                     Op::HistoryPut(seq, v) => {
-                        history.insert(seq, v)?;
+                        history.insert(seq, Some(v));
                     }
                     Op::HistoryDel(seq) => {
-                        history.remove(seq)?;
+                        history.insert(seq, None);
                     }
                     Op::ReceiptPut(seq, v) => {
-                        receipts.insert(seq, v)?;
+                        receipts.insert(seq, Some(v));
                     }
                     Op::ReceiptDel(seq) => {
-                        receipts.remove(seq)?;
+                        receipts.insert(seq, None);
                     }
-                    Op::LastSeq(seq) => {
-                        meta.insert("last_seq", seq)?;
-                        // Keep the log table bounded: drop the oldest records beyond `log_keep`.
-                        let keep_from = seq.saturating_sub(self.log_keep as u64);
-                        if log.first()?.is_some_and(|(k, _)| k.value() <= keep_from) {
-                            log.retain_in(..=keep_from, |_, _| false)?;
-                        }
-                        last = Some(seq);
-                    }
+                    Op::LastSeq(seq) => last = Some(seq),
                 }
             }
+        }
+        let mut table = tx.open_table(ENTRIES)?;
+        for (k, v) in entries {
+            match v {
+                Some(v) => table.insert(k, v)?,
+                None => table.remove(k)?,
+            };
+        }
+        // Keep the log table bounded: the records more than `log_keep` before the last one go
+        // (the bound of the last group, the highest: each group's own would drop less).
+        let keep_from = last.map(|seq| seq.saturating_sub(self.log_keep as u64));
+        let mut table = tx.open_table(LOG)?;
+        for (seq, v) in log {
+            if keep_from.is_none_or(|from| seq > from) {
+                table.insert(seq, v)?;
+            }
+        }
+        if let Some(from) = keep_from {
+            if table.first()?.is_some_and(|(k, _)| k.value() <= from) {
+                table.retain_in(..=from, |_, _| false)?;
+            }
+        }
+        for (name, rows) in [(HISTORY, history), (RECEIPTS, receipts)] {
+            let mut table = tx.open_table(name)?;
+            for (seq, v) in rows {
+                match v {
+                    Some(v) => table.insert(seq, v)?,
+                    None => table.remove(seq)?,
+                };
+            }
+        }
+        if let Some(seq) = last {
+            tx.open_table(META)?.insert("last_seq", seq)?;
         }
         Ok(last)
     }
@@ -1765,6 +1793,102 @@ mod tests {
         drop(again);
         let (store, _) = load_dir(second.path());
         assert_eq!(store.len(), 349);
+    }
+
+    // Every row of every table, as bytes, and the last sequence number.
+    type Rows = (
+        Vec<(String, Vec<u8>)>,
+        Vec<(&'static str, u64, Vec<u8>)>,
+        u64,
+    );
+    fn dump(disk: &Disk) -> Rows {
+        let guard = disk.db.read().unwrap();
+        let tx = guard.as_ref().unwrap().begin_read().unwrap();
+        let entries = tx
+            .open_table(ENTRIES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value().to_string(), v.value().to_vec())
+            })
+            .collect();
+        let mut rows = Vec::new();
+        for (name, t) in [("log", LOG), ("history", HISTORY), ("receipts", RECEIPTS)] {
+            let Ok(table) = tx.open_table(t) else {
+                continue;
+            };
+            for r in table.iter().unwrap() {
+                let (k, v) = r.unwrap();
+                rows.push((name, k.value(), v.value().to_vec()));
+            }
+        }
+        let last = tx
+            .open_table(META)
+            .unwrap()
+            .get("last_seq")
+            .unwrap()
+            .map_or(0, |v| v.value());
+        (entries, rows, last)
+    }
+
+    #[test]
+    fn applying_groups_together_leaves_what_applying_them_one_by_one_does() {
+        // Groups that overwrite and delete keys, put key-history versions that later groups
+        // trim away, and write more change-log records than the bound of 10 keeps.
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        e.restore_history(stateline_core::history::History::new(
+            stateline_core::history::Limits {
+                keep: 2,
+                max_bytes: 1 << 20,
+            },
+        ));
+        let mut groups = Vec::new();
+        for i in 0..60 {
+            let changes = if i % 7 == 6 {
+                e.execute_as_system(
+                    Tick::from_wall(10 + i),
+                    Op::Delete {
+                        target: format!("k/{}", i % 5),
+                        cond: Cond::Always,
+                    },
+                )
+                .map(|a| a.changes)
+                .unwrap_or_default()
+            } else {
+                set(&mut e, &format!("k/{}", i % 5), json!(i))
+            };
+            let history = e.take_history_delta();
+            groups.push(encode_group(&[changes.as_slice()], &[&history], &[]).0 .0);
+        }
+        let (one, all) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (one, all) = (
+            Disk::open(one.path(), 10).unwrap(),
+            Disk::open(all.path(), 10).unwrap(),
+        );
+        for g in &groups {
+            one.write(|db| {
+                let tx = db.begin_write()?;
+                one.apply(&tx, [g.as_slice()])?;
+                tx.commit()?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        all.write(|db| {
+            let tx = db.begin_write()?;
+            all.apply(&tx, groups.iter().map(Vec::as_slice))?;
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        let (a, b) = (dump(&one), dump(&all));
+        assert_eq!(a, b);
+        // What the groups left: keys, a trimmed history and the last 10 log records.
+        assert!(!a.0.is_empty() && a.1.iter().any(|r| r.0 == "history"));
+        assert_eq!(a.1.iter().filter(|r| r.0 == "log").count(), 10);
+        assert_eq!(a.2, e.store().last_seq());
     }
 
     #[test]
