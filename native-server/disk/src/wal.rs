@@ -5,7 +5,7 @@
 //! the metadata, the allocator's state). The log instead writes one record, in place, into a file
 //! that was filled with zeros when it was created, and syncs it with `fdatasync`: one sequential
 //! write and no change to the file's size to journal. A group is acknowledged once its record is
-//! synced, and kept in memory ([`Wal::unapplied`]); every [`CHECKPOINT_GROUPS`] groups (or
+//! synced, and kept in memory (`Wal::unapplied`); every [`CHECKPOINT_GROUPS`] groups (or
 //! [`CHECKPOINT_BYTES`] of records) one redb commit with a sync applies all of them and makes them
 //! durable in redb, and the log starts over from its beginning. Applying each group to redb on
 //! its own, even without a sync, cost most of a durable write's CPU (redb rebuilds the B-tree
