@@ -1,8 +1,9 @@
 //! What a durable commit costs, for one write and for a group of 128 (what 128 concurrent writers
 //! make), in four ways, interleaved in rounds in one folder so the disk is the same for all:
 //!
-//! - the store's commit (`Disk::commit`: a record in the write-ahead log and one `fdatasync`, then
-//!   redb without a sync, and a checkpoint every 128 groups or 256 KiB);
+//! - the store's commit (`Disk::commit`: a record in the write-ahead log and one `fdatasync`; the
+//!   groups wait in memory for a checkpoint every 128 groups or 256 KiB, which applies them to
+//!   redb in one synced commit);
 //! - the same rows committed straight to redb with a sync (what the store did before its log);
 //! - the group's bytes appended to a plain file, then `fdatasync`;
 //! - the same bytes written into a file filled with zeros beforehand, then `fdatasync` (no file
