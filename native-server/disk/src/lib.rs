@@ -691,7 +691,12 @@ impl Disk {
     // Applies the log's groups not applied yet to redb without a sync (the log has them), so a
     // reader of redb (a backup) sees every acknowledged write.
     fn apply_unapplied(&self) -> Result<(), DiskError> {
-        self.write(|db| {
+        let waiting = (self.wal.lock().unwrap_or_else(|p| p.into_inner()).as_ref())
+            .is_some_and(|w| !w.unapplied.is_empty());
+        if !waiting {
+            return Ok(());
+        }
+        self.write_keeping_failure(|db| {
             // Lock order: `db` (held by `write`), then `wal`.
             let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
             let Some(w) = guard.as_mut().filter(|w| !w.unapplied.is_empty()) else {
@@ -730,6 +735,10 @@ impl Disk {
             Ok(()) => {
                 let w = guard.as_mut().expect("a store with a log");
                 w.unapplied.push(ops.0);
+                drop(guard);
+                // The log takes writes again: the store is not failing (lock order: `retry`
+                // before `wal`, released above).
+                *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = Retry::default();
                 Ok(())
             }
             Err(e) => {
@@ -790,19 +799,27 @@ impl Disk {
     }
 
     // Runs one write transaction on the open database (re-opening it first if a failure closed
-    // it); on failure closes it and tries to re-open it at once.
+    // it); on failure closes it and tries to re-open it at once. Success clears the store's
+    // failure: redb took a commit.
     fn write(&self, f: impl FnOnce(&Database) -> Result<(), redb::Error>) -> Result<(), DiskError> {
+        self.write_keeping_failure(f)?;
+        *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = Retry::default();
+        Ok(())
+    }
+
+    // [`Disk::write`] for a transaction that says nothing of the store's health (applying the
+    // waiting groups for a reader): a failure it did not cause (a log sync) stays reported.
+    fn write_keeping_failure(
+        &self,
+        f: impl FnOnce(&Database) -> Result<(), redb::Error>,
+    ) -> Result<(), DiskError> {
         self.ensure_open()?;
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let Some(db) = guard.as_ref() else {
             return Err(DiskError::Unavailable(self.unavailable_reason()));
         };
         match catch_unwind(AssertUnwindSafe(|| f(db))) {
-            Ok(Ok(())) => {
-                drop(guard);
-                *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = Retry::default();
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             failed => {
                 drop(guard);
                 let why = match failed {
@@ -1729,6 +1746,27 @@ mod tests {
         assert!(store.get("maybe").is_none());
         assert!(store.get("later").is_some());
         assert_eq!(store.last_seq(), e.store().last_seq());
+    }
+
+    #[test]
+    fn the_next_acknowledged_commit_clears_a_failure_and_a_backup_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path(), 1000).unwrap();
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        fill(&disk, &mut e, 2);
+        disk.fail_syncs(true);
+        let mut lost = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        let c = set(&mut lost, "maybe", json!(1));
+        assert!(disk.commit([c.as_slice()]).is_err());
+        // A backup reads while the store fails: it does not make the store look healthy.
+        let out = dir.path().join("copy.redb");
+        let _ = disk.backup(&out);
+        assert!(disk.failure().is_some(), "a backup cleared the failure");
+        // Syncs work again: the next acknowledged write says so, with no probe.
+        disk.fail_syncs(false);
+        let next = set(&mut e, "next", json!(1));
+        disk.commit([next.as_slice()]).unwrap();
+        assert_eq!(disk.failure(), None);
     }
 
     // Copies the store's two files, as a crash leaves them: redb's file holds what its last synced
