@@ -47,6 +47,13 @@ step "building stateline and stateline-bench (release)"
 cargo build --release -p stateline-server -p stateline-bench
 target="${CARGO_TARGET_DIR:-target}"
 case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+# STATELINE_PGO=1 benchmarks the profile-guided build instead (scripts/build-pgo.sh: about 15
+# minutes more, the first time and after every change).
+if [ "${STATELINE_PGO:-}" = 1 ] && [ -z "${STATELINE_BIN:-}" ]; then
+  step "profile-guided build (scripts/build-pgo.sh)"
+  bash scripts/build-pgo.sh
+  export STATELINE_BIN="$target/pgo/release/stateline"
+fi
 # The server the benchmark starts: the one just built (wherever CARGO_TARGET_DIR puts it).
 export STATELINE_BIN="${STATELINE_BIN:-$target/release/stateline}"
 step "running: stateline-bench $*"

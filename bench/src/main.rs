@@ -460,13 +460,21 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if want("durable") {
         // Acknowledged durable writes against in-memory mode and Redis appendfsync always.
+        // Stateline's two modes if --systems has stateline, Redis's two if it has redis.
+        let durable_systems: Vec<System> = [
+            System::StatelineDurable,
+            System::Stateline,
+            System::RedisAof,
+            System::Redis,
+        ]
+        .into_iter()
+        .filter(|s| match s {
+            System::RedisAof | System::Redis => systems.contains(&System::Redis),
+            _ => systems.contains(&System::Stateline),
+        })
+        .collect();
         for round in 0..rounds {
-            for sys in [
-                System::StatelineDurable,
-                System::Stateline,
-                System::RedisAof,
-                System::Redis,
-            ] {
+            for &sys in &durable_systems {
                 eprintln!(
                     "== durable round {}/{rounds}: {} ({})",
                     round + 1,
@@ -518,9 +526,11 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let mut systems = systems;
     if want("durable") {
-        systems.extend([System::StatelineDurable, System::RedisAof]);
-        if !systems.contains(&System::Redis) {
-            systems.push(System::Redis);
+        if systems.contains(&System::Stateline) {
+            systems.push(System::StatelineDurable);
+        }
+        if systems.contains(&System::Redis) {
+            systems.push(System::RedisAof);
         }
     }
     let _ = sub_counts;

@@ -64,6 +64,10 @@ impl System {
     }
 }
 
+/// How long a stopped Stateline server may take to exit on its own: its drain (`--drain 1s`)
+/// and the store's close, with room to spare.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A started system.
 pub struct Running {
     pub system: System,
@@ -107,7 +111,9 @@ pub async fn start_with(system: System, tag: &str, extra: &[&str]) -> Result<Run
     let mut cmd = match system {
         System::Stateline | System::StatelineDurable => {
             let mut c = Command::new(stateline_bin());
+            // A stop gives open connections 1 s, not the default 10 s (see `Running::stop`).
             c.arg("serve").arg("--addr").arg(addr.to_string());
+            c.args(["--drain", "1s"]);
             if system == System::Stateline {
                 c.arg("--memory");
             } else {
@@ -216,7 +222,21 @@ impl Running {
     }
 
     /// Stops the process this run started (by its handle) and removes its data directory.
+    /// Stateline gets SIGTERM first and up to [`STOP_GRACE`] to exit as it would in service
+    /// (its store closed, and a build made with `-Cprofile-generate` writes its profile then:
+    /// scripts/build-pgo.sh trains on these runs); then, and every peer at once, SIGKILL.
     pub async fn stop(mut self) {
+        if matches!(self.system, System::Stateline | System::StatelineDurable) {
+            // The shell's builtin `kill`, so no procps package is needed.
+            let term = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -TERM {}", self.pid))
+                .status()
+                .await;
+            if term.is_ok_and(|s| s.success()) {
+                let _ = tokio::time::timeout(STOP_GRACE, self.child.wait()).await;
+            }
+        }
         let _ = self.child.kill().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }

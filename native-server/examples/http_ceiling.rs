@@ -92,8 +92,15 @@ fn main() -> std::io::Result<()> {
     });
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
+        // Exits on SIGINT or SIGTERM as the server does (a profiling build writes its profile
+        // then), leaving open connections behind.
+        let stop = stateline_server::shutdown_signal();
+        tokio::pin!(stop);
         loop {
-            let (tcp, _) = listener.accept().await?;
+            let (tcp, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = &mut stop => return Ok(()),
+            };
             let _ = tcp.set_nodelay(true);
             let core = core.clone();
             tokio::spawn(async move {
