@@ -203,10 +203,11 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
     std::str::from_utf8(body).ok()?;
     let max_depth = max_depth.min(PARSER_MAX_DEPTH);
     // The byte ranges of the open objects' keys, and per open container whether it is an
-    // object and where its keys start.
+    // object and where its keys start (at most `CANONICAL_KEYS`, so a byte: the arrays are
+    // zeroed on every call, and kept small they stay a few cache lines).
     let mut keys = [(0u32, 0u32); CANONICAL_KEYS];
     let mut open_keys = 0usize;
-    let mut frames = [(false, 0usize); PARSER_MAX_DEPTH];
+    let mut frames = [(false, 0u8); PARSER_MAX_DEPTH];
     let (mut depth, mut deepest, mut nodes) = (0usize, 0usize, 0usize);
     // The grammar, checked in the same pass (this is the only check a stored body gets).
     let mut next = Next::Value;
@@ -243,7 +244,7 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                 if key {
                     let key = &body[start..j];
                     let (_, first) = *frames.get(depth.checked_sub(1)?)?;
-                    let seen = keys.get(first..open_keys)?;
+                    let seen = keys.get(usize::from(first)..open_keys)?;
                     if seen
                         .iter()
                         .any(|&(s, e)| body.get(s as usize..e as usize) == Some(key))
@@ -267,7 +268,7 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                 if depth >= max_depth {
                     return None;
                 }
-                *frames.get_mut(depth)? = (b == b'{', open_keys);
+                *frames.get_mut(depth)? = (b == b'{', u8::try_from(open_keys).ok()?);
                 depth += 1;
                 deepest = deepest.max(depth);
                 next = if b == b'{' {
@@ -289,7 +290,7 @@ pub fn canonical(body: &[u8], max_depth: usize, max_nodes: usize) -> Option<usiz
                 if !may || is_object != object {
                     return None;
                 }
-                open_keys = first;
+                open_keys = usize::from(first);
                 next = Next::After;
             }
             b',' => {
