@@ -1623,16 +1623,43 @@ mod tests {
         assert!(left.is_empty(), "temporary copies left: {left:?}");
     }
 
-    #[test]
-    fn a_full_disk_closes_and_reopens_the_database_and_writing_resumes() {
+    // A store in a new folder with `n` acknowledged writes of `e`, then `fault` switched on and
+    // one more write (of `key`, from another engine) that fails.
+    struct Failed {
+        dir: tempfile::TempDir,
+        disk: Disk,
+        e: Engine,
+        write: Vec<Change>,
+        err: String,
+    }
+
+    fn failed_write(n: usize, fault: impl FnOnce(&Disk), key: &str) -> Failed {
         let dir = tempfile::tempdir().unwrap();
         let disk = Disk::open(dir.path(), 1000).unwrap();
         let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
-        fill(&disk, &mut e, 5);
-        disk.fail_writes(true);
-        let mut e2 = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
-        let lost = set(&mut e2, "lost", json!(1));
-        let err = disk.commit([lost.as_slice()]).unwrap_err().to_string();
+        fill(&disk, &mut e, n);
+        fault(&disk);
+        let mut other = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        let write = set(&mut other, key, json!(1));
+        let err = disk.commit([write.as_slice()]).unwrap_err().to_string();
+        Failed {
+            dir,
+            disk,
+            e,
+            write,
+            err,
+        }
+    }
+
+    #[test]
+    fn a_full_disk_closes_and_reopens_the_database_and_writing_resumes() {
+        let Failed {
+            dir,
+            disk,
+            mut e,
+            write: lost,
+            err,
+        } = failed_write(5, |d| d.fail_writes(true), "lost");
         assert!(
             err.starts_with("storage unavailable: no space left on device"),
             "{err}"
@@ -1720,14 +1747,13 @@ mod tests {
 
     #[test]
     fn a_commit_whose_sync_failed_does_not_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = Disk::open(dir.path(), 1000).unwrap();
-        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
-        fill(&disk, &mut e, 2);
-        disk.fail_syncs(true);
-        let mut lost = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
-        let c = set(&mut lost, "maybe", json!(1));
-        let err = disk.commit([c.as_slice()]).unwrap_err().to_string();
+        let Failed {
+            dir,
+            disk,
+            mut e,
+            err,
+            ..
+        } = failed_write(2, |d| d.fail_syncs(true), "maybe");
         assert!(err.contains("fsync failed"), "{err}");
         assert!(disk.failure().is_some());
         assert!(disk.probe().is_err(), "still failing");
@@ -1750,14 +1776,9 @@ mod tests {
 
     #[test]
     fn the_next_acknowledged_commit_clears_a_failure_and_a_backup_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = Disk::open(dir.path(), 1000).unwrap();
-        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
-        fill(&disk, &mut e, 2);
-        disk.fail_syncs(true);
-        let mut lost = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
-        let c = set(&mut lost, "maybe", json!(1));
-        assert!(disk.commit([c.as_slice()]).is_err());
+        let Failed {
+            dir, disk, mut e, ..
+        } = failed_write(2, |d| d.fail_syncs(true), "maybe");
         // A backup reads while the store fails: it does not make the store look healthy.
         let out = dir.path().join("copy.redb");
         let _ = disk.backup(&out);
