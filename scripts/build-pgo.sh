@@ -7,7 +7,7 @@
 #    mode (about two minutes) against the instrumented server, and its write scenario against the
 #    instrumented bare stack. The load generator stops each with SIGTERM, and it writes its
 #    profile as it exits.
-# 3. Merges the profiles (llvm-profdata, from rustup's llvm-tools component) and builds both again
+# 3. Merges the profiles (llvm-profdata, rustup's llvm-tools component) and builds both again
 #    with them (`-Cprofile-use`): the code those requests run is laid out together and optimized
 #    for speed, the rest for size.
 #
@@ -27,16 +27,11 @@ step() { printf '\n==> %s\n' "$*"; }
 . scripts/ensure-rust.sh
 
 # The server embeds the JS client and the web UI as they are when it is built (as npm start).
-step "wasm tools and npm packages (the first run installs wasm-bindgen-cli: about 3 minutes)"
-. scripts/ensure-wasm-tools.sh --client
-step "building the JS client and the web UI"
-node wasm-client/build.mjs
-node www/build.mjs
+bash scripts/build-web.sh
 
-step "llvm-tools (llvm-profdata, to merge the profiles)"
-rustup component add llvm-tools
+# llvm-profdata merges the profiles: rustup's llvm-tools, which rust-toolchain.toml declares.
 profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
-[ -x "$profdata" ] || { echo "llvm-profdata is missing at $profdata" >&2; exit 1; }
+[ -x "$profdata" ] || { echo "llvm-profdata is missing at $profdata (the llvm-tools component that rust-toolchain.toml declares; scripts/ensure-rust.sh installs it)" >&2; exit 1; }
 
 base="${CARGO_TARGET_DIR:-target}"
 case "$base" in /*) ;; *) base="$PWD/$base" ;; esac

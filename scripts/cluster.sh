@@ -40,11 +40,7 @@ step "toolchain: Rust, as rust-toolchain.toml declares it"
 if [ "${CLUSTER_UI:-1}" != 0 ]; then
   # As `npm start`: the nodes serve the JS client and the web UI (CLUSTER_UI=0 skips this; the
   # nodes then answer 503 for /_client.js and have no UI).
-  step "wasm tools and npm packages (the first run installs wasm-bindgen-cli: about 3 minutes)"
-  . scripts/ensure-wasm-tools.sh --client
-  step "building the JS client (served at / and /_client.js) and the web UI"
-  node wasm-client/build.mjs
-  node www/build.mjs
+  bash scripts/build-web.sh
 fi
 
 if [ -n "${CLUSTER_BIN:-}" ]; then
