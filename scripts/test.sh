@@ -7,7 +7,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain: every target a script builds for is declared in rust-toolchain.toml"
 bash scripts/check-toolchain.sh
 
-step "toolchain: Rust, as rust-toolchain.toml declares it (with the wasm32 target, clippy, rustfmt)"
+step "toolchain: Rust, as rust-toolchain.toml declares it (with the wasm32 target, clippy, rustfmt, llvm-tools)"
 . scripts/ensure-rust.sh
 
 step "wasm tools, npm packages; build the JS client and the web UI (embedded in the server and the worker)"
