@@ -2,13 +2,14 @@
 //! every write fail as a full disk does. The switch is for tests: it puts redb in the state a
 //! real `ENOSPC` leaves it in (every later operation refused with "Previous I/O error occurred"
 //! until the database is re-opened), without filling a disk. Off, it costs one atomic load per
-//! page write.
+//! page write. Another holds redb's writes and syncs (a commit, a checkpoint, stays in its first
+//! write or sync until it is let go), so a test can act while one runs.
 
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, DatabaseError, StorageBackend};
@@ -21,6 +22,14 @@ pub(crate) struct Faults {
     /// Syncs fail with an I/O error after the writes before them went through: the commit is
     /// reported failed but may be in the file (the ambiguous outcome of a failed fsync).
     pub sync: AtomicBool,
+    /// redb's writes and syncs wait while this is true (the write-ahead log's do not).
+    pub hold: Mutex<bool>,
+    /// Told when `hold` turns false.
+    pub released: Condvar,
+    /// Writes and syncs of redb waiting on `hold` now.
+    pub held: AtomicU32,
+    /// Whether `hold` may be true: one atomic load per sync when not.
+    pub holding: AtomicBool,
 }
 
 impl Faults {
@@ -32,6 +41,31 @@ impl Faults {
             ));
         }
         Ok(())
+    }
+
+    /// Waits while writes and syncs are held.
+    fn wait_if_held(&self) {
+        if !self.holding.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if *hold {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            while *hold {
+                hold = self.released.wait(hold).unwrap_or_else(|p| p.into_inner());
+            }
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Holds redb's writes and syncs (`true`) or lets them go.
+    pub(crate) fn set_hold(&self, on: bool) {
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        *hold = on;
+        if on {
+            self.holding.store(true, Ordering::SeqCst);
+        }
+        self.released.notify_all();
     }
 }
 
@@ -62,6 +96,7 @@ impl StorageBackend for Backend {
         self.file.set_len(len)
     }
     fn sync_data(&self) -> Result<(), io::Error> {
+        self.faults.wait_if_held();
         self.faults.check()?;
         if self.faults.sync.load(Ordering::Relaxed) {
             return Err(io::Error::other("fsync failed (injected)"));
@@ -69,6 +104,7 @@ impl StorageBackend for Backend {
         self.file.sync_data()
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.faults.wait_if_held();
         self.faults.check()?;
         self.file.write(offset, data)
     }

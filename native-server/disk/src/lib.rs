@@ -6,11 +6,12 @@
 //! or subscribers: it stores [`Change`]s the core produced and gives back a [`Store`] and a
 //! [`Log`] at start.
 //!
-//! A group of writes is durable once its record in the write-ahead log ([`wal`], the file
-//! [`WAL_NAME`] beside redb's) is synced: one sequential write and one `fdatasync` instead of
+//! A group of writes is durable once its record in the write-ahead log ([`wal`], the files
+//! [`WAL_NAMES`] beside redb's) is synced: one sequential write and one `fdatasync` instead of
 //! redb's dozen scattered pages. The group waits in memory, and a periodic checkpoint applies
-//! every group since the last one to redb in one synced commit (a backup applies them first, so
-//! it reads every acknowledged write). At start the log's records that redb may lack are applied
+//! every group since the last one to redb in one synced commit, on its own thread, while the
+//! next groups go into the log's other file (a backup applies them first, so it reads every
+//! acknowledged write). At start the log's records that redb may lack are applied
 //! again. After a crash the store holds exactly the acknowledged
 //! writes: redb's file as of its last checkpoint (redb is crash-safe: a commit lands whole or not
 //! at all), plus every whole record of the log after it.
@@ -53,8 +54,8 @@ use stateline_core::store::{Change, Key, Store};
 use backend::{Backend, Faults};
 pub use lock::{DirLock, LOCK_NAME};
 pub use repair::{repair, Repaired};
-pub use wal::WAL_NAME;
 use wal::{Op, Ops, Wal};
+pub use wal::{WAL_NAME, WAL_NAMES};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -253,8 +254,12 @@ pub struct Disk {
     // lowered by a test hook).
     direct_bytes: AtomicU64,
     // The write-ahead log; `None` for a file opened only to be read (a backup being checked),
-    // whose commits go to redb directly. Lock order: `db`, then `retry`, then `wal`.
+    // whose commits go to redb directly. Lock order: `ckpt`, then `db`, then `retry`, then `wal`.
     wal: Mutex<Option<Wal>>,
+    // Held by whatever applies the log's groups to redb (a checkpoint, a backup's applying of the
+    // waiting groups, a synced direct commit), so they apply in order and only one checkpoint
+    // runs: the log's other file then holds only records redb has.
+    ckpt: Mutex<()>,
     _lock: Option<DirLock>,
 }
 
@@ -329,6 +334,7 @@ impl Disk {
             delay_ms: Default::default(),
             direct_bytes: AtomicU64::new(wal::DIRECT_BYTES),
             wal: Mutex::new(None),
+            ckpt: Mutex::new(()),
             _lock: Some(lock),
         };
         let path = disk.path.clone();
@@ -350,22 +356,32 @@ impl Disk {
         Ok(disk)
     }
 
-    // Applies this generation's records of the write-ahead log to redb and commits them, with
-    // the next generation number, in one synced transaction; the log then starts over. Applying
-    // a record redb already holds changes nothing (each operation sets or removes a row).
+    // Applies the write-ahead log's records redb may lack (those of redb's generation and of the
+    // next one, which has records if a checkpoint was running) and commits them, with a
+    // generation past both, in one synced transaction; the log then starts over. Applying a
+    // record redb already holds changes nothing (each operation sets or removes a row).
     fn recover(&self, db: &Database) -> Result<(), String> {
         let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let Some(w) = guard.as_mut() else {
             return Ok(());
         };
-        let records = w.read().map_err(|e| {
+        let gen = (|| -> Result<u64, redb::Error> {
+            let tx = db.begin_read()?;
+            let v = tx
+                .open_table(META)?
+                .get("wal_gen")?
+                .map_or(0, |v| v.value());
+            Ok(v)
+        })()
+        .map_err(|e| describe(&e))?;
+        let records = w.read(gen).map_err(|e| {
             format!(
                 "reading the write-ahead log {}: {}",
                 w.path().display(),
                 describe_io(&e)
             )
         })?;
-        let next = w.gen + 1;
+        let next = gen + 2;
         let applied = (|| -> Result<Option<u64>, redb::Error> {
             let tx = db.begin_write()?;
             // redb's file holds the groups up to its last synced commit, which are a prefix of
@@ -546,6 +562,18 @@ impl Disk {
         self.faults.sync.store(on, SeqCst);
     }
 
+    /// Test hook: while on, redb's writes to its file and syncs wait (those of the write-ahead
+    /// log do not), so a checkpoint stays in its commit, before anything of it reaches the file,
+    /// until this is turned off, and a test can write meanwhile.
+    pub fn hold_redb_writes(&self, on: bool) {
+        self.faults.set_hold(on);
+    }
+
+    /// Test hook: how many of redb's writes and syncs wait on [`Disk::hold_redb_writes`] now.
+    pub fn held_redb_writes(&self) -> u32 {
+        self.faults.held.load(SeqCst)
+    }
+
     /// Test hook: every commit first waits `ms` milliseconds, so a test can act while writes
     /// are pending.
     pub fn delay_commits(&self, ms: u64) {
@@ -650,7 +678,7 @@ impl Disk {
 
     /// Runs a checkpoint if one is due (every [`wal::CHECKPOINT_GROUPS`] groups or
     /// [`wal::CHECKPOINT_BYTES`] of records). [`Disk::commit`] does it after each commit; the
-    /// [`Committer`] after acknowledging the group, so its writers do not wait for it. A failure
+    /// [`Committer`] on a thread of its own, so no writer waits for it. A failure
     /// is the next commit's to report (it closed redb, whose re-open applies the log).
     pub fn checkpoint_if_due(&self) {
         if self.checkpoint_due() {
@@ -664,6 +692,7 @@ impl Disk {
     // starts over. The log stays locked throughout, so no group is appended between what the
     // commit applies and the log's restart.
     fn commit_synced(&self, groups: &[&[u8]]) -> Result<(), DiskError> {
+        let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         self.write(|db| {
             // Lock order: `db` (held by `write`), then `wal`.
             let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
@@ -696,6 +725,8 @@ impl Disk {
         if !waiting {
             return Ok(());
         }
+        // No checkpoint runs meanwhile: redb then holds every generation before this one.
+        let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         self.write_keeping_failure(|db| {
             // Lock order: `db` (held by `write`), then `wal`.
             let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
@@ -756,18 +787,39 @@ impl Disk {
         guard.as_ref().is_some_and(Wal::checkpoint_due)
     }
 
-    /// Makes redb hold every group of the write-ahead log (one synced commit, which also records
-    /// the log's next generation), after which the log starts over. Runs every
-    /// [`wal::CHECKPOINT_GROUPS`] groups and when the store is dropped.
+    /// Whether the log's generation has grown to [`wal::OVERDUE`] times a checkpoint's bounds
+    /// (the checkpoint of the one before it is still running): the [`Committer`] then runs the
+    /// next checkpoint itself, so the groups held in memory stay bounded.
+    pub fn checkpoint_overdue(&self) -> bool {
+        let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().is_some_and(Wal::checkpoint_overdue)
+    }
+
+    /// Makes redb hold every group of the write-ahead log so far: takes them, moves the log on to
+    /// its next generation (in its other file, so groups are appended meanwhile), and commits
+    /// them with that generation's number in one synced commit. Waits for a checkpoint already
+    /// running. Runs every [`wal::CHECKPOINT_GROUPS`] groups and when the store is dropped. On
+    /// failure redb is closed and re-opened, and the re-open applies both generations' records.
     pub fn checkpoint(&self) -> Result<(), DiskError> {
-        let pending = {
-            let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-            guard.as_ref().is_some_and(|w| w.groups > 0)
+        let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+        let (gen, groups) = {
+            let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.as_mut() {
+                Some(w) if w.groups > 0 => (w.gen, w.next_generation()),
+                _ => return Ok(()),
+            }
         };
-        if !pending {
-            return Ok(());
+        self.write(|db| {
+            let tx = db.begin_write()?;
+            self.apply(&tx, groups.iter().map(Vec::as_slice))?;
+            tx.open_table(META)?.insert("wal_gen", gen + 1)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        if let Some(w) = self.wal.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            w.retire(gen);
         }
-        self.commit_synced(&[])
+        Ok(())
     }
 
     /// Checks that the store can be written again: re-opens it if it was closed (ignoring the
@@ -1120,10 +1172,12 @@ impl Disk {
         tmp.persist(&target).map_err(|e| io(e.error))?;
         // The old store's write-ahead log does not belong to the restored one (which has no log
         // generation, so its records would be ignored anyway).
-        match fs::remove_file(dir.join(WAL_NAME)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+        for name in WAL_NAMES {
+            match fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
         }
         sync_dir(dir);
         Ok(keys)
@@ -1155,6 +1209,7 @@ impl Disk {
             delay_ms: Default::default(),
             direct_bytes: AtomicU64::new(wal::DIRECT_BYTES),
             wal: Mutex::new(None),
+            ckpt: Mutex::new(()),
             _lock: None,
         })
     }
@@ -1262,7 +1317,8 @@ pub struct Job {
 pub type OnGroup = Box<dyn FnMut(Result<(), DiskError>, Vec<Job>, &dyn Fn() -> Vec<Job>) + Send>;
 
 /// Group commit: a thread that takes every job queued while the previous commit ran and commits
-/// them in one transaction, so N concurrent writers cost about one fsync.
+/// them in one transaction, so N concurrent writers cost about one fsync; and a second thread
+/// that runs the checkpoints meanwhile.
 #[derive(Debug)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
@@ -1297,9 +1353,22 @@ fn spin_recv(rx: &mpsc::Receiver<Job>) -> Option<Job> {
 }
 
 impl Committer {
-    /// Starts the commit thread.
+    /// Starts the commit thread, and the thread that runs the checkpoints (so the writers of the
+    /// group that made one due, and of the groups after it, do not wait for it).
     pub fn start(disk: Arc<Disk>, mut on_group: OnGroup) -> Committer {
         let (tx, rx) = mpsc::channel::<Job>();
+        // One pending request is enough: the checkpoint takes every group logged until it runs.
+        let (due_tx, due_rx) = mpsc::sync_channel::<()>(1);
+        let checkpoints = disk.clone();
+        std::thread::Builder::new()
+            .name("stateline-checkpoint".into())
+            .spawn(move || {
+                // Ends when the commit thread does (it holds the sender).
+                while due_rx.recv().is_ok() {
+                    checkpoints.checkpoint_if_due();
+                }
+            })
+            .expect("spawning the checkpoint thread");
         std::thread::Builder::new()
             .name("stateline-commit".into())
             .spawn(move || {
@@ -1345,7 +1414,14 @@ impl Committer {
                     }
                     let drain = || rx.try_iter().collect::<Vec<Job>>();
                     on_group(r, group, &drain);
-                    disk.checkpoint_if_due();
+                    // After the acknowledgements: a checkpoint runs beside the next groups, on
+                    // its own thread, unless the log has grown so far past the bounds while the
+                    // last one ran that this thread waits for it (bounding the memory held).
+                    if disk.checkpoint_overdue() {
+                        let _ = disk.checkpoint();
+                    } else if disk.checkpoint_due() {
+                        let _ = due_tx.try_send(());
+                    }
                 }
             })
             .expect("spawning the commit thread");
@@ -1527,6 +1603,168 @@ mod tests {
         assert!(groups <= 50);
         let (store, _) = disk.load(10, 1 << 20).unwrap();
         assert_eq!(store.len(), 50);
+    }
+
+    // A committer on `disk` that tells every job its group's result.
+    fn committer(disk: &Arc<Disk>) -> Committer {
+        Committer::start(
+            disk.clone(),
+            Box::new(|r, jobs, _drain| {
+                for j in jobs {
+                    (j.done)(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                }
+            }),
+        )
+    }
+
+    // Queues a write of `key`; the receiver gets its acknowledgement.
+    fn submit(c: &Committer, e: &mut Engine, key: &str) -> mpsc::Receiver<Result<(), String>> {
+        let (tx, rx) = mpsc::channel();
+        assert!(c.submit(Job {
+            changes: set(e, key, json!(key)),
+            history: Default::default(),
+            receipts: Default::default(),
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        }));
+        rx
+    }
+
+    // Writes `keys` one group each, every one acknowledged before the next.
+    fn write_one_by_one(c: &Committer, e: &mut Engine, keys: std::ops::Range<usize>) {
+        for i in keys {
+            let ack = submit(c, e, &format!("k/{i}")).recv_timeout(Duration::from_secs(30));
+            assert_eq!(ack, Ok(Ok(())), "write {i}");
+        }
+    }
+
+    // Waits for `f`, at most 30 s.
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(30), "waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn writes_go_on_while_a_checkpoint_commits_and_a_crash_then_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::open(dir.path(), 100_000).unwrap());
+        let c = committer(&disk);
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        let n = wal::CHECKPOINT_GROUPS as usize;
+        disk.hold_redb_writes(true);
+        write_one_by_one(&c, &mut e, 0..n);
+        // The last of those groups made a checkpoint due: it runs on its own thread, and its
+        // commit waits before its first write to redb's file while the hook holds it.
+        wait_for("the checkpoint's first write", || {
+            disk.held_redb_writes() == 1
+        });
+        write_one_by_one(&c, &mut e, n..n + 20);
+        assert_eq!(disk.held_redb_writes(), 1, "the checkpoint still runs");
+        assert_eq!(
+            disk.wal.lock().unwrap().as_ref().unwrap().groups,
+            20,
+            "the next generation holds the groups written meanwhile"
+        );
+        // A crash now: redb's file lacks the checkpoint's commit; the log's two files have both
+        // generations.
+        let crashed = crash_copy(dir.path());
+        assert_eq!(redb_only(crashed.path()).len(), 0);
+        let (store, log) = load_dir(crashed.path());
+        assert_eq!(store.len(), n + 20);
+        assert_eq!(log.len(), n + 20);
+        assert_eq!(store.last_seq(), e.store().last_seq());
+        disk.hold_redb_writes(false);
+        wait_for("the checkpoint's end", || disk.ckpt.try_lock().is_ok());
+        let crashed = crash_copy(dir.path());
+        assert_eq!(
+            redb_only(crashed.path()).len(),
+            n,
+            "redb holds the generation the checkpoint took"
+        );
+        assert_eq!(load_dir(crashed.path()).0.len(), n + 20);
+
+        // A checkpoint slower than the next generation's growth: at twice the bounds the commit
+        // thread waits for it, and the next write is acknowledged only after it.
+        disk.hold_redb_writes(true);
+        write_one_by_one(&c, &mut e, n + 20..2 * n);
+        wait_for("the second checkpoint's first write", || {
+            disk.held_redb_writes() == 1
+        });
+        let overdue = wal::OVERDUE as usize * n;
+        write_one_by_one(&c, &mut e, 2 * n..2 * n + overdue);
+        let next = submit(&c, &mut e, "k/next");
+        assert_eq!(
+            next.recv_timeout(Duration::from_millis(300)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "the commit thread waits for the running checkpoint"
+        );
+        {
+            let w = disk.wal.lock().unwrap();
+            let w = w.as_ref().unwrap();
+            assert_eq!(w.groups as usize, overdue, "no group past the bound");
+            assert_eq!(w.unapplied.len(), overdue);
+        }
+        disk.hold_redb_writes(false);
+        assert_eq!(next.recv_timeout(Duration::from_secs(30)), Ok(Ok(())));
+        wait_for("the checkpoints' end", || {
+            disk.ckpt.try_lock().is_ok() && !disk.checkpoint_due()
+        });
+        let total = 2 * n + overdue + 1;
+        let crashed = crash_copy(dir.path());
+        assert_eq!(load_dir(crashed.path()).0.len(), total);
+        drop(c);
+        let (store, _) = disk.load(10, 1 << 20).unwrap();
+        assert_eq!(store.len(), total);
+        assert_eq!(store.last_seq(), e.store().last_seq());
+    }
+
+    #[test]
+    fn a_checkpoint_that_fails_while_the_next_generation_is_written_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::open(dir.path(), 100_000).unwrap());
+        let mut e = Engine::new(Tick::from_wall(1), Config::default(), Filters::new());
+        let write = |e: &mut Engine, k: &str| {
+            let c = set(e, k, json!(k));
+            disk.commit([c.as_slice()]).unwrap();
+        };
+        for i in 0..5 {
+            write(&mut e, &format!("before/{i}"));
+        }
+        disk.hold_redb_writes(true);
+        let running = {
+            let d = disk.clone();
+            std::thread::spawn(move || d.checkpoint())
+        };
+        wait_for("the checkpoint's first write", || {
+            disk.held_redb_writes() == 1
+        });
+        for i in 0..3 {
+            write(&mut e, &format!("during/{i}"));
+        }
+        // The disk is full: nothing of the checkpoint's commit reaches redb's file, redb is
+        // closed, and its re-open fails too while the disk is full.
+        disk.fail_writes(true);
+        disk.hold_redb_writes(false);
+        assert!(running.join().unwrap().is_err());
+        assert!(disk.failure().is_some());
+        disk.fail_writes(false);
+        // Re-opened, redb gets both generations from the log's files.
+        disk.probe().unwrap();
+        assert!(disk.failure().is_none());
+        write(&mut e, "after");
+        let crashed = crash_copy(dir.path());
+        assert_eq!(
+            redb_only(crashed.path()).len(),
+            8,
+            "the re-open committed both generations"
+        );
+        let (store, log) = load_dir(crashed.path());
+        assert_eq!((store.len(), log.len()), (9, 9));
+        assert_eq!(store.last_seq(), e.store().last_seq());
     }
 
     // Writes `n` keys, 50 per commit.
@@ -1794,7 +2032,7 @@ mod tests {
     // commit wrote, and the log what was synced.
     fn crash_copy(from: &Path) -> tempfile::TempDir {
         let to = tempfile::tempdir().unwrap();
-        for f in [FILE_NAME, WAL_NAME] {
+        for f in [FILE_NAME, WAL_NAMES[0], WAL_NAMES[1]] {
             fs::copy(from.join(f), to.path().join(f)).unwrap();
         }
         to

@@ -20,10 +20,11 @@
 //!    freed are scanned too (nothing says which are free), so the report asks for a review.
 //!
 //! The writes acknowledged since the last checkpoint are in the write-ahead log
-//! ([`crate::wal`]), not in redb's file: the records at the start of the log are applied to what
-//! was salvaged, in order, each change only if it is newer than the file's sequence number (when
-//! it could be read) and than the salvaged version of its key, so records already in redb change
-//! nothing. A copy of the log is kept beside the damaged file.
+//! ([`crate::wal`]), not in redb's file: the records at the start of the log's two files are
+//! applied to what was salvaged, the older generation's first, each change only if it is newer
+//! than the file's sequence number (when it could be read) and than the salvaged version of its
+//! key, so records already in redb change nothing. A copy of each of the log's files is kept
+//! beside the damaged file.
 //!
 //! The result is written as a fresh database in place of the file. When anything may be missing,
 //! the sequence number moves one past the highest seen and the change log is dropped, so every
@@ -258,18 +259,25 @@ pub fn repair(dir: &Path) -> Result<Repaired, DiskError> {
     })
 }
 
-// Keeps a copy of the write-ahead log beside the damaged file and applies the changes of its
+// Keeps a copy of the write-ahead log's files beside the damaged file and applies the changes of its
 // records that are newer than everything salvaged (the repaired file has no log generation, so
 // the next start sets the log aside as old). Returns how many records had such changes.
 fn apply_wal(dir: &Path, secs: u64, s: &mut Salvage) -> Result<u64, DiskError> {
-    let path = dir.join(crate::WAL_NAME);
-    if !path.is_file() {
+    let mut any = false;
+    for name in crate::WAL_NAMES {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        any = true;
+        let kept = dir.join(format!("{name}.damaged-{secs}"));
+        fs::copy(&path, &kept).map_err(|e| DiskError::Io(format!("{}: {e}", kept.display())))?;
+    }
+    if !any {
         return Ok(0);
     }
-    let kept = dir.join(format!("{}.damaged-{secs}", crate::WAL_NAME));
-    fs::copy(&path, &kept).map_err(|e| DiskError::Io(format!("{}: {e}", kept.display())))?;
-    let records = crate::wal::read_at_start(&path)
-        .map_err(|e| DiskError::Io(format!("{}: {e}", path.display())))?;
+    let records = crate::wal::read_at_start(dir)
+        .map_err(|e| DiskError::Io(format!("{}: {e}", dir.display())))?;
     // Every change up to the file's sequence number is in it (redb's file holds a prefix of the
     // log's changes); a page scan may also find pages of later, unsynced commits, so each change
     // is also checked against its key's salvaged version.

@@ -7,18 +7,23 @@
 //! write and no change to the file's size to journal. A group is acknowledged once its record is
 //! synced, and kept in memory (`Wal::unapplied`); every [`CHECKPOINT_GROUPS`] groups (or
 //! [`CHECKPOINT_BYTES`] of records) one redb commit with a sync applies all of them and makes them
-//! durable in redb, and the log starts over from its beginning. Applying each group to redb on
-//! its own, even without a sync, cost most of a durable write's CPU (redb rebuilds the B-tree
-//! pages a commit touches): one commit for all of them rebuilds a page once.
+//! durable in redb. Applying each group to redb on its own, even without a sync, cost most of a
+//! durable write's CPU (redb rebuilds the B-tree pages a commit touches): one commit for all of
+//! them rebuilds a page once.
 //!
-//! Generations tell the current records from old ones left in the file. redb's `meta` table holds
-//! the generation (`"wal_gen"`) whose records are not yet known to be in redb; each record carries
-//! its generation. A checkpoint commits the next generation number together with redb's pages, so
-//! after it every record in the file is old. At start (and after a failed commit re-opened redb)
-//! the records of the current generation are applied again, in order, up to the first one that
-//! is not whole: every operation in a record sets or removes a row, so applying one twice changes
-//! nothing. A torn last record (a crash during its write) fails its checksum and was never
-//! acknowledged.
+//! Generations tell the current records from old ones left in the files. The log has two files
+//! ([`WAL_NAMES`]): generation `g` is written from the start of file `g % 2`. redb's `meta` table
+//! holds the generation (`"wal_gen"`) whose records are not yet known to be in redb; each record
+//! carries its generation. A checkpoint takes the groups of the generation being written, moves
+//! the log on to the next generation in the other file, and then, while writes go on into that
+//! file, commits the groups it took together with the next generation number: after that commit
+//! the first file's records are old. So a group's writers never wait for a checkpoint (unless one
+//! is so slow that the next generation reaches twice the bounds: then it waits, which bounds the
+//! memory the groups take). At start (and after a failed commit re-opened redb) the records of
+//! redb's generation and of the one after it (a checkpoint may have been running) are applied
+//! again, in order, each up to its first record that is not whole: every operation in a record
+//! sets or removes a row, so applying one twice changes nothing. A torn last record (a crash
+//! during its write) fails its checksum and was never acknowledged.
 //!
 //! Record: generation (u64) · payload length (u32) · CRC-32 of the three (u32) · payload. The
 //! payload is the list of row operations of one group (`Ops`), all little-endian.
@@ -30,20 +35,24 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::backend::Faults;
 
-/// The log's file inside the data directory.
-pub const WAL_NAME: &str = "stateline.wal";
+/// The log's two files inside the data directory: generation `g` is written to `WAL_NAMES[g % 2]`,
+/// so the next generation's records go on while a checkpoint commits the last one's.
+pub const WAL_NAMES: [&str; 2] = ["stateline.wal", "stateline.wal.1"];
 
-/// Size the log's file is filled to when it is created. Records are written in place inside it, so
-/// a sync has no file growth to record. Twice [`CHECKPOINT_BYTES`]: the records of one generation
-/// stay inside it unless one group alone is larger (a group past the end still works: the file
-/// grows, and that sync costs more). On a disk with less free space than this the file is not
-/// filled (and records grow it).
+/// The first of [`WAL_NAMES`] (a store written before the log had two files has only this one).
+pub const WAL_NAME: &str = WAL_NAMES[0];
+
+/// Size each of the log's files is filled to when it is created. Records are written in place
+/// inside it, so a sync has no file growth to record. Twice [`CHECKPOINT_BYTES`]: the records of
+/// one generation stay inside it unless a checkpoint runs late or one group alone is larger (a
+/// group past the end still works: the file grows, and that sync costs more). On a disk with less
+/// free space than this the file is not filled (and records grow it).
 pub const WAL_BYTES: u64 = 2 * CHECKPOINT_BYTES;
 
 /// A checkpoint is due after this many groups. Until it they wait in memory (their payloads, a few
 /// hundred bytes each for ordinary writes), and a start after a crash applies them again; the
 /// checkpoint applies them all in one synced redb commit, which rebuilds each B-tree page they
-/// touch once, and the writes that come while it runs wait for it.
+/// touch once. Writes go on into the log's other file while it runs.
 pub const CHECKPOINT_GROUPS: u32 = 128;
 
 /// A group whose record would reach this size skips the log and is committed straight to redb
@@ -59,17 +68,24 @@ pub const DIRECT_BYTES: u64 = 64 << 20;
 /// few hundred bytes (so for them [`CHECKPOINT_GROUPS`] comes first).
 pub const CHECKPOINT_BYTES: u64 = 256 << 10;
 
+/// How far past the bounds above a generation may grow while the checkpoint of the one before it
+/// still runs (writes go on meanwhile): at this many times them the writer runs the checkpoint
+/// itself, waiting for the running one first. This bounds the groups held in memory (at most
+/// two generations, the one being checkpointed and the one being written, each under this many
+/// times the bounds plus one group) and keeps a generation inside its filled file.
+pub const OVERDUE: u32 = 2;
+
 const HEADER: usize = 16;
 
-/// The log file, the generation being written and where the next record goes.
+/// The log's files, the generation being written and where its next record goes.
 ///
 /// The payloads are what [`Wal::read`] returns; each one's last sequence number (if it wrote
 /// changes) is found with [`last_seq`].
 #[derive(Debug)]
 pub(crate) struct Wal {
-    file: File,
-    path: PathBuf,
-    /// The generation of the records written now.
+    files: [File; 2],
+    paths: [PathBuf; 2],
+    /// The generation of the records written now (into `files[gen % 2]`).
     pub gen: u64,
     /// Where the next record goes (the end of this generation's records).
     pub end: u64,
@@ -77,50 +93,36 @@ pub(crate) struct Wal {
     pub groups: u32,
     /// The payloads of this generation's records not yet applied to redb, in order: a group is
     /// applied at the next checkpoint, with every other one since the last, in its one synced
-    /// commit (or before a backup reads redb). Bounded as the records are ([`CHECKPOINT_BYTES`]
-    /// plus one group, or [`CHECKPOINT_GROUPS`] groups).
+    /// commit (or before a backup reads redb). Bounded as the records are ([`OVERDUE`] times
+    /// [`CHECKPOINT_BYTES`] plus one group, or times [`CHECKPOINT_GROUPS`] groups).
     pub unapplied: Vec<Vec<u8>>,
 }
 
 impl Wal {
-    /// Opens the log in `dir`, creating it (filled with zeros to [`WAL_BYTES`] and synced) when it
-    /// is missing or shorter. `gen` is redb's `wal_gen`: 0 for a store that has none (new,
-    /// restored or repaired), whose log file, if any, is left over from another store and is
-    /// emptied first (its generations would otherwise start over and could match old records).
+    /// Opens the log's files in `dir`, creating them (filled with zeros to [`WAL_BYTES`] and
+    /// synced) when they are missing or shorter. `gen` is redb's `wal_gen`: 0 for a store that
+    /// has none (new, restored or repaired), whose log files, if any, are left over from another
+    /// store and are emptied first (its generations would otherwise start over and could match old
+    /// records). The generation written next is set by [`Wal::restart`] once the records are
+    /// applied ([`Wal::read`]).
     pub fn open(dir: &Path, gen: u64) -> io::Result<Wal> {
-        let path = dir.join(WAL_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(gen == 0)
-            .open(&path)?;
-        let len = file.metadata()?.len();
-        if len < WAL_BYTES {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = len;
-            let filled = (|| {
-                while at < WAL_BYTES {
-                    let n = zeros.len().min((WAL_BYTES - at) as usize);
-                    write_at(&file, &zeros[..n], at)?;
-                    at += n as u64;
-                }
-                file.sync_all()
-            })();
-            if let Err(e) = filled {
-                // A disk too full to hold it: give the space back and go on without it (records
-                // then grow the file, and each sync costs more). Anything else is an error.
-                if e.kind() != io::ErrorKind::StorageFull {
-                    return Err(e);
-                }
-                file.set_len(len)?;
-                file.sync_all()?;
-            }
-            crate::sync_dir(dir);
-        }
+        let open = |name: &str| -> io::Result<(File, PathBuf)> {
+            let path = dir.join(name);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(gen == 0)
+                .open(&path)?;
+            fill(&file)?;
+            Ok((file, path))
+        };
+        let (f0, p0) = open(WAL_NAMES[0])?;
+        let (f1, p1) = open(WAL_NAMES[1])?;
+        crate::sync_dir(dir);
         Ok(Wal {
-            file,
-            path,
+            files: [f0, f1],
+            paths: [p0, p1],
             gen,
             end: 0,
             groups: 0,
@@ -128,11 +130,26 @@ impl Wal {
         })
     }
 
-    /// The payloads of this generation's whole records, in order, and sets `end` after the last.
-    pub fn read(&mut self) -> io::Result<Vec<Vec<u8>>> {
-        let (out, end) = records(&self.file, self.gen)?;
-        self.end = end;
-        self.groups = out.len() as u32;
+    /// The payloads of the whole records of generation `gen` and then of `gen + 1`, in order:
+    /// what redb may lack when its `wal_gen` is `gen` (the next generation has records when a
+    /// checkpoint was running). Each generation's records are read from whichever file starts
+    /// with them (a store from before the log had two files wrote every generation to the first).
+    pub fn read(&self, gen: u64) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut used = None;
+        for g in [gen, gen + 1] {
+            for (i, file) in self.files.iter().enumerate() {
+                if used == Some(i) {
+                    continue;
+                }
+                let (records, _) = records(file, g)?;
+                if !records.is_empty() {
+                    out.extend(records);
+                    used = Some(i);
+                    break;
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -148,12 +165,13 @@ impl Wal {
         let crc = checksum(&rec, payload);
         rec.extend_from_slice(&crc.to_le_bytes());
         rec.extend_from_slice(payload);
+        let file = &self.files[(self.gen % 2) as usize];
         let r = faults.check().and_then(|()| {
-            write_at(&self.file, &rec, self.end)?;
+            write_at(file, &rec, self.end)?;
             if faults.sync.load(Relaxed) {
                 return Err(io::Error::other("fsync failed (injected)"));
             }
-            self.file.sync_data()
+            file.sync_data()
         });
         match r {
             Ok(()) => {
@@ -162,8 +180,7 @@ impl Wal {
                 Ok(())
             }
             Err(e) => {
-                let _ = write_at(&self.file, &[0u8; HEADER], self.end)
-                    .and_then(|()| self.file.sync_data());
+                let _ = write_at(file, &[0u8; HEADER], self.end).and_then(|()| file.sync_data());
                 Err(e)
             }
         }
@@ -174,32 +191,87 @@ impl Wal {
         self.groups >= CHECKPOINT_GROUPS || self.end >= CHECKPOINT_BYTES
     }
 
-    /// After redb committed (with a sync) `gen` as its `wal_gen`: every record in the file is
-    /// old, and the next one goes to the start. The first record's header is zeroed (and synced),
-    /// so the file no longer starts with a chain of old records, which `repair` (reading the log
-    /// without redb's generation) would otherwise take for the current ones. That is best effort:
-    /// a start does not depend on it.
+    /// Whether they are [`OVERDUE`] times that: the writer then waits for a checkpoint.
+    pub fn checkpoint_overdue(&self) -> bool {
+        self.groups >= OVERDUE * CHECKPOINT_GROUPS || self.end >= OVERDUE as u64 * CHECKPOINT_BYTES
+    }
+
+    /// Moves the log on to the next generation, written from the start of the other file, and
+    /// returns this generation's groups not applied yet, for a checkpoint to commit together with
+    /// the next generation's number. Call only when no checkpoint is running: the other file's
+    /// records must already be in redb.
+    pub fn next_generation(&mut self) -> Vec<Vec<u8>> {
+        self.gen += 1;
+        self.end = 0;
+        self.groups = 0;
+        std::mem::take(&mut self.unapplied)
+    }
+
+    /// After redb committed (with a sync) a generation past `gen`: `gen`'s file holds only old
+    /// records. Its first record's header is zeroed (not synced: best effort), so the file no
+    /// longer starts with a chain of old records, which `repair` (reading the log without redb's
+    /// generation) would take for current ones; a start does not depend on it.
+    pub fn retire(&self, gen: u64) {
+        if gen % 2 != self.gen % 2 {
+            let _ = write_at(&self.files[(gen % 2) as usize], &[0u8; HEADER], 0);
+        }
+    }
+
+    /// After redb committed (with a sync) `gen` as its `wal_gen` with every record in both files
+    /// applied: they are all old, and the next record goes to the start of `gen`'s file. Both
+    /// files' first headers are zeroed and synced (best effort, as in [`Wal::retire`]).
     pub fn restart(&mut self, gen: u64) {
         self.gen = gen;
         self.end = 0;
         self.groups = 0;
         self.unapplied.clear();
-        let _ = write_at(&self.file, &[0u8; HEADER], 0).and_then(|()| self.file.sync_data());
+        for f in &self.files {
+            let _ = write_at(f, &[0u8; HEADER], 0).and_then(|()| f.sync_data());
+        }
     }
 
-    /// The file.
+    /// The file written now.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.paths[(self.gen % 2) as usize]
     }
 }
 
-// The whole records of generation `gen` from the start of `file`, and where they end.
+// Fills `file` with zeros to WAL_BYTES (and syncs it) if it is shorter.
+fn fill(file: &File) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len >= WAL_BYTES {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = len;
+    let filled = (|| {
+        while at < WAL_BYTES {
+            let n = zeros.len().min((WAL_BYTES - at) as usize);
+            write_at(file, &zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_all()
+    })();
+    match filled {
+        Ok(()) => Ok(()),
+        // A disk too full to hold it: give the space back and go on without it (records then
+        // grow the file, and each sync costs more). Anything else is an error.
+        Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+            file.set_len(len)?;
+            file.sync_all()
+        }
+        Err(e) => Err(e),
+    }
+}
+
+// The whole records of generation `gen` from the start of `file`, and where they end. No record
+// has generation 0 (a store's first is 2), so a file of zeros has none.
 fn records(file: &File, gen: u64) -> io::Result<(Vec<Vec<u8>>, u64)> {
     let len = file.metadata()?.len();
     let mut out = Vec::new();
     let mut at = 0u64;
     let mut head = [0u8; HEADER];
-    while at + HEADER as u64 <= len {
+    while gen != 0 && at + HEADER as u64 <= len {
         read_at(file, &mut head, at)?;
         let g = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
         let n = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as u64;
@@ -218,21 +290,32 @@ fn records(file: &File, gen: u64) -> io::Result<(Vec<Vec<u8>>, u64)> {
     Ok((out, at))
 }
 
-/// The whole records at the start of the log file at `path`, of whatever generation the first
-/// one has, without knowing redb's (for `repair`, when the damaged file cannot say). They are
-/// the current generation's when it has any; otherwise an older one's, already in redb, which
-/// the caller must tell apart by sequence number.
-pub(crate) fn read_at_start(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let file = File::open(path)?;
-    let mut head = [0u8; 8];
-    if file.metadata()?.len() < HEADER as u64 {
-        return Ok(Vec::new());
+/// The whole records at the start of the log's files in `dir`, without knowing redb's
+/// generation (for `repair`, when the damaged file cannot say): each file's records of whatever
+/// generation its first one has, the lower generation first. They are the current generations'
+/// when they have any; otherwise older ones', already in redb, which the caller must tell apart
+/// by sequence number.
+pub(crate) fn read_at_start(dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let mut found = Vec::new();
+    for name in WAL_NAMES {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let file = File::open(&path)?;
+        if file.metadata()?.len() < HEADER as u64 {
+            continue;
+        }
+        let mut head = [0u8; 8];
+        read_at(&file, &mut head, 0)?;
+        let gen = u64::from_le_bytes(head);
+        let (records, _) = records(&file, gen)?;
+        if !records.is_empty() {
+            found.push((gen, records));
+        }
     }
-    read_at(&file, &mut head, 0)?;
-    match u64::from_le_bytes(head) {
-        0 => Ok(Vec::new()),
-        gen => Ok(records(&file, gen)?.0),
-    }
+    found.sort_by_key(|(gen, _)| *gen);
+    Ok(found.into_iter().flat_map(|(_, r)| r).collect())
 }
 
 // Positional writes and reads: the log is written in place, never through a shared cursor.
@@ -430,31 +513,81 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_records_of_the_current_generation_are_read() {
+    fn only_whole_records_of_the_current_generations_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let f = Faults::default();
-        let mut w = Wal::open(dir.path(), 1).unwrap();
-        assert_eq!(w.file.metadata().unwrap().len(), WAL_BYTES, "filled");
+        let mut w = Wal::open(dir.path(), 2).unwrap();
+        for file in &w.files {
+            assert_eq!(file.metadata().unwrap().len(), WAL_BYTES, "filled");
+        }
         for i in 0..3 {
             w.append(&ops(i), &f).unwrap();
         }
         let end = w.end;
         // A fourth record torn in the middle (a crash during its write).
-        let mut torn = Wal::open(dir.path(), 1).unwrap();
+        let mut torn = Wal::open(dir.path(), 2).unwrap();
         torn.end = end;
         torn.append(&ops(3), &f).unwrap();
-        write_at(&torn.file, &[0xff; 3], end + 20).unwrap();
-        let mut r = Wal::open(dir.path(), 1).unwrap();
-        let got = r.read().unwrap();
-        assert_eq!(got, vec![ops(0), ops(1), ops(2)]);
-        assert_eq!(r.end, end);
-        // The next generation: none of them is current any more; new records overwrite them.
-        r.restart(2);
+        write_at(&torn.files[0], &[0xff; 3], end + 20).unwrap();
+        let mut r = Wal::open(dir.path(), 2).unwrap();
+        assert_eq!(r.read(2).unwrap(), vec![ops(0), ops(1), ops(2)]);
+        // A checkpoint takes generation 2's groups and the log goes on with generation 3 in the
+        // other file: a start whose redb has generation 2 applies both, one with 3 only the
+        // second.
+        r.unapplied = vec![ops(0), ops(1), ops(2)];
+        assert_eq!(r.next_generation(), vec![ops(0), ops(1), ops(2)]);
+        assert!(r.unapplied.is_empty());
+        assert_eq!((r.gen, r.end, r.groups), (3, 0, 0));
+        r.append(&ops(4), &f).unwrap();
+        r.append(&ops(5), &f).unwrap();
+        assert_eq!(
+            r.read(2).unwrap(),
+            vec![ops(0), ops(1), ops(2), ops(4), ops(5)]
+        );
+        assert_eq!(r.read(3).unwrap(), vec![ops(4), ops(5)]);
+        // Once redb holds generation 2, its file no longer starts with its records.
+        r.retire(2);
+        assert_eq!(r.read(2).unwrap(), vec![ops(4), ops(5)]);
+        assert_eq!(read_at_start(dir.path()).unwrap(), vec![ops(4), ops(5)]);
+        // The next generation after that goes back to the first file, over the old records.
+        r.unapplied = vec![ops(4), ops(5)];
+        r.next_generation();
+        r.append(&ops(6), &f).unwrap();
+        assert_eq!(r.read(3).unwrap(), vec![ops(4), ops(5), ops(6)]);
+        assert_eq!(r.read(4).unwrap(), vec![ops(6)]);
+        assert_eq!(
+            read_at_start(dir.path()).unwrap(),
+            vec![ops(4), ops(5), ops(6)],
+            "the older generation first"
+        );
+        // A start applied everything: no record is current any more; new ones overwrite them.
+        r.restart(6);
+        assert!(r.read(4).unwrap().is_empty());
+        assert!(read_at_start(dir.path()).unwrap().is_empty());
         r.append(&ops(9), &f).unwrap();
-        let mut again = Wal::open(dir.path(), 2).unwrap();
-        assert_eq!(again.read().unwrap(), vec![ops(9)]);
-        let mut old = Wal::open(dir.path(), 1).unwrap();
-        assert!(old.read().unwrap().is_empty());
+        let again = Wal::open(dir.path(), 6).unwrap();
+        assert_eq!(again.read(6).unwrap(), vec![ops(9)]);
+        assert!(again.read(7).unwrap().is_empty());
+        // A store without a generation empties both files.
+        let emptied = Wal::open(dir.path(), 0).unwrap();
+        assert!(emptied.read(6).unwrap().is_empty());
+        assert!(read_at_start(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_generation_in_the_first_file_is_found_whatever_its_number() {
+        // A store from before the log had two files wrote every generation to the first.
+        let dir = tempfile::tempdir().unwrap();
+        let f = Faults::default();
+        let mut w = Wal::open(dir.path(), 7).unwrap();
+        w.append(&ops(1), &f).unwrap();
+        w.append(&ops(2), &f).unwrap();
+        let [first, second] = WAL_NAMES.map(|n| dir.path().join(n));
+        std::fs::copy(&second, &first).unwrap();
+        write_at(&w.files[1], &[0u8; HEADER], 0).unwrap();
+        let r = Wal::open(dir.path(), 7).unwrap();
+        assert_eq!(r.read(7).unwrap(), vec![ops(1), ops(2)]);
+        assert_eq!(read_at_start(dir.path()).unwrap(), vec![ops(1), ops(2)]);
     }
 
     #[test]
@@ -466,9 +599,9 @@ mod tests {
         f.sync.store(true, Relaxed);
         assert!(w.append(&ops(2), &f).is_err());
         f.sync.store(false, Relaxed);
-        let mut r = Wal::open(dir.path(), 5).unwrap();
+        let r = Wal::open(dir.path(), 5).unwrap();
         assert_eq!(
-            r.read().unwrap(),
+            r.read(5).unwrap(),
             vec![ops(1)],
             "the failed record is not read back"
         );
@@ -479,7 +612,7 @@ mod tests {
         );
         f.full.store(false, Relaxed);
         w.append(&ops(4), &f).unwrap();
-        let mut r = Wal::open(dir.path(), 5).unwrap();
-        assert_eq!(r.read().unwrap(), vec![ops(1), ops(4)]);
+        let r = Wal::open(dir.path(), 5).unwrap();
+        assert_eq!(r.read(5).unwrap(), vec![ops(1), ops(4)]);
     }
 }
