@@ -155,3 +155,50 @@ async fn a_damaged_page_is_refused_and_repair_salvages_the_rest() {
     assert!(all.len() > n / 2 && all.len() < n, "{} keys", all.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_clean_stop_leaves_no_write_ahead_records_to_apply() {
+    let dir = root("clean-stop");
+    let (mut server, base) = start(&dir, FLAGS);
+    let c = stateline_client::Client::new(&base).unwrap();
+    for i in 0..50 {
+        c.set(
+            &format!("stop/{i}"),
+            &serde_json::json!({ "i": i, "f": 2.50 }),
+        )
+        .await
+        .unwrap();
+    }
+    // Each of the log's files starts with its first record's generation; 0 is none.
+    let first_generations = || {
+        ["stateline.wal", "stateline.wal.1"].map(|name| {
+            let bytes = std::fs::read(&dir.join(name)).unwrap();
+            u64::from_le_bytes(bytes[..8].try_into().unwrap())
+        })
+    };
+    assert_ne!(
+        first_generations(),
+        [0, 0],
+        "50 groups are fewer than a checkpoint's 128: the log holds them"
+    );
+    let pid = server.0.id();
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {pid}"))
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        first_generations(),
+        [0, 0],
+        "the stop's checkpoint left no current record"
+    );
+    let (_server, base) = start(&dir, FLAGS);
+    let c = stateline_client::Client::new(&base).unwrap();
+    let got = c.get("stop/49").await.unwrap().expect("kept");
+    assert_eq!(got["data"]["i"], 49, "{got}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
