@@ -658,22 +658,14 @@ impl Disk {
             || ops.0.len() as u64 >= self.direct_bytes.load(SeqCst)
         {
             // A file opened only to be read (no log), or a group too large for the log.
-            self.commit_synced(&[&ops.0])?;
-            if let Some(last) = last {
-                self.seq.fetch_max(last, SeqCst);
-            }
-            return Ok(());
+            return self.commit_synced(&[&ops.0], last);
         }
         // redb must be open (a failure closed it): the re-open applies the log's records first,
         // so this group lands after them.
         self.ensure_open()?;
-        self.append(ops)?;
-        // Durable from here on: acknowledged whatever follows. redb gets the group at the next
-        // checkpoint (a failure there closes redb, and its re-open applies the log).
-        if let Some(last) = last {
-            self.seq.fetch_max(last, SeqCst);
-        }
-        Ok(())
+        // Durable once this returns: acknowledged whatever follows. redb gets the group at the
+        // next checkpoint (a failure there closes redb, and its re-open applies the log).
+        self.append(ops, last)
     }
 
     /// Runs a checkpoint if one is due (every [`wal::CHECKPOINT_GROUPS`] groups or
@@ -690,8 +682,10 @@ impl Disk {
     // (encoded, possibly none). With a log this is also a checkpoint: it records the log's next
     // generation (every record in the file is then old, redb holding every group) and the log
     // starts over. The log stays locked throughout, so no group is appended between what the
-    // commit applies and the log's restart.
-    fn commit_synced(&self, groups: &[&[u8]]) -> Result<(), DiskError> {
+    // commit applies and the log's restart. `last` is the groups' last sequence number: the
+    // store's is raised to it before a failure elsewhere can re-open redb (which checks that
+    // redb holds what the store committed).
+    fn commit_synced(&self, groups: &[&[u8]], last: Option<u64>) -> Result<(), DiskError> {
         let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         self.write(|db| {
             // Lock order: `db` (held by `write`), then `wal`.
@@ -710,6 +704,9 @@ impl Disk {
                 tx.open_table(META)?.insert("wal_gen", next)?;
             }
             tx.commit()?;
+            if let Some(last) = last {
+                self.seq.fetch_max(last, SeqCst);
+            }
             if let (Some(w), Some(next)) = (guard.as_mut(), next) {
                 w.restart(next);
             }
@@ -743,8 +740,9 @@ impl Disk {
     }
 
     // Appends one record to the write-ahead log and syncs it. A failure is the store's failure
-    // until a later append (or the probe) succeeds.
-    fn append(&self, ops: Ops) -> Result<(), DiskError> {
+    // until a later append (or the probe) succeeds. `last` is the group's last sequence number:
+    // the store's is raised to it together with the record, under the log's lock.
+    fn append(&self, ops: Ops, last: Option<u64>) -> Result<(), DiskError> {
         let mut guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let w = guard.as_mut().expect("a store with a log");
         let mut r = w.append(&ops.0, &self.faults);
@@ -766,6 +764,9 @@ impl Disk {
             Ok(()) => {
                 let w = guard.as_mut().expect("a store with a log");
                 w.unapplied.push(ops.0);
+                if let Some(last) = last {
+                    self.seq.fetch_max(last, SeqCst);
+                }
                 drop(guard);
                 // The log takes writes again: the store is not failing (lock order: `retry`
                 // before `wal`, released above).
@@ -844,7 +845,7 @@ impl Disk {
         // (an empty one: applying it does nothing).
         self.checkpoint()?;
         if self.wal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            self.append(Ops::default())?;
+            self.append(Ops::default(), None)?;
             *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = Retry::default();
         }
         Ok(())
