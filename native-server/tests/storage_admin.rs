@@ -172,7 +172,7 @@ async fn a_clean_stop_leaves_no_write_ahead_records_to_apply() {
     // Each of the log's files starts with its first record's generation; 0 is none.
     let first_generations = || {
         ["stateline.wal", "stateline.wal.1"].map(|name| {
-            let bytes = std::fs::read(&dir.join(name)).unwrap();
+            let bytes = std::fs::read(dir.join(name)).unwrap();
             u64::from_le_bytes(bytes[..8].try_into().unwrap())
         })
     };
