@@ -658,7 +658,7 @@ impl Disk {
             || ops.0.len() as u64 >= self.direct_bytes.load(SeqCst)
         {
             // A file opened only to be read (no log), or a group too large for the log.
-            return self.commit_synced(&[&ops.0], last);
+            return self.commit_synced(&ops.0, last);
         }
         // redb must be open (a failure closed it): the re-open applies the log's records first,
         // so this group lands after them.
@@ -678,14 +678,14 @@ impl Disk {
         }
     }
 
-    // Commits to redb, in one synced commit, the log's groups not applied yet and then `groups`
-    // (encoded, possibly none). With a log this is also a checkpoint: it records the log's next
+    // Commits to redb, in one synced commit, the log's groups not applied yet and then `group`
+    // (encoded). With a log this is also a checkpoint: it records the log's next
     // generation (every record in the file is then old, redb holding every group) and the log
     // starts over. The log stays locked throughout, so no group is appended between what the
-    // commit applies and the log's restart. `last` is the groups' last sequence number: the
+    // commit applies and the log's restart. `last` is the group's last sequence number: the
     // store's is raised to it before a failure elsewhere can re-open redb (which checks that
     // redb holds what the store committed).
-    fn commit_synced(&self, groups: &[&[u8]], last: Option<u64>) -> Result<(), DiskError> {
+    fn commit_synced(&self, group: &[u8], last: Option<u64>) -> Result<(), DiskError> {
         let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         self.write(|db| {
             // Lock order: `db` (held by `write`), then `wal`.
@@ -698,7 +698,7 @@ impl Disk {
                 unapplied
                     .iter()
                     .map(Vec::as_slice)
-                    .chain(groups.iter().copied()),
+                    .chain(std::iter::once(group)),
             )?;
             if let Some(next) = next {
                 tx.open_table(META)?.insert("wal_gen", next)?;
@@ -788,12 +788,15 @@ impl Disk {
         guard.as_ref().is_some_and(Wal::checkpoint_due)
     }
 
-    /// Whether the log's generation has grown to [`wal::OVERDUE`] times a checkpoint's bounds
-    /// (the checkpoint of the one before it is still running): the [`Committer`] then runs the
-    /// next checkpoint itself, so the groups held in memory stay bounded.
-    pub fn checkpoint_overdue(&self) -> bool {
+    // Whether a checkpoint is due, with one look at the log (the commit thread asks after every
+    // group).
+    fn checkpoint_need(&self) -> Need {
         let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().is_some_and(Wal::checkpoint_overdue)
+        match guard.as_ref() {
+            Some(w) if w.checkpoint_overdue() => Need::Overdue,
+            Some(w) if w.checkpoint_due() => Need::Due,
+            _ => Need::None,
+        }
     }
 
     /// Makes redb hold every group of the write-ahead log so far: takes them, moves the log on to
@@ -1325,6 +1328,15 @@ pub struct Committer {
     tx: mpsc::Sender<Job>,
 }
 
+// Whether the log needs a checkpoint: none, one (run on the checkpoint thread), or one the
+// commit thread must wait for: the generation reached [`wal::OVERDUE`] times the bounds while the
+// checkpoint before it still runs, and waiting bounds the groups held in memory.
+enum Need {
+    None,
+    Due,
+    Overdue,
+}
+
 /// Most jobs folded into one commit; bounds the latency of the first writer in a group.
 pub const MAX_GROUP: usize = 4096;
 
@@ -1418,10 +1430,14 @@ impl Committer {
                     // After the acknowledgements: a checkpoint runs beside the next groups, on
                     // its own thread, unless the log has grown so far past the bounds while the
                     // last one ran that this thread waits for it (bounding the memory held).
-                    if disk.checkpoint_overdue() {
-                        let _ = disk.checkpoint();
-                    } else if disk.checkpoint_due() {
-                        let _ = due_tx.try_send(());
+                    match disk.checkpoint_need() {
+                        Need::Overdue => {
+                            let _ = disk.checkpoint();
+                        }
+                        Need::Due => {
+                            let _ = due_tx.try_send(());
+                        }
+                        Need::None => {}
                     }
                 }
             })
