@@ -16,3 +16,11 @@ if ! command -v rustup >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 (cd "$(dirname "${BASH_SOURCE[0]}")/.." && rustup toolchain install)
+# The server binary's allocator, jemalloc (tikv-jemalloc-sys), is built from its C sources with
+# make and the C compiler Rust already links with.
+if ! command -v make >/dev/null 2>&1; then
+  printf '==> installing make with apt-get (jemalloc, the server'"'"'s allocator, is built with it)\n'
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y make
+fi
