@@ -35,9 +35,7 @@ if ((peers_needed)); then
 fi
 if ((${#missing[@]})); then
   step "installing peers: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  bash scripts/apt-install.sh "${missing[@]}"
 fi
 if ((cluster)); then
   step "nats-server for cluster mode (2.12 or newer, JetStream)"

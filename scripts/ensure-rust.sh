@@ -20,7 +20,5 @@ fi
 # make and the C compiler Rust already links with.
 if ! command -v make >/dev/null 2>&1; then
   printf '==> installing make with apt-get (jemalloc, the server'"'"'s allocator, is built with it)\n'
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get -o DPkg::Lock::Timeout=600 update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y make
+  bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" make
 fi

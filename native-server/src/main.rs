@@ -10,8 +10,8 @@ use tracing_subscriber::EnvFilter;
 // and freed on the commit thread, and glibc's allocator made that free wait for the lock of the
 // request thread's arena, holding up the group commit behind it (128 durable writers: +8% to
 // +32% writes/s and a lower p99 in interleaved runs, docs/BENCHMARKS.md "An allocator for the
-// commit thread"). Its settings are compiled in from .cargo/config.toml. Only the binary sets it: a program that embeds the server keeps its
-// own.
+// commit thread"). Its settings are compiled in from .cargo/config.toml. Only the binary sets
+// it: a program that embeds the server keeps its own.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

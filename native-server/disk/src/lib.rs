@@ -673,7 +673,7 @@ impl Disk {
     /// [`Committer`] on a thread of its own, so no writer waits for it. A failure
     /// is the next commit's to report (it closed redb, whose re-open applies the log).
     pub fn checkpoint_if_due(&self) {
-        if self.checkpoint_due() {
+        if !matches!(self.checkpoint_need(), Need::None) {
             let _ = self.checkpoint();
         }
     }
@@ -781,11 +781,6 @@ impl Disk {
                 Err(DiskError::Unavailable(why))
             }
         }
-    }
-
-    fn checkpoint_due(&self) -> bool {
-        let guard = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().is_some_and(Wal::checkpoint_due)
     }
 
     // Whether a checkpoint is due, with one look at the log (the commit thread asks after every
@@ -1728,7 +1723,7 @@ mod tests {
         disk.hold_redb_writes(false);
         assert_eq!(next.recv_timeout(Duration::from_secs(30)), Ok(Ok(())));
         wait_for("the checkpoints' end", || {
-            disk.ckpt.try_lock().is_ok() && !disk.checkpoint_due()
+            disk.ckpt.try_lock().is_ok() && matches!(disk.checkpoint_need(), Need::None)
         });
         let total = 2 * n + overdue + 1;
         let crashed = crash_copy(dir.path());
