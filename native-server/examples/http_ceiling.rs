@@ -24,6 +24,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+// The allocator of the `stateline` binary (native-server/src/main.rs), so that the comparison
+// measures what the server adds to the stack and not a difference of allocators.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The core behind one mutex (with `CEILING_CORE=1`), made once at start.
 type Core = std::sync::Arc<(
     std::sync::Mutex<stateline_core::Engine>,
