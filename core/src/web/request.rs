@@ -71,8 +71,102 @@ pub(super) fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Opti
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The request headers a write may carry and rarely does. A `HeaderMap` lookup hashes the name
+/// and probes whether or not the header is there, and every write asked for all four: about 500
+/// of a small write's 27,000 instructions (`bench/scripts/instructions-per-write.sh`), where one
+/// pass over the few names a request has ([`ReqHeaders::of`]) costs a fraction of that.
+#[derive(Clone, Copy)]
+pub(super) enum Rare {
+    IfMatch,
+    IfNoneMatch,
+    Ttl,
+    IdempotencyKey,
+}
+
+// The names as statics: looked up by reference, nothing is built or dropped per lookup.
+static IF_MATCH_NAME: HeaderName = header::IF_MATCH;
+static IF_NONE_MATCH_NAME: HeaderName = header::IF_NONE_MATCH;
+static TTL_NAME: HeaderName = X_TTL;
+static IDEMPOTENCY_KEY_NAME: HeaderName = IDEMPOTENCY_KEY;
+
+impl Rare {
+    #[cfg(test)]
+    const ALL: [Rare; 4] = [
+        Rare::IfMatch,
+        Rare::IfNoneMatch,
+        Rare::Ttl,
+        Rare::IdempotencyKey,
+    ];
+
+    fn name(self) -> &'static HeaderName {
+        match self {
+            Rare::IfMatch => &IF_MATCH_NAME,
+            Rare::IfNoneMatch => &IF_NONE_MATCH_NAME,
+            Rare::Ttl => &TTL_NAME,
+            Rare::IdempotencyKey => &IDEMPOTENCY_KEY_NAME,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A request's headers, with a note of which [`Rare`] ones it has, taken in one pass over its
+/// header names. It reads as the `HeaderMap` it wraps; [`ReqHeaders::rare`] answers for a rare
+/// header without a lookup when the request does not have it.
+pub(super) struct ReqHeaders<'h> {
+    map: &'h HeaderMap,
+    rare: u8,
+}
+
+impl<'h> ReqHeaders<'h> {
+    pub(super) fn of(map: &'h HeaderMap) -> ReqHeaders<'h> {
+        let mut rare = 0;
+        // Each name once, however many values it has, as its lowercase text: a name of another
+        // length is told apart without comparing its bytes, which costs less than comparing it
+        // with each of the four names. The texts are those of [`Rare::name`] (the tests below
+        // would fail otherwise).
+        for name in map.keys() {
+            rare |= match name.as_str() {
+                "if-match" => Rare::IfMatch.bit(),
+                "if-none-match" => Rare::IfNoneMatch.bit(),
+                "x-ttl" => Rare::Ttl.bit(),
+                "idempotency-key" => Rare::IdempotencyKey.bit(),
+                _ => 0,
+            };
+        }
+        ReqHeaders { map, rare }
+    }
+
+    /// The first value of a rare header, as `HeaderMap::get` gives it.
+    pub(super) fn rare(&self, r: Rare) -> Option<&'h HeaderValue> {
+        if self.rare & r.bit() == 0 {
+            return None;
+        }
+        self.map.get(r.name())
+    }
+
+    /// [`ReqHeaders::rare`] as text ([`header_str`]).
+    pub(super) fn rare_str(&self, r: Rare) -> Option<&'h str> {
+        self.rare(r).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl std::ops::Deref for ReqHeaders<'_> {
+    type Target = HeaderMap;
+
+    fn deref(&self) -> &HeaderMap {
+        self.map
+    }
+}
+
 /// Decodes `application/x-www-form-urlencoded` query pairs.
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    // Most requests have no query: no splitting then.
+    if query.is_empty() {
+        return Vec::new();
+    }
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -376,5 +470,58 @@ pub(super) fn resume_version(engine: &Engine, id: &str) -> Option<u64> {
             Some(engine.log().find(&k[1..], r).unwrap_or(0))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        // Whatever a request's headers are (any of the rare ones, in any case, some twice,
+        // among common ones and custom ones of the same lengths), a rare header reads as
+        // `HeaderMap::get` reads it.
+        #[test]
+        fn rare_headers_read_as_a_lookup(
+            names in proptest::collection::vec(proptest::sample::select(vec![
+                "If-Match", "if-none-match", "X-TTL", "x-ttl", "Idempotency-Key",
+                "host", "content-type", "content-length", "x-tt1", "idempotency-kez",
+                "if-modified-since", "x-request-id",
+            ]), 0..8),
+        ) {
+            let mut map = HeaderMap::new();
+            for (i, n) in names.iter().enumerate() {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from(i as u64),
+                );
+            }
+            let h = ReqHeaders::of(&map);
+            for r in Rare::ALL {
+                proptest::prop_assert_eq!(h.rare(r), map.get(r.name()));
+                proptest::prop_assert_eq!(h.rare_str(r), header_str(&map, r.name()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_without_rare_headers_has_none() {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let h = ReqHeaders::of(&map);
+        for r in Rare::ALL {
+            assert_eq!(h.rare(r), None);
+        }
+        // It still reads as the map it wraps.
+        assert_eq!(
+            header_str(&h, header::CONTENT_TYPE),
+            Some("application/json")
+        );
+        map.insert(X_TTL, HeaderValue::from_static("5"));
+        map.append(X_TTL, HeaderValue::from_static("6"));
+        assert_eq!(ReqHeaders::of(&map).rare_str(Rare::Ttl), Some("5"));
     }
 }

@@ -313,7 +313,7 @@ pub(super) fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
 pub(super) fn version_headers(r: &mut Response<Bytes>, revision: u64, seq: u64) {
     let h = r.headers_mut();
     let mut revision = Some(HeaderValue::from(revision));
-    let mut etag = HeaderValue::from_str(crate::store::Etag::of(seq).as_str()).ok();
+    let mut etag = HeaderValue::from_bytes(crate::store::Etag::of(seq).as_bytes()).ok();
     // Set in place where the map has them (the placeholders of [`JSON_ANY_ORIGIN_VERSIONED`],
     // every write's answer): walking its seven headers and comparing their names costs less
     // than looking the two up (hashing them) and less than inserting them.
@@ -345,7 +345,7 @@ pub fn restamp(r: &mut Response<Bytes>, seq: u64) {
         return;
     }
     if r.headers().contains_key(header::ETAG) {
-        if let Ok(v) = HeaderValue::from_str(crate::store::Etag::of(seq).as_str()) {
+        if let Ok(v) = HeaderValue::from_bytes(crate::store::Etag::of(seq).as_bytes()) {
             r.headers_mut().insert(header::ETAG, v);
         }
     }

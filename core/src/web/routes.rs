@@ -3,8 +3,8 @@
 
 use super::*;
 
-pub(super) fn parse_ttl(q: &[(String, String)], h: &HeaderMap) -> Result<Ttl, Error> {
-    let raw = query_get(q, "ttl").or_else(|| header_str(h, X_TTL));
+pub(super) fn parse_ttl(q: &[(String, String)], h: &ReqHeaders) -> Result<Ttl, Error> {
+    let raw = query_get(q, "ttl").or_else(|| h.rare_str(Rare::Ttl));
     let Some(raw) = raw else {
         return Ok(Ttl::Clear);
     };
@@ -20,15 +20,15 @@ pub(super) fn parse_ttl(q: &[(String, String)], h: &HeaderMap) -> Result<Ttl, Er
     Ok(Ttl::After((secs * 1e9) as i64))
 }
 
-pub(super) fn conditions(h: &HeaderMap) -> Result<Cond, Error> {
-    if let Some(m) = header_str(h, header::IF_MATCH) {
+pub(super) fn conditions(h: &ReqHeaders) -> Result<Cond, Error> {
+    if let Some(m) = h.rare_str(Rare::IfMatch) {
         return Ok(Cond::IfMatch(
             m.split(',')
                 .map(|t| t.trim().trim_start_matches("W/").to_string())
                 .collect(),
         ));
     }
-    if let Some(m) = header_str(h, header::IF_NONE_MATCH) {
+    if let Some(m) = h.rare_str(Rare::IfNoneMatch) {
         if m.trim() == "*" {
             return Ok(Cond::IfAbsent);
         }
@@ -98,12 +98,12 @@ pub(crate) fn handle_as(
 /// [`Engine::execute_once`] with the request's `Idempotency-Key`, if it has one.
 fn exec(
     engine: &mut Engine,
-    h: &HeaderMap,
+    h: &ReqHeaders,
     tick: Tick,
     op: Op,
     who: &Identity,
 ) -> Result<Applied, Error> {
-    let rid = match h.get(IDEMPOTENCY_KEY) {
+    let rid = match h.rare(Rare::IdempotencyKey) {
         None => None,
         Some(v) => Some(crate::receipts::from_header(v.to_str().map_err(|_| {
             Error::BadRequest("Idempotency-Key must be visible ASCII".into())
@@ -170,7 +170,8 @@ fn route(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, who: &Identity) 
         };
     }
     if let Some(rest) = path.strip_prefix("/_") {
-        let r = extended(engine, tick, method, rest, &q, h, req.body(), who);
+        let hs = ReqHeaders::of(h);
+        let r = extended(engine, tick, method, rest, &q, &hs, req.body(), who);
         return match r {
             Ok((response, changes)) => HttpOutcome { response, changes },
             Err(e) => HttpOutcome {
@@ -179,7 +180,16 @@ fn route(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, who: &Identity) 
             },
         };
     }
-    match data_route(engine, tick, method, path, &q, h, req.body(), who) {
+    match data_route(
+        engine,
+        tick,
+        method,
+        path,
+        &q,
+        &ReqHeaders::of(h),
+        req.body(),
+        who,
+    ) {
         Ok((response, changes)) => {
             let mut response = response;
             if method == Method::HEAD {
@@ -273,7 +283,7 @@ pub(super) fn data_route(
     method: &Method,
     path: &str,
     q: &[(String, String)],
-    h: &HeaderMap,
+    h: &ReqHeaders,
     body: &[u8],
     who: &Identity,
 ) -> Routed {
@@ -466,7 +476,7 @@ pub(super) fn extended(
     method: &Method,
     rest: &str,
     q: &[(String, String)],
-    h: &HeaderMap,
+    h: &ReqHeaders,
     body: &[u8],
     who: &Identity,
 ) -> Routed {
