@@ -45,7 +45,7 @@ step "building stateline and stateline-bench (release)"
 cargo build --release -p stateline-server -p stateline-bench
 target="${CARGO_TARGET_DIR:-target}"
 case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
-# STATELINE_PGO=1 benchmarks the profile-guided build instead (scripts/build-pgo.sh: about 15
+# STATELINE_PGO=1 benchmarks the profile-guided build instead (scripts/build-pgo.sh: about 10
 # minutes more, the first time and after every change).
 if [ "${STATELINE_PGO:-}" = 1 ] && [ -z "${STATELINE_BIN:-}" ]; then
   step "profile-guided build (scripts/build-pgo.sh)"

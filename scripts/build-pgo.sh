@@ -17,7 +17,7 @@
 # correct as in the plain build, and not faster.
 #
 # Output: $CARGO_TARGET_DIR/pgo/release/stateline (and examples/http_ceiling); each build has
-# its own target folder, so the plain build in target/release is left as it is. About 15 minutes
+# its own target folder, so the plain build in target/release is left as it is. About 10 minutes
 # on 2 cores (two release builds from scratch and the training). `STATELINE_PGO=1 npm run bench`
 # runs this, then the benchmark on its server. The training runs Stateline alone: the
 # benchmark's peers (Redis, NATS, etcd) need not be installed.
