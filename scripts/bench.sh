@@ -11,7 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 . scripts/ensure-rust.sh
 
 # The scenarios asked for (--only a,b or --only=a,b; stateline-bench's default otherwise).
-only="writes,fanout,idle,patch,deflate,keys"
+only="writes,reads,fanout,idle,patch,deflate,keys"
 prev=""
 for a in "$@"; do
   case "$a" in

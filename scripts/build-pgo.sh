@@ -3,17 +3,17 @@
 #
 # 1. Builds the server (and the bare HTTP stack the benchmark compares it with,
 #    native-server/examples/http_ceiling.rs) with LLVM's instrumentation (`-Cprofile-generate`).
-# 2. Trains them: the benchmark's write, fan-out, patch, compression and durable scenarios in quick
-#    mode (about two minutes) against the instrumented server, and its write scenario against the
-#    instrumented bare stack. The load generator stops each with SIGTERM, and it writes its
-#    profile as it exits.
+# 2. Trains them: the benchmark's write, read, fan-out, patch, compression and durable scenarios
+#    in quick mode (about two minutes) against the instrumented server, and its write scenario
+#    against the instrumented bare stack. The load generator stops each with SIGTERM, and it
+#    writes its profile as it exits.
 # 3. Merges the profiles (llvm-profdata, rustup's llvm-tools component) and builds both again
 #    with them (`-Cprofile-use`): the code those requests run is laid out together and optimized
 #    for speed, the rest for size.
 #
 # Why: most of the plain build's CPU per HTTP write beyond the bare stack's is instruction-cache
 # misses, not instructions (docs/BENCHMARKS.md, "CPU per HTTP write"); the profile-guided layout
-# removes most of them. Paths the training does not run (reads, SSE, the admin routes) are as
+# removes most of them. Paths the training does not run (lists, SSE, the admin routes) are as
 # correct as in the plain build, and not faster.
 #
 # Output: $CARGO_TARGET_DIR/pgo/release/stateline (and examples/http_ceiling); each build has
@@ -50,9 +50,9 @@ RUSTFLAGS="-Cprofile-generate=$profiles" CARGO_TARGET_DIR="$gen" \
 rm -rf "$profiles"
 mkdir -p "$profiles"
 
-step "training the server: write, fan-out, patch, compression and durable scenarios (quick)"
+step "training the server: write, read, fan-out, patch, compression and durable scenarios (quick)"
 STATELINE_BIN="$gen/release/stateline" "$bench" --quick --systems stateline \
-  --only writes,fanout,patch,deflate,durable --out "$gen/train-server"
+  --only writes,reads,fanout,patch,deflate,durable --out "$gen/train-server"
 step "training the bare HTTP stack: write scenario (quick)"
 STATELINE_BIN="$gen/release/examples/http_ceiling" "$bench" --quick --systems stateline \
   --only writes --out "$gen/train-ceiling"

@@ -38,12 +38,12 @@ struct Args {
     /// Smaller runs (1,000 idle connections, 1 round), for a quick look.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run: writes, fanout, idle, patch, deflate, keys, durable, cluster. The cluster scenario's
+    /// Scenarios to run: writes, reads, fanout, idle, patch, deflate, keys, durable, cluster. The cluster scenario's
     /// results go to cluster.md and cluster.json, the others' to results.md and results.json.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "writes,fanout,idle,patch,deflate,keys"
+        default_value = "writes,reads,fanout,idle,patch,deflate,keys"
     )]
     only: Vec<String>,
     /// Systems to run, by name (stateline, redis, nats, etcd).
@@ -117,21 +117,28 @@ fn raise_fd_limit() {
     }
 }
 
-/// The writes scenario at each connection count, recorded under two metric names (`{}` is the
-/// count); a failed count is reported and skipped.
+/// The writes scenario (or with `read` the reads scenario) at each connection count, recorded
+/// under two metric names (`{}` is the count); a failed count is reported and skipped.
 async fn write_series(
     r: &mut Results,
     run: &peers::Running,
     counts: &[usize],
+    read: bool,
     rate: &str,
     p99: &str,
 ) {
+    let what = if read { "reads" } else { "writes" };
     for &conns in counts {
-        let Some(w) = soft!("writes", scenarios::writes(run, conns, 3.0).await) else {
+        let w = if read {
+            scenarios::reads(run, conns, 3.0).await
+        } else {
+            scenarios::writes(run, conns, 3.0).await
+        };
+        let Some(w) = soft!(what, w) else {
             continue;
         };
         eprintln!(
-            "   writes x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+            "   {what} x{conns}: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
             w.ops_per_sec, w.p50_ms, w.p99_ms, w.errors
         );
         add(
@@ -275,7 +282,7 @@ async fn run(args: Args) -> Result<(), String> {
     let sub_counts: &[usize] = &[10, 100, 1000];
     let mut r = Results::new();
     // The scenarios that run on every system of --systems (durable and cluster start their own).
-    let per_system = ["writes", "fanout", "idle", "patch", "deflate"]
+    let per_system = ["writes", "reads", "fanout", "idle", "patch", "deflate"]
         .iter()
         .any(|s| want(s));
     for round in (0..rounds).filter(|_| per_system) {
@@ -293,6 +300,7 @@ async fn run(args: Args) -> Result<(), String> {
                     &mut r,
                     &run,
                     &[1, 16, 64],
+                    false,
                     "writes/s, {} conns",
                     "write p99 ms, {} conns",
                 )
@@ -305,6 +313,17 @@ async fn run(args: Args) -> Result<(), String> {
                     eprintln!("   writes x16, pipelined 16 deep: {w:.0}/s");
                     add(&mut r, "writes/s, 16 conns, pipelined 16 deep", sys, w);
                 }
+            }
+            if want("reads") && matches!(sys, System::Stateline | System::Redis) {
+                write_series(
+                    &mut r,
+                    &run,
+                    &[1, 16, 64],
+                    true,
+                    "reads/s, {} conns",
+                    "read p99 ms, {} conns",
+                )
+                .await;
             }
             if want("fanout") {
                 for &subs in sub_counts {
@@ -486,6 +505,7 @@ async fn run(args: Args) -> Result<(), String> {
                     &mut r,
                     &run,
                     &[1, 16, 128],
+                    false,
                     "acknowledged writes/s, {} writers",
                     "acknowledged write p99 ms, {} writers",
                 )

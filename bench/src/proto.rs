@@ -406,6 +406,43 @@ impl Redis {
         Ok(())
     }
 
+    /// Sends a command whose reply is a bulk string (`GET`) and reads the reply where it lies in
+    /// the read buffer; returns the string's length. A nil reply (`$-1`: no such key) or an
+    /// error reply is an error.
+    pub async fn bulk(&mut self, args: &[&[u8]]) -> io::Result<usize> {
+        self.out.clear();
+        resp_into(&mut self.out, args);
+        self.w.write_all(&self.out).await?;
+        let buf = self.r.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let len = match buf.iter().position(|&b| b == b'\n') {
+            Some(nl) => {
+                let len = bulk_len(&buf[..nl]);
+                self.r.consume(nl + 1);
+                len?
+            }
+            None => {
+                // A first line split across reads (rare).
+                let mut line = Vec::new();
+                self.r.read_until(b'\n', &mut line).await?;
+                bulk_len(line.strip_suffix(b"\n").unwrap_or(&line))?
+            }
+        };
+        // The string and its CRLF, however the reads split them.
+        let mut left = len + 2;
+        while left > 0 {
+            let n = self.r.fill_buf().await?.len().min(left);
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.r.consume(n);
+            left -= n;
+        }
+        Ok(len)
+    }
+
     /// Sends a command and reads a one-line reply (`+OK`, `:n`); an error reply is an error.
     pub async fn cmd(&mut self, args: &[&[u8]]) -> io::Result<()> {
         self.out.clear();
@@ -441,6 +478,14 @@ impl Redis {
         }
         Ok(())
     }
+}
+
+// The length in a bulk reply's first line (`$41`, with or without its `\r`).
+fn bulk_len(line: &[u8]) -> io::Result<usize> {
+    let text = String::from_utf8_lossy(line);
+    text.strip_prefix('$')
+        .and_then(|n| n.trim_end().parse::<usize>().ok())
+        .ok_or_else(|| io::Error::other(format!("not a bulk string: {}", text.trim_end())))
 }
 
 /// Subscribes on a raw TCP protocol (Redis SUBSCRIBE/PSUBSCRIBE, NATS SUB): sends `hello`, waits

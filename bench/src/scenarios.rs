@@ -77,11 +77,11 @@ impl Hist {
     }
 }
 
-/// Result of a write-throughput run.
+/// Result of a write-throughput (or read-throughput) run.
 #[derive(Debug, Clone, Default)]
 pub struct Writes {
     pub ops_per_sec: f64,
-    /// Acknowledged writes in all.
+    /// Acknowledged writes (or answered reads) in all.
     pub count: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -101,6 +101,23 @@ pub async fn writes_to(
     conns: usize,
     secs: f64,
 ) -> Result<Writes, String> {
+    sequential(sys, addrs, conns, secs, false).await
+}
+
+/// N connections, each reading one key sequentially for `secs` (the value a write of the write
+/// scenario stores, written once first): Stateline `GET /bench/r<c>`, Redis `GET`.
+pub async fn reads(run: &Running, conns: usize, secs: f64) -> Result<Writes, String> {
+    sequential(run.system, &[run.addr], conns, secs, true).await
+}
+
+// [`writes_to`], or with `read` each connection's key written once and then read.
+async fn sequential(
+    sys: System,
+    addrs: &[SocketAddr],
+    conns: usize,
+    secs: f64,
+    read: bool,
+) -> Result<Writes, String> {
     let hist = Arc::new(Hist::new());
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs_f64(secs);
@@ -109,40 +126,57 @@ pub async fn writes_to(
         let (addr, hist, errors) = (addrs[c % addrs.len()], hist.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let body = br#"{"m":"a small value of about forty bytes"}"#;
+            let tally = |ok: bool, t: Instant| {
+                if ok {
+                    hist.record(t.elapsed().as_micros() as u64);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            };
             match sys {
                 System::Stateline
                 | System::StatelineDurable
                 | System::Cluster1
                 | System::Cluster3 => {
                     let mut h = Http::connect(addr).await.map_err(|e| e.to_string())?;
-                    let path = format!("/bench/w{c}");
+                    let path = format!("/bench/{}{c}", if read { "r" } else { "w" });
+                    let json = "application/json";
+                    if read {
+                        let status = h.request_status("POST", &path, json, body).await;
+                        if !matches!(status, Ok(200)) {
+                            return Err(format!("reads: writing {path} first: {status:?}"));
+                        }
+                    }
+                    let (method, sent): (&str, &[u8]) =
+                        if read { ("GET", b"") } else { ("POST", body) };
                     while Instant::now() < stop {
                         let t = Instant::now();
-                        match h
-                            .request_status("POST", &path, "application/json", body)
-                            .await
-                        {
-                            Ok(200) => hist.record(t.elapsed().as_micros() as u64),
-                            _ => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        let status = h.request_status(method, &path, json, sent).await;
+                        tally(matches!(status, Ok(200)), t);
                     }
                 }
                 System::Redis | System::RedisAof => {
                     let mut r = Redis::connect(addr).await.map_err(|e| e.to_string())?;
-                    let key = format!("bench:w{c}");
+                    let key = format!("bench:{}{c}", if read { "r" } else { "w" });
+                    if read {
+                        r.cmd(&[b"SET", key.as_bytes(), body])
+                            .await
+                            .map_err(|e| format!("reads: writing {key} first: {e}"))?;
+                    }
                     while Instant::now() < stop {
                         let t = Instant::now();
-                        match r.cmd(&[b"SET", key.as_bytes(), body]).await {
-                            Ok(_) => hist.record(t.elapsed().as_micros() as u64),
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        let ok = if read {
+                            r.bulk(&[b"GET", key.as_bytes()]).await.ok() == Some(body.len())
+                        } else {
+                            r.cmd(&[b"SET", key.as_bytes(), body]).await.is_ok()
+                        };
+                        tally(ok, t);
                     }
                 }
-                other => return Err(format!("writes: {} not supported", other.name())),
+                other => {
+                    let what = if read { "reads" } else { "writes" };
+                    return Err(format!("{what}: {} not supported", other.name()));
+                }
             }
             Ok::<(), String>(())
         }));
