@@ -29,6 +29,11 @@ macro_rules! soft {
 }
 
 /// Stateline's benchmark against Redis, NATS and etcd.
+/// The scenarios `--only` knows.
+const SCENARIOS: [&str; 9] = [
+    "writes", "reads", "fanout", "idle", "patch", "deflate", "keys", "durable", "cluster",
+];
+
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -38,12 +43,14 @@ struct Args {
     /// Smaller runs (1,000 idle connections, 1 round), for a quick look.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run: writes, reads, fanout, idle, patch, deflate, keys, durable, cluster. The cluster scenario's
-    /// results go to cluster.md and cluster.json, the others' to results.md and results.json.
+    /// Scenarios to run: writes, reads, fanout, idle, patch, deflate, keys, durable, cluster.
+    /// The cluster scenario's results go to cluster.md and cluster.json, the others' to
+    /// results.md and results.json. An unknown name is refused (a typo would run nothing).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "writes,reads,fanout,idle,patch,deflate,keys"
+        default_value = "writes,reads,fanout,idle,patch,deflate,keys",
+        value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS)
     )]
     only: Vec<String>,
     /// Systems to run, by name (stateline, redis, nats, etcd).
@@ -761,5 +768,20 @@ async fn cluster_rounds(r: &mut Results, rounds: usize, systems: &[System], keys
             }
             d.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_takes_known_scenarios_and_refuses_others() {
+        let a = Args::try_parse_from(["stateline-bench", "--only", "writes,durable"]).unwrap();
+        assert_eq!(a.only, ["writes", "durable"]);
+        let d = Args::try_parse_from(["stateline-bench"]).unwrap();
+        assert!(d.only.iter().all(|o| SCENARIOS.contains(&o.as_str())));
+        let e = Args::try_parse_from(["stateline-bench", "--only", "writs"]).unwrap_err();
+        assert!(e.to_string().contains("writs"), "{e}");
     }
 }
