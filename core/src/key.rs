@@ -291,6 +291,16 @@ impl Pattern {
         }
     }
 
+    /// [`Pattern::as_str`] borrowed where the pattern holds its text as it is (a key, a glob),
+    /// so a read that only looks at it (every `GET` checks it against the filters) copies
+    /// nothing.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Pattern::Key(k) | Pattern::Glob(k, _) => std::borrow::Cow::Borrowed(k),
+            p @ Pattern::Subtree(_) => std::borrow::Cow::Owned(p.as_str()),
+        }
+    }
+
     /// Whether the pattern names more than one key (a glob or a subtree).
     pub fn is_multi(&self) -> bool {
         !matches!(self, Pattern::Key(_))
@@ -511,6 +521,14 @@ mod tests {
         assert_eq!(Pattern::parse("a/*").unwrap().scan_prefix(), "a/");
         assert_eq!(Pattern::parse("a/*").unwrap().as_str(), "a/*");
         assert_eq!(Pattern::Subtree("".into()).as_str(), "/");
+        // `text` is `as_str`, borrowed where it can be.
+        for s in ["a/b", "a/*", "*/x/*", "a/", "/", "名前/😀"] {
+            let p =
+                Pattern::from_http_path(&format!("/{}", s.trim_start_matches('/')), true).unwrap();
+            assert_eq!(p.text(), p.as_str(), "{s}");
+            let borrowed = matches!(p.text(), std::borrow::Cow::Borrowed(_));
+            assert_eq!(borrowed, !matches!(p, Pattern::Subtree(_)), "{s}");
+        }
     }
 
     #[test]

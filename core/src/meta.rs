@@ -16,10 +16,11 @@ pub const EMPTY_OBJECT: &[u8] = br#"{"created":0,"updated":0,"index":"","data":{
 
 /// Appends the meta object of `key` to `out`.
 pub fn write(out: &mut Vec<u8>, key: &str, e: &Entry) {
+    let mut n = itoa::Buffer::new();
     out.extend_from_slice(b"{\"created\":");
-    out.extend_from_slice(e.created.to_string().as_bytes());
+    out.extend_from_slice(n.format(e.created).as_bytes());
     out.extend_from_slice(b",\"updated\":");
-    out.extend_from_slice(e.updated.to_string().as_bytes());
+    out.extend_from_slice(n.format(e.updated).as_bytes());
     out.extend_from_slice(b",\"index\":");
     push_str(out, last_segment(key));
     out.extend_from_slice(b",\"path\":");
@@ -44,9 +45,17 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 
 /// The meta object of `key` as bytes.
 pub fn bytes(key: &str, e: &Entry) -> Bytes {
-    let mut out = Vec::with_capacity(e.json.len() + key.len() * 2 + 80);
+    let mut out = Vec::with_capacity(room(key, e));
     write(&mut out, key, e);
     out.into()
+}
+
+// The bytes [`write`] appends, unless the key needs escapes: 52 of names, quotes and
+// punctuation, two numbers of at most 20 (`-9223372036854775808`), the key twice (its last
+// segment is part of it) and the value. Less (80 fixed) was short once `updated` has its 19
+// digits, and the Vec grew: a copy and a reallocation on every read of a key written twice.
+fn room(key: &str, e: &Entry) -> usize {
+    92 + key.len() * 2 + e.json.len()
 }
 
 /// Appends a JSON array of meta objects.
@@ -102,6 +111,52 @@ mod tests {
             let parsed: Value = serde_json::from_slice(&bytes(key, &e)).unwrap();
             assert_eq!(parsed, value(key, &e), "{key}");
             assert_eq!(parsed["path"], key);
+        }
+    }
+
+    proptest::proptest! {
+        // The numbers are written as digits by hand (no `String` per number): any `i64`, the
+        // negative and the extremes included, reads back as the same number.
+        #[test]
+        fn any_times_read_back_unchanged(created: i64, updated: i64) {
+            let (tree, json) = Entry::value(serde_json::json!({"a": [1, "x"]}));
+            let e = Entry {
+                created,
+                updated,
+                revision: 0,
+                seq: 1,
+                expires: crate::store::MaybeTime::NONE,
+                json,
+                tree,
+            };
+            let parsed: Value = serde_json::from_slice(&bytes("k/i", &e)).unwrap();
+            proptest::prop_assert_eq!(&parsed, &value("k/i", &e));
+            proptest::prop_assert_eq!(parsed["created"].as_i64(), Some(created));
+            proptest::prop_assert_eq!(parsed["updated"].as_i64(), Some(updated));
+        }
+    }
+
+    #[test]
+    fn room_holds_the_largest_numbers() {
+        let (tree, json) = Entry::value(serde_json::json!({"b": [1, 2]}));
+        let e = Entry {
+            created: i64::MIN,
+            updated: i64::MIN,
+            revision: 0,
+            seq: 1,
+            expires: crate::store::MaybeTime::NONE,
+            json,
+            tree,
+        };
+        for key in ["a", "books/abc/名前"] {
+            let mut out = Vec::with_capacity(room(key, &e));
+            let cap = out.capacity();
+            write(&mut out, key, &e);
+            assert_eq!(
+                out.len(),
+                room(key, &e) - key.len() + last_segment(key).len()
+            );
+            assert_eq!(out.capacity(), cap, "{key}: grew");
         }
     }
 

@@ -429,6 +429,24 @@ async fn extended_http_etag_counters_take_rename() {
         .await
         .unwrap();
     let etag = r.header("etag").unwrap().to_string();
+    let revision = r.header("x-revision").unwrap().to_string();
+    // A read carries its version, the store's version (lowercase hex) and no-cache.
+    let r = c
+        .request(Method::GET, &format!("/{k}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("x-revision"), Some(revision.as_str()));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    let version = r.header("x-version").unwrap();
+    assert!(
+        !version.is_empty()
+            && version
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{version}"
+    );
     let r = c
         .request(
             Method::GET,
@@ -439,6 +457,9 @@ async fn extended_http_etag_counters_take_rename() {
         .await
         .unwrap();
     assert_eq!(r.status, 304);
+    // A 304 carries what the 200 would have for caches (RFC 9110, 15.4.5).
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
     let r = c
         .request(
             Method::POST,

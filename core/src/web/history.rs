@@ -48,11 +48,7 @@ pub(super) fn read(
     }
     let body = history.json(k, current, n);
     let mut r = respond(engine, h, StatusCode::OK, Some(JSON), body.into());
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(&format!("{:x}", engine.store().last_seq())) {
-        r.headers_mut().insert("x-version", v);
-    }
+    read_headers(&mut r, engine.store().last_seq());
     Ok((r, Vec::new()))
 }
 

@@ -422,7 +422,7 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
         Ok(p) => p,
         Err(e) => return err(e.into()),
     };
-    if let Err(e) = engine.filters().check(Need::Read, &pattern.as_str()) {
+    if let Err(e) = engine.filters().check(Need::Read, &pattern.text()) {
         return err(e.into());
     }
     let mut version = query_get(&q, "v").and_then(parse_version);

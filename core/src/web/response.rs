@@ -92,6 +92,8 @@ pub fn refusal<B>(engine: &(impl Cors + ?Sized), req: &Request<B>, e: &Error) ->
 
 /// `X-Revision`, AtomKV's revision header.
 pub(super) const X_REVISION: HeaderName = HeaderName::from_static("x-revision");
+/// `X-Version`: the store's version (its last sequence number, hex) when a read was answered.
+pub(super) const X_VERSION: HeaderName = HeaderName::from_static("x-version");
 // Request headers the routes read, named once: looking a header up by a `&str` parses and
 // checks the name on every request.
 pub(super) const X_TTL: HeaderName = HeaderName::from_static("x-ttl");
@@ -115,8 +117,49 @@ static JSON_ANY_ORIGIN_VERSIONED: std::sync::LazyLock<HeaderMap> = std::sync::La
     h
 });
 
+/// [`JSON_ANY_ORIGIN_VERSIONED`] with a read's headers at their places ([`read_headers`]):
+/// `Cache-Control: no-cache`, and `X-Version` holding nothing yet.
+static JSON_ANY_ORIGIN_READ: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+    let mut h = JSON_ANY_ORIGIN_VERSIONED.clone();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
+    h.insert(X_VERSION, HeaderValue::from_static(""));
+    h
+});
+
+const NO_CACHE: &str = "no-cache";
+
+/// A key's value as `GET` answers it: [`respond_versioned`] with [`read_headers`], the store
+/// being at `last_seq`.
+pub(super) fn respond_read(
+    engine: &(impl Cors + ?Sized),
+    req: &HeaderMap,
+    body: Bytes,
+    (revision, seq): (u64, u64),
+    last_seq: u64,
+) -> Response<Bytes> {
+    if !any_origin(engine.cors_origins()) {
+        let mut r = respond_versioned(engine, req, StatusCode::OK, body, (revision, seq));
+        read_headers(&mut r, last_seq);
+        return r;
+    }
+    let mut r = Response::new(body);
+    *r.headers_mut() = JSON_ANY_ORIGIN_READ.clone();
+    set_versions(r.headers_mut(), revision, seq, Some(last_seq));
+    r
+}
+
+/// The headers of every read's answer: `Cache-Control: no-cache` (a value changes at any
+/// time), and `X-Version`, the store's version when it was read (`last_seq`).
+pub(super) fn read_headers(r: &mut Response<Bytes>, last_seq: u64) {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
+    if let Ok(v) = HeaderValue::from_bytes(crate::store::Etag::of(last_seq).hex()) {
+        h.insert(X_VERSION, v);
+    }
+}
+
 /// [`respond`] with a JSON body and a version's headers ([`version_headers`]): a write's
-/// answer, a key's value.
+/// answer (a key's value is [`respond_read`]).
 pub(super) fn respond_versioned(
     engine: &(impl Cors + ?Sized),
     req: &HeaderMap,
@@ -311,12 +354,18 @@ pub(super) fn entry_headers(r: &mut Response<Bytes>, e: &Entry) {
 
 /// [`entry_headers`] from the version's revision and sequence number.
 pub(super) fn version_headers(r: &mut Response<Bytes>, revision: u64, seq: u64) {
-    let h = r.headers_mut();
+    set_versions(r.headers_mut(), revision, seq, None);
+}
+
+// Sets a version's headers, and the store's version if given, where the map has them (the
+// placeholders of [`JSON_ANY_ORIGIN_VERSIONED`] and [`JSON_ANY_ORIGIN_READ`], every write's and
+// read's answer): walking the template's headers and comparing their names costs less than
+// looking them up (hashing them) and less than inserting them. What the map lacks is inserted.
+fn set_versions(h: &mut HeaderMap, revision: u64, seq: u64, last_seq: Option<u64>) {
     let mut revision = Some(HeaderValue::from(revision));
     let mut etag = HeaderValue::from_bytes(crate::store::Etag::of(seq).as_bytes()).ok();
-    // Set in place where the map has them (the placeholders of [`JSON_ANY_ORIGIN_VERSIONED`],
-    // every write's answer): walking its seven headers and comparing their names costs less
-    // than looking the two up (hashing them) and less than inserting them.
+    let mut version =
+        last_seq.and_then(|s| HeaderValue::from_bytes(crate::store::Etag::of(s).hex()).ok());
     for (name, value) in h.iter_mut() {
         if name == header::ETAG {
             if let Some(v) = etag.take() {
@@ -326,6 +375,10 @@ pub(super) fn version_headers(r: &mut Response<Bytes>, revision: u64, seq: u64) 
             if let Some(v) = revision.take() {
                 *value = v;
             }
+        } else if version.is_some() && name == X_VERSION {
+            if let Some(v) = version.take() {
+                *value = v;
+            }
         }
     }
     if let Some(v) = revision {
@@ -333,6 +386,9 @@ pub(super) fn version_headers(r: &mut Response<Bytes>, revision: u64, seq: u64) 
     }
     if let Some(v) = etag {
         h.insert(header::ETAG, v);
+    }
+    if let Some(v) = version {
+        h.insert(X_VERSION, v);
     }
 }
 
@@ -420,6 +476,26 @@ mod tests {
             assert_eq!(r.headers()[header::ETAG], "\"1f\"");
             assert_eq!(r.headers()[X_REVISION], "7");
         }
+        // A read's answer: the same as adding `Cache-Control` and `X-Version` to a versioned
+        // answer, in the same order (as the headers were added before the shared map had them).
+        for origins in [&any, &one] {
+            let mut want =
+                respond_versioned(&origins[..], &req, StatusCode::OK, Bytes::new(), (7, 0x1f));
+            want.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            want.headers_mut()
+                .insert("x-version", HeaderValue::from_static("2a"));
+            let r = respond_read(&origins[..], &req, Bytes::new(), (7, 0x1f), 0x2a);
+            assert_eq!(listed(r.headers()), listed(want.headers()), "{origins:?}");
+            let mut bare = respond(&origins[..], &req, StatusCode::OK, Some(JSON), Bytes::new());
+            read_headers(&mut bare, 0);
+            assert_eq!(bare.headers()[X_VERSION], "0");
+            assert_eq!(bare.headers()[header::CACHE_CONTROL], "no-cache");
+        }
+        let again = respond_read(&any[..], &req, Bytes::new(), (9, 0x21), u64::MAX);
+        assert_eq!(again.headers()[X_VERSION], "ffffffffffffffff");
+        assert_eq!(again.headers()[header::ETAG], "\"21\"");
+        assert_eq!(again.headers()[X_REVISION], "9");
         // The shared maps are copied, not changed by an answer's own headers.
         let again = respond(&any[..], &req, StatusCode::OK, Some(JSON), Bytes::new());
         assert_eq!(listed(again.headers()), built(&any, &req, JSON));

@@ -296,7 +296,7 @@ pub(super) fn data_route(
                 Pattern::Key(k) => engine.authorize(RuleAction::Read, k, who)?,
                 p => engine.authorize_caller(&p.as_str(), who)?,
             }
-            engine.filters().check(Need::Read, &pattern.as_str())?;
+            engine.filters().check(Need::Read, &pattern.text())?;
             if let Some(n) = query_get(q, "history") {
                 return history::read(engine, h, &pattern, n);
             }
@@ -412,7 +412,7 @@ pub(super) fn data_route(
 
 pub(super) fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Identity) -> Routed {
     let filters = engine.filters();
-    let version = format!("{:x}", engine.store().last_seq());
+    let last_seq = engine.store().last_seq();
     let mut r = match pattern {
         Pattern::Key(k) => {
             let e = engine.store().get(k).ok_or(Error::NotFound)?;
@@ -423,6 +423,7 @@ pub(super) fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Iden
                 {
                     let mut r = respond(engine, h, StatusCode::NOT_MODIFIED, None, Bytes::new());
                     entry_headers(&mut r, e);
+                    read_headers(&mut r, last_seq);
                     return Ok((r, vec![]));
                 }
             }
@@ -435,7 +436,11 @@ pub(super) fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Iden
             } else {
                 meta::bytes(k, e)
             };
-            respond_versioned(engine, h, StatusCode::OK, body, (e.revision, e.seq))
+            // Its headers all at once, the read's with the version's.
+            return Ok((
+                respond_read(engine, h, body, (e.revision, e.seq), last_seq),
+                vec![],
+            ));
         }
         p => {
             let mut items = engine.store().list(p);
@@ -460,11 +465,7 @@ pub(super) fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Iden
             respond(engine, h, StatusCode::OK, Some(JSON), body)
         }
     };
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(&version) {
-        r.headers_mut().insert("x-version", v);
-    }
+    read_headers(&mut r, last_seq);
     Ok((r, vec![]))
 }
 
