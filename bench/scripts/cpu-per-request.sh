@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# CPU time and context switches per acknowledged write, for the server and for the load
-# generator, during the 16-connection phase of the write benchmark (docs/BENCHMARKS.md, "Why
-# the HTTP target is missed"). Writes are counted from the generator's reported rate.
+# CPU time and context switches per acknowledged write (or read), for the server and for the
+# load generator, during the 16-connection phase of the write (or read) benchmark
+# (docs/BENCHMARKS.md, "Why the HTTP target is missed"). Requests are counted from the
+# generator's reported rate.
 # Usage: bash bench/scripts/cpu-per-request.sh stateline|redis [rounds]
 # Needs the release build (bash scripts/bench.sh builds it) and the peers installed.
 # The environment passes through: STATELINE_BIN=target/release/examples/http_ceiling measures
 # the bare HTTP stack (add CEILING_CORE=1 for the core behind a mutex), STATELINE_BIN=<path>
-# any other build of the server.
+# any other build of the server. SCENARIO=reads measures reads (`GET` of a key) instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sys=${1:?stateline or redis}
@@ -22,9 +23,11 @@ switches() {
     awk '/^voluntary_ctxt_switches|^nonvoluntary_ctxt_switches/ {t += $2} END {print t}'
 }
 hz=$(getconf CLK_TCK)
+what=${SCENARIO:-writes}
+case "$what" in writes | reads) ;; *) echo "SCENARIO is writes or reads" >&2; exit 1 ;; esac
 for r in $(seq "$rounds"); do
   out=$(mktemp -d)
-  "$bench" --quick --systems "$sys" --only writes --out "$out" >"$out/log" 2>&1 &
+  "$bench" --quick --systems "$sys" --only "$what" --out "$out" >"$out/log" 2>&1 &
   runner=$!
   # The generator starts the server, runs 1 connection for 3 s, then 16 for 3 s: sample 2 s
   # inside the second phase.
@@ -35,11 +38,11 @@ for r in $(seq "$rounds"); do
   sleep 2
   s1=$(ticks "$srv"); g1=$(ticks "$gen"); c1=$(switches "$srv"); d1=$(switches "$gen")
   wait "$runner" || true
-  rate=$(grep -o 'writes x16: [0-9]*' "$out/log" | grep -o '[0-9]*$')
+  rate=$(grep -o "$what x16: [0-9]*" "$out/log" | grep -o '[0-9]*$')
   awk -v rate="$rate" -v s=$((s1 - s0)) -v g=$((g1 - g0)) -v c=$((c1 - c0)) -v d=$((d1 - d0)) \
-    -v hz="$hz" -v sys="$sys" -v r="$r" 'BEGIN {
+    -v hz="$hz" -v sys="$sys" -v r="$r" -v w="${what%s}" 'BEGIN {
     n = rate * 2
-    printf "%s round %d: %d writes/s; per write: server %.1f us CPU, %.2f context switches; load generator %.1f us, %.2f\n",
-      sys, r, rate, s * 1e6 / hz / n, c / n, g * 1e6 / hz / n, d / n }'
+    printf "%s round %d: %d %ss/s; per %s: server %.1f us CPU, %.2f context switches; load generator %.1f us, %.2f\n",
+      sys, r, rate, w, w, s * 1e6 / hz / n, c / n, g * 1e6 / hz / n, d / n }'
   rm -rf "$out"
 done
