@@ -146,8 +146,9 @@ pub fn serve(engine: &mut Engine, tick: Tick, req: &Request<Bytes>, host: &Host<
     if let Some(e) = &host.body_error {
         return respond(refusal(engine, req, e));
     }
-    let who = engine.identify(tick, token(req).as_deref());
-    let kind = match classify(engine, req) {
+    let sniff = Sniff::of(req);
+    let who = engine.identify(tick, token_sniffed(req, sniff).as_deref());
+    let kind = match classify_sniffed(engine, req, sniff) {
         Ok(k @ (Kind::Subscribe(_) | Kind::Events(_))) => {
             let (Kind::Subscribe(sub) | Kind::Events(sub)) = &k else {
                 return respond(refusal(engine, req, &Error::NoRoute));

@@ -216,6 +216,46 @@ pub fn parse_version(s: &str) -> Option<u64> {
 /// `Sec-WebSocket-Protocol: bearer, <t>` (browsers cannot set headers on a WebSocket); on an SSE
 /// request `?access_token=<t>` or `?token=<t>` (`EventSource` cannot set headers either).
 pub fn token<B>(req: &Request<B>) -> Option<String> {
+    token_sniffed(req, Sniff::of(req))
+}
+
+/// What a `GET` (or `HEAD`) asks for in its headers: a WebSocket upgrade (`Upgrade`), an SSE
+/// stream (`Accept`). Found once per request, in one pass over the header names: the front
+/// door asked each of [`token`] and [`classify`], and looking a header up hashes its name and
+/// probes, present or not (four lookups, about a tenth of a small read's instructions in the
+/// core).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Sniff {
+    ws: bool,
+    sse: bool,
+}
+
+impl Sniff {
+    pub(super) fn of<B>(req: &Request<B>) -> Sniff {
+        let (method, h) = (req.method(), req.headers());
+        if method != Method::GET && method != Method::HEAD {
+            return Sniff {
+                ws: false,
+                sse: false,
+            };
+        }
+        let (mut upgrade, mut accept) = (false, false);
+        for name in h.keys() {
+            match name.as_str() {
+                "upgrade" => upgrade = true,
+                "accept" => accept = true,
+                _ => {}
+            }
+        }
+        Sniff {
+            ws: upgrade && is_websocket(h),
+            sse: accept && wants_events(h),
+        }
+    }
+}
+
+/// [`token`] with the request's [`Sniff`] at hand.
+pub(super) fn token_sniffed<B>(req: &Request<B>, sniff: Sniff) -> Option<String> {
     let h = req.headers();
     if let Some(a) = header_str(h, header::AUTHORIZATION) {
         let (scheme, t) = a.trim().split_once(' ').unwrap_or((a, ""));
@@ -224,7 +264,7 @@ pub fn token<B>(req: &Request<B>) -> Option<String> {
         }
     }
     // Only a GET upgrades (most requests are writes: their headers are not searched).
-    if req.method() == Method::GET && is_websocket(h) {
+    if req.method() == Method::GET && sniff.ws {
         let offered: Vec<&str> = h
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -241,7 +281,7 @@ pub fn token<B>(req: &Request<B>) -> Option<String> {
             }
         }
     }
-    if opens_event_stream(req) {
+    if opens_event_stream(req, sniff) {
         let q = query_pairs(req.uri().query().unwrap_or(""));
         if let Some(t) = query_get(&q, "access_token").or_else(|| query_get(&q, "token")) {
             if !t.is_empty() {
@@ -256,11 +296,11 @@ pub fn token<B>(req: &Request<B>) -> Option<String> {
 /// whose `Accept` lists `text/event-stream`, not a WebSocket, on a key, glob or subtree. Only
 /// these may carry their token in the URL (`EventSource` cannot set headers; a URL ends up in
 /// logs and histories, so nothing else may).
-pub(super) fn opens_event_stream<B>(req: &Request<B>) -> bool {
+pub(super) fn opens_event_stream<B>(req: &Request<B>, sniff: Sniff) -> bool {
     let path = req.uri().path();
     req.method() == Method::GET
-        && wants_events(req.headers())
-        && !is_websocket(req.headers())
+        && sniff.sse
+        && !sniff.ws
         && !(path.starts_with("/_") && path != "/")
         && !(path == "/"
             && query_get(&query_pairs(req.uri().query().unwrap_or("")), "api").is_some())
@@ -268,12 +308,12 @@ pub(super) fn opens_event_stream<B>(req: &Request<B>) -> bool {
 
 /// A token in the URL (`?access_token=`, `?token=`) where it is not honoured: refused rather
 /// than silently ignored, so a client learns at once that it must use `Authorization`.
-pub(super) fn url_token_misused<B>(req: &Request<B>) -> Option<Error> {
+pub(super) fn url_token_misused<B>(req: &Request<B>, sniff: Sniff) -> Option<Error> {
     let q = req.uri().query()?;
     let named = query_pairs(q)
         .iter()
         .any(|(k, _)| k == "access_token" || k == "token");
-    (named && !opens_event_stream(req)).then(|| {
+    (named && !opens_event_stream(req, sniff)).then(|| {
         Error::BadRequest(
             "a token in the URL (?access_token=, ?token=) is accepted only on a GET that opens an \
              SSE stream (Accept: text/event-stream); send it as Authorization: Bearer <token> \
@@ -316,13 +356,14 @@ pub(super) fn host_served(engine: &Engine, host: &str) -> bool {
 /// as same-origin. CORS alone only hides answers from a page; this keeps a disallowed page's
 /// requests from running at all.
 pub fn origin_refused(engine: &Engine, h: &HeaderMap) -> Option<Error> {
-    let origin = header_str(h, header::ORIGIN)?;
     let allow = &engine.config().cors_origins;
-    if allow.is_empty()
-        || allow
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
+    // Every origin allowed (the default): nothing to look up. Looking `Origin` up first cost
+    // every request a hash and a probe, answered the same way.
+    if allow.is_empty() || allow.iter().any(|a| a == "*") {
+        return None;
+    }
+    let origin = header_str(h, header::ORIGIN)?;
+    if allow.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
         return None;
     }
     let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
@@ -338,8 +379,12 @@ pub fn origin_refused(engine: &Engine, h: &HeaderMap) -> Option<Error> {
 
 /// The answer to a request refused before it runs (origin, token in the URL): a problem
 /// document on the `/_` routes, ooo's plain text elsewhere.
-pub(super) fn early_refusal<B>(engine: &Engine, req: &Request<B>) -> Option<Response<Bytes>> {
-    let e = origin_refused(engine, req.headers()).or_else(|| url_token_misused(req))?;
+pub(super) fn early_refusal<B>(
+    engine: &Engine,
+    req: &Request<B>,
+    sniff: Sniff,
+) -> Option<Response<Bytes>> {
+    let e = origin_refused(engine, req.headers()).or_else(|| url_token_misused(req, sniff))?;
     let path = req.uri().path();
     Some(if path.starts_with("/_") {
         problem(engine, req.headers(), &e)
@@ -383,7 +428,17 @@ pub fn authorize_connection<B>(
 // The error is the response itself, built once and sent as is; boxing it buys nothing.
 #[allow(clippy::result_large_err)]
 pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<Bytes>> {
-    if let Some(r) = early_refusal(engine, req) {
+    classify_sniffed(engine, req, Sniff::of(req))
+}
+
+/// [`classify`] with the request's [`Sniff`] at hand.
+#[allow(clippy::result_large_err)]
+pub(super) fn classify_sniffed<B>(
+    engine: &Engine,
+    req: &Request<B>,
+    sniff: Sniff,
+) -> Result<Kind, Response<Bytes>> {
+    if let Some(r) = early_refusal(engine, req, sniff) {
         return Err(r);
     }
     // Every write is a plain request: the route decodes its path and query itself, once.
@@ -396,7 +451,7 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
     };
     let path = &*path;
     let q = query_pairs(req.uri().query().unwrap_or(""));
-    let ws = is_websocket(req.headers());
+    let Sniff { ws, sse } = sniff;
     if path == "/" {
         if ws {
             return Ok(Kind::Clock);
@@ -404,7 +459,7 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
         if query_get(&q, "api").is_some() {
             return Ok(Kind::Http);
         }
-        if !wants_events(req.headers()) {
+        if !sse {
             let html =
                 header_str(req.headers(), header::ACCEPT).is_some_and(|a| a.contains("text/html"));
             return Ok(Kind::Root { wants_html: html });
@@ -413,7 +468,6 @@ pub fn classify<B>(engine: &Engine, req: &Request<B>) -> Result<Kind, Response<B
     if path == "/_ws" && ws {
         return Ok(Kind::Mux);
     }
-    let sse = wants_events(req.headers());
     if !(ws || sse) || (path.starts_with("/_") && path != "/") {
         return Ok(Kind::Http);
     }
@@ -501,6 +555,40 @@ mod tests {
                 proptest::prop_assert_eq!(h.rare(r), map.get(r.name()));
                 proptest::prop_assert_eq!(h.rare_str(r), header_str(&map, r.name()));
             }
+        }
+    }
+
+    proptest::proptest! {
+        // Whatever a request's headers and method are, its sniff says what the lookups say: a
+        // `GET` or `HEAD` upgrades to a WebSocket or asks for SSE as `is_websocket` and
+        // `wants_events` find, any other method asks for neither.
+        #[test]
+        fn a_sniff_reads_as_the_lookups(
+            headers in proptest::collection::vec((
+                proptest::sample::select(vec![
+                    "Upgrade", "upgrade", "Accept", "accept", "host", "accepts", "upgrades",
+                    "connection", "x-upgrade",
+                ]),
+                proptest::sample::select(vec![
+                    "websocket", "h2c, WebSocket", "text/event-stream", "*/*",
+                    "text/html, text/event-stream;q=0.9", "keep-alive, Upgrade",
+                ]),
+            ), 0..6),
+            method in proptest::sample::select(vec!["GET", "HEAD", "POST", "DELETE"]),
+        ) {
+            let mut b = Request::builder().method(method).uri("/k");
+            for (n, v) in &headers {
+                b = b.header(*n, *v);
+            }
+            let req = b.body(()).unwrap();
+            let get = method == "GET" || method == "HEAD";
+            proptest::prop_assert_eq!(
+                Sniff::of(&req),
+                Sniff {
+                    ws: get && is_websocket(req.headers()),
+                    sse: get && wants_events(req.headers()),
+                }
+            );
         }
     }
 

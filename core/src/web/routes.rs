@@ -57,13 +57,14 @@ pub(super) fn body_given(engine: &Engine, body: &[u8]) -> Result<Given, Error> {
 /// Answers a plain HTTP request for whoever its bearer token says (see [`token`]). Changes in
 /// the outcome are applied to memory but not published.
 pub fn handle(engine: &mut Engine, tick: Tick, req: &Request<Bytes>) -> HttpOutcome {
-    if let Some(response) = early_refusal(engine, req) {
+    let sniff = Sniff::of(req);
+    if let Some(response) = early_refusal(engine, req, sniff) {
         return HttpOutcome {
             response,
             changes: vec![],
         };
     }
-    let who = engine.identify(tick, token(req).as_deref());
+    let who = engine.identify(tick, token_sniffed(req, sniff).as_deref());
     handle_as(engine, tick, req, &who)
 }
 
