@@ -414,58 +414,58 @@ pub(super) fn data_route(
 pub(super) fn read(engine: &Engine, h: &HeaderMap, pattern: &Pattern, who: &Identity) -> Routed {
     let filters = engine.filters();
     let last_seq = engine.store().last_seq();
-    let mut r = match pattern {
-        Pattern::Key(k) => {
-            let e = engine.store().get(k).ok_or(Error::NotFound)?;
-            if let Some(inm) = header_str(h, header::IF_NONE_MATCH) {
-                if inm
-                    .split(',')
-                    .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == e.etag())
-                {
-                    let mut r = respond(engine, h, StatusCode::NOT_MODIFIED, None, Bytes::new());
-                    entry_headers(&mut r, e);
-                    read_headers(&mut r, last_seq);
-                    return Ok((r, vec![]));
-                }
-            }
-            let body = if filters.has_read_filters(k) {
-                let m = filters.read_object_value(k, meta::value(k, e))?;
-                if m.get("created") == Some(&json!(0)) && m.get("index") == Some(&json!("")) {
-                    return Err(Error::NotFound);
-                }
-                json::encode(&m).into()
-            } else {
-                meta::bytes(k, e)
-            };
-            // Its headers all at once, the read's with the version's.
-            return Ok((
-                respond_read(engine, h, body, (e.revision, e.seq), last_seq),
-                vec![],
-            ));
-        }
-        p => {
-            let mut items = engine.store().list(p);
-            // A list never includes a key the caller may not read.
-            if engine.filters().rules().is_some() {
-                items.retain(|(k, _)| engine.can_read(k, who));
-            }
-            let p_str = p.as_str();
-            let body: Bytes = if filters.has_read_filters(&p_str)
-                || items.iter().any(|(k, _)| filters.has_read_filters(k))
-            {
-                let list = items
-                    .iter()
-                    .filter_map(|(k, e)| filters.read_object_value(k, meta::value(k, e)).ok())
-                    .collect();
-                json::encode(&Value::Array(filters.read_list_values(&p_str, list)?)).into()
-            } else {
-                let mut out = Vec::new();
-                meta::write_list(&mut out, items.iter().map(|(k, e)| (&**k, e)));
-                out.into()
-            };
-            respond(engine, h, StatusCode::OK, Some(JSON), body)
-        }
+    let Pattern::Key(k) = pattern else {
+        return read_list(engine, h, pattern, who, last_seq);
     };
+    let e = engine.store().get(k).ok_or(Error::NotFound)?;
+    if let Some(inm) = header_str(h, header::IF_NONE_MATCH) {
+        if inm
+            .split(',')
+            .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == e.etag())
+        {
+            let mut r = respond(engine, h, StatusCode::NOT_MODIFIED, None, Bytes::new());
+            entry_headers(&mut r, e);
+            read_headers(&mut r, last_seq);
+            return Ok((r, vec![]));
+        }
+    }
+    let body = if filters.has_read_filters(k) {
+        let m = filters.read_object_value(k, meta::value(k, e))?;
+        if m.get("created") == Some(&json!(0)) && m.get("index") == Some(&json!("")) {
+            return Err(Error::NotFound);
+        }
+        json::encode(&m).into()
+    } else {
+        meta::bytes(k, e)
+    };
+    // Its headers all at once, the read's with the version's.
+    let r = respond_read(engine, h, body, (e.revision, e.seq), last_seq);
+    Ok((r, vec![]))
+}
+
+// [`read`] of a glob or a subtree: the keys it matches that the caller may read.
+fn read_list(engine: &Engine, h: &HeaderMap, p: &Pattern, who: &Identity, last_seq: u64) -> Routed {
+    let filters = engine.filters();
+    let mut items = engine.store().list(p);
+    // A list never includes a key the caller may not read.
+    if filters.rules().is_some() {
+        items.retain(|(k, _)| engine.can_read(k, who));
+    }
+    let p_str = p.as_str();
+    let body: Bytes = if filters.has_read_filters(&p_str)
+        || items.iter().any(|(k, _)| filters.has_read_filters(k))
+    {
+        let list = items
+            .iter()
+            .filter_map(|(k, e)| filters.read_object_value(k, meta::value(k, e)).ok())
+            .collect();
+        json::encode(&Value::Array(filters.read_list_values(&p_str, list)?)).into()
+    } else {
+        let mut out = Vec::new();
+        meta::write_list(&mut out, items.iter().map(|(k, e)| (&**k, e)));
+        out.into()
+    };
+    let mut r = respond(engine, h, StatusCode::OK, Some(JSON), body);
     read_headers(&mut r, last_seq);
     Ok((r, vec![]))
 }
