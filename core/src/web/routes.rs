@@ -295,7 +295,7 @@ pub(super) fn data_route(
             // Before anything else (even 404): a refusal must not tell whether the key exists.
             match &pattern {
                 Pattern::Key(k) => engine.authorize(RuleAction::Read, k, who)?,
-                p => engine.authorize_caller(&p.as_str(), who)?,
+                p => engine.authorize_caller(&p.text(), who)?,
             }
             engine.filters().check(Need::Read, &pattern.text())?;
             if let Some(n) = query_get(q, "history") {
@@ -451,7 +451,7 @@ fn read_list(engine: &Engine, h: &HeaderMap, p: &Pattern, who: &Identity, last_s
     if filters.rules().is_some() {
         items.retain(|(k, _)| engine.can_read(k, who));
     }
-    let p_str = p.as_str();
+    let p_str = p.text();
     let body: Bytes = if filters.has_read_filters(&p_str)
         || items.iter().any(|(k, _)| filters.has_read_filters(k))
     {
