@@ -9,3 +9,5 @@ bash scripts/ensure-chromium.sh
 timeout 600 node --test tests/js/node/
 timeout 900 node --test tests/js/browser/
 timeout 300 node --test tests/js/workerd/
+# The benchmark's helper scripts (bench/scripts/*.test.mjs), no server needed.
+timeout 60 node --test bench/scripts/

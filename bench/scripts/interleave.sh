@@ -3,7 +3,7 @@
 # the other, so a machine that slows down or speeds up during the run affects every variant
 # alike. Prints the median of every metric per variant (and each round's values).
 #
-#   bash bench/scripts/interleave.sh [--rounds N] [--only fanout] VARIANT...
+#   bash bench/scripts/interleave.sh [--rounds N] [--only fanout] [--ratio A/B]... VARIANT...
 #
 # A VARIANT is NAME=PATH-TO-A-stateline-BINARY (run as the system `stateline`, e.g.
 # before=/tmp/old/target/release/stateline after=target/release/stateline), NAME=PATH:ENV=VALUE
@@ -11,20 +11,39 @@
 # or a peer's name (redis, nats, etcd). Build the binaries first (a worktree of the old commit
 # with its own CARGO_TARGET_DIR gives the "before"); the load generator is this tree's
 # target/release/stateline-bench (cargo build --release -p stateline-bench). Each run's results
-# go to target/interleave/<variant>-<round>/.
+# go to target/interleave/<variant>-<round>/. `--ratio A/B` (variant names, repeatable) also
+# prints each metric's ratio of A to B within each round and their median (bench/scripts/
+# medians.mjs): the same-run ratio the targets use, with the machine's drift between rounds
+# cancelled.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=3
 only=fanout
 variants=()
+ratios=()
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --ratio) ratios+=(--ratio "$2"); shift 2 ;;
     *) variants+=("$1"); shift ;;
   esac
 done
-((${#variants[@]})) || { echo "usage: $0 [--rounds N] [--only SCENARIOS] VARIANT..." >&2; exit 2; }
+usage="usage: $0 [--rounds N] [--only SCENARIOS] [--ratio A/B]... VARIANT..."
+((${#variants[@]})) || { echo "$usage" >&2; exit 2; }
+# A ratio must name two of the variants: found out now, not after the rounds have run.
+names=" "
+for v in "${variants[@]}"; do names+="${v%%=*} "; done
+for ((i = 1; i < ${#ratios[@]}; i += 2)); do
+  r="${ratios[i]}"
+  a="${r%%/*}"
+  b="${r#*/}"
+  if [[ "$r" != */* || "$names" != *" $a "* || "$names" != *" $b "* ]]; then
+    list="${names# }"
+    echo "--ratio $r: expected two of the variants (${list% }) as A/B" >&2
+    exit 2
+  fi
+done
 bench=target/release/stateline-bench
 [ -x "$bench" ] || { echo "$bench not found: cargo build --release -p stateline-bench" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" || true
@@ -48,4 +67,4 @@ for r in $(seq 1 "$rounds"); do
       --out "$out/$name-$r" 2>&1 | grep -E '^   ' || true
   done
 done
-node bench/scripts/medians.mjs "$out"
+node bench/scripts/medians.mjs "$out" "${ratios[@]}"
