@@ -32,18 +32,10 @@ done
 usage="usage: $0 [--rounds N] [--only SCENARIOS] [--ratio A/B]... VARIANT..."
 ((${#variants[@]})) || { echo "$usage" >&2; exit 2; }
 # A ratio must name two of the variants: found out now, not after the rounds have run.
-names=" "
-for v in "${variants[@]}"; do names+="${v%%=*} "; done
-for ((i = 1; i < ${#ratios[@]}; i += 2)); do
-  r="${ratios[i]}"
-  a="${r%%/*}"
-  b="${r#*/}"
-  if [[ "$r" != */* || "$names" != *" $a "* || "$names" != *" $b "* ]]; then
-    list="${names# }"
-    echo "--ratio $r: expected two of the variants (${list% }) as A/B" >&2
-    exit 2
-  fi
-done
+names=()
+for v in "${variants[@]}"; do names+=("${v%%=*}"); done
+node bench/scripts/medians.mjs --check "$(IFS=,; echo "${names[*]}")" "${ratios[@]}" ||
+  exit 2
 bench=target/release/stateline-bench
 [ -x "$bench" ] || { echo "$bench not found: cargo build --release -p stateline-bench" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" || true

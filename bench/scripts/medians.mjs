@@ -78,6 +78,16 @@ export function ratios(values, rowA, rowB, a, b) {
 
 const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2));
 
+// `a/b` as [a, b] when both are among `variants`; anything else throws.
+export function ratioNames(spec, variants) {
+  const parts = spec.split("/");
+  if (parts.length !== 2 || !parts.every((n) => variants.includes(n))) {
+    const names = variants.join(", ");
+    throw new Error(`--ratio ${spec}: expected two of the variants (${names}) as a/b`);
+  }
+  return parts;
+}
+
 export function render(dir, ratioArgs = []) {
   const { values, variants } = collect(dir);
   const lines = [];
@@ -91,12 +101,7 @@ export function render(dir, ratioArgs = []) {
     lines.push(`| ${metric} | ${cells.join(" | ")} |`);
   }
   for (const spec of ratioArgs) {
-    const parts = spec.split("/");
-    const [a, b] = parts;
-    if (parts.length !== 2 || !variants.includes(a) || !variants.includes(b)) {
-      const names = variants.join(", ");
-      throw new Error(`--ratio ${spec}: expected two of the variants (${names}) as a/b`);
-    }
+    const [a, b] = ratioNames(spec, variants);
     lines.push("");
     lines.push(`| metric: ${a} / ${b}, median of the rounds' ratios | ${a} / ${b} (each round) |`);
     lines.push("|---|---|");
@@ -114,13 +119,18 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const args = process.argv.slice(2);
   const ratioArgs = [];
   let dir = "target/interleave";
+  // `--check NAME,...`: only check the ratios against those variant names (interleave.sh, before
+  // its rounds run).
+  let check = null;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === "--ratio") ratioArgs.push(args[++i] ?? "");
     else if (args[i].startsWith("--ratio=")) ratioArgs.push(args[i].slice("--ratio=".length));
+    else if (args[i] === "--check") check = (args[++i] ?? "").split(",");
     else dir = args[i];
   }
   try {
-    console.log(render(dir, ratioArgs));
+    if (check) ratioArgs.forEach((spec) => ratioNames(spec, check));
+    else console.log(render(dir, ratioArgs));
   } catch (e) {
     console.error(e.message);
     process.exit(2);

@@ -87,4 +87,13 @@ test("the command line: --ratio, and a ratio naming no variant refused", (t) => 
   const bad = spawnSync(process.execPath, [script, dir, "--ratio=fast/nope"], { encoding: "utf8" });
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /--ratio fast\/nope: expected two of the variants/);
+  // interleave.sh's check before its rounds: the names it will run, no folder.
+  const check = (spec) =>
+    spawnSync(process.execPath, [script, "--check", "a,redis", "--ratio", spec], {
+      encoding: "utf8",
+    });
+  assert.equal(check("a/redis").status, 0);
+  assert.equal(check("a/redis").stdout, "");
+  assert.equal(check("b/redis").status, 2);
+  assert.equal(check("a/redis/x").status, 2);
 });
